@@ -1,0 +1,1 @@
+"""Ray actors and their wiring: shards that own partitions of live user state."""

@@ -1,0 +1,143 @@
+"""ShardActor: a Ray async actor that owns partitions, consumes them from NATS and serves reads.
+
+The actor is thin on purpose: state and its rules are :class:`engine.shard.ShardState`, the
+NATS loop is :class:`headstart.consumer.PartitionConsumer`. The actor starts itself from its
+constructor, so a restart by Ray (``max_restarts``) resumes consumption with no driver
+involved: there is no process between NATS and the shard.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from typing import Any
+
+import nats
+import ray
+from nats.aio.client import Client as NATS
+
+from engine.keys import partition_of
+from engine.shard import ShardState
+from headstart.config import Settings
+from headstart.consumer import PartitionConsumer
+
+log = logging.getLogger(__name__)
+
+NAMESPACE = "headstart"
+
+
+def shard_name(shard_id: int) -> str:
+    return f"hs-shard-{shard_id}"
+
+
+def consumer_name(shard_id: int) -> str:
+    return f"shard-{shard_id}"
+
+
+class ShardNotReady(RuntimeError):
+    """The shard is still starting (restoring or catching up with its stream)."""
+
+
+@ray.remote(max_restarts=-1, max_task_retries=3)
+class ShardActor:
+    """Owns ``partitions``; applies their events from NATS; answers reads of its users.
+
+    >>> shard = ShardActor.options(name=shard_name(0), namespace=NAMESPACE).remote(
+    ...     0, [0, 1], settings, nats_url)  # doctest: +SKIP
+    >>> ray.get(shard.wait_ready.remote())  # doctest: +SKIP
+    """
+
+    def __init__(self, shard_id: int, partitions: list[int], settings: Settings, nats_url: str) -> None:
+        logging.basicConfig(level=logging.INFO)
+        self.shard_id = shard_id
+        self.settings = settings
+        self.nats_url = nats_url
+        self.state = ShardState.build(dict.fromkeys(partitions))
+        self.nc: NATS | None = None
+        self.consumer: PartitionConsumer | None = None
+        self.started_at = time.time()
+        self.ready = asyncio.Event()
+        self.failure: BaseException | None = None
+        # The constructor runs on the actor's event loop: start consuming now, on first creation
+        # and after every restart alike.
+        self._starting = asyncio.get_running_loop().create_task(self._start())
+
+    async def _start(self) -> None:
+        try:
+            self.nc = await nats.connect(
+                self.nats_url,
+                name=f"headstart-{shard_name(self.shard_id)}",
+                max_reconnect_attempts=-1,
+                reconnect_time_wait=0.5,
+            )
+            self.consumer = PartitionConsumer(
+                self.nc,
+                name=consumer_name(self.shard_id),
+                partitions=list(self.state.partitions),
+                handler=self.state.apply,
+                batch=self.settings.fetch_batch,
+                replicas=self.settings.stream_replicas,
+            )
+            await self.consumer.start(self.state.start_position())
+            self.ready.set()
+        except BaseException as exc:
+            self.failure = exc
+            log.exception("shard %d failed to start", self.shard_id)
+            raise
+
+    async def wait_ready(self, timeout: float = 60.0) -> dict[str, Any]:
+        """Wait until the shard consumes (not necessarily caught up); return its stats."""
+        await asyncio.wait_for(self.ready.wait(), timeout)
+        return await self.stats()
+
+    async def caught_up(self) -> bool:
+        """True once every event stored in our partitions so far has been applied."""
+        if self.consumer is None or not self.ready.is_set():
+            return False
+        return await self.consumer.lag() == 0 and self.consumer.stats()["position"] >= 0
+
+    def _require_ready(self) -> None:
+        if not self.ready.is_set():
+            if self.failure is not None:
+                raise ShardNotReady(f"shard {self.shard_id} failed to start: {self.failure}")
+            raise ShardNotReady(f"shard {self.shard_id} is starting")
+
+    async def get_user(self, user_key: str, now: float | None = None) -> dict[str, Any] | None:
+        """The live state of one user (by key), or None if this shard has never seen them."""
+        self._require_ready()
+        partition = partition_of(user_key, self.settings.partitions)
+        return self.state.view(partition, user_key, time.time() if now is None else now)
+
+    async def get_users(self, user_keys: list[str], now: float | None = None) -> list[dict[str, Any] | None]:
+        """Batched :meth:`get_user`: one actor call for many users of this shard."""
+        self._require_ready()
+        at = time.time() if now is None else now
+        n = self.settings.partitions
+        return self.state.views(((partition_of(k, n), k) for k in user_keys), at)
+
+    async def stats(self) -> dict[str, Any]:
+        consumer = self.consumer.stats() if self.consumer else {}
+        return {
+            "shard": self.shard_id,
+            "pid": os.getpid(),
+            "node": ray.get_runtime_context().get_node_id(),
+            "partitions": sorted(self.state.partitions),
+            "users": self.state.users,
+            "applied": self.state.applied,
+            "ready": self.ready.is_set(),
+            "started_at": self.started_at,
+            **consumer,
+        }
+
+    async def lag(self) -> int:
+        self._require_ready()
+        assert self.consumer is not None
+        return await self.consumer.lag()
+
+    async def stop(self) -> None:
+        if self.consumer is not None:
+            await self.consumer.stop()
+        if self.nc is not None:
+            await self.nc.drain()

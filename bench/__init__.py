@@ -1,0 +1,1 @@
+"""Runnable load and quality benchmarks; each writes ``bench/results/<name>.json``."""

@@ -1,0 +1,1 @@
+"""Headstart's domain logic: events, user state, partitions. Knows nothing of Ray or NATS."""

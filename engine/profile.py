@@ -1,0 +1,449 @@
+"""Live state of one user, updated in place by each event.
+
+State is kept compact on purpose (the target is under 1 kB per user): counters live in one
+``array('I')``, names (features, steps, tutorials) are small integers from a per-partition
+:class:`Vocabulary`, step progress is a bitmask and attribute strings are interned. Every
+update depends only on the event (its time, never the wall clock), so replaying the same
+events gives the same state.
+
+>>> from engine.events import FeatureClicked, FeatureProps, SessionStarted
+>>> vocab = Vocabularies()
+>>> user = UserState.new(1_700_000_000.0)
+>>> user.apply(SessionStarted(event_id="e1", user_id="k", ts=1_700_000_000.0), vocab)
+>>> user.apply(FeatureClicked(event_id="e2", user_id="k", ts=1_700_000_060.0,
+...                           props=FeatureProps(feature="export")), vocab)
+>>> view = user.view(vocab, now=1_700_000_100.0)
+>>> view["sessions"], view["features"], view["events_5m"], view["session_seconds"]
+(1, {'export': 1}, 2, 60.0)
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from array import array
+from typing import Any
+
+from engine.events import (
+    ConsentUpdated,
+    Event,
+    EventKind,
+    FeatureClicked,
+    ProfileUpdated,
+    StepCompleted,
+    StepViewed,
+    TutorialCompleted,
+    TutorialStarted,
+)
+
+#: An inactivity gap after which the next event starts a new session (the common analytics
+#: convention, used by GA and Segment-style sessionization).
+SESSION_GAP_S = 30 * 60
+#: Engagement halves every week without activity: onboarding is judged over days, not minutes.
+ENGAGEMENT_HALF_LIFE_S = 7 * 86400
+_DECAY_TAU = ENGAGEMENT_HALF_LIFE_S / math.log(2)
+#: Sliding windows are kept as a ring of event-time buckets: bounded memory per user, exact to
+#: the bucket. 10 buckets of 30 s give the 5-minute window.
+WINDOW_BUCKET_S = 30
+WINDOW_BUCKETS = 10
+WINDOW_S = WINDOW_BUCKET_S * WINDOW_BUCKETS
+
+#: How much each event type says about engagement. Completing things counts more than looking.
+ENGAGEMENT_WEIGHTS: dict[EventKind, float] = {
+    EventKind.SESSION_STARTED: 1.0,
+    EventKind.ONBOARDING_STARTED: 1.0,
+    EventKind.ONBOARDING_COMPLETED: 5.0,
+    EventKind.STEP_VIEWED: 0.5,
+    EventKind.STEP_COMPLETED: 2.0,
+    EventKind.FEATURE_CLICKED: 1.5,
+    EventKind.TUTORIAL_STARTED: 1.0,
+    EventKind.TUTORIAL_COMPLETED: 3.0,
+    EventKind.PROFILE_UPDATED: 1.0,
+    EventKind.CONSENT_UPDATED: 0.0,
+}
+_WEIGHTS = [ENGAGEMENT_WEIGHTS[k] for k in EventKind]
+
+# Layout of UserState.counters.
+_N_KINDS = len(EventKind)
+C_SESSIONS = _N_KINDS
+C_HOURS = _N_KINDS + 1  # bit h set: active in UTC hour h
+C_DAYS = _N_KINDS + 2  # bit d set: active on weekday d (Monday = 0)
+C_WIN_HEAD = _N_KINDS + 3  # newest window bucket number seen
+C_WIN = _N_KINDS + 4  # WINDOW_BUCKETS bucket counts, slot = bucket % WINDOW_BUCKETS
+_N_COUNTERS = C_WIN + WINDOW_BUCKETS
+_ZERO_COUNTERS = array("I", [0] * _N_COUNTERS)
+
+# Feature entries are triples (feature id, count, last bucket); tutorial entries are quads
+# (tutorial id, variant id, starts, completions). Users touch few of each, so a linear scan of
+# a flat array beats a dict in both time and memory.
+_F_STRIDE = 3
+_T_STRIDE = 4
+
+CONTEXT_FIELDS = ("device_type", "os", "locale", "country", "referrer", "app_version")
+TRAIT_FIELDS = ("name", "age_band", "role", "company_size")
+#: Profile fields that identify a person; logs and exports treat them as PII.
+PII_FIELDS = frozenset({"name"})
+
+# Consent bits: recorded and granted, per purpose.
+_ANALYTICS_SET, _ANALYTICS_ON, _PERSONAL_SET, _PERSONAL_ON = 1, 2, 4, 8
+
+
+class Vocabulary:
+    """Names to small ids, bounded so that hostile input cannot grow state without limit.
+
+    >>> v = Vocabulary(limit=2)
+    >>> v.id("a"), v.id("b"), v.id("a"), v.id("c"), v.name(v.id("zzz"))
+    (1, 2, 1, 0, '(other)')
+    """
+
+    OTHER = "(other)"
+
+    def __init__(self, names: list[str] | None = None, limit: int = 4096) -> None:
+        self.names: list[str] = names if names is not None else [self.OTHER]
+        self._ids = {name: i for i, name in enumerate(self.names)}
+        self.limit = limit
+
+    def id(self, name: str) -> int:
+        found = self._ids.get(name)
+        if found is not None:
+            return found
+        if len(self.names) > self.limit:
+            return 0
+        new = len(self.names)
+        self.names.append(name)
+        self._ids[name] = new
+        return new
+
+    def name(self, ident: int) -> str:
+        return self.names[ident]
+
+    def find(self, name: str) -> int | None:
+        """The id of ``name`` if it was ever seen, without adding it."""
+        return self._ids.get(name)
+
+
+class Vocabularies:
+    """The vocabularies one partition's users share."""
+
+    __slots__ = ("features", "steps", "tutorials", "variants")
+
+    def __init__(self, snapshot: dict[str, list[str]] | None = None) -> None:
+        snap = snapshot or {}
+        self.features = Vocabulary(snap.get("features"))
+        # Steps are bits of a mask: the journey has tens of steps, so 256 leaves room.
+        self.steps = Vocabulary(snap.get("steps"), limit=256)
+        self.tutorials = Vocabulary(snap.get("tutorials"))
+        self.variants = Vocabulary(snap.get("variants"))
+
+    def snapshot(self) -> dict[str, list[str]]:
+        return {name: getattr(self, name).names for name in self.__slots__}
+
+
+def _intern(value: str | None, current: str | None) -> str | None:
+    # Context values repeat across users (device types, locales...): interning stores each
+    # distinct string once per process instead of once per user.
+    return current if value is None else sys.intern(value)
+
+
+class UserState:
+    """Everything Headstart knows live about one user. See the module docstring."""
+
+    __slots__ = (
+        "counters",
+        "features",
+        "tutorials",
+        "viewed_steps",
+        "completed_steps",
+        "first_seen",
+        "last_seen",
+        "engagement",
+        "session_seconds",
+        "consent",
+        *CONTEXT_FIELDS,
+        *TRAIT_FIELDS,
+    )
+
+    counters: array[int]
+    features: array[int] | None
+    tutorials: array[int] | None
+    viewed_steps: int
+    completed_steps: int
+    first_seen: float
+    last_seen: float
+    engagement: float
+    session_seconds: float
+    consent: int
+    device_type: str | None
+    os: str | None
+    locale: str | None
+    country: str | None
+    referrer: str | None
+    app_version: str | None
+    name: str | None
+    age_band: str | None
+    role: str | None
+    company_size: str | None
+
+    @classmethod
+    def new(cls, ts: float) -> UserState:
+        user = cls.__new__(cls)
+        user.counters = array("I", _ZERO_COUNTERS)
+        user.features = None
+        user.tutorials = None
+        user.viewed_steps = 0
+        user.completed_steps = 0
+        user.first_seen = ts
+        user.last_seen = ts
+        user.engagement = 0.0
+        user.session_seconds = 0.0
+        user.consent = 0
+        for field in CONTEXT_FIELDS + TRAIT_FIELDS:
+            setattr(user, field, None)
+        return user
+
+    # ------------------------------------------------------------------ updates
+
+    def apply(self, event: Event, vocab: Vocabularies) -> None:
+        """Fold one event into the state."""
+        ts = event.ts
+        kind = event.kind
+        c = self.counters
+        c[kind] += 1
+        gap = ts - self.last_seen
+        if gap >= 0:
+            if kind is EventKind.SESSION_STARTED or gap > SESSION_GAP_S or c[C_SESSIONS] == 0:
+                c[C_SESSIONS] += 1
+            else:
+                self.session_seconds += gap
+            self.engagement = self.engagement * math.exp(-gap / _DECAY_TAU) + _WEIGHTS[kind]
+            self.last_seen = ts
+        else:
+            # A late event: count it, decayed to the newest time we hold, without moving time
+            # backwards (sessions and recency stay as the newest events made them).
+            self.engagement += _WEIGHTS[kind] * math.exp(gap / _DECAY_TAU)
+            if ts < self.first_seen:
+                self.first_seen = ts
+        seconds = int(ts)
+        c[C_HOURS] |= 1 << (seconds // 3600 % 24)
+        c[C_DAYS] |= 1 << ((seconds // 86400 + 3) % 7)  # 1970-01-01 was a Thursday
+        bucket = seconds // WINDOW_BUCKET_S
+        self._count_in_window(bucket)
+
+        ctx = event.context
+        if ctx is not None:
+            self.device_type = _intern(ctx.device_type, self.device_type)
+            self.os = _intern(ctx.os, self.os)
+            self.locale = _intern(ctx.locale, self.locale)
+            self.country = _intern(ctx.country, self.country)
+            self.referrer = _intern(ctx.referrer, self.referrer)
+            self.app_version = _intern(ctx.app_version, self.app_version)
+
+        if kind is EventKind.FEATURE_CLICKED:
+            assert isinstance(event, FeatureClicked)
+            self._count_feature(vocab.features.id(event.props.feature), bucket)
+        elif kind is EventKind.STEP_VIEWED:
+            assert isinstance(event, StepViewed)
+            self.viewed_steps |= 1 << vocab.steps.id(event.props.step)
+        elif kind is EventKind.STEP_COMPLETED:
+            assert isinstance(event, StepCompleted)
+            bit = 1 << vocab.steps.id(event.props.step)
+            self.viewed_steps |= bit
+            self.completed_steps |= bit
+        elif kind is EventKind.TUTORIAL_STARTED or kind is EventKind.TUTORIAL_COMPLETED:
+            assert isinstance(event, (TutorialStarted, TutorialCompleted))
+            props = event.props
+            self._count_tutorial(
+                vocab.tutorials.id(props.tutorial),
+                vocab.variants.id(props.variant),
+                completed=kind is EventKind.TUTORIAL_COMPLETED,
+            )
+        elif kind is EventKind.PROFILE_UPDATED:
+            assert isinstance(event, ProfileUpdated)
+            traits = event.props
+            self.name = traits.name if traits.name is not None else self.name
+            self.age_band = _intern(traits.age_band, self.age_band)
+            self.role = _intern(traits.role, self.role)
+            self.company_size = _intern(traits.company_size, self.company_size)
+        elif kind is EventKind.CONSENT_UPDATED:
+            assert isinstance(event, ConsentUpdated)
+            self._set_consent(event.props.analytics, event.props.personalization)
+
+    def _count_in_window(self, bucket: int) -> None:
+        c = self.counters
+        head = c[C_WIN_HEAD]
+        if bucket > head:
+            if bucket - head >= WINDOW_BUCKETS:
+                for slot in range(C_WIN, C_WIN + WINDOW_BUCKETS):
+                    c[slot] = 0
+            else:
+                for b in range(head + 1, bucket + 1):
+                    c[C_WIN + b % WINDOW_BUCKETS] = 0
+            c[C_WIN_HEAD] = head = bucket
+        if bucket > head - WINDOW_BUCKETS:
+            c[C_WIN + bucket % WINDOW_BUCKETS] += 1
+
+    def _count_feature(self, feature_id: int, bucket: int) -> None:
+        f = self.features
+        if f is None:
+            self.features = array("I", (feature_id, 1, bucket))
+            return
+        for i in range(0, len(f), _F_STRIDE):
+            if f[i] == feature_id:
+                f[i + 1] += 1
+                if bucket > f[i + 2]:
+                    f[i + 2] = bucket
+                return
+        f.extend((feature_id, 1, bucket))
+
+    def _count_tutorial(self, tutorial_id: int, variant_id: int, *, completed: bool) -> None:
+        t = self.tutorials
+        if t is None:
+            t = self.tutorials = array("I")
+        for i in range(0, len(t), _T_STRIDE):
+            if t[i] == tutorial_id and t[i + 1] == variant_id:
+                break
+        else:
+            i = len(t)
+            t.extend((tutorial_id, variant_id, 0, 0))
+        t[i + (3 if completed else 2)] += 1
+
+    def _set_consent(self, analytics: bool | None, personalization: bool | None) -> None:
+        consent = self.consent
+        if analytics is not None:
+            consent = (consent | _ANALYTICS_SET) & ~_ANALYTICS_ON
+            consent |= _ANALYTICS_ON if analytics else 0
+        if personalization is not None:
+            consent = (consent | _PERSONAL_SET) & ~_PERSONAL_ON
+            consent |= _PERSONAL_ON if personalization else 0
+        self.consent = consent
+
+    # ------------------------------------------------------------------ reads
+
+    @property
+    def sessions(self) -> int:
+        return self.counters[C_SESSIONS]
+
+    def count(self, kind: EventKind) -> int:
+        return self.counters[kind]
+
+    def engagement_at(self, now: float) -> float:
+        """The decayed engagement score as of ``now`` (never grows with time)."""
+        gap = max(0.0, now - self.last_seen)
+        return self.engagement * math.exp(-gap / _DECAY_TAU)
+
+    def events_in_window(self, now: float) -> int:
+        """Events whose time falls in the 5-minute window ending at ``now``."""
+        c = self.counters
+        head = c[C_WIN_HEAD]
+        newest = int(now) // WINDOW_BUCKET_S
+        total = 0
+        for b in range(newest - WINDOW_BUCKETS + 1, newest + 1):
+            if head - WINDOW_BUCKETS < b <= head:
+                total += c[C_WIN + b % WINDOW_BUCKETS]
+        return total
+
+    def features_in_window(self, now: float) -> int:
+        """Distinct features used in the 5-minute window ending at ``now``."""
+        f = self.features
+        if f is None:
+            return 0
+        oldest = int(now) // WINDOW_BUCKET_S - WINDOW_BUCKETS + 1
+        return sum(1 for i in range(2, len(f), _F_STRIDE) if f[i] >= oldest)
+
+    def feature_count(self, feature_id: int | None) -> int:
+        f = self.features
+        if f is None or feature_id is None:
+            return 0
+        for i in range(0, len(f), _F_STRIDE):
+            if f[i] == feature_id:
+                return f[i + 1]
+        return 0
+
+    def consent_given(self, purpose: str, default: bool) -> bool:
+        """Whether the user granted ``purpose`` ("analytics" or "personalization")."""
+        is_set, on = (
+            (_ANALYTICS_SET, _ANALYTICS_ON) if purpose == "analytics" else (_PERSONAL_SET, _PERSONAL_ON)
+        )
+        return bool(self.consent & on) if self.consent & is_set else default
+
+    def view(self, vocab: Vocabularies, now: float) -> dict[str, Any]:
+        """A JSON-ready picture of the state as of ``now``."""
+        c = self.counters
+        sessions = c[C_SESSIONS]
+        f = self.features or array("I")
+        t = self.tutorials or array("I")
+        return {
+            "first_seen": self.first_seen,
+            "last_seen": self.last_seen,
+            "sessions": sessions,
+            "session_seconds": self.session_seconds,
+            "avg_session_seconds": self.session_seconds / sessions if sessions else 0.0,
+            "active_hours_utc": [h for h in range(24) if c[C_HOURS] >> h & 1],
+            "active_weekdays": [d for d in range(7) if c[C_DAYS] >> d & 1],
+            "events_by_type": {k.wire_name: c[k] for k in EventKind if c[k]},
+            "events_total": sum(c[k] for k in EventKind),
+            "features": {vocab.features.name(f[i]): f[i + 1] for i in range(0, len(f), _F_STRIDE)},
+            "steps_viewed": _mask_names(self.viewed_steps, vocab.steps),
+            "steps_completed": _mask_names(self.completed_steps, vocab.steps),
+            "tutorials": [
+                {
+                    "tutorial": vocab.tutorials.name(t[i]),
+                    "variant": vocab.variants.name(t[i + 1]),
+                    "started": t[i + 2],
+                    "completed": t[i + 3],
+                }
+                for i in range(0, len(t), _T_STRIDE)
+            ],
+            "engagement": self.engagement_at(now),
+            "events_5m": self.events_in_window(now),
+            "features_5m": self.features_in_window(now),
+            "context": {k: getattr(self, k) for k in CONTEXT_FIELDS if getattr(self, k) is not None},
+            "traits": {k: getattr(self, k) for k in TRAIT_FIELDS if getattr(self, k) is not None},
+            "consent": {
+                purpose: (bool(self.consent & on) if self.consent & is_set else None)
+                for purpose, is_set, on in (
+                    ("analytics", _ANALYTICS_SET, _ANALYTICS_ON),
+                    ("personalization", _PERSONAL_SET, _PERSONAL_ON),
+                )
+            },
+        }
+
+    # ------------------------------------------------------------------ snapshots
+
+    def snapshot(self) -> list[Any]:
+        """A msgpack-ready list; :meth:`restore` is its inverse."""
+        return [
+            self.counters.tobytes(),
+            self.features.tobytes() if self.features is not None else None,
+            self.tutorials.tobytes() if self.tutorials is not None else None,
+            _mask_bytes(self.viewed_steps),
+            _mask_bytes(self.completed_steps),
+            self.first_seen,
+            self.last_seen,
+            self.engagement,
+            self.session_seconds,
+            self.consent,
+            [getattr(self, k) for k in CONTEXT_FIELDS + TRAIT_FIELDS],
+        ]
+
+    @classmethod
+    def restore(cls, data: list[Any]) -> UserState:
+        user = cls.__new__(cls)
+        counters, features, tutorials, viewed, completed, *scalars, attrs = data
+        user.counters = array("I", counters)
+        user.features = array("I", features) if features is not None else None
+        user.tutorials = array("I", tutorials) if tutorials is not None else None
+        user.viewed_steps = int.from_bytes(viewed, "little")
+        user.completed_steps = int.from_bytes(completed, "little")
+        user.first_seen, user.last_seen, user.engagement, user.session_seconds, user.consent = scalars
+        for field, value in zip(CONTEXT_FIELDS + TRAIT_FIELDS, attrs):
+            setattr(user, field, sys.intern(value) if value is not None and field not in PII_FIELDS else value)
+        return user
+
+
+def _mask_names(mask: int, vocab: Vocabulary) -> list[str]:
+    return [vocab.name(i) for i in range(mask.bit_length()) if mask >> i & 1]
+
+
+def _mask_bytes(mask: int) -> bytes:
+    return mask.to_bytes((mask.bit_length() + 7) // 8, "little")

@@ -1,0 +1,47 @@
+"""Runtime settings, from environment variables (``HEADSTART_*``) and command-line flags.
+
+>>> s = Settings(partitions=8, shards=2)
+>>> s.partitions_of_shard(1)
+[4, 5, 6, 7]
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Everything an operator can set. Defaults run a complete engine on one machine."""
+
+    model_config = SettingsConfigDict(env_prefix="HEADSTART_", extra="forbid", frozen=True)
+
+    home: Path = Field(Path(".headstart"), description="data home: broker store, keys, logs, pids")
+    nats_url: str | None = Field(None, description="an existing NATS server; unset starts the embedded one")
+    nats_port: int = Field(0, ge=0, le=65535, description="embedded broker port; 0 picks a free one")
+    partitions: int = Field(64, ge=1, le=4096, description="fixed number of partitions of the event stream")
+    shards: int = Field(2, ge=1, le=256, description="number of shard actors")
+    shard_num_cpus: float = Field(
+        0.5, gt=0, description="Ray CPUs reserved per shard (a shard is one event loop: at most one core)"
+    )
+    host: str = Field("127.0.0.1", description="HTTP bind address")
+    port: int = Field(8000, ge=0, le=65535, description="HTTP port")
+    secret: SecretStr | None = Field(None, description="pseudonymization secret; else <home>/secret")
+    event_retention_days: float = Field(30.0, gt=0, description="how long raw events stay in the stream")
+    stream_replicas: int = Field(1, ge=1, le=5, description="JetStream replicas (3 on a NATS cluster)")
+    fetch_batch: int = Field(
+        1024, ge=16, le=65536, description="messages per pull request; two are kept in flight"
+    )
+
+    @field_validator("home")
+    @classmethod
+    def _absolute_home(cls, value: Path) -> Path:
+        # Actors run in other working directories: the home must not depend on the cwd.
+        return value.expanduser().resolve()
+
+    def partitions_of_shard(self, shard: int, shards: int | None = None) -> list[int]:
+        """Contiguous ranges: a rescale moves whole neighbouring ranges, not scattered ones."""
+        n = shards or self.shards
+        return [p for p in range(self.partitions) if p * n // self.partitions == shard]

@@ -1,0 +1,66 @@
+"""The data home: every file Headstart writes at run time lives under one folder.
+
+>>> import tempfile
+>>> home = DataHome(Path(tempfile.mkdtemp()))
+>>> secret = home.secret()
+>>> secret == home.secret(), len(secret) >= 32, oct(home.secret_file.stat().st_mode & 0o777)
+(True, True, '0o600')
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from pathlib import Path
+from typing import Any
+
+
+class DataHome:
+    """Paths under the data home, and the files that are generated once and then kept."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.nats_dir = root / "nats"
+        self.run_dir = root / "run"
+        self.log_dir = root / "logs"
+        self.secret_file = root / "secret"
+        self.keys_file = root / "keys.json"
+        self.state_file = self.run_dir / "state.json"
+
+    def ensure(self) -> DataHome:
+        for path in (self.root, self.nats_dir, self.run_dir, self.log_dir):
+            path.mkdir(parents=True, exist_ok=True)
+        return self
+
+    def secret(self, configured: str | None = None) -> bytes:
+        """The pseudonymization secret: configured, or generated once into ``secret`` (0600)."""
+        if configured:
+            return configured.encode()
+        if not self.secret_file.exists():
+            self.ensure()
+            _write_private(self.secret_file, secrets.token_hex(32))
+        return self.secret_file.read_text().strip().encode()
+
+    def read_state(self) -> dict[str, Any] | None:
+        try:
+            data: dict[str, Any] = json.loads(self.state_file.read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return None
+        return data
+
+    def write_state(self, state: dict[str, Any]) -> None:
+        self.ensure()
+        tmp = self.state_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state, indent=2))
+        tmp.replace(self.state_file)
+
+    def clear_state(self) -> None:
+        self.state_file.unlink(missing_ok=True)
+
+
+def _write_private(path: Path, text: str) -> None:
+    # Create with 0600 from the start: a chmod after writing leaves a window where others can read.
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)

@@ -1,0 +1,165 @@
+"""JetStream streams and subjects, and the publishing helper for Python producers.
+
+Producers publish to ``hs.ingest.<user_key>``; the stream maps that, inside the server, to
+``hs.events.<partition>.<user_key>`` with ``partition()`` (FNV-1a of the key). The user key is
+in the subject so that one user's events can be found and purged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import msgspec
+from nats.js import JetStreamContext
+from nats.js.api import (
+    DiscardPolicy,
+    PubAck,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+    SubjectTransform,
+)
+from nats.js.errors import NotFoundError
+
+from engine.errors import ConfigError, InvalidEvent
+from engine.events import Event, encode_event, event_from_object
+from engine.keys import Pseudonymizer
+
+EVENTS_STREAM = "HS_EVENTS"
+INGEST_PREFIX = "hs.ingest"
+EVENTS_PREFIX = "hs.events"
+DLQ_STREAM = "HS_DLQ"
+DLQ_PREFIX = "hs.dlq"
+
+#: A publish retried within this window with the same event id is stored once (Nats-Msg-Id).
+DUPLICATE_WINDOW_S = 10 * 60
+#: Dead letters are kept long enough for someone to look at them after a holiday.
+DLQ_RETENTION_S = 30 * 86400
+
+
+def ingest_subject(user_key: str) -> str:
+    return f"{INGEST_PREFIX}.{user_key}"
+
+
+def partition_subject(partition: int) -> str:
+    """The subject filter of one partition's events."""
+    return f"{EVENTS_PREFIX}.{partition}.*"
+
+
+def events_stream_config(partitions: int, retention_days: float, replicas: int = 1) -> StreamConfig:
+    return StreamConfig(
+        name=EVENTS_STREAM,
+        description="Headstart events, partitioned by user key",
+        subjects=[f"{INGEST_PREFIX}.*"],
+        subject_transform=SubjectTransform(
+            src=f"{INGEST_PREFIX}.*",
+            dest=f"{EVENTS_PREFIX}.{{{{partition({partitions},1)}}}}.{{{{wildcard(1)}}}}",
+        ),
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        discard=DiscardPolicy.OLD,
+        max_age=retention_days * 86400,
+        duplicate_window=DUPLICATE_WINDOW_S,
+        num_replicas=replicas,
+        allow_direct=True,
+    )
+
+
+def dlq_stream_config(replicas: int = 1) -> StreamConfig:
+    return StreamConfig(
+        name=DLQ_STREAM,
+        description="Messages Headstart could not apply: original bytes plus the reason",
+        subjects=[f"{DLQ_PREFIX}.>"],
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        max_age=DLQ_RETENTION_S,
+        duplicate_window=DUPLICATE_WINDOW_S,
+        num_replicas=replicas,
+    )
+
+
+async def ensure_streams(
+    js: JetStreamContext, partitions: int, retention_days: float = 30.0, replicas: int = 1
+) -> None:
+    """Create the streams, or update them in place. Changing the partition count is refused:
+    it would move users between partitions and split their history."""
+    events = events_stream_config(partitions, retention_days, replicas)
+    try:
+        info = await js.stream_info(EVENTS_STREAM)
+    except NotFoundError:
+        await js.add_stream(events)
+    else:
+        current = info.config.subject_transform
+        if current is not None and current.dest != events.subject_transform.dest:  # type: ignore[union-attr]
+            raise ConfigError(
+                f"partitions: the stream {EVENTS_STREAM} was created with the mapping "
+                f"{current.dest!r}; partitions are fixed for a stream's life (asked for {partitions})"
+            )
+        await js.update_stream(events)
+    dlq = dlq_stream_config(replicas)
+    try:
+        await js.stream_info(DLQ_STREAM)
+    except NotFoundError:
+        await js.add_stream(dlq)
+    else:
+        await js.update_stream(dlq)
+
+
+class EventPublisher:
+    """Publishes events for Python producers: pseudonymizes, validates, encodes, deduplicates.
+
+    The raw ``user_id`` is replaced by its key before anything leaves the process; the
+    ``event_id`` becomes ``Nats-Msg-Id``, so a retried publish is stored once.
+
+    >>> publisher = EventPublisher(js, Pseudonymizer(secret))  # doctest: +SKIP
+    >>> await publisher.publish({"event_id": "e1", "user_id": "alice", "type": "session_started",
+    ...                          "ts": 1700000000})  # doctest: +SKIP
+    """
+
+    #: How many publishes may await their JetStream ack at once in :meth:`publish_many`.
+    WINDOW = 2000
+
+    def __init__(self, js: JetStreamContext, pseudonymizer: Pseudonymizer) -> None:
+        self._js = js
+        self._pseudonymizer = pseudonymizer
+
+    def prepare(self, event: Mapping[str, Any] | Event) -> tuple[str, bytes, dict[str, str]]:
+        """Validate one event and return (subject, payload, headers). Raises InvalidEvent."""
+        if isinstance(event, Event):
+            typed = msgspec.structs.replace(event, user_id=self._pseudonymizer.key(event.user_id))
+        else:
+            raw_id = event.get("user_id")
+            if not isinstance(raw_id, str) or not raw_id:
+                raise InvalidEvent("missing_field", "user_id must be a non-empty string")
+            typed = event_from_object({**event, "user_id": self._pseudonymizer.key(raw_id)})
+        return (
+            ingest_subject(typed.user_id),
+            encode_event(typed),
+            {"Nats-Msg-Id": typed.event_id},
+        )
+
+    async def publish(self, event: Mapping[str, Any] | Event) -> PubAck:
+        subject, payload, headers = self.prepare(event)
+        return await self._js.publish(subject, payload, headers=headers)
+
+    async def publish_many(self, events: Iterable[Mapping[str, Any] | Event]) -> list[PubAck]:
+        """Publish a batch, pipelined, and return once JetStream has stored every event."""
+        prepared = [self.prepare(event) for event in events]
+        return await publish_prepared(self._js, prepared, self.WINDOW)
+
+
+async def publish_prepared(
+    js: JetStreamContext, prepared: list[tuple[str, bytes, dict[str, str]]], window: int = 2000
+) -> list[PubAck]:
+    """Publish already-encoded messages with up to ``window`` acks outstanding."""
+    acks: list[PubAck] = []
+    futures: list[asyncio.Future[PubAck]] = []
+    for subject, payload, headers in prepared:
+        futures.append(await js.publish_async(subject, payload, headers=headers))
+        if len(futures) >= window:
+            acks.extend(await asyncio.gather(*futures))
+            futures.clear()
+    acks.extend(await asyncio.gather(*futures))
+    return acks

@@ -1,0 +1,1 @@
+"""Bandit and rule policies, one module each behind ``policies.base`` (issue 5)."""
