@@ -9,19 +9,26 @@ involved: there is no process between NATS and the shard.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import time
 from typing import Any
 
+import msgspec
 import nats
 import ray
 from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from nats.js.kv import KeyValue
 
 from engine.keys import partition_of
 from engine.shard import ShardState
 from headstart.config import Settings
 from headstart.consumer import PartitionConsumer
+from headstart.rpc import decode_request, encode_error, encode_reply, rpc_subject
+from headstart.status import REPORT_EVERY_S, STATUS_BUCKET
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +67,9 @@ class ShardActor:
         self.started_at = time.time()
         self.ready = asyncio.Event()
         self.failure: BaseException | None = None
+        self._reporter: asyncio.Task[None] | None = None
+        self._rate = 0.0
+        self._rpc_subs: list[Subscription] = []
         # The constructor runs on the actor's event loop: start consuming now, on first creation
         # and after every restart alike.
         self._starting = asyncio.get_running_loop().create_task(self._start())
@@ -81,7 +91,12 @@ class ShardActor:
                 replicas=self.settings.stream_replicas,
             )
             await self.consumer.start(self.state.start_position())
+            # Serve reads only once consuming: a read then sees every event stored before it.
+            self._rpc_subs = [
+                await self.nc.subscribe(rpc_subject(p, "*"), cb=self._on_rpc) for p in self.state.partitions
+            ]
             self.ready.set()
+            self._reporter = asyncio.create_task(self._report_forever())
         except BaseException as exc:
             self.failure = exc
             log.exception("shard %d failed to start", self.shard_id)
@@ -128,8 +143,40 @@ class ShardActor:
             "applied": self.state.applied,
             "ready": self.ready.is_set(),
             "started_at": self.started_at,
+            "consumer": consumer_name(self.shard_id),
+            "events_per_s": self._rate,
             **consumer,
         }
+
+    async def _on_rpc(self, msg: Msg) -> None:
+        """Requests from NATS (``hs.rpc.<partition>.<method>``), answered on this event loop."""
+        _, _, partition, method = msg.subject.split(".", 3)
+        try:
+            request = decode_request(msg.data)
+            if method == "user":
+                now = request.get("now") or time.time()
+                reply = encode_reply(self.state.view(int(partition), request["key"], now))
+            else:
+                reply = encode_error("unknown_method", f"no method {method!r}")
+        except (KeyError, ValueError, TypeError, msgspec.DecodeError) as exc:
+            reply = encode_error("bad_request", str(exc))
+        await msg.respond(reply)
+
+    async def _report_forever(self) -> None:
+        """Publish stats for `headstart status` every second (NATS only: no Ray driver needed)."""
+        assert self.nc is not None
+        kv: KeyValue = await self.nc.jetstream().key_value(STATUS_BUCKET)
+        last_applied, last_time = self.state.applied, time.monotonic()
+        while True:
+            await asyncio.sleep(REPORT_EVERY_S)
+            applied, now = self.state.applied, time.monotonic()
+            self._rate = (applied - last_applied) / max(now - last_time, 1e-9)
+            last_applied, last_time = applied, now
+            try:
+                stats = await self.stats()
+                await kv.put(f"shard-{self.shard_id}", json.dumps(stats).encode())
+            except Exception as exc:  # noqa: BLE001 - status is best effort; events are not
+                log.debug("status report failed: %s", exc)
 
     async def lag(self) -> int:
         self._require_ready()
@@ -137,6 +184,11 @@ class ShardActor:
         return await self.consumer.lag()
 
     async def stop(self) -> None:
+        if self._reporter is not None:
+            self._reporter.cancel()
+        for sub in self._rpc_subs:
+            await sub.unsubscribe()
+        self._rpc_subs = []
         if self.consumer is not None:
             await self.consumer.stop()
         if self.nc is not None:

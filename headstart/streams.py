@@ -98,6 +98,9 @@ async def ensure_streams(
                 f"{current.dest!r}; partitions are fixed for a stream's life (asked for {partitions})"
             )
         await js.update_stream(events)
+    from headstart.status import ensure_status_bucket
+
+    await ensure_status_bucket(js)
     dlq = dlq_stream_config(replicas)
     try:
         await js.stream_info(DLQ_STREAM)

@@ -1,0 +1,226 @@
+"""The ``headstart`` command line."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from engine.errors import ConfigError, HeadstartError
+from headstart.config import Settings
+from headstart.home import DataHome
+
+app = typer.Typer(help="Headstart: real-time personalization of user onboarding.", no_args_is_help=True)
+console = Console()
+
+HomeOption = Annotated[
+    Path | None,
+    typer.Option("--home", help="data home (default ./.headstart, or HEADSTART_HOME)", show_default=False),
+]
+
+
+def _settings(home: Path | None, **overrides: Any) -> Settings:
+    values = {k: v for k, v in overrides.items() if v is not None}
+    if home is not None:
+        values["home"] = home
+    try:
+        return Settings(**values)
+    except Exception as exc:  # pydantic's ValidationError names the field and why
+        raise typer.BadParameter(str(exc)) from exc
+
+
+@app.command()
+def up(
+    home: HomeOption = None,
+    detach: Annotated[bool, typer.Option("--detach", help="return once everything is ready")] = False,
+    shards: Annotated[int | None, typer.Option(help="number of shard actors")] = None,
+    partitions: Annotated[int | None, typer.Option(help="partitions (fixed for a stream's life)")] = None,
+    nats_url: Annotated[str | None, typer.Option(help="use this NATS server instead of the embedded one")] = None,
+    port: Annotated[int | None, typer.Option(help="HTTP port")] = None,
+    timeout: Annotated[float, typer.Option(help="seconds to wait for readiness with --detach")] = 180.0,
+) -> None:
+    """Start the embedded nats-server, local Ray and the shards; print where they are."""
+    from headstart.runtime import Runtime, instance_running, stop_recorded
+
+    settings = _settings(home, shards=shards, partitions=partitions, nats_url=nats_url, port=port)
+    data_home = DataHome(settings.home).ensure()
+    running = instance_running(data_home)
+    if running is not None and running.get("ready"):
+        _print_urls(running)
+        console.print("[yellow]already running[/]; `headstart down` stops it")
+        return
+    # A previous instance whose supervisor died leaves orphans behind: stop them first.
+    stop_recorded(data_home)
+    if detach:
+        _start_detached(settings, data_home, timeout)
+        return
+    runtime = Runtime(settings)
+    try:
+        state = runtime.start()
+        _print_urls(state)
+        console.print("Running. Ctrl-C to stop.")
+        runtime.wait()
+    finally:
+        console.print("Stopping...")
+        runtime.stop()
+
+
+def _start_detached(settings: Settings, data_home: DataHome, timeout: float) -> None:
+    log_path = data_home.log_dir / "supervisor.log"
+    env = {**os.environ, **{f"HEADSTART_{k.upper()}": str(v) for k, v in _env_overrides(settings).items()}}
+    with open(log_path, "ab") as log_file:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "headstart", "up", "--home", str(settings.home)],
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env=env,
+        )
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            console.print(f"[red]headstart failed to start[/]; see {log_path}")
+            raise typer.Exit(1)
+        state = data_home.read_state()
+        if state and state.get("ready") and state["supervisor"]["pid"] == proc.pid:
+            _print_urls(state)
+            return
+        time.sleep(0.2)
+    console.print(f"[red]not ready after {timeout}s[/]; see {log_path}")
+    raise typer.Exit(1)
+
+
+def _env_overrides(settings: Settings) -> dict[str, Any]:
+    """Settings given on the command line, passed to the detached supervisor by environment."""
+    defaults = Settings(home=settings.home)
+    return {
+        name: getattr(settings, name)
+        for name in ("shards", "partitions", "nats_url", "port")
+        if getattr(settings, name) != getattr(defaults, name)
+    }
+
+
+def _print_urls(state: dict[str, Any]) -> None:
+    console.print(f"NATS:     {state['nats_url']}")
+    if state.get("http_url"):
+        console.print(f"HTTP API: {state['http_url']}  (demo page at /, API docs at /docs)")
+    console.print(f"Shards:   {state['shards']} over {state['partitions']} partitions")
+    console.print(f"Home:     {state['home']}")
+
+
+@app.command()
+def down(home: HomeOption = None) -> None:
+    """Stop what `headstart up` started for this home (by recorded PID, never by name)."""
+    from headstart.runtime import stop_recorded
+
+    settings = _settings(home)
+    pids = stop_recorded(DataHome(settings.home))
+    console.print(f"stopped {len(pids)} process(es)" if pids else "nothing was running")
+
+
+@app.command()
+def status(
+    home: HomeOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+) -> None:
+    """Shards, partitions, consumer lag, events/s and dead letters of the running instance."""
+    from headstart.runtime import instance_running
+    from headstart.status import collect_status
+
+    settings = _settings(home)
+    state = instance_running(DataHome(settings.home))
+    url = settings.nats_url or (state or {}).get("nats_url")
+    if not url:
+        console.print("[red]not running[/] (no instance for this home; `headstart up`)")
+        raise typer.Exit(1)
+    report = asyncio.run(collect_status(url))
+    if as_json:
+        print(json.dumps(report, indent=2))
+        return
+    table = Table(title=f"Headstart at {url}")
+    for column in ("shard", "partitions", "users", "applied", "events/s", "lag", "dead letters", "age"):
+        table.add_column(column, justify="right")
+    for shard in report["shards"]:
+        table.add_row(
+            str(shard["shard"]),
+            _ranges(shard["partitions"]),
+            str(shard["users"]),
+            str(shard["applied"]),
+            f"{shard['events_per_s']:.0f}",
+            str(shard.get("lag", "?")),
+            str(shard["dead_lettered"]),
+            f"{shard['age_s']:.0f}s",
+        )
+    console.print(table)
+    stream = report["stream"]
+    console.print(
+        f"stream {stream['name']}: {stream['messages']} events, last seq {stream['last_seq']}; "
+        f"dead letters stored: {report['dead_letters']}"
+    )
+
+
+def _ranges(parts: list[int]) -> str:
+    if not parts:
+        return "-"
+    out, start, prev = [], parts[0], parts[0]
+    for p in [*parts[1:], None]:
+        if p is not None and p == prev + 1:
+            prev = p
+            continue
+        out.append(f"{start}-{prev}" if start != prev else str(start))
+        if p is not None:
+            start = prev = p
+    return ",".join(out)
+
+
+@app.command()
+def demo(
+    home: HomeOption = None,
+    users: Annotated[int, typer.Option(help="simulated users")] = 5,
+    steps: Annotated[int, typer.Option(help="events per user")] = 6,
+) -> None:
+    """Drive a few simulated users through the running engine and show their state change."""
+    from headstart.demo import run_demo
+
+    settings = _settings(home)
+    try:
+        run_demo(settings, users=users, steps=steps, console=console)
+    except HeadstartError as exc:
+        console.print(f"[red]{exc}[/]")
+        raise typer.Exit(1) from exc
+
+
+@app.command()
+def bench(
+    name: Annotated[str, typer.Argument(help="benchmark name: a module of bench/ (e.g. ingest)")],
+    quick: Annotated[bool, typer.Option(help="a small, fast run (for CI smoke checks)")] = False,
+    out: Annotated[Path | None, typer.Option(help="results folder (default bench/results)")] = None,
+) -> None:
+    """Run a benchmark from bench/ and write bench/results/NAME.json."""
+    from bench.common import run_benchmark
+
+    try:
+        path = run_benchmark(name, quick=quick, out_dir=out)
+    except (ConfigError, ModuleNotFoundError) as exc:
+        console.print(f"[red]{exc}[/]")
+        raise typer.Exit(2) from exc
+    console.print(f"wrote {path}")
+    console.print_json(path.read_text())
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

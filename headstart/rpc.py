@@ -1,0 +1,84 @@
+"""Requests to the shard that owns a partition, over NATS request/reply.
+
+Each shard subscribes ``hs.rpc.<partition>.<method>`` for the partitions it owns, so NATS routes
+a request to the current owner: callers need only the user key, not the partition → shard map,
+and a partition that is moving simply has no responder for a moment.
+
+Payloads are msgpack maps; a reply is ``{"ok": value}`` or ``{"error": {"code", "message"}}``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+from nats.aio.client import Client as NATS
+from nats.errors import NoRespondersError, TimeoutError as NatsTimeout
+
+from engine.errors import HeadstartError
+from engine.keys import partition_of
+
+RPC_PREFIX = "hs.rpc"
+
+_encode = msgspec.msgpack.Encoder().encode
+_decode = msgspec.msgpack.Decoder().decode
+
+
+class ShardUnavailable(HeadstartError):
+    """No shard answered for the partition in time (starting, moving, or down)."""
+
+
+class ShardError(HeadstartError):
+    """The shard answered with an error."""
+
+
+def rpc_subject(partition: int, method: str) -> str:
+    return f"{RPC_PREFIX}.{partition}.{method}"
+
+
+def encode_reply(value: Any) -> bytes:
+    return _encode({"ok": value})
+
+
+def encode_error(code: str, message: str) -> bytes:
+    return _encode({"error": {"code": code, "message": message}})
+
+
+def decode_request(data: bytes) -> dict[str, Any]:
+    request = _decode(data)
+    if not isinstance(request, dict):
+        raise ValueError("request must be a map")
+    return request
+
+
+class ShardClient:
+    """Calls shards by user key.
+
+    >>> client = ShardClient(nc, partitions=64)  # doctest: +SKIP
+    >>> await client.get_user(key)  # doctest: +SKIP
+    {'sessions': 1, ...}
+    """
+
+    def __init__(self, nc: NATS, partitions: int, timeout: float = 2.0) -> None:
+        self._nc = nc
+        self.partitions = partitions
+        self.timeout = timeout
+
+    async def call(self, user_key: str, method: str, timeout: float | None = None, **args: Any) -> Any:
+        partition = partition_of(user_key, self.partitions)
+        try:
+            msg = await self._nc.request(
+                rpc_subject(partition, method),
+                _encode({"key": user_key, **args}),
+                timeout=self.timeout if timeout is None else timeout,
+            )
+        except (NoRespondersError, NatsTimeout) as exc:
+            raise ShardUnavailable(f"no shard answered for partition {partition}") from exc
+        reply = _decode(msg.data)
+        if "error" in reply:
+            raise ShardError(f"{reply['error']['code']}: {reply['error']['message']}")
+        return reply["ok"]
+
+    async def get_user(self, user_key: str, now: float | None = None) -> dict[str, Any] | None:
+        result: dict[str, Any] | None = await self.call(user_key, "user", now=now)
+        return result

@@ -1,0 +1,176 @@
+"""What ``headstart up`` runs: the embedded broker, local Ray, the streams and the shards.
+
+One process (the supervisor) owns them. It records every process it started, with its start
+time, in ``<home>/run/state.json``, so ``headstart down`` stops exactly those, by PID, even if
+the supervisor itself died: other Ray or NATS instances on the machine are left alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import threading
+import time
+from typing import Any
+
+import nats
+import psutil
+
+from engine.errors import HeadstartError
+from headstart.broker import EmbeddedNats
+from headstart.config import Settings
+from headstart.home import DataHome
+from headstart.streams import ensure_streams
+
+log = logging.getLogger(__name__)
+
+
+class Runtime:
+    """Starts and stops one Headstart instance for a data home."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.home = DataHome(settings.home).ensure()
+        self.broker: EmbeddedNats | None = None
+        self.nats_url = settings.nats_url or ""
+        self.group: Any = None
+        self._stop = threading.Event()
+
+    def start(self) -> dict[str, Any]:
+        """Bring everything up and return the state written to the data home."""
+        self.home.secret(self.settings.secret.get_secret_value() if self.settings.secret else None)
+        if not self.settings.nats_url:
+            self.broker = EmbeddedNats(self.home.nats_dir, self.settings.nats_port)
+            self.nats_url = self.broker.start()
+            self._record(phase="broker")
+        asyncio.run(self._ensure_streams())
+
+        import ray
+
+        from actors.cluster import ShardGroup
+
+        # Logical CPUs: shards are scheduled by reservation, the OS shares the real cores.
+        num_cpus = max(os.cpu_count() or 1, int(self.settings.shards * self.settings.shard_num_cpus) + 2)
+        context = ray.init(
+            num_cpus=num_cpus,
+            include_dashboard=False,
+            namespace="headstart",
+            configure_logging=True,
+            logging_level=logging.WARNING,
+            log_to_driver=False,
+        )
+        self._ray_address = context.address_info["gcs_address"]
+        self._record(phase="ray")
+        self.group = ShardGroup(self.settings, self.nats_url).start()
+        self.group.wait_ready()
+        return self._record(phase="ready")
+
+    async def _ensure_streams(self) -> None:
+        nc = await nats.connect(self.nats_url, connect_timeout=5, max_reconnect_attempts=3)
+        try:
+            await ensure_streams(
+                nc.jetstream(),
+                self.settings.partitions,
+                self.settings.event_retention_days,
+                self.settings.stream_replicas,
+            )
+        finally:
+            await nc.close()
+
+    def _record(self, phase: str) -> dict[str, Any]:
+        me = psutil.Process()
+        children = [
+            {"pid": p.pid, "create_time": p.create_time(), "name": p.name()}
+            for p in me.children(recursive=True)
+        ]
+        state = {
+            "phase": phase,
+            "ready": phase == "ready",
+            "supervisor": {"pid": me.pid, "create_time": me.create_time()},
+            "children": children,
+            "nats_url": self.nats_url,
+            "nats_monitor": f"http://127.0.0.1:{self.broker.monitor_port}" if self.broker else None,
+            "ray_address": getattr(self, "_ray_address", None),
+            "partitions": self.settings.partitions,
+            "shards": self.settings.shards,
+            "home": str(self.home.root),
+            "started_at": time.time(),
+        }
+        self.home.write_state(state)
+        return state
+
+    def wait(self) -> None:
+        """Block until SIGINT or SIGTERM."""
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: self._stop.set())
+        while not self._stop.wait(1.0):
+            pass
+
+    def stop(self) -> None:
+        if self.group is not None:
+            try:
+                self.group.stop()
+            except Exception:  # noqa: BLE001 - shutting down: keep going
+                log.exception("stopping shards")
+        try:
+            import ray
+
+            if ray.is_initialized():
+                ray.shutdown()
+        except Exception:  # noqa: BLE001
+            log.exception("stopping ray")
+        if self.broker is not None:
+            self.broker.stop()
+        self.home.clear_state()
+
+
+def stop_recorded(home: DataHome, timeout: float = 40.0) -> list[int]:
+    """Stop the processes recorded in the home's state file; return the PIDs signalled.
+
+    The supervisor gets SIGTERM and a chance to stop everything in order; whatever it started
+    and is still alive afterwards is killed, identified by PID *and* start time so a recycled
+    PID is never hit.
+    """
+    state = home.read_state()
+    if state is None:
+        return []
+    signalled: list[int] = []
+    sup = _live(state["supervisor"])
+    if sup is not None:
+        sup.terminate()
+        signalled.append(sup.pid)
+        try:
+            sup.wait(timeout)
+        except psutil.TimeoutExpired:
+            sup.kill()
+    for child in state.get("children", []):
+        proc = _live(child)
+        if proc is not None:
+            proc.kill()
+            signalled.append(proc.pid)
+    home.clear_state()
+    return signalled
+
+
+def _live(record: dict[str, Any]) -> psutil.Process | None:
+    try:
+        proc = psutil.Process(record["pid"])
+        if abs(proc.create_time() - record["create_time"]) > 1.0:
+            return None
+        return proc if proc.is_running() else None
+    except psutil.NoSuchProcess:
+        return None
+
+
+def instance_running(home: DataHome) -> dict[str, Any] | None:
+    """The state of the instance running for this home, or None."""
+    state = home.read_state()
+    if state is None or _live(state["supervisor"]) is None:
+        return None
+    return state
+
+
+class NotRunning(HeadstartError):
+    """No instance is running for this data home."""

@@ -1,0 +1,75 @@
+"""Reading the running instance's numbers from NATS: what shards report, and consumer lag.
+
+Shards write their stats to the ``HS_STATUS`` key-value bucket every second; entries of a
+shard that stopped expire. Reading them needs only a NATS connection, not a Ray driver.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import nats
+from nats.js import JetStreamContext
+from nats.js.api import KeyValueConfig, StorageType
+from nats.js.errors import BucketNotFoundError, NotFoundError
+
+from headstart.streams import DLQ_STREAM, EVENTS_STREAM
+
+STATUS_BUCKET = "HS_STATUS"
+#: A shard that has not reported for this long is gone; its entry expires.
+STATUS_TTL_S = 30.0
+REPORT_EVERY_S = 1.0
+
+
+async def ensure_status_bucket(js: JetStreamContext) -> None:
+    try:
+        await js.key_value(STATUS_BUCKET)
+    except BucketNotFoundError:
+        await js.create_key_value(
+            KeyValueConfig(bucket=STATUS_BUCKET, history=1, ttl=STATUS_TTL_S, storage=StorageType.MEMORY)
+        )
+
+
+async def collect_status(nats_url: str) -> dict[str, Any]:
+    nc = await nats.connect(nats_url, connect_timeout=5, max_reconnect_attempts=1)
+    try:
+        js = nc.jetstream()
+        shards: list[dict[str, Any]] = []
+        try:
+            kv = await js.key_value(STATUS_BUCKET)
+            for key in await kv.keys():
+                entry = await kv.get(key)
+                if entry.value:
+                    shards.append(json.loads(entry.value))
+        except (BucketNotFoundError, NotFoundError, nats.js.errors.NoKeysError):
+            pass
+        shards.sort(key=lambda s: s["shard"])
+        now = time.time()
+        for shard in shards:
+            shard["age_s"] = now - shard.get("started_at", now)
+            try:
+                info = await js.consumer_info(EVENTS_STREAM, shard["consumer"])
+                shard["lag"] = int(info.num_pending or 0)
+            except NotFoundError:
+                shard["lag"] = None
+        events = await js.stream_info(EVENTS_STREAM)
+        try:
+            dlq = (await js.stream_info(DLQ_STREAM)).state.messages
+        except NotFoundError:
+            dlq = 0
+        return {
+            "nats_url": nats_url,
+            "shards": shards,
+            "stream": {
+                "name": EVENTS_STREAM,
+                "messages": events.state.messages,
+                "last_seq": events.state.last_seq,
+            },
+            "dead_letters": dlq,
+            "events_per_s": sum(s.get("events_per_s", 0.0) for s in shards),
+            "lag": sum(s.get("lag") or 0 for s in shards),
+        }
+    finally:
+        await nc.close()
