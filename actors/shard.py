@@ -39,10 +39,6 @@ def shard_name(shard_id: int) -> str:
     return f"hs-shard-{shard_id}"
 
 
-def consumer_name(shard_id: int) -> str:
-    return f"shard-{shard_id}"
-
-
 class ShardNotReady(RuntimeError):
     """The shard is still starting (restoring or catching up with its stream)."""
 
@@ -63,7 +59,7 @@ class ShardActor:
         self.nats_url = nats_url
         self.state = ShardState.build(dict.fromkeys(partitions))
         self.nc: NATS | None = None
-        self.consumer: PartitionConsumer | None = None
+        self.consumers: dict[int, PartitionConsumer] = {}
         self.started_at = time.time()
         self.ready = asyncio.Event()
         self.failure: BaseException | None = None
@@ -82,36 +78,42 @@ class ShardActor:
                 max_reconnect_attempts=-1,
                 reconnect_time_wait=0.5,
             )
-            self.consumer = PartitionConsumer(
-                self.nc,
-                name=consumer_name(self.shard_id),
-                partitions=list(self.state.partitions),
-                handler=self.state.apply,
-                batch=self.settings.fetch_batch,
-                replicas=self.settings.stream_replicas,
-            )
-            await self.consumer.start(self.state.start_position())
+            for partition, part in self.state.partitions.items():
+                consumer = PartitionConsumer(
+                    self.nc,
+                    partition=partition,
+                    handler=part.apply_message,
+                    batch=self.settings.fetch_batch,
+                    replicas=self.settings.stream_replicas,
+                )
+                # Each partition resumes right after its own last applied sequence.
+                await consumer.start(part.last_seq)
+                self.consumers[partition] = consumer
             # Serve reads only once consuming: a read then sees every event stored before it.
             self._rpc_subs = [
                 await self.nc.subscribe(rpc_subject(p, "*"), cb=self._on_rpc) for p in self.state.partitions
             ]
             self.ready.set()
             self._reporter = asyncio.create_task(self._report_forever())
-        except BaseException as exc:
+        except Exception as exc:  # noqa: BLE001 - kept and reported by wait_ready and reads
             self.failure = exc
             log.exception("shard %d failed to start", self.shard_id)
-            raise
 
     async def wait_ready(self, timeout: float = 60.0) -> dict[str, Any]:
-        """Wait until the shard consumes (not necessarily caught up); return its stats."""
-        await asyncio.wait_for(self.ready.wait(), timeout)
+        """Wait until the shard consumes (not necessarily caught up); return its stats.
+
+        Raises the start-up error if starting failed, rather than waiting out the timeout.
+        """
+        await asyncio.wait_for(asyncio.wait([self._starting]), timeout)
+        if self.failure is not None:
+            raise ShardNotReady(f"shard {self.shard_id} failed to start: {self.failure!r}")
         return await self.stats()
 
     async def caught_up(self) -> bool:
         """True once every event stored in our partitions so far has been applied."""
-        if self.consumer is None or not self.ready.is_set():
+        if not self.ready.is_set():
             return False
-        return await self.consumer.lag() == 0 and self.consumer.stats()["position"] >= 0
+        return await self.lag() == 0
 
     def _require_ready(self) -> None:
         if not self.ready.is_set():
@@ -133,7 +135,8 @@ class ShardActor:
         return self.state.views(((partition_of(k, n), k) for k in user_keys), at)
 
     async def stats(self) -> dict[str, Any]:
-        consumer = self.consumer.stats() if self.consumer else {}
+        consumers = [c.stats() for c in self.consumers.values()]
+        first = [c["first_handled_at"] for c in consumers if c["first_handled_at"]]
         return {
             "shard": self.shard_id,
             "pid": os.getpid(),
@@ -143,9 +146,13 @@ class ShardActor:
             "applied": self.state.applied,
             "ready": self.ready.is_set(),
             "started_at": self.started_at,
-            "consumer": consumer_name(self.shard_id),
             "events_per_s": self._rate,
-            **consumer,
+            "handled": sum(c["handled"] for c in consumers),
+            "dead_lettered": sum(c["dead_lettered"] for c in consumers),
+            "restarts": sum(c["restarts"] for c in consumers),
+            "first_handled_at": min(first, default=0.0),
+            "last_handled_at": max((c["last_handled_at"] for c in consumers), default=0.0),
+            "positions": {str(p): c["position"] for p, c in zip(self.consumers, consumers)},
         }
 
     async def _on_rpc(self, msg: Msg) -> None:
@@ -179,9 +186,9 @@ class ShardActor:
                 log.debug("status report failed: %s", exc)
 
     async def lag(self) -> int:
+        """Events stored in our partitions and not yet delivered to us."""
         self._require_ready()
-        assert self.consumer is not None
-        return await self.consumer.lag()
+        return sum(await asyncio.gather(*(c.lag() for c in self.consumers.values())))
 
     async def stop(self) -> None:
         if self._reporter is not None:
@@ -189,7 +196,7 @@ class ShardActor:
         for sub in self._rpc_subs:
             await sub.unsubscribe()
         self._rpc_subs = []
-        if self.consumer is not None:
-            await self.consumer.stop()
+        for consumer in self.consumers.values():
+            await consumer.stop()
         if self.nc is not None:
             await self.nc.drain()

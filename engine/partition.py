@@ -66,15 +66,6 @@ class PartitionState:
         if event.ts > self.watermark:
             self.watermark = event.ts
 
-    def advance_to(self, seq: int) -> None:
-        """Record that every message of this partition up to ``seq`` has been handled.
-
-        A shard calls this with its consumer's position, so a quiet partition does not force a
-        replay from far back after a restart.
-        """
-        if seq > self.last_seq:
-            self.last_seq = seq
-
     def view(self, user_key: str, now: float) -> dict[str, Any] | None:
         user = self.users.get(user_key)
         return None if user is None else user.view(self.vocab, now)

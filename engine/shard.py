@@ -4,7 +4,7 @@
 >>> shard = ShardState.build({0: None, 1: None})
 >>> raw = encode_event({"event_id": "e", "user_id": "k", "type": "session_started", "ts": 5})
 >>> shard.apply(seq=7, partition=1, user_key="k", data=raw)
->>> shard.start_position(), shard.view(1, "k", now=5)["sessions"]
+>>> shard.partitions[1].last_seq, shard.view(1, "k", now=5)["sessions"]
 (7, 1)
 """
 
@@ -38,15 +38,6 @@ class ShardState:
         except KeyError:
             raise NotOwned(f"partition {partition} is not owned by this shard") from None
         part.apply_message(seq, user_key, data)
-
-    def start_position(self) -> int:
-        """The stream sequence after which consumption must resume: the least far partition's."""
-        return min((p.last_seq for p in self.partitions.values()), default=0)
-
-    def advance_all(self, seq: int) -> None:
-        """Every owned partition has been handled up to ``seq`` (the consumer's position)."""
-        for part in self.partitions.values():
-            part.advance_to(seq)
 
     def part(self, partition: int) -> PartitionState:
         try:

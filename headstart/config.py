@@ -32,7 +32,7 @@ class Settings(BaseSettings):
     event_retention_days: float = Field(30.0, gt=0, description="how long raw events stay in the stream")
     stream_replicas: int = Field(1, ge=1, le=5, description="JetStream replicas (3 on a NATS cluster)")
     fetch_batch: int = Field(
-        1024, ge=16, le=65536, description="messages per pull request; two are kept in flight"
+        256, ge=16, le=65536, description="messages per pull request, per partition; two are kept in flight"
     )
 
     @field_validator("home")

@@ -1,4 +1,11 @@
-"""A shard's JetStream pull consumer: its partitions' events, in stream order, exactly once.
+"""A partition's JetStream pull consumer: its events, in stream order, exactly once.
+
+One consumer per partition, with a single filter subject (``hs.events.<p>.*``): nats-server
+slows down sharply for consumers with several filter subjects over a stream with many subjects
+(one per user here). Measured on this machine with 20,000 users: one consumer with 32 filters
+drained 1,900 msgs/s, 32 single-filter consumers on one connection 55,000 msgs/s. It also
+makes a partition the unit of resumption and of moves: its consumer restarts after its own
+last applied sequence, wherever the partition lives.
 
 Why not nats-py's ``fetch()``: it creates a task, a ``wait_for`` and a uuid per message and
 topped out at ~20k msgs/s here. This loop subscribes one inbox with a callback and keeps two
@@ -32,9 +39,9 @@ from headstart.streams import DLQ_PREFIX, EVENTS_STREAM, partition_subject
 
 log = logging.getLogger(__name__)
 
-#: Called with (stream sequence, partition, user key, payload); raises InvalidEvent to
-#: dead-letter the message.
-Handler = Callable[[int, int, str, bytes], None]
+#: Called with (stream sequence, user key, payload); raises InvalidEvent to dead-letter the
+#: message.
+Handler = Callable[[int, str, bytes], None]
 
 #: Ack (ack-all) at least this often within a burst, so the server's ack floor and the
 #: consumer's ack-pending count stay close to the truth during long drains.
@@ -44,34 +51,39 @@ PULL_EXPIRES_S = 10.0
 #: While a pull waits the server sends a heartbeat this often; three missed ones mean the
 #: broker or our consumer is gone and the consumer is re-created from our position.
 HEARTBEAT_S = 2.0
+#: How often the watchdog looks at the connection and at the time since the last delivery.
+WATCH_EVERY_S = 0.25
 #: A delivery not acknowledged in this long is redelivered; redeliveries at or below the
 #: position are no-ops, so this only bounds how long a stalled shard holds messages.
 ACK_WAIT_S = 120.0
 
 
+def consumer_name(partition: int) -> str:
+    return f"hs-p{partition}"
+
+
 class PartitionConsumer:
-    """Consumes ``partitions`` of the events stream from ``start_seq`` and feeds ``handler``."""
+    """Consumes one partition of the events stream after a position and feeds ``handler``."""
 
     def __init__(
         self,
         nc: NATS,
         *,
-        name: str,
-        partitions: list[int],
+        partition: int,
         handler: Handler,
-        batch: int = 1024,
+        batch: int = 256,
         stream: str = EVENTS_STREAM,
         replicas: int = 1,
     ) -> None:
         self._nc = nc
         self._js = nc.jetstream()
-        self.name = name
-        self.partitions = sorted(partitions)
+        self.partition = partition
+        self.name = consumer_name(partition)
         self._handler = handler
         self._batch = batch
         self._stream = stream
         self._replicas = replicas
-        self._pull_subject = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{name}"
+        self._pull_subject = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{self.name}"
         self._pull_payload = json.dumps(
             {
                 "batch": batch,
@@ -79,11 +91,14 @@ class PartitionConsumer:
                 "idle_heartbeat": int(HEARTBEAT_S * 1e9),
             }
         ).encode()
-        #: Highest stream sequence handled: every message of our partitions up to it is applied.
+        #: Highest stream sequence handled: every message of the partition up to it is applied.
         self.position = 0
         self.handled = 0
         self.dead_lettered = 0
         self.restarts = 0
+        #: Wall-clock times of the first handled message and of the latest ack, for drain rates.
+        self.first_handled_at = 0.0
+        self.last_handled_at = 0.0
         self._sub: Subscription | None = None
         self._inbox = ""
         self._generation = 0
@@ -125,7 +140,6 @@ class PartitionConsumer:
             await self._js.delete_consumer(self._stream, self.name)
         except NotFoundError:
             pass
-        filters = [partition_subject(p) for p in self.partitions]
         await self._js.add_consumer(
             self._stream,
             ConsumerConfig(
@@ -136,8 +150,7 @@ class PartitionConsumer:
                 ack_policy=AckPolicy.ALL,
                 ack_wait=ACK_WAIT_S,
                 max_ack_pending=-1,
-                filter_subject=filters[0] if len(filters) == 1 else None,
-                filter_subjects=filters if len(filters) > 1 else None,
+                filter_subject=partition_subject(self.partition),
                 # An abandoned consumer (its shard moved or gone) cleans itself up.
                 inactive_threshold=3600.0,
                 num_replicas=self._replicas,
@@ -187,9 +200,15 @@ class PartitionConsumer:
                 delay = min(delay * 2, 5.0)
 
     async def _watch(self) -> None:
+        reconnects = self._nc.stats["reconnects"]
         while not self._stopped:
-            await asyncio.sleep(HEARTBEAT_S)
-            if time.monotonic() - self._last_activity > 3 * HEARTBEAT_S + 1:
+            await asyncio.sleep(WATCH_EVERY_S)
+            if self._nc.stats["reconnects"] != reconnects and self._nc.is_connected:
+                # Pull requests die with the old connection (and so might the consumer, if the
+                # broker lost it): start over from our position rather than wait for silence.
+                reconnects = self._nc.stats["reconnects"]
+                self._restart("reconnected to the broker")
+            elif time.monotonic() - self._last_activity > 3 * HEARTBEAT_S + 1:
                 self._restart("no messages or heartbeats")
 
     # ------------------------------------------------------------------ delivery
@@ -217,11 +236,13 @@ class PartitionConsumer:
         self._credit -= 1
         seq = int(tokens[base + 1])
         # hs.events.<partition>.<user key>
-        _, _, partition, key = msg.subject.split(".", 3)
+        key = msg.subject.split(".", 3)[3]
+        if not self.handled:
+            self.first_handled_at = time.time()
         try:
-            self._handler(seq, int(partition), key, msg.data)
+            self._handler(seq, key, msg.data)
         except InvalidEvent as exc:
-            await self._dead_letter(msg, seq, int(partition), exc)
+            await self._dead_letter(msg, seq, exc)
         if seq > self.position:
             self.position = seq
         self.handled += 1
@@ -229,6 +250,7 @@ class PartitionConsumer:
         sub = self._sub
         if self._unacked >= ACK_EVERY or (sub is not None and sub.pending_msgs == 0):
             self._unacked = 0
+            self.last_handled_at = time.time()
             await self._nc.publish(reply)  # AckPolicy.ALL: acknowledges everything up to here
         if self._credit <= self._batch:
             await self._refill()
@@ -244,7 +266,7 @@ class PartitionConsumer:
             await self._refill()
         # 100 is an idle heartbeat: the activity timestamp was all it had to update.
 
-    async def _dead_letter(self, msg: Msg, seq: int, partition: int, exc: InvalidEvent) -> None:
+    async def _dead_letter(self, msg: Msg, seq: int, exc: InvalidEvent) -> None:
         """Store the original bytes and the reason; retry until stored, so nothing is lost."""
         headers = {
             "Nats-Msg-Id": f"dlq:{self._stream}:{seq}",
@@ -257,7 +279,7 @@ class PartitionConsumer:
         delay = 0.05
         while True:
             try:
-                await self._js.publish(f"{DLQ_PREFIX}.events.{partition}", msg.data, headers=headers)
+                await self._js.publish(f"{DLQ_PREFIX}.events.{self.partition}", msg.data, headers=headers)
                 self.dead_lettered += 1
                 return
             except Exception as dlq_error:  # noqa: BLE001 - the broker may be restarting
@@ -266,7 +288,7 @@ class PartitionConsumer:
                 delay = min(delay * 2, 2.0)
 
     async def lag(self) -> int:
-        """Messages of our partitions in the stream not yet delivered to us."""
+        """Messages of our partition in the stream not yet delivered to us."""
         info = await self._js.consumer_info(self._stream, self.name)
         return int(info.num_pending or 0)
 
@@ -276,4 +298,6 @@ class PartitionConsumer:
             "handled": self.handled,
             "dead_lettered": self.dead_lettered,
             "restarts": self.restarts,
+            "first_handled_at": self.first_handled_at,
+            "last_handled_at": self.last_handled_at,
         }

@@ -15,6 +15,7 @@ from nats.js import JetStreamContext
 from nats.js.api import KeyValueConfig, StorageType
 from nats.js.errors import BucketNotFoundError, NotFoundError
 
+from headstart.consumer import consumer_name
 from headstart.streams import DLQ_STREAM, EVENTS_STREAM
 
 STATUS_BUCKET = "HS_STATUS"
@@ -49,11 +50,14 @@ async def collect_status(nats_url: str) -> dict[str, Any]:
         now = time.time()
         for shard in shards:
             shard["age_s"] = now - shard.get("started_at", now)
-            try:
-                info = await js.consumer_info(EVENTS_STREAM, shard["consumer"])
-                shard["lag"] = int(info.num_pending or 0)
-            except NotFoundError:
-                shard["lag"] = None
+            lag = 0
+            for partition in shard["partitions"]:
+                try:
+                    info = await js.consumer_info(EVENTS_STREAM, consumer_name(partition))
+                    lag += int(info.num_pending or 0)
+                except NotFoundError:
+                    pass
+            shard["lag"] = lag
         events = await js.stream_info(EVENTS_STREAM)
         try:
             dlq = (await js.stream_info(DLQ_STREAM)).state.messages

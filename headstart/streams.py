@@ -8,6 +8,7 @@ in the subject so that one user's events can be found and purged.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -144,8 +145,8 @@ class EventPublisher:
         )
 
     async def publish(self, event: Mapping[str, Any] | Event) -> PubAck:
-        subject, payload, headers = self.prepare(event)
-        return await self._js.publish(subject, payload, headers=headers)
+        """Publish one event; return once JetStream stored it (retrying, see :data:`RETRY_FOR_S`)."""
+        return (await publish_prepared(self._js, [self.prepare(event)]))[0]
 
     async def publish_many(self, events: Iterable[Mapping[str, Any] | Event]) -> list[PubAck]:
         """Publish a batch, pipelined, and return once JetStream has stored every event."""
@@ -153,16 +154,53 @@ class EventPublisher:
         return await publish_prepared(self._js, prepared, self.WINDOW)
 
 
+#: How long a publish is retried (broker restarting, leader election) before giving up. Retries
+#: are safe: the event id is the message id, so the stream stores a retried event once.
+RETRY_FOR_S = 30.0
+#: How long one attempt waits for JetStream's ack.
+ACK_TIMEOUT_S = 2.0
+
+
 async def publish_prepared(
-    js: JetStreamContext, prepared: list[tuple[str, bytes, dict[str, str]]], window: int = 2000
+    js: JetStreamContext,
+    prepared: list[tuple[str, bytes, dict[str, str]]],
+    window: int = 2000,
+    retry_for: float = RETRY_FOR_S,
 ) -> list[PubAck]:
-    """Publish already-encoded messages with up to ``window`` acks outstanding."""
-    acks: list[PubAck] = []
-    futures: list[asyncio.Future[PubAck]] = []
-    for subject, payload, headers in prepared:
-        futures.append(await js.publish_async(subject, payload, headers=headers))
-        if len(futures) >= window:
-            acks.extend(await asyncio.gather(*futures))
-            futures.clear()
-    acks.extend(await asyncio.gather(*futures))
-    return acks
+    """Publish already-encoded messages with up to ``window`` acks outstanding.
+
+    Messages whose ack does not come are published again until ``retry_for`` has passed;
+    then the last error is raised and nothing acknowledged is reported as stored.
+    """
+    acks: list[PubAck | None] = [None] * len(prepared)
+    todo = list(range(len(prepared)))
+    deadline = time.monotonic() + retry_for
+    delay = 0.05
+    while True:
+        failed: list[int] = []
+        last_error: BaseException | None = None
+        for start in range(0, len(todo), window):
+            chunk = todo[start : start + window]
+            futures = []
+            for i in chunk:
+                subject, payload, headers = prepared[i]
+                futures.append(_attempt(js, subject, payload, headers))
+            for i, result in zip(chunk, await asyncio.gather(*futures, return_exceptions=True)):
+                if isinstance(result, PubAck):
+                    acks[i] = result
+                elif isinstance(result, BaseException):
+                    failed.append(i)
+                    last_error = result
+        if not failed:
+            return [ack for ack in acks if ack is not None]
+        if time.monotonic() + delay > deadline:
+            assert last_error is not None
+            raise last_error
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 2.0)
+        todo = failed
+
+
+async def _attempt(js: JetStreamContext, subject: str, payload: bytes, headers: dict[str, str]) -> PubAck:
+    future = await js.publish_async(subject, payload, headers=dict(headers))
+    return await asyncio.wait_for(future, ACK_TIMEOUT_S)

