@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import Any
 
@@ -24,7 +25,7 @@ class ShardGroup:
     def __init__(self, settings: Settings, nats_url: str) -> None:
         self.settings = settings
         self.nats_url = nats_url
-        self.shards: list[ActorHandle] = []
+        self.shards: list[ActorHandle[Any]] = []
         self.owner = [p * settings.shards // settings.partitions for p in range(settings.partitions)]
 
     def start(self) -> ShardGroup:
@@ -53,7 +54,7 @@ class ShardGroup:
             time.sleep(0.05)
         raise TimeoutError(f"shards not caught up after {timeout}s")
 
-    def shard_for_key(self, user_key: str) -> ActorHandle:
+    def shard_for_key(self, user_key: str) -> ActorHandle[Any]:
         return self.shards[self.owner[partition_of(user_key, self.settings.partitions)]]
 
     def stats(self) -> list[dict[str, Any]]:
@@ -61,10 +62,9 @@ class ShardGroup:
 
     def stop(self) -> None:
         """Stop consuming and remove the actors (their consumers are deleted with them)."""
-        try:
+        # A dead shard has nothing to stop; the kill below removes it either way.
+        with contextlib.suppress(Exception):
             ray.get([s.stop.remote() for s in self.shards], timeout=30)
-        except Exception:  # noqa: BLE001 - a dead shard has nothing to stop
-            pass
         for shard in self.shards:
             ray.kill(shard)
         self.shards = []

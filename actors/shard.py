@@ -95,7 +95,7 @@ class ShardActor:
             ]
             self.ready.set()
             self._reporter = asyncio.create_task(self._report_forever())
-        except Exception as exc:  # noqa: BLE001 - kept and reported by wait_ready and reads
+        except Exception as exc:
             self.failure = exc
             log.exception("shard %d failed to start", self.shard_id)
 
@@ -152,7 +152,7 @@ class ShardActor:
             "restarts": sum(c["restarts"] for c in consumers),
             "first_handled_at": min(first, default=0.0),
             "last_handled_at": max((c["last_handled_at"] for c in consumers), default=0.0),
-            "positions": {str(p): c["position"] for p, c in zip(self.consumers, consumers)},
+            "positions": {str(p): c["position"] for p, c in zip(self.consumers, consumers, strict=False)},
         }
 
     async def _on_rpc(self, msg: Msg) -> None:

@@ -70,7 +70,9 @@ def run(quick: bool = False, out_dir: Path | None = None) -> Path:
     return write_result("ingest", params, metrics, out_dir=out_dir, started_at=started)
 
 
-async def _publish(url: str, pseudonymizer: Pseudonymizer, n_events: int, n_users: int) -> tuple[Expected, float]:
+async def _publish(
+    url: str, pseudonymizer: Pseudonymizer, n_events: int, n_users: int
+) -> tuple[Expected, float]:
     nc = await nats.connect(url)
     js = nc.jetstream()
     await ensure_streams(js, PARTITIONS)
@@ -154,7 +156,7 @@ def _read_back(group: Any, keys: list[str]) -> dict[str, dict[str, int]]:
     out: dict[str, dict[str, int]] = {}
     for shard, shard_keys in by_shard.items():
         views = ray.get(group.shards[shard].get_users.remote(shard_keys))
-        for key, view in zip(shard_keys, views):
+        for key, view in zip(shard_keys, views, strict=False):
             out[key] = view["events_by_type"] if view else {}
     return out
 

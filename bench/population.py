@@ -29,16 +29,33 @@ EVENT_MIX: dict[str, float] = {
 }
 STEPS = ["welcome", "profile", "connect_data", "first_project", "invite_team", "integrations"]
 FEATURES = [
-    "create_project", "invite", "export", "share", "search", "dashboard", "import_csv",
-    "api_keys", "comments", "templates", "notifications", "billing",
+    "create_project",
+    "invite",
+    "export",
+    "share",
+    "search",
+    "dashboard",
+    "import_csv",
+    "api_keys",
+    "comments",
+    "templates",
+    "notifications",
+    "billing",
 ]
 TUTORIALS = ["first_project", "connect_data", "collaboration"]
 VARIANTS = ["video", "interactive", "checklist", "advanced"]
 DEVICES = ["mobile", "desktop", "tablet"]
 OSES = {"mobile": ["ios", "android"], "desktop": ["macos", "windows", "linux"], "tablet": ["ios", "android"]}
 LOCALES = ["en-US", "en-GB", "de-DE", "fr-FR", "es-ES", "pt-BR", "ja-JP"]
-COUNTRIES = {"en-US": "US", "en-GB": "GB", "de-DE": "DE", "fr-FR": "FR", "es-ES": "ES", "pt-BR": "BR",
-             "ja-JP": "JP"}
+COUNTRIES = {
+    "en-US": "US",
+    "en-GB": "GB",
+    "de-DE": "DE",
+    "fr-FR": "FR",
+    "es-ES": "ES",
+    "pt-BR": "BR",
+    "ja-JP": "JP",
+}
 REFERRERS = ["google", "producthunt", "newsletter", "partner", "direct", "linkedin"]
 ROLES = ["engineer", "designer", "manager", "founder", "analyst"]
 COMPANY_SIZES = ["1-10", "11-50", "51-200", "201-1000", "1000+"]
@@ -52,7 +69,9 @@ def user_id(i: int) -> str:
     return f"user-{i}@example.com"
 
 
-def onboarding_events(users: int, events: int, seed: int = 7, start: float = EPOCH) -> Iterator[dict[str, Any]]:
+def onboarding_events(
+    users: int, events: int, seed: int = 7, start: float = EPOCH
+) -> Iterator[dict[str, Any]]:
     """``events`` events over ``users`` users, interleaved in time as a live stream would be."""
     rng = random.Random(seed)
     kinds = list(EVENT_MIX)
@@ -100,8 +119,11 @@ def _props(kind: str, rng: random.Random) -> dict[str, Any] | None:
     if kind in ("tutorial_started", "tutorial_completed"):
         return {"tutorial": rng.choice(TUTORIALS), "variant": rng.choice(VARIANTS)}
     if kind == "profile_updated":
-        return {"role": rng.choice(ROLES), "company_size": rng.choice(COMPANY_SIZES),
-                "age_band": rng.choice(AGE_BANDS)}
+        return {
+            "role": rng.choice(ROLES),
+            "company_size": rng.choice(COMPANY_SIZES),
+            "age_band": rng.choice(AGE_BANDS),
+        }
     if kind == "consent_updated":
         return {"analytics": True, "personalization": rng.random() > 0.1}
     if kind == "session_started":

@@ -15,7 +15,7 @@ is on the hottest path of the engine.
 from __future__ import annotations
 
 import enum
-from typing import Annotated, Any, ClassVar, Union
+from typing import Annotated, Any, ClassVar
 
 import msgspec
 from msgspec import Meta
@@ -159,18 +159,18 @@ class ConsentUpdated(Event, tag="consent_updated"):
     props: ConsentProps
 
 
-AnyEvent = Union[
-    SessionStarted,
-    OnboardingStarted,
-    OnboardingCompleted,
-    StepViewed,
-    StepCompleted,
-    FeatureClicked,
-    TutorialStarted,
-    TutorialCompleted,
-    ProfileUpdated,
-    ConsentUpdated,
-]
+AnyEvent = (
+    SessionStarted
+    | OnboardingStarted
+    | OnboardingCompleted
+    | StepViewed
+    | StepCompleted
+    | FeatureClicked
+    | TutorialStarted
+    | TutorialCompleted
+    | ProfileUpdated
+    | ConsentUpdated
+)
 
 EVENT_CLASSES: dict[str, type[Event]] = {
     cls.__struct_config__.tag: cls  # type: ignore[misc]

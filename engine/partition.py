@@ -30,7 +30,7 @@ _snapshot_encoder = msgspec.msgpack.Encoder()
 class PartitionState:
     """State of one partition: users, vocabularies, last applied stream sequence."""
 
-    __slots__ = ("partition", "users", "vocab", "last_seq", "applied", "watermark")
+    __slots__ = ("applied", "last_seq", "partition", "users", "vocab", "watermark")
 
     def __init__(self, partition: int) -> None:
         self.partition = partition
@@ -63,8 +63,7 @@ class PartitionState:
             user = self.users[user_key] = UserState.new(event.ts)
         user.apply(event, self.vocab)
         self.applied += 1
-        if event.ts > self.watermark:
-            self.watermark = event.ts
+        self.watermark = max(self.watermark, event.ts)
 
     def view(self, user_key: str, now: float) -> dict[str, Any] | None:
         user = self.users.get(user_key)

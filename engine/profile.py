@@ -221,8 +221,7 @@ class UserState:
             # A late event: count it, decayed to the newest time we hold, without moving time
             # backwards (sessions and recency stay as the newest events made them).
             self.engagement += _WEIGHTS[kind] * math.exp(gap / _DECAY_TAU)
-            if ts < self.first_seen:
-                self.first_seen = ts
+            self.first_seen = min(self.first_seen, ts)
         seconds = int(ts)
         c[C_HOURS] |= 1 << (seconds // 3600 % 24)
         c[C_DAYS] |= 1 << ((seconds // 86400 + 3) % 7)  # 1970-01-01 was a Thursday
@@ -290,8 +289,7 @@ class UserState:
         for i in range(0, len(f), _F_STRIDE):
             if f[i] == feature_id:
                 f[i + 1] += 1
-                if bucket > f[i + 2]:
-                    f[i + 2] = bucket
+                f[i + 2] = max(f[i + 2], bucket)
                 return
         f.extend((feature_id, 1, bucket))
 
@@ -436,8 +434,10 @@ class UserState:
         user.viewed_steps = int.from_bytes(viewed, "little")
         user.completed_steps = int.from_bytes(completed, "little")
         user.first_seen, user.last_seen, user.engagement, user.session_seconds, user.consent = scalars
-        for field, value in zip(CONTEXT_FIELDS + TRAIT_FIELDS, attrs):
-            setattr(user, field, sys.intern(value) if value is not None and field not in PII_FIELDS else value)
+        for field, value in zip(CONTEXT_FIELDS + TRAIT_FIELDS, attrs, strict=False):
+            setattr(
+                user, field, sys.intern(value) if value is not None and field not in PII_FIELDS else value
+            )
         return user
 
 

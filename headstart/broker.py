@@ -115,9 +115,7 @@ class EmbeddedNats:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise BrokerError(
-                    f"nats-server exited with {self.process.returncode}; see {self.log_file}"
-                )
+                raise BrokerError(f"nats-server exited with {self.process.returncode}; see {self.log_file}")
             if self.healthy():
                 return self.url
             time.sleep(0.05)

@@ -44,7 +44,9 @@ def up(
     detach: Annotated[bool, typer.Option("--detach", help="return once everything is ready")] = False,
     shards: Annotated[int | None, typer.Option(help="number of shard actors")] = None,
     partitions: Annotated[int | None, typer.Option(help="partitions (fixed for a stream's life)")] = None,
-    nats_url: Annotated[str | None, typer.Option(help="use this NATS server instead of the embedded one")] = None,
+    nats_url: Annotated[
+        str | None, typer.Option(help="use this NATS server instead of the embedded one")
+    ] = None,
     port: Annotated[int | None, typer.Option(help="HTTP port")] = None,
     timeout: Annotated[float, typer.Option(help="seconds to wait for readiness with --detach")] = 180.0,
 ) -> None:

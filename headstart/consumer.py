@@ -22,6 +22,7 @@ start, a crash restart, a broker restart and a detected delivery gap.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -127,19 +128,15 @@ class PartitionConsumer:
                 task.cancel()
         await self._close_subscription()
         if delete:
-            try:
+            with contextlib.suppress(NotFoundError):
                 await self._js.delete_consumer(self._stream, self.name)
-            except NotFoundError:
-                pass
 
     async def _open(self) -> None:
         self._generation += 1
         generation = self._generation
         await self._close_subscription()
-        try:
+        with contextlib.suppress(NotFoundError):
             await self._js.delete_consumer(self._stream, self.name)
-        except NotFoundError:
-            pass
         await self._js.add_consumer(
             self._stream,
             ConsumerConfig(
@@ -175,10 +172,9 @@ class PartitionConsumer:
     async def _close_subscription(self) -> None:
         sub, self._sub = self._sub, None
         if sub is not None:
-            try:
+            # A closed connection has nothing left to unsubscribe.
+            with contextlib.suppress(Exception):
                 await sub.unsubscribe()
-            except Exception:  # noqa: BLE001 - a closed connection has nothing to unsubscribe
-                pass
 
     def _restart(self, why: str) -> None:
         if self._stopped or (self._restarting is not None and not self._restarting.done()):
@@ -243,8 +239,7 @@ class PartitionConsumer:
             self._handler(seq, key, msg.data)
         except InvalidEvent as exc:
             await self._dead_letter(msg, seq, exc)
-        if seq > self.position:
-            self.position = seq
+        self.position = max(self.position, seq)
         self.handled += 1
         self._unacked += 1
         sub = self._sub

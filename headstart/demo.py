@@ -75,7 +75,7 @@ async def _demo(state: dict[str, Any], settings: Settings, users: int, steps: in
             table = Table(title=f"round {round_no + 1}: {len(events)} events published")
             for column in ("user", "key", "sessions", "steps done", "features", "tutorials", "engagement"):
                 table.add_column(column)
-            for name, key in zip(names, keys):
+            for name, key in zip(names, keys, strict=False):
                 view = await shards.get_user(key)
                 if view is None:
                     table.add_row(name, key[:10] + "…", "-", "-", "-", "-", "-")
@@ -86,14 +86,15 @@ async def _demo(state: dict[str, Any], settings: Settings, users: int, steps: in
                     str(view["sessions"]),
                     ", ".join(view["steps_completed"]) or "-",
                     ", ".join(f"{f}×{n}" for f, n in view["features"].items()) or "-",
-                    ", ".join(f"{t['tutorial']}/{t['variant']} {t['completed']}/{t['started']}" for t in view["tutorials"])
+                    ", ".join(
+                        f"{t['tutorial']}/{t['variant']} {t['completed']}/{t['started']}"
+                        for t in view["tutorials"]
+                    )
                     or "-",
                     f"{view['engagement']:.2f}",
                 )
             console.print(table)
-        console.print(
-            "Raw ids (the e-mail addresses) never left this process: the engine only saw the keys."
-        )
+        console.print("Raw ids (the e-mail addresses) never left this process: the engine only saw the keys.")
     finally:
         await nc.close()
 

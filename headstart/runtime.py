@@ -61,7 +61,7 @@ class Runtime:
             logging_level=logging.WARNING,
             log_to_driver=False,
         )
-        self._ray_address = context.address_info["gcs_address"]
+        self._ray_address = getattr(context, "address_info", {}).get("gcs_address")
         self._record(phase="ray")
         self.group = ShardGroup(self.settings, self.nats_url).start()
         self.group.wait_ready()
@@ -112,14 +112,14 @@ class Runtime:
         if self.group is not None:
             try:
                 self.group.stop()
-            except Exception:  # noqa: BLE001 - shutting down: keep going
+            except Exception:
                 log.exception("stopping shards")
         try:
             import ray
 
             if ray.is_initialized():
                 ray.shutdown()
-        except Exception:  # noqa: BLE001
+        except Exception:
             log.exception("stopping ray")
         if self.broker is not None:
             self.broker.stop()

@@ -185,7 +185,7 @@ async def publish_prepared(
             for i in chunk:
                 subject, payload, headers = prepared[i]
                 futures.append(_attempt(js, subject, payload, headers))
-            for i, result in zip(chunk, await asyncio.gather(*futures, return_exceptions=True)):
+            for i, result in zip(chunk, await asyncio.gather(*futures, return_exceptions=True), strict=False):
                 if isinstance(result, PubAck):
                     acks[i] = result
                 elif isinstance(result, BaseException):

@@ -5,6 +5,7 @@ stopped by the fixtures."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -59,10 +60,8 @@ async def reset_streams(url: str, partitions: int = TEST_PARTITIONS) -> None:
     conn = await nats.connect(url)
     js = conn.jetstream()
     for name in (EVENTS_STREAM, DLQ_STREAM):
-        try:
+        with contextlib.suppress(nats.js.errors.NotFoundError):
             await js.delete_stream(name)
-        except nats.js.errors.NotFoundError:
-            pass
     await ensure_streams(js, partitions)
     await conn.close()
 

@@ -9,8 +9,9 @@ from engine.shard import NotOwned, ShardState
 
 
 def raw(i: int, key: str = "k1", kind: str = "feature_clicked") -> bytes:
-    return encode_event({"event_id": f"e{i}", "user_id": key, "type": kind, "ts": 1000 + i,
-                         "props": {"feature": "export"}})
+    return encode_event(
+        {"event_id": f"e{i}", "user_id": key, "type": kind, "ts": 1000 + i, "props": {"feature": "export"}}
+    )
 
 
 def test_redelivered_sequences_change_nothing() -> None:
@@ -52,7 +53,9 @@ def test_snapshot_round_trip_then_continue() -> None:
         resumed.apply_message(seq, f"k{seq % 4}", raw(seq, key=f"k{seq % 4}"))
     assert resumed.last_seq == straight.last_seq == 20
     assert resumed.applied == straight.applied == 20
-    assert {k: resumed.view(k, 5000) for k in resumed.users} == {k: straight.view(k, 5000) for k in straight.users}
+    assert {k: resumed.view(k, 5000) for k in resumed.users} == {
+        k: straight.view(k, 5000) for k in straight.users
+    }
 
 
 def test_restore_refuses_unknown_versions() -> None:

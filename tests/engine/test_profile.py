@@ -36,8 +36,11 @@ def play(*events: Event) -> tuple[UserState, Vocabularies]:
 
 
 def test_window_counts_expire_with_event_time() -> None:
-    user, _ = play(ev("onboarding_started", T0), ev("step_viewed", T0 + 100, step="a"),
-                   ev("step_viewed", T0 + 250, step="b"))
+    user, _ = play(
+        ev("onboarding_started", T0),
+        ev("step_viewed", T0 + 100, step="a"),
+        ev("step_viewed", T0 + 250, step="b"),
+    )
     assert user.events_in_window(T0 + 250) == 3
     # T0's bucket leaves the 10 x 30 s window once the newest bucket is T0 + 300.
     assert user.events_in_window(T0 + 299) == 3
@@ -47,22 +50,31 @@ def test_window_counts_expire_with_event_time() -> None:
 
 
 def test_window_ring_reuses_slots_after_a_long_gap() -> None:
-    user, _ = play(ev("onboarding_started", T0), ev("onboarding_started", T0 + 10 * WINDOW_BUCKET_S),
-                   ev("onboarding_started", T0 + 3600))
+    user, _ = play(
+        ev("onboarding_started", T0),
+        ev("onboarding_started", T0 + 10 * WINDOW_BUCKET_S),
+        ev("onboarding_started", T0 + 3600),
+    )
     assert user.events_in_window(T0 + 3600) == 1
 
 
 def test_late_events_count_in_window_only_if_inside_it() -> None:
-    user, _ = play(ev("onboarding_started", T0 + 1000), ev("step_viewed", T0 + 900, step="a"),
-                   ev("step_viewed", T0, step="b"))
+    user, _ = play(
+        ev("onboarding_started", T0 + 1000),
+        ev("step_viewed", T0 + 900, step="a"),
+        ev("step_viewed", T0, step="b"),
+    )
     assert user.count(EventKind.STEP_VIEWED) == 2
     assert user.events_in_window(T0 + 1000) == 2
     assert user.first_seen == T0 and user.last_seen == T0 + 1000
 
 
 def test_distinct_features_in_window() -> None:
-    user, vocab = play(ev("feature_clicked", T0, feature="a"), ev("feature_clicked", T0 + 200, feature="b"),
-                       ev("feature_clicked", T0 + 210, feature="b"))
+    user, vocab = play(
+        ev("feature_clicked", T0, feature="a"),
+        ev("feature_clicked", T0 + 200, feature="b"),
+        ev("feature_clicked", T0 + 210, feature="b"),
+    )
     assert user.features_in_window(T0 + 210) == 2
     assert user.features_in_window(T0 + 500) == 1
     assert user.view(vocab, T0 + 500)["features"] == {"a": 1, "b": 2}
@@ -96,7 +108,9 @@ def test_sessions_by_explicit_start_and_by_inactivity() -> None:
 
 
 def test_active_hours_and_weekdays() -> None:
-    user, vocab = play(ev("onboarding_started", T0 + 9 * 3600), ev("onboarding_started", T0 + 86400 + 18 * 3600))
+    user, vocab = play(
+        ev("onboarding_started", T0 + 9 * 3600), ev("onboarding_started", T0 + 86400 + 18 * 3600)
+    )
     view = user.view(vocab, T0)
     assert view["active_hours_utc"] == [9, 18]
     assert view["active_weekdays"] == [0, 1]  # Monday, Tuesday
@@ -104,16 +118,31 @@ def test_active_hours_and_weekdays() -> None:
 
 def test_steps_tutorials_profile_context_consent() -> None:
     events = [
-        event_from_object({"event_id": "1", "user_id": "k", "type": "step_viewed", "ts": T0,
-                           "props": {"step": "welcome"}, "context": {"device_type": "mobile", "locale": "de-DE"}}),
+        event_from_object(
+            {
+                "event_id": "1",
+                "user_id": "k",
+                "type": "step_viewed",
+                "ts": T0,
+                "props": {"step": "welcome"},
+                "context": {"device_type": "mobile", "locale": "de-DE"},
+            }
+        ),
         ev("step_completed", T0 + 1, step="profile"),
         ev("tutorial_started", T0 + 2, tutorial="intro", variant="video"),
         ev("tutorial_completed", T0 + 3, tutorial="intro", variant="video"),
         ev("tutorial_started", T0 + 4, tutorial="intro", variant="checklist"),
         ev("profile_updated", T0 + 5, role="engineer", name="Ada"),
         ev("consent_updated", T0 + 6, analytics=True, personalization=False),
-        event_from_object({"event_id": "2", "user_id": "k", "type": "onboarding_started", "ts": T0 + 7,
-                           "context": {"country": "DE"}}),
+        event_from_object(
+            {
+                "event_id": "2",
+                "user_id": "k",
+                "type": "onboarding_started",
+                "ts": T0 + 7,
+                "context": {"country": "DE"},
+            }
+        ),
     ]
     user, vocab = play(*events)
     view = user.view(vocab, T0 + 10)
@@ -147,10 +176,13 @@ EVENT_STRATEGY = st.builds(
 
 def _props(kind: str, name: str) -> dict[str, Any]:
     return {
-        "step_viewed": {"step": name}, "step_completed": {"step": name}, "feature_clicked": {"feature": name},
+        "step_viewed": {"step": name},
+        "step_completed": {"step": name},
+        "feature_clicked": {"feature": name},
         "tutorial_started": {"tutorial": name, "variant": "v"},
         "tutorial_completed": {"tutorial": name, "variant": "v"},
-        "consent_updated": {"analytics": name == "a"}, "profile_updated": {"role": name},
+        "consent_updated": {"analytics": name == "a"},
+        "profile_updated": {"role": name},
     }.get(kind, {})
 
 
@@ -162,7 +194,7 @@ def test_snapshot_restore_mid_stream_equals_uninterrupted(events: list[Event], c
     first, vocab2 = play(*events[: max(cut, 1)])
     restored = UserState.restore(first.snapshot())
     vocab3 = Vocabularies(vocab2.snapshot())
-    for event in events[max(cut, 1):]:
+    for event in events[max(cut, 1) :]:
         restored.apply(event, vocab3)
     now = T0 + 11 * 86400
     assert restored.view(vocab3, now) == straight.view(vocab, now)

@@ -19,8 +19,13 @@ pytestmark = pytest.mark.integration
 
 
 def event(i: int, user: str = "alice@example.com", kind: str = "feature_clicked") -> dict[str, object]:
-    return {"event_id": f"ev-{i}", "user_id": user, "type": kind, "ts": 1_767_571_200 + i,
-            "props": {"feature": f"f{i % 3}"}}
+    return {
+        "event_id": f"ev-{i}",
+        "user_id": user,
+        "type": kind,
+        "ts": 1_767_571_200 + i,
+        "props": {"feature": f"f{i % 3}"},
+    }
 
 
 async def wait_for(predicate, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
@@ -31,8 +36,9 @@ async def wait_for(predicate, timeout: float = 10.0) -> None:  # type: ignore[no
         await asyncio.sleep(0.01)
 
 
-async def test_server_partition_mapping_matches_python(fresh_streams: str, nc: NATS,
-                                                        pseudonymizer: Pseudonymizer) -> None:
+async def test_server_partition_mapping_matches_python(
+    fresh_streams: str, nc: NATS, pseudonymizer: Pseudonymizer
+) -> None:
     js = nc.jetstream()
     publisher = EventPublisher(js, pseudonymizer)
     for i in range(200):
@@ -42,14 +48,18 @@ async def test_server_partition_mapping_matches_python(fresh_streams: str, nc: N
         assert stored.subject == f"hs.events.{partition_of(key, TEST_PARTITIONS)}.{key}"
 
 
-async def test_raw_ids_never_reach_the_stream(fresh_streams: str, nc: NATS, pseudonymizer: Pseudonymizer) -> None:
+async def test_raw_ids_never_reach_the_stream(
+    fresh_streams: str, nc: NATS, pseudonymizer: Pseudonymizer
+) -> None:
     js = nc.jetstream()
     ack = await EventPublisher(js, pseudonymizer).publish(event(1, user="alice@example.com"))
     stored = await js.get_msg(EVENTS_STREAM, ack.seq)
     assert b"alice" not in stored.data and "alice" not in stored.subject
 
 
-async def test_retried_publish_is_stored_once(fresh_streams: str, nc: NATS, pseudonymizer: Pseudonymizer) -> None:
+async def test_retried_publish_is_stored_once(
+    fresh_streams: str, nc: NATS, pseudonymizer: Pseudonymizer
+) -> None:
     publisher = EventPublisher(nc.jetstream(), pseudonymizer)
     first = await publisher.publish(event(7))
     again = await publisher.publish(event(7))
@@ -63,15 +73,17 @@ async def test_partitions_are_fixed_for_a_streams_life(fresh_streams: str, nc: N
         await ensure_streams(nc.jetstream(), TEST_PARTITIONS * 2)
 
 
-async def test_consumer_applies_dead_letters_and_goes_on(fresh_streams: str, nc: NATS,
-                                                          pseudonymizer: Pseudonymizer) -> None:
+async def test_consumer_applies_dead_letters_and_goes_on(
+    fresh_streams: str, nc: NATS, pseudonymizer: Pseudonymizer
+) -> None:
     js = nc.jetstream()
     key = pseudonymizer.key("alice@example.com")
     partition = partition_of(key, TEST_PARTITIONS)
     await EventPublisher(js, pseudonymizer).publish_many([event(i) for i in range(5)])
     await nc.publish(f"hs.ingest.{key}", b"\x92not a map")
-    await nc.publish(f"hs.ingest.{key}", encode_event({"event_id": "x", "user_id": key, "type": "teleported",
-                                                       "ts": 1}))
+    await nc.publish(
+        f"hs.ingest.{key}", encode_event({"event_id": "x", "user_id": key, "type": "teleported", "ts": 1})
+    )
     await EventPublisher(js, pseudonymizer).publish_many([event(i) for i in range(5, 8)])
     part = PartitionState(partition)
     consumer = PartitionConsumer(nc, partition=partition, handler=part.apply_message)
@@ -95,8 +107,9 @@ async def test_consumer_applies_dead_letters_and_goes_on(fresh_streams: str, nc:
         await consumer.stop(delete=True)
 
 
-async def test_redelivered_messages_are_not_applied_twice(fresh_streams: str, nc: NATS,
-                                                          pseudonymizer: Pseudonymizer) -> None:
+async def test_redelivered_messages_are_not_applied_twice(
+    fresh_streams: str, nc: NATS, pseudonymizer: Pseudonymizer
+) -> None:
     """JetStream redelivers everything after an earlier position: state must not change."""
     js = nc.jetstream()
     key = pseudonymizer.key("alice@example.com")

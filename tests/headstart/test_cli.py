@@ -1,0 +1,83 @@
+"""The command line as an operator uses it, against a real instance started by `up --detach`."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+pytestmark = pytest.mark.integration
+
+
+def headstart(*args: str, home: Path, timeout: float = 240) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "COLUMNS": "200"}
+    return subprocess.run(
+        [sys.executable, "-m", "headstart", *args, "--home", str(home)],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
+
+
+@pytest.fixture(scope="module")
+def instance(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, dict[str, object]]]:
+    home = tmp_path_factory.mktemp("home")
+    started = headstart("up", "--detach", "--shards", "2", "--partitions", "8", home=home)
+    assert started.returncode == 0, started.stdout + started.stderr
+    state = json.loads((home / "run" / "state.json").read_text())
+    try:
+        yield home, state
+    finally:
+        headstart("down", home=home)
+
+
+def test_up_records_what_it_started(instance: tuple[Path, dict[str, object]]) -> None:
+    home, state = instance
+    assert state["ready"] is True and state["partitions"] == 8
+    assert str(state["nats_url"]).startswith("nats://127.0.0.1:")
+    assert oct((home / "secret").stat().st_mode & 0o777) == "0o600"
+    again = headstart("up", "--detach", home=home)
+    assert again.returncode == 0 and "already running" in again.stdout
+
+
+def test_demo_shows_state_changing_and_status_reports_it(instance: tuple[Path, dict[str, object]]) -> None:
+    home, _ = instance
+    demo = headstart("demo", "--users", "3", "--steps", "4", home=home)
+    assert demo.returncode == 0, demo.stdout + demo.stderr
+    assert "round 4" in demo.stdout and "welcome" in demo.stdout
+    status = headstart("status", "--json", home=home)
+    assert status.returncode == 0, status.stderr
+    report = json.loads(status.stdout)
+    assert len(report["shards"]) == 2
+    assert sum(s["applied"] for s in report["shards"]) == report["stream"]["messages"] > 0
+    assert report["lag"] == 0
+    assert sorted(p for s in report["shards"] for p in s["partitions"]) == list(range(8))
+
+
+def test_raw_ids_are_in_no_file_under_the_home(instance: tuple[Path, dict[str, object]]) -> None:
+    home, _ = instance
+    headstart("demo", "--users", "2", "--steps", "2", home=home)
+    for path in home.rglob("*"):
+        if path.is_file():
+            assert b"@example.com" not in path.read_bytes(), path
+
+
+def test_down_stops_exactly_what_up_started(tmp_path: Path) -> None:
+    up = headstart("up", "--detach", "--partitions", "4", "--shards", "1", home=tmp_path)
+    assert up.returncode == 0, up.stdout + up.stderr
+    state = json.loads((tmp_path / "run" / "state.json").read_text())
+    pids = [state["supervisor"]["pid"]] + [c["pid"] for c in state["children"]]
+    assert any(c["name"] == "nats-server" for c in state["children"])
+    down = headstart("down", home=tmp_path)
+    assert down.returncode == 0 and "stopped" in down.stdout
+    assert not any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE for p in pids)
+    assert not (tmp_path / "run" / "state.json").exists()
+    assert "nothing was running" in headstart("down", home=tmp_path).stdout
