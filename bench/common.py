@@ -14,7 +14,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 from engine.errors import ConfigError
+from headstart.broker import EmbeddedNats
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
@@ -78,12 +81,20 @@ def run_benchmark(name: str, quick: bool = False, out_dir: Path | None = None) -
 
 
 @contextlib.contextmanager
-def embedded_broker() -> Iterator[str]:
-    """A throwaway nats-server on loopback with JetStream on a temp dir; yields its URL."""
-    from headstart.broker import EmbeddedNats
-
+def embedded_broker() -> Iterator[EmbeddedNats]:
+    """A throwaway nats-server on loopback with JetStream on a temp dir."""
     with tempfile.TemporaryDirectory(prefix="hs-bench-") as tmp, EmbeddedNats(Path(tmp)) as broker:
-        yield broker.url
+        yield broker
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time consumed so far by these processes (for where-time-goes figures)."""
+    total = 0.0
+    for pid in pids:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            times = psutil.Process(pid).cpu_times()
+            total += times.user + times.system
+    return total
 
 
 @contextlib.contextmanager
