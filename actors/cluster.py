@@ -10,6 +10,7 @@ import ray
 from ray.actor import ActorHandle
 
 from actors.shard import NAMESPACE, ShardActor, shard_name
+from engine.catalog import DEFAULT_CATALOG, Catalog, load_catalog
 from engine.keys import partition_of
 from headstart.config import Settings
 
@@ -17,13 +18,16 @@ from headstart.config import Settings
 class ShardGroup:
     """The shards of one instance and the partition → shard map.
 
-    >>> group = ShardGroup(settings, nats_url).start()  # doctest: +SKIP
-    >>> group.wait_ready()  # doctest: +SKIP
-    >>> ray.get(group.shard_for_key(key).get_user.remote(key))  # doctest: +SKIP
+    Example::
+
+        group = ShardGroup(settings, nats_url).start()
+        group.wait_ready()
+        ray.get(group.shard_for_key(key).get_user.remote(key))
     """
 
-    def __init__(self, settings: Settings, nats_url: str) -> None:
+    def __init__(self, settings: Settings, nats_url: str, catalog: Catalog | None = None) -> None:
         self.settings = settings
+        self.catalog = catalog or load_catalog(settings.catalog or DEFAULT_CATALOG)
         self.nats_url = nats_url
         self.shards: list[ActorHandle[Any]] = []
         self.owner = [p * settings.shards // settings.partitions for p in range(settings.partitions)]
@@ -37,7 +41,7 @@ class ShardGroup:
                 lifetime="detached",
                 get_if_exists=True,
                 num_cpus=self.settings.shard_num_cpus,
-            ).remote(i, self.settings.partitions_of_shard(i), self.settings, self.nats_url)
+            ).remote(i, self.settings.partitions_of_shard(i), self.settings, self.nats_url, self.catalog)
             for i in range(self.settings.shards)
         ]
         return self

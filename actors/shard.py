@@ -24,7 +24,9 @@ from nats.aio.subscription import Subscription
 from nats.js.kv import KeyValue
 
 from engine.keys import partition_of
-from engine.shard import ShardState
+from engine.catalog import Catalog
+from engine.decision import Decider
+from engine.shard import NotOwned, ShardState
 from headstart.config import Settings
 from headstart.consumer import PartitionConsumer
 from headstart.rpc import decode_request, encode_error, encode_reply, rpc_subject
@@ -47,17 +49,23 @@ class ShardNotReady(RuntimeError):
 class ShardActor:
     """Owns ``partitions``; applies their events from NATS; answers reads of its users.
 
-    >>> shard = ShardActor.options(name=shard_name(0), namespace=NAMESPACE).remote(
-    ...     0, [0, 1], settings, nats_url)  # doctest: +SKIP
-    >>> ray.get(shard.wait_ready.remote())  # doctest: +SKIP
+    Example::
+
+        shard = ShardActor.options(name=shard_name(0), namespace=NAMESPACE).remote(
+            0, [0, 1], settings, nats_url)
+        ray.get(shard.wait_ready.remote())
     """
 
-    def __init__(self, shard_id: int, partitions: list[int], settings: Settings, nats_url: str) -> None:
+    def __init__(
+        self, shard_id: int, partitions: list[int], settings: Settings, nats_url: str, catalog: Catalog
+    ) -> None:
         logging.basicConfig(level=logging.INFO)
         self.shard_id = shard_id
         self.settings = settings
         self.nats_url = nats_url
         self.state = ShardState.build(dict.fromkeys(partitions))
+        self.decider = Decider(catalog)
+        self.personalize_by_default = catalog.consent_mode == "opt_out"
         self.nc: NATS | None = None
         self.consumers: dict[int, PartitionConsumer] = {}
         self.started_at = time.time()
@@ -157,16 +165,37 @@ class ShardActor:
 
     async def _on_rpc(self, msg: Msg) -> None:
         """Requests from NATS (``hs.rpc.<partition>.<method>``), answered on this event loop."""
-        _, _, partition, method = msg.subject.split(".", 3)
+        _, _, partition_token, method = msg.subject.split(".", 3)
         try:
             request = decode_request(msg.data)
-            if method == "user":
-                now = request.get("now") or time.time()
-                reply = encode_reply(self.state.view(int(partition), request["key"], now))
+            now = request.get("now") or time.time()
+            part = self.state.part(int(partition_token))
+            key = request["key"]
+            if method == "decide":
+                user = part.users.get(key)
+                personalize = user.consent_given("personalization", self.personalize_by_default) if user else (
+                    self.personalize_by_default
+                )
+                reply = encode_reply(
+                    self.decider.decide(key, user, part.vocab, request.get("context"), now, personalize)
+                )
+            elif method == "tutorial":
+                user = part.users.get(key)
+                reply = encode_reply(
+                    self.decider.select_tutorial(
+                        user, request.get("context"), now, step=request.get("step"), feature=request.get("feature")
+                    )
+                )
+            elif method == "user":
+                reply = encode_reply(part.view(key, now))
+            elif method == "ping":
+                reply = encode_reply({"shard": self.shard_id, "partition": part.partition})
             else:
                 reply = encode_error("unknown_method", f"no method {method!r}")
+        except NotOwned as exc:
+            reply = encode_error("not_owned", str(exc))
         except (KeyError, ValueError, TypeError, msgspec.DecodeError) as exc:
-            reply = encode_error("bad_request", str(exc))
+            reply = encode_error("bad_request", f"{type(exc).__name__}: {exc}")
         await msg.respond(reply)
 
     async def _report_forever(self) -> None:

@@ -3,10 +3,11 @@
 It listens on loopback only, keeps its JetStream store under the data home, and runs from a
 generated config file so that its limits are explicit and reviewable.
 
->>> import tempfile
->>> broker = EmbeddedNats(Path(tempfile.mkdtemp()))
->>> broker.start()  # doctest: +SKIP
-'nats://127.0.0.1:...'
+Example::
+
+    import tempfile
+    broker = EmbeddedNats(Path(tempfile.mkdtemp()))
+    broker.start()
 """
 
 from __future__ import annotations

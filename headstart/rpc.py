@@ -4,7 +4,9 @@ Each shard subscribes ``hs.rpc.<partition>.<method>`` for the partitions it owns
 a request to the current owner: callers need only the user key, not the partition → shard map,
 and a partition that is moving simply has no responder for a moment.
 
-Payloads are msgpack maps; a reply is ``{"ok": value}`` or ``{"error": {"code", "message"}}``.
+Requests are msgpack maps. Replies are JSON, ready to be an HTTP response body as they are:
+the value itself, or ``{"error": {"code": ..., "message": ...}}``; the HTTP ingress passes
+them through without decoding and re-encoding.
 """
 
 from __future__ import annotations
@@ -23,6 +25,9 @@ RPC_PREFIX = "hs.rpc"
 
 _encode = msgspec.msgpack.Encoder().encode
 _decode = msgspec.msgpack.Decoder().decode
+_json_encode = msgspec.json.Encoder().encode
+_json_decode = msgspec.json.Decoder().decode
+ERROR_PREFIX = b'{"error":'
 
 
 class ShardUnavailable(HeadstartError):
@@ -37,12 +42,20 @@ def rpc_subject(partition: int, method: str) -> str:
     return f"{RPC_PREFIX}.{partition}.{method}"
 
 
+def encode_request(**fields: Any) -> bytes:
+    return _encode(fields)
+
+
 def encode_reply(value: Any) -> bytes:
-    return _encode({"ok": value})
+    return _json_encode(value)
 
 
 def encode_error(code: str, message: str) -> bytes:
-    return _encode({"error": {"code": code, "message": message}})
+    return _json_encode({"error": {"code": code, "message": message}})
+
+
+def is_error(reply: bytes) -> bool:
+    return reply.startswith(ERROR_PREFIX)
 
 
 def decode_request(data: bytes) -> dict[str, Any]:
@@ -55,9 +68,10 @@ def decode_request(data: bytes) -> dict[str, Any]:
 class ShardClient:
     """Calls shards by user key.
 
-    >>> client = ShardClient(nc, partitions=64)  # doctest: +SKIP
-    >>> await client.get_user(key)  # doctest: +SKIP
-    {'sessions': 1, ...}
+    Example::
+
+        client = ShardClient(nc, partitions=64)
+        await client.get_user(key)
     """
 
     def __init__(self, nc: NATS, partitions: int, timeout: float = 2.0) -> None:
@@ -65,7 +79,8 @@ class ShardClient:
         self.partitions = partitions
         self.timeout = timeout
 
-    async def call(self, user_key: str, method: str, timeout: float | None = None, **args: Any) -> Any:
+    async def call_raw(self, user_key: str, method: str, timeout: float | None = None, **args: Any) -> bytes:
+        """The shard's JSON reply as bytes (a value, or an error object: see :func:`is_error`)."""
         partition = partition_of(user_key, self.partitions)
         try:
             msg = await self._nc.request(
@@ -75,10 +90,14 @@ class ShardClient:
             )
         except (NoRespondersError, NatsTimeout) as exc:
             raise ShardUnavailable(f"no shard answered for partition {partition}") from exc
-        reply = _decode(msg.data)
-        if "error" in reply:
-            raise ShardError(f"{reply['error']['code']}: {reply['error']['message']}")
-        return reply["ok"]
+        return bytes(msg.data)
+
+    async def call(self, user_key: str, method: str, timeout: float | None = None, **args: Any) -> Any:
+        reply = await self.call_raw(user_key, method, timeout, **args)
+        value = _json_decode(reply)
+        if is_error(reply):
+            raise ShardError(f"{value['error']['code']}: {value['error']['message']}")
+        return value
 
     async def get_user(self, user_key: str, now: float | None = None) -> dict[str, Any] | None:
         result: dict[str, Any] | None = await self.call(user_key, "user", now=now)

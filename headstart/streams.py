@@ -117,9 +117,11 @@ class EventPublisher:
     The raw ``user_id`` is replaced by its key before anything leaves the process; the
     ``event_id`` becomes ``Nats-Msg-Id``, so a retried publish is stored once.
 
-    >>> publisher = EventPublisher(js, Pseudonymizer(secret))  # doctest: +SKIP
-    >>> await publisher.publish({"event_id": "e1", "user_id": "alice", "type": "session_started",
-    ...                          "ts": 1700000000})  # doctest: +SKIP
+    Example::
+
+        publisher = EventPublisher(js, Pseudonymizer(secret))
+        await publisher.publish({"event_id": "e1", "user_id": "alice", "type": "session_started",
+                                 "ts": 1700000000})
     """
 
     #: How many publishes may await their JetStream ack at once in :meth:`publish_many`.

@@ -1,0 +1,350 @@
+"""The HTTP API: a Ray Serve deployment with a FastAPI ingress.
+
+The path from a request to the user's shard is one NATS request/reply to
+``hs.rpc.<partition>.<method>``: NATS routes it to whichever shard owns the partition, the shard
+answers from its event loop (so it reflects every event it has applied) and replies with the
+JSON body, which is passed through as it is. A NATS round trip costs a fraction of a Ray actor
+call (~1.1-1.4 ms and ~1.5 ms of CPU measured here), which keeps the ingress close to the
+throughput of a no-op endpoint; see ``bench/decide.py``.
+
+When a shard does not answer within the deadline (starting, moving, down), ``/v1/decide``
+answers with the catalog's default flow and says so in ``explain``, rather than failing.
+"""
+
+
+import asyncio
+import logging
+import time
+from typing import Annotated, Any, Literal
+
+import msgspec
+import nats
+from fastapi import FastAPI, Header, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from nats.aio.client import Client as NATS
+from pydantic import BaseModel, ConfigDict, Field
+from ray import serve
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from engine.catalog import Catalog
+from engine.decision import Decider
+from engine.errors import InvalidEvent
+from engine.keys import Pseudonymizer
+from headstart import __version__
+from headstart.auth import Authenticator
+from headstart.rpc import ShardClient, ShardUnavailable, is_error, rpc_subject
+from headstart.streams import EventPublisher, publish_prepared
+
+log = logging.getLogger(__name__)
+
+#: A decision waits this long for the shard before the default flow is served instead.
+DECIDE_DEADLINE_S = 0.25
+#: Request bodies larger than this are refused with 413 before they are read in full.
+MAX_BODY_BYTES = 1024 * 1024
+#: Events accepted in one ``/v1/events`` call.
+MAX_EVENTS_PER_BATCH = 1000
+READY_CACHE_S = 1.0
+
+
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str, details: Any = None) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message, self.details = status, code, message, details
+
+
+def error_response(status: int, code: str, message: str, details: Any = None) -> JSONResponse:
+    body: dict[str, Any] = {"code": code, "message": message}
+    if details is not None:
+        body["details"] = details
+    return JSONResponse({"error": body}, status_code=status)
+
+
+class BodyLimit:
+    """Pure ASGI middleware: refuse bodies over the limit without reading them into memory."""
+
+    def __init__(self, app: ASGIApp, limit: int = MAX_BODY_BYTES) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope.get("headers", []):
+            if name == b"content-length" and value.isdigit() and int(value) > self.limit:
+                await error_response(413, "body_too_large", f"body over {self.limit} bytes")(scope, receive, send)
+                return
+        seen = 0
+
+        async def limited() -> Message:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.limit:
+                raise ApiError(413, "body_too_large", f"body over {self.limit} bytes")
+            return message
+
+        await self.app(scope, limited, send)
+
+
+# ---------------------------------------------------------------------- request bodies
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class RequestContext(BaseModel):
+    """Where the request comes from; fields beyond these are ignored."""
+
+    model_config = ConfigDict(extra="ignore")
+    device_type: str | None = Field(None, max_length=64)
+    os: str | None = Field(None, max_length=64)
+    locale: str | None = Field(None, max_length=32)
+    country: str | None = Field(None, max_length=8)
+    referrer: str | None = Field(None, max_length=256)
+    app_version: str | None = Field(None, max_length=64)
+
+
+UserId = Annotated[str, Field(min_length=1, max_length=256, description="the caller's raw user id")]
+
+
+class DecideBody(_Body):
+    user_id: UserId
+    context: RequestContext = RequestContext()
+
+
+class TutorialBody(_Body):
+    user_id: UserId
+    context: RequestContext = RequestContext()
+    step: str | None = Field(None, max_length=64)
+    feature: str | None = Field(None, max_length=64)
+
+
+class EventsBody(_Body):
+    events: list[dict[str, Any]] = Field(min_length=1, max_length=MAX_EVENTS_PER_BATCH)
+
+
+class EventsAccepted(BaseModel):
+    accepted: int
+    duplicates: int
+
+
+class Decision(BaseModel):
+    """The answer of ``/v1/decide`` (documented here; the shard encodes it)."""
+
+    decision_id: str
+    step: dict[str, Any] | None
+    tutorial: dict[str, Any] | None
+    message: str
+    step_message: str
+    flags: dict[str, bool]
+    segments: list[str]
+    experiments: dict[str, Any]
+    completed_steps: list[str]
+    personalized: bool
+    explain: list[str]
+
+
+class IngressConfig(BaseModel):
+    """What the ingress needs; built by the runtime, passed to every replica."""
+
+    nats_url: str
+    partitions: int
+    secret: bytes
+    key_hashes: dict[str, list[str]]
+    catalog: Catalog
+
+
+# ---------------------------------------------------------------------- the app
+
+app = FastAPI(
+    title="Headstart",
+    version=__version__,
+    description="Real-time personalization of user onboarding. Every endpoint but /healthz, /readyz and / "
+    "needs `Authorization: Bearer <key>`.",
+)
+app.add_middleware(BodyLimit)
+
+
+@app.exception_handler(ApiError)
+async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
+    return error_response(exc.status, exc.code, exc.message, exc.details)
+
+
+@app.exception_handler(RequestValidationError)
+async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+    details = [
+        {"field": ".".join(str(p) for p in err["loc"] if p != "body") or "(body)", "problem": err["msg"]}
+        for err in exc.errors()
+    ]
+    return error_response(400, "invalid_request", "the request body is not valid", details)
+
+
+@app.exception_handler(StarletteHTTPException)
+async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    return error_response(exc.status_code, "http_error", str(exc.detail))
+
+
+Authorization = Annotated[str | None, Header(description="Bearer <API key>")]
+
+
+@serve.deployment(
+    name="Ingress",
+    # One replica's event loop is the bottleneck; many requests in flight keep it busy rather
+    # than queued in the proxy (Serve's default of 5 collapsed under load here).
+    max_ongoing_requests=2000,
+    ray_actor_options={"num_cpus": 0},
+)
+@serve.ingress(app)
+class Ingress:
+    def __init__(self, config: IngressConfig) -> None:
+        self.config = config
+        self.auth = Authenticator(config.key_hashes)
+        self.pseudonymizer = Pseudonymizer(config.secret)
+        self.decider = Decider(config.catalog)
+        self.nc: NATS | None = None
+        self._connecting = asyncio.Lock()
+        self._ready_at = 0.0
+        self._ready_detail: dict[str, Any] = {}
+
+    def _require(self, authorization: str | None, role: Literal["frontend", "admin"]) -> None:
+        granted = self.auth.role_of(authorization)
+        if granted is None:
+            raise ApiError(401, "unauthorized", "missing or unknown API key (Authorization: Bearer <key>)")
+        if granted != role:
+            raise ApiError(403, "forbidden", f"this endpoint needs the {role} role")
+
+    async def _client(self) -> tuple[NATS, ShardClient]:
+        if self.nc is None or self.nc.is_closed:
+            async with self._connecting:
+                if self.nc is None or self.nc.is_closed:
+                    self.nc = await nats.connect(
+                        self.config.nats_url, name="headstart-ingress", max_reconnect_attempts=-1
+                    )
+        return self.nc, ShardClient(self.nc, self.config.partitions)
+
+    # ------------------------------------------------------------------ decisions
+
+    @app.post("/v1/decide", response_model=Decision, responses={400: {}, 401: {}, 403: {}})
+    async def decide(self, body: DecideBody, authorization: Authorization = None) -> Response:
+        """The next onboarding step, tutorial variant, message, flags and segments for a user."""
+        self._require(authorization, "frontend")
+        key = self.pseudonymizer.key(body.user_id)
+        context = body.context.model_dump(exclude_none=True)
+        _, shards = await self._client()
+        try:
+            reply = await shards.call_raw(key, "decide", timeout=DECIDE_DEADLINE_S, context=context)
+        except ShardUnavailable:
+            fallback = self.decider.decide(key, None, None, context, time.time(), personalize=False)
+            fallback["personalized"] = False
+            fallback["explain"].insert(0, "shard unavailable within the deadline: safe default flow")
+            return Response(msgspec.json.encode(fallback), media_type="application/json")
+        return self._passthrough(reply)
+
+    @app.post("/v1/tutorials/select", responses={400: {}, 404: {}})
+    async def select_tutorial(self, body: TutorialBody, authorization: Authorization = None) -> Response:
+        """Which variant of the tutorial for a step (or a feature) this user should see."""
+        self._require(authorization, "frontend")
+        if (body.step is None) == (body.feature is None):
+            raise ApiError(400, "invalid_request", "give exactly one of 'step' or 'feature'")
+        key = self.pseudonymizer.key(body.user_id)
+        context = body.context.model_dump(exclude_none=True)
+        _, shards = await self._client()
+        try:
+            reply = await shards.call_raw(
+                key, "tutorial", timeout=DECIDE_DEADLINE_S, context=context, step=body.step, feature=body.feature
+            )
+        except ShardUnavailable:
+            choice = self.decider.select_tutorial(None, context, time.time(), step=body.step, feature=body.feature)
+            if choice is not None:
+                choice["explain"].insert(0, "shard unavailable within the deadline: default variant")
+            reply = msgspec.json.encode(choice)
+        if reply == b"null":
+            raise ApiError(404, "not_found", "no tutorial for that step or feature in the catalog")
+        return self._passthrough(reply)
+
+    # ------------------------------------------------------------------ events and reads
+
+    @app.post("/v1/events", response_model=EventsAccepted, responses={400: {}, 503: {}})
+    async def events(self, body: EventsBody, authorization: Authorization = None) -> EventsAccepted:
+        """Ingest a batch of events; answers once JetStream has stored all of them.
+
+        The batch is validated first and refused whole if any event is invalid, so a client can
+        fix and resend it: nothing of a refused batch is stored.
+        """
+        self._require(authorization, "frontend")
+        nc, _ = await self._client()
+        publisher = EventPublisher(nc.jetstream(), self.pseudonymizer)
+        prepared, problems = [], []
+        for i, event in enumerate(body.events):
+            try:
+                prepared.append(publisher.prepare(event))
+            except InvalidEvent as exc:
+                problems.append({"index": i, "reason": exc.reason, "problem": exc.detail})
+        if problems:
+            raise ApiError(400, "invalid_events", f"{len(problems)} of {len(body.events)} events are invalid", problems)
+        try:
+            acks = await publish_prepared(nc.jetstream(), prepared, retry_for=5.0)
+        except Exception as exc:  # noqa: BLE001 - the broker is down: the caller may retry
+            raise ApiError(503, "unavailable", f"the event stream did not store the batch: {type(exc).__name__}") from exc
+        duplicates = sum(1 for ack in acks if ack.duplicate)
+        return EventsAccepted(accepted=len(acks) - duplicates, duplicates=duplicates)
+
+    @app.get("/v1/users/{user_id}", responses={401: {}, 403: {}, 404: {}})
+    async def get_user(self, user_id: str, authorization: Authorization = None) -> Response:
+        """The live profile Headstart holds for a user (support and debugging)."""
+        self._require(authorization, "admin")
+        key = self.pseudonymizer.key(user_id)
+        _, shards = await self._client()
+        try:
+            reply = await shards.call_raw(key, "user")
+        except ShardUnavailable as exc:
+            raise ApiError(503, "unavailable", str(exc)) from exc
+        if reply == b"null":
+            raise ApiError(404, "not_found", "no state for this user")
+        return self._passthrough(reply)
+
+    # ------------------------------------------------------------------ health
+
+    @app.get("/healthz")
+    async def healthz(self) -> dict[str, str]:
+        """Liveness: the ingress answers."""
+        return {"status": "ok"}
+
+    @app.get("/readyz", responses={503: {}})
+    async def readyz(self) -> JSONResponse:
+        """Readiness: NATS is connected and every partition's shard answers."""
+        now = time.monotonic()
+        if now - self._ready_at > READY_CACHE_S:
+            self._ready_detail = await self._check_ready()
+            self._ready_at = now
+        detail = self._ready_detail
+        return JSONResponse(detail, status_code=200 if detail["ready"] else 503)
+
+    async def _check_ready(self) -> dict[str, Any]:
+        try:
+            nc, _ = await asyncio.wait_for(self._client(), 2.0)
+        except Exception as exc:  # noqa: BLE001 - not ready is an answer, not an error
+            return {"ready": False, "nats": False, "reason": type(exc).__name__}
+
+        async def ping(partition: int) -> bool:
+            try:
+                await nc.request(rpc_subject(partition, "ping"), msgspec.msgpack.encode({"key": ""}), timeout=0.5)
+                return True
+            except Exception:  # noqa: BLE001
+                return False
+
+        answers = await asyncio.gather(*(ping(p) for p in range(self.config.partitions)))
+        missing = [p for p, ok in enumerate(answers) if not ok]
+        return {"ready": not missing and nc.is_connected, "nats": nc.is_connected, "partitions_without_shard": missing}
+
+    def _passthrough(self, reply: bytes) -> Response:
+        if is_error(reply):
+            error = msgspec.json.decode(reply)["error"]
+            status = 400 if error["code"] == "bad_request" else 503
+            return error_response(status, error["code"], error["message"])
+        return Response(reply, media_type="application/json")

@@ -1,0 +1,321 @@
+"""The onboarding catalog: journey, tutorials, messages and feature flags, from YAML.
+
+Loading validates everything at once and reports every problem with the file, the path of
+the field and why, so an operator fixes a catalog in one pass:
+
+>>> from pathlib import Path
+>>> catalog = load_catalog(DEFAULT_CATALOG)
+>>> [step.id for step in catalog.journey.steps][:3]
+['welcome', 'profile', 'connect_data']
+>>> errors = check_catalog_text("version: 1\\nproduct: x\\njourney: {steps: [{id: a, kind: welcome, requires: [b]}]}")
+>>> print(errors[0])
+<text>: journey.steps[0].requires[0]: unknown step 'b'
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import pystache
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from engine.errors import ConfigError
+
+DEFAULT_CATALOG = Path(__file__).resolve().parent / "catalogs" / "default.yaml"
+
+Name = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[a-z0-9][a-z0-9_\-]*$")]
+Locale = Annotated[str, Field(pattern=r"^[a-z]{2}(-[A-Z]{2})?$")]
+Template = Annotated[str, Field(max_length=4000)]
+
+#: Segments Headstart computes itself from live state and the request's context. Rule and
+#: learned segments (issue 6) extend this set.
+BUILTIN_SEGMENTS = frozenset(
+    {
+        "engagement_high",
+        "engagement_medium",
+        "engagement_low",
+        "device_mobile",
+        "device_desktop",
+        "device_tablet",
+        "new_user",
+        "returning_user",
+    }
+)
+#: ``locale_<language>`` (e.g. ``locale_de``) is built in for every ISO 639-1 language.
+LOCALE_SEGMENT = re.compile(r"^locale_[a-z]{2}$")
+
+#: Variables a message template may use; anything else renders empty.
+TEMPLATE_VARIABLES = frozenset(
+    {"user_name", "device_type", "os", "locale", "country", "role", "company_size", "step_title", "product"}
+)
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class CompletionRule(_Model):
+    """An event that completes a step: its own ``step_completed`` unless said otherwise."""
+
+    type: Literal["step_completed", "feature_clicked", "tutorial_completed", "onboarding_completed"]
+    feature: Name | None = None
+    tutorial: Name | None = None
+
+
+class Step(_Model):
+    id: Name
+    kind: Literal["welcome", "profile", "connect", "invite", "first_project", "tour", "custom"]
+    title: dict[Locale, str] = Field(default_factory=dict)
+    requires: list[Name] = Field(default_factory=list)
+    completed_by: list[CompletionRule] = Field(default_factory=list)
+    #: Shown only to users in at least one of these segments (empty: everyone).
+    segments: list[str] = Field(default_factory=list)
+    message: dict[Locale, Template] = Field(default_factory=dict)
+
+
+class Journey(_Model):
+    steps: list[Step] = Field(min_length=1)
+
+
+class Variant(_Model):
+    id: Name
+    #: Eligible for users in at least one of these segments (empty: everyone).
+    segments: list[str] = Field(default_factory=list)
+
+
+class Tutorial(_Model):
+    id: Name
+    step: Name | None = None
+    feature: Name | None = None
+    variants: list[Variant] = Field(min_length=1)
+
+
+class FlagRule(_Model):
+    """First matching rule wins: segment membership and/or a stable percentage rollout."""
+
+    segments: list[str] = Field(default_factory=list)
+    rollout: float | None = Field(None, ge=0, le=100)
+    value: bool = True
+
+
+class Flag(_Model):
+    id: Name
+    description: str = ""
+    default: bool = False
+    rules: list[FlagRule] = Field(default_factory=list)
+
+
+class EngagementTiers(_Model):
+    """Engagement score thresholds of the built-in tiers (``engagement_high`` ≥ high...)."""
+
+    high: float = Field(12.0, gt=0)
+    medium: float = Field(4.0, gt=0)
+
+
+class Messages(_Model):
+    welcome: dict[Locale, Template] = Field(default_factory=dict)
+
+
+class Catalog(_Model):
+    version: Literal[1]
+    product: str = Field(min_length=1, max_length=100)
+    consent_mode: Literal["opt_in", "opt_out"] = "opt_out"
+    default_locale: Locale = "en"
+    engagement_tiers: EngagementTiers = EngagementTiers()
+    journey: Journey
+    tutorials: list[Tutorial] = Field(default_factory=list)
+    messages: Messages = Messages()
+    flags: list[Flag] = Field(default_factory=list)
+
+    @field_validator("engagement_tiers")
+    @classmethod
+    def _tiers_ordered(cls, tiers: EngagementTiers) -> EngagementTiers:
+        if tiers.medium >= tiers.high:
+            raise ValueError("medium must be below high")
+        return tiers
+
+
+class CatalogError(ConfigError):
+    """A catalog failed validation; ``errors`` lists every problem as 'file: path: why'."""
+
+    def __init__(self, errors: list[str]) -> None:
+        super().__init__("\n".join(errors))
+        self.errors = errors
+
+
+def load_catalog(path: Path | str) -> Catalog:
+    """Read and validate a catalog file; raise :class:`CatalogError` listing every problem."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise CatalogError([f"{path}: cannot read: {exc.strerror}"]) from None
+    catalog, errors = _parse(text, str(path))
+    if errors or catalog is None:
+        raise CatalogError(errors)
+    return catalog
+
+
+def check_catalog_text(text: str, source: str = "<text>") -> list[str]:
+    """Every problem of a catalog given as text (empty list: valid)."""
+    return _parse(text, source)[1]
+
+
+def _parse(text: str, source: str) -> tuple[Catalog | None, list[str]]:
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "YAML"
+        return None, [f"{source}: {where}: not valid YAML: {getattr(exc, 'problem', exc)}"]
+    if not isinstance(data, dict):
+        return None, [f"{source}: (top level): must be a mapping"]
+    try:
+        catalog = Catalog.model_validate(data)
+    except ValidationError as exc:
+        return None, [f"{source}: {_loc(err['loc'])}: {err['msg']}" for err in exc.errors()]
+    errors = [f"{source}: {where}: {why}" for where, why in _semantic_errors(catalog)]
+    return (catalog, errors)
+
+
+def _loc(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
+def is_known_segment(segment: str) -> bool:
+    return segment in BUILTIN_SEGMENTS or bool(LOCALE_SEGMENT.match(segment))
+
+
+def _semantic_errors(catalog: Catalog) -> list[tuple[str, str]]:
+    errors: list[tuple[str, str]] = []
+    steps = {s.id: s for s in catalog.journey.steps}
+    seen: set[str] = set()
+    for i, step in enumerate(catalog.journey.steps):
+        where = f"journey.steps[{i}]"
+        if step.id in seen:
+            errors.append((f"{where}.id", f"duplicate step id {step.id!r}"))
+        seen.add(step.id)
+        for j, req in enumerate(step.requires):
+            if req not in steps:
+                errors.append((f"{where}.requires[{j}]", f"unknown step {req!r}"))
+            elif req == step.id:
+                errors.append((f"{where}.requires[{j}]", "a step cannot require itself"))
+        errors += _segment_errors(step.segments, f"{where}.segments")
+        errors += _template_errors(step.message, f"{where}.message", catalog.default_locale)
+        for j, rule in enumerate(step.completed_by):
+            if rule.type == "feature_clicked" and rule.feature is None:
+                errors.append((f"{where}.completed_by[{j}]", "feature_clicked needs 'feature'"))
+            if rule.type == "tutorial_completed" and rule.tutorial is None:
+                errors.append((f"{where}.completed_by[{j}]", "tutorial_completed needs 'tutorial'"))
+    cycle = _find_cycle({s.id: [r for r in s.requires if r in steps] for s in catalog.journey.steps})
+    if cycle:
+        errors.append(("journey.steps", f"prerequisites form a cycle: {' -> '.join(cycle)}"))
+    tutorial_ids: set[str] = set()
+    for i, tutorial in enumerate(catalog.tutorials):
+        where = f"tutorials[{i}]"
+        if tutorial.id in tutorial_ids:
+            errors.append((f"{where}.id", f"duplicate tutorial id {tutorial.id!r}"))
+        tutorial_ids.add(tutorial.id)
+        if (tutorial.step is None) == (tutorial.feature is None):
+            errors.append((where, "a tutorial belongs to exactly one of 'step' or 'feature'"))
+        if tutorial.step is not None and tutorial.step not in steps:
+            errors.append((f"{where}.step", f"unknown step {tutorial.step!r}"))
+        variant_ids = [v.id for v in tutorial.variants]
+        if len(set(variant_ids)) != len(variant_ids):
+            errors.append((f"{where}.variants", "duplicate variant ids"))
+        for j, variant in enumerate(tutorial.variants):
+            errors += _segment_errors(variant.segments, f"{where}.variants[{j}].segments")
+    flag_ids: set[str] = set()
+    for i, flag in enumerate(catalog.flags):
+        if flag.id in flag_ids:
+            errors.append((f"flags[{i}].id", f"duplicate flag id {flag.id!r}"))
+        flag_ids.add(flag.id)
+        for j, rule in enumerate(flag.rules):
+            if not rule.segments and rule.rollout is None:
+                errors.append((f"flags[{i}].rules[{j}]", "a rule needs 'segments', 'rollout' or both"))
+            errors += _segment_errors(rule.segments, f"flags[{i}].rules[{j}].segments")
+    for i, step in enumerate(catalog.journey.steps):
+        for j, rule in enumerate(step.completed_by):
+            if rule.tutorial is not None and rule.tutorial not in tutorial_ids:
+                errors.append((f"journey.steps[{i}].completed_by[{j}].tutorial", f"unknown tutorial {rule.tutorial!r}"))
+    errors += _template_errors(catalog.messages.welcome, "messages.welcome", catalog.default_locale)
+    if not catalog.messages.welcome:
+        errors.append(("messages.welcome", "a welcome message is required"))
+    return errors
+
+
+def _segment_errors(segments: list[str], where: str) -> list[tuple[str, str]]:
+    return [
+        (f"{where}[{k}]", f"unknown segment {seg!r} (built in: {', '.join(sorted(BUILTIN_SEGMENTS))}, locale_xx)")
+        for k, seg in enumerate(segments)
+        if not is_known_segment(seg)
+    ]
+
+
+_TAG = re.compile(r"\{\{\s*([#^/]?)\s*([^}\s]*)\s*\}\}")
+
+
+def _template_errors(templates: dict[str, str], where: str, default_locale: str) -> list[tuple[str, str]]:
+    errors: list[tuple[str, str]] = []
+    if templates and default_locale not in templates and default_locale.split("-")[0] not in templates:
+        errors.append((where, f"no text for the default locale {default_locale!r} to fall back on"))
+    for locale, text in templates.items():
+        problem = template_problem(text)
+        if problem:
+            errors.append((f"{where}.{locale}", problem))
+    return errors
+
+
+def template_problem(text: str) -> str | None:
+    """Why a Mustache template is broken, or None. pystache accepts some broken templates
+    (an unclosed section, a dangling ``{{``) silently, so these are checked here."""
+    if text.count("{{") != text.count("}}"):
+        return "unbalanced '{{' and '}}'"
+    open_sections: list[str] = []
+    for kind, name in _TAG.findall(text):
+        if kind in "#^" and kind:
+            open_sections.append(name)
+        elif kind == "/":
+            if not open_sections or open_sections.pop() != name:
+                return f"section end {{{{/{name}}}}} does not match an open section"
+        if name and name not in TEMPLATE_VARIABLES and not name.startswith("!"):
+            return f"unknown variable {name!r} (known: {', '.join(sorted(TEMPLATE_VARIABLES))})"
+    if open_sections:
+        return f"section {{{{#{open_sections[-1]}}}}} is never closed"
+    try:
+        pystache.parse(text)
+    except Exception as exc:  # noqa: BLE001 - pystache's own parse errors, reported as text
+        return f"template does not parse: {exc}"
+    return None
+
+
+def _find_cycle(graph: dict[str, list[str]]) -> list[str] | None:
+    state: dict[str, int] = {}  # 1 visiting, 2 done
+    stack: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        stack.append(node)
+        for nxt in graph[node]:
+            if state.get(nxt) == 1:
+                return [*stack[stack.index(nxt) :], nxt]
+            if nxt not in state:
+                found = visit(nxt)
+                if found:
+                    return found
+        stack.pop()
+        state[node] = 2
+        return None
+
+    for node in graph:
+        if node not in state:
+            found = visit(node)
+            if found:
+                return found
+    return None

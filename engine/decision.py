@@ -1,0 +1,265 @@
+"""Deciding what a user sees next, from the catalog and the user's live state.
+
+Rules decide what is eligible (prerequisites, segments); within that, the journey order
+decides (issue 5's policies choose among the eligible arms instead). A user never seen gets a
+cold-start answer from the request's context alone.
+
+>>> from engine.catalog import DEFAULT_CATALOG, load_catalog
+>>> decider = Decider(load_catalog(DEFAULT_CATALOG))
+>>> d = decider.decide("k" * 26, None, None, {"device_type": "mobile", "locale": "de-DE"}, now=0.0)
+>>> d["step"]["id"], d["tutorial"], d["flags"]["simplified_mobile_flow"], d["message"][:14]
+('welcome', None, True, 'Willkommen bei')
+>>> sorted(d["segments"])
+['device_mobile', 'engagement_low', 'locale_de', 'new_user']
+"""
+
+from __future__ import annotations
+
+import hashlib
+import html
+import uuid
+from typing import Any
+
+import pystache
+
+from engine.catalog import Catalog, CompletionRule, Step, Tutorial
+from engine.events import EventKind
+from engine.profile import UserState, Vocabularies
+
+DEVICE_TYPES = ("mobile", "desktop", "tablet")
+
+
+def _renderer() -> pystache.Renderer:
+    # Values come from users (names, roles): HTML-escape them; a missing variable renders empty.
+    return pystache.Renderer(missing_tags="ignore", escape=lambda text: html.escape(str(text), quote=True))
+
+
+def rollout_bucket(flag_id: str, user_key: str) -> float:
+    """A stable number in [0, 100) per (flag, user): the same user stays in or out of a rollout
+    on every shard, after restarts and rescaling, and flags are independent of each other."""
+    digest = hashlib.blake2b(f"{flag_id}:{user_key}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") % 10_000 / 100
+
+
+class Decider:
+    """Turns (catalog, live state, request context) into a decision. Pure; no I/O."""
+
+    def __init__(self, catalog: Catalog) -> None:
+        self.catalog = catalog
+        self.steps = catalog.journey.steps
+        self._renderer = _renderer()
+        self._templates: dict[str, Any] = {}
+        self._tutorial_by_step: dict[str, Tutorial] = {t.step: t for t in catalog.tutorials if t.step}
+        self._tutorial_by_feature: dict[str, Tutorial] = {t.feature: t for t in catalog.tutorials if t.feature}
+        self._completion: dict[str, list[CompletionRule]] = {
+            s.id: s.completed_by or [CompletionRule(type="step_completed")] for s in self.steps
+        }
+
+    # ------------------------------------------------------------------ segments
+
+    def segments(
+        self, user: UserState | None, context: dict[str, Any], now: float
+    ) -> list[str]:
+        """The built-in segments of a user, preferring the request's context where it has one."""
+        out = []
+        tiers = self.catalog.engagement_tiers
+        score = user.engagement_at(now) if user is not None else 0.0
+        out.append(
+            "engagement_high" if score >= tiers.high else "engagement_medium" if score >= tiers.medium else "engagement_low"
+        )
+        device = context.get("device_type") or (user.device_type if user else None)
+        if device in DEVICE_TYPES:
+            out.append(f"device_{device}")
+        locale = context.get("locale") or (user.locale if user else None)
+        if isinstance(locale, str) and len(locale) >= 2 and locale[:2].isalpha():
+            out.append(f"locale_{locale[:2].lower()}")
+        out.append("returning_user" if user is not None and user.sessions > 1 else "new_user")
+        return out
+
+    # ------------------------------------------------------------------ journey
+
+    def completed(self, step: Step, user: UserState | None, vocab: Vocabularies | None) -> bool:
+        if user is None or vocab is None:
+            return False
+        for rule in self._completion[step.id]:
+            if rule.type == "step_completed":
+                ident = vocab.steps.find(step.id)
+                if ident is not None and user.completed_steps >> ident & 1:
+                    return True
+            elif rule.type == "feature_clicked":
+                if user.feature_count(vocab.features.find(rule.feature or "")) > 0:
+                    return True
+            elif rule.type == "tutorial_completed":
+                if _tutorial_completions(user, vocab, rule.tutorial or "") > 0:
+                    return True
+            elif rule.type == "onboarding_completed" and user.count(EventKind.ONBOARDING_COMPLETED):
+                return True
+        return False
+
+    def eligible_steps(
+        self, user: UserState | None, vocab: Vocabularies | None, segments: list[str]
+    ) -> tuple[list[Step], set[str], list[str]]:
+        """Incomplete steps whose prerequisites are met and whose segments match, in journey
+        order; also the completed step ids and why the others were left out."""
+        done = {s.id for s in self.steps if self.completed(s, user, vocab)}
+        member = set(segments)
+        eligible, why_not = [], []
+        for step in self.steps:
+            if step.id in done:
+                continue
+            missing = [r for r in step.requires if r not in done]
+            if missing:
+                why_not.append(f"{step.id}: waits for {', '.join(missing)}")
+            elif step.segments and not member.intersection(step.segments):
+                why_not.append(f"{step.id}: only for {', '.join(step.segments)}")
+            else:
+                eligible.append(step)
+        return eligible, done, why_not
+
+    # ------------------------------------------------------------------ tutorials, messages, flags
+
+    def tutorial_variants(self, tutorial: Tutorial, segments: list[str]) -> list[str]:
+        """Variants of a tutorial this user may see (catalog order)."""
+        member = set(segments)
+        return [v.id for v in tutorial.variants if not v.segments or member.intersection(v.segments)]
+
+    def tutorial_for(self, step: str | None = None, feature: str | None = None) -> Tutorial | None:
+        if step is not None:
+            return self._tutorial_by_step.get(step)
+        if feature is not None:
+            return self._tutorial_by_feature.get(feature)
+        return None
+
+    def render(self, templates: dict[str, str], locale: str | None, variables: dict[str, Any]) -> str:
+        if not templates:
+            return ""
+        key = self._pick_locale(templates, locale)
+        cache_key = f"{id(templates)}:{key}"
+        parsed = self._templates.get(cache_key)
+        if parsed is None:
+            parsed = self._templates[cache_key] = pystache.parse(templates[key])
+        return str(self._renderer.render(parsed, variables))
+
+    def _pick_locale(self, templates: dict[str, str], locale: str | None) -> str:
+        # de-DE, then de, then the catalog's default language.
+        for candidate in (locale, locale[:2] if locale else None, self.catalog.default_locale,
+                          self.catalog.default_locale[:2]):
+            if candidate and candidate in templates:
+                return candidate
+        return next(iter(templates))
+
+    def flags(self, user_key: str, segments: list[str]) -> dict[str, dict[str, Any]]:
+        member = set(segments)
+        out = {}
+        for flag in self.catalog.flags:
+            value, reason = flag.default, "default"
+            for i, rule in enumerate(flag.rules):
+                if rule.segments and not member.intersection(rule.segments):
+                    continue
+                if rule.rollout is not None and rollout_bucket(flag.id, user_key) >= rule.rollout:
+                    continue
+                value = rule.value
+                reason = f"rule {i}: " + ("split" if rule.rollout is not None else "targeting_match")
+                break
+            out[flag.id] = {"value": value, "reason": reason}
+        return out
+
+    # ------------------------------------------------------------------ the decision
+
+    def decide(
+        self,
+        user_key: str,
+        user: UserState | None,
+        vocab: Vocabularies | None,
+        context: dict[str, Any] | None,
+        now: float,
+        personalize: bool = True,
+    ) -> dict[str, Any]:
+        """The next onboarding step, tutorial variant, message, flags and why."""
+        context = context or {}
+        explain: list[str] = []
+        if not personalize:
+            explain.append("personalization not permitted for this user: default flow")
+            user, vocab = None, None
+        elif user is None:
+            explain.append("user not seen yet: cold start from the request's context")
+        segments = self.segments(user, context, now)
+        eligible, done, why_not = self.eligible_steps(user, vocab, segments)
+        step = eligible[0] if eligible else None
+        if step is None:
+            explain.append("journey complete" if len(done) == len(self.steps) else "no step eligible")
+        else:
+            explain.append(f"step {step.id}: first eligible incomplete step in journey order")
+        explain += why_not[:5]
+        locale = context.get("locale") or (user.locale if user else None)
+        variables = self._variables(user, context, step, locale)
+        tutorial = self.tutorial_for(step=step.id) if step else None
+        tutorial_out = None
+        if tutorial is not None:
+            variants = self.tutorial_variants(tutorial, segments)
+            if variants:
+                tutorial_out = {"id": tutorial.id, "variant": variants[0], "eligible": variants}
+                explain.append(f"tutorial {tutorial.id}: variant {variants[0]} (first eligible of {len(variants)})")
+        message = self.render(self.catalog.messages.welcome, locale, variables)
+        step_message = self.render(step.message, locale, variables) if step else ""
+        return {
+            "decision_id": uuid.uuid4().hex,
+            "step": None
+            if step is None
+            else {"id": step.id, "kind": step.kind, "title": self.render(step.title, locale, variables)},
+            "tutorial": tutorial_out,
+            "message": message,
+            "step_message": step_message,
+            "flags": {k: v["value"] for k, v in self.flags(user_key, segments).items()},
+            "segments": segments,
+            "experiments": {},
+            "completed_steps": sorted(done),
+            "personalized": personalize and user is not None,
+            "explain": explain,
+        }
+
+    def select_tutorial(
+        self,
+        user: UserState | None,
+        context: dict[str, Any] | None,
+        now: float,
+        step: str | None = None,
+        feature: str | None = None,
+    ) -> dict[str, Any] | None:
+        """Which variant of the tutorial for ``step`` or ``feature`` this user should see."""
+        tutorial = self.tutorial_for(step=step, feature=feature)
+        if tutorial is None:
+            return None
+        segments = self.segments(user, context or {}, now)
+        variants = self.tutorial_variants(tutorial, segments)
+        if not variants:
+            return {"tutorial": tutorial.id, "variant": None, "eligible": [], "segments": segments,
+                    "explain": ["no variant eligible for this user's segments"]}
+        return {
+            "decision_id": uuid.uuid4().hex,
+            "tutorial": tutorial.id,
+            "variant": variants[0],
+            "eligible": variants,
+            "segments": segments,
+            "explain": [f"variant {variants[0]}: first eligible of {', '.join(variants)}"],
+        }
+
+    def _variables(
+        self, user: UserState | None, context: dict[str, Any], step: Step | None, locale: str | None
+    ) -> dict[str, Any]:
+        variables: dict[str, Any] = {"product": self.catalog.product, "locale": locale}
+        for field in ("device_type", "os", "country"):
+            variables[field] = context.get(field) or (getattr(user, field) if user else None)
+        if user is not None:
+            variables.update(user_name=user.name, role=user.role, company_size=user.company_size)
+        if step is not None:
+            variables["step_title"] = self.render(step.title, locale, {}) if step.title else step.id
+        return variables
+
+
+def _tutorial_completions(user: UserState, vocab: Vocabularies, tutorial: str) -> int:
+    ident = vocab.tutorials.find(tutorial)
+    t = user.tutorials
+    if ident is None or t is None:
+        return 0
+    return sum(t[i + 3] for i in range(0, len(t), 4) if t[i] == ident)
