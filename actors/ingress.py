@@ -11,7 +11,6 @@ When a shard does not answer within the deadline (starting, moving, down), ``/v1
 answers with the catalog's default flow and says so in ``explain``, rather than failing.
 """
 
-
 import asyncio
 import logging
 import time
@@ -48,8 +47,6 @@ MAX_EVENTS_PER_BATCH = 1000
 READY_CACHE_S = 1.0
 
 
-
-
 class ApiError(Exception):
     def __init__(self, status: int, code: str, message: str, details: Any = None) -> None:
         super().__init__(message)
@@ -75,7 +72,9 @@ class BodyLimit:
             return
         for name, value in scope.get("headers", []):
             if name == b"content-length" and value.isdigit() and int(value) > self.limit:
-                await error_response(413, "body_too_large", f"body over {self.limit} bytes")(scope, receive, send)
+                await error_response(413, "body_too_large", f"body over {self.limit} bytes")(
+                    scope, receive, send
+                )
                 return
         seen = 0
 
@@ -256,10 +255,17 @@ class Ingress:
         _, shards = await self._client()
         try:
             reply = await shards.call_raw(
-                key, "tutorial", timeout=DECIDE_DEADLINE_S, context=context, step=body.step, feature=body.feature
+                key,
+                "tutorial",
+                timeout=DECIDE_DEADLINE_S,
+                context=context,
+                step=body.step,
+                feature=body.feature,
             )
         except ShardUnavailable:
-            choice = self.decider.select_tutorial(None, context, time.time(), step=body.step, feature=body.feature)
+            choice = self.decider.select_tutorial(
+                None, context, time.time(), step=body.step, feature=body.feature
+            )
             if choice is not None:
                 choice["explain"].insert(0, "shard unavailable within the deadline: default variant")
             reply = msgspec.json.encode(choice)
@@ -286,11 +292,15 @@ class Ingress:
             except InvalidEvent as exc:
                 problems.append({"index": i, "reason": exc.reason, "problem": exc.detail})
         if problems:
-            raise ApiError(400, "invalid_events", f"{len(problems)} of {len(body.events)} events are invalid", problems)
+            raise ApiError(
+                400, "invalid_events", f"{len(problems)} of {len(body.events)} events are invalid", problems
+            )
         try:
             acks = await publish_prepared(nc.jetstream(), prepared, retry_for=5.0)
-        except Exception as exc:  # noqa: BLE001 - the broker is down: the caller may retry
-            raise ApiError(503, "unavailable", f"the event stream did not store the batch: {type(exc).__name__}") from exc
+        except Exception as exc:
+            raise ApiError(
+                503, "unavailable", f"the event stream did not store the batch: {type(exc).__name__}"
+            ) from exc
         duplicates = sum(1 for ack in acks if ack.duplicate)
         return EventsAccepted(accepted=len(acks) - duplicates, duplicates=duplicates)
 
@@ -333,14 +343,20 @@ class Ingress:
 
         async def ping(partition: int) -> bool:
             try:
-                await nc.request(rpc_subject(partition, "ping"), msgspec.msgpack.encode({"key": ""}), timeout=0.5)
+                await nc.request(
+                    rpc_subject(partition, "ping"), msgspec.msgpack.encode({"key": ""}), timeout=0.5
+                )
                 return True
             except Exception:  # noqa: BLE001
                 return False
 
         answers = await asyncio.gather(*(ping(p) for p in range(self.config.partitions)))
         missing = [p for p, ok in enumerate(answers) if not ok]
-        return {"ready": not missing and nc.is_connected, "nats": nc.is_connected, "partitions_without_shard": missing}
+        return {
+            "ready": not missing and nc.is_connected,
+            "nats": nc.is_connected,
+            "partitions_without_shard": missing,
+        }
 
     def _passthrough(self, reply: bytes) -> Response:
         if is_error(reply):

@@ -50,16 +50,20 @@ def start_app(
     port = settings.port if http_port is None else http_port
     serve.start(http_options={"host": settings.host, "port": port})
     config = IngressConfig(
-        nats_url=nats_url, partitions=settings.partitions, secret=secret, key_hashes=key_hashes, catalog=catalog
+        nats_url=nats_url,
+        partitions=settings.partitions,
+        secret=secret,
+        key_hashes=key_hashes,
+        catalog=catalog,
     )
-    serve.run(Ingress.bind(config), name=APP_NAME, route_prefix="/", blocking=False)
+    serve.run(Ingress.bind(config), name=APP_NAME, route_prefix="/", blocking=False)  # type: ignore[attr-defined]
     return f"http://{settings.host}:{port}"
 
 
 def stop_app() -> None:
     from ray import serve
 
-    serve.shutdown()
+    serve.shutdown()  # type: ignore[no-untyped-call]
 
 
 def app_status() -> Any:

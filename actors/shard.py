@@ -23,9 +23,9 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js.kv import KeyValue
 
-from engine.keys import partition_of
 from engine.catalog import Catalog
 from engine.decision import Decider
+from engine.keys import partition_of
 from engine.shard import NotOwned, ShardState
 from headstart.config import Settings
 from headstart.consumer import PartitionConsumer
@@ -173,8 +173,10 @@ class ShardActor:
             key = request["key"]
             if method == "decide":
                 user = part.users.get(key)
-                personalize = user.consent_given("personalization", self.personalize_by_default) if user else (
-                    self.personalize_by_default
+                personalize = (
+                    user.consent_given("personalization", self.personalize_by_default)
+                    if user
+                    else (self.personalize_by_default)
                 )
                 reply = encode_reply(
                     self.decider.decide(key, user, part.vocab, request.get("context"), now, personalize)
@@ -183,7 +185,11 @@ class ShardActor:
                 user = part.users.get(key)
                 reply = encode_reply(
                     self.decider.select_tutorial(
-                        user, request.get("context"), now, step=request.get("step"), feature=request.get("feature")
+                        user,
+                        request.get("context"),
+                        now,
+                        step=request.get("step"),
+                        feature=request.get("feature"),
                     )
                 )
             elif method == "user":

@@ -7,7 +7,8 @@ the field and why, so an operator fixes a catalog in one pass:
 >>> catalog = load_catalog(DEFAULT_CATALOG)
 >>> [step.id for step in catalog.journey.steps][:3]
 ['welcome', 'profile', 'connect_data']
->>> errors = check_catalog_text("version: 1\\nproduct: x\\njourney: {steps: [{id: a, kind: welcome, requires: [b]}]}")
+>>> text = "version: 1\\nproduct: x\\njourney: {steps: [{id: a, kind: welcome, requires: [b]}]}"
+>>> errors = check_catalog_text(text)
 >>> print(errors[0])
 <text>: journey.steps[0].requires[0]: unknown step 'b'
 """
@@ -236,14 +237,15 @@ def _semantic_errors(catalog: Catalog) -> list[tuple[str, str]]:
         if flag.id in flag_ids:
             errors.append((f"flags[{i}].id", f"duplicate flag id {flag.id!r}"))
         flag_ids.add(flag.id)
-        for j, rule in enumerate(flag.rules):
-            if not rule.segments and rule.rollout is None:
-                errors.append((f"flags[{i}].rules[{j}]", "a rule needs 'segments', 'rollout' or both"))
-            errors += _segment_errors(rule.segments, f"flags[{i}].rules[{j}].segments")
+        for j, flag_rule in enumerate(flag.rules):
+            if not flag_rule.segments and flag_rule.rollout is None:
+                errors.append((f"flags[{i}].rules[{j}]", "a flag_rule needs 'segments', 'rollout' or both"))
+            errors += _segment_errors(flag_rule.segments, f"flags[{i}].rules[{j}].segments")
     for i, step in enumerate(catalog.journey.steps):
-        for j, rule in enumerate(step.completed_by):
-            if rule.tutorial is not None and rule.tutorial not in tutorial_ids:
-                errors.append((f"journey.steps[{i}].completed_by[{j}].tutorial", f"unknown tutorial {rule.tutorial!r}"))
+        for j, completion in enumerate(step.completed_by):
+            if completion.tutorial is not None and completion.tutorial not in tutorial_ids:
+                where = f"journey.steps[{i}].completed_by[{j}].tutorial"
+                errors.append((where, f"unknown tutorial {completion.tutorial!r}"))
     errors += _template_errors(catalog.messages.welcome, "messages.welcome", catalog.default_locale)
     if not catalog.messages.welcome:
         errors.append(("messages.welcome", "a welcome message is required"))
@@ -252,7 +254,10 @@ def _semantic_errors(catalog: Catalog) -> list[tuple[str, str]]:
 
 def _segment_errors(segments: list[str], where: str) -> list[tuple[str, str]]:
     return [
-        (f"{where}[{k}]", f"unknown segment {seg!r} (built in: {', '.join(sorted(BUILTIN_SEGMENTS))}, locale_xx)")
+        (
+            f"{where}[{k}]",
+            f"unknown segment {seg!r} (built in: {', '.join(sorted(BUILTIN_SEGMENTS))}, locale_xx)",
+        )
         for k, seg in enumerate(segments)
         if not is_known_segment(seg)
     ]
@@ -263,7 +268,11 @@ _TAG = re.compile(r"\{\{\s*([#^/]?)\s*([^}\s]*)\s*\}\}")
 
 def _template_errors(templates: dict[str, str], where: str, default_locale: str) -> list[tuple[str, str]]:
     errors: list[tuple[str, str]] = []
-    if templates and default_locale not in templates and default_locale.split("-")[0] not in templates:
+    if (
+        templates
+        and default_locale not in templates
+        and default_locale.split("-", maxsplit=1)[0] not in templates
+    ):
         errors.append((where, f"no text for the default locale {default_locale!r} to fall back on"))
     for locale, text in templates.items():
         problem = template_problem(text)
@@ -281,9 +290,8 @@ def template_problem(text: str) -> str | None:
     for kind, name in _TAG.findall(text):
         if kind in "#^" and kind:
             open_sections.append(name)
-        elif kind == "/":
-            if not open_sections or open_sections.pop() != name:
-                return f"section end {{{{/{name}}}}} does not match an open section"
+        elif kind == "/" and (not open_sections or open_sections.pop() != name):
+            return f"section end {{{{/{name}}}}} does not match an open section"
         if name and name not in TEMPLATE_VARIABLES and not name.startswith("!"):
             return f"unknown variable {name!r} (known: {', '.join(sorted(TEMPLATE_VARIABLES))})"
     if open_sections:

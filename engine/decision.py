@@ -50,22 +50,26 @@ class Decider:
         self._renderer = _renderer()
         self._templates: dict[str, Any] = {}
         self._tutorial_by_step: dict[str, Tutorial] = {t.step: t for t in catalog.tutorials if t.step}
-        self._tutorial_by_feature: dict[str, Tutorial] = {t.feature: t for t in catalog.tutorials if t.feature}
+        self._tutorial_by_feature: dict[str, Tutorial] = {
+            t.feature: t for t in catalog.tutorials if t.feature
+        }
         self._completion: dict[str, list[CompletionRule]] = {
             s.id: s.completed_by or [CompletionRule(type="step_completed")] for s in self.steps
         }
 
     # ------------------------------------------------------------------ segments
 
-    def segments(
-        self, user: UserState | None, context: dict[str, Any], now: float
-    ) -> list[str]:
+    def segments(self, user: UserState | None, context: dict[str, Any], now: float) -> list[str]:
         """The built-in segments of a user, preferring the request's context where it has one."""
         out = []
         tiers = self.catalog.engagement_tiers
         score = user.engagement_at(now) if user is not None else 0.0
         out.append(
-            "engagement_high" if score >= tiers.high else "engagement_medium" if score >= tiers.medium else "engagement_low"
+            "engagement_high"
+            if score >= tiers.high
+            else "engagement_medium"
+            if score >= tiers.medium
+            else "engagement_low"
         )
         device = context.get("device_type") or (user.device_type if user else None)
         if device in DEVICE_TYPES:
@@ -142,8 +146,12 @@ class Decider:
 
     def _pick_locale(self, templates: dict[str, str], locale: str | None) -> str:
         # de-DE, then de, then the catalog's default language.
-        for candidate in (locale, locale[:2] if locale else None, self.catalog.default_locale,
-                          self.catalog.default_locale[:2]):
+        for candidate in (
+            locale,
+            locale[:2] if locale else None,
+            self.catalog.default_locale,
+            self.catalog.default_locale[:2],
+        ):
             if candidate and candidate in templates:
                 return candidate
         return next(iter(templates))
@@ -199,7 +207,9 @@ class Decider:
             variants = self.tutorial_variants(tutorial, segments)
             if variants:
                 tutorial_out = {"id": tutorial.id, "variant": variants[0], "eligible": variants}
-                explain.append(f"tutorial {tutorial.id}: variant {variants[0]} (first eligible of {len(variants)})")
+                explain.append(
+                    f"tutorial {tutorial.id}: variant {variants[0]} (first eligible of {len(variants)})"
+                )
         message = self.render(self.catalog.messages.welcome, locale, variables)
         step_message = self.render(step.message, locale, variables) if step else ""
         return {
@@ -233,8 +243,13 @@ class Decider:
         segments = self.segments(user, context or {}, now)
         variants = self.tutorial_variants(tutorial, segments)
         if not variants:
-            return {"tutorial": tutorial.id, "variant": None, "eligible": [], "segments": segments,
-                    "explain": ["no variant eligible for this user's segments"]}
+            return {
+                "tutorial": tutorial.id,
+                "variant": None,
+                "eligible": [],
+                "segments": segments,
+                "explain": ["no variant eligible for this user's segments"],
+            }
         return {
             "decision_id": uuid.uuid4().hex,
             "tutorial": tutorial.id,

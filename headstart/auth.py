@@ -2,8 +2,10 @@
 ``<home>/keys.json`` (mode 0600, never regenerated); the server is given only their hashes.
 
 >>> auth = Authenticator({"frontend": [hash_key("f-key")], "admin": [hash_key("a-key")]})
->>> auth.role_of("Bearer f-key"), auth.role_of("Bearer a-key"), auth.role_of("Bearer nope"), auth.role_of(None)
-('frontend', 'admin', None, None)
+>>> auth.role_of("Bearer f-key"), auth.role_of("Bearer a-key")
+('frontend', 'admin')
+>>> auth.role_of("Bearer nope"), auth.role_of(None)
+(None, None)
 """
 
 from __future__ import annotations

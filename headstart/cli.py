@@ -48,12 +48,26 @@ def up(
         str | None, typer.Option(help="use this NATS server instead of the embedded one")
     ] = None,
     port: Annotated[int | None, typer.Option(help="HTTP port")] = None,
+    catalog: Annotated[
+        Path | None, typer.Option(help="onboarding catalog YAML (default: the packaged one)")
+    ] = None,
     timeout: Annotated[float, typer.Option(help="seconds to wait for readiness with --detach")] = 180.0,
 ) -> None:
     """Start the embedded nats-server, local Ray and the shards; print where they are."""
     from headstart.runtime import Runtime, instance_running, stop_recorded
 
-    settings = _settings(home, shards=shards, partitions=partitions, nats_url=nats_url, port=port)
+    settings = _settings(
+        home, shards=shards, partitions=partitions, nats_url=nats_url, port=port, catalog=catalog
+    )
+    if settings.catalog is not None:
+        from engine.catalog import CatalogError, load_catalog
+
+        try:
+            load_catalog(settings.catalog)
+        except CatalogError as exc:
+            for error in exc.errors:
+                print(error)
+            raise typer.Exit(1) from exc
     data_home = DataHome(settings.home).ensure()
     running = instance_running(data_home)
     if running is not None and running.get("ready"):
@@ -107,7 +121,7 @@ def _env_overrides(settings: Settings) -> dict[str, Any]:
     defaults = Settings(home=settings.home)
     return {
         name: getattr(settings, name)
-        for name in ("shards", "partitions", "nats_url", "port")
+        for name in ("shards", "partitions", "nats_url", "port", "catalog")
         if getattr(settings, name) != getattr(defaults, name)
     }
 
@@ -115,9 +129,29 @@ def _env_overrides(settings: Settings) -> dict[str, Any]:
 def _print_urls(state: dict[str, Any]) -> None:
     console.print(f"NATS:     {state['nats_url']}")
     if state.get("http_url"):
-        console.print(f"HTTP API: {state['http_url']}  (demo page at /, API docs at /docs)")
+        console.print(f"HTTP API: {state['http_url']}  (API docs at /docs)")
+        console.print(f"API keys: {Path(state['home']) / 'keys.json'}")
     console.print(f"Shards:   {state['shards']} over {state['partitions']} partitions")
     console.print(f"Home:     {state['home']}")
+
+
+@app.command("check-config")
+def check_config(path: Annotated[Path, typer.Argument(help="catalog YAML file")]) -> None:
+    """Validate a catalog file: print every error with its place, exit 1 if there is any."""
+    from engine.catalog import check_catalog_text
+
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        console.print(f"[red]{path}: cannot read: {exc.strerror}[/]")
+        raise typer.Exit(1) from exc
+    errors = check_catalog_text(text, str(path))
+    for error in errors:
+        print(error)
+    if errors:
+        console.print(f"[red]{len(errors)} error(s)[/]")
+        raise typer.Exit(1)
+    console.print(f"[green]{path}: valid[/]")
 
 
 @app.command()

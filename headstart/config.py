@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -31,6 +32,9 @@ class Settings(BaseSettings):
     secret: SecretStr | None = Field(None, description="pseudonymization secret; else <home>/secret")
     event_retention_days: float = Field(30.0, gt=0, description="how long raw events stay in the stream")
     stream_replicas: int = Field(1, ge=1, le=5, description="JetStream replicas (3 on a NATS cluster)")
+    serve_mode: Literal["haproxy", "default"] = Field(
+        "haproxy", description="Serve HTTP front: HAProxy + throughput-optimized (fast) or Serve's proxy"
+    )
     catalog: Path | None = Field(None, description="onboarding catalog YAML; unset: the packaged default")
     fetch_batch: int = Field(
         256, ge=16, le=65536, description="messages per pull request, per partition; two are kept in flight"

@@ -1,104 +1,113 @@
-"""``headstart demo``: simulated users go through onboarding; their live state is shown.
+"""``headstart demo``: simulated users go through onboarding against the running engine.
 
-Events go in through the same publishing helper a Python producer uses (pseudonymized at the
-edge, deduplicated by event id); state is read back from the shard actors that own the users.
+Each round, every user does the next thing the engine suggested (or a step of a scripted path),
+its events go in through ``POST /v1/events`` exactly as a frontend sends them, and the next
+``POST /v1/decide`` shows what the engine now tells that user to do.
 """
 
 from __future__ import annotations
 
-import asyncio
 import time
 import uuid
 from typing import Any
 
-import nats
+import httpx
 from rich.console import Console
 from rich.table import Table
 
 from engine.errors import HeadstartError
-from engine.keys import Pseudonymizer
+from headstart.auth import ensure_keys
 from headstart.config import Settings
 from headstart.home import DataHome
-from headstart.rpc import ShardClient
 from headstart.runtime import instance_running
-from headstart.streams import EventPublisher
 
-#: A short onboarding path, one event per round; each user starts a round later than the last.
-SCRIPT: list[dict[str, Any]] = [
-    {"type": "session_started", "props": {}},
-    {"type": "onboarding_started", "props": {}},
-    {"type": "step_viewed", "props": {"step": "welcome"}},
-    {"type": "step_completed", "props": {"step": "welcome"}},
-    {"type": "profile_updated", "props": {"role": "engineer", "company_size": "11-50"}},
-    {"type": "step_completed", "props": {"step": "profile"}},
-    {"type": "tutorial_started", "props": {"tutorial": "first_project", "variant": "interactive"}},
-    {"type": "feature_clicked", "props": {"feature": "create_project"}},
-    {"type": "tutorial_completed", "props": {"tutorial": "first_project", "variant": "interactive"}},
-    {"type": "feature_clicked", "props": {"feature": "invite"}},
-]
 DEVICES = ["mobile", "desktop", "tablet"]
 LOCALES = ["en-US", "de-DE", "fr-FR", "pt-BR"]
+NAMES = ["Ada", "Grace", "Linus", "Margaret", "Alan", "Barbara", "Ken", "Frances"]
+
+
+def events_for(
+    step: dict[str, Any] | None, tutorial: dict[str, Any] | None, user: str, i: int
+) -> list[dict[str, Any]]:
+    """What a simulated user does when shown ``step``: view it, often complete it."""
+    now = time.time()
+    base = {"user_id": user, "ts": now, "context": {"device_type": DEVICES[i % 3], "locale": LOCALES[i % 4]}}
+    if step is None:
+        return [
+            {
+                **base,
+                "event_id": str(uuid.uuid4()),
+                "type": "feature_clicked",
+                "props": {"feature": "dashboard"},
+            }
+        ]
+    out = [{**base, "event_id": str(uuid.uuid4()), "type": "step_viewed", "props": {"step": step["id"]}}]
+    if step["kind"] == "profile":
+        out.append(
+            {
+                **base,
+                "event_id": str(uuid.uuid4()),
+                "type": "profile_updated",
+                "props": {"name": NAMES[i % len(NAMES)], "role": "engineer", "company_size": "11-50"},
+            }
+        )
+    if tutorial is not None:
+        tut = {"tutorial": tutorial["id"], "variant": tutorial["variant"]}
+        out.append({**base, "event_id": str(uuid.uuid4()), "type": "tutorial_started", "props": tut})
+        out.append({**base, "event_id": str(uuid.uuid4()), "type": "tutorial_completed", "props": tut})
+    if (i + int(now)) % 4 != 0:  # most users complete the step they were shown
+        out.append(
+            {**base, "event_id": str(uuid.uuid4()), "type": "step_completed", "props": {"step": step["id"]}}
+        )
+    return out
 
 
 def run_demo(settings: Settings, users: int, steps: int, console: Console) -> None:
-    state = instance_running(DataHome(settings.home))
-    if state is None or not state.get("ready"):
+    home = DataHome(settings.home)
+    state = instance_running(home)
+    if state is None or not state.get("ready") or not state.get("http_url"):
         raise HeadstartError("Headstart is not running for this home: start it with `headstart up --detach`")
-    asyncio.run(_demo(state, settings, users, steps, console))
-
-
-async def _demo(state: dict[str, Any], settings: Settings, users: int, steps: int, console: Console) -> None:
-    nc = await nats.connect(state["nats_url"], connect_timeout=5)
-    try:
-        shards = ShardClient(nc, state["partitions"])
-        publisher = EventPublisher(nc.jetstream(), pseudonymizer := _pseudonymizer(settings))
-        names = [f"demo-user-{i + 1}@example.com" for i in range(users)]
-        keys = [pseudonymizer.key(name) for name in names]
-        for round_no in range(steps):
-            events = []
-            for i, name in enumerate(names):
-                step = round_no - (i % 3)  # users progress at different paces
-                if 0 <= step < len(SCRIPT):
-                    events.append(
-                        {
-                            **SCRIPT[step],
-                            "event_id": str(uuid.uuid4()),
-                            "user_id": name,
-                            "ts": time.time(),
-                            "context": {"device_type": DEVICES[i % 3], "locale": LOCALES[i % 4]},
-                        }
-                    )
-            await publisher.publish_many(events)
-            # Shards apply events within milliseconds of JetStream storing them; the pause is
-            # for the reader's eyes.
-            await asyncio.sleep(0.3)
-            table = Table(title=f"round {round_no + 1}: {len(events)} events published")
-            for column in ("user", "key", "sessions", "steps done", "features", "tutorials", "engagement"):
-                table.add_column(column)
-            for name, key in zip(names, keys, strict=False):
-                view = await shards.get_user(key)
-                if view is None:
-                    table.add_row(name, key[:10] + "…", "-", "-", "-", "-", "-")
-                    continue
+    keys = ensure_keys(home.keys_file)
+    frontend = {"Authorization": f"Bearer {keys['frontend']}"}
+    names = [f"demo-user-{i + 1}@example.com" for i in range(users)]
+    with httpx.Client(base_url=state["http_url"], headers=frontend, timeout=10) as http:
+        decisions = [_decide(http, name, i) for i, name in enumerate(names)]
+        for round_no in range(1, steps + 1):
+            batch = [
+                e
+                for i, (name, d) in enumerate(zip(names, decisions, strict=True))
+                for e in events_for(d["step"], d["tutorial"], name, i)
+            ]
+            accepted = http.post("/v1/events", json={"events": batch})
+            if accepted.status_code != 200:
+                raise HeadstartError(f"/v1/events answered {accepted.status_code}: {accepted.text}")
+            decisions = [_decide(http, name, i) for i, name in enumerate(names)]
+            table = Table(
+                title=f"round {round_no}: {accepted.json()['accepted']} events stored, then /v1/decide"
+            )
+            for column in ("user", "next step", "tutorial", "message", "flags on", "segments"):
+                table.add_column(column, overflow="fold")
+            for name, d in zip(names, decisions, strict=True):
                 table.add_row(
-                    name,
-                    key[:10] + "…",
-                    str(view["sessions"]),
-                    ", ".join(view["steps_completed"]) or "-",
-                    ", ".join(f"{f}×{n}" for f, n in view["features"].items()) or "-",
-                    ", ".join(
-                        f"{t['tutorial']}/{t['variant']} {t['completed']}/{t['started']}"
-                        for t in view["tutorials"]
-                    )
-                    or "-",
-                    f"{view['engagement']:.2f}",
+                    name.split("@")[0],
+                    d["step"]["id"] if d["step"] else "(journey complete)",
+                    f"{d['tutorial']['id']}/{d['tutorial']['variant']}" if d["tutorial"] else "-",
+                    d["message"],
+                    ", ".join(f for f, on in d["flags"].items() if on) or "-",
+                    ", ".join(d["segments"]),
                 )
             console.print(table)
-        console.print("Raw ids (the e-mail addresses) never left this process: the engine only saw the keys.")
-    finally:
-        await nc.close()
+    console.print(
+        "Raw ids (the e-mail addresses) were pseudonymized at the edge: the engine only keeps keys."
+    )
 
 
-def _pseudonymizer(settings: Settings) -> Pseudonymizer:
-    configured = settings.secret.get_secret_value() if settings.secret else None
-    return Pseudonymizer(DataHome(settings.home).secret(configured))
+def _decide(http: httpx.Client, user: str, i: int) -> dict[str, Any]:
+    response = http.post(
+        "/v1/decide",
+        json={"user_id": user, "context": {"device_type": DEVICES[i % 3], "locale": LOCALES[i % 4]}},
+    )
+    if response.status_code != 200:
+        raise HeadstartError(f"/v1/decide answered {response.status_code}: {response.text}")
+    result: dict[str, Any] = response.json()
+    return result

@@ -50,6 +50,13 @@ class Runtime:
         import ray
 
         from actors.cluster import ShardGroup
+        from actors.serving import apply_serve_environment, start_app
+        from engine.catalog import DEFAULT_CATALOG, load_catalog
+        from headstart.auth import ensure_keys, key_hashes
+
+        catalog = load_catalog(self.settings.catalog or DEFAULT_CATALOG)
+        keys = ensure_keys(self.home.keys_file)
+        apply_serve_environment(self.settings.serve_mode)
 
         # Logical CPUs: shards are scheduled by reservation, the OS shares the real cores.
         num_cpus = max(os.cpu_count() or 1, int(self.settings.shards * self.settings.shard_num_cpus) + 2)
@@ -63,8 +70,12 @@ class Runtime:
         )
         self._ray_address = getattr(context, "address_info", {}).get("gcs_address")
         self._record(phase="ray")
-        self.group = ShardGroup(self.settings, self.nats_url).start()
+        self.group = ShardGroup(self.settings, self.nats_url, catalog).start()
         self.group.wait_ready()
+        self._record(phase="shards")
+        secret = self.home.secret(self.settings.secret.get_secret_value() if self.settings.secret else None)
+        self.http_url = start_app(self.settings, self.nats_url, catalog, secret, key_hashes(keys))
+        _wait_http_ready(self.http_url)
         return self._record(phase="ready")
 
     async def _ensure_streams(self) -> None:
@@ -93,6 +104,7 @@ class Runtime:
             "nats_url": self.nats_url,
             "nats_monitor": f"http://127.0.0.1:{self.broker.monitor_port}" if self.broker else None,
             "ray_address": getattr(self, "_ray_address", None),
+            "http_url": getattr(self, "http_url", None),
             "partitions": self.settings.partitions,
             "shards": self.settings.shards,
             "home": str(self.home.root),
@@ -109,6 +121,15 @@ class Runtime:
             pass
 
     def stop(self) -> None:
+        try:
+            import ray
+
+            from actors.serving import stop_app
+
+            if ray.is_initialized():
+                stop_app()
+        except Exception:
+            log.exception("stopping serve")
         if self.group is not None:
             try:
                 self.group.stop()
@@ -124,6 +145,23 @@ class Runtime:
         if self.broker is not None:
             self.broker.stop()
         self.home.clear_state()
+
+
+def _wait_http_ready(url: str, timeout: float = 60.0) -> None:
+    """Wait until /readyz says every partition has a shard and NATS is connected."""
+    import urllib.error
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{url}/readyz", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.2)
+    raise HeadstartError(f"the HTTP API at {url} did not become ready in {timeout}s")
 
 
 def stop_recorded(home: DataHome, timeout: float = 40.0) -> list[int]:
