@@ -28,10 +28,22 @@ SERVE_MODES: dict[str, dict[str, str]] = {
 APP_NAME = "headstart"
 
 
+#: HAProxy's stats and Prometheus listeners use fixed ports (8404, 9101) unless told otherwise,
+#: so two instances on one machine collide. Each instance gets free ones. Ray's template binds
+#: these two on all interfaces (not configurable in Ray 2.60); the API itself binds
+#: ``Settings.host`` (loopback by default).
+HAPROXY_PORT_VARIABLES = ("RAY_SERVE_HAPROXY_METRICS_PORT", "RAY_SERVE_HAPROXY_STATS_PORT")
+
+
 def apply_serve_environment(mode: str) -> None:
     """Set the Serve variables of ``mode`` in this process's environment (before ray.init)."""
+    from headstart.broker import free_port
+
     for key, value in SERVE_MODES[mode].items():
         os.environ.setdefault(key, value)
+    if mode == "haproxy":
+        for key in HAPROXY_PORT_VARIABLES:
+            os.environ[key] = str(free_port())
 
 
 def start_app(

@@ -239,7 +239,7 @@ def _semantic_errors(catalog: Catalog) -> list[tuple[str, str]]:
         flag_ids.add(flag.id)
         for j, flag_rule in enumerate(flag.rules):
             if not flag_rule.segments and flag_rule.rollout is None:
-                errors.append((f"flags[{i}].rules[{j}]", "a flag_rule needs 'segments', 'rollout' or both"))
+                errors.append((f"flags[{i}].rules[{j}]", "a rule needs 'segments', 'rollout' or both"))
             errors += _segment_errors(flag_rule.segments, f"flags[{i}].rules[{j}].segments")
     for i, step in enumerate(catalog.journey.steps):
         for j, completion in enumerate(step.completed_by):

@@ -40,6 +40,10 @@ def nats_url(nats_server: EmbeddedNats) -> str:
 def ray_local() -> Iterator[None]:
     import ray
 
+    from actors.serving import apply_serve_environment
+
+    # The deployment settings Headstart ships with, so tests exercise the same HTTP front.
+    apply_serve_environment("haproxy")
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, namespace="headstart-tests")
     try:
         yield

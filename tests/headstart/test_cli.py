@@ -6,11 +6,14 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
 import pytest
+
+from headstart.broker import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -30,7 +33,8 @@ def headstart(*args: str, home: Path, timeout: float = 240) -> subprocess.Comple
 @pytest.fixture(scope="module")
 def instance(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, dict[str, object]]]:
     home = tmp_path_factory.mktemp("home")
-    started = headstart("up", "--detach", "--shards", "2", "--partitions", "8", home=home)
+    port = str(free_port())
+    started = headstart("up", "--detach", "--shards", "2", "--partitions", "8", "--port", port, home=home)
     assert started.returncode == 0, started.stdout + started.stderr
     state = json.loads((home / "run" / "state.json").read_text())
     try:
@@ -53,9 +57,16 @@ def test_demo_shows_state_changing_and_status_reports_it(instance: tuple[Path, d
     demo = headstart("demo", "--users", "3", "--steps", "4", home=home)
     assert demo.returncode == 0, demo.stdout + demo.stderr
     assert "round 4" in demo.stdout and "welcome" in demo.stdout
-    status = headstart("status", "--json", home=home)
-    assert status.returncode == 0, status.stderr
-    report = json.loads(status.stdout)
+    # Shards report their stats every second: wait for a report that includes the demo's events.
+    deadline = time.monotonic() + 10
+    while True:
+        status = headstart("status", "--json", home=home)
+        assert status.returncode == 0, status.stderr
+        report = json.loads(status.stdout)
+        applied = sum(s["applied"] for s in report["shards"])
+        if applied == report["stream"]["messages"] or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
     assert len(report["shards"]) == 2
     assert sum(s["applied"] for s in report["shards"]) == report["stream"]["messages"] > 0
     assert report["lag"] == 0
@@ -71,13 +82,23 @@ def test_raw_ids_are_in_no_file_under_the_home(instance: tuple[Path, dict[str, o
 
 
 def test_down_stops_exactly_what_up_started(tmp_path: Path) -> None:
-    up = headstart("up", "--detach", "--partitions", "4", "--shards", "1", home=tmp_path)
+    up = headstart(
+        "up", "--detach", "--partitions", "4", "--shards", "1", "--port", str(free_port()), home=tmp_path
+    )
     assert up.returncode == 0, up.stdout + up.stderr
     state = json.loads((tmp_path / "run" / "state.json").read_text())
     pids = [state["supervisor"]["pid"]] + [c["pid"] for c in state["children"]]
     assert any(c["name"] == "nats-server" for c in state["children"])
     down = headstart("down", home=tmp_path)
     assert down.returncode == 0 and "stopped" in down.stdout
-    assert not any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE for p in pids)
+    lingering = []
+    for pid in pids:
+        try:
+            proc = psutil.Process(pid)
+            if proc.status() != psutil.STATUS_ZOMBIE:
+                lingering.append((pid, proc.name(), proc.cmdline()[:3]))
+        except psutil.NoSuchProcess:
+            pass
+    assert not lingering
     assert not (tmp_path / "run" / "state.json").exists()
     assert "nothing was running" in headstart("down", home=tmp_path).stdout

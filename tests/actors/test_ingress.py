@@ -1,0 +1,233 @@
+"""The HTTP API through a real Serve app (HAProxy front), real shards and a real nats-server."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+import ray
+
+from actors.cluster import ShardGroup
+from actors.serving import start_app, stop_app
+from engine.catalog import DEFAULT_CATALOG, load_catalog
+from headstart.auth import key_hashes
+from headstart.broker import free_port
+from headstart.config import Settings
+from tests.conftest import TEST_PARTITIONS, TEST_SECRET
+
+pytestmark = pytest.mark.integration
+
+KEYS = {"frontend": "test-frontend-key", "admin": "test-admin-key"}
+FRONTEND = {"Authorization": f"Bearer {KEYS['frontend']}"}
+ADMIN = {"Authorization": f"Bearer {KEYS['admin']}"}
+
+
+@pytest.fixture(scope="module")
+def api(ray_local: None, nats_url: str) -> Iterator[tuple[httpx.Client, ShardGroup]]:
+    import asyncio
+
+    from tests.conftest import reset_streams
+
+    asyncio.run(reset_streams(nats_url))
+    settings = Settings(partitions=TEST_PARTITIONS, shards=2, shard_num_cpus=0.5, port=free_port())
+    catalog = load_catalog(DEFAULT_CATALOG)
+    group = ShardGroup(settings, nats_url, catalog).start()
+    group.wait_ready()
+    url = start_app(settings, nats_url, catalog, TEST_SECRET, key_hashes(KEYS))
+    client = httpx.Client(base_url=url, timeout=10)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if client.get("/readyz").status_code == 200:
+                break
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    try:
+        yield client, group
+    finally:
+        client.close()
+        stop_app()
+        group.stop()
+
+
+def event(user: str, kind: str, **props: Any) -> dict[str, Any]:
+    return {
+        "event_id": f"{user}-{kind}-{time.monotonic_ns()}",
+        "user_id": user,
+        "type": kind,
+        "ts": time.time(),
+        "props": props,
+    }
+
+
+def test_unknown_users_get_a_cold_start_answer(api: tuple[httpx.Client, ShardGroup]) -> None:
+    client, _ = api
+    r = client.post(
+        "/v1/decide",
+        json={"user_id": "new@example.com", "context": {"device_type": "mobile", "locale": "de-DE"}},
+        headers=FRONTEND,
+    )
+    assert r.status_code == 200, r.text
+    d = r.json()
+    assert d["step"]["id"] == "welcome" and d["message"].startswith("Willkommen")
+    assert d["flags"]["simplified_mobile_flow"] is True
+    assert "cold start" in d["explain"][0]
+
+
+def test_an_event_changes_the_next_decision(api: tuple[httpx.Client, ShardGroup]) -> None:
+    client, _ = api
+    user = "bob@example.com"
+    before = client.post("/v1/decide", json={"user_id": user}, headers=FRONTEND).json()
+    assert before["step"]["id"] == "welcome"
+    stored = client.post(
+        "/v1/events",
+        json={
+            "events": [
+                event(user, "step_completed", step="welcome"),
+                event(user, "profile_updated", name="Bob"),
+            ]
+        },
+        headers=FRONTEND,
+    )
+    assert stored.status_code == 200 and stored.json() == {"accepted": 2, "duplicates": 0}
+    # Read-your-writes: the next decision after /v1/events answered sees the event.
+    deadline = time.monotonic() + 5
+    after = before
+    while after["step"]["id"] == "welcome" and time.monotonic() < deadline:
+        after = client.post("/v1/decide", json={"user_id": user}, headers=FRONTEND).json()
+    assert after["step"]["id"] == "profile"
+    assert "Bob" in after["message"] and after["personalized"] is True
+    profile = client.get(f"/v1/users/{user}", headers=ADMIN)
+    assert profile.status_code == 200 and profile.json()["steps_completed"] == ["welcome"]
+
+
+def test_retried_event_batches_are_stored_once(api: tuple[httpx.Client, ShardGroup]) -> None:
+    client, _ = api
+    batch = {"events": [event("carol@example.com", "feature_clicked", feature="export")]}
+    assert client.post("/v1/events", json=batch, headers=FRONTEND).json() == {"accepted": 1, "duplicates": 0}
+    assert client.post("/v1/events", json=batch, headers=FRONTEND).json() == {"accepted": 0, "duplicates": 1}
+
+
+def test_tutorial_selection(api: tuple[httpx.Client, ShardGroup]) -> None:
+    client, _ = api
+    r = client.post(
+        "/v1/tutorials/select",
+        json={"user_id": "dan", "step": "first_project", "context": {"device_type": "mobile"}},
+        headers=FRONTEND,
+    )
+    assert (
+        r.status_code == 200 and r.json()["variant"] == "interactive" and "video" not in r.json()["eligible"]
+    )
+    r = client.post("/v1/tutorials/select", json={"user_id": "dan", "feature": "invite"}, headers=FRONTEND)
+    assert r.json()["tutorial"] == "collaboration"
+    assert (
+        client.post(
+            "/v1/tutorials/select", json={"user_id": "dan", "step": "nope"}, headers=FRONTEND
+        ).status_code
+        == 404
+    )
+    both = client.post("/v1/tutorials/select", json={"user_id": "dan"}, headers=FRONTEND)
+    assert both.status_code == 400 and "exactly one" in both.json()["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "code"),
+    [
+        ("/v1/decide", {"user_id": "x", "surprise": 1}, "invalid_request"),
+        ("/v1/decide", {"context": {}}, "invalid_request"),
+        ("/v1/decide", {"user_id": 42}, "invalid_request"),
+        ("/v1/decide", {"user_id": ""}, "invalid_request"),
+        ("/v1/decide", {"user_id": "x" * 1000}, "invalid_request"),
+        ("/v1/decide", [1, 2], "invalid_request"),
+        ("/v1/events", {"events": []}, "invalid_request"),
+        (
+            "/v1/events",
+            {"events": [{"event_id": "1", "user_id": "u", "type": "warp", "ts": 1}]},
+            "invalid_events",
+        ),
+    ],
+)
+def test_bad_bodies_get_a_4xx_with_a_message(
+    api: tuple[httpx.Client, ShardGroup], path: str, body: Any, code: str
+) -> None:
+    client, _ = api
+    r = client.post(path, json=body, headers=FRONTEND)
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["code"] == code and r.json()["error"]["message"]
+
+
+def test_malformed_json_and_oversized_bodies(api: tuple[httpx.Client, ShardGroup]) -> None:
+    client, _ = api
+    r = client.post(
+        "/v1/decide", content=b"{not json", headers={**FRONTEND, "content-type": "application/json"}
+    )
+    assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_request"
+    big = client.post(
+        "/v1/events",
+        content=b"x" * (2 * 1024 * 1024),
+        headers={**FRONTEND, "content-type": "application/json"},
+    )
+    assert big.status_code == 413 and big.json()["error"]["code"] == "body_too_large"
+
+
+def test_an_invalid_event_refuses_the_whole_batch(api: tuple[httpx.Client, ShardGroup]) -> None:
+    client, _ = api
+    good = event("erin@example.com", "feature_clicked", feature="export")
+    r = client.post(
+        "/v1/events", json={"events": [good, {**good, "event_id": "x2", "ts": "yesterday"}]}, headers=FRONTEND
+    )
+    assert r.status_code == 400
+    assert r.json()["error"]["details"][0]["index"] == 1
+    assert client.get("/v1/users/erin@example.com", headers=ADMIN).status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "role_needed"),
+    [
+        ("POST", "/v1/decide", "frontend"),
+        ("POST", "/v1/tutorials/select", "frontend"),
+        ("POST", "/v1/events", "frontend"),
+        ("GET", "/v1/users/someone", "admin"),
+    ],
+)
+def test_every_endpoint_checks_the_key_and_role(
+    api: tuple[httpx.Client, ShardGroup], method: str, path: str, role_needed: str
+) -> None:
+    client, _ = api
+    body = {"user_id": "x", "step": "welcome"} if "tutorials" in path else {"user_id": "x"}
+    if path == "/v1/events":
+        body = {"events": [event("x", "onboarding_started")]}
+    kwargs: dict[str, Any] = {"json": body} if method == "POST" else {}
+    assert client.request(method, path, **kwargs).status_code == 401
+    assert (
+        client.request(method, path, headers={"Authorization": "Bearer wrong"}, **kwargs).status_code == 401
+    )
+    other = ADMIN if role_needed == "frontend" else FRONTEND
+    denied = client.request(method, path, headers=other, **kwargs)
+    assert denied.status_code == 403 and denied.json()["error"]["code"] == "forbidden"
+
+
+def test_health_readiness_and_openapi(api: tuple[httpx.Client, ShardGroup]) -> None:
+    client, _ = api
+    assert client.get("/healthz").json() == {"status": "ok"}
+    ready = client.get("/readyz")
+    assert ready.status_code == 200 and ready.json()["partitions_without_shard"] == []
+    paths = client.get("/openapi.json").json()["paths"]
+    assert {"/v1/decide", "/v1/tutorials/select", "/v1/events", "/v1/users/{user_id}"} <= set(paths)
+
+
+def test_without_shards_decisions_degrade_to_the_default_flow(api: tuple[httpx.Client, ShardGroup]) -> None:
+    """Runs last in this module: it stops the shards."""
+    client, group = api
+    for shard in group.shards:
+        ray.kill(shard, no_restart=True)
+    time.sleep(1.5)  # let readiness's cache expire
+    r = client.post("/v1/decide", json={"user_id": "bob@example.com"}, headers=FRONTEND)
+    assert r.status_code == 200
+    assert r.json()["step"]["id"] == "welcome" and "shard unavailable" in r.json()["explain"][0]
+    assert client.get("/readyz").status_code == 503
+    assert client.get("/v1/users/bob@example.com", headers=ADMIN).status_code == 503

@@ -1,0 +1,126 @@
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from engine.catalog import DEFAULT_CATALOG, Catalog, load_catalog
+from engine.decision import Decider, rollout_bucket
+from engine.events import event_from_object
+from engine.keys import Pseudonymizer
+from engine.profile import UserState, Vocabularies
+
+NOW = 1_767_600_000.0
+
+
+@pytest.fixture(scope="module")
+def decider() -> Decider:
+    return Decider(load_catalog(DEFAULT_CATALOG))
+
+
+def user_after(*events: dict[str, Any]) -> tuple[UserState, Vocabularies]:
+    vocab, user = Vocabularies(), UserState.new(NOW)
+    for i, body in enumerate(events):
+        user.apply(event_from_object({"event_id": str(i), "user_id": "k", "ts": NOW, **body}), vocab)
+    return user, vocab
+
+
+def done(step: str) -> dict[str, Any]:
+    return {"type": "step_completed", "props": {"step": step}}
+
+
+def test_cold_start_uses_the_request_context(decider: Decider) -> None:
+    d = decider.decide("k" * 26, None, None, {"device_type": "tablet", "locale": "fr-FR"}, NOW)
+    assert d["step"]["id"] == "welcome" and d["step"]["title"] == "Bienvenue sur Relay"
+    assert d["message"].startswith("Bienvenue sur Relay")
+    assert set(d["segments"]) == {"engagement_low", "device_tablet", "locale_fr", "new_user"}
+    assert d["personalized"] is False and "cold start" in d["explain"][0]
+    assert len(d["decision_id"]) == 32
+
+
+def test_next_step_follows_prerequisites_and_completion_rules(decider: Decider) -> None:
+    user, vocab = user_after(done("welcome"))
+    assert decider.decide("k", user, vocab, {}, NOW)["step"]["id"] == "profile"
+    user, vocab = user_after(done("welcome"), done("profile"))
+    d = decider.decide("k", user, vocab, {"device_type": "mobile"}, NOW)
+    assert d["step"]["id"] == "connect_data"
+    # first_project is also completed by clicking create_project (completed_by in the catalog).
+    user, vocab = user_after(
+        done("welcome"),
+        done("profile"),
+        done("connect_data"),
+        {"type": "feature_clicked", "props": {"feature": "create_project"}},
+    )
+    d = decider.decide("k", user, vocab, {"device_type": "mobile"}, NOW)
+    assert d["step"]["id"] == "invite_team"
+    assert "first_project" in d["completed_steps"]
+
+
+def test_segment_restricted_steps_and_journey_end(decider: Decider) -> None:
+    steps = ["welcome", "profile", "connect_data", "first_project", "invite_team"]
+    user, vocab = user_after(*(done(s) for s in steps))
+    mobile = decider.decide("k", user, vocab, {"device_type": "mobile"}, NOW)
+    # integrations is only for engaged or desktop users; this user is engaged by now.
+    assert mobile["step"]["id"] == "integrations"
+    user, vocab = user_after(*(done(s) for s in [*steps, "integrations"]))
+    finished = decider.decide("k", user, vocab, {}, NOW)
+    assert finished["step"] is None and "journey complete" in finished["explain"]
+
+
+def test_tutorial_variants_respect_segments(decider: Decider) -> None:
+    user, vocab = user_after(done("welcome"), done("profile"), done("connect_data"))
+    mobile = decider.decide("k", user, vocab, {"device_type": "mobile"}, NOW)["tutorial"]
+    assert mobile["id"] == "first_project" and "video" not in mobile["eligible"]
+    desktop = decider.decide("k", user, vocab, {"device_type": "desktop"}, NOW)["tutorial"]
+    assert "video" in desktop["eligible"]
+    choice = decider.select_tutorial(None, {"device_type": "mobile"}, NOW, feature="invite")
+    assert choice is not None and choice["tutorial"] == "collaboration"
+    assert decider.select_tutorial(None, {}, NOW, feature="no-such-feature") is None
+
+
+def test_messages_escape_user_values_and_render_missing_ones_empty(decider: Decider) -> None:
+    user, vocab = user_after({"type": "profile_updated", "props": {"name": "<script>x</script>"}})
+    message = decider.decide("k", user, vocab, {"locale": "en-GB"}, NOW)["message"]
+    assert "<script>" not in message and "&lt;script&gt;" in message
+    anonymous = decider.decide("k", None, None, {"locale": "xx-YY"}, NOW)["message"]
+    assert anonymous == "Welcome to Relay! Let's set up your workspace."
+
+
+def test_flag_targeting_and_stable_rollout(decider: Decider) -> None:
+    p = Pseudonymizer(b"s" * 32)
+    keys = [p.key(f"user{i}") for i in range(4000)]
+    on = [decider.flags(k, ["device_desktop"])["new_onboarding"]["value"] for k in keys]
+    assert 0.45 < sum(on) / len(on) < 0.55  # a 50% rollout
+    again = [decider.flags(k, ["device_mobile"])["new_onboarding"]["value"] for k in keys]
+    assert on == again  # stable per user, whatever else changes
+    assert decider.flags(keys[0], ["device_mobile"])["simplified_mobile_flow"]["value"] is True
+    assert decider.flags(keys[0], ["device_desktop"])["simplified_mobile_flow"]["value"] is False
+    assert decider.flags(keys[0], ["locale_de"])["onboarding_emails"] == {
+        "value": False,
+        "reason": "rule 0: targeting_match",
+    }
+    # Independent flags do not share rollout buckets.
+    assert rollout_bucket("a", keys[0]) != rollout_bucket("b", keys[0])
+
+
+def test_without_personalization_consent_the_default_flow_is_served(decider: Decider) -> None:
+    user, vocab = user_after(done("welcome"), done("profile"))
+    d = decider.decide("k", user, vocab, {}, NOW, personalize=False)
+    assert d["step"]["id"] == "welcome" and d["personalized"] is False
+    assert "personalization not permitted" in d["explain"][0]
+
+
+def test_engagement_tiers_come_from_the_catalog() -> None:
+    catalog: Catalog = load_catalog(DEFAULT_CATALOG)
+    strict = Decider(
+        catalog.model_copy(
+            update={
+                "engagement_tiers": catalog.engagement_tiers.model_copy(
+                    update={"high": 1000.0, "medium": 500.0}
+                )
+            }
+        )
+    )
+    user, _ = user_after(*(done("welcome") for _ in range(10)))
+    assert "engagement_low" in strict.segments(user, {}, NOW)
+    assert "engagement_high" in Decider(catalog).segments(user, {}, NOW)
