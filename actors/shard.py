@@ -160,6 +160,10 @@ class ShardActor:
             "restarts": sum(c["restarts"] for c in consumers),
             "first_handled_at": min(first, default=0.0),
             "last_handled_at": max((c["last_handled_at"] for c in consumers), default=0.0),
+            "first_handled_cpu": min(
+                (c["first_handled_cpu"] for c in consumers if c["handled"]), default=0.0
+            ),
+            "last_handled_cpu": max((c["last_handled_cpu"] for c in consumers), default=0.0),
             "positions": {str(p): c["position"] for p, c in zip(self.consumers, consumers, strict=False)},
         }
 

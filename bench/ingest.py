@@ -119,13 +119,12 @@ def _drain(broker: EmbeddedNats, shards: int, expected: Expected, n_events: int)
 
     url = broker.url
     settings = Settings(partitions=PARTITIONS, shards=shards, shard_num_cpus=0.5, nats_url=url)
+    broker_pid = [broker.pid] if broker.pid else []
+    cpu_broker = cpu_seconds(broker_pid)  # the broker is idle until the shards start pulling
     t0 = time.time()
     group = ShardGroup(settings, url).start()
     try:
-        ready = group.wait_ready()
-        shard_pids = [s["pid"] for s in ready]
-        broker_pid = [broker.pid] if broker.pid else []
-        cpu_shards, cpu_broker = cpu_seconds(shard_pids), cpu_seconds(broker_pid)
+        group.wait_ready()
         target = n_events + MALFORMED
         deadline = time.monotonic() + 600
         while time.monotonic() < deadline:
@@ -136,8 +135,9 @@ def _drain(broker: EmbeddedNats, shards: int, expected: Expected, n_events: int)
         else:
             raise TimeoutError("drain did not finish in 600 s")
         total_s = time.time() - t0
-        cpu_shards = cpu_seconds(shard_pids) - cpu_shards
         cpu_broker = cpu_seconds(broker_pid) - cpu_broker
+        # Each shard's own process CPU between its first handled event and its last ack.
+        cpu_shards = sum(s["last_handled_cpu"] - s["first_handled_cpu"] for s in stats if s["handled"])
         first = min(s["first_handled_at"] for s in stats if s["handled"])
         last = max(s["last_handled_at"] for s in stats)
         actual = _read_back(group, list(expected))

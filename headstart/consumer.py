@@ -100,6 +100,9 @@ class PartitionConsumer:
         #: Wall-clock times of the first handled message and of the latest ack, for drain rates.
         self.first_handled_at = 0.0
         self.last_handled_at = 0.0
+        #: Process CPU time at the same two moments (how much of a core the drain took).
+        self.first_handled_cpu = 0.0
+        self.last_handled_cpu = 0.0
         self._sub: Subscription | None = None
         self._inbox = ""
         self._generation = 0
@@ -235,6 +238,7 @@ class PartitionConsumer:
         key = msg.subject.split(".", 3)[3]
         if not self.handled:
             self.first_handled_at = time.time()
+            self.first_handled_cpu = time.process_time()
         try:
             self._handler(seq, key, msg.data)
         except InvalidEvent as exc:
@@ -246,6 +250,7 @@ class PartitionConsumer:
         if self._unacked >= ACK_EVERY or (sub is not None and sub.pending_msgs == 0):
             self._unacked = 0
             self.last_handled_at = time.time()
+            self.last_handled_cpu = time.process_time()
             await self._nc.publish(reply)  # AckPolicy.ALL: acknowledges everything up to here
         if self._credit <= self._batch:
             await self._refill()
@@ -295,4 +300,6 @@ class PartitionConsumer:
             "restarts": self.restarts,
             "first_handled_at": self.first_handled_at,
             "last_handled_at": self.last_handled_at,
+            "first_handled_cpu": self.first_handled_cpu,
+            "last_handled_cpu": self.last_handled_cpu,
         }
