@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import gc
 import json
 import statistics
 import subprocess
@@ -29,6 +30,7 @@ import numpy as np
 from fastapi import FastAPI, Response
 from ray import serve
 
+from actors.ingress import GC_GEN0_THRESHOLD
 from bench.common import embedded_broker, local_ray, write_result
 from bench.loadgen import http_post, pack_requests
 from bench.population import DEVICES, LOCALES, onboarding_events, user_id
@@ -51,7 +53,11 @@ _NOOP_BODY = b'{"decision_id":"0","step":{"id":"welcome"},"flags":{}}'
 @serve.deployment(name="NoOp", max_ongoing_requests=2000, ray_actor_options={"num_cpus": 0})
 @serve.ingress(noop_app)
 class NoOp:
-    """The floor: what Serve itself costs for a constant JSON answer."""
+    """The floor: what Serve itself costs for a constant JSON answer (with the ingress's GC
+    setting, so the comparison is of the request path alone)."""
+
+    def __init__(self) -> None:
+        gc.set_threshold(GC_GEN0_THRESHOLD, 50, 100)
 
     @noop_app.post("/v1/decide")
     async def decide(self) -> Response:
@@ -173,7 +179,7 @@ def _load(port: int, requests: Path, concurrency: int, duration: float, tmp: str
         "p99_ms": float(np.percentile(latencies, 99)) if len(latencies) else float("nan"),
         "mean_ms": float(latencies.mean()) if len(latencies) else float("nan"),
         "rps": ok / raw["wall_s"],
-        "requests": int(len(latencies)),
+        "requests": len(latencies),
         "errors": errors,
         "client_cpu_share": raw["cpu_s"] / raw["wall_s"],
     }
