@@ -153,7 +153,6 @@ class _TutorialStruct(msgspec.Struct, forbid_unknown_fields=True):
     feature: _NameStruct | None = None
 
 
-
 def _parse(decoder: msgspec.json.Decoder[Any], body: bytes) -> Any:
     try:
         return decoder.decode(body)

@@ -143,7 +143,7 @@ def check_config(path: Annotated[Path, typer.Argument(help="catalog YAML file")]
     try:
         text = path.read_text()
     except OSError as exc:
-        console.print(f"[red]{path}: cannot read: {exc.strerror}[/]")
+        print(f"{path}: cannot read: {exc.strerror}")
         raise typer.Exit(1) from exc
     errors = check_catalog_text(text, str(path))
     for error in errors:
