@@ -198,6 +198,8 @@ class ShardActor:
                 )
             elif method == "user":
                 reply = encode_reply(part.view(key, now))
+            elif method == "stats":
+                reply = encode_reply(await self.stats())
             elif method == "ping":
                 reply = encode_reply({"shard": self.shard_id, "partition": part.partition})
             else:

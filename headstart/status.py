@@ -16,6 +16,7 @@ from nats.js.api import KeyValueConfig, StorageType
 from nats.js.errors import BucketNotFoundError, NotFoundError
 
 from headstart.consumer import consumer_name
+from headstart.rpc import encode_request, is_error, rpc_subject
 from headstart.streams import DLQ_STREAM, EVENTS_STREAM
 
 STATUS_BUCKET = "HS_STATUS"
@@ -47,6 +48,17 @@ async def collect_status(nats_url: str) -> dict[str, Any]:
         except (BucketNotFoundError, NotFoundError, nats.js.errors.NoKeysError):
             pass
         shards.sort(key=lambda s: s["shard"])
+        # The bucket is up to a second old; ask each shard for its numbers now where it answers.
+        for i, shard in enumerate(shards):
+            if shard.get("partitions"):
+                try:
+                    reply = await nc.request(
+                        rpc_subject(shard["partitions"][0], "stats"), encode_request(key=""), timeout=1.0
+                    )
+                    if not is_error(reply.data):
+                        shards[i] = json.loads(reply.data)
+                except (nats.errors.TimeoutError, nats.errors.NoRespondersError):
+                    pass
         now = time.time()
         for shard in shards:
             shard["age_s"] = now - shard.get("started_at", now)

@@ -102,3 +102,34 @@ def test_down_stops_exactly_what_up_started(tmp_path: Path) -> None:
     assert not lingering
     assert not (tmp_path / "run" / "state.json").exists()
     assert "nothing was running" in headstart("down", home=tmp_path).stdout
+
+
+def test_an_existing_nats_server_is_used_and_left_alone(tmp_path: Path) -> None:
+    from headstart.broker import EmbeddedNats
+
+    external = EmbeddedNats(tmp_path / "external-nats")
+    external.start()
+    try:
+        home = tmp_path / "home"
+        up = headstart(
+            "up",
+            "--detach",
+            "--partitions",
+            "4",
+            "--shards",
+            "1",
+            "--port",
+            str(free_port()),
+            "--nats-url",
+            external.url,
+            home=home,
+        )
+        assert up.returncode == 0, up.stdout + up.stderr
+        state = json.loads((home / "run" / "state.json").read_text())
+        assert state["nats_url"] == external.url
+        assert not any(c["name"] == "nats-server" for c in state["children"])
+        assert not (home / "nats" / "nats-server.conf").exists()
+        assert headstart("down", home=home).returncode == 0
+        assert external.healthy()  # not ours to stop
+    finally:
+        external.stop()
