@@ -284,6 +284,7 @@ class Ingress:
                         self.config.nats_url, name="headstart-ingress", max_reconnect_attempts=-1
                     )
                     self._shards = ShardClient(self.nc, self.config.partitions)
+                    self._shards.start_owner_refresh()
         return self.nc, self._shards
 
     # ------------------------------------------------------------------ decisions
@@ -302,7 +303,7 @@ class Ingress:
         context = body.context
         shards = self._shards or (await self._client())[1]
         try:
-            reply = await shards.call_raw(key, "decide", timeout=DECIDE_DEADLINE_S, context=context)
+            reply = await shards.call_coalesced(key, "decide", timeout=DECIDE_DEADLINE_S, context=context)
         except ShardUnavailable:
             fallback = self.decider.decide(
                 key, None, None, msgspec.structs.asdict(context), time.time(), personalize=False

@@ -29,7 +29,15 @@ from engine.keys import partition_of
 from engine.shard import NotOwned, ShardState
 from headstart.config import Settings
 from headstart.consumer import PartitionConsumer
-from headstart.rpc import decode_request, encode_error, encode_reply, rpc_subject
+from headstart.rpc import (
+    batch_subject,
+    decode_batch,
+    decode_request,
+    encode_batch,
+    encode_error,
+    encode_reply,
+    rpc_subject,
+)
 from headstart.status import REPORT_EVERY_S, STATUS_BUCKET
 
 log = logging.getLogger(__name__)
@@ -101,6 +109,7 @@ class ShardActor:
             self._rpc_subs = [
                 await self.nc.subscribe(rpc_subject(p, "*"), cb=self._on_rpc) for p in self.state.partitions
             ]
+            self._rpc_subs.append(await self.nc.subscribe(batch_subject(self.shard_id), cb=self._on_batch))
             self.ready.set()
             self._reporter = asyncio.create_task(self._report_forever())
         except Exception as exc:
@@ -168,26 +177,46 @@ class ShardActor:
         }
 
     async def _on_rpc(self, msg: Msg) -> None:
-        """Requests from NATS (``hs.rpc.<partition>.<method>``), answered on this event loop."""
-        _, _, partition_token, method = msg.subject.split(".", 3)
+        """A request on ``hs.rpc.<partition>.<method>``, answered on this event loop."""
+        _, _, partition, method = msg.subject.split(".", 3)
         try:
             request = decode_request(msg.data)
+        except (ValueError, msgspec.DecodeError) as exc:
+            await msg.respond(encode_error("bad_request", f"{type(exc).__name__}: {exc}"))
+            return
+        await msg.respond(await self._answer(int(partition), method, request))
+
+    async def _on_batch(self, msg: Msg) -> None:
+        """Several requests in one message (``hs.rpc.shard.<id>.batch``); replies in order."""
+        try:
+            items = decode_batch(msg.data)
+        except (ValueError, msgspec.DecodeError) as exc:
+            await msg.respond(encode_batch([encode_error("bad_request", f"{type(exc).__name__}: {exc}")]))
+            return
+        replies = [
+            await self._answer(int(item.get("partition", -1)), str(item.get("method")), item)
+            for item in items
+        ]
+        await msg.respond(encode_batch(replies))
+
+    async def _answer(self, partition: int, method: str, request: dict[str, Any]) -> bytes:
+        try:
             now = request.get("now") or time.time()
-            part = self.state.part(int(partition_token))
+            part = self.state.part(partition)
             key = request["key"]
             if method == "decide":
                 user = part.users.get(key)
                 personalize = (
                     user.consent_given("personalization", self.personalize_by_default)
                     if user
-                    else (self.personalize_by_default)
+                    else self.personalize_by_default
                 )
-                reply = encode_reply(
+                return encode_reply(
                     self.decider.decide(key, user, part.vocab, request.get("context"), now, personalize)
                 )
-            elif method == "tutorial":
+            if method == "tutorial":
                 user = part.users.get(key)
-                reply = encode_reply(
+                return encode_reply(
                     self.decider.select_tutorial(
                         user,
                         request.get("context"),
@@ -196,19 +225,17 @@ class ShardActor:
                         feature=request.get("feature"),
                     )
                 )
-            elif method == "user":
-                reply = encode_reply(part.view(key, now))
-            elif method == "stats":
-                reply = encode_reply(await self.stats())
-            elif method == "ping":
-                reply = encode_reply({"shard": self.shard_id, "partition": part.partition})
-            else:
-                reply = encode_error("unknown_method", f"no method {method!r}")
+            if method == "user":
+                return encode_reply(part.view(key, now))
+            if method == "stats":
+                return encode_reply(await self.stats())
+            if method == "ping":
+                return encode_reply({"shard": self.shard_id, "partition": part.partition})
+            return encode_error("unknown_method", f"no method {method!r}")
         except NotOwned as exc:
-            reply = encode_error("not_owned", str(exc))
-        except (KeyError, ValueError, TypeError, msgspec.DecodeError) as exc:
-            reply = encode_error("bad_request", f"{type(exc).__name__}: {exc}")
-        await msg.respond(reply)
+            return encode_error("not_owned", str(exc))
+        except (KeyError, ValueError, TypeError) as exc:
+            return encode_error("bad_request", f"{type(exc).__name__}: {exc}")
 
     async def _report_forever(self) -> None:
         """Publish stats for `headstart status` every second (NATS only: no Ray driver needed)."""
