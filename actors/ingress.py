@@ -14,6 +14,7 @@ answers with the catalog's default flow and says so in ``explain``, rather than 
 import asyncio
 import gc
 import logging
+import os
 import time
 from typing import Annotated, Any, Literal
 
@@ -47,6 +48,8 @@ MAX_BODY_BYTES = 1024 * 1024
 MAX_EVENTS_PER_BATCH = 1000
 READY_CACHE_S = 1.0
 GC_GEN0_THRESHOLD = 50_000
+#: Coalesce concurrent decisions for the same shard into one NATS message (HEADSTART_COALESCE=0: off).
+COALESCE = os.environ.get("HEADSTART_COALESCE", "1") == "1"
 
 
 class ApiError(Exception):
@@ -303,7 +306,10 @@ class Ingress:
         context = body.context
         shards = self._shards or (await self._client())[1]
         try:
-            reply = await shards.call_coalesced(key, "decide", timeout=DECIDE_DEADLINE_S, context=context)
+            if COALESCE:
+                reply = await shards.call_coalesced(key, "decide", timeout=DECIDE_DEADLINE_S, context=context)
+            else:
+                reply = await shards.call_raw(key, "decide", timeout=DECIDE_DEADLINE_S, context=context)
         except ShardUnavailable:
             fallback = self.decider.decide(
                 key, None, None, msgspec.structs.asdict(context), time.time(), personalize=False

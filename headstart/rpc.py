@@ -195,51 +195,48 @@ class ShardClient:
     async def call_coalesced(self, user_key: str, method: str, timeout: float, **args: Any) -> bytes:
         """Like :meth:`call_raw`, but requests for the same shard made within one turn of the event
         loop travel as one NATS message: under load this saves most of the per-message work
-        (nats-py on both sides, nats-server routing). A lone request goes as a plain call."""
+        (nats-py on both sides, nats-server routing). The first caller yields once, then sends
+        for everyone who joined meanwhile; a lone request goes as a plain call."""
         partition = partition_of(user_key, self.partitions)
         shard = self.owners[partition]
         if shard is None:
             return await self.call_raw(user_key, method, timeout, **args)
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[bytes] = loop.create_future()
-        batch = self._batches.get(shard)
-        if batch is None:
-            batch = self._batches[shard] = []
-            loop.call_soon(self._flush, shard, timeout)
-        batch.append((partition, {"key": user_key, "method": method, **args}, future))
+        request = {"partition": partition, "key": user_key, "method": method, **args}
+        waiting = self._batches.get(shard)
+        if waiting is not None:
+            future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+            waiting.append((partition, request, future))
+            try:
+                return await future
+            except (NoRespondersError, NatsTimeout, TimeoutError) as exc:
+                raise ShardUnavailable(f"no shard answered for partition {partition}") from exc
+        batch: list[tuple[int, dict[str, Any], asyncio.Future[bytes]]] = []
+        self._batches[shard] = batch
         try:
-            return await future
-        except (TimeoutError, NoRespondersError, NatsTimeout) as exc:
-            raise ShardUnavailable(f"no shard answered for partition {partition}") from exc
-
-    def _flush(self, shard: int, timeout: float) -> None:
-        batch = self._batches.pop(shard, [])
-        if batch:
-            asyncio.get_running_loop().create_task(self._send_batch(shard, batch, timeout))
-
-    async def _send_batch(
-        self, shard: int, batch: list[tuple[int, dict[str, Any], asyncio.Future[bytes]]], timeout: float
-    ) -> None:
-        self.coalesced_calls += len(batch)
+            await asyncio.sleep(0)  # one turn of the loop: concurrent callers join the batch
+        finally:
+            del self._batches[shard]
+        self.coalesced_calls += 1 + len(batch)
         self.coalesced_messages += 1
+        if not batch:
+            return await self.call_raw(user_key, method, timeout, **args)
+        items = [request, *(r for _, r, _ in batch)]
         try:
-            if len(batch) == 1:
-                partition, request, future = batch[0]
-                method = request.pop("method")
-                reply = await self.call_raw_partition(partition, method, timeout, **request)
-                _resolve(future, reply)
-                return
-            items = [{"partition": p, **request} for p, request, _ in batch]
             replies = _decode(await self._request(batch_subject(shard), _encode(items), timeout))
-            for (_, _, future), reply in zip(batch, replies, strict=True):
-                _resolve(future, reply)
-            if any(is_error(r) and b"not_owned" in r for r in replies):
-                self.owners = [None] * self.partitions  # a partition moved: relearn
-                self.start_owner_refresh()
-        except Exception as exc:  # noqa: BLE001 - every waiting caller gets the failure
-            for _, _, future in batch:
-                if not future.done():
-                    future.set_exception(exc)
+        except Exception as exc:
+            for _, _, waiter in batch:
+                if not waiter.done():
+                    waiter.set_exception(exc)
+            if isinstance(exc, (NoRespondersError, NatsTimeout, TimeoutError)):
+                raise ShardUnavailable(f"no shard answered for shard {shard}") from exc
+            raise
+        for (_, _, waiter), reply in zip(batch, replies[1:], strict=True):
+            _resolve(waiter, reply)
+        if any(is_error(r) and b"not_owned" in r for r in replies):
+            # A partition moved: relearn now (plain calls meanwhile), not at the next refresh.
+            self.owners = [None] * self.partitions
+            asyncio.get_running_loop().create_task(self.refresh_owners())
+        return bytes(replies[0])
 
     async def call(self, user_key: str, method: str, timeout: float | None = None, **args: Any) -> Any:
         reply = await self.call_raw(user_key, method, timeout, **args)

@@ -125,3 +125,49 @@ def test_a_killed_shard_resumes_without_loss_or_duplicates(
     group.wait_caught_up(timeout=60)
     expected = expected_counts(pseudonymizer, events)
     assert actual_counts(group, list(expected)) == {k: dict(v) for k, v in expected.items()}
+
+
+def test_coalesced_decisions_travel_together_and_reach_their_callers(
+    group: ShardGroup, fresh_streams: str, pseudonymizer: Pseudonymizer
+) -> None:
+    users = [f"co-{i}@example.com" for i in range(40)]
+    done = [
+        {
+            "event_id": f"co-{i}",
+            "user_id": u,
+            "type": "step_completed",
+            "ts": time.time(),
+            "props": {"step": "welcome"},
+        }
+        for i, u in enumerate(users[:20])
+    ]
+    asyncio.run(publish(fresh_streams, pseudonymizer, done))
+    group.wait_caught_up(timeout=30)
+
+    async def decide_all() -> tuple[list[dict[str, object]], int, int, list[int | None]]:
+        import msgspec
+
+        conn = await nats.connect(fresh_streams)
+        try:
+            client = ShardClient(conn, TEST_PARTITIONS)
+            await client.refresh_owners()
+            replies = await asyncio.gather(
+                *(
+                    client.call_coalesced(pseudonymizer.key(u), "decide", timeout=2.0, context={})
+                    for u in users
+                )
+            )
+            return (
+                [msgspec.json.decode(r) for r in replies],
+                client.coalesced_calls,
+                client.coalesced_messages,
+                client.owners,
+            )
+        finally:
+            await conn.close()
+
+    decisions, calls, messages, owners = asyncio.run(decide_all())
+    assert owners == [group.owner[p] for p in range(TEST_PARTITIONS)]
+    assert calls == 40 and messages <= 2 * 2  # at most a batch per shard (and a lone one)
+    # Each caller got its own user's decision: the first 20 completed the welcome step.
+    assert [d["step"]["id"] for d in decisions] == ["profile"] * 20 + ["welcome"] * 20
