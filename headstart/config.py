@@ -35,6 +35,9 @@ class Settings(BaseSettings):
     serve_mode: Literal["haproxy", "default"] = Field(
         "haproxy", description="Serve HTTP front: HAProxy + throughput-optimized (fast) or Serve's proxy"
     )
+    ray_address: str | None = Field(
+        None, description="join this Ray cluster ('auto' on a cluster node); unset starts a local Ray"
+    )
     catalog: Path | None = Field(None, description="onboarding catalog YAML; unset: the packaged default")
     fetch_batch: int = Field(
         256, ge=16, le=65536, description="messages per pull request, per partition; two are kept in flight"

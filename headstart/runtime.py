@@ -60,8 +60,11 @@ class Runtime:
 
         # Logical CPUs: shards are scheduled by reservation, the OS shares the real cores.
         num_cpus = max(os.cpu_count() or 1, int(self.settings.shards * self.settings.shard_num_cpus) + 2)
+        cluster: dict[str, Any] = (
+            {"address": self.settings.ray_address} if self.settings.ray_address else {"num_cpus": num_cpus}
+        )
         context = ray.init(
-            num_cpus=num_cpus,
+            **cluster,
             include_dashboard=False,
             namespace="headstart",
             configure_logging=True,
