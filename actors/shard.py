@@ -27,6 +27,7 @@ from engine.catalog import Catalog
 from engine.decision import Decider
 from engine.keys import partition_of
 from engine.shard import NotOwned, ShardState
+from headstart.checkpoints import NatsCheckpointStore
 from headstart.config import Settings
 from headstart.consumer import PartitionConsumer
 from headstart.rpc import (
@@ -71,7 +72,16 @@ class ShardActor:
         self.shard_id = shard_id
         self.settings = settings
         self.nats_url = nats_url
+        # Replaced by the restored state in _start, before any consumer or read can see it.
         self.state = ShardState.build(dict.fromkeys(partitions))
+        self.checkpoints: NatsCheckpointStore | None = None
+        self.restored_seqs: dict[int, int] = {}
+        self._checkpointed: dict[int, int] = {}
+        self.checkpoint_count = 0
+        self.checkpoint_max_pause_s = 0.0
+        self.last_checkpoint_at = 0.0
+        self._checkpointer: asyncio.Task[None] | None = None
+        self._checkpoint_lock = asyncio.Lock()
         self.decider = Decider(catalog)
         self.personalize_by_default = catalog.consent_mode == "opt_out"
         self.nc: NATS | None = None
@@ -94,6 +104,16 @@ class ShardActor:
                 max_reconnect_attempts=-1,
                 reconnect_time_wait=0.5,
             )
+            # Cold start and recovery are one path: each partition from its snapshot, or empty.
+            self.checkpoints = await NatsCheckpointStore.open(
+                self.nc.jetstream(), self.settings.stream_replicas
+            )
+            snapshots = {p: await self.checkpoints.load(p) for p in self.state.partitions}
+            self.state = ShardState.build(snapshots)
+            self.restored_seqs = {
+                p: part.last_seq for p, part in self.state.partitions.items() if snapshots[p]
+            }
+            self._checkpointed = {p: part.last_seq for p, part in self.state.partitions.items()}
             for partition, part in self.state.partitions.items():
                 consumer = PartitionConsumer(
                     self.nc,
@@ -112,6 +132,7 @@ class ShardActor:
             self._rpc_subs.append(await self.nc.subscribe(batch_subject(self.shard_id), cb=self._on_batch))
             self.ready.set()
             self._reporter = asyncio.create_task(self._report_forever())
+            self._checkpointer = asyncio.create_task(self._checkpoint_forever())
         except Exception as exc:
             self.failure = exc
             log.exception("shard %d failed to start", self.shard_id)
@@ -174,6 +195,11 @@ class ShardActor:
             ),
             "last_handled_cpu": max((c["last_handled_cpu"] for c in consumers), default=0.0),
             "positions": {str(p): c["position"] for p, c in zip(self.consumers, consumers, strict=False)},
+            "restored_partitions": len(self.restored_seqs),
+            "restored_through": {str(p): seq for p, seq in sorted(self.restored_seqs.items())},
+            "checkpoints": self.checkpoint_count,
+            "checkpoint_max_pause_s": self.checkpoint_max_pause_s,
+            "last_checkpoint_at": self.last_checkpoint_at,
         }
 
     async def _on_rpc(self, msg: Msg) -> None:
@@ -237,6 +263,39 @@ class ShardActor:
         except (KeyError, ValueError, TypeError) as exc:
             return encode_error("bad_request", f"{type(exc).__name__}: {exc}")
 
+    async def checkpoint(self) -> dict[str, Any]:
+        """Snapshot every partition that changed since its last checkpoint; return what was done.
+
+        Each snapshot is taken in one synchronous step on the event loop, so it is consistent
+        with the sequence it records; events wait only for that step (the measured pause), not
+        for the upload.
+        """
+        assert self.checkpoints is not None
+        written, pauses = 0, []
+        async with self._checkpoint_lock:
+            for partition, part in self.state.partitions.items():
+                if part.last_seq == self._checkpointed.get(partition):
+                    continue
+                started = time.perf_counter()
+                data, last_seq = part.snapshot(), part.last_seq
+                pauses.append(time.perf_counter() - started)
+                await self.checkpoints.save(partition, data, last_seq)
+                self._checkpointed[partition] = last_seq
+                written += 1
+        if pauses:
+            self.checkpoint_max_pause_s = max(self.checkpoint_max_pause_s, *pauses)
+        self.checkpoint_count += written
+        self.last_checkpoint_at = time.time()
+        return {"written": written, "max_pause_s": max(pauses, default=0.0)}
+
+    async def _checkpoint_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.checkpoint_interval_s)
+            try:
+                await self.checkpoint()
+            except Exception:
+                log.exception("checkpoint failed")
+
     async def _report_forever(self) -> None:
         """Publish stats for `headstart status` every second (NATS only: no Ray driver needed)."""
         assert self.nc is not None
@@ -258,13 +317,17 @@ class ShardActor:
         self._require_ready()
         return sum(await asyncio.gather(*(c.lag() for c in self.consumers.values())))
 
-    async def stop(self) -> None:
-        if self._reporter is not None:
-            self._reporter.cancel()
+    async def stop(self, checkpoint: bool = True) -> None:
+        """Stop consuming; by default write a final checkpoint so a restart replays nothing."""
+        for task in (self._reporter, self._checkpointer):
+            if task is not None:
+                task.cancel()
         for sub in self._rpc_subs:
             await sub.unsubscribe()
         self._rpc_subs = []
         for consumer in self.consumers.values():
             await consumer.stop()
+        if checkpoint and self.ready.is_set():
+            await self.checkpoint()
         if self.nc is not None:
             await self.nc.drain()

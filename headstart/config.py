@@ -38,6 +38,9 @@ class Settings(BaseSettings):
     ray_address: str | None = Field(
         None, description="join this Ray cluster ('auto' on a cluster node); unset starts a local Ray"
     )
+    checkpoint_interval_s: float = Field(
+        30.0, gt=0, description="how often shards snapshot changed partitions to the object store"
+    )
     catalog: Path | None = Field(None, description="onboarding catalog YAML; unset: the packaged default")
     fetch_batch: int = Field(
         256, ge=16, le=65536, description="messages per pull request, per partition; two are kept in flight"

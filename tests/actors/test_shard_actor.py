@@ -171,3 +171,27 @@ def test_coalesced_decisions_travel_together_and_reach_their_callers(
     assert calls == 40 and messages <= 2 * 2  # at most a batch per shard (and a lone one)
     # Each caller got its own user's decision: the first 20 completed the welcome step.
     assert [d["step"]["id"] for d in decisions] == ["profile"] * 20 + ["welcome"] * 20
+
+
+def test_a_restarted_shard_restores_its_checkpoint_and_replays_only_the_rest(
+    group: ShardGroup, fresh_streams: str, pseudonymizer: Pseudonymizer
+) -> None:
+    events = list(onboarding_events(users=40, events=3000, seed=9))
+    asyncio.run(publish(fresh_streams, pseudonymizer, events[:2000]))
+    group.wait_caught_up(timeout=60)
+    victim = group.shards[0]
+    written = ray.get(victim.checkpoint.remote())
+    assert written["written"] > 0 and written["max_pause_s"] < 1.0
+    before = ray.get(victim.stats.remote())
+    asyncio.run(publish(fresh_streams, pseudonymizer, events[2000:]))
+    os.kill(before["pid"], signal.SIGKILL)
+    ray.get(victim.wait_ready.remote(), timeout=60)
+    group.wait_caught_up(timeout=60)
+    after = ray.get(victim.stats.remote())
+    assert after["pid"] != before["pid"]
+    assert after["restored_partitions"] == len(after["partitions"])
+    # Only the events after the snapshot were delivered again, not the whole stream.
+    assert after["handled"] < before["handled"]
+    assert after["applied"] == before["applied"] + after["handled"] - after["dead_lettered"]
+    expected = expected_counts(pseudonymizer, events)
+    assert actual_counts(group, list(expected)) == {k: dict(v) for k, v in expected.items()}
