@@ -259,7 +259,7 @@ class Ingress:
         self.config = config
         # Requests allocate many short-lived objects; collecting generation 0 every 700
         # allocations (CPython's default) spent a measurable share of the replica's loop.
-        gc.set_threshold(GC_GEN0_THRESHOLD, 50, 100)
+        gc.set_threshold(GC_GEN0_THRESHOLD, 10, 10)
         self.auth = Authenticator(config.key_hashes)
         self.pseudonymizer = Pseudonymizer(config.secret)
         self.decider = Decider(config.catalog)

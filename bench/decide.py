@@ -60,7 +60,7 @@ class NoOp:
     setting, so the comparison is of the request path alone)."""
 
     def __init__(self) -> None:
-        gc.set_threshold(GC_GEN0_THRESHOLD, 50, 100)
+        gc.set_threshold(GC_GEN0_THRESHOLD, 10, 10)
 
     @noop_app.post("/v1/decide")
     async def decide(self) -> Response:
