@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import datetime as dt
 import gc
 import statistics
@@ -24,12 +25,14 @@ from pathlib import Path
 from typing import Any
 
 import nats
+from nats.js.errors import NotFoundError
 
 from bench.common import cpu_seconds, embedded_broker, local_ray, write_result
 from bench.population import onboarding_events
 from engine.keys import Pseudonymizer, partition_of
 from engine.shard import ShardState
 from headstart.broker import EmbeddedNats
+from headstart.checkpoints import SNAPSHOT_BUCKET
 from headstart.config import Settings
 from headstart.streams import DLQ_STREAM, EventPublisher, ensure_streams, publish_prepared
 
@@ -119,6 +122,8 @@ def _drain(broker: EmbeddedNats, shards: int, expected: Expected, n_events: int)
 
     url = broker.url
     settings = Settings(partitions=PARTITIONS, shards=shards, shard_num_cpus=0.5, nats_url=url)
+    # Every drain is a cold start: no snapshot of an earlier run (shards checkpoint on stop).
+    asyncio.run(_drop_snapshots(url))
     broker_pid = [broker.pid] if broker.pid else []
     cpu_broker = cpu_seconds(broker_pid)  # the broker is idle until the shards start pulling
     t0 = time.time()
@@ -184,6 +189,15 @@ def _read_back(group: Any, keys: list[str]) -> dict[str, dict[str, int]]:
         for key, view in zip(shard_keys, views, strict=False):
             out[key] = view["events_by_type"] if view else {}
     return out
+
+
+async def _drop_snapshots(url: str) -> None:
+    nc = await nats.connect(url)
+    try:
+        with contextlib.suppress(NotFoundError):
+            await nc.jetstream().delete_object_store(SNAPSHOT_BUCKET)
+    finally:
+        await nc.close()
 
 
 async def _dead_letters(url: str) -> int:
