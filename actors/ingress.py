@@ -12,6 +12,7 @@ answers with the catalog's default flow and says so in ``explain``, rather than 
 """
 
 import asyncio
+import contextlib
 import gc
 import logging
 import os
@@ -24,6 +25,7 @@ from fastapi import FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from nats.aio.client import Client as NATS
+from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -35,8 +37,10 @@ from engine.errors import InvalidEvent
 from engine.keys import Pseudonymizer
 from headstart import __version__
 from headstart.auth import Authenticator
+from headstart.consumer import consumer_name
+from headstart.metrics import IngressMetrics, render
 from headstart.rpc import ShardClient, ShardUnavailable, is_error, rpc_subject
-from headstart.streams import EventPublisher, publish_prepared
+from headstart.streams import EVENTS_STREAM, EventPublisher, publish_prepared
 
 log = logging.getLogger(__name__)
 
@@ -271,6 +275,7 @@ class Ingress:
         self._connecting = asyncio.Lock()
         self._ready_at = 0.0
         self._ready_detail: dict[str, Any] = {}
+        self.metrics = IngressMetrics()
 
     def _require(self, authorization: str | None, role: Literal["frontend", "admin"]) -> None:
         granted = self.auth.role_of(authorization)
@@ -301,6 +306,7 @@ class Ingress:
     async def decide(self, request: Request) -> Response:
         """The next onboarding step, tutorial variant, message, flags and segments for a user."""
         self._require(request.headers.get("authorization"), "frontend")
+        started = time.perf_counter()
         body: _DecideStruct = _parse(self._decide_decoder, await request.body())
         key = self.pseudonymizer.key(body.user_id)
         context = body.context
@@ -316,7 +322,10 @@ class Ingress:
             )
             fallback["personalized"] = False
             fallback["explain"].insert(0, "shard unavailable within the deadline: safe default flow")
+            self.metrics.decisions.labels("fallback").inc()
             return Response(msgspec.json.encode(fallback), media_type="application/json")
+        self.metrics.decisions.labels("shard").inc()
+        self.metrics.decide_seconds.observe(time.perf_counter() - started)
         return self._passthrough(reply)
 
     @app.post("/v1/tutorials/select", responses={400: {}, 404: {}}, openapi_extra=_body_doc(TutorialBody))
@@ -378,6 +387,8 @@ class Ingress:
                 503, "unavailable", f"the event stream did not store the batch: {type(exc).__name__}"
             ) from exc
         duplicates = sum(1 for ack in acks if ack.duplicate)
+        self.metrics.events.labels("stored").inc(len(acks) - duplicates)
+        self.metrics.events.labels("duplicate").inc(duplicates)
         return EventsAccepted(accepted=len(acks) - duplicates, duplicates=duplicates)
 
     @app.get("/v1/users/{user_id}", responses={401: {}, 403: {}, 404: {}})
@@ -433,6 +444,31 @@ class Ingress:
             "nats": nc.is_connected,
             "partitions_without_shard": missing,
         }
+
+    @app.get("/metrics", responses={401: {}, 403: {}})
+    async def metrics_endpoint(self, request: Request) -> Response:
+        """Prometheus text format (admin key; Prometheus sends it as a bearer token)."""
+        self._require(request.headers.get("authorization"), "admin")
+        nc, shards = await self._client()
+        owners = {p: s for p, s in enumerate(shards.owners) if s is not None}
+        first_partition: dict[int, int] = {}
+        for partition, shard in owners.items():
+            first_partition.setdefault(shard, partition)
+        stats = []
+        for partition in first_partition.values():
+            try:
+                reply = await shards.call_raw_partition(partition, "stats", timeout=1.0, key="")
+            except ShardUnavailable:
+                continue
+            if not is_error(reply):
+                stats.append(msgspec.json.decode(reply))
+        lag: dict[int, int] = {}
+        js = nc.jetstream()
+        for partition in range(self.config.partitions):
+            with contextlib.suppress(Exception):
+                info = await js.consumer_info(EVENTS_STREAM, consumer_name(partition), timeout=1.0)
+                lag[partition] = int(info.num_pending or 0)
+        return Response(render(self.metrics, stats, lag), media_type=CONTENT_TYPE_LATEST)
 
     def _passthrough(self, reply: bytes) -> Response:
         if is_error(reply):

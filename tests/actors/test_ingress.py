@@ -220,6 +220,26 @@ def test_health_readiness_and_openapi(api: tuple[httpx.Client, ShardGroup]) -> N
     assert {"/v1/decide", "/v1/tutorials/select", "/v1/events", "/v1/users/{user_id}"} <= set(paths)
 
 
+def test_metrics_for_prometheus_need_the_admin_key(api: tuple[httpx.Client, ShardGroup]) -> None:
+    client, _ = api
+    client.post("/v1/decide", json={"user_id": "metrics@example.com"}, headers=FRONTEND)
+    assert client.get("/metrics").status_code == 401
+    assert client.get("/metrics", headers=FRONTEND).status_code == 403
+    r = client.get("/metrics", headers=ADMIN)
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
+    text = r.text
+    assert 'hs_decisions_total{outcome="shard"}' in text
+    assert "hs_decide_seconds_bucket" in text
+    assert text.count("hs_shard_events_applied_total{") == 2  # both shards answered
+    assert text.count("hs_consumer_lag{") == TEST_PARTITIONS
+    applied = sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("hs_shard_events_applied_total{")
+    )
+    assert applied > 0
+
+
 def test_without_shards_decisions_degrade_to_the_default_flow(api: tuple[httpx.Client, ShardGroup]) -> None:
     """Runs last in this module: it stops the shards."""
     client, group = api

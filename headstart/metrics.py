@@ -1,0 +1,86 @@
+"""Prometheus metrics: the ingress's own counters, and the shards' numbers at scrape time.
+
+Shard figures are gathered when Prometheus scrapes (from each shard over NATS, lag from the
+consumers), so nothing is pushed on the event path.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+#: Decision latency buckets (seconds): from sub-millisecond to the 250 ms fallback deadline.
+DECIDE_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0)
+
+
+class IngressMetrics:
+    """Counters the HTTP ingress updates per request (cheap: a dict lookup and an add)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.decisions = Counter(
+            "hs_decisions", "Decisions served, by how", ["outcome"], registry=self.registry
+        )
+        self.decide_seconds = Histogram(
+            "hs_decide_seconds",
+            "Time to answer /v1/decide inside the ingress",
+            buckets=DECIDE_BUCKETS,
+            registry=self.registry,
+        )
+        self.events = Counter(
+            "hs_http_events", "Events accepted over HTTP", ["result"], registry=self.registry
+        )
+        self.errors = Counter("hs_http_errors", "Error answers by code", ["code"], registry=self.registry)
+
+
+def render(ingress: IngressMetrics, shards: list[dict[str, Any]], lag: dict[int, int]) -> bytes:
+    """The ingress's metrics plus gauges and counters built from shard stats."""
+    shard_registry = CollectorRegistry()
+    shard_registry.register(_ShardCollector(shards, lag))
+    return generate_latest(ingress.registry) + generate_latest(shard_registry)
+
+
+class _ShardCollector:
+    def __init__(self, shards: list[dict[str, Any]], lag: dict[int, int]) -> None:
+        self.shards, self.lag = shards, lag
+
+    def collect(self) -> Any:
+        now = time.time()
+        applied = CounterMetricFamily(
+            "hs_shard_events_applied", "Events applied by a shard", labels=["shard"]
+        )
+        dead = CounterMetricFamily(
+            "hs_shard_dead_letters", "Messages a shard dead-lettered", labels=["shard"]
+        )
+        restarts = CounterMetricFamily(
+            "hs_shard_consumer_restarts", "Consumer re-creations (reconnects, gaps)", labels=["shard"]
+        )
+        users = GaugeMetricFamily("hs_shard_users", "Users held by a shard", labels=["shard"])
+        partitions = GaugeMetricFamily("hs_shard_partitions", "Partitions owned by a shard", labels=["shard"])
+        checkpoint_age = GaugeMetricFamily(
+            "hs_shard_checkpoint_age_seconds", "Seconds since a shard's last checkpoint", labels=["shard"]
+        )
+        pause = GaugeMetricFamily(
+            "hs_shard_checkpoint_max_pause_seconds",
+            "Longest event-path pause for a snapshot",
+            labels=["shard"],
+        )
+        for stats in self.shards:
+            label = [str(stats["shard"])]
+            applied.add_metric(label, stats.get("applied", 0))
+            dead.add_metric(label, stats.get("dead_lettered", 0))
+            restarts.add_metric(label, stats.get("restarts", 0))
+            users.add_metric(label, stats.get("users", 0))
+            partitions.add_metric(label, len(stats.get("partitions", [])))
+            last = stats.get("last_checkpoint_at") or stats.get("started_at") or now
+            checkpoint_age.add_metric(label, max(0.0, now - last))
+            pause.add_metric(label, stats.get("checkpoint_max_pause_s", 0.0))
+        lag = GaugeMetricFamily(
+            "hs_consumer_lag", "Events stored and not yet delivered", labels=["partition"]
+        )
+        for partition, pending in sorted(self.lag.items()):
+            lag.add_metric([str(partition)], pending)
+        yield from (applied, dead, restarts, users, partitions, checkpoint_age, pause, lag)
