@@ -30,7 +30,7 @@ class ShardGroup:
         self.catalog = catalog or load_catalog(settings.catalog or DEFAULT_CATALOG)
         self.nats_url = nats_url
         self.shards: list[ActorHandle[Any]] = []
-        self.owner = [p * settings.shards // settings.partitions for p in range(settings.partitions)]
+        self.owner = [settings.shard_of_partition(p) for p in range(settings.partitions)]
 
     def start(self) -> ShardGroup:
         """Create the shard actors (or attach to running ones of the same name)."""

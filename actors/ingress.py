@@ -39,7 +39,7 @@ from headstart import __version__
 from headstart.auth import Authenticator
 from headstart.consumer import consumer_name
 from headstart.metrics import IngressMetrics, render
-from headstart.rpc import ShardClient, ShardUnavailable, is_error, rpc_subject
+from headstart.rpc import ShardClient, ShardUnavailable, is_error
 from headstart.streams import EVENTS_STREAM, EventPublisher, publish_prepared
 
 log = logging.getLogger(__name__)
@@ -424,21 +424,13 @@ class Ingress:
 
     async def _check_ready(self) -> dict[str, Any]:
         try:
-            nc, _ = await asyncio.wait_for(self._client(), 2.0)
+            nc, shards = await asyncio.wait_for(self._client(), 2.0)
         except Exception as exc:  # noqa: BLE001 - not ready is an answer, not an error
             return {"ready": False, "nats": False, "reason": type(exc).__name__}
-
-        async def ping(partition: int) -> bool:
-            try:
-                await nc.request(
-                    rpc_subject(partition, "ping"), msgspec.msgpack.encode({"key": ""}), timeout=0.5
-                )
-                return True
-            except Exception:  # noqa: BLE001
-                return False
-
-        answers = await asyncio.gather(*(ping(p) for p in range(self.config.partitions)))
-        missing = [p for p, ok in enumerate(answers) if not ok]
+        # The same pings that keep the coalescing owner map fresh: a partition is served when its
+        # owner answered.
+        await shards.refresh_owners()
+        missing = [p for p, owner in enumerate(shards.owners) if owner is None]
         return {
             "ready": not missing and nc.is_connected,
             "nats": nc.is_connected,

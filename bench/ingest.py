@@ -116,7 +116,6 @@ async def _publish(
 
 
 def _drain(broker: EmbeddedNats, shards: int, expected: Expected, n_events: int) -> dict[str, Any]:
-    import ray
 
     from actors.cluster import ShardGroup
 
@@ -173,7 +172,6 @@ def _drain(broker: EmbeddedNats, shards: int, expected: Expected, n_events: int)
         }
     finally:
         group.stop()
-        ray.get([])  # flush pending kills before the next run reuses the names
         time.sleep(0.5)
 
 

@@ -69,9 +69,6 @@ class PartitionState:
         user = self.users.get(user_key)
         return None if user is None else user.view(self.vocab, now)
 
-    def forget(self, user_key: str) -> bool:
-        return self.users.pop(user_key, None) is not None
-
     # ------------------------------------------------------------------ snapshots
 
     def snapshot(self) -> bytes:

@@ -52,7 +52,9 @@ class Settings(BaseSettings):
         # Actors run in other working directories: the home must not depend on the cwd.
         return value.expanduser().resolve()
 
-    def partitions_of_shard(self, shard: int, shards: int | None = None) -> list[int]:
+    def shard_of_partition(self, partition: int, shards: int | None = None) -> int:
         """Contiguous ranges: a rescale moves whole neighbouring ranges, not scattered ones."""
-        n = shards or self.shards
-        return [p for p in range(self.partitions) if p * n // self.partitions == shard]
+        return partition * (shards or self.shards) // self.partitions
+
+    def partitions_of_shard(self, shard: int, shards: int | None = None) -> list[int]:
+        return [p for p in range(self.partitions) if self.shard_of_partition(p, shards) == shard]
