@@ -13,7 +13,6 @@ True
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import hmac
 
@@ -40,7 +39,11 @@ class Pseudonymizer:
     def key(self, raw_user_id: str) -> str:
         mac = self._hmac.copy()
         mac.update(raw_user_id.encode())
-        return base64.b32encode(mac.digest()[:16]).decode().rstrip("=").lower()
+        # Lower-case RFC 4648 base32 of the first 128 bits, unpadded (a test checks it against
+        # ``base64.b32encode``): 10 bits a step through a pair table, as the ingress does this
+        # per request and the standard library's base32 is pure Python and twice as slow.
+        bits = int.from_bytes(mac.digest()[:16], "big") << 2  # 130 bits = 26 characters
+        return "".join([_B32_PAIRS[(bits >> shift) & 1023] for shift in _PAIR_SHIFTS])
 
 
 def fnv1a_32(data: bytes) -> int:
@@ -65,4 +68,7 @@ def is_user_key(value: str) -> bool:
     return len(value) == 26 and all(c in _KEY_ALPHABET for c in value)
 
 
-_KEY_ALPHABET = frozenset("abcdefghijklmnopqrstuvwxyz234567")
+_B32_ALPHABET = "abcdefghijklmnopqrstuvwxyz234567"
+_KEY_ALPHABET = frozenset(_B32_ALPHABET)
+_B32_PAIRS = [a + b for a in _B32_ALPHABET for b in _B32_ALPHABET]
+_PAIR_SHIFTS = range(120, -1, -10)

@@ -34,3 +34,15 @@ def test_partitions_spread_evenly() -> None:
     for i in range(16_000):
         counts[partition_of(p.key(f"user{i}"), 16)] += 1
     assert min(counts) > 800 and max(counts) < 1200
+
+
+def test_keys_are_lowercase_unpadded_base32_of_the_first_128_bits_of_the_hmac() -> None:
+    import base64
+    import hashlib
+    import hmac
+
+    secret = b"k" * 32
+    p = Pseudonymizer(secret)
+    for raw in ("alice@example.com", "", "ünïcødé", "x" * 300):
+        digest = hmac.new(secret, raw.encode(), hashlib.sha256).digest()[:16]
+        assert p.key(raw) == base64.b32encode(digest).decode().rstrip("=").lower()
