@@ -1,18 +1,29 @@
-"""Creating, finding and stopping the shard actors of one Headstart instance."""
+"""Creating, finding, rescaling and stopping the shard actors of one Headstart instance."""
 
 from __future__ import annotations
 
+import asyncio
+import collections
 import contextlib
+import logging
 import time
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
+import nats
 import ray
+from nats.js.kv import KeyValue
 from ray.actor import ActorHandle
 
 from actors.shard import NAMESPACE, ShardActor, shard_name
 from engine.catalog import DEFAULT_CATALOG, Catalog, load_catalog
 from engine.keys import partition_of
+from headstart.assignment import Assignment, control_bucket, load_assignment, save_assignment
 from headstart.config import Settings
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 class ShardGroup:
@@ -23,6 +34,7 @@ class ShardGroup:
         group = ShardGroup(settings, nats_url).start()
         group.wait_ready()
         ray.get(group.shard_for_key(key).get_user.remote(key))
+        group.rescale(4)  # live: events keep flowing, decisions keep being served
     """
 
     def __init__(self, settings: Settings, nats_url: str, catalog: Catalog | None = None) -> None:
@@ -30,21 +42,98 @@ class ShardGroup:
         self.catalog = catalog or load_catalog(settings.catalog or DEFAULT_CATALOG)
         self.nats_url = nats_url
         self.shards: list[ActorHandle[Any]] = []
-        self.owner = [settings.shard_of_partition(p) for p in range(settings.partitions)]
+        self.assignment = Assignment.even(settings.partitions, settings.shards)
+
+    @property
+    def owner(self) -> list[int]:
+        return self.assignment.owners
 
     def start(self) -> ShardGroup:
-        """Create the shard actors (or attach to running ones of the same name)."""
-        self.shards = [
-            ShardActor.options(  # type: ignore[attr-defined]
-                name=shard_name(i),
-                namespace=NAMESPACE,
-                lifetime="detached",
-                get_if_exists=True,
-                num_cpus=self.settings.shard_num_cpus,
-            ).remote(i, self.settings.partitions_of_shard(i), self.settings, self.nats_url, self.catalog)
-            for i in range(self.settings.shards)
-        ]
+        """Create the shard actors, or attach to the running ones of this instance.
+
+        A fresh start lays partitions out evenly over ``settings.shards``; attaching keeps the
+        layout the running shards have (a ``headstart scale`` may have changed it).
+        """
+        try:
+            ray.get_actor(shard_name(0), namespace=NAMESPACE)
+            running = True
+        except ValueError:
+            running = False
+        if running:
+            recorded = self._control(load_assignment)[0]
+            self.assignment = recorded or self.assignment
+            self.settings = self.settings.model_copy(update={"shards": self.assignment.shards})
+        else:
+            self._control(lambda kv: save_assignment(kv, self.assignment))
+        self.shards = [self._actor(i) for i in range(self.assignment.shards)]
         return self
+
+    def _actor(self, shard: int) -> ActorHandle[Any]:
+        return ShardActor.options(  # type: ignore[attr-defined,no-any-return]
+            name=shard_name(shard),
+            namespace=NAMESPACE,
+            lifetime="detached",
+            get_if_exists=True,
+            num_cpus=self.settings.shard_num_cpus,
+        ).remote(shard, self.assignment.partitions_of(shard), self.settings, self.nats_url, self.catalog)
+
+    def _control(self, action: Callable[[KeyValue], Awaitable[T]]) -> T:
+        async def run() -> T:
+            nc = await nats.connect(self.nats_url, connect_timeout=5, max_reconnect_attempts=3)
+            try:
+                return await action(await control_bucket(nc.jetstream(), self.settings.stream_replicas))
+            finally:
+                await nc.close()
+
+        return asyncio.run(run())
+
+    def rescale(self, shards: int, timeout: float = 120.0) -> dict[str, Any]:
+        """Move partitions so that ``shards`` shards own them evenly, live.
+
+        New shards start empty; each (old owner, new owner) pair hands its partitions over in
+        one step (release with a final snapshot → record the owner → acquire from it), all pairs
+        at once; shards left without partitions stop. Returns the moves and their pauses.
+        """
+        if shards < 1:
+            raise ValueError("shards must be at least 1")
+        started = time.perf_counter()
+        before = self._control(load_assignment)[0] or self.assignment
+        after = before.moved_to(shards)
+        self.settings = self.settings.model_copy(update={"shards": max(shards, before.shards)})
+        self.assignment = before
+        self.shards = [self._actor(i) for i in range(max(shards, before.shards))]
+        ray.get([s.wait_ready.remote(timeout) for s in self.shards[before.shards :]], timeout=timeout + 5)
+        pairs: dict[tuple[int, int], list[int]] = collections.defaultdict(list)
+        for partition, (old, new) in enumerate(zip(before.owners, after.owners, strict=True)):
+            if old != new:
+                pairs[(old, new)].append(partition)
+        moves: list[dict[str, Any]] = ray.get(
+            [
+                self.shards[old].hand_over.remote(partitions, new, self.shards[new])
+                for (old, new), partitions in sorted(pairs.items())
+            ],
+            timeout=timeout,
+        )
+        retired = self.shards[shards:]
+        with contextlib.suppress(Exception):
+            ray.get([s.stop.remote() for s in retired], timeout=30)
+        for shard in retired:
+            ray.kill(shard)
+        self.shards = self.shards[:shards]
+        self.assignment = after
+        self.settings = self.settings.model_copy(update={"shards": shards})
+        report: dict[str, Any] = {
+            "from": before.shards,
+            "to": shards,
+            "moves": moves,
+            "moved_partitions": sum(len(m["partitions"]) for m in moves),
+            "max_pause_s": max((m["pause_s"] for m in moves), default=0.0),
+            "seconds": time.perf_counter() - started,
+        }
+        log.info(
+            "rescaled %d -> %d shards: %d partitions moved", before.shards, shards, report["moved_partitions"]
+        )
+        return report
 
     def wait_ready(self, timeout: float = 120.0) -> list[dict[str, Any]]:
         return list(ray.get([s.wait_ready.remote(timeout) for s in self.shards], timeout=timeout + 5))

@@ -9,6 +9,7 @@ involved: there is no process between NATS and the shard.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -26,7 +27,9 @@ from nats.js.kv import KeyValue
 from engine.catalog import Catalog
 from engine.decision import Decider
 from engine.keys import partition_of
+from engine.partition import PartitionState
 from engine.shard import NotOwned, ShardState
+from headstart.assignment import Assignment, control_bucket, load_assignment, move_partitions
 from headstart.checkpoints import NatsCheckpointStore
 from headstart.config import Settings
 from headstart.consumer import PartitionConsumer
@@ -72,9 +75,13 @@ class ShardActor:
         self.shard_id = shard_id
         self.settings = settings
         self.nats_url = nats_url
-        # Replaced by the restored state in _start, before any consumer or read can see it.
-        self.state = ShardState.build(dict.fromkeys(partitions))
+        # Partitions are taken in _start (restored, then consumed); until then there are none.
+        self._initial_partitions = list(partitions)
+        self.state = ShardState({})
         self.checkpoints: NatsCheckpointStore | None = None
+        self.control: KeyValue | None = None
+        # acquire/release change which partitions this shard owns, one call at a time.
+        self._ownership_lock = asyncio.Lock()
         self.restored_seqs: dict[int, int] = {}
         self._checkpointed: dict[int, int] = {}
         self.checkpoint_count = 0
@@ -91,7 +98,8 @@ class ShardActor:
         self.failure: BaseException | None = None
         self._reporter: asyncio.Task[None] | None = None
         self._rate = 0.0
-        self._rpc_subs: list[Subscription] = []
+        self._rpc_subs: dict[int, Subscription] = {}
+        self._batch_sub: Subscription | None = None
         # The constructor runs on the actor's event loop: start consuming now, on first creation
         # and after every restart alike.
         self._starting = asyncio.get_running_loop().create_task(self._start())
@@ -104,32 +112,15 @@ class ShardActor:
                 max_reconnect_attempts=-1,
                 reconnect_time_wait=0.5,
             )
-            # Cold start and recovery are one path: each partition from its snapshot, or empty.
-            self.checkpoints = await NatsCheckpointStore.open(
-                self.nc.jetstream(), self.settings.stream_replicas
-            )
-            snapshots = {p: await self.checkpoints.load(p) for p in self.state.partitions}
-            self.state = ShardState.build(snapshots)
-            self.restored_seqs = {
-                p: part.last_seq for p, part in self.state.partitions.items() if snapshots[p]
-            }
-            self._checkpointed = {p: part.last_seq for p, part in self.state.partitions.items()}
-            for partition, part in self.state.partitions.items():
-                consumer = PartitionConsumer(
-                    self.nc,
-                    partition=partition,
-                    handler=part.apply_message,
-                    batch=self.settings.fetch_batch,
-                    replicas=self.settings.stream_replicas,
-                )
-                # Each partition resumes right after its own last applied sequence.
-                await consumer.start(part.last_seq)
-                self.consumers[partition] = consumer
-            # Serve reads only once consuming: a read then sees every event stored before it.
-            self._rpc_subs = [
-                await self.nc.subscribe(rpc_subject(p, "*"), cb=self._on_rpc) for p in self.state.partitions
-            ]
-            self._rpc_subs.append(await self.nc.subscribe(batch_subject(self.shard_id), cb=self._on_batch))
+            js = self.nc.jetstream()
+            self.checkpoints = await NatsCheckpointStore.open(js, self.settings.stream_replicas)
+            self.control = await control_bucket(js, self.settings.stream_replicas)
+            # After a rescale the constructor's partitions are stale: the recorded assignment says
+            # what this shard owns now (on a first start and after every restart alike).
+            assignment, _ = await load_assignment(self.control)
+            partitions = assignment.partitions_of(self.shard_id) if assignment else self._initial_partitions
+            await self.acquire(partitions)
+            self._batch_sub = await self.nc.subscribe(batch_subject(self.shard_id), cb=self._on_batch)
             self.ready.set()
             self._reporter = asyncio.create_task(self._report_forever())
             self._checkpointer = asyncio.create_task(self._checkpoint_forever())
@@ -146,6 +137,82 @@ class ShardActor:
         if self.failure is not None:
             raise ShardNotReady(f"shard {self.shard_id} failed to start: {self.failure!r}")
         return await self.stats()
+
+    async def acquire(self, partitions: list[int]) -> dict[int, int]:
+        """Take partitions over; returns each new one's restored sequence. Idempotent.
+
+        Cold start, recovery and a move are one path: each partition from its latest snapshot
+        (or empty), consumed from the sequence after it, and answered for only once consuming,
+        so a read sees every event stored before it.
+        """
+        async with self._ownership_lock:
+            new = [p for p in partitions if p not in self.state.partitions]
+            return dict(zip(new, await asyncio.gather(*(self._acquire_one(p) for p in new)), strict=True))
+
+    async def _acquire_one(self, partition: int) -> int:
+        assert self.nc is not None and self.checkpoints is not None
+        snapshot = await self.checkpoints.load(partition)
+        part = PartitionState.build(partition, snapshot)
+        if snapshot:
+            self.restored_seqs[partition] = part.last_seq
+        self._checkpointed[partition] = part.last_seq
+        self.state.partitions[partition] = part
+        consumer = PartitionConsumer(
+            self.nc,
+            partition=partition,
+            handler=part.apply_message,
+            batch=self.settings.fetch_batch,
+            replicas=self.settings.stream_replicas,
+        )
+        await consumer.start(part.last_seq)
+        self.consumers[partition] = consumer
+        self._rpc_subs[partition] = await self.nc.subscribe(rpc_subject(partition, "*"), cb=self._on_rpc)
+        return part.last_seq
+
+    async def release(self, partitions: list[int]) -> dict[int, int]:
+        """Give partitions up: stop answering and consuming them, snapshot them, forget them.
+
+        Returns each released partition's last applied sequence, which its snapshot records:
+        the next owner restores it and consumes from the sequence after, so nothing is lost or
+        applied twice. Partitions this shard does not own are ignored.
+        """
+        async with self._ownership_lock:
+            owned = [p for p in partitions if p in self.state.partitions]
+            seqs = await asyncio.gather(*(self._release_one(p) for p in owned))
+            return dict(zip(owned, seqs, strict=True))
+
+    async def _release_one(self, partition: int) -> int:
+        assert self.checkpoints is not None
+        await self._rpc_subs.pop(partition).unsubscribe()
+        await self.consumers.pop(partition).stop()
+        part = self.state.partitions[partition]
+        async with self._checkpoint_lock:
+            if part.last_seq != self._checkpointed.get(partition):
+                await self.checkpoints.save(partition, part.snapshot(), part.last_seq)
+        del self.state.partitions[partition]
+        self._checkpointed.pop(partition, None)
+        self.restored_seqs.pop(partition, None)
+        return part.last_seq
+
+    async def hand_over(self, partitions: list[int], to_shard: int, target: Any) -> dict[str, Any]:
+        """Move partitions to shard ``to_shard`` (its actor handle ``target``) while events flow.
+
+        Release (final snapshot), record the new owner, then the target acquires. Events keep
+        being stored meanwhile and wait in the stream; decisions for a moving partition wait
+        briefly and then get the safe default. Returns the pause: release start → consuming again.
+        """
+        assert self.control is not None
+        started = time.perf_counter()
+        released = await self.release(partitions)
+        default = Assignment.even(self.settings.partitions, self.settings.shards)
+        await move_partitions(self.control, sorted(released), to_shard, default)
+        await target.acquire.remote(sorted(released))
+        return {
+            "from": self.shard_id,
+            "to": to_shard,
+            "partitions": sorted(released),
+            "pause_s": time.perf_counter() - started,
+        }
 
     async def caught_up(self) -> bool:
         """True once every event stored in our partitions so far has been applied."""
@@ -273,9 +340,11 @@ class ShardActor:
         assert self.checkpoints is not None
         written, pauses = 0, []
         async with self._checkpoint_lock:
-            for partition, part in self.state.partitions.items():
-                if part.last_seq == self._checkpointed.get(partition):
-                    continue
+            for partition, part in list(self.state.partitions.items()):
+                if partition not in self.state.partitions or part.last_seq == self._checkpointed.get(
+                    partition
+                ):
+                    continue  # unchanged, or released meanwhile (release wrote its own snapshot)
                 started = time.perf_counter()
                 data, last_seq = part.snapshot(), part.last_seq
                 pauses.append(time.perf_counter() - started)
@@ -322,12 +391,17 @@ class ShardActor:
         for task in (self._reporter, self._checkpointer):
             if task is not None:
                 task.cancel()
-        for sub in self._rpc_subs:
-            await sub.unsubscribe()
-        self._rpc_subs = []
+        for sub in [*self._rpc_subs.values(), self._batch_sub]:
+            if sub is not None:
+                await sub.unsubscribe()
+        self._rpc_subs, self._batch_sub = {}, None
         for consumer in self.consumers.values():
             await consumer.stop()
         if checkpoint and self.ready.is_set():
             await self.checkpoint()
         if self.nc is not None:
+            # A stopped shard leaves `headstart status` now, not when its entry expires.
+            with contextlib.suppress(Exception):
+                kv = await self.nc.jetstream().key_value(STATUS_BUCKET)
+                await kv.delete(f"shard-{self.shard_id}")
             await self.nc.drain()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from typing import Any
 
 import msgspec
@@ -43,6 +44,12 @@ class ShardError(HeadstartError):
 
 #: How often a client relearns which shard owns each partition (also at once after a miss).
 OWNER_REFRESH_S = 5.0
+#: How often a request for a partition without an owner (moving, restarting) is asked again.
+RETRY_EVERY_S = 0.01
+
+
+def _not_owned(reply: bytes) -> bool:
+    return reply.startswith(ERROR_PREFIX) and b'"not_owned"' in reply
 
 
 def _resolve(future: asyncio.Future[bytes], reply: bytes) -> None:
@@ -122,6 +129,7 @@ class ShardClient:
         #: partition -> shard id, learned from the shards' ping replies; None: not known.
         self.owners: list[int | None] = [None] * partitions
         self._owners_task: asyncio.Task[None] | None = None
+        self._relearning: asyncio.Task[None] | None = None
         self._batches: dict[int, list[tuple[int, dict[str, Any], asyncio.Future[bytes]]]] = {}
         self.coalesced_calls = 0
         self.coalesced_messages = 0
@@ -147,12 +155,32 @@ class ShardClient:
         )
 
     async def call_raw_partition(
-        self, partition: int, method: str, timeout: float | None = None, **args: Any
+        self, partition: int, method: str, timeout: float | None = None, *, wait: bool = True, **args: Any
     ) -> bytes:
-        try:
-            return await self._request(rpc_subject(partition, method), _encode(args), timeout)
-        except (TimeoutError, NoRespondersError, NatsTimeout) as exc:
-            raise ShardUnavailable(f"no shard answered for partition {partition}") from exc
+        """One request to whoever owns ``partition``.
+
+        With ``wait``, a partition without an owner (it is moving, or its shard is restarting)
+        is asked again every few milliseconds until the timeout: a move pauses a partition for
+        a fraction of a second, and the caller should see an answer, not an error.
+        """
+        budget = self.timeout if timeout is None else timeout
+        deadline = time.monotonic() + budget
+        payload = _encode(args)
+        while True:
+            try:
+                reply = await self._request(rpc_subject(partition, method), payload, budget)
+            except (TimeoutError, NoRespondersError, NatsTimeout) as exc:
+                budget = deadline - time.monotonic()
+                if not wait or isinstance(exc, TimeoutError | NatsTimeout) or budget < RETRY_EVERY_S:
+                    raise ShardUnavailable(f"no shard answered for partition {partition}") from exc
+                await asyncio.sleep(RETRY_EVERY_S)
+                continue
+            if not (wait and _not_owned(reply)):
+                return reply
+            budget = deadline - time.monotonic()
+            if budget < RETRY_EVERY_S:
+                raise ShardUnavailable(f"partition {partition} is moving")
+            await asyncio.sleep(RETRY_EVERY_S)
 
     async def _request(self, subject: str, payload: bytes, timeout: float | None) -> bytes:
         await self._ensure_inbox()
@@ -185,7 +213,7 @@ class ShardClient:
     async def refresh_owners(self) -> None:
         async def owner(partition: int) -> int | None:
             try:
-                reply = await self.call_raw_partition(partition, "ping", timeout=1.0, key="")
+                reply = await self.call_raw_partition(partition, "ping", timeout=1.0, wait=False, key="")
             except ShardUnavailable:
                 return None
             return None if is_error(reply) else int(_json_decode(reply)["shard"])
@@ -201,6 +229,23 @@ class ShardClient:
         shard = self.owners[partition]
         if shard is None:
             return await self.call_raw(user_key, method, timeout, **args)
+        started = time.monotonic()
+        try:
+            reply = await self._join_batch(shard, partition, user_key, method, args, timeout)
+        except ShardUnavailable:
+            reply = b""  # the shard is gone (retired, restarting): ask the partition directly
+        if reply and not _not_owned(reply):
+            return reply
+        # Moved since we last learned the owners: relearn, and ask the partition's subject.
+        self._forget_owners()
+        remaining = timeout - (time.monotonic() - started)
+        if remaining < RETRY_EVERY_S:
+            raise ShardUnavailable(f"no shard answered for partition {partition} in time")
+        return await self.call_raw(user_key, method, remaining, **args)
+
+    async def _join_batch(
+        self, shard: int, partition: int, user_key: str, method: str, args: dict[str, Any], timeout: float
+    ) -> bytes:
         request = {"partition": partition, "key": user_key, "method": method, **args}
         waiting = self._batches.get(shard)
         if waiting is not None:
@@ -232,11 +277,13 @@ class ShardClient:
             raise
         for (_, _, waiter), reply in zip(batch, replies[1:], strict=True):
             _resolve(waiter, reply)
-        if any(is_error(r) and b"not_owned" in r for r in replies):
-            # A partition moved: relearn now (plain calls meanwhile), not at the next refresh.
-            self.owners = [None] * self.partitions
-            asyncio.get_running_loop().create_task(self.refresh_owners())
         return bytes(replies[0])
+
+    def _forget_owners(self) -> None:
+        """A partition moved: relearn the owners now (plain calls meanwhile), not at the next refresh."""
+        if self._relearning is None or self._relearning.done():
+            self.owners = [None] * self.partitions
+            self._relearning = asyncio.get_running_loop().create_task(self.refresh_owners())
 
     async def call(self, user_key: str, method: str, timeout: float | None = None, **args: Any) -> Any:
         reply = await self.call_raw(user_key, method, timeout, **args)

@@ -15,6 +15,7 @@ from nats.aio.client import Client as NATS
 
 from engine.keys import Pseudonymizer
 from headstart.broker import EmbeddedNats
+from headstart.assignment import CONTROL_BUCKET
 from headstart.checkpoints import SNAPSHOT_BUCKET
 from headstart.streams import DLQ_STREAM, EVENTS_STREAM, ensure_streams
 
@@ -64,7 +65,7 @@ async def nc(nats_url: str) -> AsyncIterator[NATS]:
 async def reset_streams(url: str, partitions: int = TEST_PARTITIONS) -> None:
     conn = await nats.connect(url)
     js = conn.jetstream()
-    for name in (EVENTS_STREAM, DLQ_STREAM, f"OBJ_{SNAPSHOT_BUCKET}"):
+    for name in (EVENTS_STREAM, DLQ_STREAM, f"OBJ_{SNAPSHOT_BUCKET}", f"KV_{CONTROL_BUCKET}"):
         with contextlib.suppress(nats.js.errors.NotFoundError):
             await js.delete_stream(name)
     await ensure_streams(js, partitions)
