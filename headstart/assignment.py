@@ -8,8 +8,8 @@ concurrent moves never overwrite each other.
 >>> a = Assignment.even(partitions=8, shards=2)
 >>> a.owners, a.partitions_of(1)
 ([0, 0, 0, 0, 1, 1, 1, 1], [4, 5, 6, 7])
->>> a.moved_to(4).owners[4:]
-[4, 4, 4, 4]
+>>> a.moved_to(4).owners
+[0, 0, 1, 1, 2, 2, 3, 3]
 """
 
 from __future__ import annotations
