@@ -38,6 +38,7 @@ from engine.keys import Pseudonymizer
 from headstart import __version__
 from headstart.auth import Authenticator
 from headstart.consumer import consumer_name
+from headstart.control import AdminError, request_admin
 from headstart.metrics import IngressMetrics, render
 from headstart.rpc import ShardClient, ShardUnavailable, is_error
 from headstart.streams import EVENTS_STREAM, EventPublisher, publish_prepared
@@ -257,6 +258,10 @@ def _body_doc(model: type[BaseModel]) -> dict[str, Any]:
 
 class EventsBody(_Body):
     events: list[dict[str, Any]] = Field(min_length=1, max_length=MAX_EVENTS_PER_BATCH)
+
+
+class ScaleBody(_Body):
+    shards: int = Field(ge=1, le=256, description="how many shards should own the partitions")
 
 
 class EventsAccepted(BaseModel):
@@ -496,6 +501,18 @@ class Ingress:
             raise ApiError(503, "unavailable", str(exc)) from exc
         if reply == b"null":
             raise ApiError(404, "not_found", "no state for this user")
+        return self._passthrough(reply)
+
+    @app.post("/v1/admin/scale", responses={400: {}, 401: {}, 403: {}, 503: {}})
+    async def scale(self, body: ScaleBody, authorization: Authorization = None) -> Response:
+        """Move partitions to ``shards`` shards, live (what `headstart scale` does); answers with
+        the moves and their pauses once done."""
+        self._require(authorization, "admin")
+        nc, _ = await self._client()
+        try:
+            reply = await request_admin(nc, "scale", shards=body.shards)
+        except AdminError as exc:
+            raise ApiError(503, "unavailable", str(exc)) from exc
         return self._passthrough(reply)
 
     # ------------------------------------------------------------------ health

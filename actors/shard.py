@@ -147,7 +147,10 @@ class ShardActor:
         """
         async with self._ownership_lock:
             new = [p for p in partitions if p not in self.state.partitions]
-            return dict(zip(new, await asyncio.gather(*(self._acquire_one(p) for p in new)), strict=True))
+            taken = dict(zip(new, await asyncio.gather(*(self._acquire_one(p) for p in new)), strict=True))
+        if new and self.ready.is_set():
+            await self._report()
+        return taken
 
     async def _acquire_one(self, partition: int) -> int:
         assert self.nc is not None and self.checkpoints is not None
@@ -179,7 +182,9 @@ class ShardActor:
         async with self._ownership_lock:
             owned = [p for p in partitions if p in self.state.partitions]
             seqs = await asyncio.gather(*(self._release_one(p) for p in owned))
-            return dict(zip(owned, seqs, strict=True))
+        if owned:
+            await self._report()
+        return dict(zip(owned, seqs, strict=True))
 
     async def _release_one(self, partition: int) -> int:
         assert self.checkpoints is not None
@@ -367,19 +372,22 @@ class ShardActor:
 
     async def _report_forever(self) -> None:
         """Publish stats for `headstart status` every second (NATS only: no Ray driver needed)."""
-        assert self.nc is not None
-        kv: KeyValue = await self.nc.jetstream().key_value(STATUS_BUCKET)
         last_applied, last_time = self.state.applied, time.monotonic()
         while True:
+            await self._report()
             await asyncio.sleep(REPORT_EVERY_S)
             applied, now = self.state.applied, time.monotonic()
             self._rate = (applied - last_applied) / max(now - last_time, 1e-9)
             last_applied, last_time = applied, now
-            try:
-                stats = await self.stats()
-                await kv.put(f"shard-{self.shard_id}", json.dumps(stats).encode())
-            except Exception as exc:  # noqa: BLE001 - status is best effort; events are not
-                log.debug("status report failed: %s", exc)
+
+    async def _report(self) -> None:
+        """Now, not at the next tick: on start and whenever the partitions owned change."""
+        try:
+            assert self.nc is not None
+            kv: KeyValue = await self.nc.jetstream().key_value(STATUS_BUCKET)
+            await kv.put(f"shard-{self.shard_id}", json.dumps(await self.stats()).encode())
+        except Exception as exc:  # noqa: BLE001 - status is best effort; events are not
+            log.debug("status report failed: %s", exc)
 
     async def lag(self) -> int:
         """Events stored in our partitions and not yet delivered to us."""

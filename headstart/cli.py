@@ -205,6 +205,48 @@ def status(
     )
 
 
+@app.command()
+def scale(
+    shards: Annotated[int, typer.Option("--shards", min=1, help="how many shards should own the partitions")],
+    home: HomeOption = None,
+) -> None:
+    """Move partitions to SHARDS shards, live: events keep flowing and decisions keep being served."""
+    from headstart.runtime import instance_running
+
+    settings = _settings(home)
+    state = instance_running(DataHome(settings.home))
+    if not state or not state.get("nats_url"):
+        console.print("[red]not running[/] (no instance for this home; `headstart up`)")
+        raise typer.Exit(1)
+    try:
+        report = asyncio.run(_scale(state["nats_url"], shards))
+    except HeadstartError as exc:
+        console.print(f"[red]{exc}[/]")
+        raise typer.Exit(1) from None
+    pause = max((m["pause_s"] for m in report["moves"]), default=0.0)
+    console.print(
+        f"{report['from']} → {report['to']} shards: {report['moved_partitions']} partitions moved "
+        f"in {report['seconds']:.2f}s, longest pause of a partition {pause * 1000:.0f} ms"
+    )
+
+
+async def _scale(nats_url: str, shards: int) -> dict[str, Any]:
+    import nats
+
+    from headstart.control import AdminError, request_admin
+
+    nc = await nats.connect(nats_url, connect_timeout=5, max_reconnect_attempts=1)
+    try:
+        reply: dict[str, Any] = json.loads(await request_admin(nc, "scale", shards=shards))
+    except AdminError as exc:
+        raise HeadstartError(str(exc)) from exc
+    finally:
+        await nc.close()
+    if "error" in reply:
+        raise HeadstartError(f"{reply['error']['code']}: {reply['error']['message']}")
+    return reply
+
+
 def _ranges(parts: list[int]) -> str:
     if not parts:
         return "-"

@@ -36,6 +36,7 @@ class Runtime:
         self.broker: EmbeddedNats | None = None
         self.nats_url = settings.nats_url or ""
         self.group: Any = None
+        self.control: Any = None
         self._stop = threading.Event()
 
     def start(self) -> dict[str, Any]:
@@ -75,11 +76,25 @@ class Runtime:
         self._record(phase="ray")
         self.group = ShardGroup(self.settings, self.nats_url, catalog).start()
         self.group.wait_ready()
+        self.settings = self.group.settings  # attaching keeps the running layout
         self._record(phase="shards")
+        from headstart.control import ControlServer
+
+        self.control = ControlServer(self.nats_url, {"scale": self._scale}).start()
         secret = self.home.secret(self.settings.secret.get_secret_value() if self.settings.secret else None)
         self.http_url = start_app(self.settings, self.nats_url, catalog, secret, key_hashes(keys))
         _wait_http_ready(self.http_url)
         return self._record(phase="ready")
+
+    def _scale(self, request: dict[str, Any]) -> dict[str, Any]:
+        """``headstart scale`` and ``POST /v1/admin/scale``: move partitions to N shards live."""
+        from headstart.control import scale_request
+
+        shards = scale_request(request, maximum=min(256, self.settings.partitions))
+        report: dict[str, Any] = self.group.rescale(shards)
+        self.settings = self.group.settings
+        self._record(phase="ready")
+        return report
 
     async def _ensure_streams(self) -> None:
         nc = await nats.connect(self.nats_url, connect_timeout=5, max_reconnect_attempts=3)
@@ -124,6 +139,8 @@ class Runtime:
             pass
 
     def stop(self) -> None:
+        if self.control is not None:
+            self.control.stop()
         try:
             import ray
 

@@ -14,8 +14,8 @@ import pytest
 from nats.aio.client import Client as NATS
 
 from engine.keys import Pseudonymizer
-from headstart.broker import EmbeddedNats
 from headstart.assignment import CONTROL_BUCKET
+from headstart.broker import EmbeddedNats
 from headstart.checkpoints import SNAPSHOT_BUCKET
 from headstart.streams import DLQ_STREAM, EVENTS_STREAM, ensure_streams
 

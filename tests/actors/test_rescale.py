@@ -65,7 +65,9 @@ class Traffic:
             while not self._stop.is_set():
                 i += 1
                 try:
-                    reply = await client.call_coalesced(keys[i % len(keys)], "decide", timeout=1.0, context={})
+                    reply = await client.call_coalesced(
+                        keys[i % len(keys)], "decide", timeout=1.0, context={}
+                    )
                     self.decisions += 1
                     self.failed += reply.startswith(b'{"error"')
                 except ShardUnavailable:

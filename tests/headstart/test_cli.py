@@ -75,6 +75,30 @@ def test_demo_shows_state_changing_and_status_reports_it(instance: tuple[Path, d
     assert sorted(p for s in report["shards"] for p in s["partitions"]) == list(range(8))
 
 
+def test_scale_moves_partitions_live_from_the_cli_and_the_api(instance: tuple[Path, dict[str, object]]) -> None:
+    import httpx
+
+    home, state = instance
+    scaled = headstart("scale", "--shards", "3", home=home)
+    assert scaled.returncode == 0, scaled.stdout + scaled.stderr
+    assert "2 → 3 shards" in scaled.stdout
+    report = json.loads(headstart("status", "--json", home=home).stdout)
+    assert [len(s["partitions"]) for s in report["shards"]] == [3, 3, 2]
+    assert sorted(p for s in report["shards"] for p in s["partitions"]) == list(range(8))
+    assert json.loads((home / "run" / "state.json").read_text())["shards"] == 3
+
+    admin = {"Authorization": f"Bearer {json.loads((home / 'keys.json').read_text())['admin']}"}
+    url = f"{state['http_url']}/v1/admin/scale"
+    assert httpx.post(url, json={"shards": 0}, headers=admin).status_code == 400
+    frontend = {"Authorization": f"Bearer {json.loads((home / 'keys.json').read_text())['frontend']}"}
+    assert httpx.post(url, json={"shards": 2}, headers=frontend).status_code == 403
+    back = httpx.post(url, json={"shards": 2}, headers=admin, timeout=120)
+    assert back.status_code == 200, back.text
+    assert back.json()["from"] == 3 and back.json()["to"] == 2
+    report = json.loads(headstart("status", "--json", home=home).stdout)
+    assert [s["partitions"] for s in report["shards"]] == [[0, 1, 2, 3], [4, 5, 6, 7]]
+
+
 def test_raw_ids_are_in_no_file_under_the_home(instance: tuple[Path, dict[str, object]]) -> None:
     home, _ = instance
     headstart("demo", "--users", "2", "--steps", "2", home=home)
