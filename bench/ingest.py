@@ -29,6 +29,7 @@ from nats.js.errors import NotFoundError
 
 from bench.common import cpu_seconds, embedded_broker, local_ray, write_result
 from bench.population import onboarding_events
+from bench.traffic import lost_and_duplicated, read_back
 from engine.keys import Pseudonymizer, partition_of
 from engine.shard import ShardState
 from headstart.broker import EmbeddedNats
@@ -144,14 +145,7 @@ def _drain(broker: EmbeddedNats, shards: int, expected: Expected, n_events: int)
         cpu_shards = sum(s["last_handled_cpu"] - s["first_handled_cpu"] for s in stats if s["handled"])
         first = min(s["first_handled_at"] for s in stats if s["handled"])
         last = max(s["last_handled_at"] for s in stats)
-        actual = _read_back(group, list(expected))
-        lost = duplicated = 0
-        for key, counts in expected.items():
-            got = actual.get(key) or {}
-            for kind in set(counts) | set(got):
-                diff = got.get(kind, 0) - counts.get(kind, 0)
-                duplicated += max(diff, 0)
-                lost += max(-diff, 0)
+        lost, duplicated = lost_and_duplicated(expected, read_back(group, list(expected)))
         applied = sum(s["applied"] for s in stats)
         return {
             "events_per_s": n_events / (last - first),
@@ -173,20 +167,6 @@ def _drain(broker: EmbeddedNats, shards: int, expected: Expected, n_events: int)
     finally:
         group.stop()
         time.sleep(0.5)
-
-
-def _read_back(group: Any, keys: list[str]) -> dict[str, dict[str, int]]:
-    import ray
-
-    by_shard: dict[int, list[str]] = collections.defaultdict(list)
-    for key in keys:
-        by_shard[group.owner[partition_of(key, PARTITIONS)]].append(key)
-    out: dict[str, dict[str, int]] = {}
-    for shard, shard_keys in by_shard.items():
-        views = ray.get(group.shards[shard].get_users.remote(shard_keys))
-        for key, view in zip(shard_keys, views, strict=False):
-            out[key] = view["events_by_type"] if view else {}
-    return out
 
 
 async def _drop_snapshots(url: str) -> None:

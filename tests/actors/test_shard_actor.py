@@ -4,7 +4,6 @@ process killed mid-stream that comes back without losing or doubling an event.""
 from __future__ import annotations
 
 import asyncio
-import collections
 import os
 import signal
 import time
@@ -16,6 +15,7 @@ import ray
 
 from actors.cluster import ShardGroup
 from bench.population import onboarding_events
+from bench.traffic import expected_counts, read_back
 from engine.keys import Pseudonymizer
 from headstart.config import Settings
 from headstart.rpc import ShardClient
@@ -44,23 +44,6 @@ async def publish(url: str, pseudonymizer: Pseudonymizer, events: list[dict[str,
         await conn.close()
 
 
-def expected_counts(
-    pseudonymizer: Pseudonymizer, events: list[dict[str, object]]
-) -> dict[str, collections.Counter[str]]:
-    counts: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
-    for e in events:
-        counts[pseudonymizer.key(str(e["user_id"]))][str(e["type"])] += 1
-    return counts
-
-
-def actual_counts(group: ShardGroup, keys: list[str]) -> dict[str, dict[str, int]]:
-    out = {}
-    for key in keys:
-        view = ray.get(group.shard_for_key(key).get_user.remote(key))
-        out[key] = view["events_by_type"] if view else {}
-    return out
-
-
 def test_published_events_show_in_live_state(
     group: ShardGroup, fresh_streams: str, pseudonymizer: Pseudonymizer
 ) -> None:
@@ -68,7 +51,7 @@ def test_published_events_show_in_live_state(
     asyncio.run(publish(fresh_streams, pseudonymizer, events))
     group.wait_caught_up(timeout=60)
     expected = expected_counts(pseudonymizer, events)
-    assert actual_counts(group, list(expected)) == {k: dict(v) for k, v in expected.items()}
+    assert read_back(group, list(expected)) == {k: dict(v) for k, v in expected.items()}
     stats = group.stats()
     assert sum(s["users"] for s in stats) == len(expected)
     assert all(s["ready"] for s in stats)
@@ -124,7 +107,7 @@ def test_a_killed_shard_resumes_without_loss_or_duplicates(
     assert ray.get(victim.stats.remote())["pid"] != pid
     group.wait_caught_up(timeout=60)
     expected = expected_counts(pseudonymizer, events)
-    assert actual_counts(group, list(expected)) == {k: dict(v) for k, v in expected.items()}
+    assert read_back(group, list(expected)) == {k: dict(v) for k, v in expected.items()}
 
 
 def test_coalesced_decisions_travel_together_and_reach_their_callers(
@@ -194,4 +177,4 @@ def test_a_restarted_shard_restores_its_checkpoint_and_replays_only_the_rest(
     assert after["handled"] < before["handled"]
     assert after["applied"] == before["applied"] + after["handled"] - after["dead_lettered"]
     expected = expected_counts(pseudonymizer, events)
-    assert actual_counts(group, list(expected)) == {k: dict(v) for k, v in expected.items()}
+    assert read_back(group, list(expected)) == {k: dict(v) for k, v in expected.items()}

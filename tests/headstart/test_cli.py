@@ -75,7 +75,9 @@ def test_demo_shows_state_changing_and_status_reports_it(instance: tuple[Path, d
     assert sorted(p for s in report["shards"] for p in s["partitions"]) == list(range(8))
 
 
-def test_scale_moves_partitions_live_from_the_cli_and_the_api(instance: tuple[Path, dict[str, object]]) -> None:
+def test_scale_moves_partitions_live_from_the_cli_and_the_api(
+    instance: tuple[Path, dict[str, object]],
+) -> None:
     import httpx
 
     home, state = instance
