@@ -188,7 +188,9 @@ class ShardActor:
 
     async def _release_one(self, partition: int) -> int:
         assert self.checkpoints is not None
-        await self._rpc_subs.pop(partition).unsubscribe()
+        # Drain, not unsubscribe: requests already delivered to us are answered (the state is
+        # still here), instead of being dropped and waited out by their callers.
+        await self._rpc_subs.pop(partition).drain()
         await self.consumers.pop(partition).stop()
         part = self.state.partitions[partition]
         async with self._checkpoint_lock:
