@@ -18,12 +18,15 @@ from ray.actor import ActorHandle
 from actors.shard import NAMESPACE, ShardActor, shard_name
 from engine.catalog import DEFAULT_CATALOG, Catalog, load_catalog
 from engine.keys import partition_of
-from headstart.assignment import Assignment, control_bucket, load_assignment, save_assignment
+from headstart.assignment import Assignment, control_bucket, load_assignment, move_partitions, save_assignment
 from headstart.config import Settings
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+#: Partitions handed over in one step (see ShardGroup.rescale).
+MOVE_GROUP = 8
 
 
 class ShardGroup:
@@ -37,8 +40,16 @@ class ShardGroup:
         group.rescale(4)  # live: events keep flowing, decisions keep being served
     """
 
-    def __init__(self, settings: Settings, nats_url: str, catalog: Catalog | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        nats_url: str,
+        catalog: Catalog | None = None,
+        actor_options: dict[str, Any] | None = None,
+    ) -> None:
         self.settings = settings
+        #: Extra Ray options for every shard actor (e.g. a scheduling strategy).
+        self.actor_options = actor_options or {}
         self.catalog = catalog or load_catalog(settings.catalog or DEFAULT_CATALOG)
         self.nats_url = nats_url
         self.shards: list[ActorHandle[Any]] = []
@@ -66,6 +77,16 @@ class ShardGroup:
         else:
             self._control(lambda kv: save_assignment(kv, self.assignment))
         self.shards = [self._actor(i) for i in range(self.assignment.shards)]
+        if running:
+            # Finish what an interrupted rescale left: every partition with its recorded owner
+            # (acquire is idempotent; a partition already owned is left as it is).
+            ray.get([s.acquire.remote(self.assignment.partitions_of(i)) for i, s in enumerate(self.shards)])
+            ray.get(
+                [
+                    s.forget.remote([p for p in range(self.settings.partitions) if self.owner[p] != i])
+                    for i, s in enumerate(self.shards)
+                ]
+            )
         return self
 
     def _actor(self, shard: int) -> ActorHandle[Any]:
@@ -75,6 +96,7 @@ class ShardGroup:
             lifetime="detached",
             get_if_exists=True,
             num_cpus=self.settings.shard_num_cpus,
+            **self.actor_options,
         ).remote(shard, self.assignment.partitions_of(shard), self.settings, self.nats_url, self.catalog)
 
     def _control(self, action: Callable[[KeyValue], Awaitable[T]]) -> T:
@@ -90,9 +112,18 @@ class ShardGroup:
     def rescale(self, shards: int, timeout: float = 120.0) -> dict[str, Any]:
         """Move partitions so that ``shards`` shards own them evenly, live.
 
-        New shards start empty; each (old owner, new owner) pair hands its partitions over in
-        one step (release with a final snapshot → record the owner → acquire from it), all pairs
-        at once; shards left without partitions stop. Returns the moves and their pauses.
+        New shards start empty. A move of a group of partitions from their old owner to their
+        new one: the old owner releases them (stops consuming, snapshots them, keeps answering
+        reads), the new owner is recorded (compare-and-set on the assignment entry), the new
+        owner acquires them from the snapshots handed over and consumes from the sequence after
+        each, and the old owner forgets them.
+        Every pair of shards moves a group at once; shards left without partitions stop.
+        Returns the moves and their pauses (release start → consuming again).
+
+        This process drives the moves, not the loaded shards: each step is one call, and the
+        record is written from here. If it dies midway, :meth:`start` (attaching) re-acquires
+        every partition for its recorded owner, and a partition released but not yet recorded
+        goes back to its old owner from the object store (an older snapshot, replayed forward).
         """
         if shards < 1:
             raise ValueError("shards must be at least 1")
@@ -107,13 +138,13 @@ class ShardGroup:
         for partition, (old, new) in enumerate(zip(before.owners, after.owners, strict=True)):
             if old != new:
                 pairs[(old, new)].append(partition)
-        moves: list[dict[str, Any]] = ray.get(
-            [
-                self.shards[old].hand_over.remote(partitions, new, self.shards[new])
-                for (old, new), partitions in sorted(pairs.items())
-            ],
-            timeout=timeout,
-        )
+        # Rounds: every pair moves its next group of partitions at once. Smaller groups keep
+        # each partition's pause short on a loaded shard; pairs in parallel keep the rescale short.
+        chunks = {
+            pair: [ps[i : i + MOVE_GROUP] for i in range(0, len(ps), MOVE_GROUP)]
+            for pair, ps in pairs.items()
+        }
+        moves = self._control(lambda kv: self._move_rounds(kv, chunks, before, timeout))
         retired = self.shards[shards:]
         with contextlib.suppress(Exception):
             ray.get([s.stop.remote() for s in retired], timeout=30)
@@ -134,6 +165,49 @@ class ShardGroup:
             "rescaled %d -> %d shards: %d partitions moved", before.shards, shards, report["moved_partitions"]
         )
         return report
+
+    async def _move_rounds(
+        self,
+        kv: KeyValue,
+        chunks: dict[tuple[int, int], list[list[int]]],
+        layout: Assignment,
+        timeout: float,
+    ) -> list[dict[str, Any]]:
+        moves: list[dict[str, Any]] = []
+        for round_ in range(max((len(c) for c in chunks.values()), default=0)):
+            moves += await asyncio.wait_for(
+                asyncio.gather(
+                    *(
+                        self._move(kv, old, new, groups[round_], layout)
+                        for (old, new), groups in sorted(chunks.items())
+                        if round_ < len(groups)
+                    )
+                ),
+                timeout,
+            )
+        return moves
+
+    async def _move(
+        self, kv: KeyValue, old: int, new: int, partitions: list[int], layout: Assignment
+    ) -> dict[str, Any]:
+        started = time.perf_counter()
+        snapshots: dict[int, bytes] = await self.shards[old].release.remote(partitions)
+        released_at = time.perf_counter()
+        await move_partitions(kv, sorted(snapshots), new, layout)
+        recorded_at = time.perf_counter()
+        await self.shards[new].acquire.remote(sorted(snapshots), snapshots)
+        done = time.perf_counter()
+        # Until now the old owner answered reads from the state it handed over.
+        await self.shards[old].forget.remote(sorted(snapshots))
+        return {
+            "from": old,
+            "to": new,
+            "partitions": sorted(snapshots),
+            "pause_s": done - started,
+            "release_s": released_at - started,
+            "record_s": recorded_at - released_at,
+            "acquire_s": done - recorded_at,
+        }
 
     def wait_ready(self, timeout: float = 120.0) -> list[dict[str, Any]]:
         return list(ray.get([s.wait_ready.remote(timeout) for s in self.shards], timeout=timeout + 5))

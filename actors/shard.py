@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Coroutine
 from typing import Any
 
 import msgspec
@@ -29,7 +30,7 @@ from engine.decision import Decider
 from engine.keys import partition_of
 from engine.partition import PartitionState
 from engine.shard import NotOwned, ShardState
-from headstart.assignment import Assignment, control_bucket, load_assignment, move_partitions
+from headstart.assignment import control_bucket, load_assignment
 from headstart.checkpoints import NatsCheckpointStore
 from headstart.config import Settings
 from headstart.consumer import PartitionConsumer
@@ -89,9 +90,14 @@ class ShardActor:
         self.last_checkpoint_at = 0.0
         self._checkpointer: asyncio.Task[None] | None = None
         self._checkpoint_lock = asyncio.Lock()
+        self._tasks: set[asyncio.Task[Any]] = set()
         self.decider = Decider(catalog)
         self.personalize_by_default = catalog.consent_mode == "opt_out"
+        #: Events only (the consumers' deliveries); everything else goes over ``ctl``.
         self.nc: NATS | None = None
+        #: Requests, checkpoints, assignment and status: a connection of their own, so a reply
+        #: or an ack never waits behind megabytes of events in flight on the data connection.
+        self.ctl: NATS | None = None
         self.consumers: dict[int, PartitionConsumer] = {}
         self.started_at = time.time()
         self.ready = asyncio.Event()
@@ -99,6 +105,8 @@ class ShardActor:
         self._reporter: asyncio.Task[None] | None = None
         self._rate = 0.0
         self._rpc_subs: dict[int, Subscription] = {}
+        #: Partitions handed over (no longer consumed here) that still answer reads until forgotten.
+        self._released: set[int] = set()
         self._batch_sub: Subscription | None = None
         # The constructor runs on the actor's event loop: start consuming now, on first creation
         # and after every restart alike.
@@ -112,7 +120,13 @@ class ShardActor:
                 max_reconnect_attempts=-1,
                 reconnect_time_wait=0.5,
             )
-            js = self.nc.jetstream()
+            self.ctl = await nats.connect(
+                self.nats_url,
+                name=f"headstart-{shard_name(self.shard_id)}-control",
+                max_reconnect_attempts=-1,
+                reconnect_time_wait=0.5,
+            )
+            js = self.ctl.jetstream()
             self.checkpoints = await NatsCheckpointStore.open(js, self.settings.stream_replicas)
             self.control = await control_bucket(js, self.settings.stream_replicas)
             # After a rescale the constructor's partitions are stale: the recorded assignment says
@@ -120,7 +134,7 @@ class ShardActor:
             assignment, _ = await load_assignment(self.control)
             partitions = assignment.partitions_of(self.shard_id) if assignment else self._initial_partitions
             await self.acquire(partitions)
-            self._batch_sub = await self.nc.subscribe(batch_subject(self.shard_id), cb=self._on_batch)
+            self._batch_sub = await self.ctl.subscribe(batch_subject(self.shard_id), cb=self._on_batch)
             self.ready.set()
             self._reporter = asyncio.create_task(self._report_forever())
             self._checkpointer = asyncio.create_task(self._checkpoint_forever())
@@ -138,88 +152,104 @@ class ShardActor:
             raise ShardNotReady(f"shard {self.shard_id} failed to start: {self.failure!r}")
         return await self.stats()
 
-    async def acquire(self, partitions: list[int]) -> dict[int, int]:
+    async def acquire(
+        self, partitions: list[int], snapshots: dict[int, bytes] | None = None
+    ) -> dict[int, int]:
         """Take partitions over; returns each new one's restored sequence. Idempotent.
 
         Cold start, recovery and a move are one path: each partition from its latest snapshot
-        (or empty), consumed from the sequence after it, and answered for only once consuming,
-        so a read sees every event stored before it.
+        (or empty), consumed from the sequence after it, and answered for only once consuming.
+        All partitions are restored and their consumers created before any of them pulls: the
+        first partitions' events would otherwise slow the taking of the rest. ``snapshots``
+        (from a hand-over) are used instead of the object store, and stored there afterwards.
         """
+        handed = snapshots or {}
         async with self._ownership_lock:
+            # A partition released here and never taken by another (an interrupted move) resumes
+            # from its state in memory, which is exactly as of its last applied sequence.
+            back = [p for p in partitions if p in self._released]
+            for p in back:
+                self._released.discard(p)
+                consumer = await self._create_consumer(self.state.partitions[p])
+                self.consumers[p] = consumer
+                await consumer.pull()
             new = [p for p in partitions if p not in self.state.partitions]
-            taken = dict(zip(new, await asyncio.gather(*(self._acquire_one(p) for p in new)), strict=True))
+            parts = await asyncio.gather(*(self._restore(p, handed.get(p)) for p in new))
+            consumers = await asyncio.gather(*(self._create_consumer(part) for part in parts))
+            for part, consumer in zip(parts, consumers, strict=True):
+                self.state.partitions[part.partition] = part
+                self._checkpointed[part.partition] = part.last_seq
+                self.consumers[part.partition] = consumer
+            await asyncio.gather(*(consumer.pull() for consumer in consumers))
+            assert self.ctl is not None
+            for p in new:
+                self._rpc_subs[p] = await self.ctl.subscribe(rpc_subject(p, "*"), cb=self._on_rpc)
         if new and self.ready.is_set():
             await self._report()
-        return taken
+        if any(p in handed for p in new):
+            for p in new:
+                self._checkpointed[p] = -1  # not in the object store yet: the next checkpoint writes it
+            self._background(self._checkpoint_logged())
+        return {part.partition: part.last_seq for part in parts}
 
-    async def _acquire_one(self, partition: int) -> int:
-        assert self.nc is not None and self.checkpoints is not None
-        snapshot = await self.checkpoints.load(partition)
+    async def _restore(self, partition: int, handed: bytes | None) -> PartitionState:
+        assert self.checkpoints is not None
+        snapshot = handed if handed is not None else await self.checkpoints.load(partition)
         part = PartitionState.build(partition, snapshot)
         if snapshot:
             self.restored_seqs[partition] = part.last_seq
-        self._checkpointed[partition] = part.last_seq
-        self.state.partitions[partition] = part
+        return part
+
+    def _background(self, work: Coroutine[Any, Any, Any]) -> None:
+        task = asyncio.create_task(work)
+        self._tasks.add(task)  # a reference, or the task may be collected before it finishes
+        task.add_done_callback(self._tasks.discard)
+
+    async def _create_consumer(self, part: PartitionState) -> PartitionConsumer:
+        assert self.nc is not None and self.ctl is not None
         consumer = PartitionConsumer(
             self.nc,
-            partition=partition,
+            partition=part.partition,
             handler=part.apply_message,
             batch=self.settings.fetch_batch,
             replicas=self.settings.stream_replicas,
+            control=self.ctl,
         )
-        await consumer.start(part.last_seq)
-        self.consumers[partition] = consumer
-        self._rpc_subs[partition] = await self.nc.subscribe(rpc_subject(partition, "*"), cb=self._on_rpc)
-        return part.last_seq
+        # Each partition resumes right after its own last applied sequence.
+        await consumer.start(part.last_seq, pull=False)
+        return consumer
 
-    async def release(self, partitions: list[int]) -> dict[int, int]:
-        """Give partitions up: stop answering and consuming them, snapshot them, forget them.
+    async def release(self, partitions: list[int]) -> dict[int, bytes]:
+        """Stop consuming partitions and snapshot them, for a hand-over to another shard.
 
-        Returns each released partition's last applied sequence, which its snapshot records:
+        Returns each released partition's snapshot, which records its last applied sequence:
         the next owner restores it and consumes from the sequence after, so nothing is lost or
-        applied twice. Partitions this shard does not own are ignored.
+        applied twice. Until :meth:`forget`, the released partitions keep answering reads from
+        their state as of that sequence, so decisions do not wait for the move. Partitions this
+        shard does not own (or already released) are ignored.
         """
         async with self._ownership_lock:
-            owned = [p for p in partitions if p in self.state.partitions]
-            seqs = await asyncio.gather(*(self._release_one(p) for p in owned))
+            owned = [p for p in partitions if p in self.state.partitions and p not in self._released]
+            for p in owned:
+                await self.consumers.pop(p).stop()
+                self._released.add(p)
+            # After every consumer stopped: each snapshot is final, and taken in one step.
+            snapshots = {p: self.state.partitions[p].snapshot() for p in owned}
         if owned:
             await self._report()
-        return dict(zip(owned, seqs, strict=True))
+        return snapshots
 
-    async def _release_one(self, partition: int) -> int:
-        assert self.checkpoints is not None
-        # Drain, not unsubscribe: requests already delivered to us are answered (the state is
-        # still here), instead of being dropped and waited out by their callers.
-        await self._rpc_subs.pop(partition).drain()
-        await self.consumers.pop(partition).stop()
-        part = self.state.partitions[partition]
-        async with self._checkpoint_lock:
-            if part.last_seq != self._checkpointed.get(partition):
-                await self.checkpoints.save(partition, part.snapshot(), part.last_seq)
-        del self.state.partitions[partition]
-        self._checkpointed.pop(partition, None)
-        self.restored_seqs.pop(partition, None)
-        return part.last_seq
-
-    async def hand_over(self, partitions: list[int], to_shard: int, target: Any) -> dict[str, Any]:
-        """Move partitions to shard ``to_shard`` (its actor handle ``target``) while events flow.
-
-        Release (final snapshot), record the new owner, then the target acquires. Events keep
-        being stored meanwhile and wait in the stream; decisions for a moving partition wait
-        briefly and then get the safe default. Returns the pause: release start → consuming again.
-        """
-        assert self.control is not None
-        started = time.perf_counter()
-        released = await self.release(partitions)
-        default = Assignment.even(self.settings.partitions, self.settings.shards)
-        await move_partitions(self.control, sorted(released), to_shard, default)
-        await target.acquire.remote(sorted(released))
-        return {
-            "from": self.shard_id,
-            "to": to_shard,
-            "partitions": sorted(released),
-            "pause_s": time.perf_counter() - started,
-        }
+    async def forget(self, partitions: list[int]) -> None:
+        """Drop released partitions once their new owner consumes them."""
+        async with self._ownership_lock:
+            for p in [p for p in partitions if p in self._released]:
+                # Drain, not unsubscribe: requests already delivered to us are answered.
+                await self._rpc_subs.pop(p).drain()  # type: ignore[no-untyped-call]
+                del self.state.partitions[p]
+                self._released.discard(p)
+                self._checkpointed.pop(p, None)
+                self.restored_seqs.pop(p, None)
+        await self._report()
 
     async def caught_up(self) -> bool:
         """True once every event stored in our partitions so far has been applied."""
@@ -253,7 +283,7 @@ class ShardActor:
             "shard": self.shard_id,
             "pid": os.getpid(),
             "node": ray.get_runtime_context().get_node_id(),
-            "partitions": sorted(self.state.partitions),
+            "partitions": sorted(set(self.state.partitions) - self._released),
             "users": self.state.users,
             "applied": self.state.applied,
             "ready": self.ready.is_set(),
@@ -348,10 +378,8 @@ class ShardActor:
         written, pauses = 0, []
         async with self._checkpoint_lock:
             for partition, part in list(self.state.partitions.items()):
-                if partition not in self.state.partitions or part.last_seq == self._checkpointed.get(
-                    partition
-                ):
-                    continue  # unchanged, or released meanwhile (release wrote its own snapshot)
+                if partition in self._released or part.last_seq == self._checkpointed.get(partition):
+                    continue  # handed over (its new owner writes it), or unchanged
                 started = time.perf_counter()
                 data, last_seq = part.snapshot(), part.last_seq
                 pauses.append(time.perf_counter() - started)
@@ -367,10 +395,13 @@ class ShardActor:
     async def _checkpoint_forever(self) -> None:
         while True:
             await asyncio.sleep(self.settings.checkpoint_interval_s)
-            try:
-                await self.checkpoint()
-            except Exception:
-                log.exception("checkpoint failed")
+            await self._checkpoint_logged()
+
+    async def _checkpoint_logged(self) -> None:
+        try:
+            await self.checkpoint()
+        except Exception:
+            log.exception("checkpoint failed")
 
     async def _report_forever(self) -> None:
         """Publish stats for `headstart status` every second (NATS only: no Ray driver needed)."""
@@ -385,8 +416,8 @@ class ShardActor:
     async def _report(self) -> None:
         """Now, not at the next tick: on start and whenever the partitions owned change."""
         try:
-            assert self.nc is not None
-            kv: KeyValue = await self.nc.jetstream().key_value(STATUS_BUCKET)
+            assert self.ctl is not None
+            kv: KeyValue = await self.ctl.jetstream().key_value(STATUS_BUCKET)
             await kv.put(f"shard-{self.shard_id}", json.dumps(await self.stats()).encode())
         except Exception as exc:  # noqa: BLE001 - status is best effort; events are not
             log.debug("status report failed: %s", exc)
@@ -409,9 +440,11 @@ class ShardActor:
             await consumer.stop()
         if checkpoint and self.ready.is_set():
             await self.checkpoint()
-        if self.nc is not None:
+        if self.ctl is not None:
             # A stopped shard leaves `headstart status` now, not when its entry expires.
             with contextlib.suppress(Exception):
-                kv = await self.nc.jetstream().key_value(STATUS_BUCKET)
+                kv = await self.ctl.jetstream().key_value(STATUS_BUCKET)
                 await kv.delete(f"shard-{self.shard_id}")
+            await self.ctl.drain()
+        if self.nc is not None:
             await self.nc.drain()

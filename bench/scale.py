@@ -82,7 +82,8 @@ def run(quick: bool = False, out_dir: Path | None = None) -> Path:
         "failed_decisions": outcomes.get("failed", 0),
         "windows": windows,
         "rescales": [
-            {k: r[k] for k in ("from", "to", "moved_partitions", "max_pause_s", "seconds")} | {"moves": r["moves"]}
+            {k: r[k] for k in ("from", "to", "moved_partitions", "max_pause_s", "seconds")}
+            | {"moves": r["moves"]}
             for r in rescales
         ],
         "backlog_publish_events_per_s": len(backlog) / publish_s,

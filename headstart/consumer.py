@@ -47,6 +47,11 @@ Handler = Callable[[int, str, bytes], None]
 #: Ack (ack-all) at least this often within a burst, so the server's ack floor and the
 #: consumer's ack-pending count stay close to the truth during long drains.
 ACK_EVERY = 256
+#: A partition's delivery task gives the event loop back after this many messages. nats-py's
+#: subscription task takes queued messages without suspending, so a backlog of thousands per
+#: partition would otherwise hold the loop for whole seconds: requests, checkpoints and hand-overs
+#: on the same loop would wait that long.
+YIELD_EVERY = 64
 #: Pull requests wait this long for messages before the server answers 408 and we re-pull.
 PULL_EXPIRES_S = 10.0
 #: While a pull waits the server sends a heartbeat this often; three missed ones mean the
@@ -75,9 +80,12 @@ class PartitionConsumer:
         batch: int = 256,
         stream: str = EVENTS_STREAM,
         replicas: int = 1,
+        control: NATS | None = None,
     ) -> None:
         self._nc = nc
-        self._js = nc.jetstream()
+        # Consumer management, lag and dead letters may go over another connection: their
+        # replies then do not queue behind the partition's message flow on this one.
+        self._js = (control or nc).jetstream()
         self.partition = partition
         self.name = consumer_name(partition)
         self._handler = handler
@@ -116,11 +124,15 @@ class PartitionConsumer:
 
     # ------------------------------------------------------------------ lifecycle
 
-    async def start(self, position: int) -> None:
-        """Start delivering the messages after ``position`` (0: from the beginning)."""
+    async def start(self, position: int, pull: bool = True) -> None:
+        """Start delivering the messages after ``position`` (0: from the beginning).
+
+        With ``pull=False`` the consumer is created but asks for nothing until :meth:`pull`:
+        a shard taking many partitions at once creates them all before any delivers.
+        """
         self.position = position
         self._stopped = False
-        await self._open()
+        await self._open(pull)
         self._watchdog = asyncio.create_task(self._watch(), name=f"{self.name}-watchdog")
 
     async def stop(self, delete: bool = False) -> None:
@@ -134,7 +146,10 @@ class PartitionConsumer:
             with contextlib.suppress(NotFoundError):
                 await self._js.delete_consumer(self._stream, self.name)
 
-    async def _open(self) -> None:
+    async def pull(self) -> None:
+        await self._refill()
+
+    async def _open(self, pull: bool = True) -> None:
         self._generation += 1
         generation = self._generation
         await self._close_subscription()
@@ -170,7 +185,8 @@ class PartitionConsumer:
             self._inbox, cb=on_message, pending_msgs_limit=8 * self._batch + 1024, pending_bytes_limit=-1
         )
         self._last_activity = time.monotonic()
-        await self._refill()
+        if pull:
+            await self._refill()
 
     async def _close_subscription(self) -> None:
         sub, self._sub = self._sub, None
@@ -254,6 +270,8 @@ class PartitionConsumer:
             await self._nc.publish(reply)  # AckPolicy.ALL: acknowledges everything up to here
         if self._credit <= self._batch:
             await self._refill()
+        if self.handled % YIELD_EVERY == 0:
+            await asyncio.sleep(0)
 
     async def _on_status(self, msg: Msg) -> None:
         headers = msg.headers or {}

@@ -16,6 +16,7 @@ from bench.traffic import SteadyTraffic, expected_counts, read_back
 from engine.keys import Pseudonymizer
 from headstart.assignment import Assignment, control_bucket, load_assignment
 from headstart.config import Settings
+from tests.actors.test_shard_actor import publish
 from tests.conftest import TEST_PARTITIONS
 
 pytestmark = pytest.mark.integration
@@ -80,3 +81,22 @@ async def _recorded(url: str) -> Assignment | None:
         return (await load_assignment(await control_bucket(conn.jetstream())))[0]
     finally:
         await conn.close()
+
+
+def test_an_interrupted_move_is_finished_when_the_group_is_attached_again(
+    group: ShardGroup, fresh_streams: str, pseudonymizer: Pseudonymizer
+) -> None:
+    events = list(onboarding_events(users=40, events=1200, seed=19))
+    asyncio.run(publish(fresh_streams, pseudonymizer, events[:600]))
+    group.wait_caught_up(timeout=60)
+    # A rescale that died after the release, before recording or handing over anything.
+    moving = group.assignment.partitions_of(0)[:2]
+    handed = ray.get(group.shards[0].release.remote(moving))
+    assert sorted(handed) == moving
+    assert not set(moving) & set(ray.get(group.shards[0].stats.remote())["partitions"])
+    asyncio.run(publish(fresh_streams, pseudonymizer, events[600:]))
+    again = ShardGroup(group.settings, fresh_streams).start()  # attaches and reconciles
+    assert set(moving) <= set(ray.get(again.shards[0].stats.remote())["partitions"])
+    again.wait_caught_up(timeout=60)
+    expected = expected_counts(pseudonymizer, events)
+    assert read_back(again, list(expected)) == {k: dict(v) for k, v in expected.items()}
