@@ -108,7 +108,7 @@ def _scenario(sizes: dict[str, Any], scenario: Scenario) -> dict[str, Any]:
 
             ray.get([s.checkpoint.remote() for s in group.shards])
             traffic = SteadyTraffic(
-                broker.url, pseudonymizer, live, rate=sizes["live_events_per_s"], partitions=PARTITIONS
+                broker.url, SECRET, live, rate=sizes["live_events_per_s"], partitions=PARTITIONS
             )
             with traffic:
                 time.sleep(sizes["before_fault_s"])

@@ -16,8 +16,11 @@ from 2 to 4 shards adds event loops, not cores: the figure to watch is that it c
 from __future__ import annotations
 
 import asyncio
+import collections
 import datetime as dt
+import itertools
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +28,7 @@ import nats
 
 from bench.common import embedded_broker, local_ray, write_result
 from bench.population import onboarding_events
-from bench.traffic import SteadyTraffic, expected_counts, lost_and_duplicated, read_back
+from bench.traffic import Counts, SteadyTraffic, expected_counts, lost_and_duplicated, read_back
 from engine.keys import Pseudonymizer
 from headstart.config import Settings
 from headstart.streams import EventPublisher, ensure_streams, publish_prepared
@@ -40,11 +43,11 @@ def run(quick: bool = False, out_dir: Path | None = None) -> Path:
 
     started = dt.datetime.now(dt.UTC)
     users = 2_000 if quick else 20_000
-    backlog_events = 60_000 if quick else 900_000
+    # Sized to outlast all three windows and both rescales at ~50,000 events/s.
+    backlog_events = 100_000 if quick else 1_400_000
     window_s = 1.5 if quick else 5.0
     live_rate = 500 if quick else 1_000
     pseudonymizer = Pseudonymizer(SECRET)
-    backlog = list(onboarding_events(users=users, events=backlog_events, seed=41))
     # Enough live events to keep flowing until the end of the run.
     live = list(onboarding_events(users=users, events=int(live_rate * (window_s * 6 + 60)), seed=42))
     settings = Settings(partitions=PARTITIONS, shards=SIZES[0], shard_num_cpus=0.5, fetch_batch=256)
@@ -52,11 +55,13 @@ def run(quick: bool = False, out_dir: Path | None = None) -> Path:
     windows: dict[str, dict[str, Any]] = {}
     rescales: list[dict[str, Any]] = []
     with embedded_broker() as broker, local_ray(num_cpus=4):
-        publish_s = asyncio.run(_publish_backlog(broker.url, pseudonymizer, backlog))
+        expected, publish_s = asyncio.run(
+            _publish_backlog(broker.url, pseudonymizer, onboarding_events(users, backlog_events, seed=41))
+        )
         group = ShardGroup(settings, broker.url).start()
         try:
             group.wait_ready()
-            traffic = SteadyTraffic(broker.url, pseudonymizer, live, rate=live_rate, partitions=PARTITIONS)
+            traffic = SteadyTraffic(broker.url, SECRET, live, rate=live_rate, partitions=PARTITIONS)
             with traffic:
                 for size in SIZES:
                     if size != group.assignment.shards:
@@ -66,7 +71,8 @@ def run(quick: bool = False, out_dir: Path | None = None) -> Path:
             traffic_stopped_at = traffic.published  # after the thread stopped: all it sent
             live_sent = live[:traffic_stopped_at]
             group.wait_caught_up(timeout=600)
-            expected = expected_counts(pseudonymizer, [*backlog, *live_sent])
+            for key, counts in expected_counts(pseudonymizer, live_sent).items():
+                expected[key].update(counts)
             lost, duplicated = lost_and_duplicated(expected, read_back(group, list(expected)))
             outcomes = dict(traffic.outcomes)
         finally:
@@ -86,7 +92,7 @@ def run(quick: bool = False, out_dir: Path | None = None) -> Path:
             | {"moves": r["moves"]}
             for r in rescales
         ],
-        "backlog_publish_events_per_s": len(backlog) / publish_s,
+        "backlog_publish_events_per_s": backlog_events / publish_s,
     }
     params = {
         "users": users,
@@ -129,16 +135,28 @@ def _lags(group: Any) -> list[int]:
     return list(ray.get([s.lag.remote() for s in group.shards]))
 
 
-async def _publish_backlog(url: str, pseudonymizer: Pseudonymizer, events: list[dict[str, Any]]) -> float:
+async def _publish_backlog(
+    url: str, pseudonymizer: Pseudonymizer, events: Iterator[dict[str, Any]]
+) -> tuple[Counts, float]:
+    """Publish in chunks as they are generated (the backlog does not fit comfortably in memory
+    as dicts); returns what the shards must hold, and the seconds publishing took."""
     nc = await nats.connect(url)
     try:
         js = nc.jetstream()
         await ensure_streams(js, PARTITIONS)
         publisher = EventPublisher(js, pseudonymizer)
-        prepared = [publisher.prepare(e) for e in events]
-        t0 = time.perf_counter()
-        await publish_prepared(js, prepared)
-        return time.perf_counter() - t0
+        expected: Counts = collections.defaultdict(collections.Counter)
+        took = 0.0
+        while chunk := list(itertools.islice(events, 50_000)):
+            prepared = []
+            for event in chunk:
+                subject, payload, headers = publisher.prepare(event)
+                prepared.append((subject, payload, headers))
+                expected[subject.rsplit(".", 1)[1]][event["type"]] += 1
+            t0 = time.perf_counter()
+            await publish_prepared(js, prepared)
+            took += time.perf_counter() - t0
+        return expected, took
     finally:
         await nc.close()
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import threading
+import multiprocessing
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -63,11 +63,12 @@ def lost_and_duplicated(expected: Counts, actual: dict[str, dict[str, int]]) -> 
 
 
 class SteadyTraffic:
-    """Publishes ``events`` at ``rate`` per second and asks ``decisions_per_s`` decisions.
+    """Publishes ``events`` at ``rate`` per second and asks ``decisions_per_s`` decisions, from a
+    process of its own (so it takes nothing from the process that drives the run).
 
     Example::
 
-        with SteadyTraffic(url, pseudonymizer, events, rate=1000, partitions=64) as traffic:
+        with SteadyTraffic(url, secret, events, rate=1000, partitions=64) as traffic:
             ...  # kill, rescale
             traffic.wait_published(60)
         traffic.outcomes  # {"ok": ..., "default": ..., "failed": ...}
@@ -76,71 +77,90 @@ class SteadyTraffic:
     def __init__(
         self,
         url: str,
-        pseudonymizer: Pseudonymizer,
+        secret: bytes,
         events: list[dict[str, Any]],
         rate: float,
         partitions: int,
         decisions_per_s: float = 200.0,
     ) -> None:
-        self.url, self.pseudonymizer, self.events = url, pseudonymizer, events
-        self.rate, self.partitions, self.decisions_per_s = rate, partitions, decisions_per_s
-        self.published = 0
+        context = multiprocessing.get_context("spawn")  # never fork a process running Ray
+        self._stop = context.Event()
+        self._done_publishing = context.Event()
+        self._published = context.Value("q", 0)
+        self._results: multiprocessing.Queue[dict[str, Any]] = context.Queue()
+        self._process = context.Process(
+            target=_run_traffic,
+            args=(url, secret, events, rate, partitions, decisions_per_s),
+            kwargs={
+                "stop": self._stop,
+                "done_publishing": self._done_publishing,
+                "published": self._published,
+                "results": self._results,
+            },
+            daemon=True,
+        )
         self.outcomes: collections.Counter[str] = collections.Counter()
         #: (monotonic time, outcome, partition) of every decision that was not ``ok``.
         self.incidents: list[tuple[float, str, int]] = []
-        self._done_publishing = threading.Event()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
-        self.error: BaseException | None = None
+
+    @property
+    def published(self) -> int:
+        """Events stored so far (all of them once the traffic has stopped)."""
+        return int(self._published.value)
 
     def __enter__(self) -> SteadyTraffic:
-        self._thread.start()
+        self._process.start()
         return self
 
     def __exit__(self, *_: object) -> None:
         self._stop.set()
-        self._thread.join(timeout=120)
-        if self.error is not None:
-            raise self.error
+        result = self._results.get(timeout=120)
+        self._process.join(timeout=30)
+        self.outcomes.update(result["outcomes"])
+        self.incidents = [tuple(i) for i in result["incidents"]]  # type: ignore[misc]
+        if result["error"]:
+            raise RuntimeError(f"the traffic process failed: {result['error']}")
 
     def wait_published(self, timeout: float) -> None:
         if not self._done_publishing.wait(timeout):
-            raise TimeoutError(f"published {self.published} of {len(self.events)} events in {timeout}s")
+            raise TimeoutError(f"published {self.published} events in {timeout}s")
 
-    async def _run(self) -> None:
-        conn = await nats.connect(self.url, max_reconnect_attempts=-1)
-        try:
-            client = ShardClient(conn, self.partitions)
-            client.start_owner_refresh()
-            asker = asyncio.create_task(self._ask(client))
-            await self._publish(EventPublisher(conn.jetstream(), self.pseudonymizer))
-            while not self._stop.is_set():
-                await asyncio.sleep(0.05)
-            await asker
-        except BaseException as exc:  # noqa: BLE001 - reported to the caller on exit
-            self.error = exc
-        finally:
-            self._done_publishing.set()
-            await conn.close()
 
-    async def _publish(self, publisher: EventPublisher) -> None:
+def _run_traffic(
+    url: str,
+    secret: bytes,
+    events: list[dict[str, Any]],
+    rate: float,
+    partitions: int,
+    decisions_per_s: float,
+    *,
+    stop: Any,
+    done_publishing: Any,
+    published: Any,
+    results: Any,
+) -> None:
+    outcomes: collections.Counter[str] = collections.Counter()
+    incidents: list[tuple[float, str, int]] = []
+    pseudonymizer = Pseudonymizer(secret)
+
+    async def publish(publisher: EventPublisher) -> None:
         tick = 0.02
-        per_tick = max(1, round(self.rate * tick))
+        per_tick = max(1, round(rate * tick))
         started = time.monotonic()
-        for n, start in enumerate(range(0, len(self.events), per_tick)):
-            if self._stop.is_set():
+        for n, start in enumerate(range(0, len(events), per_tick)):
+            if stop.is_set():
                 break
-            await publisher.publish_many(self.events[start : start + per_tick])
-            self.published = min(len(self.events), start + per_tick)
+            await publisher.publish_many(events[start : start + per_tick])
+            published.value = min(len(events), start + per_tick)
             # Paced against the clock, so a slow ack does not lower the average rate.
             await asyncio.sleep(max(0.0, started + (n + 1) * tick - time.monotonic()))
-        self._done_publishing.set()
+        done_publishing.set()
 
-    async def _ask(self, client: ShardClient) -> None:
-        keys = sorted({self.pseudonymizer.key(str(e["user_id"])) for e in self.events})
-        gap = 1.0 / self.decisions_per_s
+    async def ask(client: ShardClient) -> None:
+        keys = sorted({pseudonymizer.key(str(e["user_id"])) for e in events})
+        gap = 1.0 / decisions_per_s
         i = 0
-        while not self._stop.is_set():
+        while not stop.is_set():
             i += 1
             key = keys[(i * 7919) % len(keys)]
             try:
@@ -150,7 +170,28 @@ class SteadyTraffic:
                 outcome = "default"
             except Exception:  # noqa: BLE001 - anything else is a failed decision, counted
                 outcome = "failed"
-            self.outcomes[outcome] += 1
+            outcomes[outcome] += 1
             if outcome != "ok":
-                self.incidents.append((time.monotonic(), outcome, partition_of(key, self.partitions)))
+                incidents.append((time.monotonic(), outcome, partition_of(key, partitions)))
             await asyncio.sleep(gap)
+
+    async def main() -> None:
+        conn = await nats.connect(url, max_reconnect_attempts=-1)
+        try:
+            client = ShardClient(conn, partitions)
+            client.start_owner_refresh()
+            asker = asyncio.create_task(ask(client))
+            await publish(EventPublisher(conn.jetstream(), pseudonymizer))
+            while not stop.is_set():
+                await asyncio.sleep(0.05)
+            await asker
+        finally:
+            done_publishing.set()
+            await conn.close()
+
+    error = ""
+    try:
+        asyncio.run(main())
+    except BaseException as exc:  # noqa: BLE001 - reported to the parent
+        error = repr(exc)
+    results.put({"outcomes": dict(outcomes), "incidents": incidents, "error": error})

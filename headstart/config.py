@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -42,9 +42,24 @@ class Settings(BaseSettings):
         30.0, gt=0, description="how often shards snapshot changed partitions to the object store"
     )
     catalog: Path | None = Field(None, description="onboarding catalog YAML; unset: the packaged default")
+    ingress_min_replicas: int = Field(
+        1, ge=1, le=64, description="Serve autoscaling: fewest ingress replicas"
+    )
+    ingress_max_replicas: int = Field(
+        1, ge=1, le=64, description="Serve autoscaling: most ingress replicas (1: a fixed single replica)"
+    )
+    ingress_target_ongoing_requests: float = Field(
+        64.0, gt=0, description="Serve autoscaling: requests in flight per replica before it adds one"
+    )
     fetch_batch: int = Field(
         256, ge=16, le=65536, description="messages per pull request, per partition; two are kept in flight"
     )
+
+    @model_validator(mode="after")
+    def _replica_bounds(self) -> Settings:
+        if self.ingress_min_replicas > self.ingress_max_replicas:
+            raise ValueError("ingress_min_replicas must not exceed ingress_max_replicas")
+        return self
 
     @field_validator("home")
     @classmethod

@@ -17,7 +17,7 @@ from engine.keys import Pseudonymizer
 from headstart.assignment import Assignment, control_bucket, load_assignment
 from headstart.config import Settings
 from tests.actors.test_shard_actor import publish
-from tests.conftest import TEST_PARTITIONS
+from tests.conftest import TEST_PARTITIONS, TEST_SECRET
 
 pytestmark = pytest.mark.integration
 
@@ -37,9 +37,7 @@ def test_partitions_move_live_without_losing_or_doubling_an_event(
     group: ShardGroup, fresh_streams: str, pseudonymizer: Pseudonymizer
 ) -> None:
     events = list(onboarding_events(users=60, events=4000, seed=17))
-    with SteadyTraffic(
-        fresh_streams, pseudonymizer, events, rate=1500, partitions=TEST_PARTITIONS
-    ) as traffic:
+    with SteadyTraffic(fresh_streams, TEST_SECRET, events, rate=1500, partitions=TEST_PARTITIONS) as traffic:
         reports = [group.rescale(3), group.rescale(1), group.rescale(2)]
         assert traffic.published < len(events)  # the moves happened while events were flowing
         traffic.wait_published(timeout=120)
