@@ -1,0 +1,184 @@
+"""The one base class every policy implements, and what all policies share.
+
+A policy chooses one arm among the *eligible* ones (rules decide eligibility, the policy only
+chooses), says with which probability it chose it (the propensity, logged with the decision for
+off-policy evaluation), and learns from rewards. Its learned state is a set of *additive
+sufficient statistics* (counts, sums, Gram matrices), which is what makes learning across
+shards exact: a policy that learned on four shards and merged equals one that learned on one
+shard from the same events, up to floating-point rounding.
+
+Merging (one round): every shard calls :meth:`Policy.take_delta` (what it learned since the
+last merge), a merger adds the deltas to the last merged statistics, and every shard calls
+:meth:`Policy.absorb` with the sum; updates a shard makes in between are kept.
+
+Policies are seeded and their state (statistics and random generator) round-trips through
+:meth:`Policy.snapshot` and :meth:`Policy.restore`.
+"""
+
+from __future__ import annotations
+
+import abc
+import json
+from collections.abc import Sequence
+from typing import Any, ClassVar, NamedTuple
+
+import msgspec
+import numpy as np
+
+Stats = dict[str, np.ndarray]
+
+#: Every concrete policy class, by name: the contract tests run against all of them.
+REGISTRY: dict[str, type[Policy]] = {}
+
+
+class Choice(NamedTuple):
+    """The chosen arm (an index into the policy's arms) and its probability under the policy."""
+
+    arm: int
+    propensity: float
+
+
+class Policy(abc.ABC):
+    """Chooses among eligible arms and learns from rewards in [0, 1].
+
+    Subclasses implement :meth:`probabilities` and :meth:`update`, keep their learned state in
+    ``self.stats`` (additive) and recompute whatever they derive from it in :meth:`_refresh`.
+    """
+
+    #: Registry name (``headstart evaluate --policy NAME``); None for abstract classes.
+    name: ClassVar[str | None] = None
+    #: Bumped when the meaning of the statistics changes; stored with every decision.
+    version: ClassVar[int] = 1
+    #: Whether the policy uses the context vector.
+    contextual: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.name is not None:
+            REGISTRY[cls.name] = cls
+
+    def __init__(self, arms: Sequence[str], dim: int = 0, seed: int = 0) -> None:
+        if not arms:
+            raise ValueError("a policy needs at least one arm")
+        self.arms = list(arms)
+        self.dim = dim
+        self.seed = seed
+        self.rng = np.random.default_rng(seed)
+        self.stats: Stats = self._initial_stats()
+        self._merged: Stats = {k: v.copy() for k, v in self.stats.items()}
+        self._delta_taken_at: Stats | None = None
+        self._refresh()
+
+    # ------------------------------------------------------------------ the policy
+
+    @abc.abstractmethod
+    def _initial_stats(self) -> Stats:
+        """Zeroed sufficient statistics."""
+
+    def _refresh(self) -> None:  # noqa: B027 - optional hook, nothing to derive by default
+        """Recompute what is derived from ``self.stats`` after a bulk change (merge, restore)."""
+
+    @abc.abstractmethod
+    def probabilities(self, x: np.ndarray | None, eligible: Sequence[int]) -> np.ndarray:
+        """The probability of choosing each eligible arm (same order), summing to 1."""
+
+    @abc.abstractmethod
+    def update(self, x: np.ndarray | None, arm: int, reward: float) -> None:
+        """Learn that choosing ``arm`` in context ``x`` earned ``reward``."""
+
+    def select(self, x: np.ndarray | None, eligible: Sequence[int]) -> Choice:
+        """Draw an eligible arm from :meth:`probabilities`."""
+        if not eligible:
+            raise ValueError("no eligible arm to choose from")
+        if len(eligible) == 1:
+            return Choice(eligible[0], 1.0)
+        p = self.probabilities(x, eligible).tolist()
+        # A plain loop over a handful of floats beats cumsum + searchsorted on tiny arrays.
+        target = self.rng.random() * sum(p)
+        acc = 0.0
+        for i, pi in enumerate(p):
+            acc += pi
+            if target < acc:
+                return Choice(eligible[i], pi)
+        return Choice(eligible[-1], p[-1])
+
+    def arm_index(self, arm: str) -> int:
+        return self.arms.index(arm)
+
+    # ------------------------------------------------------------------ merging across shards
+
+    def take_delta(self) -> Stats:
+        """What this policy learned since the last merge (marks the point for :meth:`absorb`)."""
+        self._delta_taken_at = {k: v.copy() for k, v in self.stats.items()}
+        return {k: self.stats[k] - self._merged[k] for k in self.stats}
+
+    def absorb(self, merged: Stats) -> None:
+        """Adopt the merged statistics, keeping what was learned after :meth:`take_delta`."""
+        taken = self._delta_taken_at or self._merged
+        self.stats = {k: merged[k] + (self.stats[k] - taken[k]) for k in self.stats}
+        self._merged = {k: merged[k].copy() for k in merged}
+        self._delta_taken_at = None
+        self._refresh()
+
+    @staticmethod
+    def merge(previous: Stats, deltas: Sequence[Stats]) -> Stats:
+        """The merged statistics: the last merged ones plus every shard's delta."""
+        out = {k: v.copy() for k, v in previous.items()}
+        for delta in deltas:
+            for k, v in delta.items():
+                out[k] += v
+        return out
+
+    # ------------------------------------------------------------------ state
+
+    def snapshot(self) -> bytes:
+        return msgspec.msgpack.encode(
+            {
+                "name": self.name,
+                "version": self.version,
+                "arms": self.arms,
+                "dim": self.dim,
+                "stats": _pack(self.stats),
+                "merged": _pack(self._merged),
+                # JSON: the generator's state holds 128-bit integers, beyond msgpack's range.
+                "rng": json.dumps(self.rng.bit_generator.state),
+                "params": self.params(),
+            }
+        )
+
+    @classmethod
+    def restore(cls, data: bytes) -> Policy:
+        state = msgspec.msgpack.decode(data)
+        policy_cls = REGISTRY[state["name"]]
+        if state["version"] != policy_cls.version:
+            raise ValueError(f"{state['name']} state version {state['version']} is not {policy_cls.version}")
+        policy = policy_cls(state["arms"], dim=state["dim"], **state["params"])
+        policy.stats = _unpack(state["stats"])
+        policy._merged = _unpack(state["merged"])
+        policy.rng.bit_generator.state = json.loads(state["rng"])
+        policy._refresh()
+        return policy
+
+    def params(self) -> dict[str, Any]:
+        """Constructor arguments beyond arms and dim (stored in snapshots)."""
+        return {"seed": self.seed}
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(arms={len(self.arms)}, dim={self.dim})"
+
+
+def _pack(stats: Stats) -> dict[str, Any]:
+    return {k: [str(v.dtype), list(v.shape), v.tobytes()] for k, v in stats.items()}
+
+
+def _unpack(packed: dict[str, Any]) -> Stats:
+    return {
+        k: np.frombuffer(raw, dtype=dtype).reshape(shape).copy() for k, (dtype, shape, raw) in packed.items()
+    }
+
+
+def greedy_with_ties(values: np.ndarray) -> np.ndarray:
+    """Probabilities that put all mass on the best values, split evenly among ties."""
+    best = values >= values.max() - 1e-12
+    p: np.ndarray = best / best.sum()
+    return p

@@ -1,0 +1,44 @@
+"""Epsilon-greedy over arms' mean rewards (no context).
+
+>>> policy = EpsilonGreedy(["a", "b"], epsilon=0.0, seed=1)
+>>> policy.update(None, 1, 1.0); policy.update(None, 0, 0.0)
+>>> policy.select(None, [0, 1])
+Choice(arm=1, propensity=1.0)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from policies.base import Policy, Stats, greedy_with_ties
+
+
+class EpsilonGreedy(Policy):
+    name = "epsilon_greedy"
+
+    def __init__(self, arms: Sequence[str], dim: int = 0, seed: int = 0, epsilon: float = 0.1) -> None:
+        if not 0.0 <= epsilon <= 1.0:
+            raise ValueError("epsilon must be in [0, 1]")
+        self.epsilon = epsilon
+        super().__init__(arms, dim, seed)
+
+    def params(self) -> dict[str, Any]:
+        return {"seed": self.seed, "epsilon": self.epsilon}
+
+    def _initial_stats(self) -> Stats:
+        k = len(self.arms)
+        return {"n": np.zeros(k), "r": np.zeros(k)}
+
+    def probabilities(self, x: np.ndarray | None, eligible: Sequence[int]) -> np.ndarray:
+        n, r = self.stats["n"][eligible], self.stats["r"][eligible]
+        # An arm never tried counts as the best: each is tried before the greedy part settles.
+        means = np.where(n > 0, r / np.maximum(n, 1.0), np.inf)
+        k = len(eligible)
+        return self.epsilon / k + (1.0 - self.epsilon) * greedy_with_ties(means)
+
+    def update(self, x: np.ndarray | None, arm: int, reward: float) -> None:
+        self.stats["n"][arm] += 1.0
+        self.stats["r"][arm] += reward

@@ -1,0 +1,138 @@
+"""The contract every policy in policies/ meets (found automatically, so a new policy is tested
+the moment it exists): seeded determinism, snapshot round-trip, only eligible arms, probabilities
+that sum to 1 and agree with the logged propensity, and exact merging across shards."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from policies import available, create
+from policies.base import Policy
+
+ARMS = ["video", "interactive", "checklist", "advanced", "none", "tour", "doc", "webinar"]
+DIM = 6
+NAMES = sorted(available())
+
+
+def make(name: str, seed: int = 7) -> Policy:
+    cls = available()[name]
+    return create(name, ARMS, dim=DIM if cls.contextual else 0, seed=seed)
+
+
+def stream(seed: int, n: int) -> list[tuple[np.ndarray, list[int], float]]:
+    """Contexts, eligible arm sets and a reward source (uniform in [0, 1])."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        x = np.concatenate([[1.0], rng.normal(size=DIM - 1)])
+        eligible = sorted(rng.choice(len(ARMS), size=int(rng.integers(1, len(ARMS) + 1)), replace=False))
+        out.append((x, [int(a) for a in eligible], float(rng.random())))
+    return out
+
+
+def run(policy: Policy, events: list[tuple[np.ndarray, list[int], float]]) -> list[tuple[int, float]]:
+    choices = []
+    for x, eligible, reward in events:
+        context = x if policy.contextual else None
+        choice = policy.select(context, eligible)
+        policy.update(context, choice.arm, reward)
+        choices.append((choice.arm, round(choice.propensity, 12)))
+    return choices
+
+
+def test_every_module_registers_a_policy() -> None:
+    assert {"journey", "epsilon_greedy", "thompson", "ucb", "linucb", "linear_igw"} <= set(NAMES)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_seeded_runs_are_identical(name: str) -> None:
+    events = stream(1, 300)
+    assert run(make(name), events) == run(make(name), events)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_only_eligible_arms_with_probabilities_summing_to_one(name: str) -> None:
+    policy = make(name)
+    for x, eligible, reward in stream(2, 300):
+        context = x if policy.contextual else None
+        p = policy.probabilities(context, eligible)
+        assert p.shape == (len(eligible),) and np.all(p >= 0) and p.sum() == pytest.approx(1.0)
+        choice = policy.select(context, eligible)
+        assert choice.arm in eligible and 0 < choice.propensity <= 1
+        policy.update(context, choice.arm, reward)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_snapshot_round_trip_continues_identically(name: str) -> None:
+    original = make(name)
+    run(original, stream(3, 200))
+    restored = Policy.restore(original.snapshot())
+    assert type(restored) is type(original) and restored.params() == original.params()
+    later = stream(4, 100)
+    assert run(restored, later) == run(original, later)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_learning_on_four_shards_and_merging_equals_learning_on_one(name: str) -> None:
+    events = stream(5, 400)
+    single = make(name)
+    shards = [make(name) for _ in range(4)]
+    merged = {k: np.zeros_like(v) for k, v in single.stats.items()}  # where every policy starts
+    for round_ in range(4):
+        batch = events[round_ * 100 : (round_ + 1) * 100]
+        for i, (x, eligible, reward) in enumerate(batch):
+            arm = eligible[i % len(eligible)]  # the same logged choices for both
+            context = x if single.contextual else None
+            single.update(context, arm, reward)
+            shards[i % 4].update(context, arm, reward)
+        merged = Policy.merge(merged, [s.take_delta() for s in shards])
+        for shard in shards:
+            shard.absorb(merged)
+    for shard in shards:
+        for key in single.stats:
+            np.testing.assert_allclose(shard.stats[key], single.stats[key], rtol=1e-9, atol=1e-9)
+    x, eligible, _ = events[-1]
+    context = x if single.contextual else None
+    if name != "thompson":  # Thompson's probabilities are Monte Carlo estimates
+        np.testing.assert_allclose(
+            shards[0].probabilities(context, eligible), single.probabilities(context, eligible), atol=1e-6
+        )
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_updates_between_taking_a_delta_and_absorbing_are_kept(name: str) -> None:
+    policy = make(name)
+    x = np.ones(DIM)
+    context = x if policy.contextual else None
+    policy.update(context, 0, 1.0)
+    delta = policy.take_delta()
+    policy.update(context, 1, 1.0)  # arrives while the merge is in flight
+    policy.absorb(Policy.merge({k: np.zeros_like(v) for k, v in delta.items()}, [delta]))
+    reference = make(name)
+    reference.update(context, 0, 1.0)
+    reference.update(context, 1, 1.0)
+    for key in reference.stats:
+        np.testing.assert_allclose(policy.stats[key], reference.stats[key])
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if n != "journey"])
+def test_learning_policies_move_toward_the_better_arm(name: str) -> None:
+    policy = make(name, seed=11)
+    rng = np.random.default_rng(0)
+    eligible = [0, 1, 2]
+    late = []
+    for t in range(3000):
+        x = np.concatenate([[1.0], rng.normal(size=DIM - 1) * 0.1])
+        context = x if policy.contextual else None
+        choice = policy.select(context, eligible)
+        reward = float(rng.random() < (0.8 if choice.arm == 2 else 0.3))
+        policy.update(context, choice.arm, reward)
+        if t >= 2000:
+            late.append(choice.arm)
+    assert late.count(2) / len(late) > 0.7
+
+
+def test_unknown_policy_names_are_refused() -> None:
+    with pytest.raises(KeyError, match="no policy named"):
+        create("oracle", ARMS)
