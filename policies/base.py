@@ -19,11 +19,13 @@ from __future__ import annotations
 
 import abc
 import json
+import pickle
 from collections.abc import Sequence
 from typing import Any, ClassVar, NamedTuple
 
 import msgspec
 import numpy as np
+from river import drift
 
 Stats = dict[str, np.ndarray]
 
@@ -57,13 +59,32 @@ class Policy(abc.ABC):
         if cls.name is not None:
             REGISTRY[cls.name] = cls
 
-    def __init__(self, arms: Sequence[str], dim: int = 0, seed: int = 0) -> None:
+    def __init__(
+        self,
+        arms: Sequence[str],
+        dim: int = 0,
+        seed: int = 0,
+        detect_drift: bool = True,
+        forget_factor: float = 0.0,
+        drift_delta: float = 0.02,
+    ) -> None:
         if not arms:
             raise ValueError("a policy needs at least one arm")
+        if not 0.0 <= forget_factor <= 1.0:
+            raise ValueError("forget_factor must be in [0, 1]")
         self.arms = list(arms)
         self.dim = dim
         self.seed = seed
         self.rng = np.random.default_rng(seed)
+        self.detect_drift = detect_drift
+        self.forget_factor = forget_factor
+        self.drift_delta = drift_delta
+        #: ADWIN (River) on the rewards this policy earns: when their rate drops, what was
+        #: learned before is scaled by ``forget_factor`` (0 by default: start over), which also
+        #: raises exploration. The defaults (ADWIN δ 0.02, start over) beat smaller δ and partial
+        #: forgetting on bench/learn.py's drifting population (3 seeds), one detection per drift.
+        self.detector: drift.ADWIN | None = drift.ADWIN(delta=drift_delta) if detect_drift else None  # type: ignore[no-untyped-call]
+        self.drifts = 0
         self.stats: Stats = self._initial_stats()
         self._merged: Stats = {k: v.copy() for k, v in self.stats.items()}
         self._delta_taken_at: Stats | None = None
@@ -83,8 +104,25 @@ class Policy(abc.ABC):
         """The probability of choosing each eligible arm (same order), summing to 1."""
 
     @abc.abstractmethod
+    def _update(self, x: np.ndarray | None, arm: int, reward: float) -> None:
+        """Add one reward to the statistics."""
+
     def update(self, x: np.ndarray | None, arm: int, reward: float) -> None:
-        """Learn that choosing ``arm`` in context ``x`` earned ``reward``."""
+        """Learn that choosing ``arm`` in context ``x`` earned ``reward`` (in [0, 1])."""
+        self._update(x, arm, reward)
+        detector = self.detector
+        if detector is not None:
+            before = detector.estimation
+            detector.update(reward)  # type: ignore[no-untyped-call]
+            # Only a drop: a rising reward rate is the policy learning, not the world changing.
+            if detector.drift_detected and detector.estimation < before:
+                self.drifts += 1
+                self.forget(self.forget_factor)
+
+    def forget(self, keep: float) -> None:
+        """Scale what was learned by ``keep`` (0: start over), as after a detected drift."""
+        self.stats = {k: v * keep for k, v in self.stats.items()}
+        self._refresh()
 
     def select(self, x: np.ndarray | None, eligible: Sequence[int]) -> Choice:
         """Draw an eligible arm from :meth:`probabilities`."""
@@ -143,6 +181,9 @@ class Policy(abc.ABC):
                 # JSON: the generator's state holds 128-bit integers, beyond msgpack's range.
                 "rng": json.dumps(self.rng.bit_generator.state),
                 "params": self.params(),
+                "drifts": self.drifts,
+                # River's detector pickles; snapshots are Headstart's own data, never a user's.
+                "detector": pickle.dumps(self.detector) if self.detector is not None else None,
             }
         )
 
@@ -156,12 +197,19 @@ class Policy(abc.ABC):
         policy.stats = _unpack(state["stats"])
         policy._merged = _unpack(state["merged"])
         policy.rng.bit_generator.state = json.loads(state["rng"])
+        policy.drifts = state["drifts"]
+        policy.detector = pickle.loads(state["detector"]) if state["detector"] is not None else None
         policy._refresh()
         return policy
 
     def params(self) -> dict[str, Any]:
         """Constructor arguments beyond arms and dim (stored in snapshots)."""
-        return {"seed": self.seed}
+        return {
+            "seed": self.seed,
+            "detect_drift": self.detect_drift,
+            "forget_factor": self.forget_factor,
+            "drift_delta": self.drift_delta,
+        }
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(arms={len(self.arms)}, dim={self.dim})"

@@ -19,14 +19,16 @@ from policies.base import Policy, Stats, greedy_with_ties
 class EpsilonGreedy(Policy):
     name = "epsilon_greedy"
 
-    def __init__(self, arms: Sequence[str], dim: int = 0, seed: int = 0, epsilon: float = 0.1) -> None:
+    def __init__(
+        self, arms: Sequence[str], dim: int = 0, seed: int = 0, epsilon: float = 0.1, **common: Any
+    ) -> None:
         if not 0.0 <= epsilon <= 1.0:
             raise ValueError("epsilon must be in [0, 1]")
         self.epsilon = epsilon
-        super().__init__(arms, dim, seed)
+        super().__init__(arms, dim, seed, **common)
 
     def params(self) -> dict[str, Any]:
-        return {"seed": self.seed, "epsilon": self.epsilon}
+        return {**super().params(), "epsilon": self.epsilon}
 
     def _initial_stats(self) -> Stats:
         k = len(self.arms)
@@ -39,6 +41,6 @@ class EpsilonGreedy(Policy):
         k = len(eligible)
         return self.epsilon / k + (1.0 - self.epsilon) * greedy_with_ties(means)
 
-    def update(self, x: np.ndarray | None, arm: int, reward: float) -> None:
+    def _update(self, x: np.ndarray | None, arm: int, reward: float) -> None:
         self.stats["n"][arm] += 1.0
         self.stats["r"][arm] += reward

@@ -21,14 +21,16 @@ class LinearPolicy(Policy):
 
     contextual = True
 
-    def __init__(self, arms: Sequence[str], dim: int = 0, seed: int = 0, ridge: float = 1.0) -> None:
+    def __init__(
+        self, arms: Sequence[str], dim: int = 0, seed: int = 0, ridge: float = 1.0, **common: Any
+    ) -> None:
         if dim < 1:
             raise ValueError(f"{type(self).__name__} needs the context dimension (dim >= 1)")
         self.ridge = ridge
-        super().__init__(arms, dim, seed)
+        super().__init__(arms, dim, seed, **common)
 
     def params(self) -> dict[str, Any]:
-        return {"seed": self.seed, "ridge": self.ridge}
+        return {**super().params(), "ridge": self.ridge}
 
     def _initial_stats(self) -> Stats:
         k, d = len(self.arms), self.dim
@@ -44,7 +46,7 @@ class LinearPolicy(Policy):
         self._b = list(self.stats["b"])
         self._inv = list(self.a_inv)
 
-    def update(self, x: np.ndarray | None, arm: int, reward: float) -> None:
+    def _update(self, x: np.ndarray | None, arm: int, reward: float) -> None:
         assert x is not None
         # Rank-one updates in place through BLAS: a third of the numpy equivalent's time,
         # which is most of a decision's budget. The matrices are symmetric, so the transposed

@@ -41,9 +41,10 @@ class LinearIGW(LinearPolicy):
         seed: int = 0,
         ridge: float = 1.0,
         gamma_scale: float = 10.0,
+        **common: Any,
     ) -> None:
         self.gamma_scale = gamma_scale
-        super().__init__(arms, dim, seed, ridge)
+        super().__init__(arms, dim, seed, ridge, **common)
 
     def params(self) -> dict[str, Any]:
         return {**super().params(), "gamma_scale": self.gamma_scale}

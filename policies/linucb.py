@@ -28,10 +28,16 @@ class LinUCB(LinearPolicy):
     name = "linucb"
 
     def __init__(
-        self, arms: Sequence[str], dim: int = 0, seed: int = 0, ridge: float = 1.0, alpha: float = 1.0
+        self,
+        arms: Sequence[str],
+        dim: int = 0,
+        seed: int = 0,
+        ridge: float = 1.0,
+        alpha: float = 1.0,
+        **common: Any,
     ) -> None:
         self.alpha = alpha
-        super().__init__(arms, dim, seed, ridge)
+        super().__init__(arms, dim, seed, ridge, **common)
 
     def params(self) -> dict[str, Any]:
         return {**super().params(), "alpha": self.alpha}

@@ -29,6 +29,6 @@ class JourneyOrder(Policy):
         p[int(np.argmin(eligible))] = 1.0
         return p
 
-    def update(self, x: np.ndarray | None, arm: int, reward: float) -> None:
+    def _update(self, x: np.ndarray | None, arm: int, reward: float) -> None:
         self.stats["n"][arm] += 1.0
         self.stats["r"][arm] += reward

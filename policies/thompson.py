@@ -29,13 +29,18 @@ class ThompsonSampling(Policy):
     name = "thompson"
 
     def __init__(
-        self, arms: Sequence[str], dim: int = 0, seed: int = 0, prior: tuple[float, float] = (1.0, 1.0)
+        self,
+        arms: Sequence[str],
+        dim: int = 0,
+        seed: int = 0,
+        prior: tuple[float, float] = (1.0, 1.0),
+        **common: Any,
     ) -> None:
         self.prior = (float(prior[0]), float(prior[1]))
-        super().__init__(arms, dim, seed)
+        super().__init__(arms, dim, seed, **common)
 
     def params(self) -> dict[str, Any]:
-        return {"seed": self.seed, "prior": list(self.prior)}
+        return {**super().params(), "prior": list(self.prior)}
 
     def _initial_stats(self) -> Stats:
         k = len(self.arms)
@@ -64,6 +69,6 @@ class ThompsonSampling(Policy):
         i = int(self.rng.beta(a, b).argmax())
         return Choice(eligible[i], float(self.probabilities(x, eligible)[i]))
 
-    def update(self, x: np.ndarray | None, arm: int, reward: float) -> None:
+    def _update(self, x: np.ndarray | None, arm: int, reward: float) -> None:
         self.stats["successes"][arm] += reward
         self.stats["failures"][arm] += 1.0 - reward

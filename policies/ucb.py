@@ -19,12 +19,14 @@ from policies.base import Policy, Stats, greedy_with_ties
 class UCB1(Policy):
     name = "ucb"
 
-    def __init__(self, arms: Sequence[str], dim: int = 0, seed: int = 0, c: float = 1.0) -> None:
+    def __init__(
+        self, arms: Sequence[str], dim: int = 0, seed: int = 0, c: float = 1.0, **common: Any
+    ) -> None:
         self.c = c
-        super().__init__(arms, dim, seed)
+        super().__init__(arms, dim, seed, **common)
 
     def params(self) -> dict[str, Any]:
-        return {"seed": self.seed, "c": self.c}
+        return {**super().params(), "c": self.c}
 
     def _initial_stats(self) -> Stats:
         k = len(self.arms)
@@ -37,6 +39,6 @@ class UCB1(Policy):
             bound = np.where(n > 0, r / n + self.c * np.sqrt(2.0 * np.log(total) / n), np.inf)
         return greedy_with_ties(bound)
 
-    def update(self, x: np.ndarray | None, arm: int, reward: float) -> None:
+    def _update(self, x: np.ndarray | None, arm: int, reward: float) -> None:
         self.stats["n"][arm] += 1.0
         self.stats["r"][arm] += reward

@@ -136,3 +136,26 @@ def test_learning_policies_move_toward_the_better_arm(name: str) -> None:
 def test_unknown_policy_names_are_refused() -> None:
     with pytest.raises(KeyError, match="no policy named"):
         create("oracle", ARMS)
+
+
+@pytest.mark.parametrize("name", ["epsilon_greedy", "linear_igw"])
+def test_a_drop_in_reward_is_detected_and_starts_learning_over(name: str) -> None:
+    policy = make(name)
+    x = np.ones(DIM)
+    context = x if policy.contextual else None
+    rng = np.random.default_rng(0)
+    for _ in range(3000):  # rising then steady: learning, not drift
+        policy.update(context, 0, float(rng.random() < 0.8))
+    assert policy.drifts == 0
+    for _ in range(3000):  # the world changed: the same choice now mostly fails
+        policy.update(context, 0, float(rng.random() < 0.1))
+    assert policy.drifts >= 1
+    # What was learned before the drop is gone: only what came after it remains.
+    assert policy.stats["n"][0] < 3000
+
+
+def test_drift_detection_can_be_turned_off() -> None:
+    policy = create("epsilon_greedy", ARMS, detect_drift=False)
+    for reward in [1.0] * 2000 + [0.0] * 2000:
+        policy.update(None, 0, reward)
+    assert policy.drifts == 0 and policy.stats["n"][0] == 4000
