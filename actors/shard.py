@@ -182,10 +182,12 @@ class ShardActor:
                 self.consumers[part.partition] = consumer
             await asyncio.gather(*(consumer.pull() for consumer in consumers))
             assert self.ctl is not None
-            for p in new:
-                self._rpc_subs[p] = await self.ctl.subscribe(rpc_subject(p, "*"), cb=self._on_rpc)
+            subs = await asyncio.gather(
+                *(self.ctl.subscribe(rpc_subject(p, "*"), cb=self._on_rpc) for p in new)
+            )
+            self._rpc_subs.update(zip(new, subs, strict=True))
         if new and self.ready.is_set():
-            await self._report()
+            self._background(self._report())  # not on the hand-over's critical path
         if any(p in handed for p in new):
             for p in new:
                 self._checkpointed[p] = -1  # not in the object store yet: the next checkpoint writes it
@@ -236,7 +238,7 @@ class ShardActor:
             # After every consumer stopped: each snapshot is final, and taken in one step.
             snapshots = {p: self.state.partitions[p].snapshot() for p in owned}
         if owned:
-            await self._report()
+            self._background(self._report())
         return snapshots
 
     async def forget(self, partitions: list[int]) -> None:
