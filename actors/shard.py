@@ -14,7 +14,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Coroutine
+from collections.abc import AsyncIterator, Coroutine
 from typing import Any
 
 import msgspec
@@ -164,7 +164,7 @@ class ShardActor:
         (from a hand-over) are used instead of the object store, and stored there afterwards.
         """
         handed = snapshots or {}
-        async with self._ownership_lock:
+        async with self._ownership_lock, self._held():
             # A partition released here and never taken by another (an interrupted move) resumes
             # from its state in memory, which is exactly as of its last applied sequence.
             back = [p for p in partitions if p in self._released]
@@ -193,6 +193,23 @@ class ShardActor:
                 self._checkpointed[p] = -1  # not in the object store yet: the next checkpoint writes it
             self._background(self._checkpoint_logged())
         return {part.partition: part.last_seq for part in parts}
+
+    @contextlib.asynccontextmanager
+    async def _held(self) -> AsyncIterator[None]:
+        """Hold the partitions already consumed here while new ones are taken over.
+
+        Their events wait the few milliseconds this takes (in order, nothing lost) rather than
+        every step of the take-over waiting behind their events: on a shard draining a backlog
+        the take-over took 0.5-1.5 s without this.
+        """
+        held = list(self.consumers.values())
+        for consumer in held:
+            consumer.hold()
+        try:
+            yield
+        finally:
+            for consumer in held:
+                consumer.resume()
 
     async def _restore(self, partition: int, handed: bytes | None) -> PartitionState:
         assert self.checkpoints is not None

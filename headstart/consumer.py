@@ -121,6 +121,9 @@ class PartitionConsumer:
         self._watchdog: asyncio.Task[None] | None = None
         self._restarting: asyncio.Task[None] | None = None
         self._stopped = False
+        #: Cleared while held: deliveries wait (in order, nothing lost) until resumed.
+        self._flowing = asyncio.Event()
+        self._flowing.set()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -148,6 +151,17 @@ class PartitionConsumer:
 
     async def pull(self) -> None:
         await self._refill()
+
+    def hold(self) -> None:
+        """Stop handling deliveries for a moment (they queue, in order) to free the event loop.
+
+        A shard taking partitions over holds the ones it has for the few steps that takes: on
+        a saturated loop each step would otherwise wait behind thousands of queued events.
+        """
+        self._flowing.clear()
+
+    def resume(self) -> None:
+        self._flowing.set()
 
     async def _open(self, pull: bool = True) -> None:
         self._generation += 1
@@ -234,6 +248,8 @@ class PartitionConsumer:
             await self._nc.publish(self._pull_subject, self._pull_payload, reply=self._inbox)
 
     async def _on_message(self, msg: Msg) -> None:
+        if not self._flowing.is_set():
+            await self._flowing.wait()
         self._last_activity = time.monotonic()
         reply = msg.reply
         if not reply:
