@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 #: Partitions handed over in one step (see ShardGroup.rescale).
-MOVE_GROUP = 8
+MOVE_GROUP = 4
 
 
 class ShardGroup:
