@@ -48,9 +48,9 @@ Handler = Callable[[int, str, bytes], None]
 #: consumer's ack-pending count stay close to the truth during long drains.
 ACK_EVERY = 256
 #: A partition's delivery task gives the event loop back after this many messages. nats-py's
-#: subscription task takes queued messages without suspending, so a backlog of thousands per
-#: partition would otherwise hold the loop for whole seconds: requests, checkpoints and hand-overs
-#: on the same loop would wait that long.
+#: subscription task takes queued messages without suspending, so with up to 8 x batch + 1024
+#: queued per partition, one turn of the loop could handle tens of thousands of events while
+#: requests, checkpoints and hand-overs on the same loop wait.
 YIELD_EVERY = 64
 #: Pull requests wait this long for messages before the server answers 408 and we re-pull.
 PULL_EXPIRES_S = 10.0
