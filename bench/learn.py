@@ -24,7 +24,6 @@ only approximate. Part-way through (60% of the decisions) preferences change: dr
 from __future__ import annotations
 
 import datetime as dt
-import math
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -34,6 +33,7 @@ import numpy as np
 from scipy import stats as scistats
 
 from bench.common import write_result
+from engine import ope
 from engine.events import event_from_object
 from engine.features import DIM, FEATURE_NAMES, context_vector
 from engine.profile import UserState, Vocabularies
@@ -424,46 +424,15 @@ def _off_policy(
     contestant: Contestant, logged: Sequence[tuple[User, np.ndarray, int, float]]
 ) -> dict[str, tuple[float, float, float]]:
     """IPS, SNIPS and DR estimates of the frozen policy's value with 95% intervals."""
-    z = float(scistats.norm.ppf(0.975))
-    x = np.array([row[1] for row in logged])
-    arms = np.array([row[2] for row in logged])
-    rewards = np.array([row[3] for row in logged])
-    n = len(logged)
     target = np.array([contestant.probabilities(row[1], row[0]) for row in logged])
-    weights = target[np.arange(n), arms] * K  # logging propensity 1/K
-    ips_terms = weights * rewards
-    ips = float(ips_terms.mean())
-    ips_se = float(ips_terms.std(ddof=1) / math.sqrt(n))
-    snips = float(ips_terms.sum() / weights.sum())
-    snips_influence = weights * (rewards - snips) / weights.mean()
-    snips_se = float(snips_influence.std(ddof=1) / math.sqrt(n))
-    q = _cross_fitted_rewards(x, arms, rewards)
-    dr_terms = (target * q).sum(axis=1) + weights * (rewards - q[np.arange(n), arms])
-    dr = float(dr_terms.mean())
-    dr_se = float(dr_terms.std(ddof=1) / math.sqrt(n))
-    return {
-        "ips": (ips, ips - z * ips_se, ips + z * ips_se),
-        "snips": (snips, snips - z * snips_se, snips + z * snips_se),
-        "dr": (dr, dr - z * dr_se, dr + z * dr_se),
-    }
-
-
-def _cross_fitted_rewards(
-    x: np.ndarray, arms: np.ndarray, rewards: np.ndarray, ridge: float = 1.0
-) -> np.ndarray:
-    """Predicted reward of every arm for every logged context: ridge per arm, each half of the
-    log predicted by a model fitted on the other half (no overfitting bias in DR)."""
-    n, d = x.shape
-    q = np.zeros((n, K))
-    folds = np.arange(n) % 2
-    for fold in (0, 1):
-        train, test = folds != fold, folds == fold
-        for arm in range(K):
-            rows = train & (arms == arm)
-            a = x[rows].T @ x[rows] + ridge * np.eye(d)
-            theta = np.linalg.solve(a, x[rows].T @ rewards[rows])
-            q[test, arm] = np.clip(x[test] @ theta, 0.0, 1.0)
-    return q
+    result = ope.evaluate(
+        target,
+        np.array([row[1] for row in logged]),
+        np.array([row[2] for row in logged]),
+        np.array([row[3] for row in logged]),
+        np.full(len(logged), 1.0 / K),  # logged uniformly
+    )
+    return {name: tuple(estimate) for name, estimate in result.items()}  # type: ignore[misc]
 
 
 def _activation_lift(
