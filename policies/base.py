@@ -215,6 +215,18 @@ class Policy(abc.ABC):
         return f"{type(self).__name__}(arms={len(self.arms)}, dim={self.dim})"
 
 
+class ArmMeans(Policy):
+    """Abstract: policies that learn each arm's pull count ``n`` and reward sum ``r`` only."""
+
+    def _initial_stats(self) -> Stats:
+        k = len(self.arms)
+        return {"n": np.zeros(k), "r": np.zeros(k)}
+
+    def _update(self, x: np.ndarray | None, arm: int, reward: float) -> None:
+        self.stats["n"][arm] += 1.0
+        self.stats["r"][arm] += reward
+
+
 def _pack(stats: Stats) -> dict[str, Any]:
     return {k: [str(v.dtype), list(v.shape), v.tobytes()] for k, v in stats.items()}
 

@@ -13,10 +13,10 @@ from typing import Any
 
 import numpy as np
 
-from policies.base import Policy, Stats, greedy_with_ties
+from policies.base import ArmMeans, greedy_with_ties
 
 
-class EpsilonGreedy(Policy):
+class EpsilonGreedy(ArmMeans):
     name = "epsilon_greedy"
 
     def __init__(
@@ -30,17 +30,9 @@ class EpsilonGreedy(Policy):
     def params(self) -> dict[str, Any]:
         return {**super().params(), "epsilon": self.epsilon}
 
-    def _initial_stats(self) -> Stats:
-        k = len(self.arms)
-        return {"n": np.zeros(k), "r": np.zeros(k)}
-
     def probabilities(self, x: np.ndarray | None, eligible: Sequence[int]) -> np.ndarray:
         n, r = self.stats["n"][eligible], self.stats["r"][eligible]
         # An arm never tried counts as the best: each is tried before the greedy part settles.
         means = np.where(n > 0, r / np.maximum(n, 1.0), np.inf)
         k = len(eligible)
         return self.epsilon / k + (1.0 - self.epsilon) * greedy_with_ties(means)
-
-    def _update(self, x: np.ndarray | None, arm: int, reward: float) -> None:
-        self.stats["n"][arm] += 1.0
-        self.stats["r"][arm] += reward

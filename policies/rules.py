@@ -14,21 +14,15 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from policies.base import Policy, Stats
+from policies.base import ArmMeans
 
 
-class JourneyOrder(Policy):
+class JourneyOrder(ArmMeans):
+    """Counts pulls and rewards (for reports); they never change its choice."""
+
     name = "journey"
-
-    def _initial_stats(self) -> Stats:
-        k = len(self.arms)
-        return {"n": np.zeros(k), "r": np.zeros(k)}  # kept for reports; never used to choose
 
     def probabilities(self, x: np.ndarray | None, eligible: Sequence[int]) -> np.ndarray:
         p = np.zeros(len(eligible))
         p[int(np.argmin(eligible))] = 1.0
         return p
-
-    def _update(self, x: np.ndarray | None, arm: int, reward: float) -> None:
-        self.stats["n"][arm] += 1.0
-        self.stats["r"][arm] += reward

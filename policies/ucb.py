@@ -13,10 +13,10 @@ from typing import Any
 
 import numpy as np
 
-from policies.base import Policy, Stats, greedy_with_ties
+from policies.base import ArmMeans, greedy_with_ties
 
 
-class UCB1(Policy):
+class UCB1(ArmMeans):
     name = "ucb"
 
     def __init__(
@@ -28,17 +28,9 @@ class UCB1(Policy):
     def params(self) -> dict[str, Any]:
         return {**super().params(), "c": self.c}
 
-    def _initial_stats(self) -> Stats:
-        k = len(self.arms)
-        return {"n": np.zeros(k), "r": np.zeros(k)}
-
     def probabilities(self, x: np.ndarray | None, eligible: Sequence[int]) -> np.ndarray:
         n, r = self.stats["n"][eligible], self.stats["r"][eligible]
         total = max(float(self.stats["n"].sum()), 1.0)
         with np.errstate(divide="ignore", invalid="ignore"):
             bound = np.where(n > 0, r / n + self.c * np.sqrt(2.0 * np.log(total) / n), np.inf)
         return greedy_with_ties(bound)
-
-    def _update(self, x: np.ndarray | None, arm: int, reward: float) -> None:
-        self.stats["n"][arm] += 1.0
-        self.stats["r"][arm] += reward

@@ -4,7 +4,6 @@ events are being published and decisions asked, and the final state is exactly w
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 
 import nats
 import pytest
@@ -15,22 +14,10 @@ from bench.population import onboarding_events
 from bench.traffic import SteadyTraffic, expected_counts, read_back
 from engine.keys import Pseudonymizer
 from headstart.assignment import Assignment, control_bucket, load_assignment
-from headstart.config import Settings
 from tests.actors.test_shard_actor import publish
 from tests.conftest import TEST_PARTITIONS, TEST_SECRET
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def group(ray_local: None, fresh_streams: str) -> Iterator[ShardGroup]:
-    settings = Settings(partitions=TEST_PARTITIONS, shards=2, shard_num_cpus=0.25, fetch_batch=64)
-    shards = ShardGroup(settings, fresh_streams).start()
-    shards.wait_ready()
-    try:
-        yield shards
-    finally:
-        shards.stop()
 
 
 def test_partitions_move_live_without_losing_or_doubling_an_event(

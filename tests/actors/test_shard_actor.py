@@ -7,7 +7,6 @@ import asyncio
 import os
 import signal
 import time
-from collections.abc import Iterator
 
 import nats
 import pytest
@@ -17,23 +16,11 @@ from actors.cluster import ShardGroup
 from bench.population import onboarding_events
 from bench.traffic import expected_counts, read_back
 from engine.keys import Pseudonymizer
-from headstart.config import Settings
 from headstart.rpc import ShardClient
 from headstart.streams import EventPublisher
 from tests.conftest import TEST_PARTITIONS
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def group(ray_local: None, fresh_streams: str) -> Iterator[ShardGroup]:
-    settings = Settings(partitions=TEST_PARTITIONS, shards=2, shard_num_cpus=0.5, fetch_batch=64)
-    shards = ShardGroup(settings, fresh_streams).start()
-    shards.wait_ready()
-    try:
-        yield shards
-    finally:
-        shards.stop()
 
 
 async def publish(url: str, pseudonymizer: Pseudonymizer, events: list[dict[str, object]]) -> None:
