@@ -47,11 +47,6 @@ Handler = Callable[[int, str, bytes], None]
 #: Ack (ack-all) at least this often within a burst, so the server's ack floor and the
 #: consumer's ack-pending count stay close to the truth during long drains.
 ACK_EVERY = 256
-#: A partition's delivery task gives the event loop back after this many messages. nats-py's
-#: subscription task takes queued messages without suspending, so with up to 8 x batch + 1024
-#: queued per partition, one turn of the loop could handle tens of thousands of events while
-#: requests, checkpoints and hand-overs on the same loop wait.
-YIELD_EVERY = 64
 #: Pull requests wait this long for messages before the server answers 408 and we re-pull.
 PULL_EXPIRES_S = 10.0
 #: While a pull waits the server sends a heartbeat this often; three missed ones mean the
@@ -286,8 +281,6 @@ class PartitionConsumer:
             await self._nc.publish(reply)  # AckPolicy.ALL: acknowledges everything up to here
         if self._credit <= self._batch:
             await self._refill()
-        if self.handled % YIELD_EVERY == 0:
-            await asyncio.sleep(0)
 
     async def _on_status(self, msg: Msg) -> None:
         headers = msg.headers or {}
