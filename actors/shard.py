@@ -4,6 +4,10 @@ The actor is thin on purpose: state and its rules are :class:`engine.shard.Shard
 NATS loop is :class:`headstart.consumer.PartitionConsumer`. The actor starts itself from its
 constructor, so a restart by Ray (``max_restarts``) resumes consumption with no driver
 involved: there is no process between NATS and the shard.
+
+Which partitions it owns comes from the recorded assignment (:mod:`headstart.assignment`) when
+it starts, and changes live through :meth:`ShardActor.acquire`, :meth:`ShardActor.release` and
+:meth:`ShardActor.forget`, driven by :meth:`actors.cluster.ShardGroup.rescale`.
 """
 
 from __future__ import annotations
