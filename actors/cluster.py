@@ -71,9 +71,7 @@ class ShardGroup:
         except ValueError:
             running = False
         if running:
-            recorded = self._control(load_assignment)[0]
-            self.assignment = recorded or self.assignment
-            self.settings = self.settings.model_copy(update={"shards": self.assignment.shards})
+            self.assignment = self._control(load_assignment)[0] or self.assignment
         else:
             self._control(lambda kv: save_assignment(kv, self.assignment))
         self.shards = [self._actor(i) for i in range(self.assignment.shards)]
@@ -130,7 +128,6 @@ class ShardGroup:
         started = time.perf_counter()
         before = self._control(load_assignment)[0] or self.assignment
         after = before.moved_to(shards)
-        self.settings = self.settings.model_copy(update={"shards": max(shards, before.shards)})
         self.assignment = before
         self.shards = [self._actor(i) for i in range(max(shards, before.shards))]
         ray.get([s.wait_ready.remote(timeout) for s in self.shards[before.shards :]], timeout=timeout + 5)
@@ -152,7 +149,6 @@ class ShardGroup:
             ray.kill(shard)
         self.shards = self.shards[:shards]
         self.assignment = after
-        self.settings = self.settings.model_copy(update={"shards": shards})
         report: dict[str, Any] = {
             "from": before.shards,
             "to": shards,

@@ -47,7 +47,7 @@ from headstart.rpc import (
     encode_reply,
     rpc_subject,
 )
-from headstart.status import REPORT_EVERY_S, STATUS_BUCKET
+from headstart.status import REPORT_EVERY_S, ensure_status_bucket
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +85,7 @@ class ShardActor:
         self.state = ShardState({})
         self.checkpoints: NatsCheckpointStore | None = None
         self.control: KeyValue | None = None
+        self._status: KeyValue | None = None
         # acquire/release change which partitions this shard owns, one call at a time.
         self._ownership_lock = asyncio.Lock()
         self.restored_seqs: dict[int, int] = {}
@@ -133,6 +134,7 @@ class ShardActor:
             js = self.ctl.jetstream()
             self.checkpoints = await NatsCheckpointStore.open(js, self.settings.stream_replicas)
             self.control = await control_bucket(js, self.settings.stream_replicas)
+            self._status = await ensure_status_bucket(js)
             # After a rescale the constructor's partitions are stale: the recorded assignment says
             # what this shard owns now (on a first start and after every restart alike).
             assignment, _ = await load_assignment(self.control)
@@ -170,20 +172,19 @@ class ShardActor:
         handed = snapshots or {}
         async with self._ownership_lock, self._held():
             # A partition released here and never taken by another (an interrupted move) resumes
-            # from its state in memory, which is exactly as of its last applied sequence.
+            # from its state in memory, which is exactly as of its last applied sequence; it
+            # still answers requests, so it needs only its consumer back.
             back = [p for p in partitions if p in self._released]
-            for p in back:
-                self._released.discard(p)
-                consumer = await self._create_consumer(self.state.partitions[p])
-                self.consumers[p] = consumer
-                await consumer.pull()
+            self._released.difference_update(back)
             new = [p for p in partitions if p not in self.state.partitions]
             parts = await asyncio.gather(*(self._restore(p, handed.get(p)) for p in new))
-            consumers = await asyncio.gather(*(self._create_consumer(part) for part in parts))
-            for part, consumer in zip(parts, consumers, strict=True):
+            for part in parts:
                 self.state.partitions[part.partition] = part
-                self._checkpointed[part.partition] = part.last_seq
-                self.consumers[part.partition] = consumer
+                # A handed-over snapshot is not in the object store yet: the next checkpoint writes it.
+                self._checkpointed[part.partition] = -1 if part.partition in handed else part.last_seq
+            consuming = [self.state.partitions[p] for p in back] + parts
+            consumers = await asyncio.gather(*(self._create_consumer(part) for part in consuming))
+            self.consumers.update((part.partition, c) for part, c in zip(consuming, consumers, strict=True))
             await asyncio.gather(*(consumer.pull() for consumer in consumers))
             assert self.ctl is not None
             subs = await asyncio.gather(
@@ -192,9 +193,7 @@ class ShardActor:
             self._rpc_subs.update(zip(new, subs, strict=True))
         if new and self.ready.is_set():
             self._background(self._report())  # not on the hand-over's critical path
-        if any(p in handed for p in new):
-            for p in new:
-                self._checkpointed[p] = -1  # not in the object store yet: the next checkpoint writes it
+        if handed.keys() & set(new):
             self._background(self._checkpoint_logged())
         return {part.partition: part.last_seq for part in parts}
 
@@ -439,9 +438,8 @@ class ShardActor:
     async def _report(self) -> None:
         """Now, not at the next tick: on start and whenever the partitions owned change."""
         try:
-            assert self.ctl is not None
-            kv: KeyValue = await self.ctl.jetstream().key_value(STATUS_BUCKET)
-            await kv.put(f"shard-{self.shard_id}", json.dumps(await self.stats()).encode())
+            assert self._status is not None
+            await self._status.put(f"shard-{self.shard_id}", json.dumps(await self.stats()).encode())
         except Exception as exc:  # noqa: BLE001 - status is best effort; events are not
             log.debug("status report failed: %s", exc)
 
@@ -466,8 +464,8 @@ class ShardActor:
         if self.ctl is not None:
             # A stopped shard leaves `headstart status` now, not when its entry expires.
             with contextlib.suppress(Exception):
-                kv = await self.ctl.jetstream().key_value(STATUS_BUCKET)
-                await kv.delete(f"shard-{self.shard_id}")
+                assert self._status is not None
+                await self._status.delete(f"shard-{self.shard_id}")
             await self.ctl.drain()
         if self.nc is not None:
             await self.nc.drain()

@@ -1,8 +1,8 @@
 """Runtime settings, from environment variables (``HEADSTART_*``) and command-line flags.
 
 >>> s = Settings(partitions=8, shards=2)
->>> s.partitions_of_shard(1)
-[4, 5, 6, 7]
+>>> s.partitions, s.shards, s.port
+(8, 2, 8000)
 """
 
 from __future__ import annotations
@@ -66,10 +66,3 @@ class Settings(BaseSettings):
     def _absolute_home(cls, value: Path) -> Path:
         # Actors run in other working directories: the home must not depend on the cwd.
         return value.expanduser().resolve()
-
-    def shard_of_partition(self, partition: int, shards: int | None = None) -> int:
-        """Contiguous ranges: a rescale moves whole neighbouring ranges, not scattered ones."""
-        return partition * (shards or self.shards) // self.partitions
-
-    def partitions_of_shard(self, shard: int, shards: int | None = None) -> list[int]:
-        return [p for p in range(self.partitions) if self.shard_of_partition(p, shards) == shard]

@@ -130,7 +130,7 @@ class ShardClient:
         self.owners: list[int | None] = [None] * partitions
         self._owners_task: asyncio.Task[None] | None = None
         self._relearning: asyncio.Task[None] | None = None
-        self._batches: dict[int, list[tuple[int, dict[str, Any], asyncio.Future[bytes]]]] = {}
+        self._batches: dict[int, list[tuple[dict[str, Any], asyncio.Future[bytes]]]] = {}
         self.coalesced_calls = 0
         self.coalesced_messages = 0
 
@@ -169,17 +169,18 @@ class ShardClient:
         while True:
             try:
                 reply = await self._request(rpc_subject(partition, method), payload, budget)
-            except (TimeoutError, NoRespondersError, NatsTimeout) as exc:
-                budget = deadline - time.monotonic()
-                if not wait or isinstance(exc, TimeoutError | NatsTimeout) or budget < RETRY_EVERY_S:
-                    raise ShardUnavailable(f"no shard answered for partition {partition}") from exc
-                await asyncio.sleep(RETRY_EVERY_S)
-                continue
-            if not (wait and _not_owned(reply)):
-                return reply
+            except (TimeoutError, NatsTimeout) as exc:
+                raise ShardUnavailable(f"no shard answered for partition {partition} in time") from exc
+            except NoRespondersError as exc:
+                if not wait:
+                    raise ShardUnavailable(f"no shard owns partition {partition}") from exc
+            else:
+                if not (wait and _not_owned(reply)):
+                    return reply
+            # Nobody owns it, or its owner just gave it up: it is moving. Ask again shortly.
             budget = deadline - time.monotonic()
             if budget < RETRY_EVERY_S:
-                raise ShardUnavailable(f"partition {partition} is moving")
+                raise ShardUnavailable(f"partition {partition} found no owner in time")
             await asyncio.sleep(RETRY_EVERY_S)
 
     async def _request(self, subject: str, payload: bytes, timeout: float | None) -> bytes:
@@ -250,12 +251,12 @@ class ShardClient:
         waiting = self._batches.get(shard)
         if waiting is not None:
             future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
-            waiting.append((partition, request, future))
+            waiting.append((request, future))
             try:
                 return await future
             except (NoRespondersError, NatsTimeout, TimeoutError) as exc:
                 raise ShardUnavailable(f"no shard answered for partition {partition}") from exc
-        batch: list[tuple[int, dict[str, Any], asyncio.Future[bytes]]] = []
+        batch: list[tuple[dict[str, Any], asyncio.Future[bytes]]] = []
         self._batches[shard] = batch
         try:
             await asyncio.sleep(0)  # one turn of the loop: concurrent callers join the batch
@@ -265,17 +266,17 @@ class ShardClient:
         self.coalesced_messages += 1
         if not batch:
             return await self.call_raw(user_key, method, timeout, **args)
-        items = [request, *(r for _, r, _ in batch)]
+        items = [request, *(r for r, _ in batch)]
         try:
             replies = _decode(await self._request(batch_subject(shard), _encode(items), timeout))
         except Exception as exc:
-            for _, _, waiter in batch:
+            for _, waiter in batch:
                 if not waiter.done():
                     waiter.set_exception(exc)
             if isinstance(exc, (NoRespondersError, NatsTimeout, TimeoutError)):
                 raise ShardUnavailable(f"no shard answered for shard {shard}") from exc
             raise
-        for (_, _, waiter), reply in zip(batch, replies[1:], strict=True):
+        for (_, waiter), reply in zip(batch, replies[1:], strict=True):
             _resolve(waiter, reply)
         return bytes(replies[0])
 

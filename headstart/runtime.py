@@ -76,7 +76,6 @@ class Runtime:
         self._record(phase="ray")
         self.group = ShardGroup(self.settings, self.nats_url, catalog).start()
         self.group.wait_ready()
-        self.settings = self.group.settings  # attaching keeps the running layout
         self._record(phase="shards")
         from headstart.control import ControlServer
 
@@ -92,7 +91,6 @@ class Runtime:
 
         shards = scale_request(request, maximum=min(256, self.settings.partitions))
         report: dict[str, Any] = self.group.rescale(shards)
-        self.settings = self.group.settings
         self._record(phase="ready")
         return report
 
@@ -124,7 +122,8 @@ class Runtime:
             "ray_address": getattr(self, "_ray_address", None),
             "http_url": getattr(self, "http_url", None),
             "partitions": self.settings.partitions,
-            "shards": self.settings.shards,
+            # Attaching keeps the running layout, and a rescale changes it: the group knows.
+            "shards": self.group.assignment.shards if self.group is not None else self.settings.shards,
             "home": str(self.home.root),
             "started_at": time.time(),
         }

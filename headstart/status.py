@@ -14,6 +14,7 @@ import nats
 from nats.js import JetStreamContext
 from nats.js.api import KeyValueConfig, StorageType
 from nats.js.errors import BucketNotFoundError, NotFoundError
+from nats.js.kv import KeyValue
 
 from headstart.consumer import consumer_name
 from headstart.rpc import encode_request, is_error, rpc_subject
@@ -25,11 +26,11 @@ STATUS_TTL_S = 30.0
 REPORT_EVERY_S = 1.0
 
 
-async def ensure_status_bucket(js: JetStreamContext) -> None:
+async def ensure_status_bucket(js: JetStreamContext) -> KeyValue:
     try:
-        await js.key_value(STATUS_BUCKET)
+        return await js.key_value(STATUS_BUCKET)
     except BucketNotFoundError:
-        await js.create_key_value(
+        return await js.create_key_value(
             KeyValueConfig(bucket=STATUS_BUCKET, history=1, ttl=STATUS_TTL_S, storage=StorageType.MEMORY)
         )
 
