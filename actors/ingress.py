@@ -34,14 +34,15 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from engine.catalog import Catalog
 from engine.decision import Decider
 from engine.errors import InvalidEvent
-from engine.keys import Pseudonymizer
+from engine.keys import Pseudonymizer, partition_of
+from engine.learning import RewardRecord, encode_record, user_key_of
 from headstart import __version__
 from headstart.auth import Authenticator
 from headstart.consumer import consumer_name
 from headstart.control import AdminError, request_admin
 from headstart.metrics import IngressMetrics, render
 from headstart.rpc import ShardClient, ShardUnavailable, is_error
-from headstart.streams import EVENTS_STREAM, EventPublisher, publish_prepared
+from headstart.streams import EVENTS_STREAM, EventPublisher, publish_prepared, record_subject
 
 log = logging.getLogger(__name__)
 
@@ -258,6 +259,18 @@ def _body_doc(model: type[BaseModel]) -> dict[str, Any]:
 
 class EventsBody(_Body):
     events: list[dict[str, Any]] = Field(min_length=1, max_length=MAX_EVENTS_PER_BATCH)
+
+
+class RewardBody(_Body):
+    decision_id: str = Field(min_length=1, max_length=64, description="from a /v1/decide answer")
+    reward: float = Field(ge=0.0, le=1.0, description="how well the decision worked, in [0, 1]")
+
+
+class RewardAccepted(BaseModel):
+    #: False when the decision made no learned choice (nothing to learn) or the same reward
+    #: for it was already stored.
+    accepted: bool
+    detail: str
 
 
 class ScaleBody(_Body):
@@ -488,6 +501,35 @@ class Ingress:
         self.metrics.events.labels("stored").inc(len(acks) - duplicates)
         self.metrics.events.labels("duplicate").inc(duplicates)
         return EventsAccepted(accepted=len(acks) - duplicates, duplicates=duplicates)
+
+    @app.post(
+        "/v1/rewards", status_code=202, response_model=RewardAccepted, responses={400: {}, 401: {}, 503: {}}
+    )
+    async def rewards(self, body: RewardBody, authorization: Authorization = None) -> RewardAccepted:
+        """An explicit reward for a decision. Stored in the decision's partition and applied
+        there in order with the user's events: once, to the policies that chose, if it arrives
+        while the decision's reward window is open (later ones are counted as late)."""
+        self._require(authorization, "frontend")
+        key = user_key_of(body.decision_id)
+        if key is None:
+            if len(body.decision_id) == 32 and all(c in "0123456789abcdef" for c in body.decision_id):
+                return RewardAccepted(accepted=False, detail="that decision made no learned choice")
+            raise ApiError(400, "invalid_decision_id", "not a decision_id from a /v1/decide answer")
+        record = RewardRecord(decision_id=body.decision_id, reward=body.reward, ts=time.time())
+        subject = record_subject(partition_of(key, self.config.partitions), key, "reward")
+        nc, _ = await self._client()
+        try:
+            (ack,) = await publish_prepared(
+                nc.jetstream(),
+                [(subject, encode_record(record), {"Nats-Msg-Id": f"reward:{body.decision_id}"})],
+                retry_for=5.0,
+            )
+        except Exception as exc:
+            raise ApiError(503, "unavailable", f"the reward was not stored: {type(exc).__name__}") from exc
+        self.metrics.rewards.labels("duplicate" if ack.duplicate else "stored").inc()
+        if ack.duplicate:
+            return RewardAccepted(accepted=False, detail="a reward for this decision was already stored")
+        return RewardAccepted(accepted=True, detail="stored; applied with the user's events")
 
     @app.get("/v1/users/{user_id}", responses={401: {}, 403: {}, 404: {}})
     async def get_user(self, user_id: str, authorization: Authorization = None) -> Response:

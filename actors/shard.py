@@ -32,12 +32,14 @@ from nats.js.kv import KeyValue
 from engine.catalog import Catalog
 from engine.decision import Decider
 from engine.keys import partition_of
+from engine.learning import DecisionRecord, Learner, PartitionLearning, encode_record
 from engine.partition import PartitionState
 from engine.shard import NotOwned, ShardState
 from headstart.assignment import control_bucket, load_assignment
 from headstart.checkpoints import NatsCheckpointStore
 from headstart.config import Settings
 from headstart.consumer import PartitionConsumer
+from headstart.merge import PolicyMerger, learn_bucket
 from headstart.rpc import (
     batch_subject,
     decode_batch,
@@ -48,6 +50,7 @@ from headstart.rpc import (
     rpc_subject,
 )
 from headstart.status import REPORT_EVERY_S, ensure_status_bucket
+from headstart.streams import publish_prepared, record_subject
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +100,12 @@ class ShardActor:
         self._checkpoint_lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[Any]] = set()
         self.decider = Decider(catalog)
+        #: The served policies: the merged statistics of every partition (headstart.merge).
+        self.learner = Learner(catalog, self.decider, seed=shard_id)
+        self.merger: PolicyMerger | None = None
+        self.merge_interval_s = catalog.learning.merge_interval_s
+        self.decisions_logged = 0
+        self.decision_log_failures = 0
         self.personalize_by_default = catalog.consent_mode == "opt_out"
         #: Events only (the consumers' deliveries); everything else goes over ``ctl``.
         self.nc: NATS | None = None
@@ -135,10 +144,15 @@ class ShardActor:
             self.checkpoints = await NatsCheckpointStore.open(js, self.settings.stream_replicas)
             self.control = await control_bucket(js, self.settings.stream_replicas)
             self._status = await ensure_status_bucket(js)
+            self.merger = PolicyMerger(
+                await learn_bucket(js, self.settings.stream_replicas), self.learner, self._owned_learning
+            )
             # After a rescale the constructor's partitions are stale: the recorded assignment says
             # what this shard owns now (on a first start and after every restart alike).
             assignment, _ = await load_assignment(self.control)
             partitions = assignment.partitions_of(self.shard_id) if assignment else self._initial_partitions
+            # The merged policy first: a new shard serves what all shards learned so far.
+            await self.merger.start(self.merge_interval_s)
             await self.acquire(partitions)
             self._batch_sub = await self.ctl.subscribe(batch_subject(self.shard_id), cb=self._on_batch)
             self.ready.set()
@@ -185,6 +199,9 @@ class ShardActor:
             consuming = [self.state.partitions[p] for p in back] + parts
             consumers = await asyncio.gather(*(self._create_consumer(part) for part in consuming))
             self.consumers.update((part.partition, c) for part, c in zip(consuming, consumers, strict=True))
+            # Our own partitions live, instead of their published copies, before any applies.
+            if self.merger is not None:
+                self.merger.rebuild()
             await asyncio.gather(*(consumer.pull() for consumer in consumers))
             assert self.ctl is not None
             subs = await asyncio.gather(
@@ -217,7 +234,7 @@ class ShardActor:
     async def _restore(self, partition: int, handed: bytes | None) -> PartitionState:
         assert self.checkpoints is not None
         snapshot = handed if handed is not None else await self.checkpoints.load(partition)
-        part = PartitionState.build(partition, snapshot)
+        part = PartitionState.build(partition, snapshot, self.learner)
         if snapshot:
             self.restored_seqs[partition] = part.last_seq
         return part
@@ -226,6 +243,14 @@ class ShardActor:
         task = asyncio.create_task(work)
         self._tasks.add(task)  # a reference, or the task may be collected before it finishes
         task.add_done_callback(self._tasks.discard)
+
+    def _owned_learning(self) -> dict[int, PartitionLearning]:
+        """The learning state of the partitions this shard consumes (released ones are not ours)."""
+        return {
+            p: part.learning
+            for p, part in self.state.partitions.items()
+            if part.learning is not None and p not in self._released
+        }
 
     async def _create_consumer(self, part: PartitionState) -> PartitionConsumer:
         assert self.nc is not None and self.ctl is not None
@@ -257,6 +282,10 @@ class ShardActor:
                 self._released.add(p)
             # After every consumer stopped: each snapshot is final, and taken in one step.
             snapshots = {p: self.state.partitions[p].snapshot() for p in owned}
+            if self.merger is not None:
+                # What they learned, as of the hand-over: every shard (the next owner too) sees it.
+                handed = {p: self.state.partitions[p].learning for p in owned}
+                await self.merger.publish({p: lp for p, lp in handed.items() if lp is not None})
         if owned:
             self._background(self._report())
         return snapshots
@@ -271,6 +300,9 @@ class ShardActor:
                 self._released.discard(p)
                 self._checkpointed.pop(p, None)
                 self.restored_seqs.pop(p, None)
+            if self.merger is not None:
+                self.merger.forget_partitions(partitions)
+                self.merger.rebuild()
         await self._report()
 
     async def caught_up(self) -> bool:
@@ -308,6 +340,7 @@ class ShardActor:
             "partitions": sorted(set(self.state.partitions) - self._released),
             "users": self.state.users,
             "applied": self.state.applied,
+            "records": self.state.records,
             "ready": self.ready.is_set(),
             "started_at": self.started_at,
             "events_per_s": self._rate,
@@ -326,6 +359,26 @@ class ShardActor:
             "checkpoints": self.checkpoint_count,
             "checkpoint_max_pause_s": self.checkpoint_max_pause_s,
             "last_checkpoint_at": self.last_checkpoint_at,
+            "learning": self._learning_stats(),
+        }
+
+    def _learning_stats(self) -> dict[str, Any]:
+        counts: dict[str, int] = {}
+        for learning in self._owned_learning().values():
+            for name, value in learning.counts.items():
+                counts[name] = counts.get(name, 0) + value
+        learner = self.learner
+        return {
+            "policy": learner.policy_name,
+            "policy_version": learner.policy_version,
+            "shadow": learner.shadow_name,
+            "decisions_logged": self.decisions_logged,
+            "decision_log_failures": self.decision_log_failures,
+            "rewards_learned": learner.rewards,
+            "reward_sum": learner.reward_sum,
+            "drifts": learner.drift_counts(),
+            "merges": self.merger.merges if self.merger is not None else 0,
+            "partitions": counts,
         }
 
     async def _on_rpc(self, msg: Msg) -> None:
@@ -358,25 +411,28 @@ class ShardActor:
             key = request["key"]
             if method == "decide":
                 user = part.users.get(key)
-                personalize = (
-                    user.consent_given("personalization", self.personalize_by_default)
-                    if user
-                    else self.personalize_by_default
+                personalize = self._personalize(user)
+                chooser = self._chooser(part, key, user, request, now) if personalize else None
+                decision = self.decider.decide(
+                    key, user, part.vocab, request.get("context"), now, personalize, chooser
                 )
-                return encode_reply(
-                    self.decider.decide(key, user, part.vocab, request.get("context"), now, personalize)
-                )
+                if chooser is not None:
+                    self._log_decision(part.partition, chooser.record())
+                return encode_reply(decision)
             if method == "tutorial":
                 user = part.users.get(key)
-                return encode_reply(
-                    self.decider.select_tutorial(
-                        user,
-                        request.get("context"),
-                        now,
-                        step=request.get("step"),
-                        feature=request.get("feature"),
-                    )
+                chooser = self._chooser(part, key, user, request, now) if self._personalize(user) else None
+                choice = self.decider.select_tutorial(
+                    user,
+                    request.get("context"),
+                    now,
+                    step=request.get("step"),
+                    feature=request.get("feature"),
+                    chooser=chooser,
                 )
+                if chooser is not None:
+                    self._log_decision(part.partition, chooser.record())
+                return encode_reply(choice)
             if method == "user":
                 return encode_reply(part.view(key, now))
             if method == "stats":
@@ -388,6 +444,33 @@ class ShardActor:
             return encode_error("not_owned", str(exc))
         except (KeyError, ValueError, TypeError) as exc:
             return encode_error("bad_request", f"{type(exc).__name__}: {exc}")
+
+    def _personalize(self, user: Any) -> bool:
+        if user is None:
+            return self.personalize_by_default
+        return bool(user.consent_given("personalization", self.personalize_by_default))
+
+    def _chooser(self, part: PartitionState, key: str, user: Any, request: dict[str, Any], now: float) -> Any:
+        learning = part.learning
+        open_arms = learning.open_arms(key) if learning is not None else {}
+        return self.learner.session(key, user, request.get("context"), now, open_arms)
+
+    def _log_decision(self, partition: int, record: DecisionRecord | None) -> None:
+        """Log a decision that made a choice to its user's partition (not on the reply's path):
+        applying it there opens its reward window."""
+        if record is None:
+            return
+        subject = record_subject(partition, record.user_id, "decision")
+        self._background(self._publish_record(subject, encode_record(record), record.decision_id))
+
+    async def _publish_record(self, subject: str, data: bytes, decision_id: str) -> None:
+        assert self.ctl is not None
+        try:
+            await publish_prepared(self.ctl.jetstream(), [(subject, data, {"Nats-Msg-Id": decision_id})])
+            self.decisions_logged += 1
+        except Exception as exc:  # noqa: BLE001 - the decision was served; only its learning is lost
+            self.decision_log_failures += 1
+            log.warning("decision log publish failed: %s", type(exc).__name__)
 
     async def checkpoint(self) -> dict[str, Any]:
         """Snapshot every partition that changed since its last checkpoint; return what was done.
@@ -453,6 +536,8 @@ class ShardActor:
         for task in (self._reporter, self._checkpointer):
             if task is not None:
                 task.cancel()
+        if self.merger is not None:
+            await self.merger.stop()
         for sub in [*self._rpc_subs.values(), self._batch_sub]:
             if sub is not None:
                 await sub.unsubscribe()
@@ -461,6 +546,9 @@ class ShardActor:
             await consumer.stop()
         if checkpoint and self.ready.is_set():
             await self.checkpoint()
+            if self.merger is not None:
+                with contextlib.suppress(Exception):
+                    await self.merger.publish()
         if self.ctl is not None:
             # A stopped shard leaves `headstart status` now, not when its entry expires.
             with contextlib.suppress(Exception):

@@ -120,6 +120,39 @@ class Messages(_Model):
     welcome: dict[Locale, Template] = Field(default_factory=dict)
 
 
+class JourneyReward(_Model):
+    """Credit back to every decision on a user's path when the user activates within ``within_days``
+    (reward 1), or when that time passes without (reward 0); ``weight`` 0 turns it off."""
+
+    event: Literal["onboarding_completed", "tutorial_completed", "step_completed", "feature_clicked"] = (
+        "onboarding_completed"
+    )
+    #: For ``feature_clicked`` / ``step_completed``: which feature or step means activation.
+    name: Name | None = None
+    within_days: float = Field(14.0, gt=0, le=365)
+    weight: float = Field(1.0, ge=0, le=1)
+
+
+class Learning(_Model):
+    """What the policies learn from and how (issue 5)."""
+
+    #: The policy that chooses among eligible arms (``headstart evaluate`` lists them all).
+    policy: str = "linear_igw"
+    #: Constructor parameters of the policy, e.g. ``{gamma_scale: 10}``.
+    params: dict[str, float | int | bool] = Field(default_factory=dict)
+    #: A candidate scored on every decision and logged beside the served one, never served.
+    shadow: str | None = None
+    #: Let the policy choose the next step among the eligible ones (false: journey order).
+    steps: bool = True
+    #: A decision's immediate reward: its step or tutorial completed within this many seconds...
+    reward_window_s: float = Field(1800.0, gt=0, le=30 * 86400)
+    #: ...else this.
+    default_reward: float = Field(0.0, ge=0, le=1)
+    journey: JourneyReward = JourneyReward()
+    #: How often every shard publishes what its partitions learned and loads everyone else's.
+    merge_interval_s: float = Field(5.0, gt=0, le=3600)
+
+
 class Catalog(_Model):
     version: Literal[1]
     product: str = Field(min_length=1, max_length=100)
@@ -130,6 +163,7 @@ class Catalog(_Model):
     tutorials: list[Tutorial] = Field(default_factory=list)
     messages: Messages = Messages()
     flags: list[Flag] = Field(default_factory=list)
+    learning: Learning = Learning()
 
     @field_validator("engagement_tiers")
     @classmethod
@@ -246,9 +280,32 @@ def _semantic_errors(catalog: Catalog) -> list[tuple[str, str]]:
             if completion.tutorial is not None and completion.tutorial not in tutorial_ids:
                 where = f"journey.steps[{i}].completed_by[{j}].tutorial"
                 errors.append((where, f"unknown tutorial {completion.tutorial!r}"))
+    errors += _learning_errors(catalog.learning)
     errors += _template_errors(catalog.messages.welcome, "messages.welcome", catalog.default_locale)
     if not catalog.messages.welcome:
         errors.append(("messages.welcome", "a welcome message is required"))
+    return errors
+
+
+def _learning_errors(learning: Learning) -> list[tuple[str, str]]:
+    from policies import available  # policies are pure logic too; imported late to keep this light
+
+    known = available()
+    errors = []
+    for field in ("policy", "shadow"):
+        name = getattr(learning, field)
+        if name is not None and name not in known:
+            errors.append(
+                (f"learning.{field}", f"unknown policy {name!r} (known: {', '.join(sorted(known))})")
+            )
+    if learning.policy in known:
+        try:
+            params: dict[str, Any] = dict(learning.params)
+            known[learning.policy](["a", "b"], dim=2, **params)
+        except (TypeError, ValueError) as exc:
+            errors.append(("learning.params", f"not accepted by {learning.policy}: {exc}"))
+    if learning.journey.event in ("feature_clicked", "step_completed") and learning.journey.name is None:
+        errors.append(("learning.journey.name", f"{learning.journey.event} needs the feature or step 'name'"))
     return errors
 
 

@@ -18,13 +18,16 @@ from __future__ import annotations
 import hashlib
 import html
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pystache
 
 from engine.catalog import Catalog, CompletionRule, Step, Tutorial
 from engine.events import EventKind
 from engine.profile import UserState, Vocabularies
+
+if TYPE_CHECKING:
+    from engine.learning import ChoiceSession
 
 DEVICE_TYPES = ("mobile", "desktop", "tablet")
 #: Rendered messages kept per decider; cleared when full (simple and bounded, and a refill is cheap).
@@ -193,8 +196,13 @@ class Decider:
         context: dict[str, Any] | None,
         now: float,
         personalize: bool = True,
+        chooser: ChoiceSession | None = None,
     ) -> dict[str, Any]:
-        """The next onboarding step, tutorial variant, message, flags and why."""
+        """The next onboarding step, tutorial variant, message, flags and why.
+
+        Rules decide what is eligible; ``chooser`` (the learning policy) chooses among the
+        eligible steps and variants; without one, the journey's and catalog's order decides.
+        """
         context = context or {}
         explain: list[str] = []
         if not personalize:
@@ -207,6 +215,10 @@ class Decider:
         step = eligible[0] if eligible else None
         if step is None:
             explain.append("journey complete" if len(done) == len(self.steps) else "no step eligible")
+        elif chooser is not None and len(eligible) > 1:
+            chosen, why = chooser.choose("step", [s.id for s in eligible])
+            step = next(s for s in eligible if s.id == chosen)
+            explain.append(f"step {step.id}: {why}")
         else:
             explain.append(f"step {step.id}: first eligible incomplete step in journey order")
         explain += why_not[:5]
@@ -217,14 +229,13 @@ class Decider:
         if tutorial is not None:
             variants = self.tutorial_variants(tutorial, segments)
             if variants:
-                tutorial_out = {"id": tutorial.id, "variant": variants[0], "eligible": variants}
-                explain.append(
-                    f"tutorial {tutorial.id}: variant {variants[0]} (first eligible of {len(variants)})"
-                )
+                variant, why = self._variant(tutorial, variants, chooser)
+                tutorial_out = {"id": tutorial.id, "variant": variant, "eligible": variants}
+                explain.append(f"tutorial {tutorial.id}: variant {variant} ({why})")
         message = self.render(self.catalog.messages.welcome, locale, variables)
         step_message = self.render(step.message, locale, variables) if step else ""
         return {
-            "decision_id": uuid.uuid4().hex,
+            "decision_id": (chooser.decision_id if chooser is not None else None) or uuid.uuid4().hex,
             "step": None
             if step is None
             else {"id": step.id, "kind": step.kind, "title": self.render(step.title, locale, variables)},
@@ -246,6 +257,7 @@ class Decider:
         now: float,
         step: str | None = None,
         feature: str | None = None,
+        chooser: ChoiceSession | None = None,
     ) -> dict[str, Any] | None:
         """Which variant of the tutorial for ``step`` or ``feature`` this user should see."""
         tutorial = self.tutorial_for(step=step, feature=feature)
@@ -261,14 +273,21 @@ class Decider:
                 "segments": segments,
                 "explain": ["no variant eligible for this user's segments"],
             }
+        variant, why = self._variant(tutorial, variants, chooser)
         return {
-            "decision_id": uuid.uuid4().hex,
+            "decision_id": (chooser.decision_id if chooser is not None else None) or uuid.uuid4().hex,
             "tutorial": tutorial.id,
-            "variant": variants[0],
+            "variant": variant,
             "eligible": variants,
             "segments": segments,
-            "explain": [f"variant {variants[0]}: first eligible of {', '.join(variants)}"],
+            "explain": [f"variant {variant}: {why} (eligible: {', '.join(variants)})"],
         }
+
+    @staticmethod
+    def _variant(tutorial: Tutorial, variants: list[str], chooser: ChoiceSession | None) -> tuple[str, str]:
+        if chooser is None or len(variants) < 2:
+            return variants[0], f"first eligible of {len(variants)}"
+        return chooser.choose("tutorial:" + tutorial.id, variants)
 
     def _variables(
         self, user: UserState | None, context: dict[str, Any], step: Step | None, locale: str | None

@@ -20,6 +20,7 @@ import msgspec
 
 from engine.errors import InvalidEvent
 from engine.events import Event, decode_event
+from engine.learning import Learner, PartitionLearning, RewardRecord, decision_decoder, reward_decoder
 from engine.profile import UserState, Vocabularies
 
 SNAPSHOT_VERSION = 1
@@ -30,9 +31,9 @@ _snapshot_encoder = msgspec.msgpack.Encoder()
 class PartitionState:
     """State of one partition: users, vocabularies, last applied stream sequence."""
 
-    __slots__ = ("applied", "last_seq", "partition", "users", "vocab", "watermark")
+    __slots__ = ("applied", "last_seq", "learning", "partition", "records", "users", "vocab", "watermark")
 
-    def __init__(self, partition: int) -> None:
+    def __init__(self, partition: int, learner: Learner | None = None) -> None:
         self.partition = partition
         self.users: dict[str, UserState] = {}
         self.vocab = Vocabularies()
@@ -40,30 +41,61 @@ class PartitionState:
         #: applied (or dead-lettered). Redeliveries at or below it change nothing.
         self.last_seq = 0
         self.applied = 0
+        #: Decision and reward records applied (the learning loop's messages in the stream).
+        self.records = 0
         #: The newest event time seen in this partition.
         self.watermark = 0.0
+        #: Decisions, rewards and what they taught (None: this partition does not learn).
+        self.learning = PartitionLearning(learner) if learner is not None else None
 
     def apply_message(self, seq: int, user_key: str, data: bytes) -> None:
         """Decode, validate and apply one stream message, once.
 
-        Raises :class:`InvalidEvent` for a message that must be dead-lettered; the sequence
-        still counts as handled so that a replay does not dead-letter it again.
+        ``user_key`` is the subject's tail: the user's key for an event, ``<key>.decision`` or
+        ``<key>.reward`` for the learning loop's records. Raises :class:`InvalidEvent` for a
+        message that must be dead-lettered; the sequence still counts as handled so that a
+        replay does not dead-letter it again.
         """
         if seq <= self.last_seq:
             return
         self.last_seq = seq
+        if "." in user_key:
+            user_key, kind = user_key.split(".", 1)
+            self._apply_record(seq, user_key, kind, data)
+            return
         event = decode_event(data)
         if event.user_id != user_key:
             raise InvalidEvent("key_mismatch", "payload user_id does not match the subject's user key")
-        self.apply_event(user_key, event)
+        self.apply_event(user_key, event, seq)
 
-    def apply_event(self, user_key: str, event: Event) -> None:
+    def apply_event(self, user_key: str, event: Event, seq: int = 0) -> None:
         user = self.users.get(user_key)
         if user is None:
             user = self.users[user_key] = UserState.new(event.ts)
         user.apply(event, self.vocab)
         self.applied += 1
         self.watermark = max(self.watermark, event.ts)
+        if self.learning is not None:
+            self.learning.on_event(user_key, user, event, self.vocab, seq)
+
+    def _apply_record(self, seq: int, user_key: str, kind: str, data: bytes) -> None:
+        decoder = decision_decoder if kind == "decision" else reward_decoder if kind == "reward" else None
+        if decoder is None:
+            raise InvalidEvent("unknown_kind", f"no record kind {kind[:40]!r}")
+        try:
+            record = decoder.decode(data)
+        except msgspec.DecodeError as exc:
+            raise InvalidEvent("invalid_record", f"{kind}: {exc}") from None
+        self.records += 1
+        learning = self.learning
+        if learning is None:
+            return
+        if isinstance(record, RewardRecord):
+            learning.on_reward(user_key, record, seq)
+        else:
+            if record.user_id != user_key:
+                raise InvalidEvent("key_mismatch", "decision user_id does not match the subject's user key")
+            learning.on_decision(user_key, record, seq)
 
     def view(self, user_key: str, now: float) -> dict[str, Any] | None:
         user = self.users.get(user_key)
@@ -78,26 +110,31 @@ class PartitionState:
                 "partition": self.partition,
                 "last_seq": self.last_seq,
                 "applied": self.applied,
+                "records": self.records,
                 "watermark": self.watermark,
                 "vocab": self.vocab.snapshot(),
                 "users": {key: user.snapshot() for key, user in self.users.items()},
+                "learning": self.learning.snapshot() if self.learning is not None else None,
             }
         )
 
     @classmethod
-    def restore(cls, data: bytes) -> PartitionState:
+    def restore(cls, data: bytes, learner: Learner | None = None) -> PartitionState:
         snap = msgspec.msgpack.decode(data)
         if snap.get("version") != SNAPSHOT_VERSION:
             raise ValueError(f"unsupported partition snapshot version {snap.get('version')!r}")
         part = cls(snap["partition"])
         part.last_seq = snap["last_seq"]
         part.applied = snap["applied"]
+        part.records = snap.get("records", 0)
         part.watermark = snap["watermark"]
         part.vocab = Vocabularies(snap["vocab"])
         part.users = {key: UserState.restore(value) for key, value in snap["users"].items()}
+        if learner is not None:
+            part.learning = PartitionLearning.restore(learner, snap.get("learning"))
         return part
 
     @classmethod
-    def build(cls, partition: int, snapshot: bytes | None) -> PartitionState:
+    def build(cls, partition: int, snapshot: bytes | None, learner: Learner | None = None) -> PartitionState:
         """Cold start and recovery are one path: restore if there is a snapshot."""
-        return cls(partition) if snapshot is None else cls.restore(snapshot)
+        return cls(partition, learner) if snapshot is None else cls.restore(snapshot, learner)

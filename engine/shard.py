@@ -14,6 +14,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from engine.errors import HeadstartError
+from engine.learning import Learner
 from engine.partition import PartitionState
 
 
@@ -28,9 +29,9 @@ class ShardState:
         self.partitions = partitions
 
     @classmethod
-    def build(cls, snapshots: Mapping[int, bytes | None]) -> ShardState:
+    def build(cls, snapshots: Mapping[int, bytes | None], learner: Learner | None = None) -> ShardState:
         """Cold start and recovery are one path: each partition from its snapshot or empty."""
-        return cls({p: PartitionState.build(p, snap) for p, snap in snapshots.items()})
+        return cls({p: PartitionState.build(p, snap, learner) for p, snap in snapshots.items()})
 
     def apply(self, seq: int, partition: int, user_key: str, data: bytes) -> None:
         try:
@@ -58,3 +59,8 @@ class ShardState:
     @property
     def applied(self) -> int:
         return sum(p.applied for p in self.partitions.values())
+
+    @property
+    def records(self) -> int:
+        """Decision and reward records applied (see :mod:`engine.learning`)."""
+        return sum(p.records for p in self.partitions.values())

@@ -34,6 +34,9 @@ class IngressMetrics:
             "hs_http_events", "Events accepted over HTTP", ["result"], registry=self.registry
         )
         self.errors = Counter("hs_http_errors", "Error answers by code", ["code"], registry=self.registry)
+        self.rewards = Counter(
+            "hs_http_rewards", "Explicit rewards accepted over HTTP", ["result"], registry=self.registry
+        )
 
 
 def render(ingress: IngressMetrics, shards: list[dict[str, Any]], lag: dict[int, int]) -> bytes:
@@ -68,8 +71,32 @@ class _ShardCollector:
             "Longest event-path pause for a snapshot",
             labels=["shard"],
         )
+        logged = CounterMetricFamily(
+            "hs_decisions_logged", "Decisions with a learned choice logged by a shard", labels=["shard"]
+        )
+        learned = CounterMetricFamily(
+            "hs_rewards_learned", "Rewards a shard's served policies learned from", labels=["shard"]
+        )
+        attribution = CounterMetricFamily(
+            "hs_reward_attribution",
+            "Reward attribution in a shard's partitions, by outcome (rewards, explicit, defaulted, "
+            "late, unknown)",
+            labels=["shard", "outcome"],
+        )
+        drifts = CounterMetricFamily(
+            "hs_policy_drifts",
+            "Drops in a served policy's reward rate detected (ADWIN); each resets what it learned",
+            labels=["shard", "point"],
+        )
         for stats in self.shards:
             label = [str(stats["shard"])]
+            learning = stats.get("learning") or {}
+            logged.add_metric(label, learning.get("decisions_logged", 0))
+            learned.add_metric(label, learning.get("rewards_learned", 0))
+            for outcome, count in (learning.get("partitions") or {}).items():
+                attribution.add_metric([*label, outcome], count)
+            for point, count in (learning.get("drifts") or {}).items():
+                drifts.add_metric([*label, point], count)
             applied.add_metric(label, stats.get("applied", 0))
             dead.add_metric(label, stats.get("dead_lettered", 0))
             restarts.add_metric(label, stats.get("restarts", 0))
@@ -84,3 +111,4 @@ class _ShardCollector:
         for partition, pending in sorted(self.lag.items()):
             lag.add_metric([str(partition)], pending)
         yield from (applied, dead, restarts, users, partitions, checkpoint_age, pause, lag)
+        yield from (logged, learned, attribution, drifts)

@@ -3,6 +3,13 @@
 Producers publish to ``hs.ingest.<user_key>``; the stream maps that, inside the server, to
 ``hs.events.<partition>.<user_key>`` with ``partition()`` (FNV-1a of the key). The user key is
 in the subject so that one user's events can be found and purged.
+
+The learning loop's records go to the same partition, after the user's key:
+``hs.events.<partition>.<user_key>.decision`` (logged by the shard that decided) and
+``...reward`` (``POST /v1/rewards``). Being in the partition's stream is what makes reward
+attribution exactly-once (see :mod:`engine.learning`). The streams ``HS_DECISIONS``
+(``hs.decisions.<partition>.<user_key>``) and ``HS_REWARDS`` (``hs.rewards...``) are the server's
+own copies of them, for whoever reads the decisions log.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from nats.js.api import (
     RetentionPolicy,
     StorageType,
     StreamConfig,
+    StreamSource,
     SubjectTransform,
 )
 from nats.js.errors import NotFoundError
@@ -33,6 +41,10 @@ INGEST_PREFIX = "hs.ingest"
 EVENTS_PREFIX = "hs.events"
 DLQ_STREAM = "HS_DLQ"
 DLQ_PREFIX = "hs.dlq"
+DECISIONS_STREAM = "HS_DECISIONS"
+REWARDS_STREAM = "HS_REWARDS"
+#: The records of the learning loop, by the subject token after the user's key.
+RECORD_KINDS = {"decision": (DECISIONS_STREAM, "hs.decisions"), "reward": (REWARDS_STREAM, "hs.rewards")}
 
 #: A publish retried within this window with the same event id is stored once (Nats-Msg-Id).
 DUPLICATE_WINDOW_S = 10 * 60
@@ -45,15 +57,20 @@ def ingest_subject(user_key: str) -> str:
 
 
 def partition_subject(partition: int) -> str:
-    """The subject filter of one partition's events."""
-    return f"{EVENTS_PREFIX}.{partition}.*"
+    """The subject filter of one partition's messages: events and the learning loop's records."""
+    return f"{EVENTS_PREFIX}.{partition}.>"
+
+
+def record_subject(partition: int, user_key: str, kind: str) -> str:
+    """Where a decision or reward record of a user goes (``kind``: ``decision`` or ``reward``)."""
+    return f"{EVENTS_PREFIX}.{partition}.{user_key}.{kind}"
 
 
 def events_stream_config(partitions: int, retention_days: float, replicas: int = 1) -> StreamConfig:
     return StreamConfig(
         name=EVENTS_STREAM,
         description="Headstart events, partitioned by user key",
-        subjects=[f"{INGEST_PREFIX}.*"],
+        subjects=[f"{INGEST_PREFIX}.*", *(f"{EVENTS_PREFIX}.*.*.{kind}" for kind in RECORD_KINDS)],
         subject_transform=SubjectTransform(
             src=f"{INGEST_PREFIX}.*",
             dest=f"{EVENTS_PREFIX}.{{{{partition({partitions},1)}}}}.{{{{wildcard(1)}}}}",
@@ -65,6 +82,30 @@ def events_stream_config(partitions: int, retention_days: float, replicas: int =
         duplicate_window=DUPLICATE_WINDOW_S,
         num_replicas=replicas,
         allow_direct=True,
+    )
+
+
+def record_stream_config(kind: str, retention_days: float, replicas: int = 1) -> StreamConfig:
+    """A copy of the events stream's ``kind`` records under their own subjects, made by the server."""
+    name, prefix = RECORD_KINDS[kind]
+    return StreamConfig(
+        name=name,
+        description=f"Headstart's {kind} log (copied from {EVENTS_STREAM} by the server)",
+        sources=[
+            StreamSource(
+                name=EVENTS_STREAM,
+                subject_transforms=[
+                    SubjectTransform(
+                        src=f"{EVENTS_PREFIX}.*.*.{kind}",
+                        dest=f"{prefix}.{{{{wildcard(1)}}}}.{{{{wildcard(2)}}}}",
+                    )
+                ],
+            )
+        ],
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        max_age=retention_days * 86400,
+        num_replicas=replicas,
     )
 
 
@@ -102,13 +143,16 @@ async def ensure_streams(
     from headstart.status import ensure_status_bucket
 
     await ensure_status_bucket(js)
-    dlq = dlq_stream_config(replicas)
-    try:
-        await js.stream_info(DLQ_STREAM)
-    except NotFoundError:
-        await js.add_stream(dlq)
-    else:
-        await js.update_stream(dlq)
+    for config in (
+        dlq_stream_config(replicas),
+        *(record_stream_config(kind, retention_days, replicas) for kind in RECORD_KINDS),
+    ):
+        try:
+            await js.stream_info(config.name)  # type: ignore[arg-type]
+        except NotFoundError:
+            await js.add_stream(config)
+        else:
+            await js.update_stream(config)
 
 
 class EventPublisher:

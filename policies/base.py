@@ -7,9 +7,10 @@ sufficient statistics* (counts, sums, Gram matrices), which is what makes learni
 shards exact: a policy that learned on four shards and merged equals one that learned on one
 shard from the same events, up to floating-point rounding.
 
-Merging (one round): every shard calls :meth:`Policy.take_delta` (what it learned since the
-last merge), a merger adds the deltas to the last merged statistics, and every shard calls
-:meth:`Policy.absorb` with the sum; updates a shard makes in between are kept.
+Merging: the engine keeps, per partition, what that partition's rewards added
+(:meth:`Policy.accumulate` into :meth:`Policy.zero_stats`); the statistics every shard serves
+are the sum over all partitions (:meth:`Policy.load_stats`), kept current between merges by
+:meth:`Policy.update`. See :mod:`engine.learning`.
 
 Policies are seeded and their state (statistics and random generator) round-trips through
 :meth:`Policy.snapshot` and :meth:`Policy.restore`.
@@ -86,8 +87,6 @@ class Policy(abc.ABC):
         self.detector: drift.ADWIN | None = drift.ADWIN(delta=drift_delta) if detect_drift else None  # type: ignore[no-untyped-call]
         self.drifts = 0
         self.stats: Stats = self._initial_stats()
-        self._merged: Stats = {k: v.copy() for k, v in self.stats.items()}
-        self._delta_taken_at: Stats | None = None
         self._refresh()
 
     # ------------------------------------------------------------------ the policy
@@ -104,12 +103,19 @@ class Policy(abc.ABC):
         """The probability of choosing each eligible arm (same order), summing to 1."""
 
     @abc.abstractmethod
-    def _update(self, x: np.ndarray | None, arm: int, reward: float) -> None:
-        """Add one reward to the statistics."""
+    def accumulate(self, stats: Stats, x: np.ndarray | None, arm: int, reward: float, weight: float) -> None:
+        """Add one weighted reward to ``stats`` (this policy's or a partition's), in place."""
 
-    def update(self, x: np.ndarray | None, arm: int, reward: float) -> None:
-        """Learn that choosing ``arm`` in context ``x`` earned ``reward`` (in [0, 1])."""
-        self._update(x, arm, reward)
+    def _update(self, x: np.ndarray | None, arm: int, reward: float, weight: float) -> None:
+        """Add one reward to ``self.stats`` and whatever is derived from them."""
+        self.accumulate(self.stats, x, arm, reward, weight)
+
+    def update(self, x: np.ndarray | None, arm: int, reward: float, weight: float = 1.0) -> None:
+        """Learn that choosing ``arm`` in context ``x`` earned ``reward`` (in [0, 1]).
+
+        ``weight`` scales the observation (a journey reward may count less than the next click).
+        """
+        self._update(x, arm, reward, weight)
         detector = self.detector
         if detector is not None:
             before = detector.estimation
@@ -145,27 +151,14 @@ class Policy(abc.ABC):
 
     # ------------------------------------------------------------------ merging across shards
 
-    def take_delta(self) -> Stats:
-        """What this policy learned since the last merge (marks the point for :meth:`absorb`)."""
-        self._delta_taken_at = {k: v.copy() for k, v in self.stats.items()}
-        return {k: self.stats[k] - self._merged[k] for k in self.stats}
+    def zero_stats(self) -> Stats:
+        """Empty statistics of this policy's shape (a partition's contribution starts here)."""
+        return self._initial_stats()
 
-    def absorb(self, merged: Stats) -> None:
-        """Adopt the merged statistics, keeping what was learned after :meth:`take_delta`."""
-        taken = self._delta_taken_at or self._merged
-        self.stats = {k: merged[k] + (self.stats[k] - taken[k]) for k in self.stats}
-        self._merged = {k: merged[k].copy() for k in merged}
-        self._delta_taken_at = None
+    def load_stats(self, stats: Stats) -> None:
+        """Serve ``stats`` (the sum of every partition's contribution) from now on."""
+        self.stats = {k: np.array(v, dtype=float, copy=True) for k, v in stats.items()}
         self._refresh()
-
-    @staticmethod
-    def merge(previous: Stats, deltas: Sequence[Stats]) -> Stats:
-        """The merged statistics: the last merged ones plus every shard's delta."""
-        out = {k: v.copy() for k, v in previous.items()}
-        for delta in deltas:
-            for k, v in delta.items():
-                out[k] += v
-        return out
 
     # ------------------------------------------------------------------ state
 
@@ -176,8 +169,7 @@ class Policy(abc.ABC):
                 "version": self.version,
                 "arms": self.arms,
                 "dim": self.dim,
-                "stats": _pack(self.stats),
-                "merged": _pack(self._merged),
+                "stats": pack_stats(self.stats),
                 # JSON: the generator's state holds 128-bit integers, beyond msgpack's range.
                 "rng": json.dumps(self.rng.bit_generator.state),
                 "params": self.params(),
@@ -194,8 +186,7 @@ class Policy(abc.ABC):
         if state["version"] != policy_cls.version:
             raise ValueError(f"{state['name']} state version {state['version']} is not {policy_cls.version}")
         policy = policy_cls(state["arms"], dim=state["dim"], **state["params"])
-        policy.stats = _unpack(state["stats"])
-        policy._merged = _unpack(state["merged"])
+        policy.stats = unpack_stats(state["stats"])
         policy.rng.bit_generator.state = json.loads(state["rng"])
         policy.drifts = state["drifts"]
         policy.detector = pickle.loads(state["detector"]) if state["detector"] is not None else None
@@ -222,16 +213,17 @@ class ArmMeans(Policy):
         k = len(self.arms)
         return {"n": np.zeros(k), "r": np.zeros(k)}
 
-    def _update(self, x: np.ndarray | None, arm: int, reward: float) -> None:
-        self.stats["n"][arm] += 1.0
-        self.stats["r"][arm] += reward
+    def accumulate(self, stats: Stats, x: np.ndarray | None, arm: int, reward: float, weight: float) -> None:
+        stats["n"][arm] += weight
+        stats["r"][arm] += weight * reward
 
 
-def _pack(stats: Stats) -> dict[str, Any]:
+def pack_stats(stats: Stats) -> dict[str, Any]:
+    """Statistics as msgpack-ready values (dtype, shape, raw bytes)."""
     return {k: [str(v.dtype), list(v.shape), v.tobytes()] for k, v in stats.items()}
 
 
-def _unpack(packed: dict[str, Any]) -> Stats:
+def unpack_stats(packed: dict[str, Any]) -> Stats:
     return {
         k: np.frombuffer(raw, dtype=dtype).reshape(shape).copy() for k, (dtype, shape, raw) in packed.items()
     }

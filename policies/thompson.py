@@ -69,6 +69,6 @@ class ThompsonSampling(Policy):
         i = int(self.rng.beta(a, b).argmax())
         return Choice(eligible[i], float(self.probabilities(x, eligible)[i]))
 
-    def _update(self, x: np.ndarray | None, arm: int, reward: float) -> None:
-        self.stats["successes"][arm] += reward
-        self.stats["failures"][arm] += 1.0 - reward
+    def accumulate(self, stats: Stats, x: np.ndarray | None, arm: int, reward: float, weight: float) -> None:
+        stats["successes"][arm] += weight * reward
+        stats["failures"][arm] += weight * (1.0 - reward)

@@ -119,9 +119,11 @@ def test_tutorial_selection(api: tuple[httpx.Client, ShardGroup]) -> None:
         json={"user_id": "dan", "step": "first_project", "context": {"device_type": "mobile"}},
         headers=FRONTEND,
     )
-    assert (
-        r.status_code == 200 and r.json()["variant"] == "interactive" and "video" not in r.json()["eligible"]
-    )
+    choice = r.json()
+    assert r.status_code == 200 and "video" not in choice["eligible"]  # desktop and tablet only
+    # The policy chose among the eligible variants, and logged it (a learned decision's id).
+    assert choice["variant"] in choice["eligible"] == ["interactive", "checklist"]
+    assert len(choice["decision_id"]) == 42 and "chosen by linear_igw" in choice["explain"][0]
     r = client.post("/v1/tutorials/select", json={"user_id": "dan", "feature": "invite"}, headers=FRONTEND)
     assert r.json()["tutorial"] == "collaboration"
     assert (

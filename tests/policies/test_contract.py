@@ -15,9 +15,9 @@ DIM = 6
 NAMES = sorted(available())
 
 
-def make(name: str, seed: int = 7) -> Policy:
+def make(name: str, seed: int = 7, **params: object) -> Policy:
     cls = available()[name]
-    return create(name, ARMS, dim=DIM if cls.contextual else 0, seed=seed)
+    return create(name, ARMS, dim=DIM if cls.contextual else 0, seed=seed, **params)
 
 
 def stream(seed: int, n: int) -> list[tuple[np.ndarray, list[int], float]]:
@@ -74,46 +74,48 @@ def test_snapshot_round_trip_continues_identically(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_learning_on_four_shards_and_merging_equals_learning_on_one(name: str) -> None:
+def test_summed_partition_contributions_equal_learning_on_one(name: str) -> None:
+    """What the engine does across shards: each partition accumulates what its rewards add,
+    every shard serves the sum, and keeps it current with its own updates between merges."""
     events = stream(5, 400)
     single = make(name)
-    shards = [make(name) for _ in range(4)]
-    merged = {k: np.zeros_like(v) for k, v in single.stats.items()}  # where every policy starts
-    for round_ in range(4):
-        batch = events[round_ * 100 : (round_ + 1) * 100]
-        for i, (x, eligible, reward) in enumerate(batch):
-            arm = eligible[i % len(eligible)]  # the same logged choices for both
-            context = x if single.contextual else None
-            single.update(context, arm, reward)
-            shards[i % 4].update(context, arm, reward)
-        merged = Policy.merge(merged, [s.take_delta() for s in shards])
-        for shard in shards:
-            shard.absorb(merged)
-    for shard in shards:
-        for key in single.stats:
-            np.testing.assert_allclose(shard.stats[key], single.stats[key], rtol=1e-9, atol=1e-9)
+    shard = make(name)  # serves the merged sum, and learns its own partitions' rewards live
+    partitions = [single.zero_stats() for _ in range(4)]
+    for i, (x, eligible, reward) in enumerate(events):
+        arm = eligible[i % len(eligible)]  # the same logged choices for both
+        context = x if single.contextual else None
+        weight = 0.5 if i % 7 == 0 else 1.0
+        single.update(context, arm, reward, weight)
+        single.accumulate(partitions[i % 4], context, arm, reward, weight)
+        if i % 4 == 0:
+            shard.update(context, arm, reward, weight)  # a partition this shard owns
+        if i % 100 == 99:  # a merge: the sum of every partition's contribution
+            shard.load_stats({k: sum(p[k] for p in partitions) for k in single.stats})
+    for key in single.stats:
+        np.testing.assert_allclose(shard.stats[key], single.stats[key], rtol=1e-9, atol=1e-9)
     x, eligible, _ = events[-1]
     context = x if single.contextual else None
     if name != "thompson":  # Thompson's probabilities are Monte Carlo estimates
         np.testing.assert_allclose(
-            shards[0].probabilities(context, eligible), single.probabilities(context, eligible), atol=1e-6
+            shard.probabilities(context, eligible), single.probabilities(context, eligible), atol=1e-6
         )
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_updates_between_taking_a_delta_and_absorbing_are_kept(name: str) -> None:
-    policy = make(name)
-    x = np.ones(DIM)
-    context = x if policy.contextual else None
-    policy.update(context, 0, 1.0)
-    delta = policy.take_delta()
-    policy.update(context, 1, 1.0)  # arrives while the merge is in flight
-    policy.absorb(Policy.merge({k: np.zeros_like(v) for k, v in delta.items()}, [delta]))
-    reference = make(name)
-    reference.update(context, 0, 1.0)
-    reference.update(context, 1, 1.0)
-    for key in reference.stats:
-        np.testing.assert_allclose(policy.stats[key], reference.stats[key])
+def test_incremental_updates_match_loading_the_same_statistics(name: str) -> None:
+    """Derived state kept up to date per update (e.g. Sherman-Morrison) equals recomputing it."""
+    events = stream(6, 200)
+    live = make(name, detect_drift=False)
+    for i, (x, eligible, reward) in enumerate(events):
+        live.update(x if live.contextual else None, eligible[0], reward, 1.0 + (i % 3) / 2)
+    loaded = make(name, detect_drift=False)
+    loaded.load_stats(live.stats)
+    x, eligible, _ = events[-1]
+    context = x if live.contextual else None
+    if name != "thompson":
+        np.testing.assert_allclose(
+            live.probabilities(context, eligible), loaded.probabilities(context, eligible), atol=1e-9
+        )
 
 
 @pytest.mark.parametrize("name", [n for n in NAMES if n != "journey"])

@@ -1,0 +1,621 @@
+"""The learning loop: decisions, rewards and the policy state they build, across shards.
+
+Where each piece lives, and why that makes learning exactly-once:
+
+- A decision with a real choice (two or more eligible arms) is logged as a
+  :class:`DecisionRecord` to its user's partition in the events stream
+  (``hs.events.<p>.<key>.decision``); explicit rewards go the same way
+  (``hs.events.<p>.<key>.reward``). The partition applies them in stream order with the user's
+  events, so attribution is a pure function of the stream: a replay after a crash rebuilds
+  exactly the same rewards, and the partition's last applied sequence makes each count once.
+- :class:`PartitionLearning` holds, per partition, the open decisions (waiting for their reward
+  window), each user's path (waiting for the journey reward) and the partition's
+  *contribution*: the additive statistics its rewards added to each policy. It is part of the
+  partition's snapshot, so it checkpoints and moves with the partition.
+- :class:`Learner` is what a shard serves: one policy per decision point whose statistics are
+  the sum of every partition's contribution (its own partitions live, the others as their owners
+  last published them), kept current between merges by its own partitions' rewards. Four shards
+  and one shard serve the same statistics once merged, because the sum is the same.
+- Drift: a detected drop in a served policy's reward rate forgets what was learned
+  (``forget_factor``). Forgetting is recorded as statistics to subtract (``forgotten``), shared
+  by all shards, so a merge does not bring the forgotten statistics back.
+
+>>> from engine.catalog import DEFAULT_CATALOG, load_catalog
+>>> from engine.decision import Decider
+>>> catalog = load_catalog(DEFAULT_CATALOG)
+>>> learner = Learner(catalog, Decider(catalog), seed=1)
+>>> sorted(learner.points)
+['step', 'tutorial:collaboration', 'tutorial:connect_data', 'tutorial:first_project']
+>>> session = learner.session("k" * 26, None, {"device_type": "desktop"}, now=0.0, open_arms={})
+>>> arm, why = session.choose("tutorial:first_project", ["interactive", "video"])
+>>> arm in ("interactive", "video"), session.record().choices[0].point
+(True, 'tutorial:first_project')
+"""
+
+from __future__ import annotations
+
+import heapq
+import secrets
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Annotated, Any
+
+import msgspec
+import numpy as np
+
+from engine.catalog import Catalog
+from engine.events import Event, EventKind
+from engine.features import DIM, LAYOUT_VERSION, context_vector
+from engine.keys import is_user_key
+from engine.profile import UserState, Vocabularies
+from policies import create
+from policies.base import Policy, Stats, pack_stats, unpack_stats
+
+if TYPE_CHECKING:
+    from engine.decision import Decider
+
+POINT_STEP = "step"
+TUTORIAL_POINT_PREFIX = "tutorial:"
+#: Decisions kept per user for the journey reward (the most recent ones).
+MAX_PATH = 8
+#: Decision ids of closed decisions kept per partition, to tell a late reward from an unknown one.
+RECENTLY_CLOSED = 4096
+
+Contributions = dict[str, dict[str, Stats]]  # policy name -> point -> statistics
+
+
+def tutorial_point(tutorial_id: str) -> str:
+    return TUTORIAL_POINT_PREFIX + tutorial_id
+
+
+def new_decision_id(user_key: str) -> str:
+    """The user's key and 16 random hex digits: a reward names its partition by itself."""
+    return user_key + secrets.token_hex(8)
+
+
+def user_key_of(decision_id: str) -> str | None:
+    """The user key inside a decision id made by :func:`new_decision_id`, or None."""
+    if len(decision_id) != 42:
+        return None
+    key, nonce = decision_id[:26], decision_id[26:]
+    if not is_user_key(key) or any(c not in "0123456789abcdef" for c in nonce):
+        return None
+    return key
+
+
+# ---------------------------------------------------------------------- wire records
+
+
+class PointChoice(msgspec.Struct, omit_defaults=True):
+    """One decision point of a decision: the served arm, its propensity, the eligible arms, and
+    what the shadow policy would have chosen."""
+
+    point: str
+    arm: str
+    propensity: float
+    eligible: list[str]
+    shadow_arm: str | None = None
+    shadow_propensity: float | None = None
+
+
+class DecisionRecord(msgspec.Struct, omit_defaults=True):
+    """A logged decision (``hs.decisions.>``): enough to attribute rewards and to evaluate any
+    other policy off-policy."""
+
+    decision_id: str
+    user_id: str
+    ts: float
+    policy: str
+    policy_version: int
+    features_version: int
+    context: list[float]
+    choices: list[PointChoice]
+    shadow_policy: str | None = None
+
+
+class RewardRecord(msgspec.Struct):
+    """An explicit reward for a decision (``POST /v1/rewards``)."""
+
+    decision_id: str
+    reward: Annotated[float, msgspec.Meta(ge=0.0, le=1.0)]
+    ts: float
+
+
+decision_decoder = msgspec.msgpack.Decoder(DecisionRecord)
+reward_decoder = msgspec.msgpack.Decoder(RewardRecord)
+_encoder = msgspec.msgpack.Encoder()
+
+
+def encode_record(record: DecisionRecord | RewardRecord) -> bytes:
+    return _encoder.encode(record)
+
+
+# ---------------------------------------------------------------------- the shard's policies
+
+
+class ChoiceSession:
+    """The choices of one request: the policy chooses per point, or an open decision's arm is
+    kept (a user sees the same variant until its reward window closes)."""
+
+    def __init__(
+        self,
+        learner: Learner,
+        user_key: str,
+        x: np.ndarray,
+        now: float,
+        open_arms: Mapping[str, tuple[str, str]],
+    ) -> None:
+        self._learner = learner
+        self._key = user_key
+        self._x = x
+        self._now = now
+        self._open = open_arms
+        self._choices: list[PointChoice] = []
+        self._reused: str | None = None
+        self._new_id: str | None = None
+
+    def choose(self, point: str, eligible: list[str]) -> tuple[str, str]:
+        """The arm to serve at ``point`` among ``eligible`` (in catalog order), and why."""
+        learner = self._learner
+        policy = learner.served.get(point)
+        if policy is None or len(eligible) < 2:
+            return eligible[0], "first eligible in catalog order"
+        held = self._open.get(point)
+        if held is not None and held[1] in eligible:
+            self._reused = held[0]
+            return held[1], f"kept from open decision {held[0][-8:]} (its reward window is open)"
+        index = learner.arm_index[point]
+        ids = [index[arm] for arm in eligible]
+        choice = policy.select(self._x if policy.contextual else None, ids)
+        arm = policy.arms[choice.arm]
+        picked = PointChoice(point=point, arm=arm, propensity=choice.propensity, eligible=list(eligible))
+        shadow = learner.shadows.get(point)
+        if shadow is not None:
+            alt = shadow.select(self._x if shadow.contextual else None, ids)
+            picked.shadow_arm, picked.shadow_propensity = shadow.arms[alt.arm], alt.propensity
+        self._choices.append(picked)
+        return arm, f"chosen by {policy.name} (p={choice.propensity:.2f} among {len(eligible)})"
+
+    @property
+    def decision_id(self) -> str | None:
+        """The new decision's id; else the open decision kept; else None (nothing learned)."""
+        if self._choices:
+            if self._new_id is None:
+                self._new_id = new_decision_id(self._key)
+            return self._new_id
+        return self._reused
+
+    def record(self) -> DecisionRecord | None:
+        """The record to log, or None when no new choice was made."""
+        if not self._choices:
+            return None
+        learner = self._learner
+        return DecisionRecord(
+            decision_id=self.decision_id or new_decision_id(self._key),
+            user_id=self._key,
+            ts=self._now,
+            policy=learner.policy_name,
+            policy_version=learner.policy_version,
+            features_version=LAYOUT_VERSION,
+            context=self._x.tolist(),
+            choices=self._choices,
+            shadow_policy=learner.shadow_name,
+        )
+
+
+class Learner:
+    """A shard's served (and shadow) policy per decision point, over the merged statistics.
+
+    Decision points: ``step`` (arms: the journey's steps; when ``learning.steps``) and
+    ``tutorial:<id>`` (arms: its variants).
+    """
+
+    def __init__(self, catalog: Catalog, decider: Decider, seed: int = 0) -> None:
+        self.settings = catalog.learning
+        self.decider = decider
+        self.steps = {s.id: s for s in catalog.journey.steps}
+        self.points: dict[str, list[str]] = {}
+        if self.settings.steps:
+            self.points[POINT_STEP] = [s.id for s in catalog.journey.steps]
+        for tutorial in catalog.tutorials:
+            self.points[tutorial_point(tutorial.id)] = [v.id for v in tutorial.variants]
+        self.arm_index = {
+            point: {arm: i for i, arm in enumerate(arms)} for point, arms in self.points.items()
+        }
+        self.policy_name = self.settings.policy
+        self.shadow_name = self.settings.shadow
+        self.served = {p: self._make(self.policy_name, p, seed + i) for i, p in enumerate(self.points)}
+        self.shadows = (
+            {p: self._make(self.shadow_name, p, seed + 1000 + i) for i, p in enumerate(self.points)}
+            if self.shadow_name
+            else {}
+        )
+        self.policy_version = next(iter(self.served.values())).version if self.served else 1
+        #: What each partition's owner last published: partition -> (sequence, contributions).
+        self.views: dict[int, tuple[int, Contributions]] = {}
+        #: Statistics forgotten after drifts (subtracted from the sum), and the partition
+        #: sequences they were computed at: applied once every view has caught up with them.
+        self.forgotten: Contributions = {}
+        self.forgotten_seqs: dict[int, int] = {}
+        self._pending_forgotten: tuple[Contributions, dict[int, int]] | None = None
+        #: Served points whose policy detected a drop since the last :meth:`take_drifts`.
+        self.drifted: set[str] = set()
+        self.rewards = 0
+        self.reward_sum = 0.0
+
+    def _make(self, name: str, point: str, seed: int) -> Policy:
+        arms = self.points[point]
+        probe = create(name, arms, dim=DIM, seed=seed, **self.settings.params)
+        return probe if probe.contextual else create(name, arms, dim=0, seed=seed, **self.settings.params)
+
+    def policies_by_name(self) -> dict[str, dict[str, Policy]]:
+        out = {self.policy_name: self.served}
+        if self.shadow_name:
+            out[self.shadow_name] = self.shadows
+        return out
+
+    # ------------------------------------------------------------------ deciding
+
+    def session(
+        self,
+        user_key: str,
+        user: UserState | None,
+        context: Mapping[str, Any] | None,
+        now: float,
+        open_arms: Mapping[str, tuple[str, str]],
+    ) -> ChoiceSession:
+        return ChoiceSession(self, user_key, context_vector(user, context, now), now, open_arms)
+
+    # ------------------------------------------------------------------ learning
+
+    def observe(self, point: str, x: np.ndarray, arm: int, reward: float, weight: float) -> None:
+        """A reward credited by one of this shard's partitions: learn it now (between merges)."""
+        policy = self.served.get(point)
+        if policy is None:
+            return
+        drifts = policy.drifts
+        policy.update(x if policy.contextual else None, arm, reward, weight)
+        if policy.drifts != drifts:
+            self.drifted.add(point)
+        shadow = self.shadows.get(point)
+        if shadow is not None:
+            shadow.update(x if shadow.contextual else None, arm, reward, weight)
+        self.rewards += 1
+        self.reward_sum += reward * weight
+
+    def empty(self) -> Contributions:
+        return {
+            name: {point: policy.zero_stats() for point, policy in policies.items()}
+            for name, policies in self.policies_by_name().items()
+        }
+
+    def totals(self, owned: Mapping[int, PartitionLearning]) -> tuple[Contributions, dict[int, int]]:
+        """The sum of every partition's contribution (owned ones live) and the sequences used."""
+        total = self.empty()
+        seqs: dict[int, int] = {}
+        sources: list[tuple[int, int, Contributions]] = [
+            (p, part.seq, part.contributions) for p, part in owned.items()
+        ]
+        sources += [(p, seq, c) for p, (seq, c) in self.views.items() if p not in owned]
+        for p, seq, contributions in sources:
+            seqs[p] = seq
+            for name, points in contributions.items():
+                for point, stats in points.items():
+                    target = total.get(name, {}).get(point)
+                    if target is None or any(target[k].shape != v.shape for k, v in stats.items()):
+                        continue  # another catalog's arms: not this policy's statistics
+                    for k, v in stats.items():
+                        target[k] += v
+        return total, seqs
+
+    def rebuild(self, owned: Mapping[int, PartitionLearning]) -> None:
+        """Serve the merged statistics: the sum of all contributions less what was forgotten."""
+        total, seqs = self.totals(owned)
+        pending = self._pending_forgotten
+        if pending is not None and all(seqs.get(p, 0) >= s for p, s in pending[1].items()):
+            self.forgotten, self.forgotten_seqs = pending
+            self._pending_forgotten = None
+        for name, policies in self.policies_by_name().items():
+            for point, policy in policies.items():
+                stats = total[name][point]
+                minus = self.forgotten.get(name, {}).get(point)
+                if minus is not None and all(minus[k].shape == v.shape for k, v in stats.items()):
+                    stats = {k: v - minus[k] for k, v in stats.items()}
+                policy.load_stats(stats)
+
+    def take_drifts(self, owned: Mapping[int, PartitionLearning]) -> bytes | None:
+        """After a detected drift: the new ``forgotten`` record to share (None if no drift).
+
+        The drifted policies already forgot locally; what they forgot is the difference between
+        the sum they were built from and what they serve now, taken in one step.
+        """
+        if not self.drifted:
+            return None
+        total, seqs = self.totals(owned)
+        forgotten = {name: dict(points) for name, points in self.forgotten.items()}
+        for point in self.drifted:
+            for name, policies in self.policies_by_name().items():
+                policy = policies[point]
+                forgotten.setdefault(name, {})[point] = {
+                    k: total[name][point][k] - policy.stats[k] for k in policy.stats
+                }
+        self.drifted.clear()
+        self.forgotten, self.forgotten_seqs = forgotten, seqs
+        self._pending_forgotten = None
+        return encode_contributions(seqs, forgotten)
+
+    def load_forgotten(self, data: bytes) -> None:
+        """A ``forgotten`` record shared by any shard: applied at the next rebuild that has
+        seen every partition as far as the record did."""
+        seqs, forgotten = decode_contributions(data)
+        self._pending_forgotten = (forgotten, seqs)
+
+    def set_view(self, partition: int, data: bytes) -> None:
+        seqs, contributions = decode_contributions(data)
+        seq = seqs.get(partition, 0)
+        if partition not in self.views or self.views[partition][0] <= seq:
+            self.views[partition] = (seq, contributions)
+
+    def drift_counts(self) -> dict[str, int]:
+        return {point: policy.drifts for point, policy in self.served.items()}
+
+    # ------------------------------------------------------------------ attribution rules
+
+    def step_done(self, step_id: str, user: UserState, vocab: Vocabularies) -> bool:
+        step = self.steps.get(step_id)
+        return step is not None and self.decider.completed(step, user, vocab)
+
+    def is_activation(self, event: Event) -> bool:
+        journey = self.settings.journey
+        if event.kind.wire_name != journey.event:
+            return False
+        if journey.name is None:
+            return True
+        props = getattr(event, "props", None)
+        return bool(journey.name in (getattr(props, "feature", None), getattr(props, "step", None)))
+
+
+def encode_contributions(seqs: Mapping[int, int], contributions: Contributions) -> bytes:
+    return _encoder.encode(
+        {
+            "seqs": {str(p): s for p, s in seqs.items()},
+            "policies": {
+                name: {point: pack_stats(stats) for point, stats in points.items()}
+                for name, points in contributions.items()
+            },
+        }
+    )
+
+
+def decode_contributions(data: bytes) -> tuple[dict[int, int], Contributions]:
+    raw = msgspec.msgpack.decode(data)
+    return (
+        {int(p): s for p, s in raw["seqs"].items()},
+        {
+            name: {point: unpack_stats(packed) for point, packed in points.items()}
+            for name, points in raw["policies"].items()
+        },
+    )
+
+
+# ---------------------------------------------------------------------- per partition
+
+
+class OpenDecision(msgspec.Struct, array_like=True):
+    decision_id: str
+    point: str
+    arm: int
+    x: bytes  # the context vector, float64
+    ts: float
+    deadline: float
+
+
+class PathEntry(msgspec.Struct, array_like=True):
+    decision_id: str
+    point: str
+    arm: int
+    x: bytes
+    deadline: float
+
+
+class PartitionLearning:
+    """A partition's open decisions, paths and contribution. Pure; driven by the partition in
+    stream order, so replaying the stream rebuilds it exactly."""
+
+    __slots__ = (
+        "_closed",
+        "_journeys",
+        "_windows",
+        "contributions",
+        "counts",
+        "learner",
+        "open",
+        "path",
+        "seq",
+    )
+
+    def __init__(self, learner: Learner) -> None:
+        self.learner = learner
+        self.contributions: Contributions = learner.empty()
+        self.open: dict[str, list[OpenDecision]] = {}
+        self.path: dict[str, list[PathEntry]] = {}
+        self._windows: list[tuple[float, str, str]] = []  # (deadline, decision id, user)
+        self._journeys: list[tuple[float, str, str]] = []
+        self._closed: dict[str, None] = {}
+        #: The partition's last applied sequence when this was last changed (for merges).
+        self.seq = 0
+        self.counts = {"decisions": 0, "rewards": 0, "explicit": 0, "defaulted": 0, "late": 0, "unknown": 0}
+
+    # ------------------------------------------------------------------ inputs, in stream order
+
+    def on_decision(self, user_key: str, record: DecisionRecord, seq: int) -> None:
+        learner = self.learner
+        x = np.asarray(record.context, dtype=float)
+        if len(x) != DIM:
+            return  # another feature layout: nothing this build's policies can learn from
+        xb = x.tobytes()
+        window = learner.settings.reward_window_s
+        horizon = learner.settings.journey.within_days * 86400.0
+        open_now = self.open.setdefault(user_key, [])
+        for choice in record.choices:
+            index = learner.arm_index.get(choice.point)
+            if index is None or choice.arm not in index:
+                continue
+            if any(d.point == choice.point for d in open_now):
+                continue  # a concurrent decision already holds this point: it gets the reward
+            deadline = record.ts + window
+            open_now.append(
+                OpenDecision(record.decision_id, choice.point, index[choice.arm], xb, record.ts, deadline)
+            )
+            heapq.heappush(self._windows, (deadline, record.decision_id, user_key))
+            if learner.settings.journey.weight > 0:
+                path = self.path.setdefault(user_key, [])
+                path.append(
+                    PathEntry(record.decision_id, choice.point, index[choice.arm], xb, record.ts + horizon)
+                )
+                del path[:-MAX_PATH]
+                heapq.heappush(self._journeys, (record.ts + horizon, record.decision_id, user_key))
+            self.counts["decisions"] += 1
+        if not open_now:
+            del self.open[user_key]
+        self.seq = seq
+        self.advance(record.ts, seq)
+
+    def on_reward(self, user_key: str, record: RewardRecord, seq: int) -> None:
+        closing = [d for d in self.open.get(user_key, ()) if d.decision_id == record.decision_id]
+        if not closing:
+            self.counts["late" if record.decision_id in self._closed else "unknown"] += 1
+            return
+        for decision in closing:
+            self._close(user_key, decision, record.reward)
+        self.counts["explicit"] += 1
+        self.seq = seq
+
+    def on_event(self, user_key: str, user: UserState, event: Event, vocab: Vocabularies, seq: int) -> None:
+        """After ``event`` was applied to ``user``: the windows its time closes, then what it earns."""
+        self.advance(event.ts, seq)
+        decisions = self.open.get(user_key)
+        if decisions:
+            for decision in list(decisions):
+                if self._earned(decision, user, event, vocab):
+                    self._close(user_key, decision, 1.0)
+                    self.seq = seq
+        if user_key in self.path and self.learner.is_activation(event):
+            self._credit_path(user_key, 1.0)
+            self.seq = seq
+
+    def advance(self, now: float, seq: int) -> None:
+        """Close the reward windows and journeys that ended by event time ``now``."""
+        windows = self._windows
+        while windows and windows[0][0] <= now:
+            _, decision_id, user_key = heapq.heappop(windows)
+            for decision in [d for d in self.open.get(user_key, ()) if d.decision_id == decision_id]:
+                self._close(user_key, decision, self.learner.settings.default_reward)
+                self.counts["defaulted"] += 1
+                self.seq = seq
+        journeys = self._journeys
+        while journeys and journeys[0][0] <= now:
+            _, decision_id, user_key = heapq.heappop(journeys)
+            path = self.path.get(user_key)
+            if not path:
+                continue
+            ended = [e for e in path if e.decision_id == decision_id and e.deadline <= now]
+            if ended:
+                self._credit_entries(ended, 0.0)
+                self._drop_path(user_key, ended)
+                self.seq = seq
+
+    # ------------------------------------------------------------------ crediting
+
+    def _earned(self, decision: OpenDecision, user: UserState, event: Event, vocab: Vocabularies) -> bool:
+        learner = self.learner
+        if decision.point == POINT_STEP:
+            return learner.step_done(learner.points[POINT_STEP][decision.arm], user, vocab)
+        if event.kind is EventKind.TUTORIAL_COMPLETED:
+            tutorial: str = event.props.tutorial  # type: ignore[attr-defined]
+            return TUTORIAL_POINT_PREFIX + tutorial == decision.point
+        return False
+
+    def _close(self, user_key: str, decision: OpenDecision, reward: float) -> None:
+        decisions = self.open[user_key]
+        decisions.remove(decision)
+        if not decisions:
+            del self.open[user_key]
+        self._closed[decision.decision_id] = None
+        if len(self._closed) > RECENTLY_CLOSED:
+            del self._closed[next(iter(self._closed))]
+        self._credit(decision.point, decision.arm, decision.x, reward, 1.0)
+
+    def _credit_path(self, user_key: str, reward: float) -> None:
+        self._credit_entries(self.path.pop(user_key), reward)
+
+    def _credit_entries(self, entries: Iterable[PathEntry], reward: float) -> None:
+        weight = self.learner.settings.journey.weight
+        for entry in entries:
+            self._credit(entry.point, entry.arm, entry.x, reward, weight)
+
+    def _drop_path(self, user_key: str, entries: list[PathEntry]) -> None:
+        path = [e for e in self.path[user_key] if e not in entries]
+        if path:
+            self.path[user_key] = path
+        else:
+            del self.path[user_key]
+
+    def _credit(self, point: str, arm: int, xb: bytes, reward: float, weight: float) -> None:
+        learner = self.learner
+        x = np.frombuffer(xb, dtype=float)
+        for name, policies in learner.policies_by_name().items():
+            policy = policies[point]
+            policy.accumulate(
+                self.contributions[name][point], x if policy.contextual else None, arm, reward, weight
+            )
+        learner.observe(point, x, arm, reward, weight)
+        self.counts["rewards"] += 1
+
+    # ------------------------------------------------------------------ users and state
+
+    def open_arms(self, user_key: str) -> dict[str, tuple[str, str]]:
+        """Point -> (decision id, arm) of the user's open decisions."""
+        points = self.learner.points
+        return {d.point: (d.decision_id, points[d.point][d.arm]) for d in self.open.get(user_key, ())}
+
+    def forget_user(self, user_key: str) -> None:
+        """Erasure: the user's open decisions and path go (what they taught the policy stays:
+        it is aggregate statistics, not data about the user)."""
+        self.open.pop(user_key, None)
+        self.path.pop(user_key, None)
+
+    def published(self, partition: int) -> bytes:
+        """The contribution as every shard loads it (:meth:`Learner.set_view`)."""
+        return encode_contributions({partition: self.seq}, self.contributions)
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "seq": self.seq,
+            "contributions": encode_contributions({}, self.contributions),
+            "open": {k: [msgspec.to_builtins(d) for d in v] for k, v in self.open.items()},
+            "path": {k: [msgspec.to_builtins(e) for e in v] for k, v in self.path.items()},
+            "closed": list(self._closed),
+            "counts": self.counts,
+        }
+
+    @classmethod
+    def restore(cls, learner: Learner, snap: dict[str, Any] | None) -> PartitionLearning:
+        state = cls(learner)
+        if not snap:
+            return state
+        state.seq = snap["seq"]
+        _, contributions = decode_contributions(snap["contributions"])
+        for name, points in contributions.items():
+            for point, stats in points.items():
+                current = state.contributions.get(name, {}).get(point)
+                if current is not None and all(current[k].shape == v.shape for k, v in stats.items()):
+                    state.contributions[name][point] = stats
+        state.open = {k: [msgspec.convert(d, OpenDecision) for d in v] for k, v in snap["open"].items()}
+        state.path = {k: [msgspec.convert(e, PathEntry) for e in v] for k, v in snap["path"].items()}
+        state._windows = [(d.deadline, d.decision_id, k) for k, v in state.open.items() for d in v]
+        state._journeys = [(e.deadline, e.decision_id, k) for k, v in state.path.items() for e in v]
+        heapq.heapify(state._windows)
+        heapq.heapify(state._journeys)
+        state._closed = dict.fromkeys(snap["closed"])
+        state.counts.update(snap["counts"])
+        return state

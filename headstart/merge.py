@@ -1,0 +1,150 @@
+"""Learning across shards: every shard publishes what its partitions learned and serves the sum.
+
+The key-value bucket ``HS_LEARN`` holds one entry per partition (``c.<partition>``: the
+partition's contribution to every policy, as of a stream sequence), written by the partition's
+owner, and ``forgotten`` (what drifts made the policies forget). Each shard watches the bucket
+and, every ``learning.merge_interval_s``, publishes its changed partitions and rebuilds its
+policies from the sum (:meth:`engine.learning.Learner.rebuild`). A new or restarted shard reads
+the bucket first, so it starts from the merged policy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Mapping
+
+from nats.js import JetStreamContext
+from nats.js.api import KeyValueConfig, StorageType
+from nats.js.errors import BucketNotFoundError, NotFoundError
+from nats.js.kv import KeyValue
+
+from engine.learning import Learner, PartitionLearning
+
+log = logging.getLogger(__name__)
+
+LEARN_BUCKET = "HS_LEARN"
+FORGOTTEN_KEY = "forgotten"
+
+
+def contribution_key(partition: int) -> str:
+    return f"c.{partition}"
+
+
+async def learn_bucket(js: JetStreamContext, replicas: int = 1) -> KeyValue:
+    try:
+        return await js.key_value(LEARN_BUCKET)
+    except (BucketNotFoundError, NotFoundError):
+        return await js.create_key_value(
+            KeyValueConfig(
+                bucket=LEARN_BUCKET,
+                description="Headstart: each partition's contribution to the policies, and drifts forgotten",
+                history=1,
+                storage=StorageType.FILE,
+                replicas=replicas,
+            )
+        )
+
+
+class PolicyMerger:
+    """Drives one shard's :class:`Learner` through the ``HS_LEARN`` bucket.
+
+    Example::
+
+        merger = PolicyMerger(await learn_bucket(js), learner, owned=lambda: shard_partitions)
+        await merger.start()          # loads every published contribution, then watches
+        await merger.merge()          # publish ours, rebuild from the sum (also on a schedule)
+    """
+
+    def __init__(
+        self, kv: KeyValue, learner: Learner, owned: Callable[[], Mapping[int, PartitionLearning]]
+    ) -> None:
+        self.kv = kv
+        self.learner = learner
+        self._owned = owned
+        self._published: dict[int, int] = {}
+        self._watcher: KeyValue.KeyWatcher | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self.merges = 0
+        self.drifts_shared = 0
+
+    async def start(self, interval_s: float) -> None:
+        self._watcher = await self.kv.watchall()
+        # The watcher first delivers every current value, then None, then updates.
+        async for entry in self._watcher:
+            if entry is None:
+                break
+            self._apply(entry)
+        self.rebuild()
+        self._tasks = [
+            asyncio.create_task(self._watch(), name="learn-watch"),
+            asyncio.create_task(self._merge_forever(interval_s), name="learn-merge"),
+        ]
+
+    def _apply(self, entry: KeyValue.Entry) -> None:
+        if entry.value is None or entry.operation is not None:
+            return  # deleted or purged
+        try:
+            if entry.key == FORGOTTEN_KEY:
+                self.learner.load_forgotten(entry.value)
+            elif entry.key.startswith("c."):
+                self.learner.set_view(int(entry.key[2:]), entry.value)
+        except (ValueError, KeyError) as exc:
+            log.warning("ignoring unreadable %s entry %s: %s", LEARN_BUCKET, entry.key, exc)
+
+    async def _watch(self) -> None:
+        assert self._watcher is not None
+        async for entry in self._watcher:
+            if entry is not None:
+                self._apply(entry)
+
+    async def _merge_forever(self, interval_s: float) -> None:
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                await self.merge()
+            except Exception:
+                log.exception("policy merge failed; retrying at the next interval")
+
+    async def publish(self, learnings: Mapping[int, PartitionLearning] | None = None) -> int:
+        """Publish the contributions that changed since last published: of ``learnings`` (e.g.
+        partitions being handed over), by default of every partition we own."""
+        written = 0
+        for p, learning in (learnings if learnings is not None else self._owned()).items():
+            if self._published.get(p) == learning.seq:
+                continue
+            seq = learning.seq
+            await self.kv.put(contribution_key(p), learning.published(p))
+            self._published[p] = seq
+            written += 1
+        return written
+
+    def rebuild(self) -> None:
+        """Serve the sum of all contributions; share a drift this shard's policies detected."""
+        owned = self._owned()
+        record = self.learner.take_drifts(owned)
+        if record is not None:
+            self.drifts_shared += 1
+            self._tasks.append(asyncio.create_task(self._share(record)))
+        self.learner.rebuild(owned)
+
+    async def _share(self, record: bytes) -> None:
+        with contextlib.suppress(Exception):
+            await self.kv.put(FORGOTTEN_KEY, record)
+
+    async def merge(self) -> None:
+        await self.publish()
+        self.rebuild()
+        self.merges += 1
+
+    def forget_partitions(self, partitions: list[int]) -> None:
+        for p in partitions:
+            self._published.pop(p, None)
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        if self._watcher is not None:
+            with contextlib.suppress(Exception):
+                await self._watcher.stop()  # type: ignore[no-untyped-call]
