@@ -381,6 +381,20 @@ class ShardActor:
             "partitions": counts,
         }
 
+    async def learned(self) -> dict[str, Any]:
+        """What the served policies learned, per decision point: arms, and per arm the weighted
+        count of rewards and their sum (the merged statistics this shard serves)."""
+        out = {}
+        for point, policy in self.learner.served.items():
+            n, total = policy.reward_totals()
+            out[point] = {
+                "arms": policy.arms,
+                "n": n.tolist(),
+                "rewards": total.tolist(),
+                "drifts": policy.drifts,
+            }
+        return out
+
     async def _on_rpc(self, msg: Msg) -> None:
         """A request on ``hs.rpc.<partition>.<method>``, answered on this event loop."""
         _, _, partition, method = msg.subject.split(".", 3)

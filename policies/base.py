@@ -146,6 +146,10 @@ class Policy(abc.ABC):
                 return Choice(eligible[i], pi)
         return Choice(eligible[-1], p[-1])
 
+    def reward_totals(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per arm: the weighted number of rewards learned from, and their weighted sum."""
+        return self.stats["n"], self.stats["r"]
+
     def arm_index(self, arm: str) -> int:
         return self.arms.index(arm)
 

@@ -34,7 +34,7 @@ class LinearPolicy(Policy):
 
     def _initial_stats(self) -> Stats:
         k, d = len(self.arms), self.dim
-        return {"A": np.zeros((k, d, d)), "b": np.zeros((k, d)), "n": np.zeros(k)}
+        return {"A": np.zeros((k, d, d)), "b": np.zeros((k, d)), "n": np.zeros(k), "r": np.zeros(k)}
 
     def _refresh(self) -> None:
         eye = self.ridge * np.eye(self.dim)
@@ -51,6 +51,7 @@ class LinearPolicy(Policy):
         dger(weight, x, x, a=stats["A"][arm].T, overwrite_a=1)
         daxpy(x, stats["b"][arm], a=weight * reward)
         stats["n"][arm] += weight
+        stats["r"][arm] += weight * reward
 
     def _update(self, x: np.ndarray | None, arm: int, reward: float, weight: float) -> None:
         assert x is not None
@@ -61,6 +62,7 @@ class LinearPolicy(Policy):
         dger(weight, x, x, a=gram.T, overwrite_a=1)
         daxpy(x, b, a=weight * reward)
         self.stats["n"][arm] += weight
+        self.stats["r"][arm] += weight * reward
         self.decisions += weight
         # Sherman-Morrison for A + w x xᵀ.
         u = a_inv @ x

@@ -69,6 +69,9 @@ class ThompsonSampling(Policy):
         i = int(self.rng.beta(a, b).argmax())
         return Choice(eligible[i], float(self.probabilities(x, eligible)[i]))
 
+    def reward_totals(self) -> tuple[np.ndarray, np.ndarray]:
+        return self.stats["successes"] + self.stats["failures"], self.stats["successes"]
+
     def accumulate(self, stats: Stats, x: np.ndarray | None, arm: int, reward: float, weight: float) -> None:
         stats["successes"][arm] += weight * reward
         stats["failures"][arm] += weight * (1.0 - reward)

@@ -17,7 +17,8 @@ from engine.keys import Pseudonymizer
 from headstart.assignment import CONTROL_BUCKET
 from headstart.broker import EmbeddedNats
 from headstart.checkpoints import SNAPSHOT_BUCKET
-from headstart.streams import DLQ_STREAM, EVENTS_STREAM, ensure_streams
+from headstart.merge import LEARN_BUCKET
+from headstart.streams import DECISIONS_STREAM, DLQ_STREAM, EVENTS_STREAM, REWARDS_STREAM, ensure_streams
 
 TEST_SECRET = b"test-secret-0123456789abcdef"
 TEST_PARTITIONS = 8
@@ -65,7 +66,15 @@ async def nc(nats_url: str) -> AsyncIterator[NATS]:
 async def reset_streams(url: str, partitions: int = TEST_PARTITIONS) -> None:
     conn = await nats.connect(url)
     js = conn.jetstream()
-    for name in (EVENTS_STREAM, DLQ_STREAM, f"OBJ_{SNAPSHOT_BUCKET}", f"KV_{CONTROL_BUCKET}"):
+    for name in (
+        EVENTS_STREAM,
+        DLQ_STREAM,
+        DECISIONS_STREAM,
+        REWARDS_STREAM,
+        f"OBJ_{SNAPSHOT_BUCKET}",
+        f"KV_{CONTROL_BUCKET}",
+        f"KV_{LEARN_BUCKET}",
+    ):
         with contextlib.suppress(nats.js.errors.NotFoundError):
             await js.delete_stream(name)
     await ensure_streams(js, partitions)

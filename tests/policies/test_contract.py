@@ -161,3 +161,14 @@ def test_drift_detection_can_be_turned_off() -> None:
     for reward in [1.0] * 2000 + [0.0] * 2000:
         policy.update(None, 0, reward)
     assert policy.drifts == 0 and policy.stats["n"][0] == 4000
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_reward_totals_count_weighted_rewards(name: str) -> None:
+    policy = make(name, detect_drift=False)
+    x = np.ones(DIM)
+    context = x if policy.contextual else None
+    policy.update(context, 1, 1.0, weight=0.5)
+    policy.update(context, 1, 0.0)
+    n, total = policy.reward_totals()
+    assert n[1] == pytest.approx(1.5) and total[1] == pytest.approx(0.5) and n[0] == total[0] == 0
