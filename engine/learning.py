@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import heapq
 import secrets
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Annotated, Any
 
 import msgspec
@@ -239,6 +239,9 @@ class Learner:
         self._pending_forgotten: tuple[Contributions, dict[int, int]] | None = None
         #: Served points whose policy detected a drop since the last :meth:`take_drifts`.
         self.drifted: set[str] = set()
+        #: Called with every decision closed by its immediate reward (for the decisions log's
+        #: replay in ``headstart evaluate``): point, arm, context, reward, logged propensity.
+        self.on_close: Callable[[str, int, np.ndarray, float, float], None] | None = None
         self.rewards = 0
         self.reward_sum = 0.0
 
@@ -407,6 +410,7 @@ class OpenDecision(msgspec.Struct, array_like=True):
     x: bytes  # the context vector, float64
     ts: float
     deadline: float
+    propensity: float = 1.0
 
 
 class PathEntry(msgspec.Struct, array_like=True):
@@ -464,7 +468,15 @@ class PartitionLearning:
                 continue  # a concurrent decision already holds this point: it gets the reward
             deadline = record.ts + window
             open_now.append(
-                OpenDecision(record.decision_id, choice.point, index[choice.arm], xb, record.ts, deadline)
+                OpenDecision(
+                    record.decision_id,
+                    choice.point,
+                    index[choice.arm],
+                    xb,
+                    record.ts,
+                    deadline,
+                    choice.propensity,
+                )
             )
             heapq.heappush(self._windows, (deadline, record.decision_id, user_key))
             if learner.settings.journey.weight > 0:
@@ -544,6 +556,9 @@ class PartitionLearning:
         if len(self._closed) > RECENTLY_CLOSED:
             del self._closed[next(iter(self._closed))]
         self._credit(decision.point, decision.arm, decision.x, reward, 1.0)
+        if self.learner.on_close is not None:
+            x = np.frombuffer(decision.x, dtype=float)
+            self.learner.on_close(decision.point, decision.arm, x, reward, decision.propensity)
 
     def _credit_path(self, user_key: str, reward: float) -> None:
         self._credit_entries(self.path.pop(user_key), reward)

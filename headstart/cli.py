@@ -281,38 +281,84 @@ def demo(
 @app.command()
 def evaluate(
     policy: Annotated[str, typer.Option("--policy", help="candidate policy (a module of policies/)")],
-    data: Annotated[Path, typer.Option("--data", help="logged decisions, Parquet or CSV (see README)")],
+    data: Annotated[
+        Path | None,
+        typer.Option(
+            "--data", help="logged decisions, Parquet or CSV (see README); default: the instance's log"
+        ),
+    ] = None,
+    point: Annotated[
+        str | None, typer.Option(help="decision point of a log with several (e.g. tutorial:first_project)")
+    ] = None,
     arms: Annotated[
         str | None, typer.Option(help="comma-separated arms (default: the logged actions)")
+    ] = None,
+    export: Annotated[
+        Path | None, typer.Option(help="also write the instance's logged decisions here (Parquet)")
     ] = None,
     train_share: Annotated[
         float, typer.Option(help="share of the log the candidate learns from first")
     ] = 0.5,
     seed: Annotated[int, typer.Option(help="the candidate's random seed")] = 0,
+    home: HomeOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
 ) -> None:
-    """Estimate a policy's value from logged decisions: IPS, SNIPS and doubly robust, with 95% intervals."""
-    from headstart.evaluate import evaluate_policy, read_log
+    """Estimate a policy's value from logged decisions: IPS, SNIPS and doubly robust, with 95% intervals.
+
+    With --data, from a file (a team's own logs); without, from the running instance's decisions
+    log, every decision point on its own.
+    """
+    from headstart.evaluate import evaluate_logged, evaluate_policy, read_log
 
     try:
-        log = read_log(data, arms.split(",") if arms else None)
-        report = evaluate_policy(policy, log, train_share=train_share, seed=seed)
+        if data is not None:
+            log = read_log(data, arms.split(",") if arms else None, point)
+            reports = {point or data.name: evaluate_policy(policy, log, train_share=train_share, seed=seed)}
+        else:
+            frame, catalog = _instance_log(home)
+            if export is not None:
+                frame.write_parquet(export)
+                console.print(f"wrote {frame.height} logged decisions to {export}")
+            result = evaluate_logged(policy, frame, catalog, train_share=train_share, seed=seed)
+            reports = {p: r for p, r in result["points"].items() if point is None or p == point}
+            for skipped, why in result["skipped"].items():
+                console.print(f"[yellow]{skipped}: skipped ({why})[/]")
     except ConfigError as exc:
         console.print(f"[red]{exc}[/]")
         raise typer.Exit(1) from None
     if as_json:
-        print(json.dumps(report, indent=2))
+        # A file's log: its report; the instance's: a report per decision point.
+        print(json.dumps(next(iter(reports.values())) if data is not None else reports, indent=2))
         return
-    table = Table(
-        title=f"{policy} on {data.name}: learned from {report['trained_on']} rows, "
-        f"evaluated on {report['evaluated_on']}"
-    )
-    for column in ("estimator", "value", "95% interval"):
-        table.add_column(column, justify="right")
-    for name, e in report["estimates"].items():
-        table.add_row(name, f"{e['estimate']:.4f}", f"[{e['ci_low']:.4f}, {e['ci_high']:.4f}]")
-    console.print(table)
-    console.print(f"the logging policy earned {report['logging_policy_value']:.4f} on the same rows")
+    if not reports:
+        console.print("[yellow]nothing to evaluate yet: no decision point has enough logged decisions[/]")
+    for where, report in reports.items():
+        table = Table(
+            title=f"{policy} on {where}: learned from {report['trained_on']} rows, "
+            f"evaluated on {report['evaluated_on']}"
+        )
+        for column in ("estimator", "value", "95% interval"):
+            table.add_column(column, justify="right")
+        for name, e in report["estimates"].items():
+            table.add_row(name, f"{e['estimate']:.4f}", f"[{e['ci_low']:.4f}, {e['ci_high']:.4f}]")
+        console.print(table)
+        console.print(f"the logging policy earned {report['logging_policy_value']:.4f} on the same rows")
+
+
+def _instance_log(home: Path | None) -> tuple[Any, Any]:
+    """The running instance's logged decisions (replayed from its stream) and its catalog."""
+    from engine.catalog import DEFAULT_CATALOG, load_catalog
+    from headstart.evaluate import logged_decisions, read_events_stream
+    from headstart.runtime import instance_running
+
+    settings = _settings(home)
+    state = instance_running(DataHome(settings.home))
+    url = settings.nats_url or (state or {}).get("nats_url")
+    if not url:
+        raise ConfigError("no running instance for this home (`headstart up`), and no --data file")
+    catalog = load_catalog((state or {}).get("catalog") or settings.catalog or DEFAULT_CATALOG)
+    messages = asyncio.run(read_events_stream(url))
+    return logged_decisions(messages, catalog), catalog
 
 
 @app.command()

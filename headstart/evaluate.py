@@ -11,14 +11,26 @@ column             meaning
 any other column   a numeric context feature (the context vector, in column order)
 =================  =====================================================================
 
-This is the layout Headstart's own decision log uses, so logs from an existing system can be
-evaluated the same way. The candidate learns from the first part of the log (``train_share``,
-in order, as it would have on-line from those rewards) and is then frozen and evaluated on the
-rest by IPS, SNIPS and DR (:mod:`engine.ope`).
+``point``           optional: the decision point (``step``, ``tutorial:<id>``); with it,
+                   each point is evaluated on its own rows (it is not a context column)
+=================  =====================================================================
+
+This is the layout Headstart's own decision log is exported in (``headstart evaluate
+--export``), so logs from an existing system can be evaluated the same way. The candidate
+learns from the first part of the log (``train_share``, in order, as it would have on-line from
+those rewards) and is then frozen and evaluated on the rest by IPS, SNIPS and DR
+(:mod:`engine.ope`).
+
+Without ``--data``, the log is the running instance's own: its events stream (events,
+decisions, explicit rewards) replayed through the engine's attribution rules
+(:func:`logged_decisions`), which gives each logged decision exactly the reward the policies
+learned from, with its propensity and the context vector it was chosen in.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,10 +39,17 @@ import numpy as np
 import polars as pl
 
 from engine import ope
-from engine.errors import ConfigError
+from engine.catalog import Catalog
+from engine.decision import Decider
+from engine.errors import ConfigError, InvalidEvent
+from engine.features import DIM, FEATURE_NAMES
+from engine.learning import Learner
+from engine.partition import PartitionState
+from headstart.streams import EVENTS_PREFIX, EVENTS_STREAM
 from policies import available, create
 
 REQUIRED = ("action", "reward", "propensity")
+POINT = "point"
 
 
 @dataclass(frozen=True)
@@ -43,7 +62,7 @@ class LoggedData:
     propensities: np.ndarray
 
 
-def read_log(path: Path, arms: list[str] | None = None) -> LoggedData:
+def read_log(path: Path, arms: list[str] | None = None, point: str | None = None) -> LoggedData:
     """Read and validate a log; every problem names the file and the column."""
     if not path.exists():
         raise ConfigError(f"{path}: no such file")
@@ -51,6 +70,21 @@ def read_log(path: Path, arms: list[str] | None = None) -> LoggedData:
         frame = pl.read_parquet(path) if path.suffix.lower() == ".parquet" else pl.read_csv(path)
     except (pl.exceptions.PolarsError, OSError) as exc:
         raise ConfigError(f"{path}: not a readable Parquet or CSV file ({exc})") from exc
+    return frame_to_log(frame, str(path), arms, point)
+
+
+def frame_to_log(
+    frame: pl.DataFrame, source: str, arms: list[str] | None = None, point: str | None = None
+) -> LoggedData:
+    """Validate a logged-decisions frame (the layout above) for one decision point."""
+    path = source
+    if POINT in frame.columns:
+        points = sorted(frame[POINT].cast(pl.String).unique().to_list())
+        if point is None and len(points) > 1:
+            raise ConfigError(f"{path}: rows of several decision points {points}; choose one with --point")
+        if point is not None:
+            frame = frame.filter(pl.col(POINT) == point)
+        frame = frame.drop(POINT)
     missing = [c for c in REQUIRED if c not in frame.columns]
     if missing:
         raise ConfigError(f"{path}: missing column(s) {', '.join(missing)} (needs {', '.join(REQUIRED)})")
@@ -87,7 +121,7 @@ def read_log(path: Path, arms: list[str] | None = None) -> LoggedData:
         features=features,
         # A bias term first: the layout of Headstart's own context vectors.
         x=np.column_stack([np.ones(frame.height), context]),
-        actions=np.array([index[a] for a in logged_actions]),
+        actions=np.array([index[a] for a in logged_actions], dtype=int),
         rewards=frame["reward"].cast(pl.Float64).to_numpy(),
         propensities=frame["propensity"].cast(pl.Float64).to_numpy(),
     )
@@ -126,3 +160,80 @@ def evaluate_policy(
         "logging_policy_value": float(log.rewards[split:].mean()),
         "estimates": {k: v._asdict() for k, v in estimates.items()},
     }
+
+
+# ---------------------------------------------------------------------- the instance's own log
+
+
+def logged_decisions(messages: Iterable[tuple[int, str, bytes]], catalog: Catalog) -> pl.DataFrame:
+    """Replay the events stream's messages (sequence, subject, payload) through the engine's
+    attribution rules: one row per decision closed by its immediate reward, in the layout
+    :func:`frame_to_log` reads, with the context vector as ``x<i>_<feature>`` columns."""
+    learner = Learner(catalog, Decider(catalog))
+    rows: list[tuple[str, str, float, float, np.ndarray]] = []
+
+    def closed(point: str, arm: int, x: np.ndarray, reward: float, propensity: float) -> None:
+        rows.append((point, learner.points[point][arm], reward, propensity, x.copy()))
+
+    learner.on_close = closed
+    partitions: dict[int, PartitionState] = {}
+    for seq, subject, data in messages:
+        _, _, partition, tail = subject.split(".", 3)
+        part = partitions.get(int(partition))
+        if part is None:
+            part = partitions[int(partition)] = PartitionState(int(partition), learner)
+        with contextlib.suppress(InvalidEvent):  # dead-lettered by the shards too
+            part.apply_message(seq, tail, data)
+    columns: dict[str, Any] = {
+        POINT: [r[0] for r in rows],
+        "action": [r[1] for r in rows],
+        "reward": [r[2] for r in rows],
+        "propensity": [r[3] for r in rows],
+    }
+    contexts = np.array([r[4] for r in rows]).reshape(len(rows), DIM)
+    # The bias (always 1) is left out: reading a log adds it back.
+    for i, name in enumerate(FEATURE_NAMES[1:], start=1):
+        columns[f"x{i}_{name}"] = contexts[:, i]
+    return pl.DataFrame(columns)
+
+
+async def read_events_stream(nats_url: str, timeout: float = 5.0) -> list[tuple[int, str, bytes]]:
+    """Every message of the events stream, in order (an ordered consumer; nothing is acked)."""
+    import nats
+
+    nc = await nats.connect(nats_url, connect_timeout=timeout, max_reconnect_attempts=1)
+    try:
+        js = nc.jetstream()
+        info = await js.stream_info(EVENTS_STREAM)
+        last = info.state.last_seq
+        out: list[tuple[int, str, bytes]] = []
+        if not info.state.messages:
+            return out
+        sub = await js.subscribe(f"{EVENTS_PREFIX}.>", ordered_consumer=True, stream=EVENTS_STREAM)
+        try:
+            while True:
+                msg = await sub.next_msg(timeout=timeout)
+                seq = msg.metadata.sequence.stream
+                out.append((seq, msg.subject, msg.data))
+                if seq >= last:
+                    return out
+        finally:
+            await sub.unsubscribe()
+    finally:
+        await nc.close()
+
+
+def evaluate_logged(
+    name: str, frame: pl.DataFrame, catalog: Catalog, train_share: float = 0.5, seed: int = 0
+) -> dict[str, Any]:
+    """:func:`evaluate_policy` for every decision point of the instance's log with enough rows."""
+    learner = Learner(catalog, Decider(catalog))
+    report: dict[str, Any] = {"policy": name, "points": {}, "skipped": {}}
+    for point in sorted(frame[POINT].unique().to_list()) if frame.height else []:
+        rows = frame.filter(pl.col(POINT) == point)
+        if rows.height < 20:
+            report["skipped"][point] = f"{rows.height} logged decisions; 20 are needed"
+            continue
+        log = frame_to_log(rows, "decisions log", learner.points.get(point), point)
+        report["points"][point] = evaluate_policy(name, log, train_share=train_share, seed=seed)
+    return report

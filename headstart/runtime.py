@@ -122,6 +122,7 @@ class Runtime:
             "ray_address": getattr(self, "_ray_address", None),
             "http_url": getattr(self, "http_url", None),
             "partitions": self.settings.partitions,
+            "catalog": str(self.settings.catalog) if self.settings.catalog else None,
             # Attaching keeps the running layout, and a rescale changes it: the group knows.
             "shards": self.group.assignment.shards if self.group is not None else self.settings.shards,
             "home": str(self.home.root),

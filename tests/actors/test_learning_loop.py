@@ -182,3 +182,22 @@ def test_a_new_shard_starts_from_the_merged_policy(loop: tuple[httpx.Client, Sha
         np.testing.assert_allclose(newcomer["rewards"], before["rewards"])
     finally:
         group.rescale(2)
+
+
+def test_the_decisions_log_replays_into_what_the_policies_learned(
+    loop: tuple[httpx.Client, ShardGroup],
+) -> None:
+    """``headstart evaluate``'s source: the stream replayed gives each decision the reward the
+    shards learned from, with its propensity."""
+    from headstart.evaluate import evaluate_logged, logged_decisions, read_events_stream
+
+    _, group = loop
+    catalog = fast_merging_catalog()
+    frame = logged_decisions(asyncio.run(read_events_stream(group.nats_url)), catalog)
+    rows = frame.filter(frame["point"] == POINT)
+    served = learned(group)[0]
+    assert rows.height == pytest.approx(sum(served["n"]))
+    assert rows["reward"].sum() == pytest.approx(sum(served["rewards"]))
+    assert rows["propensity"].min() > 0  # type: ignore[operator]
+    report = evaluate_logged("thompson", frame, catalog)
+    assert set(report["points"][POINT]["estimates"]) == {"ips", "snips", "dr"}

@@ -93,3 +93,31 @@ def test_bad_logs_fail_with_the_file_and_the_column(
     with pytest.raises(ConfigError, match=problem.replace("(", r"\(").replace(")", r"\)")) as info:
         read_log(path)
     assert str(path) in str(info.value)
+
+
+def test_the_instances_log_replays_into_logged_decisions_per_point() -> None:
+    from engine.catalog import DEFAULT_CATALOG, load_catalog
+    from headstart.evaluate import evaluate_logged, frame_to_log, logged_decisions
+    from tests.engine.test_learning import PSEUDO, Log
+
+    catalog = load_catalog(DEFAULT_CATALOG)
+    log = Log()
+    rng = np.random.default_rng(4)
+    for i in range(120):
+        key = PSEUDO.key(f"u{i}")
+        arm = "video" if i % 2 else "checklist"
+        decision_id = log.decision(key, 1_767_600_000.0 + i, arm=arm)
+        log.reward(
+            key, decision_id, float(rng.random() < (0.8 if arm == "video" else 0.3)), 1_767_600_000.0 + i
+        )
+    messages = [(seq, f"hs.events.0.{tail}", data) for seq, tail, data in log.messages]
+    frame = logged_decisions(messages, catalog)
+    assert frame.height == 120 and set(frame["point"]) == {"tutorial:first_project"}
+    assert frame["propensity"].to_list() == [0.5] * 120
+    assert frame.filter(frame["action"] == "video")["reward"].mean() > 0.6  # type: ignore[operator]
+    logged = frame_to_log(frame, "log", point="tutorial:first_project")
+    assert logged.x.shape == (120, 20) and logged.x[:, 0].tolist() == [1.0] * 120
+    report = evaluate_logged("linear_igw", frame, catalog)
+    estimates = report["points"]["tutorial:first_project"]["estimates"]
+    assert set(estimates) == {"ips", "snips", "dr"}
+    assert all(e["ci_low"] <= e["estimate"] <= e["ci_high"] for e in estimates.values())
