@@ -296,6 +296,12 @@ class Decision(BaseModel):
     completed_steps: list[str]
     personalized: bool
     explain: list[str]
+    activation_probability: float | None = Field(
+        None, description="the activation model's probability that this user activates (personalized only)"
+    )
+    recommended_features: list[str] = Field(
+        default_factory=list, description="features this user has not tried, likeliest adopted first"
+    )
 
 
 class IngressConfig(BaseModel):

@@ -31,6 +31,7 @@ from nats.js.kv import KeyValue
 
 from engine.catalog import Catalog
 from engine.decision import Decider
+from engine.features import context_vector
 from engine.keys import partition_of
 from engine.learning import DecisionRecord, Learner, PartitionLearning, encode_record
 from engine.partition import PartitionState
@@ -104,6 +105,7 @@ class ShardActor:
         self.learner = Learner(catalog, self.decider, seed=shard_id)
         self.merger: PolicyMerger | None = None
         self.merge_interval_s = catalog.learning.merge_interval_s
+        self.activation_low_below = catalog.learning.activation_low_below
         self.decisions_logged = 0
         self.decision_log_failures = 0
         self.personalize_by_default = catalog.consent_mode == "opt_out"
@@ -427,9 +429,17 @@ class ShardActor:
                 user = part.users.get(key)
                 personalize = self._personalize(user)
                 chooser = self._chooser(part, key, user, request, now) if personalize else None
+                insights: dict[str, Any] = {}
+                extra = []
+                if chooser is not None and part.learning is not None:
+                    insights = part.learning.insights(key, user, part.vocab, chooser.x)
+                    probability = insights["activation_probability"]
+                    if probability is not None and probability < self.activation_low_below:
+                        extra.append("activation_low")
                 decision = self.decider.decide(
-                    key, user, part.vocab, request.get("context"), now, personalize, chooser
+                    key, user, part.vocab, request.get("context"), now, personalize, chooser, extra
                 )
+                decision.update(insights)
                 if chooser is not None:
                     self._log_decision(part.partition, chooser.record())
                 return encode_reply(decision)
@@ -448,7 +458,13 @@ class ShardActor:
                     self._log_decision(part.partition, chooser.record())
                 return encode_reply(choice)
             if method == "user":
-                return encode_reply(part.view(key, now))
+                view = part.view(key, now)
+                if view is not None and part.learning is not None:
+                    user = part.users[key]
+                    view.update(
+                        part.learning.insights(key, user, part.vocab, context_vector(user, None, now))
+                    )
+                return encode_reply(view)
             if method == "stats":
                 return encode_reply(await self.stats())
             if method == "ping":

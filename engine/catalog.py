@@ -43,6 +43,8 @@ BUILTIN_SEGMENTS = frozenset(
         "device_tablet",
         "new_user",
         "returning_user",
+        # The activation model's probability is below ``learning.activation_low_below``.
+        "activation_low",
     }
 )
 #: ``locale_<language>`` (e.g. ``locale_de``) is built in for every ISO 639-1 language.
@@ -151,6 +153,9 @@ class Learning(_Model):
     journey: JourneyReward = JourneyReward()
     #: How often every shard publishes what its partitions learned and loads everyone else's.
     merge_interval_s: float = Field(5.0, gt=0, le=3600)
+    #: Users whose predicted activation probability is below this are in the built-in segment
+    #: ``activation_low`` (e.g. to give them a simpler flow through a flag or step rule).
+    activation_low_below: float = Field(0.2, ge=0, le=1)
 
 
 class Catalog(_Model):

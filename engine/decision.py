@@ -197,6 +197,7 @@ class Decider:
         now: float,
         personalize: bool = True,
         chooser: ChoiceSession | None = None,
+        extra_segments: list[str] | None = None,
     ) -> dict[str, Any]:
         """The next onboarding step, tutorial variant, message, flags and why.
 
@@ -210,7 +211,7 @@ class Decider:
             user, vocab = None, None
         elif user is None:
             explain.append("user not seen yet: cold start from the request's context")
-        segments = self.segments(user, context, now)
+        segments = self.segments(user, context, now) + (extra_segments or [])
         eligible, done, why_not = self.eligible_steps(user, vocab, segments)
         step = eligible[0] if eligible else None
         if step is None:

@@ -46,6 +46,7 @@ from engine.catalog import Catalog
 from engine.events import Event, EventKind
 from engine.features import DIM, LAYOUT_VERSION, context_vector
 from engine.keys import is_user_key
+from engine.models import ActivationModel, FeatureRecommender, MergedActivation
 from engine.profile import UserState, Vocabularies
 from policies import create
 from policies.base import Policy, Stats, pack_stats, unpack_stats
@@ -110,6 +111,9 @@ class DecisionRecord(msgspec.Struct, omit_defaults=True):
     context: list[float]
     choices: list[PointChoice]
     shadow_policy: str | None = None
+    #: Coarse audience of the decision (device_type, country, locale) for the bias audit
+    #: (``headstart report fairness``): the request's, else the profile's.
+    groups: dict[str, str] = msgspec.field(default_factory=dict)
 
 
 class RewardRecord(msgspec.Struct):
@@ -147,6 +151,9 @@ class ChoiceSession:
         self._learner = learner
         self._key = user_key
         self._x = x
+        #: The context vector the choices were made in.
+        self.x = x
+        self.groups: dict[str, str] = {}
         self._now = now
         self._open = open_arms
         self._choices: list[PointChoice] = []
@@ -199,6 +206,7 @@ class ChoiceSession:
             context=self._x.tolist(),
             choices=self._choices,
             shadow_policy=learner.shadow_name,
+            groups=self.groups,
         )
 
 
@@ -232,6 +240,10 @@ class Learner:
         self.policy_version = next(iter(self.served.values())).version if self.served else 1
         #: What each partition's owner last published: partition -> (sequence, contributions).
         self.views: dict[int, tuple[int, Contributions]] = {}
+        #: Each partition's activation model as last published (raw-space weights, examples).
+        self.activation_views: dict[int, tuple[np.ndarray, int]] = {}
+        #: Activation probability every shard serves: all partitions' River models, averaged.
+        self.activation = MergedActivation()
         #: Statistics forgotten after drifts (subtracted from the sum), and the partition
         #: sequences they were computed at: applied once every view has caught up with them.
         self.forgotten: Contributions = {}
@@ -240,8 +252,11 @@ class Learner:
         #: Served points whose policy detected a drop since the last :meth:`take_drifts`.
         self.drifted: set[str] = set()
         #: Called with every decision closed by its immediate reward (for the decisions log's
-        #: replay in ``headstart evaluate``): point, arm, context, reward, logged propensity.
-        self.on_close: Callable[[str, int, np.ndarray, float, float], None] | None = None
+        #: replay in ``headstart evaluate``): decision id, point, arm, context, reward, logged
+        #: propensity.
+        self.on_close: Callable[[str, str, int, np.ndarray, float, float], None] | None = None
+        #: Called with every activation outcome the activation model learns: context, activated.
+        self.on_outcome: Callable[[np.ndarray, bool], None] | None = None
         self.rewards = 0
         self.reward_sum = 0.0
 
@@ -266,7 +281,13 @@ class Learner:
         now: float,
         open_arms: Mapping[str, tuple[str, str]],
     ) -> ChoiceSession:
-        return ChoiceSession(self, user_key, context_vector(user, context, now), now, open_arms)
+        session = ChoiceSession(self, user_key, context_vector(user, context, now), now, open_arms)
+        context = context or {}
+        for field in ("device_type", "country", "locale"):
+            value = context.get(field) or (getattr(user, field) if user is not None else None)
+            if isinstance(value, str) and value:
+                session.groups[field] = value[:32]
+        return session
 
     # ------------------------------------------------------------------ learning
 
@@ -317,6 +338,9 @@ class Learner:
         if pending is not None and all(seqs.get(p, 0) >= s for p, s in pending[1].items()):
             self.forgotten, self.forgotten_seqs = pending
             self._pending_forgotten = None
+        models = {p: v for p, v in self.activation_views.items() if p not in owned}
+        models.update((p, part.activation.raw_params()) for p, part in owned.items())
+        self.activation.load(models.values())
         for name, policies in self.policies_by_name().items():
             for point, policy in policies.items():
                 stats = total[name][point]
@@ -357,6 +381,12 @@ class Learner:
         seq = seqs.get(partition, 0)
         if partition not in self.views or self.views[partition][0] <= seq:
             self.views[partition] = (seq, contributions)
+            activation = msgspec.msgpack.decode(data).get("activation")
+            if activation:
+                self.activation_views[partition] = (
+                    np.frombuffer(activation[0], dtype=float).copy(),
+                    activation[1],
+                )
 
     def drift_counts(self) -> dict[str, int]:
         return {point: policy.drifts for point, policy in self.served.items()}
@@ -377,10 +407,13 @@ class Learner:
         return bool(journey.name in (getattr(props, "feature", None), getattr(props, "step", None)))
 
 
-def encode_contributions(seqs: Mapping[int, int], contributions: Contributions) -> bytes:
+def encode_contributions(
+    seqs: Mapping[int, int], contributions: Contributions, activation: tuple[np.ndarray, int] | None = None
+) -> bytes:
     return _encoder.encode(
         {
             "seqs": {str(p): s for p, s in seqs.items()},
+            "activation": [activation[0].tobytes(), activation[1]] if activation is not None else None,
             "policies": {
                 name: {point: pack_stats(stats) for point, stats in points.items()}
                 for name, points in contributions.items()
@@ -429,11 +462,13 @@ class PartitionLearning:
         "_closed",
         "_journeys",
         "_windows",
+        "activation",
         "contributions",
         "counts",
         "learner",
         "open",
         "path",
+        "recommender",
         "seq",
     )
 
@@ -447,6 +482,8 @@ class PartitionLearning:
         self._closed: dict[str, None] = {}
         #: The partition's last applied sequence when this was last changed (for merges).
         self.seq = 0
+        self.activation = ActivationModel()
+        self.recommender = FeatureRecommender()
         self.counts = {"decisions": 0, "rewards": 0, "explicit": 0, "defaulted": 0, "late": 0, "unknown": 0}
 
     # ------------------------------------------------------------------ inputs, in stream order
@@ -514,6 +551,8 @@ class PartitionLearning:
         if user_key in self.path and self.learner.is_activation(event):
             self._credit_path(user_key, 1.0)
             self.seq = seq
+        if event.kind is EventKind.FEATURE_CLICKED:
+            self._learn_adoption(user_key, user, event, vocab, seq)
 
     def advance(self, now: float, seq: int) -> None:
         """Close the reward windows and journeys that ended by event time ``now``."""
@@ -533,6 +572,8 @@ class PartitionLearning:
             ended = [e for e in path if e.decision_id == decision_id and e.deadline <= now]
             if ended:
                 self._credit_entries(ended, 0.0)
+                for entry in ended:
+                    self._learn_outcome(entry, False)
                 self._drop_path(user_key, ended)
                 self.seq = seq
 
@@ -558,10 +599,47 @@ class PartitionLearning:
         self._credit(decision.point, decision.arm, decision.x, reward, 1.0)
         if self.learner.on_close is not None:
             x = np.frombuffer(decision.x, dtype=float)
-            self.learner.on_close(decision.point, decision.arm, x, reward, decision.propensity)
+            self.learner.on_close(
+                decision.decision_id, decision.point, decision.arm, x, reward, decision.propensity
+            )
 
     def _credit_path(self, user_key: str, reward: float) -> None:
-        self._credit_entries(self.path.pop(user_key), reward)
+        entries = self.path.pop(user_key)
+        self._credit_entries(entries, reward)
+        for entry in entries:
+            self._learn_outcome(entry, True)
+
+    def _learn_outcome(self, entry: PathEntry, activated: bool) -> None:
+        x = np.frombuffer(entry.x, dtype=float)
+        self.activation.learn(x, activated)
+        if self.learner.on_outcome is not None:
+            self.learner.on_outcome(x, activated)
+
+    def _learn_adoption(
+        self, user_key: str, user: UserState, event: Event, vocab: Vocabularies, seq: int
+    ) -> None:
+        feature: str = event.props.feature  # type: ignore[attr-defined]
+        if user.feature_count(vocab.features.find(feature)) != 1:
+            return  # not the first click: adoption is learned once per user and feature
+        self.recommender.learn_adoption(user_key, feature, self.untried(user, vocab), seq)
+        self.seq = seq
+
+    @staticmethod
+    def untried(user: UserState, vocab: Vocabularies) -> list[str]:
+        """Features seen in this partition (the first 64) that ``user`` has not used."""
+        names = vocab.features.names
+        return [names[i] for i in range(1, min(len(names), 65)) if user.feature_count(i) == 0]
+
+    def insights(
+        self, user_key: str, user: UserState | None, vocab: Vocabularies, x: np.ndarray
+    ) -> dict[str, Any]:
+        """The River models' view of a user: activation probability and features to try next."""
+        probability = self.learner.activation.predict(x)
+        untried = self.untried(user, vocab) if user is not None else []
+        return {
+            "activation_probability": None if probability is None else round(probability, 4),
+            "recommended_features": self.recommender.recommend(user_key, untried),
+        }
 
     def _credit_entries(self, entries: Iterable[PathEntry], reward: float) -> None:
         weight = self.learner.settings.journey.weight
@@ -598,10 +676,11 @@ class PartitionLearning:
         it is aggregate statistics, not data about the user)."""
         self.open.pop(user_key, None)
         self.path.pop(user_key, None)
+        self.recommender.forget_user(user_key)
 
     def published(self, partition: int) -> bytes:
         """The contribution as every shard loads it (:meth:`Learner.set_view`)."""
-        return encode_contributions({partition: self.seq}, self.contributions)
+        return encode_contributions({partition: self.seq}, self.contributions, self.activation.raw_params())
 
     def snapshot(self) -> dict[str, Any]:
         return {
@@ -611,6 +690,8 @@ class PartitionLearning:
             "path": {k: [msgspec.to_builtins(e) for e in v] for k, v in self.path.items()},
             "closed": list(self._closed),
             "counts": self.counts,
+            "activation": self.activation.snapshot(),
+            "recommender": self.recommender.snapshot(),
         }
 
     @classmethod
@@ -633,4 +714,6 @@ class PartitionLearning:
         heapq.heapify(state._journeys)
         state._closed = dict.fromkeys(snap["closed"])
         state.counts.update(snap["counts"])
+        state.activation = ActivationModel.restore(snap["activation"])
+        state.recommender = FeatureRecommender.restore(snap["recommender"])
         return state

@@ -347,8 +347,13 @@ def evaluate(
 
 def _instance_log(home: Path | None) -> tuple[Any, Any]:
     """The running instance's logged decisions (replayed from its stream) and its catalog."""
+    replayed, catalog = _instance_replay(home)
+    return replayed.decisions, catalog
+
+
+def _instance_replay(home: Path | None) -> tuple[Any, Any]:
     from engine.catalog import DEFAULT_CATALOG, load_catalog
-    from headstart.evaluate import logged_decisions, read_events_stream
+    from headstart.evaluate import read_events_stream, replay_log
     from headstart.runtime import instance_running
 
     settings = _settings(home)
@@ -357,8 +362,90 @@ def _instance_log(home: Path | None) -> tuple[Any, Any]:
     if not url:
         raise ConfigError("no running instance for this home (`headstart up`), and no --data file")
     catalog = load_catalog((state or {}).get("catalog") or settings.catalog or DEFAULT_CATALOG)
-    messages = asyncio.run(read_events_stream(url))
-    return logged_decisions(messages, catalog), catalog
+    return replay_log(asyncio.run(read_events_stream(url)), catalog), catalog
+
+
+report_app = typer.Typer(help="Audits of the decisions log: signals and fairness.", no_args_is_help=True)
+app.add_typer(report_app, name="report")
+
+
+@report_app.command("signals")
+def report_signals(
+    home: HomeOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+) -> None:
+    """Which live features predict reward and activation, and which tell little (candidates to drop)."""
+    from headstart.reports import signals_report
+
+    try:
+        replayed, _ = _instance_replay(home)
+    except ConfigError as exc:
+        console.print(f"[red]{exc}[/]")
+        raise typer.Exit(1) from None
+    report = signals_report(replayed.decisions, replayed.outcomes)
+    if as_json:
+        print(json.dumps(report, indent=2))
+        return
+    table = Table(
+        title=f"signals: {report['decisions']} rewarded decisions, {report['outcomes']} activation outcomes"
+    )
+    for column in ("feature", "MI reward (bits)", "MI activation (bits)", "activation weight", ""):
+        table.add_column(column, justify="right")
+    for row in report["signals"]:
+        weight = row["activation_weight"]
+        table.add_row(
+            row["feature"],
+            f"{row['mi_reward_bits']:.4f}",
+            f"{row['mi_activation_bits']:.4f}",
+            "-" if weight is None else f"{weight:+.3f}",
+            "[yellow]low value[/]" if row["low_value"] else "",
+        )
+    console.print(table)
+
+
+@report_app.command("fairness")
+def report_fairness(
+    ratio: Annotated[
+        float,
+        typer.Option(help="flag a disparity when the lowest group's rate is below this share of the highest"),
+    ] = 0.8,
+    min_group: Annotated[int, typer.Option(help="leave out groups with fewer decisions")] = 30,
+    data: Annotated[
+        Path | None, typer.Option("--data", help="a decisions log exported by `evaluate --export`")
+    ] = None,
+    home: HomeOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+) -> None:
+    """Per device type, country and locale: each arm's exposure share and the outcome rate, with
+    disparities beyond --ratio flagged."""
+    import polars as pl
+
+    from headstart.reports import fairness_report
+
+    try:
+        decisions = pl.read_parquet(data) if data is not None else _instance_replay(home)[0].decisions
+        report = fairness_report(decisions, ratio=ratio, min_group=min_group)
+    except (ConfigError, ValueError, OSError, pl.exceptions.PolarsError) as exc:
+        console.print(f"[red]{exc}[/]")
+        raise typer.Exit(1) from None
+    if as_json:
+        print(json.dumps(report, indent=2))
+        return
+    for point, fields in report["points"].items():
+        table = Table(title=f"{point}")
+        for column in ("group field", "metric", "by group", "ratio"):
+            table.add_column(column)
+        for field, entry in fields.items():
+            for metric, value in entry.items():
+                if metric == "groups":
+                    continue
+                groups = ", ".join(f"{g} {v:.3f}" for g, v in value["by_group"].items())
+                flag = "[red]" if value["flagged"] else ""
+                table.add_row(field, metric, groups, f"{flag}{value['ratio']:.2f}")
+        console.print(table)
+    console.print(
+        f"{len(report['flagged'])} disparities below {ratio}" if report["flagged"] else "no disparity flagged"
+    )
 
 
 @app.command()

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import numpy as np
 import polars as pl
 
@@ -43,13 +44,14 @@ from engine.catalog import Catalog
 from engine.decision import Decider
 from engine.errors import ConfigError, InvalidEvent
 from engine.features import DIM, FEATURE_NAMES
-from engine.learning import Learner
+from engine.learning import Learner, decision_decoder
 from engine.partition import PartitionState
 from headstart.streams import EVENTS_PREFIX, EVENTS_STREAM
 from policies import available, create
 
 REQUIRED = ("action", "reward", "propensity")
 POINT = "point"
+GROUP_FIELDS = ("device_type", "country", "locale")
 
 
 @dataclass(frozen=True)
@@ -78,6 +80,7 @@ def frame_to_log(
 ) -> LoggedData:
     """Validate a logged-decisions frame (the layout above) for one decision point."""
     path = source
+    frame = frame.drop([c for c in frame.columns if c.startswith("group_")])
     if POINT in frame.columns:
         points = sorted(frame[POINT].cast(pl.String).unique().to_list())
         if point is None and len(points) > 1:
@@ -169,32 +172,68 @@ def logged_decisions(messages: Iterable[tuple[int, str, bytes]], catalog: Catalo
     """Replay the events stream's messages (sequence, subject, payload) through the engine's
     attribution rules: one row per decision closed by its immediate reward, in the layout
     :func:`frame_to_log` reads, with the context vector as ``x<i>_<feature>`` columns."""
-    learner = Learner(catalog, Decider(catalog))
-    rows: list[tuple[str, str, float, float, np.ndarray]] = []
+    return replay_log(messages, catalog).decisions
 
-    def closed(point: str, arm: int, x: np.ndarray, reward: float, propensity: float) -> None:
-        rows.append((point, learner.points[point][arm], reward, propensity, x.copy()))
+
+@dataclass(frozen=True)
+class ReplayedLog:
+    #: One row per decision closed by its immediate reward: point, action, reward, propensity,
+    #: the context columns, and the decision's audience (``group_<field>`` columns).
+    decisions: pl.DataFrame
+    #: One row per activation outcome the activation model learned: context columns, activated.
+    outcomes: pl.DataFrame
+
+
+def replay_log(messages: Iterable[tuple[int, str, bytes]], catalog: Catalog) -> ReplayedLog:
+    """Replay the events stream (sequence, subject, payload) through the engine's attribution
+    rules: what every decision earned, and every activation outcome."""
+    learner = Learner(catalog, Decider(catalog))
+    rows: list[tuple[str, str, str, float, float, np.ndarray]] = []
+    outcomes: list[tuple[np.ndarray, bool]] = []
+    groups: dict[str, dict[str, str]] = {}
+
+    def closed(
+        decision_id: str, point: str, arm: int, x: np.ndarray, reward: float, propensity: float
+    ) -> None:
+        rows.append((decision_id, point, learner.points[point][arm], reward, propensity, x.copy()))
 
     learner.on_close = closed
+    learner.on_outcome = lambda x, activated: outcomes.append((x.copy(), activated))
     partitions: dict[int, PartitionState] = {}
     for seq, subject, data in messages:
         _, _, partition, tail = subject.split(".", 3)
+        if tail.endswith(".decision"):
+            with contextlib.suppress(msgspec.DecodeError):
+                record = decision_decoder.decode(data)
+                groups[record.decision_id] = record.groups
         part = partitions.get(int(partition))
         if part is None:
             part = partitions[int(partition)] = PartitionState(int(partition), learner)
         with contextlib.suppress(InvalidEvent):  # dead-lettered by the shards too
             part.apply_message(seq, tail, data)
     columns: dict[str, Any] = {
-        POINT: [r[0] for r in rows],
-        "action": [r[1] for r in rows],
-        "reward": [r[2] for r in rows],
-        "propensity": [r[3] for r in rows],
+        POINT: [r[1] for r in rows],
+        "action": [r[2] for r in rows],
+        "reward": [r[3] for r in rows],
+        "propensity": [r[4] for r in rows],
+        **_context_columns([r[5] for r in rows]),
     }
-    contexts = np.array([r[4] for r in rows]).reshape(len(rows), DIM)
+    for field in GROUP_FIELDS:
+        columns[f"group_{field}"] = [groups.get(r[0], {}).get(field) for r in rows]
+    outcome_columns = {
+        **_context_columns([x for x, _ in outcomes]),
+        "activated": [activated for _, activated in outcomes],
+    }
+    return ReplayedLog(
+        pl.DataFrame(columns, schema_overrides={f"group_{f}": pl.String for f in GROUP_FIELDS}),
+        pl.DataFrame(outcome_columns),
+    )
+
+
+def _context_columns(vectors: list[np.ndarray]) -> dict[str, np.ndarray]:
+    contexts = np.array(vectors).reshape(len(vectors), DIM)
     # The bias (always 1) is left out: reading a log adds it back.
-    for i, name in enumerate(FEATURE_NAMES[1:], start=1):
-        columns[f"x{i}_{name}"] = contexts[:, i]
-    return pl.DataFrame(columns)
+    return {f"x{i}_{name}": contexts[:, i] for i, name in enumerate(FEATURE_NAMES[1:], start=1)}
 
 
 async def read_events_stream(nats_url: str, timeout: float = 5.0) -> list[tuple[int, str, bytes]]:

@@ -56,8 +56,13 @@ class Log:
             body["props"] = props
         self.add(key, encode_event(body))
 
-    def decision(self, key: str, ts: float, arm: str = "video", point: str = POINT) -> str:
+    def decision(
+        self, key: str, ts: float, arm: str = "video", point: str = POINT, context_slot: int | None = None
+    ) -> str:
         decision_id = new_decision_id(key)
+        context = [1.0] + [0.0] * 19
+        if context_slot is not None:
+            context[context_slot] = 1.0
         record = DecisionRecord(
             decision_id=decision_id,
             user_id=key,
@@ -65,7 +70,7 @@ class Log:
             policy="linear_igw",
             policy_version=1,
             features_version=1,
-            context=[1.0] + [0.0] * 19,
+            context=context,
             choices=[{"point": point, "arm": arm, "propensity": 0.5, "eligible": ["interactive", arm]}],  # type: ignore[list-item]
         )
         self.add(f"{key}.decision", encode_record(record))
@@ -278,3 +283,53 @@ def test_a_drift_is_forgotten_on_every_shard_and_stays_forgotten_after_merges() 
     b.set_view(0, part_a.learning.published(0))  # type: ignore[union-attr]
     b.rebuild({1: part_b.learning})  # type: ignore[dict-item]
     np.testing.assert_allclose(b.served[POINT].stats["n"], a.served[POINT].stats["n"])
+
+
+def test_the_activation_model_learns_who_activates_and_every_shard_serves_the_average() -> None:
+    from engine.features import FEATURE_NAMES
+
+    catalog = catalog_with(journey={"event": "onboarding_completed", "within_days": 1, "weight": 1.0})
+    learner, log = learner_for(catalog), Log()
+    part = PartitionState(0, learner)
+    mobile_slot = FEATURE_NAMES.index("device=mobile")
+    rng = np.random.default_rng(3)
+    for i in range(600):
+        key = PSEUDO.key(f"a{i}")
+        mobile = i % 2 == 0
+        log.decision(key, NOW + i, context_slot=mobile_slot if mobile else None)
+        if rng.random() < (0.8 if mobile else 0.1):
+            log.event(key, "onboarding_completed", NOW + i + 60)
+    log.event(PSEUDO.key("late"), "session_started", NOW + 3 * 86_400)  # every journey closes
+    log.replay(part)
+    assert part.learning is not None and part.learning.activation.examples == 600
+    learner.rebuild({0: part.learning})
+    mobile, desktop = np.zeros(20), np.zeros(20)
+    mobile[0] = desktop[0] = 1.0
+    mobile[mobile_slot] = 1.0
+    p_mobile, p_desktop = learner.activation.predict(mobile), learner.activation.predict(desktop)
+    assert p_mobile is not None and p_desktop is not None
+    assert p_mobile > 0.6 and p_desktop < 0.3
+    # Another shard that only sees the published partition serves the same model.
+    other = learner_for(catalog)
+    other.set_view(0, part.learning.published(0))
+    other.rebuild({})
+    assert other.activation.predict(mobile) == pytest.approx(p_mobile)
+
+
+def test_features_are_recommended_from_what_similar_users_adopted() -> None:
+    learner, log = learner_for(), Log()
+    part = PartitionState(0, learner)
+    rng = np.random.default_rng(8)
+    for i in range(600):
+        key = PSEUDO.key(f"r{i}")
+        group = ("export", "share") if i % 2 else ("import_csv", "create_project")
+        for feature in group if rng.random() < 0.9 else group[:1]:
+            log.event(key, "feature_clicked", NOW + i, feature=feature)
+    newcomer = PSEUDO.key("newcomer")
+    log.event(newcomer, "feature_clicked", NOW + 700, feature="export")
+    log.replay(part)
+    assert part.learning is not None
+    insights = part.learning.insights(newcomer, part.users[newcomer], part.vocab, np.eye(20)[0])
+    assert insights["recommended_features"][0] == "share"
+    assert "export" not in insights["recommended_features"]
+    assert insights["activation_probability"] is None  # no activation outcome learned yet

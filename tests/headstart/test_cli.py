@@ -102,6 +102,23 @@ def test_scale_moves_partitions_live_from_the_cli_and_the_api(
     assert [s["partitions"] for s in report["shards"]] == [[0, 1, 2, 3], [4, 5, 6, 7]]
 
 
+def test_the_audits_and_evaluation_read_the_instances_decisions_log(
+    instance: tuple[Path, dict[str, object]],
+) -> None:
+    home, _ = instance
+    signals = headstart("report", "signals", "--json", home=home)
+    assert signals.returncode == 0, signals.stdout + signals.stderr
+    report = json.loads(signals.stdout)
+    assert report["decisions"] > 0 and len(report["signals"]) == 19  # the context vector less its bias
+    fairness = headstart("report", "fairness", "--json", "--min-group", "1", home=home)
+    assert fairness.returncode == 0, fairness.stdout + fairness.stderr
+    assert json.loads(fairness.stdout)["points"]
+    export = home / "decisions.parquet"
+    evaluated = headstart("evaluate", "--policy", "thompson", "--export", str(export), home=home)
+    assert evaluated.returncode == 0, evaluated.stdout + evaluated.stderr
+    assert export.exists() and "logged decisions" in evaluated.stdout
+
+
 def test_raw_ids_are_in_no_file_under_the_home(instance: tuple[Path, dict[str, object]]) -> None:
     home, _ = instance
     headstart("demo", "--users", "2", "--steps", "2", home=home)

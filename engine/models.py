@@ -1,0 +1,185 @@
+"""River models learned per event, per partition: who will activate, and which features to try.
+
+Both live in a partition's learning state (:class:`engine.learning.PartitionLearning`), so they
+learn each labelled outcome exactly once (stream order, replay-safe), checkpoint and move with
+the partition.
+
+- :class:`ActivationModel`: River's scaled logistic regression predicting whether a user
+  activates (the catalog's journey event) within the journey's horizon, from the live features
+  at a decision. Every shard serves :class:`MergedActivation`, the example-weighted average of
+  all partitions' models taken in raw feature space (each model's scaler folded into its
+  weights, so models with different scalers average consistently), refreshed at each merge.
+- :class:`FeatureRecommender`: River's biased matrix factorization over (user, feature)
+  adoption: a user's first click of a feature is a 1, a feature they had not tried, drawn at
+  random, a 0. It ranks the features a user has not tried by what similar users adopted. It
+  stays per partition: user factors belong with the user, and item factors learned from a
+  partition's thousands of users need no merge (factorizations are not averageable anyway:
+  their latent axes differ).
+
+>>> import numpy as np
+>>> model = ActivationModel()
+>>> for i in range(200):
+...     x = np.zeros(20); x[0] = 1.0; x[1] = float(i % 2)
+...     model.learn(x, bool(i % 2))
+>>> merged = MergedActivation()
+>>> merged.load([model.raw_params()])
+>>> mobile, desktop = np.eye(20)[0] + np.eye(20)[1], np.eye(20)[0]
+>>> merged.predict(mobile) > 0.5 > merged.predict(desktop)
+True
+"""
+
+from __future__ import annotations
+
+import math
+import pickle
+import random
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+from river import compose, linear_model, optim, preprocessing, reco
+
+from engine.features import DIM, FEATURE_NAMES
+
+#: The bias is the logistic regression's intercept; the other features are the model's inputs.
+_INPUTS = FEATURE_NAMES[1:]
+#: SGD step: River's default (0.01) needs tens of thousands of outcomes to move.
+ACTIVATION_LR = 0.05
+RECO_FACTORS = 8
+
+
+def _as_dict(x: np.ndarray) -> dict[str, float]:
+    return dict(zip(_INPUTS, x[1:].tolist(), strict=True))
+
+
+def activation_pipeline() -> compose.Pipeline:
+    """River's scaled logistic regression, as the activation model uses it."""
+    return preprocessing.StandardScaler() | linear_model.LogisticRegression(
+        optimizer=optim.SGD(ACTIVATION_LR)
+    )
+
+
+def raw_coefficients(pipeline: compose.Pipeline) -> tuple[dict[str, float], float]:
+    """A fitted :func:`activation_pipeline` as weights on the raw (unscaled) inputs and an
+    intercept: the scaler folded into the regression."""
+    scaler = pipeline["StandardScaler"]
+    logistic = pipeline["LogisticRegression"]
+    weights = logistic._weights
+    intercept = float(logistic.intercept)
+    raw: dict[str, float] = {}
+    for name, mean in scaler.means.items():
+        coefficient = float(weights.get(name, 0.0))
+        sd = math.sqrt(scaler.vars.get(name, 0.0))
+        if coefficient == 0.0 or sd == 0.0:
+            continue  # a constant input carries no information (River scales it to 0)
+        raw[name] = coefficient / sd
+        intercept -= coefficient * mean / sd
+    return raw, intercept
+
+
+class ActivationModel:
+    """One partition's River pipeline ``StandardScaler | LogisticRegression``."""
+
+    def __init__(self) -> None:
+        self.pipeline = activation_pipeline()
+        self.examples = 0
+
+    def learn(self, x: np.ndarray, activated: bool) -> None:
+        self.pipeline.learn_one(_as_dict(x), activated)
+        self.examples += 1
+
+    def raw_params(self) -> tuple[np.ndarray, int]:
+        """(weights over the context vector, examples learned), with the scaler folded in:
+        ``p = sigmoid(w · x)``, where ``w[0]`` (the bias feature's) is the intercept."""
+        scaler = self.pipeline["StandardScaler"]
+        logistic = self.pipeline["LogisticRegression"]
+        weights = logistic._weights
+        w = np.zeros(DIM)
+        intercept = float(logistic.intercept)
+        for i, name in enumerate(_INPUTS, start=1):
+            coefficient = float(weights.get(name, 0.0))
+            sd = math.sqrt(scaler.vars.get(name, 0.0))
+            if coefficient == 0.0 or sd == 0.0:
+                continue  # a constant input carries no information (River scales it to 0)
+            w[i] = coefficient / sd
+            intercept -= coefficient * scaler.means.get(name, 0.0) / sd
+        w[0] = intercept
+        return w, self.examples
+
+    def snapshot(self) -> bytes:
+        # River models pickle; the bytes are Headstart's own state, never loaded from users.
+        return pickle.dumps((self.pipeline, self.examples))
+
+    @classmethod
+    def restore(cls, data: bytes) -> ActivationModel:
+        model = cls()
+        model.pipeline, model.examples = pickle.loads(data)
+        return model
+
+
+class MergedActivation:
+    """What shards serve: the example-weighted average of partitions' models (raw space)."""
+
+    def __init__(self) -> None:
+        self.w = np.zeros(DIM)
+        self.examples = 0
+
+    def load(self, params: Iterable[tuple[np.ndarray, int]]) -> None:
+        total, weighted = 0, np.zeros(DIM)
+        for w, n in params:
+            if n > 0:
+                weighted += n * w
+                total += n
+        self.w = weighted / total if total else np.zeros(DIM)
+        self.examples = total
+
+    def predict(self, x: np.ndarray) -> float | None:
+        """P(activates within the horizon | live features), or None before any outcome."""
+        if not self.examples:
+            return None
+        z = float(self.w @ x)
+        return 1.0 / (1.0 + math.exp(-max(min(z, 50.0), -50.0)))
+
+
+class FeatureRecommender:
+    """One partition's River ``BiasedMF`` over (user, feature) adoption."""
+
+    def __init__(self, seed: int = 0) -> None:
+        self.model = reco.BiasedMF(
+            n_factors=RECO_FACTORS,
+            bias_optimizer=optim.SGD(0.05),
+            latent_optimizer=optim.SGD(0.05),
+            l2_latent=0.01,
+            seed=seed,
+        )
+        self.adoptions = 0
+
+    def learn_adoption(self, user_key: str, feature: str, untried: Sequence[str], seq: int) -> None:
+        """``user_key`` clicked ``feature`` for the first time; ``untried`` are features they
+        have not used (one is drawn as a negative, seeded by the stream sequence: replays draw
+        the same one)."""
+        self.model.learn_one(user_key, feature, 1.0)  # type: ignore[no-untyped-call]
+        if untried:
+            negative = untried[random.Random(seq).randrange(len(untried))]
+            self.model.learn_one(user_key, negative, 0.0)  # type: ignore[no-untyped-call]
+        self.adoptions += 1
+
+    def recommend(self, user_key: str, untried: Sequence[str], k: int = 3) -> list[str]:
+        """Up to ``k`` untried features, the likeliest to be adopted first (none before any
+        adoption was learned)."""
+        if not self.adoptions or not untried:
+            return []
+        scored = sorted(untried, key=lambda f: -self.model.predict_one(user_key, f))  # type: ignore[no-untyped-call]
+        return scored[:k]
+
+    def forget_user(self, user_key: str) -> None:
+        for table in (self.model.u_biases, self.model.u_latents):
+            table.pop(user_key, None)
+
+    def snapshot(self) -> bytes:
+        return pickle.dumps((self.model, self.adoptions))
+
+    @classmethod
+    def restore(cls, data: bytes) -> FeatureRecommender:
+        model = cls()
+        model.model, model.adoptions = pickle.loads(data)
+        return model
