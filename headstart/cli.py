@@ -203,6 +203,21 @@ def status(
         f"stream {stream['name']}: {stream['messages']} events, last seq {stream['last_seq']}; "
         f"dead letters stored: {report['dead_letters']}"
     )
+    learning = report.get("learning") or {}
+    if learning:
+        counts = learning["attribution"]
+        shadow = f" (shadow {learning['shadow']})" if learning.get("shadow") else ""
+        console.print(
+            f"learning: {learning['policy']}{shadow}; {counts.get('decisions', 0)} decisions open or closed, "
+            f"{counts.get('rewards', 0)} rewards learned ({counts.get('explicit', 0)} explicit, "
+            f"{counts.get('defaulted', 0)} window closed, {counts.get('late', 0)} late)"
+        )
+        drifted = {point: n for point, n in learning["drifts"].items() if n}
+        console.print(
+            "drift: " + ", ".join(f"{point} reset {n}x" for point, n in drifted.items())
+            if drifted
+            else "drift: none detected"
+        )
 
 
 @app.command()

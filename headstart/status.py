@@ -87,6 +87,29 @@ async def collect_status(nats_url: str) -> dict[str, Any]:
             "dead_letters": dlq,
             "events_per_s": sum(s.get("events_per_s", 0.0) for s in shards),
             "lag": sum(s.get("lag") or 0 for s in shards),
+            "learning": learning_summary(shards),
         }
     finally:
         await nc.close()
+
+
+def learning_summary(shards: list[dict[str, Any]]) -> dict[str, Any]:
+    """The learning loop across shards: policy, rewards attributed, drifts detected per point."""
+    learning = [s["learning"] for s in shards if s.get("learning")]
+    if not learning:
+        return {}
+    attribution: dict[str, int] = {}
+    drifts: dict[str, int] = {}
+    for entry in learning:
+        for outcome, count in entry.get("partitions", {}).items():
+            attribution[outcome] = attribution.get(outcome, 0) + count
+        for point, count in entry.get("drifts", {}).items():
+            drifts[point] = max(drifts.get(point, 0), count)
+    return {
+        "policy": learning[0]["policy"],
+        "shadow": learning[0].get("shadow"),
+        "decisions_logged": sum(e.get("decisions_logged", 0) for e in learning),
+        "attribution": attribution,
+        # Per point, the most any shard's served policy detected (shards share each forgetting).
+        "drifts": drifts,
+    }

@@ -73,6 +73,10 @@ def test_demo_shows_state_changing_and_status_reports_it(instance: tuple[Path, d
     assert len(report["shards"]) == 2
     assert applied == report["stream"]["messages"] > 0
     assert report["lag"] == 0
+    learning = report["learning"]
+    assert learning["policy"] == "linear_igw" and set(learning["drifts"]) >= {"step"}
+    text = headstart("status", home=home).stdout
+    assert "learning: linear_igw" in text and "drift:" in text
     assert sorted(p for s in report["shards"] for p in s["partitions"]) == list(range(8))
 
 
