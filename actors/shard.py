@@ -56,6 +56,9 @@ from headstart.streams import publish_prepared, record_subject
 log = logging.getLogger(__name__)
 
 NAMESPACE = "headstart"
+#: Feature adoptions a shard's recommenders learn per second at most (~10 µs each), in ticks.
+RECO_TRAIN_PER_S = 2000
+RECO_TRAIN_TICK_S = 0.1
 
 
 def shard_name(shard_id: int) -> str:
@@ -119,6 +122,7 @@ class ShardActor:
         self.ready = asyncio.Event()
         self.failure: BaseException | None = None
         self._reporter: asyncio.Task[None] | None = None
+        self._trainer: asyncio.Task[None] | None = None
         self._rate = 0.0
         self._rpc_subs: dict[int, Subscription] = {}
         #: Partitions handed over (no longer consumed here) that still answer reads until forgotten.
@@ -160,6 +164,7 @@ class ShardActor:
             self.ready.set()
             self._reporter = asyncio.create_task(self._report_forever())
             self._checkpointer = asyncio.create_task(self._checkpoint_forever())
+            self._trainer = asyncio.create_task(self._train_recommenders_forever())
         except Exception as exc:
             self.failure = exc
             log.exception("shard %d failed to start", self.shard_id)
@@ -538,6 +543,20 @@ class ShardActor:
         except Exception:
             log.exception("checkpoint failed")
 
+    async def _train_recommenders_forever(self) -> None:
+        """Learn the partitions' queued feature adoptions in small batches between deliveries
+        (see :mod:`engine.models`: too slow for the event path), at most
+        :data:`RECO_TRAIN_PER_S` a second so a backlog of events drains first."""
+        per_tick = max(1, int(RECO_TRAIN_PER_S * RECO_TRAIN_TICK_S))
+        while True:
+            await asyncio.sleep(RECO_TRAIN_TICK_S)
+            budget = per_tick
+            for learning in list(self._owned_learning().values()):
+                budget -= learning.recommender.train(min(budget, 64))
+                if budget <= 0:
+                    break
+                await asyncio.sleep(0)
+
     async def _report_forever(self) -> None:
         """Publish stats for `headstart status` every second (NATS only: no Ray driver needed)."""
         last_applied, last_time = self.state.applied, time.monotonic()
@@ -563,7 +582,7 @@ class ShardActor:
 
     async def stop(self, checkpoint: bool = True) -> None:
         """Stop consuming; by default write a final checkpoint so a restart replays nothing."""
-        for task in (self._reporter, self._checkpointer):
+        for task in (self._reporter, self._checkpointer, self._trainer):
             if task is not None:
                 task.cancel()
         if self.merger is not None:

@@ -31,6 +31,9 @@ from bench.common import cpu_seconds, embedded_broker, local_ray, write_result
 from bench.population import onboarding_events
 from bench.traffic import lost_and_duplicated, read_back
 from engine.keys import Pseudonymizer, partition_of
+from engine.catalog import DEFAULT_CATALOG, load_catalog
+from engine.decision import Decider
+from engine.learning import Learner
 from engine.shard import ShardState
 from headstart.broker import EmbeddedNats
 from headstart.checkpoints import SNAPSHOT_BUCKET
@@ -194,14 +197,27 @@ def _memory(pseudonymizer: Pseudonymizer, users: int) -> dict[str, Any]:
         subject, payload, _ = publisher.prepare(event)
         key = subject.rsplit(".", 1)[1]
         messages.append((partition_of(key, PARTITIONS), key, payload))
-    gc.collect()
-    tracemalloc.start()
-    before, _ = tracemalloc.get_traced_memory()
-    state = ShardState.build(dict.fromkeys(range(PARTITIONS)))
-    for seq, (partition, key, payload) in enumerate(messages, 1):
-        state.apply(seq, partition, key, payload)
-    gc.collect()
-    after, _ = tracemalloc.get_traced_memory()
-    tracemalloc.stop()
-    held = state.users
-    return {"bytes_per_user": (after - before) / held, "memory_users": held, "memory_events_per_user": 10}
+    catalog = load_catalog(DEFAULT_CATALOG)
+    out: dict[str, Any] = {"memory_users": 0, "memory_events_per_user": 10}
+    # As a shard holds it (with the learning loop's state: open decisions, contributions, the
+    # River models with every queued adoption learned), and the user state alone.
+    for name, learner in (
+        ("bytes_per_user", Learner(catalog, Decider(catalog))),
+        ("bytes_per_user_state_only", None),
+    ):
+        gc.collect()
+        tracemalloc.start()
+        before, _ = tracemalloc.get_traced_memory()
+        state = ShardState.build(dict.fromkeys(range(PARTITIONS)), learner)
+        for seq, (partition, key, payload) in enumerate(messages, 1):
+            state.apply(seq, partition, key, payload)
+        for part in state.partitions.values():
+            if part.learning is not None:
+                part.learning.recommender.train(len(messages))
+        gc.collect()
+        after, _ = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        out[name] = (after - before) / state.users
+        out["memory_users"] = state.users
+        del state
+    return out

@@ -539,19 +539,34 @@ class PartitionLearning:
         self.counts["explicit"] += 1
         self.seq = seq
 
-    def on_event(self, user_key: str, user: UserState, event: Event, vocab: Vocabularies, seq: int) -> None:
-        """After ``event`` was applied to ``user``: the windows its time closes, then what it earns."""
-        self.advance(event.ts, seq)
-        decisions = self.open.get(user_key)
+    def on_event(
+        self,
+        user_key: str,
+        user: UserState,
+        event: Event,
+        vocab: Vocabularies,
+        seq: int,
+        adopted: bool = False,
+    ) -> None:
+        """After ``event`` was applied to ``user``: the windows its time closes, then what it earns.
+
+        On the event path for every event: the common case (nothing due, no open decision)
+        costs a few comparisons.
+        """
+        ts = event.ts
+        windows, journeys = self._windows, self._journeys
+        if (windows and windows[0][0] <= ts) or (journeys and journeys[0][0] <= ts):
+            self.advance(ts, seq)
+        decisions = self.open.get(user_key) if self.open else None
         if decisions:
             for decision in list(decisions):
                 if self._earned(decision, user, event, vocab):
                     self._close(user_key, decision, 1.0)
                     self.seq = seq
-        if user_key in self.path and self.learner.is_activation(event):
+        if self.path and user_key in self.path and self.learner.is_activation(event):
             self._credit_path(user_key, 1.0)
             self.seq = seq
-        if event.kind is EventKind.FEATURE_CLICKED:
+        if adopted:  # the user's first use of a feature
             self._learn_adoption(user_key, user, event, vocab, seq)
 
     def advance(self, now: float, seq: int) -> None:
@@ -619,10 +634,13 @@ class PartitionLearning:
         self, user_key: str, user: UserState, event: Event, vocab: Vocabularies, seq: int
     ) -> None:
         feature: str = event.props.feature  # type: ignore[attr-defined]
-        if user.feature_count(vocab.features.find(feature)) != 1:
-            return  # not the first click: adoption is learned once per user and feature
-        self.recommender.learn_adoption(user_key, feature, self.untried(user, vocab), seq)
-        self.seq = seq
+        # A negative example: a feature picked by the sequence (so a replay picks the same),
+        # if the user has not tried it. Cheap on purpose: this runs on the event path.
+        names = vocab.features.names
+        pool = len(names) - 1 if len(names) <= 65 else 64  # features 1..64 ("(other)" is 0)
+        candidate = 1 + seq % pool if pool > 1 else 0
+        negative = names[candidate] if candidate and user.feature_count(candidate) == 0 else None
+        self.recommender.add_adoption(user_key, feature, negative)
 
     @staticmethod
     def untried(user: UserState, vocab: Vocabularies) -> list[str]:

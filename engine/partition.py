@@ -72,11 +72,11 @@ class PartitionState:
         user = self.users.get(user_key)
         if user is None:
             user = self.users[user_key] = UserState.new(event.ts)
-        user.apply(event, self.vocab)
+        adopted = user.apply(event, self.vocab)
         self.applied += 1
         self.watermark = max(self.watermark, event.ts)
         if self.learning is not None:
-            self.learning.on_event(user_key, user, event, self.vocab, seq)
+            self.learning.on_event(user_key, user, event, self.vocab, seq, adopted)
 
     def _apply_record(self, seq: int, user_key: str, kind: str, data: bytes) -> None:
         decoder = decision_decoder if kind == "decision" else reward_decoder if kind == "reward" else None

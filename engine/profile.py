@@ -10,8 +10,10 @@ events gives the same state.
 >>> vocab = Vocabularies()
 >>> user = UserState.new(1_700_000_000.0)
 >>> user.apply(SessionStarted(event_id="e1", user_id="k", ts=1_700_000_000.0), vocab)
+False
 >>> user.apply(FeatureClicked(event_id="e2", user_id="k", ts=1_700_000_060.0,
-...                           props=FeatureProps(feature="export")), vocab)
+...                           props=FeatureProps(feature="export")), vocab)  # a first use
+True
 >>> view = user.view(vocab, now=1_700_000_100.0)
 >>> view["sessions"], view["features"], view["events_5m"], view["session_seconds"]
 (1, {'export': 1}, 2, 60.0)
@@ -203,8 +205,8 @@ class UserState:
 
     # ------------------------------------------------------------------ updates
 
-    def apply(self, event: Event, vocab: Vocabularies) -> None:
-        """Fold one event into the state."""
+    def apply(self, event: Event, vocab: Vocabularies) -> bool:
+        """Fold one event into the state; True if it was the user's first use of a feature."""
         ts = event.ts
         kind = event.kind
         c = self.counters
@@ -239,7 +241,7 @@ class UserState:
 
         if kind is EventKind.FEATURE_CLICKED:
             assert isinstance(event, FeatureClicked)
-            self._count_feature(vocab.features.id(event.props.feature), bucket)
+            return self._count_feature(vocab.features.id(event.props.feature), bucket)
         elif kind is EventKind.STEP_VIEWED:
             assert isinstance(event, StepViewed)
             self.viewed_steps |= 1 << vocab.steps.id(event.props.step)
@@ -266,6 +268,7 @@ class UserState:
         elif kind is EventKind.CONSENT_UPDATED:
             assert isinstance(event, ConsentUpdated)
             self._set_consent(event.props.analytics, event.props.personalization)
+        return False
 
     def _count_in_window(self, bucket: int) -> None:
         c = self.counters
@@ -281,17 +284,19 @@ class UserState:
         if bucket > head - WINDOW_BUCKETS:
             c[C_WIN + bucket % WINDOW_BUCKETS] += 1
 
-    def _count_feature(self, feature_id: int, bucket: int) -> None:
+    def _count_feature(self, feature_id: int, bucket: int) -> bool:
+        """Count a use of a feature; True if it is the first."""
         f = self.features
         if f is None:
             self.features = array("I", (feature_id, 1, bucket))
-            return
+            return True
         for i in range(0, len(f), _F_STRIDE):
             if f[i] == feature_id:
                 f[i + 1] += 1
                 f[i + 2] = max(f[i + 2], bucket)
-                return
+                return False
         f.extend((feature_id, 1, bucket))
+        return True
 
     def _count_tutorial(self, tutorial_id: int, variant_id: int, *, completed: bool) -> None:
         t = self.tutorials

@@ -319,17 +319,25 @@ def test_the_activation_model_learns_who_activates_and_every_shard_serves_the_av
 def test_features_are_recommended_from_what_similar_users_adopted() -> None:
     learner, log = learner_for(), Log()
     part = PartitionState(0, learner)
-    rng = np.random.default_rng(8)
-    for i in range(600):
+    rng = np.random.default_rng(0)
+    groups = (("export", "share", "comment"), ("import_csv", "create_project", "invite"))
+    for i in range(3000):  # two kinds of users, each adopting its own three features
         key = PSEUDO.key(f"r{i}")
-        group = ("export", "share") if i % 2 else ("import_csv", "create_project")
-        for feature in group if rng.random() < 0.9 else group[:1]:
-            log.event(key, "feature_clicked", NOW + i, feature=feature)
-    newcomer = PSEUDO.key("newcomer")
-    log.event(newcomer, "feature_clicked", NOW + 700, feature="export")
+        for feature in rng.permutation(groups[i % 2]):
+            if rng.random() < 0.85:
+                log.event(key, "feature_clicked", NOW + i, feature=str(feature))
+    newcomers = [PSEUDO.key(f"new{j}") for j in range(40)]
+    for j, key in enumerate(newcomers):  # newcomers who adopted two of a kind's features
+        for feature in groups[j % 2][:2]:
+            log.event(key, "feature_clicked", NOW + 4000 + j, feature=feature)
     log.replay(part)
     assert part.learning is not None
-    insights = part.learning.insights(newcomer, part.users[newcomer], part.vocab, np.eye(20)[0])
-    assert insights["recommended_features"][0] == "share"
-    assert "export" not in insights["recommended_features"]
+    queued = len(part.learning.recommender.queue)
+    assert queued > 6000 and part.learning.recommender.train(10**6) == queued  # off the event path
+    hits = 0
+    for j, key in enumerate(newcomers):
+        insights = part.learning.insights(key, part.users[key], part.vocab, np.eye(20)[0])
+        assert not set(insights["recommended_features"]) & set(groups[j % 2][:2])  # never what they use
+        hits += insights["recommended_features"][0] == groups[j % 2][2]
+    assert hits >= 36  # chance: 10 of 40
     assert insights["activation_probability"] is None  # no activation outcome learned yet
