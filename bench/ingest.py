@@ -8,7 +8,9 @@
 3. After each drain read every user's state back from the shards and compare event counts by
    type with what was published: ``lost`` and ``duplicated``.
 4. Memory: the same engine code applies events for 100,000 users in this process under
-   tracemalloc; ``bytes_per_user`` is the retained state divided by users.
+   tracemalloc; ``bytes_per_user`` is the retained state divided by users, with the learning
+   loop's state as a shard holds it (the feature recommender's queue fully learned);
+   ``bytes_per_user_state_only`` without it.
 """
 
 from __future__ import annotations
@@ -30,9 +32,9 @@ from nats.js.errors import NotFoundError
 from bench.common import cpu_seconds, embedded_broker, local_ray, write_result
 from bench.population import onboarding_events
 from bench.traffic import lost_and_duplicated, read_back
-from engine.keys import Pseudonymizer, partition_of
 from engine.catalog import DEFAULT_CATALOG, load_catalog
 from engine.decision import Decider
+from engine.keys import Pseudonymizer, partition_of
 from engine.learning import Learner
 from engine.shard import ShardState
 from headstart.broker import EmbeddedNats
