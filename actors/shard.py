@@ -384,6 +384,7 @@ class ShardActor:
             "rewards_learned": learner.rewards,
             "reward_sum": learner.reward_sum,
             "drifts": learner.drift_counts(),
+            "feature_drifts": learner.feature_drifts,
             "merges": self.merger.merges if self.merger is not None else 0,
             "partitions": counts,
         }

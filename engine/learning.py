@@ -41,10 +41,11 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import msgspec
 import numpy as np
+from river import drift
 
 from engine.catalog import Catalog
 from engine.events import Event, EventKind
-from engine.features import DIM, LAYOUT_VERSION, context_vector
+from engine.features import DIM, FEATURE_NAMES, LAYOUT_VERSION, context_vector
 from engine.keys import is_user_key
 from engine.models import ActivationModel, FeatureRecommender, MergedActivation
 from engine.profile import UserState, Vocabularies
@@ -60,6 +61,9 @@ TUTORIAL_POINT_PREFIX = "tutorial:"
 MAX_PATH = 8
 #: Decision ids of closed decisions kept per partition, to tell a late reward from an unknown one.
 RECENTLY_CLOSED = 4096
+#: Context features whose distribution at each decision point is watched for drift.
+DRIFT_FEATURES = ("device=mobile", "log_engagement", "new_user")
+FEATURE_DRIFT_DELTA = 0.002
 
 Contributions = dict[str, dict[str, Stats]]  # policy name -> point -> statistics
 
@@ -170,6 +174,7 @@ class ChoiceSession:
         if held is not None and held[1] in eligible:
             self._reused = held[0]
             return held[1], f"kept from open decision {held[0][-8:]} (its reward window is open)"
+        learner.watch_features(point, self._x)
         index = learner.arm_index[point]
         ids = [index[arm] for arm in eligible]
         choice = policy.select(self._x if policy.contextual else None, ids)
@@ -259,6 +264,9 @@ class Learner:
         self.on_outcome: Callable[[np.ndarray, bool], None] | None = None
         self.rewards = 0
         self.reward_sum = 0.0
+        self._feature_detectors: dict[str, dict[str, drift.ADWIN]] = {}
+        #: Detected changes in a key feature's distribution, by "<point>/<feature>".
+        self.feature_drifts: dict[str, int] = {}
 
     def _make(self, name: str, point: str, seed: int) -> Policy:
         arms = self.points[point]
@@ -390,6 +398,24 @@ class Learner:
 
     def drift_counts(self) -> dict[str, int]:
         return {point: policy.drifts for point, policy in self.served.items()}
+
+    def watch_features(self, point: str, x: np.ndarray) -> None:
+        """Feed the key features of a decision's context to their drift detectors (River's
+        ADWIN, per point and feature): a change in who reaches a decision (say, a campaign
+        brings mobile users) is counted in ``feature_drifts`` for `/metrics` and `status`.
+        The policies adapt to it by themselves (the features are in their context); only a
+        drop in the reward rate makes them forget."""
+        detectors = self._feature_detectors.get(point)
+        if detectors is None:
+            detectors = self._feature_detectors[point] = {
+                name: drift.ADWIN(delta=FEATURE_DRIFT_DELTA)  # type: ignore[no-untyped-call]
+                for name in DRIFT_FEATURES
+            }
+        for name, detector in detectors.items():
+            detector.update(float(x[FEATURE_NAMES.index(name)]))  # type: ignore[no-untyped-call]
+            if detector.drift_detected:
+                key = f"{point}/{name}"
+                self.feature_drifts[key] = self.feature_drifts.get(key, 0) + 1
 
     # ------------------------------------------------------------------ attribution rules
 

@@ -213,10 +213,16 @@ def status(
             f"{counts.get('defaulted', 0)} window closed, {counts.get('late', 0)} late)"
         )
         drifted = {point: n for point, n in learning["drifts"].items() if n}
+        shifted = learning.get("feature_drifts") or {}
         console.print(
-            "drift: " + ", ".join(f"{point} reset {n}x" for point, n in drifted.items())
-            if drifted
-            else "drift: none detected"
+            "drift: "
+            + (
+                ", ".join(
+                    [f"{point} reward drop, reset {n}x" for point, n in drifted.items()]
+                    + [f"{key} distribution changed {n}x" for key, n in shifted.items()]
+                )
+                or "none detected"
+            )
         )
 
 

@@ -88,9 +88,17 @@ class _ShardCollector:
             "Drops in a served policy's reward rate detected (ADWIN); each resets what it learned",
             labels=["shard", "point"],
         )
+        feature_drifts = CounterMetricFamily(
+            "hs_feature_drifts",
+            "Changes in a key feature's distribution at a decision point (ADWIN), per shard",
+            labels=["shard", "point", "feature"],
+        )
         for stats in self.shards:
             label = [str(stats["shard"])]
             learning = stats.get("learning") or {}
+            for key, count in (learning.get("feature_drifts") or {}).items():
+                point, _, feature = key.rpartition("/")
+                feature_drifts.add_metric([*label, point, feature], count)
             logged.add_metric(label, learning.get("decisions_logged", 0))
             learned.add_metric(label, learning.get("rewards_learned", 0))
             for outcome, count in (learning.get("partitions") or {}).items():
@@ -111,4 +119,4 @@ class _ShardCollector:
         for partition, pending in sorted(self.lag.items()):
             lag.add_metric([str(partition)], pending)
         yield from (applied, dead, restarts, users, partitions, checkpoint_age, pause, lag)
-        yield from (logged, learned, attribution, drifts)
+        yield from (logged, learned, attribution, drifts, feature_drifts)

@@ -100,7 +100,10 @@ def learning_summary(shards: list[dict[str, Any]]) -> dict[str, Any]:
         return {}
     attribution: dict[str, int] = {}
     drifts: dict[str, int] = {}
+    feature_drifts: dict[str, int] = {}
     for entry in learning:
+        for key, count in entry.get("feature_drifts", {}).items():
+            feature_drifts[key] = feature_drifts.get(key, 0) + count
         for outcome, count in entry.get("partitions", {}).items():
             attribution[outcome] = attribution.get(outcome, 0) + count
         for point, count in entry.get("drifts", {}).items():
@@ -112,4 +115,5 @@ def learning_summary(shards: list[dict[str, Any]]) -> dict[str, Any]:
         "attribution": attribution,
         # Per point, the most any shard's served policy detected (shards share each forgetting).
         "drifts": drifts,
+        "feature_drifts": feature_drifts,
     }

@@ -341,3 +341,13 @@ def test_features_are_recommended_from_what_similar_users_adopted() -> None:
         hits += insights["recommended_features"][0] == groups[j % 2][2]
     assert hits >= 36  # chance: 10 of 40
     assert insights["activation_probability"] is None  # no activation outcome learned yet
+
+
+def test_a_change_in_who_reaches_a_decision_is_detected_as_feature_drift() -> None:
+    learner = learner_for()
+    for i in range(4000):  # desktop users, then a campaign brings mobile users
+        context = {"device_type": "mobile" if i >= 2000 else "desktop"}
+        session = learner.session(PSEUDO.key(f"f{i}"), None, context, now=NOW + i, open_arms={})
+        session.choose(POINT, ["interactive", "checklist"])
+    assert learner.feature_drifts.get(f"{POINT}/device=mobile", 0) >= 1
+    assert not learner.feature_drifts.get(f"{POINT}/new_user")  # everyone was new throughout
