@@ -672,7 +672,8 @@ class PartitionLearning:
     def untried(user: UserState, vocab: Vocabularies) -> list[str]:
         """Features seen in this partition (the first 64) that ``user`` has not used."""
         names = vocab.features.names
-        return [names[i] for i in range(1, min(len(names), 65)) if user.feature_count(i) == 0]
+        tried = user.feature_ids()
+        return [names[i] for i in range(1, min(len(names), 65)) if i not in tried]
 
     def insights(
         self, user_key: str, user: UserState | None, vocab: Vocabularies, x: np.ndarray

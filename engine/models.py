@@ -169,6 +169,8 @@ class FeatureRecommender:
         self.dropped = 0
         #: (user key, adopted feature, a feature the user had not tried or "") in stream order.
         self.queue: deque[tuple[str, str, str]] = deque()
+        self._items: tuple[np.ndarray, dict[str, int]] | None = None
+        self._items_at = -1
 
     def add_adoption(self, user_key: str, feature: str, negative: str | None) -> None:
         """``user_key`` clicked ``feature`` for the first time (``negative``: one they had not
@@ -192,12 +194,34 @@ class FeatureRecommender:
         return done
 
     def recommend(self, user_key: str, untried: Sequence[str], k: int = 3) -> list[str]:
-        """Up to ``k`` untried features, the likeliest to be adopted first (none before any
-        adoption was learned)."""
-        if not self.adoptions or not untried:
+        """Up to ``k`` untried features, the likeliest to be adopted first (none for a user the
+        model has not learned from yet).
+
+        This is on the decision path, so it scores all candidates with one matrix product over
+        the item factors (cached until the next training batch) rather than River's
+        ``predict_one`` per feature (~2.5 µs each); same scores. River's latent tables create
+        an entry on a lookup of an unknown user, so the user is looked up without that.
+        """
+        user = self.model.u_latents.get(user_key) if user_key in self.model.u_latents else None
+        if user is None or not untried:
             return []
-        scored = sorted(untried, key=lambda f: -self.model.predict_one(user_key, f))  # type: ignore[no-untyped-call]
-        return scored[:k]
+        items = self._item_matrix()
+        rows = [items[1].get(f) for f in untried]
+        known = [(f, r) for f, r in zip(untried, rows, strict=True) if r is not None]
+        if not known:
+            return []
+        scores = items[0][[r for _, r in known]] @ user
+        order = np.argsort(-scores, kind="stable")[:k]
+        return [known[i][0] for i in order]
+
+    def _item_matrix(self) -> tuple[np.ndarray, dict[str, int]]:
+        if self._items is None or self._items_at != self.adoptions:
+            latents = self.model.i_latents
+            names = list(latents)
+            matrix = np.array([latents[n] for n in names]) if names else np.zeros((0, RECO_FACTORS))
+            self._items = (matrix, {n: i for i, n in enumerate(names)})
+            self._items_at = self.adoptions
+        return self._items
 
     def forget_user(self, user_key: str) -> None:
         self.model.u_latents.pop(user_key, None)

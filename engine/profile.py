@@ -353,6 +353,11 @@ class UserState:
         oldest = int(now) // WINDOW_BUCKET_S - WINDOW_BUCKETS + 1
         return sum(1 for i in range(2, len(f), _F_STRIDE) if f[i] >= oldest)
 
+    def feature_ids(self) -> set[int]:
+        """The ids of every feature the user has used."""
+        f = self.features
+        return set(f[0::_F_STRIDE]) if f is not None else set()
+
     def feature_count(self, feature_id: int | None) -> int:
         f = self.features
         if f is None or feature_id is None:
