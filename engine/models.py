@@ -217,7 +217,7 @@ class FeatureRecommender:
     def _item_matrix(self) -> tuple[np.ndarray, dict[str, int]]:
         if self._items is None or self._items_at != self.adoptions:
             latents = self.model.i_latents
-            names = list(latents)
+            names: list[str] = [str(n) for n in latents]
             matrix = np.array([latents[n] for n in names]) if names else np.zeros((0, RECO_FACTORS))
             self._items = (matrix, {n: i for i, n in enumerate(names)})
             self._items_at = self.adoptions
