@@ -31,7 +31,6 @@ from nats.js.kv import KeyValue
 
 from engine.catalog import Catalog
 from engine.decision import Decider
-from engine.features import context_vector
 from engine.keys import partition_of
 from engine.learning import DecisionRecord, Learner, PartitionLearning, encode_record
 from engine.partition import PartitionState
@@ -438,7 +437,7 @@ class ShardActor:
                 insights: dict[str, Any] = {}
                 extra = []
                 if chooser is not None and part.learning is not None:
-                    insights = part.learning.insights(key, user, part.vocab, chooser.x)
+                    insights = part.learning.insights(key, user, part.vocab, chooser)
                     probability = insights["activation_probability"]
                     if probability is not None and probability < self.activation_low_below:
                         extra.append("activation_low")
@@ -467,9 +466,8 @@ class ShardActor:
                 view = part.view(key, now)
                 if view is not None and part.learning is not None:
                     user = part.users[key]
-                    view.update(
-                        part.learning.insights(key, user, part.vocab, context_vector(user, None, now))
-                    )
+                    session = self.learner.session(key, user, None, now, {})
+                    view.update(part.learning.insights(key, user, part.vocab, session))
                 return encode_reply(view)
             if method == "stats":
                 return encode_reply(await self.stats())

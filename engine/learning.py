@@ -64,6 +64,10 @@ RECENTLY_CLOSED = 4096
 #: Context features whose distribution at each decision point is watched for drift.
 DRIFT_FEATURES = ("device=mobile", "log_engagement", "new_user")
 FEATURE_DRIFT_DELTA = 0.002
+#: How long a user's activation probability and recommendations are reused while nothing they
+#: depend on changed, and for how many users per partition at most.
+INSIGHTS_TTL_S = 60.0
+INSIGHTS_CACHE = 50_000
 
 Contributions = dict[str, dict[str, Stats]]  # policy name -> point -> statistics
 
@@ -148,21 +152,30 @@ class ChoiceSession:
         self,
         learner: Learner,
         user_key: str,
-        x: np.ndarray,
+        user: UserState | None,
+        context: Mapping[str, Any] | None,
         now: float,
         open_arms: Mapping[str, tuple[str, str]],
     ) -> None:
         self._learner = learner
         self._key = user_key
-        self._x = x
-        #: The context vector the choices were made in.
-        self.x = x
+        self.user = user
+        self.context = context or {}
+        self._vector: np.ndarray | None = None
         self.groups: dict[str, str] = {}
-        self._now = now
+        self.now = now
         self._open = open_arms
         self._choices: list[PointChoice] = []
         self._reused: str | None = None
         self._new_id: str | None = None
+
+    @property
+    def x(self) -> np.ndarray:
+        """The context vector the choices are made in: built on first use (a request that only
+        keeps open decisions and hits the insights cache needs none)."""
+        if self._vector is None:
+            self._vector = context_vector(self.user, self.context, self.now)
+        return self._vector
 
     def choose(self, point: str, eligible: list[str]) -> tuple[str, str]:
         """The arm to serve at ``point`` among ``eligible`` (in catalog order), and why."""
@@ -174,15 +187,16 @@ class ChoiceSession:
         if held is not None and held[1] in eligible:
             self._reused = held[0]
             return held[1], f"kept from open decision {held[0][-8:]} (its reward window is open)"
-        learner.watch_features(point, self._x)
+        x = self.x
+        learner.watch_features(point, x)
         index = learner.arm_index[point]
         ids = [index[arm] for arm in eligible]
-        choice = policy.select(self._x if policy.contextual else None, ids)
+        choice = policy.select(x if policy.contextual else None, ids)
         arm = policy.arms[choice.arm]
         picked = PointChoice(point=point, arm=arm, propensity=choice.propensity, eligible=list(eligible))
         shadow = learner.shadows.get(point)
         if shadow is not None:
-            alt = shadow.select(self._x if shadow.contextual else None, ids)
+            alt = shadow.select(x if shadow.contextual else None, ids)
             picked.shadow_arm, picked.shadow_propensity = shadow.arms[alt.arm], alt.propensity
         self._choices.append(picked)
         return arm, f"chosen by {policy.name} (p={choice.propensity:.2f} among {len(eligible)})"
@@ -204,11 +218,11 @@ class ChoiceSession:
         return DecisionRecord(
             decision_id=self.decision_id or new_decision_id(self._key),
             user_id=self._key,
-            ts=self._now,
+            ts=self.now,
             policy=learner.policy_name,
             policy_version=learner.policy_version,
             features_version=LAYOUT_VERSION,
-            context=self._x.tolist(),
+            context=self.x.tolist(),
             choices=self._choices,
             shadow_policy=learner.shadow_name,
             groups=self.groups,
@@ -289,7 +303,7 @@ class Learner:
         now: float,
         open_arms: Mapping[str, tuple[str, str]],
     ) -> ChoiceSession:
-        session = ChoiceSession(self, user_key, context_vector(user, context, now), now, open_arms)
+        session = ChoiceSession(self, user_key, user, context, now, open_arms)
         context = context or {}
         for field in ("device_type", "country", "locale"):
             value = context.get(field) or (getattr(user, field) if user is not None else None)
@@ -486,6 +500,7 @@ class PartitionLearning:
 
     __slots__ = (
         "_closed",
+        "_insights",
         "_journeys",
         "_windows",
         "activation",
@@ -510,6 +525,7 @@ class PartitionLearning:
         self.seq = 0
         self.activation = ActivationModel()
         self.recommender = FeatureRecommender()
+        self._insights: dict[str, tuple[tuple[Any, ...], float, dict[str, Any]]] = {}
         self.counts = {"decisions": 0, "rewards": 0, "explicit": 0, "defaulted": 0, "late": 0, "unknown": 0}
 
     # ------------------------------------------------------------------ inputs, in stream order
@@ -676,15 +692,37 @@ class PartitionLearning:
         return [names[i] for i in range(1, min(len(names), 65)) if i not in tried]
 
     def insights(
-        self, user_key: str, user: UserState | None, vocab: Vocabularies, x: np.ndarray
+        self, user_key: str, user: UserState | None, vocab: Vocabularies, session: ChoiceSession
     ) -> dict[str, Any]:
-        """The River models' view of a user: activation probability and features to try next."""
-        probability = self.learner.activation.predict(x)
+        """The River models' view of a user: activation probability and features to try next.
+
+        On every decision, so a user's answer is kept for up to :data:`INSIGHTS_TTL_S` while
+        their state, the request's context and the models are unchanged (a frontend asks again
+        on every page; recomputing was a third of a decision's CPU).
+        """
+        context = session.context
+        stamp = (
+            user.last_seen if user is not None else 0.0,
+            self.recommender.adoptions,
+            self.learner.activation.examples,
+            context.get("device_type"),
+            context.get("locale"),
+            context.get("referrer"),
+        )
+        cached = self._insights.get(user_key)
+        now = session.now
+        if cached is not None and cached[0] == stamp and now - cached[1] < INSIGHTS_TTL_S:
+            return cached[2]
+        probability = self.learner.activation.predict(session.x) if self.learner.activation.examples else None
         untried = self.untried(user, vocab) if user is not None else []
-        return {
+        answer = {
             "activation_probability": None if probability is None else round(probability, 4),
             "recommended_features": self.recommender.recommend(user_key, untried),
         }
+        if len(self._insights) >= INSIGHTS_CACHE:
+            self._insights.clear()
+        self._insights[user_key] = (stamp, now, answer)
+        return answer
 
     def _credit_entries(self, entries: Iterable[PathEntry], reward: float) -> None:
         weight = self.learner.settings.journey.weight
@@ -721,6 +759,7 @@ class PartitionLearning:
         it is aggregate statistics, not data about the user)."""
         self.open.pop(user_key, None)
         self.path.pop(user_key, None)
+        self._insights.pop(user_key, None)
         self.recommender.forget_user(user_key)
 
     def published(self, partition: int) -> bytes:

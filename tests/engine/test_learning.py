@@ -336,7 +336,8 @@ def test_features_are_recommended_from_what_similar_users_adopted() -> None:
     assert queued > 6000 and part.learning.recommender.train(10**6) == queued  # off the event path
     hits = 0
     for j, key in enumerate(newcomers):
-        insights = part.learning.insights(key, part.users[key], part.vocab, np.eye(20)[0])
+        session = learner.session(key, part.users[key], {}, NOW + 5000, {})
+        insights = part.learning.insights(key, part.users[key], part.vocab, session)
         assert not set(insights["recommended_features"]) & set(groups[j % 2][:2])  # never what they use
         hits += insights["recommended_features"][0] == groups[j % 2][2]
     assert hits >= 36  # chance: 10 of 40
