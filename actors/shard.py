@@ -13,6 +13,7 @@ it starts, and changes live through :meth:`ShardActor.acquire`, :meth:`ShardActo
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import json
 import logging
@@ -95,6 +96,7 @@ class ShardActor:
         # acquire/release change which partitions this shard owns, one call at a time.
         self._ownership_lock = asyncio.Lock()
         self.restored_seqs: dict[int, int] = {}
+        self.acquire_timings: collections.deque[dict[str, Any]] = collections.deque(maxlen=64)
         self._checkpointed: dict[int, int] = {}
         self.checkpoint_count = 0
         self.checkpoint_max_pause_s = 0.0
@@ -190,7 +192,17 @@ class ShardActor:
         (from a hand-over) are used instead of the object store, and stored there afterwards.
         """
         handed = snapshots or {}
+        steps = {"entered_at": time.time()}
+        clock = time.perf_counter()
+
+        def step(name: str) -> None:
+            nonlocal clock
+            now = time.perf_counter()
+            steps[name] = now - clock
+            clock = now
+
         async with self._ownership_lock, self._held():
+            step("lock_s")
             # A partition released here and never taken by another (an interrupted move) resumes
             # from its state in memory, which is exactly as of its last applied sequence; it
             # still answers requests, so it needs only its consumer back.
@@ -198,22 +210,30 @@ class ShardActor:
             self._released.difference_update(back)
             new = [p for p in partitions if p not in self.state.partitions]
             parts = await asyncio.gather(*(self._restore(p, handed.get(p)) for p in new))
+            step("restore_s")
             for part in parts:
                 self.state.partitions[part.partition] = part
                 # A handed-over snapshot is not in the object store yet: the next checkpoint writes it.
                 self._checkpointed[part.partition] = -1 if part.partition in handed else part.last_seq
             consuming = [self.state.partitions[p] for p in back] + parts
             consumers = await asyncio.gather(*(self._create_consumer(part) for part in consuming))
+            step("consumers_s")
             self.consumers.update((part.partition, c) for part, c in zip(consuming, consumers, strict=True))
             # Our own partitions live, instead of their published copies, before any applies.
             if self.merger is not None:
                 self.merger.rebuild()
+            step("rebuild_s")
             await asyncio.gather(*(consumer.pull() for consumer in consumers))
+            step("pull_s")
             assert self.ctl is not None
             subs = await asyncio.gather(
                 *(self.ctl.subscribe(rpc_subject(p, "*"), cb=self._on_rpc) for p in new)
             )
             self._rpc_subs.update(zip(new, subs, strict=True))
+            step("subscribe_s")
+        if new:
+            # Where a take-over's time goes (`headstart bench scale` reports them).
+            self.acquire_timings.append({"partitions": new, **steps})
         if new and self.ready.is_set():
             self._background(self._report())  # not on the hand-over's critical path
         if handed.keys() & set(new):
@@ -387,6 +407,10 @@ class ShardActor:
             "merges": self.merger.merges if self.merger is not None else 0,
             "partitions": counts,
         }
+
+    async def take_over_timings(self) -> list[dict[str, Any]]:
+        """The last take-overs' steps (seconds each; ``entered_at`` is wall-clock time)."""
+        return list(self.acquire_timings)
 
     async def learned(self) -> dict[str, Any]:
         """What the served policies learned, per decision point: arms, and per arm the weighted

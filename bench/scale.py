@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import nats
+import ray
 
 from bench.common import embedded_broker, local_ray, write_result
 from bench.population import onboarding_events
@@ -75,6 +76,10 @@ def run(quick: bool = False, out_dir: Path | None = None) -> Path:
                 expected[key].update(counts)
             lost, duplicated = lost_and_duplicated(expected, read_back(group, list(expected)))
             outcomes = dict(traffic.outcomes)
+            # Where each take-over's time went, inside the new owner (see ShardActor.acquire).
+            take_overs: list[dict[str, Any]] = []
+            for shard in group.shards:
+                take_overs += ray.get(shard.take_over_timings.remote())
         finally:
             group.stop()
     pauses = [m["pause_s"] for r in rescales for m in r["moves"]]
@@ -93,6 +98,11 @@ def run(quick: bool = False, out_dir: Path | None = None) -> Path:
             for r in rescales
         ],
         "backlog_publish_events_per_s": backlog_events / publish_s,
+        "take_over_steps_max_s": {
+            step: max((t[step] for t in take_overs if step in t), default=0.0)
+            for step in ("lock_s", "restore_s", "consumers_s", "rebuild_s", "pull_s", "subscribe_s")
+        },
+        "take_overs": take_overs,
     }
     params = {
         "users": users,
