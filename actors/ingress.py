@@ -42,7 +42,7 @@ from headstart.consumer import consumer_name
 from headstart.control import AdminError, request_admin
 from headstart.metrics import IngressMetrics, render
 from headstart.rpc import ShardClient, ShardUnavailable, is_error
-from headstart.streams import EVENTS_STREAM, EventPublisher, publish_prepared, record_subject
+from headstart.streams import EVENTS_STREAM, EventPublisher, publish_prepared, record_subjects
 
 log = logging.getLogger(__name__)
 
@@ -522,13 +522,14 @@ class Ingress:
                 return RewardAccepted(accepted=False, detail="that decision made no learned choice")
             raise ApiError(400, "invalid_decision_id", "not a decision_id from a /v1/decide answer")
         record = RewardRecord(decision_id=body.decision_id, reward=body.reward, ts=time.time())
-        subject = record_subject(partition_of(key, self.config.partitions), key, "reward")
+        subjects = record_subjects(partition_of(key, self.config.partitions), key, "reward")
+        headers = {"Nats-Msg-Id": f"reward:{body.decision_id}"}
+        data = encode_record(record)
         nc, _ = await self._client()
         try:
-            (ack,) = await publish_prepared(
-                nc.jetstream(),
-                [(subject, encode_record(record), {"Nats-Msg-Id": f"reward:{body.decision_id}"})],
-                retry_for=5.0,
+            # The decision's partition (where it is applied), then the rewards log.
+            ack, _ = await publish_prepared(
+                nc.jetstream(), [(subject, data, headers) for subject in subjects], retry_for=5.0
             )
         except Exception as exc:
             raise ApiError(503, "unavailable", f"the reward was not stored: {type(exc).__name__}") from exc

@@ -51,7 +51,7 @@ from headstart.rpc import (
     rpc_subject,
 )
 from headstart.status import REPORT_EVERY_S, ensure_status_bucket
-from headstart.streams import publish_prepared, record_subject
+from headstart.streams import publish_prepared, record_subjects
 
 log = logging.getLogger(__name__)
 
@@ -514,17 +514,18 @@ class ShardActor:
         return self.learner.session(key, user, request.get("context"), now, open_arms)
 
     def _log_decision(self, partition: int, record: DecisionRecord | None) -> None:
-        """Log a decision that made a choice to its user's partition (not on the reply's path):
-        applying it there opens its reward window."""
+        """Log a decision that made a choice to its user's partition, where applying it opens its
+        reward window, and to the decisions log (not on the reply's path)."""
         if record is None:
             return
-        subject = record_subject(partition, record.user_id, "decision")
-        self._background(self._publish_record(subject, encode_record(record), record.decision_id))
+        subjects = record_subjects(partition, record.user_id, "decision")
+        self._background(self._publish_record(subjects, encode_record(record), record.decision_id))
 
-    async def _publish_record(self, subject: str, data: bytes, decision_id: str) -> None:
+    async def _publish_record(self, subjects: tuple[str, str], data: bytes, decision_id: str) -> None:
         assert self.ctl is not None
+        headers = {"Nats-Msg-Id": decision_id}
         try:
-            await publish_prepared(self.ctl.jetstream(), [(subject, data, {"Nats-Msg-Id": decision_id})])
+            await publish_prepared(self.ctl.jetstream(), [(subject, data, headers) for subject in subjects])
             self.decisions_logged += 1
         except Exception as exc:  # noqa: BLE001 - the decision was served; only its learning is lost
             self.decision_log_failures += 1

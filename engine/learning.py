@@ -4,8 +4,8 @@ Where each piece lives, and why that makes learning exactly-once:
 
 - A decision with a real choice (two or more eligible arms) is logged as a
   :class:`DecisionRecord` to its user's partition in the events stream
-  (``hs.events.<p>.<key>.decision``); explicit rewards go the same way
-  (``hs.events.<p>.<key>.reward``). The partition applies them in stream order with the user's
+  (``hs.events.<p>.<key>-decision``); explicit rewards go the same way
+  (``hs.events.<p>.<key>-reward``). The partition applies them in stream order with the user's
   events, so attribution is a pure function of the stream: a replay after a crash rebuilds
   exactly the same rewards, and the partition's last applied sequence makes each count once.
 - :class:`PartitionLearning` holds, per partition, the open decisions (waiting for their reward

@@ -51,16 +51,16 @@ class PartitionState:
     def apply_message(self, seq: int, user_key: str, data: bytes) -> None:
         """Decode, validate and apply one stream message, once.
 
-        ``user_key`` is the subject's tail: the user's key for an event, ``<key>.decision`` or
-        ``<key>.reward`` for the learning loop's records. Raises :class:`InvalidEvent` for a
+        ``user_key`` is the subject's tail: the user's key for an event, ``<key>-decision`` or
+        ``<key>-reward`` for the learning loop's records. Raises :class:`InvalidEvent` for a
         message that must be dead-lettered; the sequence still counts as handled so that a
         replay does not dead-letter it again.
         """
         if seq <= self.last_seq:
             return
         self.last_seq = seq
-        if "." in user_key:
-            user_key, kind = user_key.split(".", 1)
+        if "-" in user_key:  # keys are base32: no "-" in an event's tail
+            user_key, kind = user_key.split("-", 1)
             self._apply_record(seq, user_key, kind, data)
             return
         event = decode_event(data)

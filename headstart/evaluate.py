@@ -202,7 +202,7 @@ def replay_log(messages: Iterable[tuple[int, str, bytes]], catalog: Catalog) -> 
     partitions: dict[int, PartitionState] = {}
     for seq, subject, data in messages:
         _, _, partition, tail = subject.split(".", 3)
-        if tail.endswith(".decision"):
+        if tail.endswith("-decision"):
             with contextlib.suppress(msgspec.DecodeError):
                 record = decision_decoder.decode(data)
                 groups[record.decision_id] = record.groups

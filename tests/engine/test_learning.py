@@ -73,11 +73,11 @@ class Log:
             context=context,
             choices=[{"point": point, "arm": arm, "propensity": 0.5, "eligible": ["interactive", arm]}],  # type: ignore[list-item]
         )
-        self.add(f"{key}.decision", encode_record(record))
+        self.add(f"{key}-decision", encode_record(record))
         return decision_id
 
     def reward(self, key: str, decision_id: str, reward: float, ts: float) -> None:
-        self.add(f"{key}.reward", encode_record(RewardRecord(decision_id=decision_id, reward=reward, ts=ts)))
+        self.add(f"{key}-reward", encode_record(RewardRecord(decision_id=decision_id, reward=reward, ts=ts)))
 
     def replay(self, part: PartitionState, start: int = 0) -> None:
         for seq, tail, data in self.messages[start:]:

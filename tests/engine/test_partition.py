@@ -36,7 +36,7 @@ def test_invalid_message_is_rejected_once_and_its_sequence_consumed() -> None:
 def test_payload_key_must_match_subject_key() -> None:
     part = PartitionState(0)
     with pytest.raises(InvalidEvent) as info:
-        part.apply_message(1, "other-key", raw(1, key="k1"))
+        part.apply_message(1, "otherkey", raw(1, key="k1"))
     assert info.value.reason == "key_mismatch"
     assert "k1" not in part.users
 
