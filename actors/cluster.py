@@ -78,13 +78,15 @@ class ShardGroup:
         if running:
             # Finish what an interrupted rescale left: every partition with its recorded owner
             # (acquire is idempotent; a partition already owned is left as it is).
+            others = [
+                [p for p in range(self.settings.partitions) if self.owner[p] != i]
+                for i in range(len(self.shards))
+            ]
+            # A shard holding a partition recorded for another (a take-over whose record did not
+            # land) stops consuming it first; then each recorded owner has every partition.
+            ray.get([s.release.remote(others[i]) for i, s in enumerate(self.shards)])
             ray.get([s.acquire.remote(self.assignment.partitions_of(i)) for i, s in enumerate(self.shards)])
-            ray.get(
-                [
-                    s.forget.remote([p for p in range(self.settings.partitions) if self.owner[p] != i])
-                    for i, s in enumerate(self.shards)
-                ]
-            )
+            ray.get([s.forget.remote(others[i]) for i, s in enumerate(self.shards)])
         return self
 
     def _actor(self, shard: int) -> ActorHandle[Any]:
@@ -112,9 +114,9 @@ class ShardGroup:
 
         New shards start empty. A move of a group of partitions from their old owner to their
         new one: the old owner releases them (stops consuming, snapshots them, keeps answering
-        reads), the new owner is recorded (compare-and-set on the assignment entry), the new
-        owner acquires them from the snapshots handed over and consumes from the sequence after
-        each, and the old owner forgets them.
+        reads), the new owner is recorded (compare-and-set on the assignment entry) while it
+        acquires them from the snapshots handed over and consumes from the sequence after each,
+        and the old owner forgets them.
         Every pair of shards moves a group at once; shards left without partitions stop.
         Returns the moves and their pauses (release start → consuming again).
 
@@ -189,20 +191,30 @@ class ShardGroup:
         started = time.perf_counter()
         snapshots: dict[int, bytes] = await self.shards[old].release.remote(partitions)
         released_at = time.perf_counter()
-        await move_partitions(kv, sorted(snapshots), new, layout)
-        recorded_at = time.perf_counter()
-        await self.shards[new].acquire.remote(sorted(snapshots), snapshots)
+        moved = sorted(snapshots)
+
+        async def timed(step: Awaitable[Any]) -> float:
+            await step
+            return time.perf_counter() - released_at
+
+        # The new owner is recorded while it takes over, not before: on a loaded broker each
+        # took up to ~1 s. If this process dies in between, attaching (start) hands every
+        # partition back to its recorded owner, which releases it from the other first.
+        record_s, acquire_s = await asyncio.gather(
+            timed(move_partitions(kv, moved, new, layout)),
+            timed(self.shards[new].acquire.remote(moved, snapshots)),
+        )
         done = time.perf_counter()
         # Until now the old owner answered reads from the state it handed over.
-        await self.shards[old].forget.remote(sorted(snapshots))
+        await self.shards[old].forget.remote(moved)
         return {
             "from": old,
             "to": new,
-            "partitions": sorted(snapshots),
+            "partitions": moved,
             "pause_s": done - started,
             "release_s": released_at - started,
-            "record_s": recorded_at - released_at,
-            "acquire_s": done - recorded_at,
+            "record_s": record_s,
+            "acquire_s": acquire_s,
         }
 
     def wait_ready(self, timeout: float = 120.0) -> list[dict[str, Any]]:
