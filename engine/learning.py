@@ -454,8 +454,14 @@ def encode_contributions(
         {
             "seqs": {str(p): s for p, s in seqs.items()},
             "activation": [activation[0].tobytes(), activation[1]] if activation is not None else None,
+            # Points nothing was learned at are left out (a partition's contribution to a linear
+            # policy is ~14 KB per point even when all zeros); missing points read as zeros.
             "policies": {
-                name: {point: pack_stats(stats) for point, stats in points.items()}
+                name: {
+                    point: pack_stats(stats)
+                    for point, stats in points.items()
+                    if any(v.any() for v in stats.values())
+                }
                 for name, points in contributions.items()
             },
         }
