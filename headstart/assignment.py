@@ -17,8 +17,10 @@ from __future__ import annotations
 import msgspec
 from nats.js import JetStreamContext
 from nats.js.api import KeyValueConfig, StorageType
-from nats.js.errors import BucketNotFoundError, KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
 from nats.js.kv import KeyValue
+
+from headstart.streams import open_bucket
 
 CONTROL_BUCKET = "HS_CONTROL"
 ASSIGNMENT_KEY = "assignment"
@@ -56,18 +58,16 @@ _decode = msgspec.json.Decoder(Assignment).decode
 
 
 async def control_bucket(js: JetStreamContext, replicas: int = 1) -> KeyValue:
-    try:
-        return await js.key_value(CONTROL_BUCKET)
-    except (BucketNotFoundError, NotFoundError):
-        return await js.create_key_value(
-            KeyValueConfig(
-                bucket=CONTROL_BUCKET,
-                description="Headstart control state (partition assignment)",
-                history=5,
-                storage=StorageType.FILE,
-                replicas=replicas,
-            )
-        )
+    return await open_bucket(
+        js,
+        KeyValueConfig(
+            bucket=CONTROL_BUCKET,
+            description="Headstart control state (partition assignment)",
+            history=5,
+            storage=StorageType.FILE,
+            replicas=replicas,
+        ),
+    )
 
 
 async def load_assignment(kv: KeyValue) -> tuple[Assignment | None, int]:

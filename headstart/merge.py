@@ -17,10 +17,10 @@ from collections.abc import Callable, Mapping
 
 from nats.js import JetStreamContext
 from nats.js.api import KeyValueConfig, StorageType
-from nats.js.errors import BucketNotFoundError, NotFoundError
 from nats.js.kv import KeyValue
 
 from engine.learning import Learner, PartitionLearning
+from headstart.streams import open_bucket
 
 log = logging.getLogger(__name__)
 
@@ -33,18 +33,16 @@ def contribution_key(partition: int) -> str:
 
 
 async def learn_bucket(js: JetStreamContext, replicas: int = 1) -> KeyValue:
-    try:
-        return await js.key_value(LEARN_BUCKET)
-    except (BucketNotFoundError, NotFoundError):
-        return await js.create_key_value(
-            KeyValueConfig(
-                bucket=LEARN_BUCKET,
-                description="Headstart: each partition's contribution to the policies, and drifts forgotten",
-                history=1,
-                storage=StorageType.FILE,
-                replicas=replicas,
-            )
-        )
+    return await open_bucket(
+        js,
+        KeyValueConfig(
+            bucket=LEARN_BUCKET,
+            description="Headstart: each partition's contribution to the policies, and drifts forgotten",
+            history=1,
+            storage=StorageType.FILE,
+            replicas=replicas,
+        ),
+    )
 
 
 class PolicyMerger:

@@ -18,7 +18,7 @@ from nats.js.kv import KeyValue
 
 from headstart.consumer import consumer_name
 from headstart.rpc import encode_request, is_error, rpc_subject
-from headstart.streams import DLQ_STREAM, EVENTS_STREAM
+from headstart.streams import DLQ_STREAM, EVENTS_STREAM, open_bucket
 
 STATUS_BUCKET = "HS_STATUS"
 #: A shard that has not reported for this long is gone; its entry expires.
@@ -27,12 +27,9 @@ REPORT_EVERY_S = 1.0
 
 
 async def ensure_status_bucket(js: JetStreamContext) -> KeyValue:
-    try:
-        return await js.key_value(STATUS_BUCKET)
-    except BucketNotFoundError:
-        return await js.create_key_value(
-            KeyValueConfig(bucket=STATUS_BUCKET, history=1, ttl=STATUS_TTL_S, storage=StorageType.MEMORY)
-        )
+    return await open_bucket(
+        js, KeyValueConfig(bucket=STATUS_BUCKET, history=1, ttl=STATUS_TTL_S, storage=StorageType.MEMORY)
+    )
 
 
 async def collect_status(nats_url: str) -> dict[str, Any]:

@@ -25,13 +25,15 @@ import msgspec
 from nats.js import JetStreamContext
 from nats.js.api import (
     DiscardPolicy,
+    KeyValueConfig,
     PubAck,
     RetentionPolicy,
     StorageType,
     StreamConfig,
     SubjectTransform,
 )
-from nats.js.errors import NotFoundError
+from nats.js.errors import BucketNotFoundError, NotFoundError
+from nats.js.kv import KeyValue
 
 from engine.errors import ConfigError, InvalidEvent
 from engine.events import Event, encode_event, event_from_object
@@ -51,6 +53,14 @@ RECORD_KINDS = {"decision": (DECISIONS_STREAM, "hs.decisions"), "reward": (REWAR
 DUPLICATE_WINDOW_S = 10 * 60
 #: Dead letters are kept long enough for someone to look at them after a holiday.
 DLQ_RETENTION_S = 30 * 86400
+
+
+async def open_bucket(js: JetStreamContext, config: KeyValueConfig) -> KeyValue:
+    """The key-value bucket ``config.bucket``, created with ``config`` if it does not exist."""
+    try:
+        return await js.key_value(config.bucket)  # type: ignore[arg-type]
+    except (BucketNotFoundError, NotFoundError):
+        return await js.create_key_value(config)
 
 
 def ingest_subject(user_key: str) -> str:

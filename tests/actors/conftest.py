@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import time
 from collections.abc import Iterator
 
+import httpx
 import pytest
 
 from actors.cluster import ShardGroup
+from actors.serving import start_app, stop_app
+from engine.catalog import Catalog
+from headstart.auth import key_hashes
+from headstart.broker import free_port
 from headstart.config import Settings
-from tests.conftest import TEST_PARTITIONS
+from tests.conftest import TEST_PARTITIONS, TEST_SECRET, reset_streams
 
 
 @pytest.fixture
@@ -20,3 +28,30 @@ def group(ray_local: None, fresh_streams: str) -> Iterator[ShardGroup]:
         yield shards
     finally:
         shards.stop()
+
+
+@contextlib.contextmanager
+def serving(
+    nats_url: str, catalog: Catalog, keys: dict[str, str], shard_num_cpus: float = 0.5
+) -> Iterator[tuple[httpx.Client, ShardGroup]]:
+    """Fresh streams, 2 shards and the Serve app with ``keys``; an HTTP client once ready."""
+    asyncio.run(reset_streams(nats_url))
+    settings = Settings(partitions=TEST_PARTITIONS, shards=2, shard_num_cpus=shard_num_cpus, port=free_port())
+    group = ShardGroup(settings, nats_url, catalog).start()
+    group.wait_ready()
+    url = start_app(settings, nats_url, catalog, TEST_SECRET, key_hashes(keys))
+    client = httpx.Client(base_url=url, timeout=10)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if client.get("/readyz").status_code == 200:
+                break
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    try:
+        yield client, group
+    finally:
+        client.close()
+        stop_app()
+        group.stop()

@@ -11,12 +11,9 @@ import pytest
 import ray
 
 from actors.cluster import ShardGroup
-from actors.serving import start_app, stop_app
 from engine.catalog import DEFAULT_CATALOG, load_catalog
-from headstart.auth import key_hashes
-from headstart.broker import free_port
-from headstart.config import Settings
-from tests.conftest import TEST_PARTITIONS, TEST_SECRET
+from tests.actors.conftest import serving
+from tests.conftest import TEST_PARTITIONS
 
 pytestmark = pytest.mark.integration
 
@@ -27,31 +24,8 @@ ADMIN = {"Authorization": f"Bearer {KEYS['admin']}"}
 
 @pytest.fixture(scope="module")
 def api(ray_local: None, nats_url: str) -> Iterator[tuple[httpx.Client, ShardGroup]]:
-    import asyncio
-
-    from tests.conftest import reset_streams
-
-    asyncio.run(reset_streams(nats_url))
-    settings = Settings(partitions=TEST_PARTITIONS, shards=2, shard_num_cpus=0.5, port=free_port())
-    catalog = load_catalog(DEFAULT_CATALOG)
-    group = ShardGroup(settings, nats_url, catalog).start()
-    group.wait_ready()
-    url = start_app(settings, nats_url, catalog, TEST_SECRET, key_hashes(KEYS))
-    client = httpx.Client(base_url=url, timeout=10)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if client.get("/readyz").status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    try:
-        yield client, group
-    finally:
-        client.close()
-        stop_app()
-        group.stop()
+    with serving(nats_url, load_catalog(DEFAULT_CATALOG), KEYS) as served:
+        yield served
 
 
 def event(user: str, kind: str, **props: Any) -> dict[str, Any]:

@@ -18,13 +18,9 @@ import pytest
 import ray
 
 from actors.cluster import ShardGroup
-from actors.serving import start_app, stop_app
 from engine.catalog import DEFAULT_CATALOG, Catalog, load_catalog
-from headstart.auth import key_hashes
-from headstart.broker import free_port
-from headstart.config import Settings
 from headstart.streams import DECISIONS_STREAM
-from tests.conftest import TEST_PARTITIONS, TEST_SECRET, reset_streams
+from tests.actors.conftest import serving
 
 pytestmark = pytest.mark.integration
 
@@ -44,27 +40,8 @@ def fast_merging_catalog() -> Catalog:
 
 @pytest.fixture(scope="module")
 def loop(ray_local: None, nats_url: str) -> Iterator[tuple[httpx.Client, ShardGroup]]:
-    asyncio.run(reset_streams(nats_url))
-    settings = Settings(partitions=TEST_PARTITIONS, shards=2, shard_num_cpus=0.25, port=free_port())
-    catalog = fast_merging_catalog()
-    group = ShardGroup(settings, nats_url, catalog).start()
-    group.wait_ready()
-    url = start_app(settings, nats_url, catalog, TEST_SECRET, key_hashes(KEYS))
-    client = httpx.Client(base_url=url, timeout=10)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if client.get("/readyz").status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    try:
-        yield client, group
-    finally:
-        client.close()
-        stop_app()
-        group.stop()
+    with serving(nats_url, fast_merging_catalog(), KEYS, shard_num_cpus=0.25) as api:
+        yield api
 
 
 def learned(group: ShardGroup) -> list[dict[str, Any]]:
