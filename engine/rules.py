@@ -1,0 +1,398 @@
+"""Rule segments: a small expression language over a user's live state.
+
+``session_count < 3 and device_type == "mobile"``, ``country in ("DE", "FR")``,
+``events_5m >= 10 or feature_count("export") > 0``, ``not completed("profile")``.
+
+Why Python's own parser: the grammar is a subset of Python's expressions, so :mod:`ast` parses
+it (``mode="eval"``: one expression, no statements) and this module accepts only the node types
+listed in :func:`_check`; the rule's text is never evaluated, only a function compiled from
+the checked tree. A rule is type-checked
+against :data:`FIELDS` when the catalog loads (an unknown field, a string compared with a
+number, a function called wrong: each an error with its column), then compiled twice from the
+same tree: to a Python function over one user (:meth:`Rule.matches`, microseconds) and to a
+polars expression over a profile table (:meth:`Rule.polars`, batch reports). Both read a
+missing value (a user without a country) the same way: every comparison with it is false.
+
+>>> rule = parse_rule('session_count < 3 and device_type == "mobile"')
+>>> sorted(rule.fields)
+['device_type', 'session_count']
+>>> rule.matches(RuleInput(fields={"session_count": 1, "device_type": "mobile"}))
+True
+>>> parse_rule('country == 3')
+Traceback (most recent call last):
+engine.rules.RuleError: column 1: 'country' is text; it cannot be compared with a number
+"""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import polars as pl
+
+from engine.errors import ConfigError
+from engine.events import EventKind
+from engine.profile import CONTEXT_FIELDS, TRAIT_FIELDS, UserState, Vocabularies
+
+Kind = Literal["number", "text", "bool"]
+
+#: Every field a rule can read, and its type. Times are in days; counts are whole numbers.
+FIELDS: dict[str, Kind] = {
+    "session_count": "number",
+    "events_total": "number",
+    "events_5m": "number",
+    "features_5m": "number",
+    "engagement": "number",
+    "steps_completed": "number",
+    "tutorials_completed": "number",
+    "days_since_first_seen": "number",
+    "days_inactive": "number",
+    "device_type": "text",
+    "os": "text",
+    "locale": "text",
+    "country": "text",
+    "referrer": "text",
+    "app_version": "text",
+    "role": "text",
+    "company_size": "text",
+    "age_band": "text",
+}
+#: Fields that change with time alone, not only with events: rules reading them are
+#: re-evaluated as time passes.
+TIME_FIELDS = frozenset({"days_since_first_seen", "days_inactive", "events_5m", "features_5m", "engagement"})
+#: Functions a rule can call, with their result type; each takes one text constant.
+FUNCTIONS: dict[str, Kind] = {"feature_count": "number", "completed": "bool"}
+
+_COMPARE = {
+    ast.Lt: "<",
+    ast.LtE: "<=",
+    ast.Gt: ">",
+    ast.GtE: ">=",
+    ast.Eq: "==",
+    ast.NotEq: "!=",
+    ast.In: "in",
+    ast.NotIn: "not in",
+}
+MAX_RULE_LENGTH = 1000
+
+
+class RuleError(ConfigError):
+    """A rule that does not parse or type-check; the message says where and why."""
+
+
+@dataclass
+class RuleInput:
+    """What a rule reads: field values (None: missing), feature counts and completed steps."""
+
+    fields: Mapping[str, Any]
+    features: Mapping[str, int] = field(default_factory=dict)
+    completed: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A parsed, type-checked rule (build with :func:`parse_rule`)."""
+
+    source: str
+    tree: ast.Expression
+    fields: frozenset[str]
+    features: frozenset[str]
+    steps: frozenset[str]
+    _matches: Callable[[RuleInput], bool]
+
+    def matches(self, data: RuleInput) -> bool:
+        return self._matches(data)
+
+    @property
+    def time_based(self) -> bool:
+        """Whether membership can change with time alone."""
+        return bool(self.fields & TIME_FIELDS)
+
+    def polars(self) -> pl.Expr:
+        """The rule over a profile table: a column per field, ``feature:<name>`` per feature
+        count and ``completed:<step>`` per step (missing columns read as missing values)."""
+        return _to_polars(self.tree.body)
+
+
+def parse_rule(source: str) -> Rule:
+    """Parse, type-check and compile a rule; :class:`RuleError` says what is wrong and where."""
+    if len(source) > MAX_RULE_LENGTH:
+        raise RuleError(f"a rule is at most {MAX_RULE_LENGTH} characters")
+    try:
+        tree = ast.parse(source.strip(), mode="eval")
+    except SyntaxError as exc:
+        raise RuleError(f"column {exc.offset or 0}: not a valid rule ({exc.msg})") from None
+    used: dict[str, set[str]] = {"fields": set(), "features": set(), "steps": set()}
+    kind = _check(tree.body, used)
+    if kind != "bool":
+        raise RuleError(f"column 1: a rule must be true or false, not a {kind}")
+    # Compiled from the checked tree (only the node kinds _check accepts, over one argument
+    # `d`), never from the rule's text; no builtins are reachable from it.
+    function_tree = ast.Expression(
+        body=ast.Lambda(
+            args=ast.arguments(
+                posonlyargs=[], args=[ast.arg("d")], kwonlyargs=[], kw_defaults=[], defaults=[]
+            ),
+            body=_to_python(tree.body),
+        )
+    )
+    code = compile(ast.fix_missing_locations(function_tree), "<rule>", "eval")
+    function = eval(code, {"__builtins__": {}})
+    return Rule(
+        source=source,
+        tree=tree,
+        fields=frozenset(used["fields"]),
+        features=frozenset(used["features"]),
+        steps=frozenset(used["steps"]),
+        _matches=function,
+    )
+
+
+# ---------------------------------------------------------------------- type-checking
+
+
+def _where(node: ast.AST) -> str:
+    return f"column {getattr(node, 'col_offset', 0) + 1}"
+
+
+def _check(node: ast.expr, used: dict[str, set[str]]) -> Kind:
+    if isinstance(node, ast.BoolOp):
+        for value in node.values:
+            if _check(value, used) != "bool":
+                raise RuleError(f"{_where(value)}: 'and' and 'or' join conditions (true or false)")
+        return "bool"
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.Not):
+        if _check(node.operand, used) != "bool":
+            raise RuleError(f"{_where(node)}: 'not' applies to a condition")
+        return "bool"
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub) and _is_number(node.operand):
+        return "number"
+    if isinstance(node, ast.Compare):
+        if len(node.ops) != 1:
+            raise RuleError(f"{_where(node)}: one comparison at a time (write 'a < x and x < b')")
+        op = type(node.ops[0])
+        if op not in _COMPARE:
+            raise RuleError(f"{_where(node)}: unsupported comparison")
+        left = _check(node.left, used)
+        right_node = node.comparators[0]
+        if op in (ast.In, ast.NotIn):
+            if not isinstance(right_node, (ast.Tuple, ast.List)) or not right_node.elts:
+                raise RuleError(f'{_where(right_node)}: \'in\' needs a list of values, e.g. ("DE", "FR")')
+            for element in right_node.elts:
+                _check_constant(element, left, node.left)
+            return "bool"
+        right = _check(right_node, used)
+        if left != right:
+            raise RuleError(f"{_where(node)}: {_describe(node.left, left)} cannot be compared with a {right}")
+        if left == "text" and op not in (ast.Eq, ast.NotEq):
+            raise RuleError(f"{_where(node)}: text compares with == or != only")
+        return "bool"
+    if isinstance(node, ast.Name):
+        kind = FIELDS.get(node.id)
+        if kind is None:
+            raise RuleError(f"{_where(node)}: unknown field {node.id!r} (known: {', '.join(sorted(FIELDS))})")
+        used["fields"].add(node.id)
+        return kind
+    if isinstance(node, ast.Call):
+        name = node.func.id if isinstance(node.func, ast.Name) else None
+        if name not in FUNCTIONS:
+            raise RuleError(f"{_where(node)}: unknown function (known: {', '.join(sorted(FUNCTIONS))})")
+        if node.keywords or len(node.args) != 1 or not _is_text(node.args[0]):
+            raise RuleError(f'{_where(node)}: {name}() takes one name in quotes, e.g. {name}("export")')
+        value = node.args[0].value  # type: ignore[attr-defined]
+        used["features" if name == "feature_count" else "steps"].add(value)
+        return FUNCTIONS[name]
+    if (
+        isinstance(node, ast.Constant)
+        and not isinstance(node.value, (bytes, complex))
+        and node.value is not None
+    ):
+        if isinstance(node.value, bool):
+            return "bool"
+        return "number" if isinstance(node.value, (int, float)) else "text"
+    raise RuleError(f"{_where(node)}: not allowed in a rule ({type(node).__name__})")
+
+
+def _check_constant(element: ast.expr, kind: Kind, subject: ast.expr) -> None:
+    is_ok = _is_text(element) if kind == "text" else _is_number(element) if kind == "number" else False
+    if not is_ok:
+        raise RuleError(
+            f"{_where(element)}: the values of 'in' must be {kind} constants like {_describe(subject, kind)}"
+        )
+
+
+def _is_text(node: ast.expr) -> bool:
+    return isinstance(node, ast.Constant) and isinstance(node.value, str)
+
+
+def _is_number(node: ast.expr) -> bool:
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+        return _is_number(node.operand)
+    return (
+        isinstance(node, ast.Constant)
+        and isinstance(node.value, (int, float))
+        and not isinstance(node.value, bool)
+    )
+
+
+def _describe(node: ast.expr, kind: Kind) -> str:
+    name = node.id if isinstance(node, ast.Name) else ast.unparse(node)
+    return f"{name!r} is {kind}; it" if isinstance(node, ast.Name) else f"{name} ({kind})"
+
+
+# ---------------------------------------------------------------------- compiling
+
+
+def _to_python(node: ast.expr) -> ast.expr:
+    """The checked tree over ``d`` (a :class:`RuleInput`); comparisons with a missing value
+    are false (``_cmp``)."""
+    if isinstance(node, ast.BoolOp):
+        return ast.BoolOp(op=node.op, values=[_to_python(v) for v in node.values])
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.Not):
+        return ast.UnaryOp(op=ast.Not(), operand=_to_python(node.operand))
+    if isinstance(node, ast.Compare):
+        left = _to_python(node.left)
+        right = node.comparators[0]
+        right_value = (
+            ast.Tuple(elts=list(right.elts), ctx=ast.Load())  # type: ignore[attr-defined]
+            if isinstance(right, (ast.Tuple, ast.List))
+            else _to_python(right)
+        )
+        # (l is not None and r is not None and l OP r): missing never compares true.
+        guards: list[ast.expr] = [
+            ast.Compare(left=side, ops=[ast.IsNot()], comparators=[ast.Constant(None)])
+            for side in (left, right_value)
+            if not isinstance(side, (ast.Constant, ast.Tuple, ast.UnaryOp))
+        ]
+        return ast.BoolOp(
+            op=ast.And(), values=[*guards, ast.Compare(left=left, ops=node.ops, comparators=[right_value])]
+        )
+    if isinstance(node, ast.Name):
+        return _subscript(
+            ast.Attribute(value=ast.Name("d", ast.Load()), attr="fields", ctx=ast.Load()), node.id, get=True
+        )
+    if isinstance(node, ast.Call):
+        name = node.func.id  # type: ignore[attr-defined]
+        arg = node.args[0].value  # type: ignore[attr-defined]
+        if name == "feature_count":
+            table = ast.Attribute(value=ast.Name("d", ast.Load()), attr="features", ctx=ast.Load())
+            call = _subscript(table, arg, get=True, default=0)
+            return call
+        return ast.Compare(
+            left=ast.Constant(arg),
+            ops=[ast.In()],
+            comparators=[ast.Attribute(value=ast.Name("d", ast.Load()), attr="completed", ctx=ast.Load())],
+        )
+    return node  # constants
+
+
+def _subscript(table: ast.expr, key: str, get: bool, default: Any = None) -> ast.expr:
+    args: list[ast.expr] = [ast.Constant(key)]
+    if default is not None:
+        args.append(ast.Constant(default))
+    return ast.Call(func=ast.Attribute(value=table, attr="get", ctx=ast.Load()), args=args, keywords=[])
+
+
+def _to_polars(node: ast.expr) -> pl.Expr:
+    if isinstance(node, ast.BoolOp):
+        parts = [_to_polars(v) for v in node.values]
+        out = parts[0]
+        for part in parts[1:]:
+            out = (out & part) if isinstance(node.op, ast.And) else (out | part)
+        return out
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.Not):
+        return ~_to_polars(node.operand)
+    if isinstance(node, ast.Compare):
+        left = _value(node.left)
+        right = node.comparators[0]
+        op = _COMPARE[type(node.ops[0])]
+        if op in ("in", "not in"):
+            values = [_literal(e) for e in right.elts]  # type: ignore[attr-defined]
+            result = left.is_in(values)
+            result = ~result if op == "not in" else result
+            # Missing is never in, nor "not in", a list: false both ways.
+            return (left.is_not_null() & result).fill_null(False)
+        right_value = _value(right)
+        compared = {
+            "<": left < right_value,
+            "<=": left <= right_value,
+            ">": left > right_value,
+            ">=": left >= right_value,
+            "==": left == right_value,
+            "!=": left != right_value,
+        }[op]
+        return compared.fill_null(False)
+    if isinstance(node, ast.Call):
+        step = node.args[0].value  # type: ignore[attr-defined]
+        return pl.col(f"completed:{step}").fill_null(False)
+    return _value(node)
+
+
+def _value(node: ast.expr) -> pl.Expr:
+    if isinstance(node, ast.Name):
+        return pl.col(node.id)
+    if isinstance(node, ast.Call) and node.func.id == "feature_count":  # type: ignore[attr-defined]
+        return pl.col(f"feature:{node.args[0].value}").fill_null(0)  # type: ignore[attr-defined]
+    if isinstance(node, ast.Call):
+        return _to_polars(node)
+    return pl.lit(_literal(node))
+
+
+def _literal(node: ast.expr) -> Any:
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+        return -_literal(node.operand)
+    return node.value  # type: ignore[attr-defined]
+
+
+# ---------------------------------------------------------------------- inputs
+
+
+def rule_input(
+    user: UserState, vocab: Vocabularies, now: float, context: Mapping[str, Any] | None = None
+) -> RuleInput:
+    """What rules read from a user's live state as of ``now``; the request's context fields,
+    where given, win over the profile's (as for the built-in segments)."""
+    counters = user.counters
+    fields: dict[str, Any] = {
+        "session_count": user.sessions,
+        "events_total": sum(counters[k] for k in EventKind),
+        "events_5m": user.events_in_window(now),
+        "features_5m": user.features_in_window(now),
+        "engagement": user.engagement_at(now),
+        "steps_completed": user.completed_steps.bit_count(),
+        "tutorials_completed": counters[EventKind.TUTORIAL_COMPLETED],
+        "days_since_first_seen": max(0.0, now - user.first_seen) / 86400.0,
+        "days_inactive": max(0.0, now - user.last_seen) / 86400.0,
+    }
+    for name in CONTEXT_FIELDS + TRAIT_FIELDS:
+        if name in FIELDS:
+            fields[name] = getattr(user, name)
+    if context:
+        for name in CONTEXT_FIELDS:
+            value = context.get(name)
+            if value is not None and name in FIELDS:
+                fields[name] = value
+    names = vocab.features.names
+    features = {names[i]: user.feature_count(i) for i in user.feature_ids()}
+    steps = vocab.steps.names
+    mask = user.completed_steps
+    completed = frozenset(steps[i] for i in range(len(steps)) if mask >> i & 1)
+    return RuleInput(fields=fields, features=features, completed=completed)
+
+
+def profile_table(inputs: list[RuleInput], rules: list[Rule]) -> pl.DataFrame:
+    """Rule inputs as the table :meth:`Rule.polars` reads: a column per field, and one per
+    feature count and completed step the rules use."""
+    columns: dict[str, Any] = {}
+    for name, kind in FIELDS.items():
+        dtype = pl.Float64 if kind == "number" else pl.String
+        columns[name] = pl.Series(name, [i.fields.get(name) for i in inputs], dtype=dtype)
+    for feature in sorted({f for r in rules for f in r.features}):
+        columns[f"feature:{feature}"] = pl.Series(
+            [i.features.get(feature, 0) for i in inputs], dtype=pl.Int64
+        )
+    for step in sorted({s for r in rules for s in r.steps}):
+        columns[f"completed:{step}"] = pl.Series([step in i.completed for i in inputs], dtype=pl.Boolean)
+    return pl.DataFrame(columns)
