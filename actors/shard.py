@@ -482,6 +482,7 @@ class ShardActor:
                     step=request.get("step"),
                     feature=request.get("feature"),
                     chooser=chooser,
+                    vocab=part.vocab,
                 )
                 if chooser is not None:
                     self._log_decision(part.partition, chooser.record())

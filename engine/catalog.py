@@ -79,6 +79,14 @@ class Step(_Model):
     message: dict[Locale, Template] = Field(default_factory=dict)
 
 
+class RuleSegment(_Model):
+    """A segment defined by a rule over live state (see :mod:`engine.rules`)."""
+
+    id: Name
+    description: str = Field("", max_length=500)
+    rule: str = Field(min_length=1, max_length=1000)
+
+
 class Journey(_Model):
     steps: list[Step] = Field(min_length=1)
 
@@ -168,6 +176,7 @@ class Catalog(_Model):
     tutorials: list[Tutorial] = Field(default_factory=list)
     messages: Messages = Messages()
     flags: list[Flag] = Field(default_factory=list)
+    segments: list[RuleSegment] = Field(default_factory=list)
     learning: Learning = Learning()
 
     @field_validator("engagement_tiers")
@@ -233,7 +242,9 @@ def is_known_segment(segment: str) -> bool:
 
 
 def _semantic_errors(catalog: Catalog) -> list[tuple[str, str]]:
-    errors: list[tuple[str, str]] = []
+    errors: list[tuple[str, str]] = _rule_segment_errors(catalog.segments)
+    known = {s.id for s in catalog.segments}
+
     steps = {s.id: s for s in catalog.journey.steps}
     seen: set[str] = set()
     for i, step in enumerate(catalog.journey.steps):
@@ -246,7 +257,7 @@ def _semantic_errors(catalog: Catalog) -> list[tuple[str, str]]:
                 errors.append((f"{where}.requires[{j}]", f"unknown step {req!r}"))
             elif req == step.id:
                 errors.append((f"{where}.requires[{j}]", "a step cannot require itself"))
-        errors += _segment_errors(step.segments, f"{where}.segments")
+        errors += _unknown_segments(step.segments, f"{where}.segments", known)
         errors += _template_errors(step.message, f"{where}.message", catalog.default_locale)
         for j, rule in enumerate(step.completed_by):
             if rule.type == "feature_clicked" and rule.feature is None:
@@ -270,7 +281,7 @@ def _semantic_errors(catalog: Catalog) -> list[tuple[str, str]]:
         if len(set(variant_ids)) != len(variant_ids):
             errors.append((f"{where}.variants", "duplicate variant ids"))
         for j, variant in enumerate(tutorial.variants):
-            errors += _segment_errors(variant.segments, f"{where}.variants[{j}].segments")
+            errors += _unknown_segments(variant.segments, f"{where}.variants[{j}].segments", known)
     flag_ids: set[str] = set()
     for i, flag in enumerate(catalog.flags):
         if flag.id in flag_ids:
@@ -279,7 +290,7 @@ def _semantic_errors(catalog: Catalog) -> list[tuple[str, str]]:
         for j, flag_rule in enumerate(flag.rules):
             if not flag_rule.segments and flag_rule.rollout is None:
                 errors.append((f"flags[{i}].rules[{j}]", "a rule needs 'segments', 'rollout' or both"))
-            errors += _segment_errors(flag_rule.segments, f"flags[{i}].rules[{j}].segments")
+            errors += _unknown_segments(flag_rule.segments, f"flags[{i}].rules[{j}].segments", known)
     for i, step in enumerate(catalog.journey.steps):
         for j, completion in enumerate(step.completed_by):
             if completion.tutorial is not None and completion.tutorial not in tutorial_ids:
@@ -314,15 +325,34 @@ def _learning_errors(learning: Learning) -> list[tuple[str, str]]:
     return errors
 
 
-def _segment_errors(segments: list[str], where: str) -> list[tuple[str, str]]:
+def _unknown_segments(segments: list[str], where: str, defined: set[str]) -> list[tuple[str, str]]:
     return [
         (
             f"{where}[{k}]",
-            f"unknown segment {seg!r} (built in: {', '.join(sorted(BUILTIN_SEGMENTS))}, locale_xx)",
+            f"unknown segment {seg!r} (built in: {', '.join(sorted(BUILTIN_SEGMENTS))}, locale_xx; "
+            f"defined: {', '.join(sorted(defined)) or 'none'})",
         )
         for k, seg in enumerate(segments)
-        if not is_known_segment(seg)
+        if not is_known_segment(seg) and seg not in defined
     ]
+
+
+def _rule_segment_errors(segments: list[RuleSegment]) -> list[tuple[str, str]]:
+    from engine.rules import RuleError, parse_rule
+
+    errors: list[tuple[str, str]] = []
+    seen: set[str] = set()
+    for i, segment in enumerate(segments):
+        if segment.id in seen:
+            errors.append((f"segments[{i}].id", f"duplicate segment id {segment.id!r}"))
+        if is_known_segment(segment.id):
+            errors.append((f"segments[{i}].id", f"{segment.id!r} is a built-in segment"))
+        seen.add(segment.id)
+        try:
+            parse_rule(segment.rule)
+        except RuleError as exc:
+            errors.append((f"segments[{i}].rule", str(exc)))
+    return errors
 
 
 _TAG = re.compile(r"\{\{\s*([#^/]?)\s*([^}\s]*)\s*\}\}")

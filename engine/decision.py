@@ -1,8 +1,9 @@
 """Deciding what a user sees next, from the catalog and the user's live state.
 
-Rules decide what is eligible (prerequisites, segments); within that, the journey order
-decides (issue 5's policies choose among the eligible arms instead). A user never seen gets a
-cold-start answer from the request's context alone.
+Rules decide what is eligible (prerequisites, segments); within that, the learning policy
+chooses (a ``chooser``, :mod:`engine.learning`), or the journey's order without one. A user
+never seen gets a cold-start answer from the request's context alone (for rule segments: zero
+counts and the request's context).
 
 >>> from engine.catalog import DEFAULT_CATALOG, load_catalog
 >>> decider = Decider(load_catalog(DEFAULT_CATALOG))
@@ -10,7 +11,7 @@ cold-start answer from the request's context alone.
 >>> d["step"]["id"], d["tutorial"], d["flags"]["simplified_mobile_flow"], d["message"][:14]
 ('welcome', None, True, 'Willkommen bei')
 >>> sorted(d["segments"])
-['device_mobile', 'engagement_low', 'locale_de', 'new_user']
+['device_mobile', 'engagement_low', 'locale_de', 'mobile_newcomer', 'new_user']
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import pystache
 from engine.catalog import Catalog, CompletionRule, Step, Tutorial
 from engine.events import EventKind
 from engine.profile import UserState, Vocabularies
+from engine.rules import parse_rule, rule_input
 
 if TYPE_CHECKING:
     from engine.learning import ChoiceSession
@@ -62,11 +64,21 @@ class Decider:
         self._completion: dict[str, list[CompletionRule]] = {
             s.id: s.completed_by or [CompletionRule(type="step_completed")] for s in self.steps
         }
+        #: The catalog's rule segments, compiled (validated when the catalog loaded).
+        self.rule_segments = [(s.id, parse_rule(s.rule)) for s in catalog.segments]
+        self._rule_fields = frozenset(f for _, rule in self.rule_segments for f in rule.fields)
 
     # ------------------------------------------------------------------ segments
 
-    def segments(self, user: UserState | None, context: dict[str, Any], now: float) -> list[str]:
-        """The built-in segments of a user, preferring the request's context where it has one."""
+    def segments(
+        self,
+        user: UserState | None,
+        context: dict[str, Any],
+        now: float,
+        vocab: Vocabularies | None = None,
+    ) -> list[str]:
+        """The built-in and rule segments of a user, preferring the request's context where it
+        has one (a user never seen: zero counts, the request's context)."""
         out = []
         tiers = self.catalog.engagement_tiers
         score = user.engagement_at(now) if user is not None else 0.0
@@ -84,6 +96,9 @@ class Decider:
         if isinstance(locale, str) and len(locale) >= 2 and locale[:2].isalpha():
             out.append(f"locale_{locale[:2].lower()}")
         out.append("returning_user" if user is not None and user.sessions > 1 else "new_user")
+        if self.rule_segments:
+            facts = rule_input(user, vocab, now, context, self._rule_fields)
+            out += [segment for segment, rule in self.rule_segments if rule.matches(facts)]
         return out
 
     # ------------------------------------------------------------------ journey
@@ -211,7 +226,7 @@ class Decider:
             user, vocab = None, None
         elif user is None:
             explain.append("user not seen yet: cold start from the request's context")
-        segments = self.segments(user, context, now) + (extra_segments or [])
+        segments = self.segments(user, context, now, vocab) + (extra_segments or [])
         eligible, done, why_not = self.eligible_steps(user, vocab, segments)
         step = eligible[0] if eligible else None
         if step is None:
@@ -259,12 +274,13 @@ class Decider:
         step: str | None = None,
         feature: str | None = None,
         chooser: ChoiceSession | None = None,
+        vocab: Vocabularies | None = None,
     ) -> dict[str, Any] | None:
         """Which variant of the tutorial for ``step`` or ``feature`` this user should see."""
         tutorial = self.tutorial_for(step=step, feature=feature)
         if tutorial is None:
             return None
-        segments = self.segments(user, context or {}, now)
+        segments = self.segments(user, context or {}, now, vocab)
         variants = self.tutorial_variants(tutorial, segments)
         if not variants:
             return {

@@ -34,7 +34,7 @@ import polars as pl
 
 from engine.errors import ConfigError
 from engine.events import EventKind
-from engine.profile import CONTEXT_FIELDS, TRAIT_FIELDS, UserState, Vocabularies
+from engine.profile import CONTEXT_FIELDS, UserState, Vocabularies
 
 Kind = Literal["number", "text", "bool"]
 
@@ -349,31 +349,44 @@ def _literal(node: ast.expr) -> Any:
 # ---------------------------------------------------------------------- inputs
 
 
+_NUMBERS: dict[str, Callable[[UserState, float], float]] = {
+    "session_count": lambda u, now: u.sessions,
+    "events_total": lambda u, now: sum(u.counters[k] for k in EventKind),
+    "events_5m": lambda u, now: u.events_in_window(now),
+    "features_5m": lambda u, now: u.features_in_window(now),
+    "engagement": lambda u, now: u.engagement_at(now),
+    "steps_completed": lambda u, now: u.completed_steps.bit_count(),
+    "tutorials_completed": lambda u, now: u.counters[EventKind.TUTORIAL_COMPLETED],
+    "days_since_first_seen": lambda u, now: max(0.0, now - u.first_seen) / 86400.0,
+    "days_inactive": lambda u, now: max(0.0, now - u.last_seen) / 86400.0,
+}
+
+
 def rule_input(
-    user: UserState, vocab: Vocabularies, now: float, context: Mapping[str, Any] | None = None
+    user: UserState | None,
+    vocab: Vocabularies | None,
+    now: float,
+    context: Mapping[str, Any] | None = None,
+    needed: frozenset[str] | None = None,
 ) -> RuleInput:
-    """What rules read from a user's live state as of ``now``; the request's context fields,
-    where given, win over the profile's (as for the built-in segments)."""
-    counters = user.counters
-    fields: dict[str, Any] = {
-        "session_count": user.sessions,
-        "events_total": sum(counters[k] for k in EventKind),
-        "events_5m": user.events_in_window(now),
-        "features_5m": user.features_in_window(now),
-        "engagement": user.engagement_at(now),
-        "steps_completed": user.completed_steps.bit_count(),
-        "tutorials_completed": counters[EventKind.TUTORIAL_COMPLETED],
-        "days_since_first_seen": max(0.0, now - user.first_seen) / 86400.0,
-        "days_inactive": max(0.0, now - user.last_seen) / 86400.0,
-    }
-    for name in CONTEXT_FIELDS + TRAIT_FIELDS:
-        if name in FIELDS:
+    """What rules read from a user's live state as of ``now`` (``needed``: only these fields;
+    a user never seen has zero counts). The request's context fields, where given, win over the
+    profile's (as for the built-in segments)."""
+    wanted = FIELDS.keys() if needed is None else needed
+    fields: dict[str, Any] = {}
+    for name in wanted:
+        number = _NUMBERS.get(name)
+        if number is not None:
+            fields[name] = number(user, now) if user is not None else 0
+        elif user is not None:
             fields[name] = getattr(user, name)
     if context:
         for name in CONTEXT_FIELDS:
             value = context.get(name)
-            if value is not None and name in FIELDS:
+            if value is not None and name in wanted:
                 fields[name] = value
+    if user is None or vocab is None:
+        return RuleInput(fields=fields)
     names = vocab.features.names
     features = {names[i]: user.feature_count(i) for i in user.feature_ids()}
     steps = vocab.steps.names

@@ -106,3 +106,29 @@ def test_load_catalog_raises_with_all_errors(tmp_path: Path) -> None:
 @pytest.mark.parametrize("text", ["{{a", "a}}", "{{/role}}", "{{#role}}{{/device_type}}"])
 def test_broken_templates_are_caught(text: str) -> None:
     assert template_problem(text) is not None
+
+
+@pytest.mark.parametrize(
+    ("segments", "expected"),
+    [
+        ('[{id: busy, rule: "sessions > 3"}]', "segments[0].rule: column 1: unknown field 'sessions'"),
+        ('[{id: busy, rule: "country == 3"}]', "segments[0].rule: column 1: 'country' is text"),
+        ('[{id: new_user, rule: "session_count < 2"}]', "segments[0].id: 'new_user' is a built-in segment"),
+        (
+            '[{id: a, rule: "session_count < 2"}, {id: a, rule: "session_count > 2"}]',
+            "segments[1].id: duplicate segment id 'a'",
+        ),
+    ],
+)
+def test_rule_segments_are_checked_at_load(segments: str, expected: str) -> None:
+    errors = check_catalog_text(GOOD + f"segments: {segments}\n")
+    assert any(expected in e for e in errors), errors
+
+
+def test_rule_segments_can_be_targeted_and_unknown_ones_are_not() -> None:
+    text = GOOD.replace(
+        "{id: profile, kind: profile, requires: [welcome]}",
+        "{id: profile, kind: profile, requires: [welcome], segments: [busy]}",
+    )
+    assert check_catalog_text(text + 'segments: [{id: busy, rule: "session_count > 3"}]\n') == []
+    assert "unknown segment 'busy'" in check_catalog_text(text)[0]

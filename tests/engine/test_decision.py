@@ -124,3 +124,17 @@ def test_engagement_tiers_come_from_the_catalog() -> None:
     user, _ = user_after(*(done("welcome") for _ in range(10)))
     assert "engagement_low" in strict.segments(user, {}, NOW)
     assert "engagement_high" in Decider(catalog).segments(user, {}, NOW)
+
+
+def test_rule_segments_are_in_decisions_and_target_flags() -> None:
+    data = load_catalog(DEFAULT_CATALOG).model_dump()
+    data["flags"].append({"id": "export_tips", "rules": [{"segments": ["power_user"], "value": True}]})
+    decider = Decider(Catalog.model_validate(data))
+    user, vocab = user_after({"type": "feature_clicked", "props": {"feature": "export"}})
+    d = decider.decide("k", user, vocab, {"device_type": "desktop"}, NOW)
+    assert "power_user" in d["segments"] and "mobile_newcomer" not in d["segments"]
+    assert d["flags"]["export_tips"] is True
+    later = decider.decide("k", user, vocab, {}, NOW + 4 * 86_400)  # time alone makes them dormant
+    assert "dormant" in later["segments"]
+    cold = decider.decide("k" * 26, None, None, {"device_type": "mobile"}, NOW)
+    assert "mobile_newcomer" in cold["segments"] and "power_user" not in cold["segments"]
