@@ -368,10 +368,12 @@ def rule_input(
     now: float,
     context: Mapping[str, Any] | None = None,
     needed: frozenset[str] | None = None,
+    rules: list[Rule] | None = None,
 ) -> RuleInput:
     """What rules read from a user's live state as of ``now`` (``needed``: only these fields;
-    a user never seen has zero counts). The request's context fields, where given, win over the
-    profile's (as for the built-in segments)."""
+    ``rules``: only the feature counts and steps they read; a user never seen has zero counts).
+    The request's context fields, where given, win over the profile's (as for the built-in
+    segments). On the decision path, hence the narrowing."""
     wanted = FIELDS.keys() if needed is None else needed
     fields: dict[str, Any] = {}
     for name in wanted:
@@ -387,12 +389,22 @@ def rule_input(
                 fields[name] = value
     if user is None or vocab is None:
         return RuleInput(fields=fields)
-    names = vocab.features.names
-    features = {names[i]: user.feature_count(i) for i in user.feature_ids()}
-    steps = vocab.steps.names
-    mask = user.completed_steps
-    completed = frozenset(steps[i] for i in range(len(steps)) if mask >> i & 1)
-    return RuleInput(fields=fields, features=features, completed=completed)
+    if rules is None:
+        names = vocab.features.names
+        features = {names[i]: user.feature_count(i) for i in user.feature_ids()}
+        steps = vocab.steps.names
+        mask = user.completed_steps
+        completed = frozenset(steps[i] for i in range(len(steps)) if mask >> i & 1)
+        return RuleInput(fields=fields, features=features, completed=completed)
+    wanted_features = {f for rule in rules for f in rule.features}
+    wanted_steps = {s for rule in rules for s in rule.steps}
+    features = {f: user.feature_count(vocab.features.find(f)) for f in wanted_features}
+    done = set()
+    for step in wanted_steps:
+        ident = vocab.steps.find(step)
+        if ident is not None and user.completed_steps >> ident & 1:
+            done.add(step)
+    return RuleInput(fields=fields, features=features, completed=frozenset(done))
 
 
 def profile_table(inputs: list[RuleInput], rules: list[Rule]) -> pl.DataFrame:

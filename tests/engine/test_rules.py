@@ -151,3 +151,20 @@ def test_per_user_and_polars_evaluation_agree(source: str, users: list[RuleInput
     rule = parse_rule(source)
     batch = profile_table(users, [rule]).select(rule.polars()).to_series().to_list()
     assert batch == [rule.matches(user) for user in users]
+
+
+def test_narrowed_inputs_give_the_same_answers() -> None:
+    vocab, user = Vocabularies(), UserState.new(NOW)
+    for i, body in enumerate(
+        [{"type": "feature_clicked", "props": {"feature": f}} for f in ("export", "share", "export")]
+        + [{"type": "step_completed", "props": {"step": "welcome"}}]
+    ):
+        user.apply(event_from_object({"event_id": str(i), "user_id": "k", "ts": NOW, **body}), vocab)
+    rules = [
+        parse_rule('feature_count("export") == 2 and completed("welcome")'),
+        parse_rule('feature_count("import") > 0 or not completed("profile")'),
+        parse_rule("session_count >= 1"),
+    ]
+    full = rule_input(user, vocab, NOW)
+    narrow = rule_input(user, vocab, NOW, None, frozenset(f for r in rules for f in r.fields), rules)
+    assert [r.matches(full) for r in rules] == [r.matches(narrow) for r in rules] == [True, True, True]
