@@ -66,8 +66,12 @@ class Decider:
         }
         #: The catalog's rule segments, compiled (validated when the catalog loaded).
         self.rule_segments = [(s.id, parse_rule(s.rule)) for s in catalog.segments]
-        self._rules = [rule for _, rule in self.rule_segments]
-        self._rule_fields = frozenset(f for rule in self._rules for f in rule.fields)
+        rules = [rule for _, rule in self.rule_segments]
+        self._rule_fields = frozenset(f for rule in rules for f in rule.fields)
+        self._rule_reads = (
+            frozenset(f for rule in rules for f in rule.features),
+            frozenset(s for rule in rules for s in rule.steps),
+        )
 
     # ------------------------------------------------------------------ segments
 
@@ -98,7 +102,7 @@ class Decider:
             out.append(f"locale_{locale[:2].lower()}")
         out.append("returning_user" if user is not None and user.sessions > 1 else "new_user")
         if self.rule_segments:
-            facts = rule_input(user, vocab, now, context, self._rule_fields, self._rules)
+            facts = rule_input(user, vocab, now, context, self._rule_fields, self._rule_reads)
             out += [segment for segment, rule in self.rule_segments if rule.matches(facts)]
         return out
 

@@ -368,10 +368,10 @@ def rule_input(
     now: float,
     context: Mapping[str, Any] | None = None,
     needed: frozenset[str] | None = None,
-    rules: list[Rule] | None = None,
+    reads: tuple[frozenset[str], frozenset[str]] | None = None,
 ) -> RuleInput:
     """What rules read from a user's live state as of ``now`` (``needed``: only these fields;
-    ``rules``: only the feature counts and steps they read; a user never seen has zero counts).
+    ``reads``: only these feature counts and steps; a user never seen has zero counts).
     The request's context fields, where given, win over the profile's (as for the built-in
     segments). On the decision path, hence the narrowing."""
     wanted = FIELDS.keys() if needed is None else needed
@@ -389,15 +389,14 @@ def rule_input(
                 fields[name] = value
     if user is None or vocab is None:
         return RuleInput(fields=fields)
-    if rules is None:
+    if reads is None:
         names = vocab.features.names
         features = {names[i]: user.feature_count(i) for i in user.feature_ids()}
         steps = vocab.steps.names
         mask = user.completed_steps
         completed = frozenset(steps[i] for i in range(len(steps)) if mask >> i & 1)
         return RuleInput(fields=fields, features=features, completed=completed)
-    wanted_features = {f for rule in rules for f in rule.features}
-    wanted_steps = {s for rule in rules for s in rule.steps}
+    wanted_features, wanted_steps = reads
     features = {f: user.feature_count(vocab.features.find(f)) for f in wanted_features}
     done = set()
     for step in wanted_steps:

@@ -166,5 +166,6 @@ def test_narrowed_inputs_give_the_same_answers() -> None:
         parse_rule("session_count >= 1"),
     ]
     full = rule_input(user, vocab, NOW)
-    narrow = rule_input(user, vocab, NOW, None, frozenset(f for r in rules for f in r.fields), rules)
+    reads = (frozenset(f for r in rules for f in r.features), frozenset(s for r in rules for s in r.steps))
+    narrow = rule_input(user, vocab, NOW, None, frozenset(f for r in rules for f in r.fields), reads)
     assert [r.matches(full) for r in rules] == [r.matches(narrow) for r in rules] == [True, True, True]
