@@ -31,7 +31,7 @@ from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from engine.catalog import Catalog
+from engine.catalog import BUILTIN_SEGMENTS, Catalog
 from engine.decision import Decider
 from engine.errors import InvalidEvent
 from engine.keys import Pseudonymizer, partition_of
@@ -551,6 +551,72 @@ class Ingress:
         if reply == b"null":
             raise ApiError(404, "not_found", "no state for this user")
         return self._passthrough(reply)
+
+    @app.get("/v1/segments", responses={401: {}, 403: {}})
+    async def segments(self, authorization: Authorization = None) -> Response:
+        """Every segment: built-in ones and the catalog's rule segments (with their rule), with
+        their live size, share of users and mean engagement, counted by the shards now."""
+        self._require(authorization, "admin")
+        return JSONResponse(await self._segment_report())
+
+    @app.get("/v1/segments/{segment_id}", responses={401: {}, 403: {}, 404: {}})
+    async def segment(self, segment_id: str, authorization: Authorization = None) -> Response:
+        """One segment (see ``GET /v1/segments``)."""
+        self._require(authorization, "admin")
+        report = await self._segment_report()
+        found = next((s for s in report["segments"] if s["id"] == segment_id), None)
+        if found is None:
+            raise ApiError(404, "not_found", f"no segment {segment_id!r}")
+        return JSONResponse({**found, "users": report["users"]})
+
+    async def _segment_report(self) -> dict[str, Any]:
+        _, shards = await self._client()
+        first_partition: dict[int, int] = {}
+        for partition, shard in enumerate(shards.owners):
+            if shard is not None:
+                first_partition.setdefault(shard, partition)
+        users = 0
+        counted: dict[str, dict[str, float]] = {}
+        missing: list[int] = []
+        for shard, partition in sorted(first_partition.items()):
+            try:
+                reply = await shards.call_raw_partition(partition, "segment_sizes", timeout=10.0, key="")
+            except ShardUnavailable:
+                missing.append(shard)
+                continue
+            if is_error(reply):
+                missing.append(shard)
+                continue
+            answer = msgspec.json.decode(reply)
+            users += answer["users"]
+            for segment, entry in answer["segments"].items():
+                total = counted.setdefault(segment, {"size": 0, "engagement_sum": 0.0})
+                total["size"] += entry["size"]
+                total["engagement_sum"] += entry["engagement_sum"]
+        definitions: dict[str, dict[str, Any]] = {
+            s: {"kind": "built-in"}
+            for s in sorted(BUILTIN_SEGMENTS | {s for s in counted if s.startswith("locale_")})
+        }
+        for rule_segment in self.config.catalog.segments:
+            definitions[rule_segment.id] = {
+                "kind": "rule",
+                "rule": rule_segment.rule,
+                "description": rule_segment.description,
+            }
+        out = []
+        for segment, definition in definitions.items():
+            entry = counted.get(segment, {"size": 0, "engagement_sum": 0.0})
+            size = int(entry["size"])
+            out.append(
+                {
+                    "id": segment,
+                    **definition,
+                    "size": size,
+                    "share": size / users if users else 0.0,
+                    "mean_engagement": entry["engagement_sum"] / size if size else None,
+                }
+            )
+        return {"users": users, "segments": out, "shards_missing": missing}
 
     @app.post("/v1/admin/scale", responses={400: {}, 401: {}, 403: {}, 503: {}})
     async def scale(self, body: ScaleBody, authorization: Authorization = None) -> Response:

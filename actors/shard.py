@@ -408,6 +408,23 @@ class ShardActor:
             "partitions": counts,
         }
 
+    def segment_sizes(self, now: float) -> dict[str, Any]:
+        """Members and their summed engagement per segment, over every user this shard owns,
+        evaluated now (a report: it takes ~10 µs per user on this event loop)."""
+        users = 0
+        sizes: dict[str, dict[str, float]] = {}
+        for p, part in self.state.partitions.items():
+            if p in self._released:
+                continue
+            for user in part.users.values():
+                users += 1
+                engagement = user.engagement_at(now)
+                for segment in self.decider.segments(user, {}, now, part.vocab):
+                    entry = sizes.setdefault(segment, {"size": 0, "engagement_sum": 0.0})
+                    entry["size"] += 1
+                    entry["engagement_sum"] += engagement
+        return {"shard": self.shard_id, "users": users, "segments": sizes}
+
     async def take_over_timings(self) -> list[dict[str, Any]]:
         """The last take-overs' steps (seconds each; ``entered_at`` is wall-clock time)."""
         return list(self.acquire_timings)
@@ -496,6 +513,8 @@ class ShardActor:
                 return encode_reply(view)
             if method == "stats":
                 return encode_reply(await self.stats())
+            if method == "segment_sizes":
+                return encode_reply(self.segment_sizes(now))
             if method == "ping":
                 return encode_reply({"shard": self.shard_id, "partition": part.partition})
             return encode_error("unknown_method", f"no method {method!r}")

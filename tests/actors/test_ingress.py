@@ -168,6 +168,8 @@ def test_an_invalid_event_refuses_the_whole_batch(api: tuple[httpx.Client, Shard
         ("POST", "/v1/tutorials/select", "frontend"),
         ("POST", "/v1/events", "frontend"),
         ("GET", "/v1/users/someone", "admin"),
+        ("GET", "/v1/segments", "admin"),
+        ("GET", "/v1/segments/power_user", "admin"),
     ],
 )
 def test_every_endpoint_checks_the_key_and_role(
@@ -214,6 +216,24 @@ def test_metrics_for_prometheus_need_the_admin_key(api: tuple[httpx.Client, Shar
         if line.startswith("hs_shard_events_applied_total{")
     )
     assert applied > 0
+
+
+def test_segments_with_their_rules_and_live_sizes(api: tuple[httpx.Client, ShardGroup]) -> None:
+    client, group = api
+    for user in ("seg-a@example.com", "seg-b@example.com"):
+        body = {"events": [{**event(user, "session_started"), "context": {"device_type": "mobile"}}]}
+        assert client.post("/v1/events", json=body, headers=FRONTEND).status_code == 200
+    group.wait_caught_up(timeout=30)
+    report = client.get("/v1/segments", headers=ADMIN).json()
+    by_id = {s["id"]: s for s in report["segments"]}
+    assert by_id["mobile_newcomer"]["kind"] == "rule" and "session_count" in by_id["mobile_newcomer"]["rule"]
+    assert by_id["mobile_newcomer"]["size"] >= 2 and by_id["device_mobile"]["kind"] == "built-in"
+    assert report["users"] >= by_id["mobile_newcomer"]["size"] and report["shards_missing"] == []
+    assert 0 < by_id["mobile_newcomer"]["share"] <= 1 and by_id["mobile_newcomer"]["mean_engagement"] > 0
+    one = client.get("/v1/segments/mobile_newcomer", headers=ADMIN).json()
+    assert one["size"] == by_id["mobile_newcomer"]["size"]
+    missing = client.get("/v1/segments/nope", headers=ADMIN)
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
 
 
 def test_without_shards_decisions_degrade_to_the_default_flow(api: tuple[httpx.Client, ShardGroup]) -> None:
