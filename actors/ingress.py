@@ -570,24 +570,10 @@ class Ingress:
         return JSONResponse({**found, "users": report["users"]})
 
     async def _segment_report(self) -> dict[str, Any]:
-        _, shards = await self._client()
-        first_partition: dict[int, int] = {}
-        for partition, shard in enumerate(shards.owners):
-            if shard is not None:
-                first_partition.setdefault(shard, partition)
+        answers, missing = await self._ask_each_shard("segment_sizes", timeout=10.0)
         users = 0
         counted: dict[str, dict[str, float]] = {}
-        missing: list[int] = []
-        for shard, partition in sorted(first_partition.items()):
-            try:
-                reply = await shards.call_raw_partition(partition, "segment_sizes", timeout=10.0, key="")
-            except ShardUnavailable:
-                missing.append(shard)
-                continue
-            if is_error(reply):
-                missing.append(shard)
-                continue
-            answer = msgspec.json.decode(reply)
+        for answer in answers:
             users += answer["users"]
             for segment, entry in answer["segments"].items():
                 total = counted.setdefault(segment, {"size": 0, "engagement_sum": 0.0})
@@ -617,6 +603,27 @@ class Ingress:
                 }
             )
         return {"users": users, "segments": out, "shards_missing": missing}
+
+    async def _ask_each_shard(self, method: str, timeout: float) -> tuple[list[Any], list[int]]:
+        """``method`` asked of every shard once (through a partition it owns): the decoded
+        answers, and the shards that did not answer."""
+        _, shards = await self._client()
+        first_partition: dict[int, int] = {}
+        for partition, shard in enumerate(shards.owners):
+            if shard is not None:
+                first_partition.setdefault(shard, partition)
+        answers, missing = [], []
+        for shard, partition in sorted(first_partition.items()):
+            try:
+                reply = await shards.call_raw_partition(partition, method, timeout=timeout, key="")
+            except ShardUnavailable:
+                missing.append(shard)
+                continue
+            if is_error(reply):
+                missing.append(shard)
+            else:
+                answers.append(msgspec.json.decode(reply))
+        return answers, missing
 
     @app.post("/v1/admin/scale", responses={400: {}, 401: {}, 403: {}, 503: {}})
     async def scale(self, body: ScaleBody, authorization: Authorization = None) -> Response:
@@ -666,19 +673,8 @@ class Ingress:
     async def metrics_endpoint(self, request: Request) -> Response:
         """Prometheus text format (admin key; Prometheus sends it as a bearer token)."""
         self._require(request.headers.get("authorization"), "admin")
-        nc, shards = await self._client()
-        owners = {p: s for p, s in enumerate(shards.owners) if s is not None}
-        first_partition: dict[int, int] = {}
-        for partition, shard in owners.items():
-            first_partition.setdefault(shard, partition)
-        stats = []
-        for partition in first_partition.values():
-            try:
-                reply = await shards.call_raw_partition(partition, "stats", timeout=1.0, key="")
-            except ShardUnavailable:
-                continue
-            if not is_error(reply):
-                stats.append(msgspec.json.decode(reply))
+        nc, _ = await self._client()
+        stats, _ = await self._ask_each_shard("stats", timeout=1.0)
         lag: dict[int, int] = {}
         js = nc.jetstream()
         for partition in range(self.config.partitions):

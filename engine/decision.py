@@ -25,6 +25,7 @@ import pystache
 
 from engine.catalog import Catalog, CompletionRule, Step, Tutorial
 from engine.events import EventKind
+from engine.learning import POINT_STEP, tutorial_point
 from engine.profile import UserState, Vocabularies
 from engine.rules import parse_rule, rule_input
 
@@ -237,7 +238,7 @@ class Decider:
         if step is None:
             explain.append("journey complete" if len(done) == len(self.steps) else "no step eligible")
         elif chooser is not None and len(eligible) > 1:
-            chosen, why = chooser.choose("step", [s.id for s in eligible])
+            chosen, why = chooser.choose(POINT_STEP, [s.id for s in eligible])
             step = next(s for s in eligible if s.id == chosen)
             explain.append(f"step {step.id}: {why}")
         else:
@@ -309,7 +310,7 @@ class Decider:
     def _variant(tutorial: Tutorial, variants: list[str], chooser: ChoiceSession | None) -> tuple[str, str]:
         if chooser is None or len(variants) < 2:
             return variants[0], f"first eligible of {len(variants)}"
-        return chooser.choose("tutorial:" + tutorial.id, variants)
+        return chooser.choose(tutorial_point(tutorial.id), variants)
 
     def _variables(
         self, user: UserState | None, context: dict[str, Any], step: Step | None, locale: str | None

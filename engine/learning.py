@@ -49,7 +49,7 @@ from engine.features import DIM, FEATURE_NAMES, LAYOUT_VERSION, context_vector
 from engine.keys import is_user_key
 from engine.models import ActivationModel, FeatureRecommender, MergedActivation
 from engine.profile import UserState, Vocabularies
-from policies import create
+from policies import available, create
 from policies.base import Policy, Stats, pack_stats, unpack_stats
 
 if TYPE_CHECKING:
@@ -64,6 +64,8 @@ RECENTLY_CLOSED = 4096
 #: Context features whose distribution at each decision point is watched for drift.
 DRIFT_FEATURES = ("device=mobile", "log_engagement", "new_user")
 FEATURE_DRIFT_DELTA = 0.002
+#: The request or profile fields a decision's audience is logged by (``report fairness``).
+AUDIENCE_FIELDS = ("device_type", "country", "locale")
 #: How long a user's activation probability and recommendations are reused while nothing they
 #: depend on changed, and for how many users per partition at most.
 INSIGHTS_TTL_S = 60.0
@@ -162,7 +164,6 @@ class ChoiceSession:
         self.user = user
         self.context = context or {}
         self._vector: np.ndarray | None = None
-        self.groups: dict[str, str] = {}
         self.now = now
         self._open = open_arms
         self._choices: list[PointChoice] = []
@@ -225,8 +226,17 @@ class ChoiceSession:
             context=self.x.tolist(),
             choices=self._choices,
             shadow_policy=learner.shadow_name,
-            groups=self.groups,
+            groups=self._groups(),
         )
+
+    def _groups(self) -> dict[str, str]:
+        """The decision's audience for the bias audit: the request's, else the profile's."""
+        groups = {}
+        for name in AUDIENCE_FIELDS:
+            value = self.context.get(name) or (getattr(self.user, name) if self.user is not None else None)
+            if isinstance(value, str) and value:
+                groups[name] = value[:32]
+        return groups
 
 
 class Learner:
@@ -257,6 +267,9 @@ class Learner:
             else {}
         )
         self.policy_version = next(iter(self.served.values())).version if self.served else 1
+        self._by_name = {self.policy_name: self.served}
+        if self.shadow_name:
+            self._by_name[self.shadow_name] = self.shadows
         #: What each partition's owner last published: partition -> (sequence, contributions).
         self.views: dict[int, tuple[int, Contributions]] = {}
         #: Each partition's activation model as last published (raw-space weights, examples).
@@ -283,15 +296,12 @@ class Learner:
         self.feature_drifts: dict[str, int] = {}
 
     def _make(self, name: str, point: str, seed: int) -> Policy:
-        arms = self.points[point]
-        probe = create(name, arms, dim=DIM, seed=seed, **self.settings.params)
-        return probe if probe.contextual else create(name, arms, dim=0, seed=seed, **self.settings.params)
+        dim = DIM if available()[name].contextual else 0
+        return create(name, self.points[point], dim=dim, seed=seed, **self.settings.params)
 
     def policies_by_name(self) -> dict[str, dict[str, Policy]]:
-        out = {self.policy_name: self.served}
-        if self.shadow_name:
-            out[self.shadow_name] = self.shadows
-        return out
+        """The served and the shadow policies by policy name (built once: they never change)."""
+        return self._by_name
 
     # ------------------------------------------------------------------ deciding
 
@@ -303,13 +313,7 @@ class Learner:
         now: float,
         open_arms: Mapping[str, tuple[str, str]],
     ) -> ChoiceSession:
-        session = ChoiceSession(self, user_key, user, context, now, open_arms)
-        context = context or {}
-        for field in ("device_type", "country", "locale"):
-            value = context.get(field) or (getattr(user, field) if user is not None else None)
-            if isinstance(value, str) and value:
-                session.groups[field] = value[:32]
-        return session
+        return ChoiceSession(self, user_key, user, context, now, open_arms)
 
     # ------------------------------------------------------------------ learning
 
@@ -719,7 +723,8 @@ class PartitionLearning:
         now = session.now
         if cached is not None and cached[0] == stamp and now - cached[1] < INSIGHTS_TTL_S:
             return cached[2]
-        probability = self.learner.activation.predict(session.x) if self.learner.activation.examples else None
+        activation = self.learner.activation
+        probability = activation.predict(session.x) if activation.examples else None  # x only if needed
         untried = self.untried(user, vocab) if user is not None else []
         answer = {
             "activation_probability": None if probability is None else round(probability, 4),

@@ -112,7 +112,7 @@ class Rule:
 
     def polars(self) -> pl.Expr:
         """The rule over a profile table: a column per field, ``feature:<name>`` per feature
-        count and ``completed:<step>`` per step (missing columns read as missing values)."""
+        count and ``completed:<step>`` per step, as :func:`profile_table` builds it."""
         return _to_polars(self.tree.body)
 
 
@@ -247,7 +247,7 @@ def _describe(node: ast.expr, kind: Kind) -> str:
 
 def _to_python(node: ast.expr) -> ast.expr:
     """The checked tree over ``d`` (a :class:`RuleInput`); comparisons with a missing value
-    are false (``_cmp``)."""
+    are false."""
     if isinstance(node, ast.BoolOp):
         return ast.BoolOp(op=node.op, values=[_to_python(v) for v in node.values])
     if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.Not):
@@ -266,20 +266,15 @@ def _to_python(node: ast.expr) -> ast.expr:
             for side in (left, right_value)
             if not isinstance(side, (ast.Constant, ast.Tuple, ast.UnaryOp))
         ]
-        return ast.BoolOp(
-            op=ast.And(), values=[*guards, ast.Compare(left=left, ops=node.ops, comparators=[right_value])]
-        )
+        compare = ast.Compare(left=left, ops=node.ops, comparators=[right_value])
+        return ast.BoolOp(op=ast.And(), values=[*guards, compare]) if guards else compare
     if isinstance(node, ast.Name):
-        return _subscript(
-            ast.Attribute(value=ast.Name("d", ast.Load()), attr="fields", ctx=ast.Load()), node.id, get=True
-        )
+        return _lookup("fields", node.id)
     if isinstance(node, ast.Call):
         name = node.func.id  # type: ignore[attr-defined]
         arg = node.args[0].value  # type: ignore[attr-defined]
         if name == "feature_count":
-            table = ast.Attribute(value=ast.Name("d", ast.Load()), attr="features", ctx=ast.Load())
-            call = _subscript(table, arg, get=True, default=0)
-            return call
+            return _lookup("features", arg, default=0)
         return ast.Compare(
             left=ast.Constant(arg),
             ops=[ast.In()],
@@ -288,11 +283,13 @@ def _to_python(node: ast.expr) -> ast.expr:
     return node  # constants
 
 
-def _subscript(table: ast.expr, key: str, get: bool, default: Any = None) -> ast.expr:
+def _lookup(table: str, key: str, default: Any = None) -> ast.expr:
+    """``d.<table>.get(key[, default])``."""
     args: list[ast.expr] = [ast.Constant(key)]
     if default is not None:
         args.append(ast.Constant(default))
-    return ast.Call(func=ast.Attribute(value=table, attr="get", ctx=ast.Load()), args=args, keywords=[])
+    mapping = ast.Attribute(value=ast.Name("d", ast.Load()), attr=table, ctx=ast.Load())
+    return ast.Call(func=ast.Attribute(value=mapping, attr="get", ctx=ast.Load()), args=args, keywords=[])
 
 
 def _to_polars(node: ast.expr) -> pl.Expr:

@@ -336,7 +336,8 @@ def evaluate(
             log = read_log(data, arms.split(",") if arms else None, point)
             reports = {point or data.name: evaluate_policy(policy, log, train_share=train_share, seed=seed)}
         else:
-            frame, catalog = _instance_log(home)
+            replayed, catalog = _instance_replay(home)
+            frame = replayed.decisions
             if export is not None:
                 frame.write_parquet(export)
                 console.print(f"wrote {frame.height} logged decisions to {export}")
@@ -366,13 +367,8 @@ def evaluate(
         console.print(f"the logging policy earned {report['logging_policy_value']:.4f} on the same rows")
 
 
-def _instance_log(home: Path | None) -> tuple[Any, Any]:
-    """The running instance's logged decisions (replayed from its stream) and its catalog."""
-    replayed, catalog = _instance_replay(home)
-    return replayed.decisions, catalog
-
-
 def _instance_replay(home: Path | None) -> tuple[Any, Any]:
+    """The running instance's stream replayed through the attribution rules, and its catalog."""
     from engine.catalog import DEFAULT_CATALOG, load_catalog
     from headstart.evaluate import read_events_stream, replay_log
     from headstart.runtime import instance_running

@@ -44,14 +44,13 @@ from engine.catalog import Catalog
 from engine.decision import Decider
 from engine.errors import ConfigError, InvalidEvent
 from engine.features import DIM, FEATURE_NAMES
-from engine.learning import Learner, decision_decoder
+from engine.learning import AUDIENCE_FIELDS, Learner, decision_decoder
 from engine.partition import PartitionState
 from headstart.streams import EVENTS_PREFIX, EVENTS_STREAM
 from policies import available, create
 
 REQUIRED = ("action", "reward", "propensity")
 POINT = "point"
-GROUP_FIELDS = ("device_type", "country", "locale")
 
 
 @dataclass(frozen=True)
@@ -76,10 +75,10 @@ def read_log(path: Path, arms: list[str] | None = None, point: str | None = None
 
 
 def frame_to_log(
-    frame: pl.DataFrame, source: str, arms: list[str] | None = None, point: str | None = None
+    frame: pl.DataFrame, path: str, arms: list[str] | None = None, point: str | None = None
 ) -> LoggedData:
-    """Validate a logged-decisions frame (the layout above) for one decision point."""
-    path = source
+    """Validate a logged-decisions frame (the layout above) for one decision point; ``path``
+    names it in errors."""
     frame = frame.drop([c for c in frame.columns if c.startswith("group_")])
     if POINT in frame.columns:
         points = sorted(frame[POINT].cast(pl.String).unique().to_list())
@@ -218,14 +217,14 @@ def replay_log(messages: Iterable[tuple[int, str, bytes]], catalog: Catalog) -> 
         "propensity": [r[4] for r in rows],
         **_context_columns([r[5] for r in rows]),
     }
-    for field in GROUP_FIELDS:
+    for field in AUDIENCE_FIELDS:
         columns[f"group_{field}"] = [groups.get(r[0], {}).get(field) for r in rows]
     outcome_columns = {
         **_context_columns([x for x, _ in outcomes]),
         "activated": [activated for _, activated in outcomes],
     }
     return ReplayedLog(
-        pl.DataFrame(columns, schema_overrides={f"group_{f}": pl.String for f in GROUP_FIELDS}),
+        pl.DataFrame(columns, schema_overrides={f"group_{f}": pl.String for f in AUDIENCE_FIELDS}),
         pl.DataFrame(outcome_columns),
     )
 

@@ -64,6 +64,7 @@ class PolicyMerger:
         self._published: dict[int, int] = {}
         self._watcher: KeyValue.KeyWatcher | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._sharing: set[asyncio.Task[None]] = set()
         self.merges = 0
         self.drifts_shared = 0
 
@@ -124,7 +125,9 @@ class PolicyMerger:
         record = self.learner.take_drifts(owned)
         if record is not None:
             self.drifts_shared += 1
-            self._tasks.append(asyncio.create_task(self._share(record)))
+            task = asyncio.create_task(self._share(record))
+            self._sharing.add(task)  # a reference until done, or it may be collected
+            task.add_done_callback(self._sharing.discard)
         self.learner.rebuild(owned)
 
     async def _share(self, record: bytes) -> None:

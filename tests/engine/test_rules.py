@@ -169,3 +169,8 @@ def test_narrowed_inputs_give_the_same_answers() -> None:
     reads = (frozenset(f for r in rules for f in r.features), frozenset(s for r in rules for s in r.steps))
     narrow = rule_input(user, vocab, NOW, None, frozenset(f for r in rules for f in r.fields), reads)
     assert [r.matches(full) for r in rules] == [r.matches(narrow) for r in rules] == [True, True, True]
+
+
+def test_comparisons_of_constants_compile() -> None:
+    assert parse_rule("1 < 2").matches(RuleInput(fields={}))
+    assert not parse_rule('"a" == "b" or 3 <= -1').matches(RuleInput(fields={}))
