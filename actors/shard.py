@@ -31,15 +31,24 @@ from nats.aio.subscription import Subscription
 from nats.js.kv import KeyValue
 
 from engine.catalog import Catalog
+from engine.clusters import ClusterAssigner
 from engine.decision import Decider
 from engine.keys import partition_of
 from engine.learning import DecisionRecord, Learner, PartitionLearning, encode_record
 from engine.partition import PartitionState
+from engine.segments import SegmentIndex
 from engine.shard import NotOwned, ShardState
 from headstart.assignment import control_bucket, load_assignment
 from headstart.checkpoints import NatsCheckpointStore
 from headstart.config import Settings
 from headstart.consumer import PartitionConsumer
+from headstart.membership import (
+    CLUSTERS_KEY,
+    ChangePublisher,
+    ClusterTrainer,
+    cluster_listener,
+    sweep_partition,
+)
 from headstart.merge import PolicyMerger, learn_bucket
 from headstart.rpc import (
     batch_subject,
@@ -59,6 +68,10 @@ NAMESPACE = "headstart"
 #: Feature adoptions a shard's recommenders learn per second at most (~10 µs each), in ticks.
 RECO_TRAIN_PER_S = 2000
 RECO_TRAIN_TICK_S = 0.1
+#: How often queued segment changes are published (they wait at most about this long).
+SEGMENT_FLUSH_S = 0.1
+#: The shard that trains the cluster model (every shard has number 0 at every size).
+CLUSTER_TRAINING_SHARD = 0
 
 
 def shard_name(shard_id: int) -> str:
@@ -113,6 +126,15 @@ class ShardActor:
         self.decisions_logged = 0
         self.decision_log_failures = 0
         self.personalize_by_default = catalog.consent_mode == "opt_out"
+        #: Live segment membership: the tracked segments, shared by this shard's partitions.
+        self.segment_index = SegmentIndex(catalog) if catalog.membership.track else None
+        self.membership = catalog.membership
+        self.cluster_settings = catalog.clusters
+        self.change_publisher: ChangePublisher | None = None
+        self.cluster_trainer: ClusterTrainer | None = None
+        self.sweeps = 0
+        self.sweep_changes = 0
+        self.last_sweep_s = 0.0
         #: Events only (the consumers' deliveries); everything else goes over ``ctl``.
         self.nc: NATS | None = None
         #: Requests, checkpoints, assignment and status: a connection of their own, so a reply
@@ -129,6 +151,7 @@ class ShardActor:
         #: Partitions handed over (no longer consumed here) that still answer reads until forgotten.
         self._released: set[int] = set()
         self._batch_sub: Subscription | None = None
+        self._membership_tasks: list[asyncio.Task[None]] = []
         # The constructor runs on the actor's event loop: start consuming now, on first creation
         # and after every restart alike.
         self._starting = asyncio.get_running_loop().create_task(self._start())
@@ -151,9 +174,14 @@ class ShardActor:
             self.checkpoints = await NatsCheckpointStore.open(js, self.settings.stream_replicas)
             self.control = await control_bucket(js, self.settings.stream_replicas)
             self._status = await ensure_status_bucket(js)
-            self.merger = PolicyMerger(
-                await learn_bucket(js, self.settings.stream_replicas), self.learner, self._owned_learning
-            )
+            learn_kv = await learn_bucket(js, self.settings.stream_replicas)
+            listeners = {}
+            if self.cluster_settings.enabled:
+                listeners[CLUSTERS_KEY] = cluster_listener(self._serve_clusters)
+                if self.shard_id == CLUSTER_TRAINING_SHARD:
+                    self.cluster_trainer = await ClusterTrainer.open(learn_kv, self.cluster_settings)
+            self.change_publisher = ChangePublisher(js)
+            self.merger = PolicyMerger(learn_kv, self.learner, self._owned_learning, listeners)
             # After a rescale the constructor's partitions are stale: the recorded assignment says
             # what this shard owns now (on a first start and after every restart alike).
             assignment, _ = await load_assignment(self.control)
@@ -166,6 +194,12 @@ class ShardActor:
             self._reporter = asyncio.create_task(self._report_forever())
             self._checkpointer = asyncio.create_task(self._checkpoint_forever())
             self._trainer = asyncio.create_task(self._train_recommenders_forever())
+            self._membership_tasks = [
+                asyncio.create_task(self._flush_segments_forever()),
+                asyncio.create_task(self._sweep_segments_forever()),
+            ]
+            if self.cluster_trainer is not None:
+                self._membership_tasks.append(asyncio.create_task(self._train_clusters_forever()))
         except Exception as exc:
             self.failure = exc
             log.exception("shard %d failed to start", self.shard_id)
@@ -260,7 +294,7 @@ class ShardActor:
     async def _restore(self, partition: int, handed: bytes | None) -> PartitionState:
         assert self.checkpoints is not None
         snapshot = handed if handed is not None else await self.checkpoints.load(partition)
-        part = PartitionState.build(partition, snapshot, self.learner)
+        part = PartitionState.build(partition, snapshot, self.learner, self.segment_index)
         if snapshot:
             self.restored_seqs[partition] = part.last_seq
         return part
@@ -306,8 +340,10 @@ class ShardActor:
             for p in owned:
                 await self.consumers.pop(p).stop()
                 self._released.add(p)
-            # After every consumer stopped: each snapshot is final, and taken in one step.
-            snapshots = {p: self.state.partitions[p].snapshot() for p in owned}
+            # After every consumer stopped: each snapshot is final, and taken in one step (with
+            # no segment changes in flight: the snapshot's outbox has every unpublished one).
+            async with self._publishing():
+                snapshots = {p: self.state.partitions[p].snapshot() for p in owned}
             if self.merger is not None:
                 # What they learned, as of the hand-over: every shard (the next owner too) sees it.
                 handed = {p: self.state.partitions[p].learning for p in owned}
@@ -386,6 +422,7 @@ class ShardActor:
             "checkpoint_max_pause_s": self.checkpoint_max_pause_s,
             "last_checkpoint_at": self.last_checkpoint_at,
             "learning": self._learning_stats(),
+            "segments": self._segment_stats(),
         }
 
     def _learning_stats(self) -> dict[str, Any]:
@@ -564,9 +601,10 @@ class ShardActor:
             for partition, part in list(self.state.partitions.items()):
                 if partition in self._released or part.last_seq == self._checkpointed.get(partition):
                     continue  # handed over (its new owner writes it), or unchanged
-                started = time.perf_counter()
-                data, last_seq = part.snapshot(), part.last_seq
-                pauses.append(time.perf_counter() - started)
+                async with self._publishing():
+                    started = time.perf_counter()
+                    data, last_seq = part.snapshot(), part.last_seq
+                    pauses.append(time.perf_counter() - started)
                 await self.checkpoints.save(partition, data, last_seq)
                 self._checkpointed[partition] = last_seq
                 written += 1
@@ -601,6 +639,103 @@ class ShardActor:
                     break
                 await asyncio.sleep(0)
 
+    # ------------------------------------------------------------------ live segments
+
+    @contextlib.asynccontextmanager
+    async def _publishing(self) -> AsyncIterator[None]:
+        """No segment changes in flight while held (see :class:`ChangePublisher`)."""
+        if self.change_publisher is None:
+            yield
+            return
+        async with self.change_publisher.lock:
+            yield
+
+    def _consumed_partitions(self) -> dict[int, PartitionState]:
+        return {p: part for p, part in self.state.partitions.items() if p not in self._released}
+
+    async def _flush_segments_forever(self) -> None:
+        assert self.change_publisher is not None
+        while True:
+            await asyncio.sleep(SEGMENT_FLUSH_S)
+            try:
+                await self.change_publisher.flush(self._consumed_partitions())
+            except Exception:
+                log.exception("segment change flush failed")
+
+    async def sweep_segments(self, now: float | None = None) -> int:
+        """Re-evaluate every user's time-based segments (as of ``now``: by default the wall
+        clock, or each partition's newest event time with ``membership.clock: event``)."""
+        started = time.perf_counter()
+        changes = 0
+        for part in list(self._consumed_partitions().values()):
+            at = (
+                now
+                if now is not None
+                else (time.time() if self.membership.clock == "wall" else part.watermark)
+            )
+            changes += await sweep_partition(part, at)
+        self.sweeps += 1
+        self.sweep_changes += changes
+        self.last_sweep_s = time.perf_counter() - started
+        return changes
+
+    async def _sweep_segments_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.membership.sweep_interval_s)
+            try:
+                await self.sweep_segments()
+            except Exception:
+                log.exception("segment sweep failed")
+
+    async def _train_clusters_forever(self) -> None:
+        """Learn sampled users at ``clusters.train_per_s`` at most; publish the model on schedule."""
+        trainer = self.cluster_trainer
+        assert trainer is not None
+        per_tick = max(1, int(self.cluster_settings.train_per_s * RECO_TRAIN_TICK_S))
+        next_publish = time.monotonic() + self.cluster_settings.publish_interval_s
+        while True:
+            await asyncio.sleep(RECO_TRAIN_TICK_S)
+            trainer.train(self._consumed_partitions(), per_tick)
+            if time.monotonic() >= next_publish:
+                next_publish = time.monotonic() + self.cluster_settings.publish_interval_s
+                try:
+                    await trainer.publish()
+                except Exception:
+                    log.exception("cluster model publish failed; retrying at the next interval")
+
+    def _serve_clusters(self, data: dict[str, Any]) -> None:
+        """A published cluster model: assign users with it from now on."""
+        if data.get("k") != self.cluster_settings.k or self.segment_index is None:
+            return  # published under another catalog; the trainer replaces it
+        self.segment_index.assigner = ClusterAssigner.from_export(data)
+
+    def _segment_stats(self) -> dict[str, Any]:
+        counts: dict[str, list[int]] = {}
+        queued = dropped = 0
+        for part in self._consumed_partitions().values():
+            if part.segments is None:
+                continue
+            queued += len(part.segments.outbox)
+            dropped += part.segments.dropped
+            for segment, (entered, exited) in part.segments.counts().items():
+                entry = counts.setdefault(segment, [0, 0])
+                entry[0] += entered
+                entry[1] += exited
+        publisher = self.change_publisher
+        assigner = self.segment_index.assigner if self.segment_index is not None else None
+        return {
+            "changes": counts,
+            "queued": queued,
+            "dropped": dropped,
+            "published": publisher.published if publisher is not None else 0,
+            "publish_failures": publisher.failures if publisher is not None else 0,
+            "sweeps": self.sweeps,
+            "sweep_changes": self.sweep_changes,
+            "last_sweep_s": self.last_sweep_s,
+            "cluster_model_version": assigner.version if assigner is not None else 0,
+            "cluster_samples_learned": self.cluster_trainer.model.learned if self.cluster_trainer else 0,
+        }
+
     async def _report_forever(self) -> None:
         """Publish stats for `headstart status` every second (NATS only: no Ray driver needed)."""
         last_applied, last_time = self.state.applied, time.monotonic()
@@ -626,7 +761,7 @@ class ShardActor:
 
     async def stop(self, checkpoint: bool = True) -> None:
         """Stop consuming; by default write a final checkpoint so a restart replays nothing."""
-        for task in (self._reporter, self._checkpointer, self._trainer):
+        for task in (self._reporter, self._checkpointer, self._trainer, *self._membership_tasks):
             if task is not None:
                 task.cancel()
         if self.merger is not None:
@@ -637,6 +772,9 @@ class ShardActor:
         self._rpc_subs, self._batch_sub = {}, None
         for consumer in self.consumers.values():
             await consumer.stop()
+        if self.change_publisher is not None and self.ready.is_set():
+            with contextlib.suppress(Exception):
+                await self.change_publisher.flush(self._consumed_partitions())
         if checkpoint and self.ready.is_set():
             await self.checkpoint()
             if self.merger is not None:

@@ -7,7 +7,10 @@
    ack, end to end inside the shard actors.
 3. After each drain read every user's state back from the shards and compare event counts by
    type with what was published: ``lost`` and ``duplicated``.
-4. Memory: the same engine code applies events for 100,000 users in this process under
+4. Segmentation: the 2-shard drain again with 20 rule segments and the behavioural clusters
+   tracked live (:data:`SEGMENT_RULES`), against the plain drains (no live membership) of the
+   same run: ``events_per_s_with_segments`` and ``segmentation_cost``.
+5. Memory: the same engine code applies events for 100,000 users in this process under
    tracemalloc; ``bytes_per_user`` is the retained state divided by users, with the learning
    loop's state as a shard holds it (the feature recommender's queue fully learned);
    ``bytes_per_user_state_only`` without it.
@@ -32,10 +35,11 @@ from nats.js.errors import NotFoundError
 from bench.common import cpu_seconds, embedded_broker, local_ray, write_result
 from bench.population import onboarding_events
 from bench.traffic import lost_and_duplicated, read_back
-from engine.catalog import DEFAULT_CATALOG, load_catalog
+from engine.catalog import DEFAULT_CATALOG, Catalog, load_catalog
 from engine.decision import Decider
 from engine.keys import Pseudonymizer, partition_of
 from engine.learning import Learner
+from engine.segments import SegmentIndex
 from engine.shard import ShardState
 from headstart.broker import EmbeddedNats
 from headstart.checkpoints import SNAPSHOT_BUCKET
@@ -51,6 +55,49 @@ MALFORMED = 10
 
 Expected = dict[str, collections.Counter[str]]
 
+#: Twenty segments a product team might define, reading every kind of field: counts, windows,
+#: engagement, inactivity, context, traits, features, steps and the cluster.
+SEGMENT_RULES = {
+    "mobile_newcomer": 'session_count < 3 and device_type == "mobile"',
+    "dach": 'country in ("DE", "AT", "CH")',
+    "hot_now": 'events_5m >= 10 or feature_count("export") > 0',
+    "power": "engagement >= 20 and features_5m >= 3",
+    "dormant_3d": "days_inactive >= 3",
+    "stalled": "steps_completed < 2 and days_since_first_seen >= 1",
+    "tutorial_fan": "tutorials_completed >= 2",
+    "exporter": 'feature_count("export") >= 3',
+    "collaborator": 'feature_count("share") > 0 and feature_count("comments") > 0',
+    "profile_done": 'completed("profile")',
+    "ios": 'os == "ios"',
+    "from_search": 'referrer in ("google", "bing")',
+    "technical": 'role in ("engineer", "analyst")',
+    "large_company": 'company_size in ("201-1000", "1000+")',
+    "young": 'age_band == "18-24"',
+    "fr_desktop": 'locale == "fr-FR" and device_type == "desktop"',
+    "regular": "session_count >= 5 and days_inactive < 1",
+    "busy_first_day": "days_since_first_seen < 1 and events_total >= 20",
+    "cluster_2_mobile": 'cluster == 2 and device_type == "mobile"',
+    "engaged_no_progress": "engagement >= 8 and steps_completed <= 1",
+}
+
+
+def bench_catalogs() -> dict[str, Catalog]:
+    """The plain catalog (no live membership) and the one with segments and clusters."""
+    default = load_catalog(DEFAULT_CATALOG)
+    plain = default.model_copy(
+        update={
+            "membership": default.membership.model_copy(update={"track": False}),
+            "clusters": default.clusters.model_copy(update={"enabled": False}),
+        }
+    )
+    segments = [{"id": name, "rule": rule} for name, rule in SEGMENT_RULES.items()]
+    data = default.model_dump()
+    # Simulated time: sweeps go by the events' clock, not today's. Sweeps and model publishes
+    # more often than by default, so that the few seconds of a drain include both.
+    data.update(segments=segments, membership={"track": True, "clock": "event", "sweep_interval_s": 2.0})
+    data["clusters"] = {**data["clusters"], "enabled": True, "publish_interval_s": 1.0}
+    return {"plain": plain, "segments": Catalog.model_validate(data)}
+
 
 def run(quick: bool = False, out_dir: Path | None = None) -> Path:
     started = dt.datetime.now(dt.UTC)
@@ -63,17 +110,26 @@ def run(quick: bool = False, out_dir: Path | None = None) -> Path:
         url = broker.url
         expected, publish_s = asyncio.run(_publish(url, pseudonymizer, n_events, n_users))
         metrics["publish_events_per_s"] = n_events / publish_s
-        runs: dict[int, list[dict[str, Any]]] = {1: [], 2: []}
+        runs: dict[int | str, list[dict[str, Any]]] = {1: [], 2: [], "2_segments": []}
+        catalogs = bench_catalogs()
         with local_ray(num_cpus=2):
             for _ in range(reps):
                 for shards in (1, 2):
-                    runs[shards].append(_drain(broker, shards, expected, n_events))
+                    runs[shards].append(_drain(broker, shards, expected, n_events, catalogs["plain"]))
+                runs["2_segments"].append(_drain(broker, 2, expected, n_events, catalogs["segments"]))
         metrics["dead_letters"] = asyncio.run(_dead_letters(url))
     rate = {k: statistics.median(r["events_per_s"] for r in v) for k, v in runs.items()}
     metrics["events_per_s"] = rate[2]
     metrics["events_per_s_1_shard"] = rate[1]
     metrics["scaling_2_vs_1"] = rate[2] / rate[1]
-    all_runs = runs[1] + runs[2]
+    metrics["events_per_s_with_segments"] = rate["2_segments"]
+    # Per repetition, each against the plain 2-shard drain just before it (same noise).
+    costs = [
+        1 - s["events_per_s"] / p["events_per_s"] for p, s in zip(runs[2], runs["2_segments"], strict=True)
+    ]
+    metrics["segmentation_cost"] = statistics.median(costs)
+    metrics["segment_rules"] = len(SEGMENT_RULES)
+    all_runs = runs[1] + runs[2] + runs["2_segments"]
     metrics["lost"] = sum(r["lost"] for r in all_runs)
     metrics["duplicated"] = sum(r["duplicated"] for r in all_runs)
     metrics["runs"] = {str(k): v for k, v in runs.items()}
@@ -121,7 +177,9 @@ async def _publish(
     return expected, publish_s
 
 
-def _drain(broker: EmbeddedNats, shards: int, expected: Expected, n_events: int) -> dict[str, Any]:
+def _drain(
+    broker: EmbeddedNats, shards: int, expected: Expected, n_events: int, catalog: Catalog
+) -> dict[str, Any]:
 
     from actors.cluster import ShardGroup
 
@@ -132,7 +190,7 @@ def _drain(broker: EmbeddedNats, shards: int, expected: Expected, n_events: int)
     broker_pid = [broker.pid] if broker.pid else []
     cpu_broker = cpu_seconds(broker_pid)  # the broker is idle until the shards start pulling
     t0 = time.time()
-    group = ShardGroup(settings, url).start()
+    group = ShardGroup(settings, url, catalog=catalog).start()
     try:
         group.wait_ready()
         target = n_events + MALFORMED
@@ -152,7 +210,10 @@ def _drain(broker: EmbeddedNats, shards: int, expected: Expected, n_events: int)
         last = max(s["last_handled_at"] for s in stats)
         lost, duplicated = lost_and_duplicated(expected, read_back(group, list(expected)))
         applied = sum(s["applied"] for s in stats)
+        membership = [s.get("segments") or {} for s in stats]
         return {
+            "segment_changes": sum(sum(e + x for e, x in m.get("changes", {}).values()) for m in membership),
+            "segment_changes_queued_at_end": sum(m.get("queued", 0) for m in membership),
             "events_per_s": n_events / (last - first),
             "drain_s": last - first,
             "total_s_including_startup": total_s,
@@ -203,19 +264,21 @@ def _memory(pseudonymizer: Pseudonymizer, users: int) -> dict[str, Any]:
     out: dict[str, Any] = {"memory_users": 0, "memory_events_per_user": 10}
     # As a shard holds it (with the learning loop's state: open decisions, contributions, the
     # River models with every queued adoption learned), and the user state alone.
-    for name, learner in (
-        ("bytes_per_user", Learner(catalog, Decider(catalog))),
-        ("bytes_per_user_state_only", None),
+    for name, learner, index in (
+        ("bytes_per_user", Learner(catalog, Decider(catalog)), SegmentIndex(catalog)),
+        ("bytes_per_user_state_only", None, None),
     ):
         gc.collect()
         tracemalloc.start()
         before, _ = tracemalloc.get_traced_memory()
-        state = ShardState.build(dict.fromkeys(range(PARTITIONS)), learner)
+        state = ShardState.build(dict.fromkeys(range(PARTITIONS)), learner, index)
         for seq, (partition, key, payload) in enumerate(messages, 1):
             state.apply(seq, partition, key, payload)
         for part in state.partitions.values():
             if part.learning is not None:
                 part.learning.recommender.train(len(messages))
+            if part.segments is not None:
+                part.segments.outbox.clear()  # published within ~0.1 s by a shard
         gc.collect()
         after, _ = tracemalloc.get_traced_memory()
         tracemalloc.stop()

@@ -49,6 +49,15 @@ BUILTIN_SEGMENTS = frozenset(
 )
 #: ``locale_<language>`` (e.g. ``locale_de``) is built in for every ISO 639-1 language.
 LOCALE_SEGMENT = re.compile(r"^locale_[a-z]{2}$")
+#: Behavioural clusters are segments ``cluster_0`` ... ``cluster_<k-1>`` (when enabled).
+CLUSTER_SEGMENT = re.compile(r"^cluster_(\d+)$")
+#: Clusters are also policy context (one-hot), so their number is bounded by the layout.
+MAX_CLUSTERS = 4
+
+
+def cluster_segment(cluster: int) -> str:
+    return f"cluster_{cluster}"
+
 
 #: Variables a message template may use; anything else renders empty.
 TEMPLATE_VARIABLES = frozenset(
@@ -166,6 +175,56 @@ class Learning(_Model):
     activation_low_below: float = Field(0.2, ge=0, le=1)
 
 
+class Clusters(_Model):
+    """Behavioural clusters (:mod:`engine.clusters`): River's ``StandardScaler | KMeans`` over
+    each user's behavioural vector, trained on a sample, served to every shard."""
+
+    enabled: bool = True
+    k: int = Field(4, ge=2, le=MAX_CLUSTERS)
+    #: How far a center moves toward each sample (River KMeans' ``halflife``): small is stable.
+    halflife: float = Field(0.05, gt=0, le=1)
+    seed: int = 7
+    #: Users sampled for training: one in this many events.
+    sample_every: int = Field(16, ge=1, le=1_000_000)
+    #: Samples learned per second at most (~40 µs each, off the event path).
+    train_per_s: int = Field(200, ge=1, le=100_000)
+    #: Samples learned before a model is served (no clusters until then).
+    min_samples: int = Field(200, ge=1)
+    #: How often the trained model is published to every shard.
+    publish_interval_s: float = Field(10.0, gt=0, le=86400)
+
+
+class Membership(_Model):
+    """Live segment membership (:mod:`engine.segments`)."""
+
+    #: Keep every user's membership current and publish enter/exit changes (false: segments
+    #: are only worked out when a decision asks, and there are no clusters).
+    track: bool = True
+    #: How often time-based segments ("inactive for 3 days", windows) are re-evaluated for every
+    #: user, without waiting for an event.
+    sweep_interval_s: float = Field(60.0, gt=0, le=86400)
+    #: The sweeps' "now": the wall clock (live traffic), or each partition's newest event time
+    #: (replaying or simulating a stream whose timestamps are not today's).
+    clock: Literal["wall", "event"] = "wall"
+
+
+class Webhook(_Model):
+    """Where segment enter/exit changes are delivered (POST, JSON, signed with HMAC-SHA256)."""
+
+    id: Name
+    url: Annotated[str, Field(pattern=r"^https?://[^\s]+$", max_length=2000)]
+    #: The environment variable holding the signing secret (never the secret in the catalog).
+    secret_env: Annotated[str, Field(pattern=r"^[A-Z_][A-Z0-9_]*$")]
+    #: Only these segments' changes (empty: all).
+    segments: list[str] = Field(default_factory=list)
+    changes: list[Literal["enter", "exit"]] = Field(default_factory=lambda: ["enter", "exit"])  # type: ignore[arg-type]
+    #: Changes per POST at most.
+    batch: int = Field(100, ge=1, le=10_000)
+    #: Attempts per batch before it is given up (counted), with exponential backoff between.
+    max_attempts: int = Field(8, ge=1, le=100)
+    timeout_s: float = Field(5.0, gt=0, le=120)
+
+
 class Catalog(_Model):
     version: Literal[1]
     product: str = Field(min_length=1, max_length=100)
@@ -177,7 +236,14 @@ class Catalog(_Model):
     messages: Messages = Messages()
     flags: list[Flag] = Field(default_factory=list)
     segments: list[RuleSegment] = Field(default_factory=list)
+    clusters: Clusters = Clusters()
+    membership: Membership = Membership()
+    webhooks: list[Webhook] = Field(default_factory=list)
     learning: Learning = Learning()
+
+    @property
+    def cluster_segments(self) -> list[str]:
+        return [cluster_segment(i) for i in range(self.clusters.k)] if self.clusters.enabled else []
 
     @field_validator("engagement_tiers")
     @classmethod
@@ -238,12 +304,21 @@ def _loc(loc: tuple[Any, ...]) -> str:
 
 
 def is_known_segment(segment: str) -> bool:
+    """Built in whatever the catalog says (clusters depend on it: see ``Catalog.cluster_segments``)."""
     return segment in BUILTIN_SEGMENTS or bool(LOCALE_SEGMENT.match(segment))
 
 
 def _semantic_errors(catalog: Catalog) -> list[tuple[str, str]]:
     errors: list[tuple[str, str]] = _rule_segment_errors(catalog.segments)
-    known = {s.id for s in catalog.segments}
+    known = {s.id for s in catalog.segments} | set(catalog.cluster_segments)
+    if catalog.clusters.enabled and not catalog.membership.track:
+        errors.append(("clusters.enabled", "clusters need live membership (membership.track: true)"))
+    webhook_ids: set[str] = set()
+    for i, hook in enumerate(catalog.webhooks):
+        if hook.id in webhook_ids:
+            errors.append((f"webhooks[{i}].id", f"duplicate webhook id {hook.id!r}"))
+        webhook_ids.add(hook.id)
+        errors += _unknown_segments(hook.segments, f"webhooks[{i}].segments", known)
 
     steps = {s.id: s for s in catalog.journey.steps}
     seen: set[str] = set()
@@ -345,7 +420,7 @@ def _rule_segment_errors(segments: list[RuleSegment]) -> list[tuple[str, str]]:
     for i, segment in enumerate(segments):
         if segment.id in seen:
             errors.append((f"segments[{i}].id", f"duplicate segment id {segment.id!r}"))
-        if is_known_segment(segment.id):
+        if is_known_segment(segment.id) or CLUSTER_SEGMENT.match(segment.id):
             errors.append((f"segments[{i}].id", f"{segment.id!r} is a built-in segment"))
         seen.add(segment.id)
         try:

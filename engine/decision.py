@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import pystache
 
-from engine.catalog import Catalog, CompletionRule, Step, Tutorial
+from engine.catalog import Catalog, CompletionRule, Step, Tutorial, cluster_segment
 from engine.events import EventKind
 from engine.learning import POINT_STEP, tutorial_point
 from engine.profile import UserState, Vocabularies
@@ -102,6 +102,8 @@ class Decider:
         if isinstance(locale, str) and len(locale) >= 2 and locale[:2].isalpha():
             out.append(f"locale_{locale[:2].lower()}")
         out.append("returning_user" if user is not None and user.sessions > 1 else "new_user")
+        if user is not None and user.cluster >= 0 and self.catalog.clusters.enabled:
+            out.append(cluster_segment(user.cluster))
         if self.rule_segments:
             facts = rule_input(user, vocab, now, context, self._rule_fields, self._rule_reads)
             out += [segment for segment, rule in self.rule_segments if rule.matches(facts)]

@@ -21,10 +21,12 @@ from typing import Any
 
 import numpy as np
 
+from engine.catalog import MAX_CLUSTERS
 from engine.events import EventKind
 from engine.profile import C_SESSIONS, UserState
 
-LAYOUT_VERSION = 1
+#: 2: the behavioural cluster, one-hot (issue 6).
+LAYOUT_VERSION = 2
 
 DEVICES = ("mobile", "desktop", "tablet")
 LANGUAGES = ("en", "de", "fr", "es")
@@ -57,6 +59,7 @@ FEATURE_NAMES: tuple[str, ...] = (
     "log_features_clicked",
     "role_technical",
     "company_large",
+    *(f"cluster={c}" for c in range(MAX_CLUSTERS)),
 )
 DIM = len(FEATURE_NAMES)
 
@@ -64,6 +67,7 @@ _DEVICE = {d: 1 + i for i, d in enumerate(DEVICES)}
 _LANG = {lang: 1 + len(DEVICES) + i for i, lang in enumerate(LANGUAGES)}
 _REFERRER = {r: 1 + len(DEVICES) + len(LANGUAGES) + i for i, r in enumerate(REFERRERS)}
 _BASE = 1 + len(DEVICES) + len(LANGUAGES) + len(REFERRERS)
+_CLUSTER = FEATURE_NAMES.index("cluster=0")
 
 
 def context_vector(user: UserState | None, request: Mapping[str, Any] | None, now: float) -> np.ndarray:
@@ -99,6 +103,8 @@ def context_vector(user: UserState | None, request: Mapping[str, Any] | None, no
         x[_BASE + 6] = math.log1p(counters[EventKind.FEATURE_CLICKED])
         x[_BASE + 7] = 1.0 if user.role in TECHNICAL_ROLES else 0.0
         x[_BASE + 8] = 1.0 if user.company_size in LARGE_COMPANIES else 0.0
+        if 0 <= user.cluster < MAX_CLUSTERS:
+            x[_CLUSTER + user.cluster] = 1.0
     else:
         x[_BASE + 3] = 1.0  # never seen: new
     return np.array(x)

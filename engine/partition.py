@@ -22,6 +22,7 @@ from engine.errors import InvalidEvent
 from engine.events import Event, decode_event
 from engine.learning import Learner, PartitionLearning, RewardRecord, decision_decoder, reward_decoder
 from engine.profile import UserState, Vocabularies
+from engine.segments import PartitionSegments, SegmentIndex
 
 SNAPSHOT_VERSION = 1
 
@@ -31,9 +32,21 @@ _snapshot_encoder = msgspec.msgpack.Encoder()
 class PartitionState:
     """State of one partition: users, vocabularies, last applied stream sequence."""
 
-    __slots__ = ("applied", "last_seq", "learning", "partition", "records", "users", "vocab", "watermark")
+    __slots__ = (
+        "applied",
+        "last_seq",
+        "learning",
+        "partition",
+        "records",
+        "segments",
+        "users",
+        "vocab",
+        "watermark",
+    )
 
-    def __init__(self, partition: int, learner: Learner | None = None) -> None:
+    def __init__(
+        self, partition: int, learner: Learner | None = None, segments: SegmentIndex | None = None
+    ) -> None:
         self.partition = partition
         self.users: dict[str, UserState] = {}
         self.vocab = Vocabularies()
@@ -47,6 +60,8 @@ class PartitionState:
         self.watermark = 0.0
         #: Decisions, rewards and what they taught (None: this partition does not learn).
         self.learning = PartitionLearning(learner) if learner is not None else None
+        #: Live segment membership and its changes (None: not tracked).
+        self.segments = PartitionSegments(segments) if segments is not None else None
 
     def apply_message(self, seq: int, user_key: str, data: bytes) -> None:
         """Decode, validate and apply one stream message, once.
@@ -77,6 +92,17 @@ class PartitionState:
         self.watermark = max(self.watermark, event.ts)
         if self.learning is not None:
             self.learning.on_event(user_key, user, event, self.vocab, seq, adopted)
+        if self.segments is not None:
+            self.segments.on_event(user_key, user, event, seq, self.vocab, self.partition)
+
+    def sweep_segments(self, now: float, keys: list[str]) -> int:
+        """Re-evaluate the time-based segments of the users ``keys`` as of ``now`` (a chunk of a
+        sweep, see :meth:`engine.segments.PartitionSegments.sweep`); the number of changes."""
+        if self.segments is None:
+            return 0
+        users = self.users
+        chosen = ((k, users[k]) for k in keys if k in users)
+        return self.segments.sweep(chosen, now, self.vocab, self.partition)
 
     def _apply_record(self, seq: int, user_key: str, kind: str, data: bytes) -> None:
         decoder = decision_decoder if kind == "decision" else reward_decoder if kind == "reward" else None
@@ -115,11 +141,14 @@ class PartitionState:
                 "vocab": self.vocab.snapshot(),
                 "users": {key: user.snapshot() for key, user in self.users.items()},
                 "learning": self.learning.snapshot() if self.learning is not None else None,
+                "segments": self.segments.snapshot() if self.segments is not None else None,
             }
         )
 
     @classmethod
-    def restore(cls, data: bytes, learner: Learner | None = None) -> PartitionState:
+    def restore(
+        cls, data: bytes, learner: Learner | None = None, segments: SegmentIndex | None = None
+    ) -> PartitionState:
         snap = msgspec.msgpack.decode(data)
         if snap.get("version") != SNAPSHOT_VERSION:
             raise ValueError(f"unsupported partition snapshot version {snap.get('version')!r}")
@@ -132,9 +161,22 @@ class PartitionState:
         part.users = {key: UserState.restore(value) for key, value in snap["users"].items()}
         if learner is not None:
             part.learning = PartitionLearning.restore(learner, snap.get("learning"))
+        if segments is not None:
+            part.segments, recorded = PartitionSegments.restore(segments, snap.get("segments"))
+            if recorded != segments.ids:  # the catalog's segments changed since the snapshot
+                for user in part.users.values():
+                    user.segments = segments.remap(user.segments, recorded)
         return part
 
     @classmethod
-    def build(cls, partition: int, snapshot: bytes | None, learner: Learner | None = None) -> PartitionState:
+    def build(
+        cls,
+        partition: int,
+        snapshot: bytes | None,
+        learner: Learner | None = None,
+        segments: SegmentIndex | None = None,
+    ) -> PartitionState:
         """Cold start and recovery are one path: restore if there is a snapshot."""
-        return cls(partition, learner) if snapshot is None else cls.restore(snapshot, learner)
+        if snapshot is None:
+            return cls(partition, learner, segments)
+        return cls.restore(snapshot, learner, segments)

@@ -161,6 +161,8 @@ class UserState:
         "engagement",
         "session_seconds",
         "consent",
+        "segments",
+        "cluster",
         *CONTEXT_FIELDS,
         *TRAIT_FIELDS,
     )
@@ -175,6 +177,11 @@ class UserState:
     engagement: float
     session_seconds: float
     consent: int
+    #: Live segment membership, one bit per segment of the partition's
+    #: :class:`engine.segments.SegmentIndex` (kept current by :mod:`engine.segments`).
+    segments: int
+    #: The behavioural cluster the user was last assigned to (-1: none yet).
+    cluster: int
     device_type: str | None
     os: str | None
     locale: str | None
@@ -199,6 +206,8 @@ class UserState:
         user.engagement = 0.0
         user.session_seconds = 0.0
         user.consent = 0
+        user.segments = 0
+        user.cluster = -1
         for field in CONTEXT_FIELDS + TRAIT_FIELDS:
             setattr(user, field, None)
         return user
@@ -326,6 +335,10 @@ class UserState:
     def sessions(self) -> int:
         return self.counters[C_SESSIONS]
 
+    @property
+    def events_total(self) -> int:
+        return sum(self.counters[:_N_KINDS])
+
     def count(self, kind: EventKind) -> int:
         return self.counters[kind]
 
@@ -389,7 +402,7 @@ class UserState:
             "active_hours_utc": [h for h in range(24) if c[C_HOURS] >> h & 1],
             "active_weekdays": [d for d in range(7) if c[C_DAYS] >> d & 1],
             "events_by_type": {k.wire_name: c[k] for k in EventKind if c[k]},
-            "events_total": sum(c[k] for k in EventKind),
+            "events_total": self.events_total,
             "features": {vocab.features.name(f[i]): f[i + 1] for i in range(0, len(f), _F_STRIDE)},
             "steps_viewed": _mask_names(self.viewed_steps, vocab.steps),
             "steps_completed": _mask_names(self.completed_steps, vocab.steps),
@@ -432,18 +445,24 @@ class UserState:
             self.session_seconds,
             self.consent,
             [getattr(self, k) for k in CONTEXT_FIELDS + TRAIT_FIELDS],
+            _mask_bytes(self.segments),
+            self.cluster,
         ]
 
     @classmethod
     def restore(cls, data: list[Any]) -> UserState:
         user = cls.__new__(cls)
-        counters, features, tutorials, viewed, completed, *scalars, attrs = data
+        counters, features, tutorials, viewed, completed, *scalars = data[:10]
+        attrs = data[10]
         user.counters = array("I", counters)
         user.features = array("I", features) if features is not None else None
         user.tutorials = array("I", tutorials) if tutorials is not None else None
         user.viewed_steps = int.from_bytes(viewed, "little")
         user.completed_steps = int.from_bytes(completed, "little")
         user.first_seen, user.last_seen, user.engagement, user.session_seconds, user.consent = scalars
+        # Snapshots from before live membership have neither: evaluated again at the next event.
+        user.segments = int.from_bytes(data[11], "little") if len(data) > 11 else 0
+        user.cluster = data[12] if len(data) > 12 else -1
         for field, value in zip(CONTEXT_FIELDS + TRAIT_FIELDS, attrs, strict=False):
             setattr(
                 user, field, sys.intern(value) if value is not None and field not in PII_FIELDS else value

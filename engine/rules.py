@@ -26,7 +26,7 @@ engine.rules.RuleError: column 1: 'country' is text; it cannot be compared with 
 from __future__ import annotations
 
 import ast
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -58,7 +58,11 @@ FIELDS: dict[str, Kind] = {
     "role": "text",
     "company_size": "text",
     "age_band": "text",
+    #: The user's behavioural cluster (:mod:`engine.clusters`); missing until assigned.
+    "cluster": "number",
 }
+#: Fields that may be missing on a user the engine has seen (text not given yet, no cluster).
+NULLABLE_FIELDS = frozenset({name for name, kind in FIELDS.items() if kind == "text"} | {"cluster"})
 #: Fields that change with time alone, not only with events: rules reading them are
 #: re-evaluated as time passes.
 TIME_FIELDS = frozenset({"days_since_first_seen", "days_inactive", "events_5m", "features_5m", "engagement"})
@@ -245,42 +249,57 @@ def _describe(node: ast.expr, kind: Kind) -> str:
 # ---------------------------------------------------------------------- compiling
 
 
-def _to_python(node: ast.expr) -> ast.expr:
-    """The checked tree over ``d`` (a :class:`RuleInput`); comparisons with a missing value
-    are false."""
+Leaf = Callable[[ast.expr], ast.expr]
+
+
+def _to_python(
+    node: ast.expr, leaf: Leaf | None = None, nullable: Callable[[ast.expr], bool] | None = None
+) -> ast.expr:
+    """The checked tree as Python; comparisons with a missing value are false.
+
+    ``leaf`` turns a field or function call into the expression that reads it (by default from
+    ``d``, a :class:`RuleInput`); ``nullable`` says which of them may be missing (by default all
+    fields), so the guards are only where a value can be None.
+    """
+    leaf = leaf or _input_leaf
+    nullable = nullable or (lambda n: isinstance(n, ast.Name))
     if isinstance(node, ast.BoolOp):
-        return ast.BoolOp(op=node.op, values=[_to_python(v) for v in node.values])
+        return ast.BoolOp(op=node.op, values=[_to_python(v, leaf, nullable) for v in node.values])
     if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.Not):
-        return ast.UnaryOp(op=ast.Not(), operand=_to_python(node.operand))
+        return ast.UnaryOp(op=ast.Not(), operand=_to_python(node.operand, leaf, nullable))
     if isinstance(node, ast.Compare):
-        left = _to_python(node.left)
         right = node.comparators[0]
-        right_value = (
-            ast.Tuple(elts=list(right.elts), ctx=ast.Load())  # type: ignore[attr-defined]
-            if isinstance(right, (ast.Tuple, ast.List))
-            else _to_python(right)
-        )
+        if isinstance(right, (ast.Tuple, ast.List)):
+            right_value: ast.expr = ast.Tuple(elts=list(right.elts), ctx=ast.Load())
+        else:
+            right_value = _to_python(right, leaf, nullable)
+        left_value = _to_python(node.left, leaf, nullable)
         # (l is not None and r is not None and l OP r): missing never compares true.
         guards: list[ast.expr] = [
-            ast.Compare(left=side, ops=[ast.IsNot()], comparators=[ast.Constant(None)])
-            for side in (left, right_value)
-            if not isinstance(side, (ast.Constant, ast.Tuple, ast.UnaryOp))
+            ast.Compare(left=value, ops=[ast.IsNot()], comparators=[ast.Constant(None)])
+            for original, value in ((node.left, left_value), (right, right_value))
+            if nullable(original)
         ]
-        compare = ast.Compare(left=left, ops=node.ops, comparators=[right_value])
+        compare = ast.Compare(left=left_value, ops=node.ops, comparators=[right_value])
         return ast.BoolOp(op=ast.And(), values=[*guards, compare]) if guards else compare
+    if isinstance(node, (ast.Name, ast.Call)):
+        return leaf(node)
+    return node  # constants
+
+
+def _input_leaf(node: ast.expr) -> ast.expr:
+    """A field or function read from ``d``, a :class:`RuleInput`."""
     if isinstance(node, ast.Name):
         return _lookup("fields", node.id)
-    if isinstance(node, ast.Call):
-        name = node.func.id  # type: ignore[attr-defined]
-        arg = node.args[0].value  # type: ignore[attr-defined]
-        if name == "feature_count":
-            return _lookup("features", arg, default=0)
-        return ast.Compare(
-            left=ast.Constant(arg),
-            ops=[ast.In()],
-            comparators=[ast.Attribute(value=ast.Name("d", ast.Load()), attr="completed", ctx=ast.Load())],
-        )
-    return node  # constants
+    name = node.func.id  # type: ignore[attr-defined]
+    arg = node.args[0].value  # type: ignore[attr-defined]
+    if name == "feature_count":
+        return _lookup("features", arg, default=0)
+    return ast.Compare(
+        left=ast.Constant(arg),
+        ops=[ast.In()],
+        comparators=[ast.Attribute(value=ast.Name("d", ast.Load()), attr="completed", ctx=ast.Load())],
+    )
 
 
 def _lookup(table: str, key: str, default: Any = None) -> ast.expr:
@@ -348,7 +367,7 @@ def _literal(node: ast.expr) -> Any:
 
 _NUMBERS: dict[str, Callable[[UserState, float], float]] = {
     "session_count": lambda u, now: u.sessions,
-    "events_total": lambda u, now: sum(u.counters[k] for k in EventKind),
+    "events_total": lambda u, now: u.events_total,
     "events_5m": lambda u, now: u.events_in_window(now),
     "features_5m": lambda u, now: u.features_in_window(now),
     "engagement": lambda u, now: u.engagement_at(now),
@@ -377,6 +396,8 @@ def rule_input(
         number = _NUMBERS.get(name)
         if number is not None:
             fields[name] = number(user, now) if user is not None else 0
+        elif name == "cluster":
+            fields[name] = user.cluster if user is not None and user.cluster >= 0 else None
         elif user is not None:
             fields[name] = getattr(user, name)
     if context:
@@ -417,3 +438,108 @@ def profile_table(inputs: list[RuleInput], rules: list[Rule]) -> pl.DataFrame:
     for step in sorted({s for r in rules for s in r.steps}):
         columns[f"completed:{step}"] = pl.Series([step in i.completed for i in inputs], dtype=pl.Boolean)
     return pl.DataFrame(columns)
+
+
+# ---------------------------------------------------------------------- membership
+
+#: ``mask(user, now, vocab)``: the bits of the rules that match the user as of ``now``.
+MaskFunction = Callable[[UserState, float, Vocabularies], int]
+
+
+def compile_mask(rules: Sequence[tuple[int, Rule]]) -> MaskFunction:
+    """One function that evaluates several rules over a user's live state at once and returns
+    the bits (``1 << bit``) of those that match.
+
+    Live membership evaluates every segment whose fields an event changed, after every event;
+    one call that reads each field once (into a local) and tests every rule costs a fraction
+    of a call per rule over a :class:`RuleInput` (see ``headstart bench ingest``). Built from
+    the same checked trees as :meth:`Rule.matches`, with the same answers: a seen user's
+    numbers are never missing, text fields and the cluster may be.
+
+    >>> mask = compile_mask([(0, parse_rule("session_count >= 1")), (3, parse_rule('os == "ios"'))])
+    >>> from engine.profile import UserState, Vocabularies
+    >>> mask(UserState.new(0.0), 0.0, Vocabularies())
+    0
+    """
+    fields = sorted({f for _, rule in rules for f in rule.fields})
+    features = sorted({f for _, rule in rules for f in rule.features})
+    steps = sorted({s for _, rule in rules for s in rule.steps})
+    feature_var = {name: f"f_{i}" for i, name in enumerate(features)}
+    step_var = {name: f"c_{i}" for i, name in enumerate(steps)}
+
+    def load(name: str) -> ast.Name:
+        return ast.Name(name, ast.Load())
+
+    def call(function: ast.expr, *args: ast.expr) -> ast.Call:
+        return ast.Call(func=function, args=list(args), keywords=[])
+
+    def leaf(node: ast.expr) -> ast.expr:
+        if isinstance(node, ast.Name):
+            return load(f"v_{node.id}")
+        arg = node.args[0].value  # type: ignore[attr-defined]
+        return load(feature_var[arg] if node.func.id == "feature_count" else step_var[arg])  # type: ignore[attr-defined]
+
+    def nullable(node: ast.expr) -> bool:
+        return isinstance(node, ast.Name) and node.id in NULLABLE_FIELDS
+
+    body: list[ast.stmt] = []
+
+    def assign(name: str, value: ast.expr) -> None:
+        body.append(ast.Assign(targets=[ast.Name(name, ast.Store())], value=value))
+
+    for name in fields:
+        if name in _NUMBERS:
+            assign(f"v_{name}", call(load(f"n_{name}"), load("u"), load("now")))
+        elif name == "cluster":
+            assign("v_cluster", call(load("cluster_of"), load("u")))
+        else:
+            assign(f"v_{name}", ast.Attribute(value=load("u"), attr=name, ctx=ast.Load()))
+    for name, var in feature_var.items():
+        # u.feature_count(vocab.features.find(name))
+        find = ast.Attribute(
+            value=ast.Attribute(value=load("vocab"), attr="features", ctx=ast.Load()),
+            attr="find",
+            ctx=ast.Load(),
+        )
+        count = ast.Attribute(value=load("u"), attr="feature_count", ctx=ast.Load())
+        assign(var, call(count, call(find, ast.Constant(name))))
+    for name, var in step_var.items():
+        assign(var, call(load("step_done"), load("u"), load("vocab"), ast.Constant(name)))
+    result: ast.expr = ast.Constant(0)
+    for bit, rule in rules:
+        term = ast.IfExp(
+            test=_to_python(rule.tree.body, leaf, nullable),
+            body=ast.Constant(1 << bit),
+            orelse=ast.Constant(0),
+        )
+        result = (
+            term if isinstance(result, ast.Constant) else ast.BinOp(left=result, op=ast.BitOr(), right=term)
+        )
+    body.append(ast.Return(value=result))
+    arguments = ast.arguments(
+        posonlyargs=[],
+        args=[ast.arg(a) for a in ("u", "now", "vocab")],
+        kwonlyargs=[],
+        kw_defaults=[],
+        defaults=[],
+    )
+    function = ast.FunctionDef(name="mask", args=arguments, body=body, decorator_list=[], returns=None)
+    module = ast.fix_missing_locations(ast.Module(body=[function], type_ignores=[]))
+    # Built from checked trees only (see parse_rule); the namespace holds the readers it calls.
+    namespace: dict[str, Any] = {
+        "__builtins__": {},
+        "cluster_of": _cluster_of,
+        "step_done": _step_done,
+        **{f"n_{name}": reader for name, reader in _NUMBERS.items()},
+    }
+    exec(compile(module, "<segments>", "exec"), namespace)
+    return namespace["mask"]  # type: ignore[no-any-return]
+
+
+def _cluster_of(user: UserState) -> int | None:
+    return user.cluster if user.cluster >= 0 else None
+
+
+def _step_done(user: UserState, vocab: Vocabularies, step: str) -> bool:
+    ident = vocab.steps.find(step)
+    return ident is not None and bool(user.completed_steps >> ident & 1)

@@ -16,6 +16,7 @@ from typing import Any
 from engine.errors import HeadstartError
 from engine.learning import Learner
 from engine.partition import PartitionState
+from engine.segments import SegmentIndex
 
 
 class NotOwned(HeadstartError):
@@ -29,9 +30,14 @@ class ShardState:
         self.partitions = partitions
 
     @classmethod
-    def build(cls, snapshots: Mapping[int, bytes | None], learner: Learner | None = None) -> ShardState:
+    def build(
+        cls,
+        snapshots: Mapping[int, bytes | None],
+        learner: Learner | None = None,
+        segments: SegmentIndex | None = None,
+    ) -> ShardState:
         """Cold start and recovery are one path: each partition from its snapshot or empty."""
-        return cls({p: PartitionState.build(p, snap, learner) for p, snap in snapshots.items()})
+        return cls({p: PartitionState.build(p, snap, learner, segments) for p, snap in snapshots.items()})
 
     def apply(self, seq: int, partition: int, user_key: str, data: bytes) -> None:
         try:

@@ -56,9 +56,15 @@ class PolicyMerger:
     """
 
     def __init__(
-        self, kv: KeyValue, learner: Learner, owned: Callable[[], Mapping[int, PartitionLearning]]
+        self,
+        kv: KeyValue,
+        learner: Learner,
+        owned: Callable[[], Mapping[int, PartitionLearning]],
+        listeners: Mapping[str, Callable[[bytes], None]] | None = None,
     ) -> None:
         self.kv = kv
+        #: Other entries of the bucket someone wants (e.g. the cluster model), by key.
+        self.listeners = dict(listeners or {})
         self.learner = learner
         self._owned = owned
         self._published: dict[int, int] = {}
@@ -85,7 +91,9 @@ class PolicyMerger:
         if entry.value is None or entry.operation is not None:
             return  # deleted or purged
         try:
-            if entry.key == FORGOTTEN_KEY:
+            if entry.key in self.listeners:
+                self.listeners[entry.key](entry.value)
+            elif entry.key == FORGOTTEN_KEY:
                 self.learner.load_forgotten(entry.value)
             elif entry.key.startswith("c."):
                 self.learner.set_view(int(entry.key[2:]), entry.value)

@@ -148,11 +148,13 @@ async def ensure_streams(
                 f"{current.dest!r}; partitions are fixed for a stream's life (asked for {partitions})"
             )
         await js.update_stream(events)
+    from headstart.membership import segments_stream_config
     from headstart.status import ensure_status_bucket
 
     await ensure_status_bucket(js)
     for config in (
         dlq_stream_config(replicas),
+        segments_stream_config(retention_days, replicas),
         *(record_stream_config(kind, retention_days, replicas) for kind in RECORD_KINDS),
     ):
         try:

@@ -11,6 +11,7 @@ import pytest
 from engine.catalog import DEFAULT_CATALOG, Catalog, load_catalog
 from engine.decision import Decider
 from engine.events import encode_event
+from engine.features import DIM, LAYOUT_VERSION
 from engine.keys import Pseudonymizer, partition_of
 from engine.learning import (
     POINT_STEP,
@@ -60,7 +61,7 @@ class Log:
         self, key: str, ts: float, arm: str = "video", point: str = POINT, context_slot: int | None = None
     ) -> str:
         decision_id = new_decision_id(key)
-        context = [1.0] + [0.0] * 19
+        context = [1.0] + [0.0] * (DIM - 1)
         if context_slot is not None:
             context[context_slot] = 1.0
         record = DecisionRecord(
@@ -69,7 +70,7 @@ class Log:
             ts=ts,
             policy="linear_igw",
             policy_version=1,
-            features_version=1,
+            features_version=LAYOUT_VERSION,
             context=context,
             choices=[{"point": point, "arm": arm, "propensity": 0.5, "eligible": ["interactive", arm]}],  # type: ignore[list-item]
         )
@@ -236,7 +237,7 @@ def test_shards_serve_the_sum_of_all_partitions_contributions() -> None:
     a.rebuild(own_a)  # type: ignore[arg-type]
     b.rebuild(own_b)  # type: ignore[arg-type]
     one.rebuild({p: part.learning for p, part in whole.items()})  # type: ignore[misc]
-    x = np.array([1.0] + [0.0] * 19)
+    x = np.array([1.0] + [0.0] * (DIM - 1))
     for learner in (a, b):
         for point, policy in learner.served.items():
             for k, v in one.served[point].stats.items():
@@ -303,7 +304,7 @@ def test_the_activation_model_learns_who_activates_and_every_shard_serves_the_av
     log.replay(part)
     assert part.learning is not None and part.learning.activation.examples == 600
     learner.rebuild({0: part.learning})
-    mobile, desktop = np.zeros(20), np.zeros(20)
+    mobile, desktop = np.zeros(DIM), np.zeros(DIM)
     mobile[0] = desktop[0] = 1.0
     mobile[mobile_slot] = 1.0
     p_mobile, p_desktop = learner.activation.predict(mobile), learner.activation.predict(desktop)

@@ -1,0 +1,180 @@
+"""Live segment membership on a shard: publishing changes, sweeping time, training clusters.
+
+The logic is :mod:`engine.segments` and :mod:`engine.clusters`; this module moves its results
+over NATS, off the event path:
+
+- :class:`ChangePublisher` sends each partition's queued enter/exit changes to the
+  ``HS_SEGMENTS`` stream (``hs.segments.<segment>.<enter|exit>.<user_key>``), in order, with a
+  message id that makes a change published again after a crash count once;
+- :func:`sweep_partition` re-evaluates the time-based segments of a partition's users in chunks,
+  yielding to the event loop between chunks;
+- :class:`ClusterTrainer` (on one shard) learns River's k-means from sampled users and
+  publishes the model to the ``HS_LEARN`` bucket (key ``clusters``), from where every shard
+  assigns its users.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from nats.js import JetStreamContext
+from nats.js.api import RetentionPolicy, StorageType, StreamConfig
+from nats.js.kv import KeyValue
+
+from engine.catalog import Clusters
+from engine.clusters import ClusterModel, behaviour
+from engine.partition import PartitionState
+from engine.segments import change_encoder
+from headstart.streams import DUPLICATE_WINDOW_S, publish_prepared
+
+log = logging.getLogger(__name__)
+
+SEGMENTS_STREAM = "HS_SEGMENTS"
+SEGMENTS_PREFIX = "hs.segments"
+#: The key of the published cluster model in the ``HS_LEARN`` bucket.
+CLUSTERS_KEY = "clusters"
+#: Users re-evaluated per chunk of a sweep before the event loop gets a turn (~2 µs each).
+SWEEP_CHUNK = 2000
+
+
+def segments_stream_config(retention_days: float, replicas: int = 1) -> StreamConfig:
+    return StreamConfig(
+        name=SEGMENTS_STREAM,
+        description="Headstart: users entering and leaving segments",
+        subjects=[f"{SEGMENTS_PREFIX}.>"],
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        max_age=retention_days * 86400,
+        duplicate_window=DUPLICATE_WINDOW_S,
+        num_replicas=replicas,
+    )
+
+
+class ChangePublisher:
+    """Publishes the segment changes queued in partitions' outboxes, oldest first.
+
+    Hold :attr:`lock` to snapshot a partition: changes taken for publishing are either
+    acknowledged by JetStream or back in the outbox when the lock is free, so a snapshot taken
+    under it holds every change not yet stored.
+    """
+
+    def __init__(self, js: JetStreamContext, batch: int = 5000) -> None:
+        self.js = js
+        self.batch = batch
+        self.lock = asyncio.Lock()
+        self.published = 0
+        self.failures = 0
+
+    async def flush(self, partitions: Mapping[int, PartitionState]) -> int:
+        sent = 0
+        async with self.lock:
+            for part in list(partitions.values()):
+                segments = part.segments
+                while segments is not None and segments.outbox:
+                    changes = segments.take(self.batch)
+                    prepared = [
+                        (c.subject, change_encoder.encode(c), {"Nats-Msg-Id": c.msg_id}) for c in changes
+                    ]
+                    try:
+                        await publish_prepared(self.js, prepared, retry_for=5.0)
+                    except Exception as exc:  # noqa: BLE001 - kept and retried at the next flush
+                        segments.give_back(changes)
+                        self.failures += 1
+                        log.warning("segment changes not published yet (%s); kept", type(exc).__name__)
+                        return sent
+                    sent += len(changes)
+                    self.published += len(changes)
+        return sent
+
+
+async def sweep_partition(part: PartitionState, now: float) -> int:
+    """Re-evaluate the time-based segments of every user of ``part`` as of ``now``."""
+    keys = list(part.users)
+    changes = 0
+    for start in range(0, len(keys), SWEEP_CHUNK):
+        changes += part.sweep_segments(now, keys[start : start + SWEEP_CHUNK])
+        await asyncio.sleep(0)
+    return changes
+
+
+class ClusterTrainer:
+    """Learns the cluster model from sampled users and publishes it to every shard.
+
+    Example::
+
+        trainer = await ClusterTrainer.open(kv, catalog.clusters)
+        trainer.train(partitions, budget=20)   # on a timer, off the event path
+        await trainer.publish()                # every clusters.publish_interval_s
+    """
+
+    def __init__(self, kv: KeyValue, settings: Clusters, model: ClusterModel) -> None:
+        self.kv = kv
+        self.settings = settings
+        self.model = model
+        self._published_at_learned = model.learned
+
+    @classmethod
+    async def open(cls, kv: KeyValue, settings: Clusters) -> ClusterTrainer:
+        """Resume the published model (after a restart), unless the catalog changed its shape."""
+        model = ClusterModel(settings.k, settings.halflife, settings.seed)
+        try:
+            entry = await kv.get(CLUSTERS_KEY)
+        except Exception:  # noqa: BLE001 - none yet (KeyNotFoundError) or unreadable: start fresh
+            entry = None
+        if entry is not None and entry.value:
+            data = json.loads(entry.value)
+            if (data.get("k"), data.get("halflife"), data.get("seed")) == (
+                settings.k,
+                settings.halflife,
+                settings.seed,
+            ):
+                model = ClusterModel.restore(data)
+        return cls(kv, settings, model)
+
+    def train(self, partitions: Mapping[int, PartitionState], budget: int) -> int:
+        """Learn up to ``budget`` sampled users (each as of its partition's clock)."""
+        learned = 0
+        for part in partitions.values():
+            segments = part.segments
+            if segments is None:
+                continue
+            samples = segments.samples
+            while samples and learned < budget:
+                user = part.users.get(samples.popleft())
+                if user is not None:
+                    self.model.learn(behaviour(user, segments.clock))
+                    learned += 1
+            if learned >= budget:
+                break
+        return learned
+
+    async def publish(self) -> bool:
+        """Publish the model if it learned enough and anything since the last time."""
+        model = self.model
+        if (
+            not model.ready
+            or model.learned < self.settings.min_samples
+            or model.learned == self._published_at_learned
+        ):
+            return False
+        model.version += 1
+        await self.kv.put(CLUSTERS_KEY, json.dumps({**model.export(), "published_at": time.time()}).encode())
+        self._published_at_learned = model.learned
+        return True
+
+
+def cluster_listener(apply: Callable[[dict[str, Any]], None]) -> Callable[[bytes], None]:
+    """A ``HS_LEARN`` entry handler that hands a published cluster model to ``apply``."""
+
+    def on_entry(value: bytes) -> None:
+        try:
+            apply(json.loads(value))
+        except (ValueError, KeyError, TypeError) as exc:
+            log.warning("ignoring unreadable cluster model: %s", exc)
+
+    return on_entry

@@ -1,0 +1,213 @@
+"""Live segment membership: evaluation, enter/exit order, time-based exits, snapshots."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from engine.catalog import DEFAULT_CATALOG, Catalog, load_catalog
+from engine.clusters import ClusterAssigner
+from engine.events import EventKind, event_from_object
+from engine.partition import PartitionState
+from engine.profile import UserState, Vocabularies
+from engine.rules import compile_mask, parse_rule, rule_input
+from engine.segments import SegmentIndex
+
+NOW = 1_767_571_200.0
+RULES = {
+    "mobile_newcomer": 'session_count < 3 and device_type == "mobile"',
+    "dach": 'country in ("DE", "AT", "CH")',
+    "busy": "events_5m >= 3",
+    "exporter": 'feature_count("export") >= 2',
+    "profile_done": 'completed("profile")',
+    "dormant": "days_inactive >= 3",
+    "technical": 'role == "engineer"',
+    "second_cluster": "cluster == 1",
+}
+
+
+def catalog_with(rules: dict[str, str], **membership: Any) -> Catalog:
+    data = load_catalog(DEFAULT_CATALOG).model_dump()
+    data["segments"] = [{"id": k, "rule": v} for k, v in rules.items()]
+    data["membership"] = {**data["membership"], **membership}
+    return Catalog.model_validate(data)
+
+
+def event(n: int, kind: str, ts: float, key: str = "k", **extra: Any) -> Any:
+    return event_from_object({"event_id": f"e{n}", "user_id": key, "type": kind, "ts": ts, **extra})
+
+
+def changes(part: PartitionState) -> list[tuple[str, str]]:
+    assert part.segments is not None
+    return [(c.segment, c.change) for c in part.segments.take()]
+
+
+EVENTS = st.sampled_from(
+    [
+        ("session_started", {"context": {"device_type": "mobile", "country": "DE"}}),
+        ("session_started", {"context": {"device_type": "desktop", "country": "FR"}}),
+        ("feature_clicked", {"props": {"feature": "export"}}),
+        ("feature_clicked", {"props": {"feature": "share"}}),
+        ("step_completed", {"props": {"step": "profile"}}),
+        ("step_viewed", {"props": {"step": "welcome"}}),
+        ("profile_updated", {"props": {"role": "engineer"}}),
+        ("profile_updated", {"props": {"role": "designer"}}),
+        ("tutorial_completed", {"props": {"tutorial": "first_project", "variant": "video"}}),
+    ]
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    steps=st.lists(st.tuples(EVENTS, st.floats(0, 5 * 86400)), min_size=1, max_size=25),
+    cluster=st.integers(-1, 2),
+)
+def test_live_membership_equals_evaluating_every_rule_after_every_event(
+    steps: list[tuple[tuple[str, dict[str, Any]], float]], cluster: int
+) -> None:
+    """Re-evaluating only what an event can change gives the same membership as evaluating
+    every segment from scratch (the rules' own per-user evaluation) after every event."""
+    index = SegmentIndex(catalog_with(RULES))
+    part = PartitionState(0, segments=index)
+    ts = NOW
+    for n, ((kind, extra), gap) in enumerate(sorted(steps, key=lambda s: s[1])):
+        ts = NOW + gap
+        part.apply_event("k", event(n, kind, ts, **extra), seq=n + 1)
+        user = part.users["k"]
+        user.cluster = cluster  # as an assigner would; reassigned kinds re-read it
+        if cluster >= 0 and n == 0:
+            user.segments &= ~(1 << index.bit["second_cluster"])
+        facts = rule_input(user, part.vocab, ts)
+        expected = {name for name, rule in zip(index.ids, index.rules, strict=True) if rule.matches(facts)}
+        tracked = set(index.names(user.segments))
+        # The cluster is set by hand here, outside an event: only its own rules may lag.
+        lagging = {"second_cluster", "cluster_0", "cluster_1", "cluster_2", "cluster_3"}
+        assert tracked - lagging == expected - lagging
+
+
+def test_enter_and_exit_changes_are_queued_in_order() -> None:
+    part = PartitionState(0, segments=SegmentIndex(catalog_with(RULES)))
+    mobile = {"context": {"device_type": "mobile", "country": "DE"}}
+    part.apply_event("k", event(1, "session_started", NOW, **mobile), seq=1)
+    assert set(changes(part)) == {
+        ("engagement_low", "enter"),
+        ("new_user", "enter"),
+        ("device_mobile", "enter"),
+        ("mobile_newcomer", "enter"),
+        ("dach", "enter"),
+    }
+    part.apply_event("k", event(2, "session_started", NOW + 3600), seq=2)
+    assert changes(part) == [("new_user", "exit"), ("returning_user", "enter")]
+    part.apply_event("k", event(3, "session_started", NOW + 7200), seq=3)
+    assert changes(part) == [("mobile_newcomer", "exit")]
+    for n in range(4, 7):
+        part.apply_event("k", event(n, "feature_clicked", NOW + 7200 + n, props={"feature": "export"}), seq=n)
+    got = changes(part)
+    assert got.index(("busy", "enter")) < got.index(("exporter", "enter"))
+    assert part.segments is not None and part.segments.counts()["new_user"] == (1, 1)
+
+
+def test_an_event_re_evaluates_only_the_segments_whose_fields_it_can_change() -> None:
+    index = SegmentIndex(catalog_with(RULES))
+    bits = {name: 1 << index.bit[name] for name in index.ids}
+    decides, _ = index.evaluator(EventKind.FEATURE_CLICKED, has_context=False, cluster_changed=False)
+    assert decides & bits["exporter"] and decides & bits["busy"] and decides & bits["mobile_newcomer"]
+    for untouched in ("dach", "technical", "profile_done", "device_mobile", "second_cluster"):
+        assert not decides & bits[untouched], untouched
+    decides, _ = index.evaluator(EventKind.PROFILE_UPDATED, has_context=True, cluster_changed=True)
+    assert decides & bits["technical"] and decides & bits["dach"] and decides & bits["second_cluster"]
+    assert not decides & bits["exporter"] and not decides & bits["profile_done"]
+
+
+def test_time_based_segments_change_when_time_passes_without_an_event() -> None:
+    part = PartitionState(0, segments=SegmentIndex(catalog_with(RULES)))
+    for n in range(3):
+        part.apply_event("k", event(n, "feature_clicked", NOW + n, props={"feature": "share"}), seq=n + 1)
+    changes(part)
+    assert part.sweep_segments(NOW + 60, ["k"]) == 0  # still in the 5-minute window
+    part.sweep_segments(NOW + 600, ["k"])
+    assert changes(part) == [("busy", "exit")]
+    part.sweep_segments(NOW + 3 * 86400 + 10, ["k"])
+    swept = part.segments.take() if part.segments else []
+    # Three days on, engagement has decayed a tier too.
+    assert [(c.segment, c.change) for c in swept] == [
+        ("engagement_medium", "exit"),
+        ("engagement_low", "enter"),
+        ("dormant", "enter"),
+    ]
+    assert all(c.origin.startswith("t") and c.ts == NOW + 3 * 86400 + 10 for c in swept)
+    # A late event does not bring back what time ended: membership is as of the newest clock.
+    part.apply_event("k", event(9, "feature_clicked", NOW + 5, props={"feature": "share"}), seq=9)
+    assert ("busy", "enter") not in changes(part)
+
+
+def test_a_restored_partition_continues_exactly_as_one_that_never_stopped() -> None:
+    index = SegmentIndex(catalog_with(RULES))
+    stream = [
+        event(n, kind, NOW + n * 40, key=f"u{n % 3}", **extra)
+        for n, (kind, extra) in enumerate(
+            [("session_started", {"context": {"device_type": "mobile", "country": "DE"}})] * 3
+            + [("feature_clicked", {"props": {"feature": "export"}})] * 6
+            + [("step_completed", {"props": {"step": "profile"}}), ("session_started", {})] * 3
+        )
+    ]
+    straight = PartitionState(0, segments=index)
+    for seq, e in enumerate(stream, 1):
+        straight.apply_event(e.user_id, e, seq)
+    first = PartitionState(0, segments=index)
+    for seq, e in enumerate(stream[:7], 1):
+        first.apply_event(e.user_id, e, seq)
+        first.last_seq = seq
+    resumed = PartitionState.restore(first.snapshot(), segments=index)
+    for seq, e in enumerate(stream[7:], 8):
+        resumed.apply_event(e.user_id, e, seq)
+    assert {k: u.segments for k, u in resumed.users.items()} == {
+        k: u.segments for k, u in straight.users.items()
+    }
+    assert straight.segments is not None and resumed.segments is not None
+    assert list(resumed.segments.outbox) == list(straight.segments.outbox)  # unpublished ones kept
+    assert resumed.segments.counts() == straight.segments.counts()
+
+
+def test_a_snapshot_from_another_catalog_keeps_membership_by_segment_id() -> None:
+    old = SegmentIndex(catalog_with(RULES))
+    part = PartitionState(0, segments=old)
+    part.apply_event("k", event(1, "session_started", NOW, context={"country": "DE"}), seq=1)
+    assert "dach" in old.names(part.users["k"].segments)
+    new = SegmentIndex(catalog_with({"technical": RULES["technical"], "dach": RULES["dach"]}))
+    restored = PartitionState.restore(part.snapshot(), segments=new)
+    assert "dach" in new.names(restored.users["k"].segments)
+    assert "busy" not in new.ids
+
+
+def test_a_cluster_assignment_moves_cluster_segments_and_rules_reading_the_cluster() -> None:
+    index = SegmentIndex(catalog_with(RULES))
+    features = 7
+    # Two centers: "few" near the origin and "many" far out; unit variances.
+    index.assigner = ClusterAssigner(
+        [[0.0] * features, [5.0] * features, [50.0] * features, [90.0] * features], [1.0] * features, 1
+    )
+    part = PartitionState(0, segments=index)
+    part.apply_event("k", event(1, "session_started", NOW), seq=1)
+    user = part.users["k"]
+    assert user.cluster == 0 and "cluster_0" in index.names(user.segments)
+    user.engagement = 1e6  # a user whose behaviour moved toward the second center
+    user.counters[EventKind.TUTORIAL_COMPLETED] = 200
+    user.completed_steps = (1 << 6) - 1
+    part.apply_event("k", event(2, "session_started", NOW + 60), seq=2)
+    names = index.names(user.segments)
+    assert (
+        user.cluster == 1 and "cluster_1" in names and "second_cluster" in names and "cluster_0" not in names
+    )
+
+
+def test_compiled_masks_match_rule_by_rule_evaluation_on_a_real_user() -> None:
+    vocab, user = Vocabularies(), UserState.new(NOW)
+    user.apply(event(1, "session_started", NOW, context={"device_type": "mobile", "country": "AT"}), vocab)
+    user.apply(event(2, "feature_clicked", NOW + 1, props={"feature": "export"}), vocab)
+    rules = [(i, parse_rule(r)) for i, r in enumerate(RULES.values())]
+    mask = compile_mask(rules)(user, NOW + 2, vocab)
+    facts = rule_input(user, vocab, NOW + 2)
+    assert [bool(mask >> i & 1) for i, _ in rules] == [rule.matches(facts) for _, rule in rules]
