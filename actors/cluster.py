@@ -232,6 +232,16 @@ class ShardGroup:
     def shard_for_key(self, user_key: str) -> ActorHandle[Any]:
         return self.shards[self.owner[partition_of(user_key, self.settings.partitions)]]
 
+    def views(self, user_keys: list[str]) -> list[dict[str, Any] | None]:
+        """Users' live state, in the order asked (one call per owning shard)."""
+        by_shard: dict[int, list[str]] = {}
+        for key in user_keys:
+            by_shard.setdefault(self.owner[partition_of(key, self.settings.partitions)], []).append(key)
+        found: dict[str, dict[str, Any] | None] = {}
+        for shard, keys in by_shard.items():
+            found.update(zip(keys, ray.get(self.shards[shard].get_users.remote(keys)), strict=True))
+        return [found[key] for key in user_keys]
+
     def stats(self) -> list[dict[str, Any]]:
         return list(ray.get([s.stats.remote() for s in self.shards]))
 

@@ -125,7 +125,14 @@ class PartitionState:
 
     def view(self, user_key: str, now: float) -> dict[str, Any] | None:
         user = self.users.get(user_key)
-        return None if user is None else user.view(self.vocab, now)
+        if user is None:
+            return None
+        view = user.view(self.vocab, now)
+        if self.segments is not None:
+            # Live membership as of the last event or sweep (a decision works its own out now).
+            view["segments"] = self.segments.index.names(user.segments)
+            view["cluster"] = user.cluster if user.cluster >= 0 else None
+        return view
 
     # ------------------------------------------------------------------ snapshots
 

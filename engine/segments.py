@@ -14,8 +14,10 @@ re-evaluates only the segments whose fields that change can move:
   as time passes, so "inactive for 3 days" exits happen without an event.
 
 Each enter and exit is queued in the partition's outbox, in the order it happened, for the
-shard to publish to ``hs.segments.<segment>.<enter|exit>.<user_key>``; the outbox is part of the
-partition's snapshot, so a change is published even if the shard dies before sending it.
+shard to publish to ``hs.segments.<segment>`` (in batches, see
+:mod:`headstart.membership`); the outbox is part of the partition's snapshot, so a change is
+published even if the shard dies before sending it. Every change has an :attr:`~SegmentChange.id`
+that a replay after a crash reproduces, for consumers to drop one they already have.
 
 >>> from engine.catalog import DEFAULT_CATALOG, load_catalog
 >>> from engine.events import event_from_object
@@ -85,17 +87,15 @@ class SegmentChange(msgspec.Struct, frozen=True):
     partition: int
 
     @property
-    def subject(self) -> str:
-        return f"hs.segments.{self.segment}.{self.change}.{self.user_id}"
-
-    @property
-    def msg_id(self) -> str:
-        """Deduplicates a change published again after a crash (JetStream's duplicate window)."""
+    def id(self) -> str:
+        """The same for a change made again by a replay after a crash: consumers deduplicate by it."""
         return f"{self.partition}.{self.origin}.{self.user_id}.{self.segment}.{self.change}"
 
 
 change_encoder = msgspec.msgpack.Encoder()
 change_decoder = msgspec.msgpack.Decoder(SegmentChange)
+#: A published batch: the changes of one segment, in the order they happened.
+batch_decoder = msgspec.msgpack.Decoder(list[SegmentChange])
 
 
 def builtin_rules(catalog: Catalog) -> list[tuple[str, str]]:
@@ -195,7 +195,7 @@ class PartitionSegments:
         self.exited = [0] * len(index.ids)
         self.dropped = 0
         #: Users of recent events, one in ``clusters.sample_every``: the cluster model's sample.
-        self.samples: deque[str] = deque(maxlen=1024)
+        self.samples: deque[str] = deque(maxlen=256)
         self.seen = 0
 
     def on_event(

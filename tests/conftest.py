@@ -17,6 +17,7 @@ from engine.keys import Pseudonymizer
 from headstart.assignment import CONTROL_BUCKET
 from headstart.broker import EmbeddedNats
 from headstart.checkpoints import SNAPSHOT_BUCKET
+from headstart.membership import SEGMENTS_STREAM
 from headstart.merge import LEARN_BUCKET
 from headstart.streams import DECISIONS_STREAM, DLQ_STREAM, EVENTS_STREAM, REWARDS_STREAM, ensure_streams
 
@@ -71,6 +72,7 @@ async def reset_streams(url: str, partitions: int = TEST_PARTITIONS) -> None:
         DLQ_STREAM,
         DECISIONS_STREAM,
         REWARDS_STREAM,
+        SEGMENTS_STREAM,
         f"OBJ_{SNAPSHOT_BUCKET}",
         f"KV_{CONTROL_BUCKET}",
         f"KV_{LEARN_BUCKET}",

@@ -1,0 +1,122 @@
+"""Live segments with real NATS and Ray: enter/exit changes on ``hs.segments.>`` that replay to
+each user's live membership, and clusters trained on one shard and served by all."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import defaultdict
+from collections.abc import Iterator
+from typing import Any
+
+import nats
+import pytest
+
+from actors.cluster import ShardGroup
+from bench.population import onboarding_events
+from engine.catalog import DEFAULT_CATALOG, Catalog, load_catalog
+from engine.keys import Pseudonymizer
+from engine.segments import batch_decoder
+from headstart.config import Settings
+from headstart.membership import SEGMENTS_STREAM
+from headstart.streams import EventPublisher
+from tests.conftest import TEST_PARTITIONS
+
+pytestmark = pytest.mark.integration
+
+
+def membership_catalog() -> Catalog:
+    data = load_catalog(DEFAULT_CATALOG).model_dump()
+    data["segments"] += [
+        {"id": "busy", "rule": "events_5m >= 3"},
+        {"id": "exporter", "rule": 'feature_count("export") > 0'},
+        {"id": "cluster_1_mobile", "rule": 'cluster == 1 and device_type == "mobile"'},
+    ]
+    # Simulated timestamps: sweeps by the events' clock; a model as soon as it can have one.
+    data["membership"] = {"track": True, "clock": "event", "sweep_interval_s": 0.5}
+    data["clusters"] = {**data["clusters"], "sample_every": 1, "min_samples": 64, "publish_interval_s": 0.5}
+    return Catalog.model_validate(data)
+
+
+@pytest.fixture
+def tracked_group(ray_local: None, fresh_streams: str) -> Iterator[ShardGroup]:
+    settings = Settings(partitions=TEST_PARTITIONS, shards=2, shard_num_cpus=0.25, fetch_batch=64)
+    shards = ShardGroup(settings, fresh_streams, membership_catalog()).start()
+    shards.wait_ready()
+    try:
+        yield shards
+    finally:
+        shards.stop()
+
+
+async def publish(url: str, pseudonymizer: Pseudonymizer, events: list[dict[str, Any]]) -> None:
+    conn = await nats.connect(url)
+    try:
+        await EventPublisher(conn.jetstream(), pseudonymizer).publish_many(events)
+    finally:
+        await conn.close()
+
+
+async def read_changes(url: str) -> list[Any]:
+    conn = await nats.connect(url)
+    try:
+        js = conn.jetstream()
+        total = (await js.stream_info(SEGMENTS_STREAM)).state.messages
+        sub = await js.subscribe("hs.segments.>", ordered_consumer=True)
+        out = []
+        while len(out) < total:
+            msg = await sub.next_msg(timeout=5)
+            out.append(batch_decoder.decode(msg.data))
+        await sub.unsubscribe()
+        return out
+    finally:
+        await conn.close()
+
+
+def wait_for(condition: Any, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.2)
+    raise AssertionError("condition not met in time")
+
+
+def test_published_changes_replay_to_live_membership_and_clusters_reach_every_shard(
+    tracked_group: ShardGroup, fresh_streams: str, pseudonymizer: Pseudonymizer
+) -> None:
+    events = list(onboarding_events(users=40, events=1500, seed=5))
+    asyncio.run(publish(fresh_streams, pseudonymizer, events))
+    tracked_group.wait_caught_up(timeout=60)
+
+    def settled() -> bool:
+        stats = [s["segments"] for s in tracked_group.stats()]
+        return all(s["queued"] == 0 and s["cluster_model_version"] >= 1 for s in stats)
+
+    wait_for(settled)
+    keys = sorted({pseudonymizer.key(e["user_id"]) for e in events})
+    # Every user has a cluster once a sweep ran with the published model.
+    wait_for(lambda: all(v["cluster"] is not None for v in tracked_group.views(keys)))
+    wait_for(lambda: all(s["segments"]["queued"] == 0 for s in tracked_group.stats()))
+
+    changes = [c for batch in asyncio.run(read_changes(fresh_streams)) for c in batch]
+    stats = [s["segments"] for s in tracked_group.stats()]
+    counted = sum(e + x for s in stats for e, x in s["changes"].values())
+    assert len(changes) == counted > 0  # each change stored once
+    assert len({c.id for c in changes}) == len(changes)
+
+    replayed: dict[str, set[str]] = defaultdict(set)
+    for change in changes:
+        members = replayed[change.user_id]
+        if change.change == "enter":
+            assert change.segment not in members, change  # in order: no enter while in
+            members.add(change.segment)
+        else:
+            assert change.segment in members, change  # no exit without an enter
+            members.discard(change.segment)
+    views = dict(zip(keys, tracked_group.views(keys), strict=True))
+    for key in keys:
+        assert replayed[key] == set(views[key]["segments"]), key
+        assert f"cluster_{views[key]['cluster']}" in views[key]["segments"]
+    clusters_used = {v["cluster"] for v in views.values()}
+    assert len(clusters_used) >= 2  # the population is not one blob
