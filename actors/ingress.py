@@ -14,6 +14,7 @@ answers with the catalog's default flow and says so in ``explain``, rather than 
 import asyncio
 import contextlib
 import gc
+import json
 import logging
 import os
 import time
@@ -42,6 +43,7 @@ from headstart.consumer import consumer_name
 from headstart.control import AdminError, request_admin
 from headstart.metrics import IngressMetrics, render
 from headstart.rpc import ShardClient, ShardUnavailable, is_error
+from headstart.status import STATUS_BUCKET, WEBHOOKS_STATUS_KEY
 from headstart.streams import EVENTS_STREAM, EventPublisher, publish_prepared, record_subjects
 
 log = logging.getLogger(__name__)
@@ -681,7 +683,11 @@ class Ingress:
             with contextlib.suppress(Exception):
                 info = await js.consumer_info(EVENTS_STREAM, consumer_name(partition), timeout=1.0)
                 lag[partition] = int(info.num_pending or 0)
-        return Response(render(self.metrics, stats, lag), media_type=CONTENT_TYPE_LATEST)
+        webhooks: list[dict[str, Any]] = []
+        with contextlib.suppress(Exception):  # no webhooks, or their actor not reporting yet
+            entry = await (await js.key_value(STATUS_BUCKET)).get(WEBHOOKS_STATUS_KEY)
+            webhooks = json.loads(entry.value or b"[]")
+        return Response(render(self.metrics, stats, lag, webhooks), media_type=CONTENT_TYPE_LATEST)
 
     def _passthrough(self, reply: bytes) -> Response:
         status, body = _shard_reply(reply)

@@ -39,16 +39,69 @@ class IngressMetrics:
         )
 
 
-def render(ingress: IngressMetrics, shards: list[dict[str, Any]], lag: dict[int, int]) -> bytes:
-    """The ingress's metrics plus gauges and counters built from shard stats."""
+def render(
+    ingress: IngressMetrics,
+    shards: list[dict[str, Any]],
+    lag: dict[int, int],
+    webhooks: list[dict[str, Any]] | None = None,
+) -> bytes:
+    """The ingress's metrics plus gauges and counters built from shard and webhook stats."""
     shard_registry = CollectorRegistry()
-    shard_registry.register(_ShardCollector(shards, lag))
+    shard_registry.register(_ShardCollector(shards, lag, webhooks or []))
     return generate_latest(ingress.registry) + generate_latest(shard_registry)
 
 
 class _ShardCollector:
-    def __init__(self, shards: list[dict[str, Any]], lag: dict[int, int]) -> None:
-        self.shards, self.lag = shards, lag
+    def __init__(
+        self, shards: list[dict[str, Any]], lag: dict[int, int], webhooks: list[dict[str, Any]]
+    ) -> None:
+        self.shards, self.lag, self.webhooks = shards, lag, webhooks
+
+    def _segments(self) -> Any:
+        changes = CounterMetricFamily(
+            "hs_segment_changes",
+            "Users entering or leaving a segment, by shard, segment and change (enter, exit)",
+            labels=["shard", "segment", "change"],
+        )
+        queued = GaugeMetricFamily(
+            "hs_segment_changes_queued", "Segment changes waiting to be published", labels=["shard"]
+        )
+        published = CounterMetricFamily(
+            "hs_segment_changes_published", "Segment changes published to hs.segments", labels=["shard"]
+        )
+        model = GaugeMetricFamily(
+            "hs_cluster_model_version",
+            "Version of the behavioural cluster model a shard serves",
+            labels=["shard"],
+        )
+        for stats in self.shards:
+            label = [str(stats["shard"])]
+            segments = stats.get("segments") or {}
+            for segment, (entered, exited) in (segments.get("changes") or {}).items():
+                changes.add_metric([*label, segment, "enter"], entered)
+                changes.add_metric([*label, segment, "exit"], exited)
+            queued.add_metric(label, segments.get("queued", 0))
+            published.add_metric(label, segments.get("published", 0))
+            model.add_metric(label, segments.get("cluster_model_version", 0))
+        delivered = CounterMetricFamily(
+            "hs_webhook_changes_delivered", "Segment changes delivered to a webhook", labels=["webhook"]
+        )
+        failed = CounterMetricFamily(
+            "hs_webhook_attempts_failed",
+            "Webhook POSTs that failed (then retried with backoff)",
+            labels=["webhook"],
+        )
+        given_up = CounterMetricFamily(
+            "hs_webhook_changes_given_up",
+            "Segment changes a webhook gave up on after its attempts",
+            labels=["webhook"],
+        )
+        for hook in self.webhooks:
+            label = [str(hook.get("webhook"))]
+            delivered.add_metric(label, hook.get("delivered", 0))
+            failed.add_metric(label, hook.get("attempts_failed", 0))
+            given_up.add_metric(label, hook.get("given_up", 0))
+        return (changes, queued, published, model, delivered, failed, given_up)
 
     def collect(self) -> Any:
         now = time.time()
@@ -120,3 +173,4 @@ class _ShardCollector:
             lag.add_metric([str(partition)], pending)
         yield from (applied, dead, restarts, users, partitions, checkpoint_age, pause, lag)
         yield from (logged, learned, attribution, drifts, feature_drifts)
+        yield from self._segments()

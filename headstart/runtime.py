@@ -36,6 +36,7 @@ class Runtime:
         self.broker: EmbeddedNats | None = None
         self.nats_url = settings.nats_url or ""
         self.group: Any = None
+        self.webhooks: Any = None
         self.control: Any = None
         self._stop = threading.Event()
 
@@ -77,6 +78,9 @@ class Runtime:
         self.group = ShardGroup(self.settings, self.nats_url, catalog).start()
         self.group.wait_ready()
         self._record(phase="shards")
+        from actors.webhooks import start_webhooks
+
+        self.webhooks = start_webhooks(self.nats_url, catalog)
         from headstart.control import ControlServer
 
         self.control = ControlServer(self.nats_url, {"scale": self._scale}).start()
@@ -150,6 +154,14 @@ class Runtime:
                 stop_app()
         except Exception:
             log.exception("stopping serve")
+        if self.webhooks is not None:
+            try:
+                import ray
+
+                ray.get(self.webhooks.stop.remote(), timeout=10)
+                ray.kill(self.webhooks)
+            except Exception:
+                log.exception("stopping webhooks")
         if self.group is not None:
             try:
                 self.group.stop()

@@ -24,6 +24,8 @@ STATUS_BUCKET = "HS_STATUS"
 #: A shard that has not reported for this long is gone; its entry expires.
 STATUS_TTL_S = 30.0
 REPORT_EVERY_S = 1.0
+#: The webhook actor's entry (shards' entries are ``shard-<id>``).
+WEBHOOKS_STATUS_KEY = "webhooks"
 
 
 async def ensure_status_bucket(js: JetStreamContext) -> KeyValue:
@@ -37,11 +39,16 @@ async def collect_status(nats_url: str) -> dict[str, Any]:
     try:
         js = nc.jetstream()
         shards: list[dict[str, Any]] = []
+        webhooks: list[dict[str, Any]] = []
         try:
             kv = await js.key_value(STATUS_BUCKET)
             for key in await kv.keys():
                 entry = await kv.get(key)
-                if entry.value:
+                if not entry.value:
+                    continue
+                if key == WEBHOOKS_STATUS_KEY:
+                    webhooks = json.loads(entry.value)
+                elif key.startswith("shard-"):
                     shards.append(json.loads(entry.value))
         except (BucketNotFoundError, NotFoundError, nats.js.errors.NoKeysError):
             pass
@@ -85,9 +92,28 @@ async def collect_status(nats_url: str) -> dict[str, Any]:
             "events_per_s": sum(s.get("events_per_s", 0.0) for s in shards),
             "lag": sum(s.get("lag") or 0 for s in shards),
             "learning": learning_summary(shards),
+            "segments": segments_summary(shards),
+            "webhooks": webhooks,
         }
     finally:
         await nc.close()
+
+
+def segments_summary(shards: list[dict[str, Any]]) -> dict[str, Any]:
+    """Live membership across shards: changes per segment, queued, published, cluster model."""
+    parts = [s["segments"] for s in shards if s.get("segments")]
+    changes: dict[str, list[int]] = {}
+    for part in parts:
+        for segment, (entered, exited) in part.get("changes", {}).items():
+            entry = changes.setdefault(segment, [0, 0])
+            entry[0] += entered
+            entry[1] += exited
+    return {
+        "changes": {k: {"entered": e, "exited": x} for k, (e, x) in sorted(changes.items())},
+        "queued": sum(p.get("queued", 0) for p in parts),
+        "published": sum(p.get("published", 0) for p in parts),
+        "cluster_model_version": max((p.get("cluster_model_version", 0) for p in parts), default=0),
+    }
 
 
 def learning_summary(shards: list[dict[str, Any]]) -> dict[str, Any]:
