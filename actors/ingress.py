@@ -32,7 +32,7 @@ from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from engine.catalog import BUILTIN_SEGMENTS, Catalog
+from engine.catalog import Catalog
 from engine.decision import Decider
 from engine.errors import InvalidEvent
 from engine.keys import Pseudonymizer, partition_of
@@ -41,8 +41,10 @@ from headstart import __version__
 from headstart.auth import Authenticator
 from headstart.consumer import consumer_name
 from headstart.control import AdminError, request_admin
+from headstart.membership import read_cluster_model
 from headstart.metrics import IngressMetrics, render
 from headstart.rpc import ShardClient, ShardUnavailable, is_error
+from headstart.segment_reports import segment_report
 from headstart.status import STATUS_BUCKET, WEBHOOKS_STATUS_KEY
 from headstart.streams import EVENTS_STREAM, EventPublisher, publish_prepared, record_subjects
 
@@ -573,38 +575,9 @@ class Ingress:
 
     async def _segment_report(self) -> dict[str, Any]:
         answers, missing = await self._ask_each_shard("segment_sizes", timeout=10.0)
-        users = 0
-        counted: dict[str, dict[str, float]] = {}
-        for answer in answers:
-            users += answer["users"]
-            for segment, entry in answer["segments"].items():
-                total = counted.setdefault(segment, {"size": 0, "engagement_sum": 0.0})
-                total["size"] += entry["size"]
-                total["engagement_sum"] += entry["engagement_sum"]
-        definitions: dict[str, dict[str, Any]] = {
-            s: {"kind": "built-in"}
-            for s in sorted(BUILTIN_SEGMENTS | {s for s in counted if s.startswith("locale_")})
-        }
-        for rule_segment in self.config.catalog.segments:
-            definitions[rule_segment.id] = {
-                "kind": "rule",
-                "rule": rule_segment.rule,
-                "description": rule_segment.description,
-            }
-        out = []
-        for segment, definition in definitions.items():
-            entry = counted.get(segment, {"size": 0, "engagement_sum": 0.0})
-            size = int(entry["size"])
-            out.append(
-                {
-                    "id": segment,
-                    **definition,
-                    "size": size,
-                    "share": size / users if users else 0.0,
-                    "mean_engagement": entry["engagement_sum"] / size if size else None,
-                }
-            )
-        return {"users": users, "segments": out, "shards_missing": missing}
+        nc, _ = await self._client()
+        report = segment_report(answers, self.config.catalog, await read_cluster_model(nc.jetstream()))
+        return {**report, "shards_missing": missing}
 
     async def _ask_each_shard(self, method: str, timeout: float) -> tuple[list[Any], list[int]]:
         """``method`` asked of every shard once (through a partition it owns): the decoded

@@ -31,6 +31,7 @@ True
 from __future__ import annotations
 
 import math
+import operator
 import random
 from typing import Any
 
@@ -190,12 +191,16 @@ class ClusterAssigner:
     and ``w_f = 1 / var_f``, so assigning is a few multiplications per cluster.
     """
 
-    __slots__ = ("_cache", "centers", "version", "weights")
+    __slots__ = ("centers", "offsets", "scaled_centers", "version", "weights")
 
     def __init__(self, centers: list[list[float]], weights: list[float], version: int) -> None:
         self.centers = centers
         self.weights = weights
         self.version = version
+        # sum(w (x - r)^2) = sum(w x^2) - 2 x.(w r) + sum(w r^2): the first term is the same for
+        # every center, so the nearest minimizes offset_c - 2 x.(w r_c), one dot product each.
+        self.scaled_centers = [[w * r for w, r in zip(weights, c, strict=True)] for c in centers]
+        self.offsets = [sum(w * r * r for w, r in zip(weights, c, strict=True)) for c in centers]
 
     @classmethod
     def from_export(cls, data: dict[str, Any]) -> ClusterAssigner:
@@ -208,14 +213,11 @@ class ClusterAssigner:
         return cls(centers, weights, data["version"])
 
     def nearest(self, vector: list[float]) -> int:
-        best, best_distance = 0, math.inf
-        weights = self.weights
-        for i, center in enumerate(self.centers):
-            distance = 0.0
-            for x, r, w in zip(vector, center, weights):  # noqa: B905 - same length by construction
-                distance += w * (x - r) * (x - r)
-            if distance < best_distance:
-                best, best_distance = i, distance
+        best, best_score = 0, math.inf
+        for i, (scaled, offset) in enumerate(zip(self.scaled_centers, self.offsets, strict=True)):
+            score = offset - 2.0 * sum(map(operator.mul, vector, scaled))
+            if score < best_score:
+                best, best_score = i, score
         return best
 
     def reassign(self, user: UserState, now: float) -> bool:

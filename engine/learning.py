@@ -441,6 +441,27 @@ class Learner:
         step = self.steps.get(step_id)
         return step is not None and self.decider.completed(step, user, vocab)
 
+    def has_activated(self, user: UserState, vocab: Vocabularies) -> bool:
+        """Whether the user's live state shows the journey's activation (for reports)."""
+        journey = self.settings.journey
+        name = journey.name
+        if journey.event == "onboarding_completed":
+            return user.count(EventKind.ONBOARDING_COMPLETED) > 0
+        if journey.event == "feature_clicked":
+            return (
+                user.feature_count(vocab.features.find(name)) > 0
+                if name
+                else user.count(EventKind.FEATURE_CLICKED) > 0
+            )
+        if journey.event == "step_completed":
+            ident = vocab.steps.find(name) if name else None
+            return (
+                bool(user.completed_steps >> ident & 1)
+                if ident is not None
+                else (name is None and user.completed_steps > 0)
+            )
+        return user.count(EventKind.TUTORIAL_COMPLETED) > 0
+
     def is_activation(self, event: Event) -> bool:
         journey = self.settings.journey
         if event.kind.wire_name != journey.event:

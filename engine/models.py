@@ -25,13 +25,14 @@ the partition.
   counted) rather than slowing events down.
 
 >>> import numpy as np
+>>> from engine.features import DIM
 >>> model = ActivationModel()
 >>> for i in range(200):
-...     x = np.zeros(20); x[0] = 1.0; x[1] = float(i % 2)
+...     x = np.zeros(DIM); x[0] = 1.0; x[1] = float(i % 2)
 ...     model.learn(x, bool(i % 2))
 >>> merged = MergedActivation()
 >>> merged.load([model.raw_params()])
->>> mobile, desktop = np.eye(20)[0] + np.eye(20)[1], np.eye(20)[0]
+>>> mobile, desktop = np.eye(DIM)[0] + np.eye(DIM)[1], np.eye(DIM)[0]
 >>> merged.predict(mobile) > 0.5 > merged.predict(desktop)
 True
 """

@@ -61,7 +61,7 @@ class PartitionState:
         #: Decisions, rewards and what they taught (None: this partition does not learn).
         self.learning = PartitionLearning(learner) if learner is not None else None
         #: Live segment membership and its changes (None: not tracked).
-        self.segments = PartitionSegments(segments) if segments is not None else None
+        self.segments = PartitionSegments(segments, partition) if segments is not None else None
 
     def apply_message(self, seq: int, user_key: str, data: bytes) -> None:
         """Decode, validate and apply one stream message, once.
@@ -93,7 +93,7 @@ class PartitionState:
         if self.learning is not None:
             self.learning.on_event(user_key, user, event, self.vocab, seq, adopted)
         if self.segments is not None:
-            self.segments.on_event(user_key, user, event, seq, self.vocab, self.partition)
+            self.segments.on_event(user_key, user, event, seq, self.vocab)
 
     def sweep_segments(self, now: float, keys: list[str]) -> int:
         """Re-evaluate the time-based segments of the users ``keys`` as of ``now`` (a chunk of a
@@ -102,7 +102,7 @@ class PartitionState:
             return 0
         users = self.users
         chosen = ((k, users[k]) for k in keys if k in users)
-        return self.segments.sweep(chosen, now, self.vocab, self.partition)
+        return self.segments.sweep(chosen, now, self.vocab)
 
     def _apply_record(self, seq: int, user_key: str, kind: str, data: bytes) -> None:
         decoder = decision_decoder if kind == "decision" else reward_decoder if kind == "reward" else None
@@ -169,7 +169,9 @@ class PartitionState:
         if learner is not None:
             part.learning = PartitionLearning.restore(learner, snap.get("learning"))
         if segments is not None:
-            part.segments, recorded = PartitionSegments.restore(segments, snap.get("segments"))
+            part.segments, recorded = PartitionSegments.restore(
+                segments, snap.get("segments"), part.partition
+            )
             if recorded != segments.ids:  # the catalog's segments changed since the snapshot
                 for user in part.users.values():
                     user.segments = segments.remap(user.segments, recorded)

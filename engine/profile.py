@@ -66,7 +66,7 @@ ENGAGEMENT_WEIGHTS: dict[EventKind, float] = {
 _WEIGHTS = [ENGAGEMENT_WEIGHTS[k] for k in EventKind]
 
 # Layout of UserState.counters.
-_N_KINDS = len(EventKind)
+_N_KINDS = N_KINDS = len(EventKind)
 C_SESSIONS = _N_KINDS
 C_HOURS = _N_KINDS + 1  # bit h set: active in UTC hour h
 C_DAYS = _N_KINDS + 2  # bit d set: active on weekday d (Monday = 0)
@@ -352,6 +352,8 @@ class UserState:
         c = self.counters
         head = c[C_WIN_HEAD]
         newest = int(now) // WINDOW_BUCKET_S
+        if newest == head:  # the usual case, right after an event: the whole ring is the window
+            return sum(c[C_WIN : C_WIN + WINDOW_BUCKETS])
         total = 0
         for b in range(newest - WINDOW_BUCKETS + 1, newest + 1):
             if head - WINDOW_BUCKETS < b <= head:
@@ -364,7 +366,7 @@ class UserState:
         if f is None:
             return 0
         oldest = int(now) // WINDOW_BUCKET_S - WINDOW_BUCKETS + 1
-        return sum(1 for i in range(2, len(f), _F_STRIDE) if f[i] >= oldest)
+        return sum(last >= oldest for last in f[2::_F_STRIDE])
 
     def feature_ids(self) -> set[int]:
         """The ids of every feature the user has used."""

@@ -34,7 +34,17 @@ import polars as pl
 
 from engine.errors import ConfigError
 from engine.events import EventKind
-from engine.profile import CONTEXT_FIELDS, UserState, Vocabularies
+from engine.profile import (
+    C_SESSIONS,
+    C_WIN,
+    C_WIN_HEAD,
+    CONTEXT_FIELDS,
+    N_KINDS,
+    WINDOW_BUCKET_S,
+    WINDOW_BUCKETS,
+    UserState,
+    Vocabularies,
+)
 
 Kind = Literal["number", "text", "bool"]
 
@@ -274,11 +284,16 @@ def _to_python(
         else:
             right_value = _to_python(right, leaf, nullable)
         left_value = _to_python(node.left, leaf, nullable)
-        # (l is not None and r is not None and l OP r): missing never compares true.
+        # (l is not None and r is not None and l OP r): missing never compares true. A value
+        # that equals, or is in, constants is not None already: no guard needed there.
+        op = node.ops[0]
+        against_constants = isinstance(op, (ast.Eq, ast.In)) and isinstance(
+            right, (ast.Constant, ast.Tuple, ast.List)
+        )
         guards: list[ast.expr] = [
             ast.Compare(left=value, ops=[ast.IsNot()], comparators=[ast.Constant(None)])
             for original, value in ((node.left, left_value), (right, right_value))
-            if nullable(original)
+            if nullable(original) and not against_constants
         ]
         compare = ast.Compare(left=left_value, ops=node.ops, comparators=[right_value])
         return ast.BoolOp(op=ast.And(), values=[*guards, compare]) if guards else compare
@@ -365,6 +380,27 @@ def _literal(node: ast.expr) -> Any:
 # ---------------------------------------------------------------------- inputs
 
 
+#: The same readers as expressions over ``u`` and ``now``, inlined into :func:`compile_mask`'s
+#: functions (a call per field would cost more than the rules themselves). Our own text, not a
+#: rule's: parsed once here.
+_INLINE_NUMBERS: dict[str, ast.expr] = {
+    name: ast.parse(text, mode="eval").body
+    for name, text in {
+        "session_count": f"u.counters[{C_SESSIONS}]",
+        "events_total": f"sum(u.counters[:{N_KINDS}])",
+        # Right after an event (now in the newest bucket, nothing decayed yet), the fast paths.
+        "events_5m": (
+            f"sum(u.counters[{C_WIN}:{C_WIN + WINDOW_BUCKETS}]) "
+            f"if int(now) // {WINDOW_BUCKET_S} == u.counters[{C_WIN_HEAD}] else u.events_in_window(now)"
+        ),
+        "features_5m": "u.features_in_window(now)",
+        "engagement": "u.engagement if now <= u.last_seen else u.engagement_at(now)",
+        "steps_completed": "u.completed_steps.bit_count()",
+        "tutorials_completed": f"u.counters[{int(EventKind.TUTORIAL_COMPLETED)}]",
+        "days_since_first_seen": "max(0.0, now - u.first_seen) / 86400.0",
+        "days_inactive": "max(0.0, now - u.last_seen) / 86400.0",
+    }.items()
+}
 _NUMBERS: dict[str, Callable[[UserState, float], float]] = {
     "session_count": lambda u, now: u.sessions,
     "events_total": lambda u, now: u.events_total,
@@ -488,8 +524,8 @@ def compile_mask(rules: Sequence[tuple[int, Rule]]) -> MaskFunction:
         body.append(ast.Assign(targets=[ast.Name(name, ast.Store())], value=value))
 
     for name in fields:
-        if name in _NUMBERS:
-            assign(f"v_{name}", call(load(f"n_{name}"), load("u"), load("now")))
+        if name in _INLINE_NUMBERS:
+            assign(f"v_{name}", _INLINE_NUMBERS[name])
         elif name == "cluster":
             assign("v_cluster", call(load("cluster_of"), load("u")))
         else:
@@ -530,7 +566,9 @@ def compile_mask(rules: Sequence[tuple[int, Rule]]) -> MaskFunction:
         "__builtins__": {},
         "cluster_of": _cluster_of,
         "step_done": _step_done,
-        **{f"n_{name}": reader for name, reader in _NUMBERS.items()},
+        "sum": sum,
+        "max": max,
+        "int": int,
     }
     exec(compile(module, "<segments>", "exec"), namespace)
     return namespace["mask"]  # type: ignore[no-any-return]

@@ -29,25 +29,26 @@ that a replay after a crash reproduces, for consumers to drop one they already h
 >>> part.apply_event("k", event_from_object(event), seq=1)
 >>> sorted(index.names(part.users["k"].segments))
 ['device_mobile', 'engagement_low', 'mobile_newcomer', 'new_user']
->>> [(c.segment, c.change) for c in part.segments.outbox][:2]
+>>> [(segment, change) for _, segment, change, *_ in part.segments.take()][:2]
 [('engagement_low', 'enter'), ('new_user', 'enter')]
 """
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 import msgspec
 
 from engine.catalog import Catalog, cluster_segment
-from engine.events import Event, EventKind
+from engine.events import Event, EventKind, FeatureClicked
 from engine.profile import CONTEXT_FIELDS, UserState, Vocabularies
 from engine.rules import TIME_FIELDS, MaskFunction, Rule, compile_mask, parse_rule
 
 if TYPE_CHECKING:
     from engine.clusters import ClusterAssigner
+    from engine.partition import PartitionState
 
 #: Fields every event can change (and time, which every event moves).
 EVERY_EVENT = TIME_FIELDS | {"session_count", "events_total"}
@@ -59,41 +60,41 @@ CHANGED_BY_KIND: dict[EventKind, frozenset[str]] = {
     EventKind.TUTORIAL_COMPLETED: frozenset({"tutorials_completed"}),
     EventKind.PROFILE_UPDATED: frozenset({"role", "company_size", "age_band"}),
 }
-#: Events after which a user's cluster is assigned again: the ones that change what the
-#: behavioural vector summarizes (sessions, progress), not every click; sweeps do the rest.
-REASSIGN_KINDS = frozenset(
-    {
-        EventKind.SESSION_STARTED,
-        EventKind.ONBOARDING_STARTED,
-        EventKind.ONBOARDING_COMPLETED,
-        EventKind.STEP_COMPLETED,
-        EventKind.TUTORIAL_COMPLETED,
-    }
-)
+#: Events after which a user's cluster is assigned again: a new session (what the previous one
+#: did is in the vector by then) and finishing onboarding, not every click (assigning costs a
+#: few microseconds); sweeps assign everyone again when a new model is published.
+REASSIGN_KINDS = frozenset({EventKind.SESSION_STARTED, EventKind.ONBOARDING_COMPLETED})
 #: Changes an outbox holds at most (the broker unreachable for long): the oldest go first and
 #: are counted as dropped; membership itself is never lost.
 OUTBOX_LIMIT = 100_000
 
 
-class SegmentChange(msgspec.Struct, frozen=True):
-    """One user entering or leaving one segment, as published on ``hs.segments.>``."""
+class SegmentChange(msgspec.Struct, frozen=True, array_like=True):
+    """One user entering or leaving one segment, as published on ``hs.segments.>`` (a msgpack
+    array in this field order: shards encode their queued tuples without building these)."""
 
     user_id: str
     segment: str
     change: str  # "enter" or "exit"
     ts: float
-    #: What caused it: ``"<stream sequence>"`` of the event, or ``"t<time>"`` for a sweep.
-    origin: str
+    #: What caused it: the stream sequence of the event, or ``"t<time>"`` for a sweep.
+    origin: int | str
     partition: int
 
     @property
     def id(self) -> str:
         """The same for a change made again by a replay after a crash: consumers deduplicate by it."""
-        return f"{self.partition}.{self.origin}.{self.user_id}.{self.segment}.{self.change}"
+        return change_id(self.partition, self.origin, self.user_id, self.segment, self.change)
 
+
+def change_id(partition: int, origin: int | str, user_id: str, segment: str, change: str) -> str:
+    return f"{partition}.{origin}.{user_id}.{segment}.{change}"
+
+
+#: A change as queued and published: (user key, segment, "enter"/"exit", time, origin, partition).
+ChangeRow = tuple[str, str, str, float, int | str, int]
 
 change_encoder = msgspec.msgpack.Encoder()
-change_decoder = msgspec.msgpack.Decoder(SegmentChange)
 #: A published batch: the changes of one segment, in the order they happened.
 batch_decoder = msgspec.msgpack.Decoder(list[SegmentChange])
 
@@ -136,6 +137,9 @@ class SegmentIndex:
             for rule in self.rules
         ]
         self._evaluators: dict[frozenset[str], tuple[int, MaskFunction]] = {}
+        self._by_event: dict[tuple[EventKind, bool, bool, bool], tuple[int, MaskFunction]] = {}
+        #: Features some rule counts: a click of another one changes no rule's feature count.
+        self.rule_features = frozenset(f for rule in self.rules for f in rule.features)
         self.time_based = self._evaluator(frozenset(EVERY_EVENT & TIME_FIELDS), sweep=True)
         self.time_based_and_cluster = self._evaluator(
             frozenset((EVERY_EVENT & TIME_FIELDS) | {"cluster"}), sweep=True
@@ -146,15 +150,23 @@ class SegmentIndex:
         return [self.ids[i] for i in range(min(mask.bit_length(), len(self.ids))) if mask >> i & 1]
 
     def evaluator(
-        self, kind: EventKind, has_context: bool, cluster_changed: bool
+        self, kind: EventKind, has_context: bool, cluster_changed: bool, feature_read: bool = True
     ) -> tuple[int, MaskFunction]:
-        """(the bits it decides, the function) for what an event of ``kind`` changed."""
+        """(the bits it decides, the function) for what an event of ``kind`` changed;
+        ``feature_read``: a feature click of a feature some rule counts."""
+        key = (kind, has_context, cluster_changed, feature_read)
+        found = self._by_event.get(key)
+        if found is not None:
+            return found
         changed = EVERY_EVENT | CHANGED_BY_KIND.get(kind, frozenset())
+        if not feature_read:
+            changed -= {"feature_count"}
         if has_context:
             changed |= frozenset(CONTEXT_FIELDS)
         if cluster_changed:
             changed |= {"cluster"}
-        return self._evaluator(frozenset(changed))
+        found = self._by_event[key] = self._evaluator(frozenset(changed))
+        return found
 
     def _evaluator(self, changed: frozenset[str], sweep: bool = False) -> tuple[int, MaskFunction]:
         found = self._evaluators.get(changed)
@@ -183,14 +195,30 @@ class SegmentIndex:
 class PartitionSegments:
     """One partition's live membership bookkeeping: the outbox of changes, counts and clock."""
 
-    __slots__ = ("clock", "dropped", "entered", "exited", "index", "outbox", "samples", "seen")
+    __slots__ = (
+        "clock",
+        "dropped",
+        "entered",
+        "exited",
+        "index",
+        "outbox",
+        "partition",
+        "samples",
+        "seen",
+        "since",
+    )
 
-    def __init__(self, index: SegmentIndex) -> None:
+    def __init__(self, index: SegmentIndex, partition: int = 0) -> None:
         self.index = index
+        self.partition = partition
         #: Membership is evaluated at no time earlier than this (the last sweep, or event time):
         #: a late event does not bring back a segment that time already ended.
         self.clock = 0.0
-        self.outbox: deque[SegmentChange] = deque()
+        #: The clock when tracking began here (entry and exit rates are over since..clock).
+        self.since = 0.0
+        #: Changes not yet published, oldest first, as plain tuples (cheap on the event path):
+        #: (user key, segment id, entered, time, origin: a stream sequence or "t<time>").
+        self.outbox: deque[tuple[str, str, bool, float, int | str]] = deque()
         self.entered = [0] * len(index.ids)
         self.exited = [0] * len(index.ids)
         self.dropped = 0
@@ -198,11 +226,11 @@ class PartitionSegments:
         self.samples: deque[str] = deque(maxlen=256)
         self.seen = 0
 
-    def on_event(
-        self, user_key: str, user: UserState, event: Event, seq: int, vocab: Vocabularies, partition: int
-    ) -> None:
+    def on_event(self, user_key: str, user: UserState, event: Event, seq: int, vocab: Vocabularies) -> None:
         """Re-evaluate what ``event`` (already applied to ``user``) can have changed."""
         now = event.ts if event.ts > self.clock else self.clock
+        if not self.since:
+            self.since = now
         self.clock = now
         self.seen += 1
         if self.seen % self.index.sample_every == 0:
@@ -212,22 +240,25 @@ class PartitionSegments:
         assigner = self.index.assigner
         if assigner is not None and (kind in REASSIGN_KINDS or user.cluster < 0):
             cluster_changed = assigner.reassign(user, now)
-        decides, evaluate = self.index.evaluator(kind, event.context is not None, cluster_changed)
+        feature_read = (
+            not isinstance(event, FeatureClicked) or event.props.feature in self.index.rule_features
+        )
+        decides, evaluate = self.index.evaluator(
+            kind, event.context is not None, cluster_changed, feature_read
+        )
         old = user.segments
         new = (old & ~decides) | evaluate(user, now, vocab)
         if new != old:
             user.segments = new
-            self._changed(user_key, old, new, now, str(seq), partition)
+            self._changed(user_key, old, new, now, seq)
 
-    def sweep(
-        self, users: Iterable[tuple[str, UserState]], now: float, vocab: Vocabularies, partition: int
-    ) -> int:
+    def sweep(self, users: Iterable[tuple[str, UserState]], now: float, vocab: Vocabularies) -> int:
         """Re-evaluate the time-based segments (and clusters) of ``users`` as of ``now``;
         returns the number of changes. Chunk ``users`` to keep an event loop responsive."""
         now = max(now, self.clock)
         self.clock = now
         assigner = self.index.assigner
-        origin = f"t{now:.3f}"
+        origin = f"t{now:.3f}"  # a sweep: its time names it
         changes = 0
         for key, user in users:
             cluster_changed = assigner is not None and assigner.reassign(user, now)
@@ -238,10 +269,10 @@ class PartitionSegments:
             new = (old & ~decides) | evaluate(user, now, vocab)
             if new != old:
                 user.segments = new
-                changes += self._changed(key, old, new, now, origin, partition)
+                changes += self._changed(key, old, new, now, origin)
         return changes
 
-    def _changed(self, user_key: str, old: int, new: int, now: float, origin: str, partition: int) -> int:
+    def _changed(self, user_key: str, old: int, new: int, now: float, origin: int | str) -> int:
         diff = old ^ new
         ids, outbox = self.index.ids, self.outbox
         n = 0
@@ -251,23 +282,27 @@ class PartitionSegments:
             diff ^= low
             entered = bool(new & low)
             (self.entered if entered else self.exited)[bit] += 1
-            outbox.append(
-                SegmentChange(user_key, ids[bit], "enter" if entered else "exit", now, origin, partition)
-            )
+            outbox.append((user_key, ids[bit], entered, now, origin))
             n += 1
-        while len(outbox) > OUTBOX_LIMIT:
-            outbox.popleft()
-            self.dropped += 1
+        if len(outbox) > OUTBOX_LIMIT:
+            while len(outbox) > OUTBOX_LIMIT:
+                outbox.popleft()
+                self.dropped += 1
         return n
 
-    def take(self, limit: int = 10_000) -> list[SegmentChange]:
-        """Up to ``limit`` of the oldest queued changes, removed from the outbox."""
-        outbox = self.outbox
-        return [outbox.popleft() for _ in range(min(limit, len(outbox)))]
+    def take(self, limit: int = 10_000) -> list[ChangeRow]:
+        """Up to ``limit`` of the oldest queued changes, removed from the outbox, as rows in
+        :class:`SegmentChange`'s field order (what gets published)."""
+        outbox, p = self.outbox, self.partition
+        out = []
+        for _ in range(min(limit, len(outbox))):
+            key, segment, entered, ts, origin = outbox.popleft()
+            out.append((key, segment, "enter" if entered else "exit", ts, origin, p))
+        return out
 
-    def give_back(self, changes: list[SegmentChange]) -> None:
-        """Changes taken but not published: first in line again, in their order."""
-        self.outbox.extendleft(reversed(changes))
+    def give_back(self, rows: list[ChangeRow]) -> None:
+        """Rows taken but not published: first in line again, in their order."""
+        self.outbox.extendleft((r[0], r[1], r[2] == "enter", r[3], r[4]) for r in reversed(rows))
 
     def counts(self) -> dict[str, tuple[int, int]]:
         """Entries and exits per segment in this partition since it started (snapshots keep them)."""
@@ -277,32 +312,50 @@ class PartitionSegments:
             if self.entered[i] or self.exited[i]
         }
 
-    def members(self, users: Iterable[UserState]) -> Iterator[tuple[UserState, list[str]]]:
-        for user in users:
-            yield user, self.index.names(user.segments)
-
     # ------------------------------------------------------------------ snapshots
 
     def snapshot(self) -> dict[str, Any]:
         return {
             "ids": self.index.ids,
             "clock": self.clock,
+            "since": self.since,
             "counts": self.counts(),
             "dropped": self.dropped,
-            "outbox": [change_encoder.encode(c) for c in self.outbox],
+            "outbox": list(self.outbox),
         }
 
     @classmethod
-    def restore(cls, index: SegmentIndex, snap: dict[str, Any] | None) -> tuple[PartitionSegments, list[str]]:
+    def restore(
+        cls, index: SegmentIndex, snap: dict[str, Any] | None, partition: int = 0
+    ) -> tuple[PartitionSegments, list[str]]:
         """The bookkeeping, and the segment ids the snapshot's user masks were recorded under."""
-        out = cls(index)
+        out = cls(index, partition)
         if not snap:
             return out, index.ids
         out.clock = snap["clock"]
+        out.since = snap.get("since", 0.0)
         out.dropped = snap.get("dropped", 0)
         for segment, (entered, exited) in snap["counts"].items():
             bit = index.bit.get(segment)
             if bit is not None:
                 out.entered[bit], out.exited[bit] = entered, exited
-        out.outbox.extend(change_decoder.decode(c) for c in snap["outbox"])
+        out.outbox.extend((k, seg, entered, ts, origin) for k, seg, entered, ts, origin in snap["outbox"])
         return out, list(snap["ids"])
+
+
+# ---------------------------------------------------------------------- reports
+
+
+def locale_segment(user: UserState) -> str | None:
+    locale = user.locale
+    if isinstance(locale, str) and len(locale) >= 2 and locale[:2].isalpha():
+        return f"locale_{locale[:2].lower()}"
+    return None
+
+
+def user_segments(part: PartitionState, user: UserState) -> list[str]:
+    """A user's live segments (and locale segment) as the partition tracks them."""
+    assert part.segments is not None
+    out = part.segments.index.names(user.segments)
+    locale = locale_segment(user)
+    return [*out, locale] if locale else out

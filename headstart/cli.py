@@ -382,7 +382,10 @@ def _instance_replay(home: Path | None) -> tuple[Any, Any]:
     return replay_log(asyncio.run(read_events_stream(url)), catalog), catalog
 
 
-report_app = typer.Typer(help="Audits of the decisions log: signals and fairness.", no_args_is_help=True)
+report_app = typer.Typer(
+    help="Reports: signals and fairness (decisions log), segments and tutorials (live state).",
+    no_args_is_help=True,
+)
 app.add_typer(report_app, name="report")
 
 
@@ -463,6 +466,121 @@ def report_fairness(
     console.print(
         f"{len(report['flagged'])} disparities below {ratio}" if report["flagged"] else "no disparity flagged"
     )
+
+
+def _instance_url(home: Path | None) -> tuple[str, Any]:
+    """The running instance's NATS URL and catalog."""
+    from engine.catalog import DEFAULT_CATALOG, load_catalog
+    from headstart.runtime import instance_running
+
+    settings = _settings(home)
+    state = instance_running(DataHome(settings.home))
+    url = settings.nats_url or (state or {}).get("nats_url")
+    if not url:
+        raise ConfigError("no running instance for this home (`headstart up`)")
+    return url, load_catalog((state or {}).get("catalog") or settings.catalog or DEFAULT_CATALOG)
+
+
+@report_app.command("segments")
+def report_segments(
+    groups: Annotated[int, typer.Option(help="natural groupings to suggest (hierarchical clustering)")] = 4,
+    sample: Annotated[int, typer.Option(help="users sampled per shard for the suggestions")] = 1000,
+    home: HomeOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+) -> None:
+    """Every segment's size, share, engagement, activation and entry/exit rates; what sets each
+    behavioural cluster apart; and natural groupings of users to consider as segments."""
+    from headstart.membership import read_cluster_model
+    from headstart.segment_reports import segment_report, suggest_segments
+    from headstart.status import ask_every_shard
+
+    try:
+        url, catalog = _instance_url(home)
+    except ConfigError as exc:
+        console.print(f"[red]{exc}[/]")
+        raise typer.Exit(1) from None
+
+    async def gather() -> tuple[list[Any], list[Any], Any]:
+        import nats
+
+        sizes = await ask_every_shard(url, "segment_sizes")
+        samples = await ask_every_shard(url, "profile_sample", size=sample)
+        nc = await nats.connect(url)
+        try:
+            return sizes, samples, await read_cluster_model(nc.jetstream())
+        finally:
+            await nc.close()
+
+    sizes, samples, clusters = asyncio.run(gather())
+    report = segment_report(sizes, catalog, clusters)
+    report["suggestions"] = suggest_segments([r for s in samples for r in s["rows"]], groups=groups)
+    if as_json:
+        print(json.dumps(report, indent=2))
+        return
+    table = Table(title=f"Segments of {report['users']} users over {report['tracked_days'] or 0:.1f} days")
+    for column in ("segment", "kind", "size", "share", "engagement", "activation", "in/day", "out/day"):
+        table.add_column(column, justify="left" if column in ("segment", "kind") else "right")
+
+    def number(value: float | None, spec: str) -> str:
+        return "-" if value is None else format(value, spec)
+
+    for seg in report["segments"]:
+        table.add_row(
+            seg["id"],
+            seg["kind"],
+            str(seg["size"]),
+            f"{seg['share']:.1%}",
+            number(seg["mean_engagement"], ".2f"),
+            number(seg["activation_rate"], ".1%"),
+            number(seg["entered_per_day"], ".1f"),
+            number(seg["exited_per_day"], ".1f"),
+        )
+    console.print(table)
+    for seg in report["segments"]:
+        if seg.get("distinguishing"):
+            traits = ", ".join(
+                f"{d['feature']} {d['direction']} ({d['z']:+.1f} sd)" for d in seg["distinguishing"]
+            )
+            console.print(f"{seg['id']}: {traits}")
+    for group in report["suggestions"]:
+        console.print(
+            f"suggested group {group['group']} ({group['share']:.0%} of the sample): {group['rule']}"
+        )
+
+
+@report_app.command("tutorials")
+def report_tutorials(
+    home: HomeOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+) -> None:
+    """Start and completion rates per tutorial variant and segment ("all": every user)."""
+    from headstart.segment_reports import tutorial_report
+    from headstart.status import ask_every_shard
+
+    try:
+        url, _ = _instance_url(home)
+    except ConfigError as exc:
+        console.print(f"[red]{exc}[/]")
+        raise typer.Exit(1) from None
+
+    async def gather() -> tuple[list[Any], list[Any]]:
+        return await ask_every_shard(url, "tutorial_stats"), await ask_every_shard(url, "segment_sizes")
+
+    rows, sizes = asyncio.run(gather())
+    segment_users = {"all": sum(a["users"] for a in sizes)}
+    for answer in sizes:
+        for segment, entry in answer["segments"].items():
+            segment_users[segment] = segment_users.get(segment, 0) + int(entry["size"])
+    frame = tutorial_report(rows, segment_users)
+    if as_json:
+        print(json.dumps(frame.to_dicts(), indent=2))
+        return
+    table = Table(title="Tutorials by variant and segment")
+    for column in frame.columns:
+        table.add_column(column, justify="left" if column in ("tutorial", "variant", "segment") else "right")
+    for row in frame.iter_rows():
+        table.add_row(*("-" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v) for v in row))
+    console.print(table)
 
 
 @app.command()

@@ -16,7 +16,6 @@ over NATS, off the event path:
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import logging
 import time
@@ -30,7 +29,7 @@ from nats.js.kv import KeyValue
 from engine.catalog import Clusters
 from engine.clusters import ClusterModel, behaviour
 from engine.partition import PartitionState
-from engine.segments import SegmentChange, change_encoder
+from engine.segments import ChangeRow, change_encoder, change_id
 from headstart.streams import DUPLICATE_WINDOW_S, publish_prepared
 
 log = logging.getLogger(__name__)
@@ -104,23 +103,20 @@ class ChangePublisher:
         return sent
 
 
-def encode_batches(changes: list[SegmentChange]) -> list[tuple[str, bytes, dict[str, str]]]:
+def encode_batches(rows: list[ChangeRow]) -> list[tuple[str, bytes, dict[str, str]]]:
     """(subject, payload, headers) per segment, each batch in the changes' order."""
-    groups: dict[str, list[SegmentChange]] = {}
-    for change in changes:
-        groups.setdefault(change.segment, []).append(change)
+    groups: dict[str, list[ChangeRow]] = {}
+    for row in rows:
+        groups.setdefault(row[1], []).append(row)
     out = []
     for segment, batch in groups.items():
-        digest = hashlib.blake2b(digest_size=16)
-        for change in batch:
-            digest.update(change.id.encode())
-        out.append(
-            (
-                segment_subject(segment),
-                change_encoder.encode(batch),
-                {"Nats-Msg-Id": digest.hexdigest()},
-            )
+        # The same changes make the same id (a batch retried after a lost ack is stored once):
+        # first and last change ids and the count name a batch of one partition's outbox.
+        first, last = batch[0], batch[-1]
+        msg_id = (
+            f"{change_id(first[5], first[4], first[0], segment, first[2])}|{last[4]}|{last[0]}|{len(batch)}"
         )
+        out.append((segment_subject(segment), change_encoder.encode(batch), {"Nats-Msg-Id": msg_id}))
     return out
 
 
@@ -210,3 +206,14 @@ def cluster_listener(apply: Callable[[dict[str, Any]], None]) -> Callable[[bytes
             log.warning("ignoring unreadable cluster model: %s", exc)
 
     return on_entry
+
+
+async def read_cluster_model(js: JetStreamContext) -> dict[str, Any] | None:
+    """The published cluster model (None before the first one)."""
+    from headstart.merge import LEARN_BUCKET
+
+    try:
+        entry = await (await js.key_value(LEARN_BUCKET)).get(CLUSTERS_KEY)
+    except Exception:  # noqa: BLE001 - no bucket or no model yet
+        return None
+    return json.loads(entry.value) if entry.value else None

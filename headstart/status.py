@@ -140,3 +140,26 @@ def learning_summary(shards: list[dict[str, Any]]) -> dict[str, Any]:
         "drifts": drifts,
         "feature_drifts": feature_drifts,
     }
+
+
+async def ask_every_shard(nats_url: str, method: str, timeout: float = 30.0, **args: Any) -> list[Any]:
+    """``method`` asked of every running shard once, over NATS (for reports from the CLI)."""
+    nc = await nats.connect(nats_url, connect_timeout=5, max_reconnect_attempts=1)
+    try:
+        kv = await nc.jetstream().key_value(STATUS_BUCKET)
+        answers = []
+        for key in await kv.keys():
+            if not key.startswith("shard-"):
+                continue
+            entry = await kv.get(key)
+            partitions = json.loads(entry.value or b"{}").get("partitions")
+            if not partitions:
+                continue
+            reply = await nc.request(
+                rpc_subject(partitions[0], method), encode_request(key="", **args), timeout=timeout
+            )
+            if not is_error(reply.data):
+                answers.append(json.loads(reply.data))
+        return answers
+    finally:
+        await nc.close()

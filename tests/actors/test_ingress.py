@@ -230,6 +230,9 @@ def test_segments_with_their_rules_and_live_sizes(api: tuple[httpx.Client, Shard
     assert by_id["mobile_newcomer"]["size"] >= 2 and by_id["device_mobile"]["kind"] == "built-in"
     assert report["users"] >= by_id["mobile_newcomer"]["size"] and report["shards_missing"] == []
     assert 0 < by_id["mobile_newcomer"]["share"] <= 1 and by_id["mobile_newcomer"]["mean_engagement"] > 0
+    assert by_id["new_user"]["entered"] >= 1 and by_id["new_user"]["entered_per_day"] is not None
+    assert by_id["mobile_newcomer"]["activation_rate"] is not None
+    assert by_id["cluster_0"]["kind"] == "cluster"
     one = client.get("/v1/segments/mobile_newcomer", headers=ADMIN).json()
     assert one["size"] == by_id["mobile_newcomer"]["size"]
     missing = client.get("/v1/segments/nope", headers=ADMIN)

@@ -124,6 +124,33 @@ def test_the_audits_and_evaluation_read_the_instances_decisions_log(
     assert export.exists() and "logged decisions" in evaluated.stdout
 
 
+def test_segment_and_tutorial_reports_read_the_live_shards(
+    instance: tuple[Path, dict[str, object]],
+) -> None:
+    home, _ = instance
+    segments = headstart("report", "segments", "--json", "--groups", "2", home=home)
+    assert segments.returncode == 0, segments.stdout + segments.stderr
+    report = json.loads(segments.stdout)
+    by_id = {s["id"]: s for s in report["segments"]}
+    assert report["users"] > 0 and set(by_id) >= {
+        "engagement_low",
+        "new_user",
+        "mobile_newcomer",
+        "cluster_0",
+    }
+    tiers = sum(by_id[t]["size"] for t in ("engagement_low", "engagement_medium", "engagement_high"))
+    assert tiers == report["users"]  # every user in exactly one tier
+    assert sum(s["entered"] for s in report["segments"]) > 0
+    assert all(0 <= (s["activation_rate"] or 0) <= 1 for s in report["segments"])
+    text = headstart("report", "segments", home=home)
+    assert text.returncode == 0 and "engagement_low" in text.stdout
+    tutorials = headstart("report", "tutorials", "--json", home=home)
+    assert tutorials.returncode == 0, tutorials.stdout + tutorials.stderr
+    rows = json.loads(tutorials.stdout)
+    assert all(r["completed"] <= r["started"] for r in rows)
+    assert {r["segment"] for r in rows} >= {"all"} if rows else True
+
+
 def test_raw_ids_are_in_no_file_under_the_home(instance: tuple[Path, dict[str, object]]) -> None:
     home, _ = instance
     headstart("demo", "--users", "2", "--steps", "2", home=home)
