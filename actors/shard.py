@@ -791,6 +791,7 @@ class ShardActor:
             "queued": queued,
             "dropped": dropped,
             "published": publisher.published if publisher is not None else 0,
+            "last_published_at": publisher.last_published_at if publisher is not None else 0.0,
             "publish_failures": publisher.failures if publisher is not None else 0,
             "sweeps": self.sweeps,
             "sweep_changes": self.sweep_changes,

@@ -95,14 +95,14 @@ class PartitionState:
         if self.segments is not None:
             self.segments.on_event(user_key, user, event, seq, self.vocab)
 
-    def sweep_segments(self, now: float, keys: list[str]) -> int:
+    def sweep_segments(self, now: float, keys: list[str], reassign: bool = True) -> int:
         """Re-evaluate the time-based segments of the users ``keys`` as of ``now`` (a chunk of a
         sweep, see :meth:`engine.segments.PartitionSegments.sweep`); the number of changes."""
         if self.segments is None:
             return 0
         users = self.users
         chosen = ((k, users[k]) for k in keys if k in users)
-        return self.segments.sweep(chosen, now, self.vocab)
+        return self.segments.sweep(chosen, now, self.vocab, reassign)
 
     def _apply_record(self, seq: int, user_key: str, kind: str, data: bytes) -> None:
         decoder = decision_decoder if kind == "decision" else reward_decoder if kind == "reward" else None

@@ -206,6 +206,7 @@ class PartitionSegments:
         "samples",
         "seen",
         "since",
+        "swept_version",
     )
 
     def __init__(self, index: SegmentIndex, partition: int = 0) -> None:
@@ -224,6 +225,8 @@ class PartitionSegments:
         self.dropped = 0
         #: Users of recent events, one in ``clusters.sample_every``: the cluster model's sample.
         self.samples: deque[str] = deque(maxlen=256)
+        #: The cluster model version the last complete sweep assigned users with.
+        self.swept_version = -1
         self.seen = 0
 
     def on_event(self, user_key: str, user: UserState, event: Event, seq: int, vocab: Vocabularies) -> None:
@@ -252,12 +255,15 @@ class PartitionSegments:
             user.segments = new
             self._changed(user_key, old, new, now, seq)
 
-    def sweep(self, users: Iterable[tuple[str, UserState]], now: float, vocab: Vocabularies) -> int:
-        """Re-evaluate the time-based segments (and clusters) of ``users`` as of ``now``;
+    def sweep(
+        self, users: Iterable[tuple[str, UserState]], now: float, vocab: Vocabularies, reassign: bool = True
+    ) -> int:
+        """Re-evaluate the time-based segments of ``users`` as of ``now`` (and, with
+        ``reassign``, their clusters: worth it when the model changed since the last sweep);
         returns the number of changes. Chunk ``users`` to keep an event loop responsive."""
         now = max(now, self.clock)
         self.clock = now
-        assigner = self.index.assigner
+        assigner = self.index.assigner if reassign else None
         origin = f"t{now:.3f}"  # a sweep: its time names it
         changes = 0
         for key, user in users:

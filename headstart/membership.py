@@ -82,6 +82,8 @@ class ChangePublisher:
         self.lock = asyncio.Lock()
         self.published = 0
         self.failures = 0
+        #: When the last batch was stored (wall clock).
+        self.last_published_at = 0.0
 
     async def flush(self, partitions: Mapping[int, PartitionState]) -> int:
         sent = 0
@@ -100,6 +102,7 @@ class ChangePublisher:
                         return sent
                     sent += len(changes)
                     self.published += len(changes)
+                    self.last_published_at = time.time()
         return sent
 
 
@@ -122,11 +125,20 @@ def encode_batches(rows: list[ChangeRow]) -> list[tuple[str, bytes, dict[str, st
 
 async def sweep_partition(part: PartitionState, now: float) -> int:
     """Re-evaluate the time-based segments of every user of ``part`` as of ``now``."""
+    segments = part.segments
+    if segments is None:
+        return 0
+    # Clusters are assigned again only with a model newer than the last sweep's: between
+    # models a user's cluster moves with their sessions (assigned at each session start).
+    assigner = segments.index.assigner
+    version = assigner.version if assigner is not None else -1
+    reassign = version != segments.swept_version
     keys = list(part.users)
     changes = 0
     for start in range(0, len(keys), SWEEP_CHUNK):
-        changes += part.sweep_segments(now, keys[start : start + SWEEP_CHUNK])
+        changes += part.sweep_segments(now, keys[start : start + SWEEP_CHUNK], reassign)
         await asyncio.sleep(0)
+    segments.swept_version = version
     return changes
 
 

@@ -132,3 +132,31 @@ def test_rule_segments_can_be_targeted_and_unknown_ones_are_not() -> None:
     )
     assert check_catalog_text(text + 'segments: [{id: busy, rule: "session_count > 3"}]\n') == []
     assert "unknown segment 'busy'" in check_catalog_text(text)[0]
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        ("membership: {track: false}\n", "clusters.enabled: clusters need live membership"),
+        ('segments: [{id: cluster_2, rule: "session_count > 1"}]\n', "'cluster_2' is a built-in segment"),
+        (
+            "webhooks: [{id: crm, url: 'https://x.example/h', secret_env: CRM, segments: [nope]}]\n",
+            "webhooks[0].segments[0]: unknown segment 'nope'",
+        ),
+        ("webhooks: [{id: crm, url: 'ftp://x', secret_env: CRM}]\n", "webhooks[0].url"),
+        (
+            "webhooks: [{id: crm, url: 'https://x.example/h', secret_env: 'my secret'}]\n",
+            "webhooks[0].secret_env",
+        ),
+        ("clusters: {k: 9}\n", "clusters.k"),
+    ],
+)
+def test_membership_clusters_and_webhooks_are_checked_at_load(extra: str, expected: str) -> None:
+    errors = check_catalog_text(GOOD + extra)
+    assert any(expected in e for e in errors), errors
+
+
+def test_clusters_are_segments_flags_can_target() -> None:
+    text = GOOD + "flags: [{id: f, rules: [{segments: [cluster_3], value: true}]}]\n"
+    assert check_catalog_text(text) == []
+    assert "unknown segment 'cluster_3'" in check_catalog_text(text + "clusters: {k: 3}\n")[0]
