@@ -39,7 +39,6 @@ from engine.keys import Pseudonymizer, partition_of
 from engine.learning import RewardRecord, encode_record, user_key_of
 from headstart import __version__
 from headstart.auth import Authenticator
-from headstart.consumer import consumer_name
 from headstart.control import AdminError, request_admin
 from headstart.membership import read_cluster_model
 from headstart.metrics import IngressMetrics, render
@@ -652,10 +651,11 @@ class Ingress:
         stats, _ = await self._ask_each_shard("stats", timeout=1.0)
         lag: dict[int, int] = {}
         js = nc.jetstream()
-        for partition in range(self.config.partitions):
-            with contextlib.suppress(Exception):
-                info = await js.consumer_info(EVENTS_STREAM, consumer_name(partition), timeout=1.0)
-                lag[partition] = int(info.num_pending or 0)
+        for shard_stats in stats:
+            for partition, name in (shard_stats.get("consumers") or {}).items():
+                with contextlib.suppress(Exception):
+                    info = await js.consumer_info(EVENTS_STREAM, name, timeout=1.0)
+                    lag[int(partition)] = int(info.num_pending or 0)
         webhooks: list[dict[str, Any]] = []
         with contextlib.suppress(Exception):  # no webhooks, or their actor not reporting yet
             entry = await (await js.key_value(STATUS_BUCKET)).get(WEBHOOKS_STATUS_KEY)

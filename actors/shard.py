@@ -36,14 +36,14 @@ from engine.clusters import ClusterAssigner
 from engine.decision import Decider
 from engine.keys import partition_of
 from engine.learning import DecisionRecord, Learner, PartitionLearning, encode_record
-from engine.partition import PartitionState
+from engine.partition import PartitionState, snapshot_position
 from engine.rules import FIELDS, rule_input
 from engine.segments import SegmentIndex, user_segments
 from engine.shard import NotOwned, ShardState
 from headstart.assignment import control_bucket, load_assignment
 from headstart.checkpoints import NatsCheckpointStore
 from headstart.config import Settings
-from headstart.consumer import PartitionConsumer
+from headstart.consumer import PartitionConsumer, delete_stale_consumers
 from headstart.membership import (
     CLUSTERS_KEY,
     ChangePublisher,
@@ -74,6 +74,10 @@ RECO_TRAIN_TICK_S = 0.1
 SEGMENT_FLUSH_S = 0.1
 #: The shard that trains the cluster model (every shard has number 0 at every size).
 CLUSTER_TRAINING_SHARD = 0
+
+
+def _not_bound(seq: int, key: str, data: bytes) -> None:
+    raise RuntimeError("a consumer delivered before its partition was restored")
 
 
 def shard_name(shard_id: int) -> str:
@@ -245,16 +249,36 @@ class ShardActor:
             back = [p for p in partitions if p in self._released]
             self._released.difference_update(back)
             new = [p for p in partitions if p not in self.state.partitions]
-            parts = await asyncio.gather(*(self._restore(p, handed.get(p)) for p in new))
+            loaded = await asyncio.gather(*(self._snapshot(p, handed.get(p)) for p in new))
+            step("load_s")
+            # Each partition resumes right after its own last applied sequence, which a snapshot
+            # gives without being restored: the consumers are created on the broker while the
+            # states are rebuilt here (both take a few hundred ms on a loaded machine).
+            positions = [snapshot_position(snap) for snap in loaded]
+            positions += [self.state.partitions[p].last_seq for p in back]
+            consuming = new + back
+            creating = asyncio.gather(
+                *(self._create_consumer(p, at) for p, at in zip(consuming, positions, strict=True))
+            )
+            assert self.ctl is not None
+            await self.ctl.flush()  # the create requests are on the broker before the CPU work
+            step("consumers_requested_s")
+            parts = [self._restore(p, snap) for p, snap in zip(new, loaded, strict=True)]
             step("restore_s")
             for part in parts:
                 self.state.partitions[part.partition] = part
                 # A handed-over snapshot is not in the object store yet: the next checkpoint writes it.
                 self._checkpointed[part.partition] = -1 if part.partition in handed else part.last_seq
-            consuming = [self.state.partitions[p] for p in back] + parts
-            consumers = await asyncio.gather(*(self._create_consumer(part) for part in consuming))
+            consumers = await creating
             step("consumers_s")
-            self.consumers.update((part.partition, c) for part, c in zip(consuming, consumers, strict=True))
+            for p, consumer in zip(consuming, consumers, strict=True):
+                consumer.bind(self.state.partitions[p].apply_message)
+                self.consumers[p] = consumer
+            self._background(
+                delete_stale_consumers(
+                    self.ctl.jetstream(), {p: c.name for p, c in zip(consuming, consumers, strict=True)}
+                )
+            )
             # Our own partitions live, instead of their published copies, before any applies.
             if self.merger is not None:
                 self.merger.rebuild()
@@ -293,9 +317,11 @@ class ShardActor:
             for consumer in held:
                 consumer.resume()
 
-    async def _restore(self, partition: int, handed: bytes | None) -> PartitionState:
+    async def _snapshot(self, partition: int, handed: bytes | None) -> bytes | None:
         assert self.checkpoints is not None
-        snapshot = handed if handed is not None else await self.checkpoints.load(partition)
+        return handed if handed is not None else await self.checkpoints.load(partition)
+
+    def _restore(self, partition: int, snapshot: bytes | None) -> PartitionState:
         part = PartitionState.build(partition, snapshot, self.learner, self.segment_index)
         if snapshot:
             self.restored_seqs[partition] = part.last_seq
@@ -314,18 +340,20 @@ class ShardActor:
             if part.learning is not None and p not in self._released
         }
 
-    async def _create_consumer(self, part: PartitionState) -> PartitionConsumer:
+    async def _create_consumer(self, partition: int, position: int) -> PartitionConsumer:
+        """A consumer of ``partition`` after ``position``, not pulling yet and without a handler
+        until :meth:`PartitionConsumer.bind`; other consumers of the partition (an earlier
+        owner's, a crashed one's) are deleted in the background."""
         assert self.nc is not None and self.ctl is not None
         consumer = PartitionConsumer(
             self.nc,
-            partition=part.partition,
-            handler=part.apply_message,
+            partition=partition,
+            handler=_not_bound,
             batch=self.settings.fetch_batch,
             replicas=self.settings.stream_replicas,
             control=self.ctl,
         )
-        # Each partition resumes right after its own last applied sequence.
-        await consumer.start(part.last_seq, pull=False)
+        await consumer.start(position, pull=False)
         return consumer
 
     async def release(self, partitions: list[int]) -> dict[int, bytes]:
@@ -340,7 +368,11 @@ class ShardActor:
         async with self._ownership_lock:
             owned = [p for p in partitions if p in self.state.partitions and p not in self._released]
             for p in owned:
-                await self.consumers.pop(p).stop()
+                consumer = self.consumers.pop(p)
+                await consumer.stop()
+                # Deleted on the broker while the next owner takes over (not on the hand-over's
+                # path: its own consumer has a new name).
+                self._background(consumer.delete())
                 self._released.add(p)
             # After every consumer stopped: each snapshot is final, and taken in one step (with
             # no segment changes in flight: the snapshot's outbox has every unpublished one).
@@ -418,6 +450,7 @@ class ShardActor:
             ),
             "last_handled_cpu": max((c["last_handled_cpu"] for c in consumers), default=0.0),
             "positions": {str(p): c["position"] for p, c in zip(self.consumers, consumers, strict=False)},
+            "consumers": {str(p): c["consumer"] for p, c in zip(self.consumers, consumers, strict=False)},
             "restored_partitions": len(self.restored_seqs),
             "restored_through": {str(p): seq for p, seq in sorted(self.restored_seqs.items())},
             "checkpoints": self.checkpoint_count,

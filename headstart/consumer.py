@@ -17,6 +17,12 @@ a re-attached durable consumer redelivers the unacked messages of the dead insta
 ``ack_wait``, *after* newer ones, and skipping "already applied" sequences then loses them.
 A consumer created at a start sequence delivers in order; the same code path serves the first
 start, a crash restart, a broker restart and a detected delivery gap.
+
+Each creation gets a name of its own (``hs-p<partition>-<token>``): creating a consumer that
+cannot exist yet is one JetStream API call, and a create never finds an old consumer of the
+same name (whose delivery state it would silently reuse when the configurations matched). The
+previous consumer is deleted in the background, off the hand-over's path; one left behind by a
+crash expires on its own (``inactive_threshold``) or is deleted by the partition's next owner.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import secrets
 import time
 from collections.abc import Callable
 from typing import Any
@@ -33,7 +40,6 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
-from nats.js.errors import NotFoundError
 
 from engine.errors import InvalidEvent
 from headstart.streams import DLQ_PREFIX, EVENTS_STREAM, partition_subject
@@ -59,8 +65,30 @@ WATCH_EVERY_S = 0.25
 ACK_WAIT_S = 120.0
 
 
+def consumer_prefix(partition: int) -> str:
+    """Every consumer of ``partition`` is named with this prefix."""
+    return f"hs-p{partition}-"
+
+
 def consumer_name(partition: int) -> str:
-    return f"hs-p{partition}"
+    """A new, unique consumer name for ``partition``."""
+    return f"{consumer_prefix(partition)}{secrets.token_hex(4)}"
+
+
+async def delete_stale_consumers(js: Any, keep: dict[int, str], stream: str = EVENTS_STREAM) -> int:
+    """Delete the consumers of ``keep``'s partitions other than the ones named there (left by a
+    crash or an earlier owner); one listing for all. Best effort: stale ones also expire."""
+    prefixes = {consumer_prefix(p): name for p, name in keep.items()}
+    deleted = 0
+    with contextlib.suppress(Exception):
+        for info in await js.consumers_info(stream):
+            name = info.name or ""
+            prefix = name[: name.rfind("-") + 1]
+            if prefix in prefixes and prefixes[prefix] != name:
+                with contextlib.suppress(Exception):
+                    await js.delete_consumer(stream, name)
+                    deleted += 1
+    return deleted
 
 
 class PartitionConsumer:
@@ -82,12 +110,14 @@ class PartitionConsumer:
         # replies then do not queue behind the partition's message flow on this one.
         self._js = (control or nc).jetstream()
         self.partition = partition
-        self.name = consumer_name(partition)
+        #: The current consumer's name (a new one at every (re)start, see the module docstring).
+        self.name = ""
         self._handler = handler
         self._batch = batch
         self._stream = stream
         self._replicas = replicas
-        self._pull_subject = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{self.name}"
+        self._pull_subject = ""
+        self._cleanup: set[asyncio.Task[None]] = set()
         self._pull_payload = json.dumps(
             {
                 "batch": batch,
@@ -133,6 +163,10 @@ class PartitionConsumer:
         await self._open(pull)
         self._watchdog = asyncio.create_task(self._watch(), name=f"{self.name}-watchdog")
 
+    def bind(self, handler: Handler) -> None:
+        """Set the handler (a consumer may be created before its partition's state is restored)."""
+        self._handler = handler
+
     async def stop(self, delete: bool = False) -> None:
         self._stopped = True
         self._generation += 1
@@ -141,8 +175,22 @@ class PartitionConsumer:
                 task.cancel()
         await self._close_subscription()
         if delete:
-            with contextlib.suppress(NotFoundError):
-                await self._js.delete_consumer(self._stream, self.name)
+            await self.delete()
+
+    async def delete(self) -> None:
+        """Delete the current consumer on the server (best effort: it also expires when idle)."""
+        with contextlib.suppress(Exception):
+            await self._js.delete_consumer(self._stream, self.name)
+
+    def _delete_later(self, names: list[str]) -> None:
+        async def delete() -> None:
+            for name in names:
+                with contextlib.suppress(Exception):
+                    await self._js.delete_consumer(self._stream, name)
+
+        task = asyncio.create_task(delete())
+        self._cleanup.add(task)  # a reference until done, or it may be collected
+        task.add_done_callback(self._cleanup.discard)
 
     async def pull(self) -> None:
         await self._refill()
@@ -162,13 +210,12 @@ class PartitionConsumer:
         self._generation += 1
         generation = self._generation
         await self._close_subscription()
-        with contextlib.suppress(NotFoundError):
-            await self._js.delete_consumer(self._stream, self.name)
+        previous, name = self.name, consumer_name(self.partition)
         await self._js.add_consumer(
             self._stream,
             ConsumerConfig(
-                name=self.name,
-                durable_name=self.name,
+                name=name,
+                durable_name=name,
                 deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
                 opt_start_seq=self.position + 1,
                 ack_policy=AckPolicy.ALL,
@@ -180,6 +227,10 @@ class PartitionConsumer:
                 num_replicas=self._replicas,
             ),
         )
+        self.name = name
+        self._pull_subject = f"$JS.API.CONSUMER.MSG.NEXT.{self._stream}.{name}"
+        if previous:
+            self._delete_later([previous])
         self._inbox = self._nc.new_inbox()
         self._credit = 0
         self._next_dseq = 1
@@ -321,6 +372,7 @@ class PartitionConsumer:
 
     def stats(self) -> dict[str, Any]:
         return {
+            "consumer": self.name,
             "position": self.position,
             "handled": self.handled,
             "dead_lettered": self.dead_lettered,

@@ -16,7 +16,6 @@ from nats.js.api import KeyValueConfig, StorageType
 from nats.js.errors import BucketNotFoundError, NotFoundError
 from nats.js.kv import KeyValue
 
-from headstart.consumer import consumer_name
 from headstart.rpc import encode_request, is_error, rpc_subject
 from headstart.streams import DLQ_STREAM, EVENTS_STREAM, open_bucket
 
@@ -68,9 +67,10 @@ async def collect_status(nats_url: str) -> dict[str, Any]:
         for shard in shards:
             shard["age_s"] = now - shard.get("started_at", now)
             lag = 0
-            for partition in shard["partitions"]:
+            # Each partition's consumer has the name its shard created it with.
+            for name in (shard.get("consumers") or {}).values():
                 try:
-                    info = await js.consumer_info(EVENTS_STREAM, consumer_name(partition))
+                    info = await js.consumer_info(EVENTS_STREAM, name)
                     lag += int(info.num_pending or 0)
                 except NotFoundError:
                     pass
