@@ -135,8 +135,17 @@ class EngagementTiers(_Model):
     medium: float = Field(4.0, gt=0)
 
 
+class SegmentMessage(_Model):
+    """A welcome message for users in at least one of ``segments``."""
+
+    segments: list[str] = Field(min_length=1)
+    welcome: dict[Locale, Template] = Field(min_length=1)
+
+
 class Messages(_Model):
     welcome: dict[Locale, Template] = Field(default_factory=dict)
+    #: Welcome messages per segment: the first whose segments the user is in wins, else ``welcome``.
+    by_segment: list[SegmentMessage] = Field(default_factory=list)
 
 
 class JourneyReward(_Model):
@@ -373,6 +382,10 @@ def _semantic_errors(catalog: Catalog) -> list[tuple[str, str]]:
                 errors.append((where, f"unknown tutorial {completion.tutorial!r}"))
     errors += _learning_errors(catalog.learning)
     errors += _template_errors(catalog.messages.welcome, "messages.welcome", catalog.default_locale)
+    for i, targeted in enumerate(catalog.messages.by_segment):
+        where = f"messages.by_segment[{i}]"
+        errors += _unknown_segments(targeted.segments, f"{where}.segments", known)
+        errors += _template_errors(targeted.welcome, f"{where}.welcome", catalog.default_locale)
     if not catalog.messages.welcome:
         errors.append(("messages.welcome", "a welcome message is required"))
     return errors

@@ -193,6 +193,14 @@ class Decider:
                 return candidate
         return next(iter(templates))
 
+    def welcome_for(self, segments: list[str]) -> dict[str, str]:
+        """The welcome templates for these segments: the first targeted message that matches."""
+        member = set(segments)
+        for targeted in self.catalog.messages.by_segment:
+            if member.intersection(targeted.segments):
+                return targeted.welcome
+        return self.catalog.messages.welcome
+
     def flags(self, user_key: str, segments: list[str]) -> dict[str, dict[str, Any]]:
         member = set(segments)
         out = {}
@@ -256,7 +264,7 @@ class Decider:
                 variant, why = self._variant(tutorial, variants, chooser)
                 tutorial_out = {"id": tutorial.id, "variant": variant, "eligible": variants}
                 explain.append(f"tutorial {tutorial.id}: variant {variant} ({why})")
-        message = self.render(self.catalog.messages.welcome, locale, variables)
+        message = self.render(self.welcome_for(segments), locale, variables)
         step_message = self.render(step.message, locale, variables) if step else ""
         return {
             "decision_id": (chooser.decision_id if chooser is not None else None) or uuid.uuid4().hex,

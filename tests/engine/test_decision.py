@@ -138,3 +138,23 @@ def test_rule_segments_are_in_decisions_and_target_flags() -> None:
     assert "dormant" in later["segments"]
     cold = decider.decide("k" * 26, None, None, {"device_type": "mobile"}, NOW)
     assert "mobile_newcomer" in cold["segments"] and "power_user" not in cold["segments"]
+
+
+def test_a_welcome_message_can_target_segments() -> None:
+    from engine.catalog import DEFAULT_CATALOG, load_catalog
+    from engine.decision import Decider
+    from engine.events import event_from_object
+    from engine.profile import UserState, Vocabularies
+
+    decider = Decider(load_catalog(DEFAULT_CATALOG))
+    vocab, user = Vocabularies(), UserState.new(1_700_000_000.0)
+    user.apply(
+        event_from_object(
+            {"event_id": "e", "user_id": "k", "type": "session_started", "ts": 1_700_000_000.0}
+        ),
+        vocab,
+    )
+    fresh = decider.decide("k", user, vocab, {"locale": "de-DE"}, now=1_700_000_100.0)
+    back = decider.decide("k", user, vocab, {"locale": "de-DE"}, now=1_700_000_000.0 + 4 * 86400)
+    assert "dormant" not in fresh["segments"] and fresh["message"].startswith("Willkommen bei")
+    assert "dormant" in back["segments"] and back["message"].startswith("Willkommen zurück")
