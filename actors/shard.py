@@ -754,7 +754,7 @@ class ShardActor:
         while True:
             await asyncio.sleep(SEGMENT_FLUSH_S)
             try:
-                await self.change_publisher.flush(self._consumed_partitions())
+                await self.change_publisher.flush(self._consumed_partitions)
             except Exception:
                 log.exception("segment change flush failed")
 
@@ -871,7 +871,7 @@ class ShardActor:
             await consumer.stop()
         if self.change_publisher is not None and self.ready.is_set():
             with contextlib.suppress(Exception):
-                await self.change_publisher.flush(self._consumed_partitions())
+                await self.change_publisher.flush(self._consumed_partitions)
         if checkpoint and self.ready.is_set():
             await self.checkpoint()
             if self.merger is not None:

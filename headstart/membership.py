@@ -85,24 +85,29 @@ class ChangePublisher:
         #: When the last batch was stored (wall clock).
         self.last_published_at = 0.0
 
-    async def flush(self, partitions: Mapping[int, PartitionState]) -> int:
+    async def flush(self, partitions: Callable[[], Mapping[int, PartitionState]]) -> int:
+        """Publish up to :attr:`batch` queued changes of each partition (the rest at the next
+        flush). The lock is held one partition's batch at a time: a hand-over or a checkpoint
+        waiting for it waits for one publish, not for a backlog."""
         sent = 0
-        async with self.lock:
-            for part in list(partitions.values()):
-                segments = part.segments
-                while segments is not None and segments.outbox:
-                    changes = segments.take(self.batch)
-                    prepared = encode_batches(changes)
-                    try:
-                        await publish_prepared(self.js, prepared, retry_for=5.0)
-                    except Exception as exc:  # noqa: BLE001 - kept and retried at the next flush
-                        segments.give_back(changes)
-                        self.failures += 1
-                        log.warning("segment changes not published yet (%s); kept", type(exc).__name__)
-                        return sent
-                    sent += len(changes)
-                    self.published += len(changes)
-                    self.last_published_at = time.time()
+        for p, part in list(partitions().items()):
+            segments = part.segments
+            if segments is None or not segments.outbox:
+                continue
+            async with self.lock:
+                if p not in partitions():
+                    continue  # handed over meanwhile: its queued changes went with its snapshot
+                changes = segments.take(self.batch)
+                try:
+                    await publish_prepared(self.js, encode_batches(changes), retry_for=5.0)
+                except Exception as exc:  # noqa: BLE001 - kept and retried at the next flush
+                    segments.give_back(changes)
+                    self.failures += 1
+                    log.warning("segment changes not published yet (%s); kept", type(exc).__name__)
+                    return sent
+            sent += len(changes)
+            self.published += len(changes)
+            self.last_published_at = time.time()
         return sent
 
 
