@@ -274,11 +274,11 @@ class ShardActor:
             for p, consumer in zip(consuming, consumers, strict=True):
                 consumer.bind(self.state.partitions[p].apply_message)
                 self.consumers[p] = consumer
-            self._background(
-                delete_stale_consumers(
-                    self.ctl.jetstream(), {p: c.name for p, c in zip(consuming, consumers, strict=True)}
-                )
-            )
+            # After a start or a crash, consumers an earlier process left behind go (a move's old
+            # owner deletes its own: no listing of every consumer on a loaded broker then).
+            stale = {p: c.name for p, c in zip(consuming, consumers, strict=True) if p not in handed}
+            if stale:
+                self._background(delete_stale_consumers(self.ctl.jetstream(), stale))
             # Our own partitions live, instead of their published copies, before any applies.
             if self.merger is not None:
                 self.merger.rebuild()
@@ -374,10 +374,8 @@ class ShardActor:
                 # path: its own consumer has a new name).
                 self._background(consumer.delete())
                 self._released.add(p)
-            # After every consumer stopped: each snapshot is final, and taken in one step (with
-            # no segment changes in flight: the snapshot's outbox has every unpublished one).
-            async with self._publishing():
-                snapshots = {p: self.state.partitions[p].snapshot() for p in owned}
+            # After every consumer stopped: each snapshot is final, and taken in one step.
+            snapshots = {p: self.state.partitions[p].snapshot() for p in owned}
             if self.merger is not None:
                 # What they learned, as of the hand-over: every shard (the next owner too) sees it.
                 handed = {p: self.state.partitions[p].learning for p in owned}
@@ -697,10 +695,9 @@ class ShardActor:
             for partition, part in list(self.state.partitions.items()):
                 if partition in self._released or part.last_seq == self._checkpointed.get(partition):
                     continue  # handed over (its new owner writes it), or unchanged
-                async with self._publishing():
-                    started = time.perf_counter()
-                    data, last_seq = part.snapshot(), part.last_seq
-                    pauses.append(time.perf_counter() - started)
+                started = time.perf_counter()
+                data, last_seq = part.snapshot(), part.last_seq
+                pauses.append(time.perf_counter() - started)
                 await self.checkpoints.save(partition, data, last_seq)
                 self._checkpointed[partition] = last_seq
                 written += 1
@@ -736,15 +733,6 @@ class ShardActor:
                 await asyncio.sleep(0)
 
     # ------------------------------------------------------------------ live segments
-
-    @contextlib.asynccontextmanager
-    async def _publishing(self) -> AsyncIterator[None]:
-        """No segment changes in flight while held (see :class:`ChangePublisher`)."""
-        if self.change_publisher is None:
-            yield
-            return
-        async with self.change_publisher.lock:
-            yield
 
     def _consumed_partitions(self) -> dict[int, PartitionState]:
         return {p: part for p, part in self.state.partitions.items() if p not in self._released}

@@ -200,6 +200,7 @@ class PartitionSegments:
         "dropped",
         "entered",
         "exited",
+        "in_flight",
         "index",
         "outbox",
         "partition",
@@ -220,6 +221,10 @@ class PartitionSegments:
         #: Changes not yet published, oldest first, as plain tuples (cheap on the event path):
         #: (user key, segment id, entered, time, origin: a stream sequence or "t<time>").
         self.outbox: deque[tuple[str, str, bool, float, int | str]] = deque()
+        #: The batch being published (taken from the outbox, not yet acknowledged). It is part of
+        #: the snapshot, and a failed or interrupted publish is retried as the same batch, so
+        #: JetStream's duplicate window drops what was stored the first time.
+        self.in_flight: list[ChangeRow] | None = None
         self.entered = [0] * len(index.ids)
         self.exited = [0] * len(index.ids)
         self.dropped = 0
@@ -296,6 +301,17 @@ class PartitionSegments:
                 self.dropped += 1
         return n
 
+    def next_batch(self, limit: int = 10_000) -> list[ChangeRow]:
+        """The batch to publish: the one in flight (retried as it was), else up to ``limit`` of
+        the oldest queued changes, now in flight until :meth:`published`."""
+        if self.in_flight is None:
+            self.in_flight = self.take(limit)
+        return self.in_flight
+
+    def published(self) -> None:
+        """The batch in flight is stored."""
+        self.in_flight = None
+
     def take(self, limit: int = 10_000) -> list[ChangeRow]:
         """Up to ``limit`` of the oldest queued changes, removed from the outbox, as rows in
         :class:`SegmentChange`'s field order (what gets published)."""
@@ -305,10 +321,6 @@ class PartitionSegments:
             key, segment, entered, ts, origin = outbox.popleft()
             out.append((key, segment, "enter" if entered else "exit", ts, origin, p))
         return out
-
-    def give_back(self, rows: list[ChangeRow]) -> None:
-        """Rows taken but not published: first in line again, in their order."""
-        self.outbox.extendleft((r[0], r[1], r[2] == "enter", r[3], r[4]) for r in reversed(rows))
 
     def counts(self) -> dict[str, tuple[int, int]]:
         """Entries and exits per segment in this partition since it started (snapshots keep them)."""
@@ -328,6 +340,7 @@ class PartitionSegments:
             "counts": self.counts(),
             "dropped": self.dropped,
             "outbox": list(self.outbox),
+            "in_flight": self.in_flight,
         }
 
     @classmethod
@@ -346,6 +359,8 @@ class PartitionSegments:
             if bit is not None:
                 out.entered[bit], out.exited[bit] = entered, exited
         out.outbox.extend((k, seg, entered, ts, origin) for k, seg, entered, ts, origin in snap["outbox"])
+        in_flight = snap.get("in_flight")
+        out.in_flight = [tuple(row) for row in in_flight] if in_flight else None  # type: ignore[misc]
         return out, list(snap["ids"])
 
 

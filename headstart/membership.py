@@ -68,45 +68,41 @@ class ChangePublisher:
     user alone enters half a dozen segments. A subject per segment keeps consumers' filtering
     (``hs.segments.power_user``); one subject for both directions keeps a user's enter and exit
     of a segment in the order they happened. Each change carries its
-    :attr:`SegmentChange.id`; a batch retried after a lost ack has a message id from its
-    changes, so JetStream stores it once.
-
-    Hold :attr:`lock` to snapshot a partition: changes taken for publishing are either
-    acknowledged by JetStream or back in the outbox when the lock is free, so a snapshot taken
-    under it holds every change not yet stored.
+    :attr:`SegmentChange.id`. A partition's batch stays "in flight" (in its snapshot) until
+    acknowledged and is retried unchanged, with message ids from its changes, so JetStream
+    stores it once even when a publish is retried, or repeated by the partition's next owner
+    after a hand-over or a crash (within the duplicate window). Snapshots never wait for a
+    publish.
     """
 
     def __init__(self, js: JetStreamContext, batch: int = 5000) -> None:
         self.js = js
         self.batch = batch
-        self.lock = asyncio.Lock()
         self.published = 0
         self.failures = 0
         #: When the last batch was stored (wall clock).
         self.last_published_at = 0.0
 
     async def flush(self, partitions: Callable[[], Mapping[int, PartitionState]]) -> int:
-        """Publish up to :attr:`batch` queued changes of each partition (the rest at the next
-        flush). The lock is held one partition's batch at a time: a hand-over or a checkpoint
-        waiting for it waits for one publish, not for a backlog."""
+        """Publish one batch (up to :attr:`batch` changes) per partition; the rest next time."""
         sent = 0
         for p, part in list(partitions().items()):
             segments = part.segments
-            if segments is None or not segments.outbox:
+            if segments is None or not (segments.in_flight or segments.outbox):
                 continue
-            async with self.lock:
-                if p not in partitions():
-                    continue  # handed over meanwhile: its queued changes went with its snapshot
-                changes = segments.take(self.batch)
-                try:
-                    await publish_prepared(self.js, encode_batches(changes), retry_for=5.0)
-                except Exception as exc:  # noqa: BLE001 - kept and retried at the next flush
-                    segments.give_back(changes)
-                    self.failures += 1
-                    log.warning("segment changes not published yet (%s); kept", type(exc).__name__)
-                    return sent
-            sent += len(changes)
-            self.published += len(changes)
+            if p not in partitions():
+                continue  # handed over meanwhile: its queued changes went with its snapshot
+            rows = segments.next_batch(self.batch)
+            try:
+                await publish_prepared(self.js, encode_batches(rows), retry_for=5.0)
+            except Exception as exc:  # noqa: BLE001 - kept in flight and retried at the next flush
+                self.failures += 1
+                log.warning("segment changes not published yet (%s); kept", type(exc).__name__)
+                return sent
+            if segments.in_flight is rows:  # not handed over (and replaced) meanwhile
+                segments.published()
+            sent += len(rows)
+            self.published += len(rows)
             self.last_published_at = time.time()
         return sent
 

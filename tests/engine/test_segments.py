@@ -211,3 +211,23 @@ def test_compiled_masks_match_rule_by_rule_evaluation_on_a_real_user() -> None:
     mask = compile_mask(rules)(user, NOW + 2, vocab)
     facts = rule_input(user, vocab, NOW + 2)
     assert [bool(mask >> i & 1) for i, _ in rules] == [rule.matches(facts) for _, rule in rules]
+
+
+def test_a_batch_in_flight_is_handed_over_and_published_again_unchanged() -> None:
+    from headstart.membership import encode_batches
+
+    index = SegmentIndex(catalog_with(RULES))
+    part = PartitionState(4, segments=index)
+    part.apply_event("k", event(1, "session_started", NOW, context={"country": "DE"}), seq=1)
+    assert part.segments is not None
+    batch = part.segments.next_batch(3)
+    assert len(batch) == 3 and part.segments.next_batch(3) is batch  # retried as it was
+    part.apply_event("k", event(2, "session_started", NOW + 7200), seq=2)
+    moved = PartitionState.restore(part.snapshot(), segments=index)  # handed over mid-publish
+    assert moved.segments is not None
+    again = moved.segments.next_batch(1000)
+    assert again == batch  # the same changes, so the same message ids: stored once
+    assert [h for _, _, h in encode_batches(again)] == [h for _, _, h in encode_batches(batch)]
+    moved.segments.published()
+    rest = moved.segments.next_batch(1000)
+    assert [r[1:3] for r in rest] == [r[1:3] for r in part.segments.take(1000)]
