@@ -23,14 +23,14 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from nats.js import JetStreamContext
-from nats.js.api import RetentionPolicy, StorageType, StreamConfig
+from nats.js.api import StreamConfig
 from nats.js.kv import KeyValue
 
 from engine.catalog import Clusters
 from engine.clusters import ClusterModel, behaviour
 from engine.partition import PartitionState
 from engine.segments import ChangeRow, change_encoder, change_id
-from headstart.streams import DUPLICATE_WINDOW_S, publish_prepared
+from headstart.streams import log_stream_config, publish_prepared
 
 log = logging.getLogger(__name__)
 
@@ -43,16 +43,8 @@ SWEEP_CHUNK = 2000
 
 
 def segments_stream_config(retention_days: float, replicas: int = 1) -> StreamConfig:
-    return StreamConfig(
-        name=SEGMENTS_STREAM,
-        description="Headstart: users entering and leaving segments",
-        subjects=[f"{SEGMENTS_PREFIX}.>"],
-        retention=RetentionPolicy.LIMITS,
-        storage=StorageType.FILE,
-        max_age=retention_days * 86400,
-        duplicate_window=DUPLICATE_WINDOW_S,
-        num_replicas=replicas,
-    )
+    description = "Headstart: users entering and leaving segments"
+    return log_stream_config(SEGMENTS_STREAM, description, SEGMENTS_PREFIX, retention_days * 86400, replicas)
 
 
 def segment_subject(segment: str) -> str:

@@ -102,32 +102,31 @@ def events_stream_config(partitions: int, retention_days: float, replicas: int =
     )
 
 
-def record_stream_config(kind: str, retention_days: float, replicas: int = 1) -> StreamConfig:
-    """The log of the learning loop's ``kind`` records (``hs.decisions.>``, ``hs.rewards.>``)."""
-    name, prefix = RECORD_KINDS[kind]
+def log_stream_config(
+    name: str, description: str, prefix: str, max_age_s: float, replicas: int = 1
+) -> StreamConfig:
+    """An append-only log on ``<prefix>.>``, kept ``max_age_s``, deduplicating retried publishes."""
     return StreamConfig(
         name=name,
-        description=f"Headstart's {kind} log",
+        description=description,
         subjects=[f"{prefix}.>"],
         duplicate_window=DUPLICATE_WINDOW_S,
         retention=RetentionPolicy.LIMITS,
         storage=StorageType.FILE,
-        max_age=retention_days * 86400,
+        max_age=max_age_s,
         num_replicas=replicas,
     )
+
+
+def record_stream_config(kind: str, retention_days: float, replicas: int = 1) -> StreamConfig:
+    """The log of the learning loop's ``kind`` records (``hs.decisions.>``, ``hs.rewards.>``)."""
+    name, prefix = RECORD_KINDS[kind]
+    return log_stream_config(name, f"Headstart's {kind} log", prefix, retention_days * 86400, replicas)
 
 
 def dlq_stream_config(replicas: int = 1) -> StreamConfig:
-    return StreamConfig(
-        name=DLQ_STREAM,
-        description="Messages Headstart could not apply: original bytes plus the reason",
-        subjects=[f"{DLQ_PREFIX}.>"],
-        retention=RetentionPolicy.LIMITS,
-        storage=StorageType.FILE,
-        max_age=DLQ_RETENTION_S,
-        duplicate_window=DUPLICATE_WINDOW_S,
-        num_replicas=replicas,
-    )
+    description = "Messages Headstart could not apply: original bytes plus the reason"
+    return log_stream_config(DLQ_STREAM, description, DLQ_PREFIX, DLQ_RETENTION_S, replicas)
 
 
 async def ensure_streams(

@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import nats
 import pytest
@@ -88,6 +89,17 @@ def fresh_streams(nats_url: str) -> str:
     """Empty HS_EVENTS and HS_DLQ (and no consumers) for one test; returns the NATS URL."""
     asyncio.run(reset_streams(nats_url))
     return nats_url
+
+
+async def publish_events(url: str, pseudonymizer: Pseudonymizer, events: list[dict[str, Any]]) -> None:
+    """Publish raw events as a producer would (pseudonymized, deduplicated by event id)."""
+    from headstart.streams import EventPublisher
+
+    conn = await nats.connect(url)
+    try:
+        await EventPublisher(conn.jetstream(), pseudonymizer).publish_many(events)
+    finally:
+        await conn.close()
 
 
 @pytest.fixture

@@ -19,8 +19,8 @@ from engine.keys import Pseudonymizer
 from engine.segments import batch_decoder
 from headstart.config import Settings
 from headstart.membership import SEGMENTS_STREAM
-from headstart.streams import EventPublisher
 from tests.conftest import TEST_PARTITIONS
+from tests.conftest import publish_events as publish
 
 pytestmark = pytest.mark.integration
 
@@ -47,14 +47,6 @@ def tracked_group(ray_local: None, fresh_streams: str) -> Iterator[ShardGroup]:
         yield shards
     finally:
         shards.stop()
-
-
-async def publish(url: str, pseudonymizer: Pseudonymizer, events: list[dict[str, Any]]) -> None:
-    conn = await nats.connect(url)
-    try:
-        await EventPublisher(conn.jetstream(), pseudonymizer).publish_many(events)
-    finally:
-        await conn.close()
 
 
 async def read_changes(url: str) -> list[Any]:

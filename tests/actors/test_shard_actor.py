@@ -17,18 +17,10 @@ from bench.population import onboarding_events
 from bench.traffic import expected_counts, read_back
 from engine.keys import Pseudonymizer
 from headstart.rpc import ShardClient
-from headstart.streams import EventPublisher
 from tests.conftest import TEST_PARTITIONS
+from tests.conftest import publish_events as publish
 
 pytestmark = pytest.mark.integration
-
-
-async def publish(url: str, pseudonymizer: Pseudonymizer, events: list[dict[str, object]]) -> None:
-    conn = await nats.connect(url)
-    try:
-        await EventPublisher(conn.jetstream(), pseudonymizer).publish_many(events)
-    finally:
-        await conn.close()
 
 
 def test_published_events_show_in_live_state(
