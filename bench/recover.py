@@ -113,7 +113,7 @@ def _scenario(sizes: dict[str, Any], scenario: Scenario) -> dict[str, Any]:
             with traffic:
                 time.sleep(sizes["before_fault_s"])
                 old = {s["shard"]: s for s in group.stats()}
-                t0 = time.monotonic()
+                t0, fault_at = time.monotonic(), time.time()
                 affected = scenario.fault(group, old)
                 partitions = [p for shard in affected for p in old[shard]["partitions"]]
                 old_pids = {old[shard]["pid"] for shard in affected}
@@ -126,6 +126,16 @@ def _scenario(sizes: dict[str, Any], scenario: Scenario) -> dict[str, Any]:
             expected = expected_counts(pseudonymizer, [*initial, *sent])
             lost, duplicated = lost_and_duplicated(expected, read_back(group, list(expected)))
             new = group.stats()
+            # Where the recovery's time went: when each new process started (after the fault),
+            # and its take-over's steps (restore, consumers...).
+            timeline = {
+                str(shard): {
+                    "process_started_s": next(st["started_at"] for st in new if st["shard"] == shard)
+                    - fault_at,
+                    "take_over": ray.get(group.shards[shard].take_over_timings.remote())[:1],
+                }
+                for shard in affected
+            }
         finally:
             group.stop()
     return {
@@ -142,6 +152,7 @@ def _scenario(sizes: dict[str, Any], scenario: Scenario) -> dict[str, Any]:
         "live_events_sent": traffic.published,
         "nodes_after": sorted({s["node"][:12] for s in new}),
         "nodes_before": sorted({s["node"][:12] for s in old.values()}),
+        "timeline": timeline,
     }
 
 
