@@ -18,11 +18,12 @@ import json
 import logging
 import os
 import time
+import uuid
 from typing import Annotated, Any, Literal
 
 import msgspec
 import nats
-from fastapi import FastAPI, Header, Request
+from fastapi import FastAPI, Header, Path, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from nats.aio.client import Client as NATS
@@ -196,6 +197,7 @@ class RequestContext(BaseModel):
 
 
 UserId = Annotated[str, Field(min_length=1, max_length=256, description="the caller's raw user id")]
+UserIdPath = Annotated[str, Path(min_length=1, max_length=256, description="the caller's raw user id")]
 
 
 class DecideBody(_Body):
@@ -272,6 +274,18 @@ class RewardBody(_Body):
 class RewardAccepted(BaseModel):
     #: False when the decision made no learned choice (nothing to learn) or the same reward
     #: for it was already stored.
+    accepted: bool
+    detail: str
+
+
+class ConsentBody(_Body):
+    """Consent per purpose; a purpose left out keeps what was recorded."""
+
+    analytics: bool | None = Field(None, description="keep the user's events and live state")
+    personalization: bool | None = Field(None, description="personalize decisions and learn from them")
+
+
+class ConsentAccepted(BaseModel):
     accepted: bool
     detail: str
 
@@ -540,6 +554,40 @@ class Ingress:
         if ack.duplicate:
             return RewardAccepted(accepted=False, detail="a reward for this decision was already stored")
         return RewardAccepted(accepted=True, detail="stored; applied with the user's events")
+
+    @app.put(
+        "/v1/users/{user_id}/consent",
+        status_code=202,
+        response_model=ConsentAccepted,
+        responses={400: {}, 401: {}, 403: {}, 503: {}},
+    )
+    async def put_consent(
+        self, user_id: UserIdPath, body: ConsentBody, authorization: Authorization = None
+    ) -> ConsentAccepted:
+        """Record consent per purpose (frontend or admin key). It travels as a
+        ``consent_updated`` event in the user's partition, so it applies in stream order and
+        takes effect on the next event and the next decision; answered once JetStream stored it."""
+        if self.auth.role_of(authorization) is None:
+            raise ApiError(401, "unauthorized", "missing or unknown API key (Authorization: Bearer <key>)")
+        props = body.model_dump(exclude_none=True)
+        if not props:
+            raise ApiError(400, "invalid_body", "give 'analytics', 'personalization' or both")
+        nc, _ = await self._client()
+        publisher = EventPublisher(nc.jetstream(), self.pseudonymizer)
+        event = {
+            "event_id": f"consent-{uuid.uuid4().hex}",
+            "user_id": user_id,
+            "type": "consent_updated",
+            "ts": time.time(),
+            "props": props,
+        }
+        try:
+            await publish_prepared(nc.jetstream(), [publisher.prepare(event)], retry_for=5.0)
+        except Exception as exc:
+            raise ApiError(
+                503, "unavailable", f"the event stream did not store it: {type(exc).__name__}"
+            ) from exc
+        return ConsentAccepted(accepted=True, detail="applies from the user's next event and decision")
 
     @app.get("/v1/users/{user_id}", responses={401: {}, 403: {}, 404: {}})
     async def get_user(self, user_id: str, authorization: Authorization = None) -> Response:

@@ -37,6 +37,7 @@ from engine.decision import Decider
 from engine.keys import partition_of
 from engine.learning import DecisionRecord, Learner, PartitionLearning, encode_record
 from engine.partition import PartitionState, snapshot_position
+from engine.profile import consent_allows
 from engine.rules import FIELDS, rule_input
 from engine.segments import SegmentIndex, user_segments
 from engine.shard import NotOwned, ShardState
@@ -322,7 +323,9 @@ class ShardActor:
         return handed if handed is not None else await self.checkpoints.load(partition)
 
     def _restore(self, partition: int, snapshot: bytes | None) -> PartitionState:
-        part = PartitionState.build(partition, snapshot, self.learner, self.segment_index)
+        part = PartitionState.build(
+            partition, snapshot, self.learner, self.segment_index, self.personalize_by_default
+        )
         if snapshot:
             self.restored_seqs[partition] = part.last_seq
         return part
@@ -456,7 +459,16 @@ class ShardActor:
             "last_checkpoint_at": self.last_checkpoint_at,
             "learning": self._learning_stats(),
             "segments": self._segment_stats(),
+            "events_without_consent": self._without_consent(),
         }
+
+    def _without_consent(self) -> dict[str, int]:
+        """Events of users without analytics consent, counted by type and dropped."""
+        counts: dict[str, int] = {}
+        for part in self._consumed_partitions().values():
+            for kind, n in part.anonymous.items():
+                counts[kind] = counts.get(kind, 0) + n
+        return counts
 
     def _learning_stats(self) -> dict[str, Any]:
         counts: dict[str, int] = {}
@@ -600,7 +612,7 @@ class ShardActor:
             key = request["key"]
             if method == "decide":
                 user = part.users.get(key)
-                personalize = self._personalize(user)
+                personalize = self._personalize(part, key, user)
                 chooser = self._chooser(part, key, user, request, now) if personalize else None
                 insights: dict[str, Any] = {}
                 extra = []
@@ -618,7 +630,11 @@ class ShardActor:
                 return encode_reply(decision)
             if method == "tutorial":
                 user = part.users.get(key)
-                chooser = self._chooser(part, key, user, request, now) if self._personalize(user) else None
+                chooser = (
+                    self._chooser(part, key, user, request, now)
+                    if self._personalize(part, key, user)
+                    else None
+                )
                 choice = self.decider.select_tutorial(
                     user,
                     request.get("context"),
@@ -654,9 +670,11 @@ class ShardActor:
         except (KeyError, ValueError, TypeError) as exc:
             return encode_error("bad_request", f"{type(exc).__name__}: {exc}")
 
-    def _personalize(self, user: Any) -> bool:
+    def _personalize(self, part: PartitionState, key: str, user: Any) -> bool:
         if user is None:
-            return self.personalize_by_default
+            # A user without analytics consent has only a consent record (or nothing yet).
+            bits = part.consent_of(key)
+            return consent_allows(bits or 0, "personalization", self.personalize_by_default)
         return bool(user.consent_given("personalization", self.personalize_by_default))
 
     def _chooser(self, part: PartitionState, key: str, user: Any, request: dict[str, Any], now: float) -> Any:

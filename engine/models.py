@@ -225,7 +225,10 @@ class FeatureRecommender:
         return self._items
 
     def forget_user(self, user_key: str) -> None:
+        """Drop the user's factors and queued adoptions (the item factors are aggregate)."""
         self.model.u_latents.pop(user_key, None)
+        if any(entry[0] == user_key for entry in self.queue):
+            self.queue = deque(entry for entry in self.queue if entry[0] != user_key)
 
     def snapshot(self) -> bytes:
         return pickle.dumps((self.model, self.adoptions))

@@ -19,9 +19,9 @@ from typing import Any
 import msgspec
 
 from engine.errors import InvalidEvent
-from engine.events import Event, decode_event
+from engine.events import ConsentUpdated, Event, decode_event
 from engine.learning import Learner, PartitionLearning, RewardRecord, decision_decoder, reward_decoder
-from engine.profile import UserState, Vocabularies
+from engine.profile import UserState, Vocabularies, consent_allows, with_consent
 from engine.segments import PartitionSegments, SegmentIndex
 
 SNAPSHOT_VERSION = 1
@@ -50,6 +50,8 @@ class PartitionState:
     """State of one partition: users, vocabularies, last applied stream sequence."""
 
     __slots__ = (
+        "analytics_by_default",
+        "anonymous",
         "applied",
         "last_seq",
         "learning",
@@ -59,10 +61,15 @@ class PartitionState:
         "users",
         "vocab",
         "watermark",
+        "withheld",
     )
 
     def __init__(
-        self, partition: int, learner: Learner | None = None, segments: SegmentIndex | None = None
+        self,
+        partition: int,
+        learner: Learner | None = None,
+        segments: SegmentIndex | None = None,
+        analytics_by_default: bool = True,
     ) -> None:
         self.partition = partition
         self.users: dict[str, UserState] = {}
@@ -79,6 +86,13 @@ class PartitionState:
         self.learning = PartitionLearning(learner) if learner is not None else None
         #: Live segment membership and its changes (None: not tracked).
         self.segments = PartitionSegments(segments, partition) if segments is not None else None
+        #: Whether a user's events may be kept before they said anything (the catalog's
+        #: ``consent_mode``: ``opt_out`` yes, ``opt_in`` no).
+        self.analytics_by_default = analytics_by_default
+        #: Users without analytics consent: nothing but their consent record is kept.
+        self.withheld: dict[str, int] = {}
+        #: Their events, counted by type and dropped.
+        self.anonymous: dict[str, int] = {}
 
     def apply_message(self, seq: int, user_key: str, data: bytes) -> None:
         """Decode, validate and apply one stream message, once.
@@ -102,8 +116,15 @@ class PartitionState:
 
     def apply_event(self, user_key: str, event: Event, seq: int = 0) -> None:
         user = self.users.get(user_key)
+        if (user is None or isinstance(event, ConsentUpdated)) and not self._admit(
+            user_key, user, event, seq
+        ):
+            self.anonymous[event.kind.wire_name] = self.anonymous.get(event.kind.wire_name, 0) + 1
+            return
+        user = self.users.get(user_key)
         if user is None:
             user = self.users[user_key] = UserState.new(event.ts)
+            user.consent = self.withheld.pop(user_key, 0)
         adopted = user.apply(event, self.vocab)
         self.applied += 1
         self.watermark = max(self.watermark, event.ts)
@@ -111,6 +132,40 @@ class PartitionState:
             self.learning.on_event(user_key, user, event, self.vocab, seq, adopted)
         if self.segments is not None:
             self.segments.on_event(user_key, user, event, seq, self.vocab)
+
+    def _admit(self, user_key: str, user: UserState | None, event: Event, seq: int) -> bool:
+        """Whether analytics consent lets this event be kept (the cheap path, a known user's
+        ordinary event, never gets here). Refusing it forgets the user but their consent."""
+        if isinstance(event, ConsentUpdated):
+            bits = user.consent if user is not None else self.withheld.get(user_key, 0)
+            bits = with_consent(bits, event.props.analytics, event.props.personalization)
+            if consent_allows(bits, "analytics", self.analytics_by_default):
+                if user is None:
+                    self.withheld[user_key] = bits  # taken over by the user created next
+                return True
+            self.withheld[user_key] = bits
+            if user is not None:
+                self.forget_user(user_key, event.ts, seq)
+            return False
+        # A user never seen: kept unless consent must come first; a refusal on record: dropped.
+        recorded = self.withheld.get(user_key)
+        return consent_allows(recorded or 0, "analytics", self.analytics_by_default)
+
+    def forget_user(self, user_key: str, now: float, seq: int = 0) -> bool:
+        """Remove a user's state: profile, open decisions, path, insights; their segments are
+        left (published as exits). What the policies already learned is aggregate and stays."""
+        user = self.users.pop(user_key, None)
+        if user is None:
+            return False
+        if self.learning is not None:
+            self.learning.forget_user(user_key)
+        if self.segments is not None:
+            self.segments.forget(user_key, user, now, seq)
+        return True
+
+    def consent_of(self, user_key: str) -> int | None:
+        """The consent bits of a user the partition keeps nothing else about (None: not one)."""
+        return self.withheld.get(user_key)
 
     def sweep_segments(self, now: float, keys: list[str], reassign: bool = True) -> int:
         """Re-evaluate the time-based segments of the users ``keys`` as of ``now`` (a chunk of a
@@ -166,17 +221,25 @@ class PartitionState:
                 "users": {key: user.snapshot() for key, user in self.users.items()},
                 "learning": self.learning.snapshot() if self.learning is not None else None,
                 "segments": self.segments.snapshot() if self.segments is not None else None,
+                "withheld": self.withheld,
+                "anonymous": self.anonymous,
             }
         )
 
     @classmethod
     def restore(
-        cls, data: bytes, learner: Learner | None = None, segments: SegmentIndex | None = None
+        cls,
+        data: bytes,
+        learner: Learner | None = None,
+        segments: SegmentIndex | None = None,
+        analytics_by_default: bool = True,
     ) -> PartitionState:
         snap = msgspec.msgpack.decode(data)
         if snap.get("version") != SNAPSHOT_VERSION:
             raise ValueError(f"unsupported partition snapshot version {snap.get('version')!r}")
-        part = cls(snap["partition"])
+        part = cls(snap["partition"], analytics_by_default=analytics_by_default)
+        part.withheld = dict(snap.get("withheld") or {})
+        part.anonymous = dict(snap.get("anonymous") or {})
         part.last_seq = snap["last_seq"]
         part.applied = snap["applied"]
         part.records = snap.get("records", 0)
@@ -201,8 +264,9 @@ class PartitionState:
         snapshot: bytes | None,
         learner: Learner | None = None,
         segments: SegmentIndex | None = None,
+        analytics_by_default: bool = True,
     ) -> PartitionState:
         """Cold start and recovery are one path: restore if there is a snapshot."""
         if snapshot is None:
-            return cls(partition, learner, segments)
-        return cls.restore(snapshot, learner, segments)
+            return cls(partition, learner, segments, analytics_by_default)
+        return cls.restore(snapshot, learner, segments, analytics_by_default)

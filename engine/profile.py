@@ -320,14 +320,7 @@ class UserState:
         t[i + (3 if completed else 2)] += 1
 
     def _set_consent(self, analytics: bool | None, personalization: bool | None) -> None:
-        consent = self.consent
-        if analytics is not None:
-            consent = (consent | _ANALYTICS_SET) & ~_ANALYTICS_ON
-            consent |= _ANALYTICS_ON if analytics else 0
-        if personalization is not None:
-            consent = (consent | _PERSONAL_SET) & ~_PERSONAL_ON
-            consent |= _PERSONAL_ON if personalization else 0
-        self.consent = consent
+        self.consent = with_consent(self.consent, analytics, personalization)
 
     # ------------------------------------------------------------------ reads
 
@@ -384,10 +377,7 @@ class UserState:
 
     def consent_given(self, purpose: str, default: bool) -> bool:
         """Whether the user granted ``purpose`` ("analytics" or "personalization")."""
-        is_set, on = (
-            (_ANALYTICS_SET, _ANALYTICS_ON) if purpose == "analytics" else (_PERSONAL_SET, _PERSONAL_ON)
-        )
-        return bool(self.consent & on) if self.consent & is_set else default
+        return consent_allows(self.consent, purpose, default)
 
     def view(self, vocab: Vocabularies, now: float) -> dict[str, Any]:
         """A JSON-ready picture of the state as of ``now``."""
@@ -470,6 +460,29 @@ class UserState:
                 user, field, sys.intern(value) if value is not None and field not in PII_FIELDS else value
             )
         return user
+
+
+def with_consent(bits: int, analytics: bool | None, personalization: bool | None) -> int:
+    """Consent bits with a purpose recorded as granted or refused (None: left as it was).
+
+    >>> consent_allows(with_consent(0, False, None), "analytics", True)
+    False
+    >>> consent_allows(with_consent(0, False, None), "personalization", True)  # not recorded
+    True
+    """
+    if analytics is not None:
+        bits = (bits | _ANALYTICS_SET) & ~_ANALYTICS_ON
+        bits |= _ANALYTICS_ON if analytics else 0
+    if personalization is not None:
+        bits = (bits | _PERSONAL_SET) & ~_PERSONAL_ON
+        bits |= _PERSONAL_ON if personalization else 0
+    return bits
+
+
+def consent_allows(bits: int, purpose: str, default: bool) -> bool:
+    """Whether consent bits allow ``purpose``; ``default`` where none was recorded."""
+    is_set, on = (_ANALYTICS_SET, _ANALYTICS_ON) if purpose == "analytics" else (_PERSONAL_SET, _PERSONAL_ON)
+    return bool(bits & on) if bits & is_set else default
 
 
 def _mask_names(mask: int, vocab: Vocabulary) -> list[str]:

@@ -322,6 +322,12 @@ class PartitionSegments:
             out.append((key, segment, "enter" if entered else "exit", ts, origin, p))
         return out
 
+    def forget(self, user_key: str, user: UserState, now: float, seq: int) -> None:
+        """A user forgotten (consent withdrawn, erased): exits from every segment they were in."""
+        if user.segments:
+            self._changed(user_key, user.segments, 0, max(now, self.clock), seq)
+        user.segments = 0
+
     def counts(self) -> dict[str, tuple[int, int]]:
         """Entries and exits per segment in this partition since it started (snapshots keep them)."""
         return {

@@ -101,7 +101,15 @@ class _ShardCollector:
             delivered.add_metric(label, hook.get("delivered", 0))
             failed.add_metric(label, hook.get("attempts_failed", 0))
             given_up.add_metric(label, hook.get("given_up", 0))
-        return (changes, queued, published, model, delivered, failed, given_up)
+        without_consent = CounterMetricFamily(
+            "hs_events_without_consent",
+            "Events of users without analytics consent: counted by type, then dropped",
+            labels=["shard", "type"],
+        )
+        for stats in self.shards:
+            for kind, count in (stats.get("events_without_consent") or {}).items():
+                without_consent.add_metric([str(stats["shard"]), kind], count)
+        return (changes, queued, published, model, delivered, failed, given_up, without_consent)
 
     def collect(self) -> Any:
         now = time.time()

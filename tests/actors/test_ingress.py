@@ -239,6 +239,40 @@ def test_segments_with_their_rules_and_live_sizes(api: tuple[httpx.Client, Shard
     assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
 
 
+def test_consent_withdrawn_over_the_api_forgets_the_user_and_stops_personalizing(
+    api: tuple[httpx.Client, ShardGroup],
+) -> None:
+    client, group = api
+    user = "consent-c@example.com"
+    body = {"events": [event(user, "session_started"), event(user, "feature_clicked", feature="export")]}
+    assert client.post("/v1/events", json=body, headers=FRONTEND).status_code == 200
+    group.wait_caught_up(timeout=30)
+    assert client.get(f"/v1/users/{user}", headers=ADMIN).status_code == 200
+    url = f"/v1/users/{user}/consent"
+    assert client.put(url, json={"analytics": False}).status_code == 401
+    assert client.put(url, json={}, headers=FRONTEND).status_code == 400
+    assert client.put(url, json={"analytics": "maybe"}, headers=FRONTEND).status_code == 400
+    r = client.put(url, json={"analytics": False, "personalization": False}, headers=FRONTEND)
+    assert r.status_code == 202 and r.json()["accepted"] is True
+    group.wait_caught_up(timeout=30)
+    assert client.get(f"/v1/users/{user}", headers=ADMIN).status_code == 404  # nothing kept
+    more = {"events": [event(user, "feature_clicked", feature="share")]}
+    assert client.post("/v1/events", json=more, headers=FRONTEND).status_code == 200
+    group.wait_caught_up(timeout=30)
+    assert client.get(f"/v1/users/{user}", headers=ADMIN).status_code == 404  # counted, dropped
+    decision = client.post("/v1/decide", json={"user_id": user}, headers=FRONTEND).json()
+    assert decision["personalized"] is False and "personalization not permitted" in decision["explain"][0]
+    metrics = client.get("/metrics", headers=ADMIN).text
+    assert "hs_events_without_consent_total{shard=" in metrics and 'type="feature_clicked"' in metrics
+    # An admin key may record consent too; granting again starts keeping events.
+    assert client.put(url, json={"analytics": True}, headers=ADMIN).status_code == 202
+    after = {"events": [event(user, "feature_clicked", feature="share")]}  # a new event id
+    assert client.post("/v1/events", json=after, headers=FRONTEND).status_code == 200
+    group.wait_caught_up(timeout=30)
+    profile = client.get(f"/v1/users/{user}", headers=ADMIN).json()
+    assert profile["features"] == {"share": 1} and profile["consent"]["personalization"] is False
+
+
 def test_without_shards_decisions_degrade_to_the_default_flow(api: tuple[httpx.Client, ShardGroup]) -> None:
     """Runs last in this module: it stops the shards."""
     client, group = api

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from engine.errors import InvalidEvent
-from engine.events import encode_event
+from engine.events import EventKind, encode_event
 from engine.partition import PartitionState
 from engine.shard import NotOwned, ShardState
 
@@ -73,3 +73,68 @@ def test_shard_routes_by_partition_and_refuses_foreign_ones() -> None:
     with pytest.raises(NotOwned):
         shard.apply(2, 7, "k1", raw(2))
     assert shard.users == 1 and shard.applied == 1
+
+
+def consent_event(
+    n: int, ts: float, analytics: bool | None = None, personalization: bool | None = None
+) -> bytes:
+    props = {
+        k: v for k, v in (("analytics", analytics), ("personalization", personalization)) if v is not None
+    }
+    return encode_event(
+        {"event_id": f"c{n}", "user_id": "k", "type": "consent_updated", "ts": ts, "props": props}
+    )
+
+
+def click(n: int, ts: float) -> bytes:
+    return encode_event(
+        {
+            "event_id": f"e{n}",
+            "user_id": "k",
+            "type": "feature_clicked",
+            "ts": ts,
+            "props": {"feature": "export"},
+        }
+    )
+
+
+def test_withdrawing_analytics_consent_forgets_the_user_but_their_consent() -> None:
+    from engine.catalog import DEFAULT_CATALOG, load_catalog
+    from engine.segments import SegmentIndex
+
+    part = PartitionState(0, segments=SegmentIndex(load_catalog(DEFAULT_CATALOG)))
+    part.apply_message(1, "k", click(1, 100.0))
+    assert part.users["k"].features is not None and part.segments is not None
+    part.segments.take()
+    part.apply_message(2, "k", consent_event(2, 110.0, analytics=False, personalization=False))
+    part.apply_message(3, "k", click(3, 120.0))
+    assert "k" not in part.users and part.view("k", 130.0) is None
+    assert part.consent_of("k") is not None  # the refusal itself is kept
+    assert part.anonymous == {"consent_updated": 1, "feature_clicked": 1}
+    exits = part.segments.take()
+    assert exits and {r[2] for r in exits} == {"exit"}  # left every segment it was in
+    # A restart (snapshot + replay of the same messages) does not bring the user back.
+    again = PartitionState.restore(part.snapshot())
+    for seq, data in ((1, click(1, 100.0)), (2, consent_event(2, 110.0, False)), (3, click(3, 120.0))):
+        again.apply_message(seq, "k", data)
+    assert "k" not in again.users and again.anonymous == part.anonymous
+    # Granting again starts a new profile from the grant on; personalization stays refused.
+    part.apply_message(4, "k", consent_event(4, 140.0, analytics=True))
+    part.apply_message(5, "k", click(5, 150.0))
+    user = part.users["k"]
+    assert user.count(EventKind.FEATURE_CLICKED) == 1  # the click after the grant only
+    assert part.consent_of("k") is None
+    assert user.consent_given("analytics", True) and not user.consent_given("personalization", True)
+
+
+def test_with_opt_in_nothing_is_kept_before_analytics_consent() -> None:
+    part = PartitionState(0, analytics_by_default=False)
+    part.apply_message(1, "k", click(1, 100.0))
+    assert "k" not in part.users and part.anonymous == {"feature_clicked": 1}
+    part.apply_message(2, "k", consent_event(2, 110.0, personalization=True))  # not analytics
+    assert "k" not in part.users
+    part.apply_message(3, "k", consent_event(3, 120.0, analytics=True))
+    part.apply_message(4, "k", click(4, 130.0))
+    user = part.users["k"]
+    assert user.consent_given("analytics", False) and user.consent_given("personalization", False)
+    assert part.anonymous == {"feature_clicked": 1, "consent_updated": 1}
