@@ -41,6 +41,7 @@ from engine.learning import RewardRecord, encode_record, user_key_of
 from headstart import __version__
 from headstart.auth import Authenticator
 from headstart.control import AdminError, request_admin
+from headstart.erasure import Eraser
 from headstart.membership import read_cluster_model
 from headstart.metrics import IngressMetrics, render
 from headstart.rpc import ShardClient, ShardUnavailable, is_error
@@ -398,6 +399,7 @@ class Ingress:
         self._decide_decoder = msgspec.json.Decoder(_DecideStruct)
         self._tutorial_decoder = msgspec.json.Decoder(_TutorialStruct)
         self._connecting = asyncio.Lock()
+        self._resuming: asyncio.Task[None] | None = None
         self._ready_at = 0.0
         self._ready_detail: dict[str, Any] = {}
         self.metrics = IngressMetrics()
@@ -420,7 +422,18 @@ class Ingress:
                     )
                     self._shards = ShardClient(self.nc, self.config.partitions)
                     self._shards.start_owner_refresh()
+                    # Erasures a crash interrupted are finished in the background.
+                    eraser = Eraser(self.nc.jetstream(), self._shards, self.config.partitions)
+                    self._resuming = asyncio.create_task(self._resume_erasures(eraser))
         return self.nc, self._shards
+
+    async def _resume_erasures(self, eraser: Eraser) -> None:
+        try:
+            finished = await eraser.resume()
+            if finished:
+                log.info("finished %d interrupted erasures", len(finished))
+        except Exception as exc:  # noqa: BLE001 - retried at the next start; DELETE also resumes
+            log.warning("resuming erasures failed: %s", type(exc).__name__)
 
     # ------------------------------------------------------------------ decisions
 
@@ -588,6 +601,20 @@ class Ingress:
                 503, "unavailable", f"the event stream did not store it: {type(exc).__name__}"
             ) from exc
         return ConsentAccepted(accepted=True, detail="applies from the user's next event and decision")
+
+    @app.delete("/v1/users/{user_id}", responses={401: {}, 403: {}, 503: {}})
+    async def delete_user(self, user_id: UserIdPath, authorization: Authorization = None) -> JSONResponse:
+        """Erase the user everywhere (admin key): live state, snapshots, the events stream and
+        the decisions and rewards logs; audited without the raw id. Idempotent; an erasure
+        interrupted by a crash is finished when an ingress starts."""
+        self._require(authorization, "admin")
+        nc, shards = await self._client()
+        eraser = Eraser(nc.jetstream(), shards, self.config.partitions)
+        try:
+            report = await eraser.erase(self.pseudonymizer.key(user_id), who="admin")
+        except (TimeoutError, ShardUnavailable) as exc:
+            raise ApiError(503, "unavailable", f"erasure not finished, it resumes: {exc}") from exc
+        return JSONResponse({"erased": True, **report})
 
     @app.get("/v1/users/{user_id}", responses={401: {}, 403: {}, 404: {}})
     async def get_user(self, user_id: str, authorization: Authorization = None) -> Response:

@@ -656,6 +656,8 @@ class ShardActor:
                 return encode_reply(view)
             if method == "stats":
                 return encode_reply(await self.stats())
+            if method == "snapshot_through":
+                return encode_reply({"snapshotted": await self._snapshot_through(part, int(request["seq"]))})
             if method == "segment_sizes":
                 return encode_reply(await self.segment_sizes(now))
             if method == "tutorial_stats":
@@ -724,6 +726,18 @@ class ShardActor:
         self.checkpoint_count += written
         self.last_checkpoint_at = time.time()
         return {"written": written, "max_pause_s": max(pauses, default=0.0)}
+
+    async def _snapshot_through(self, part: PartitionState, seq: int) -> bool:
+        """Whether the stored snapshot of ``part`` is past ``seq``; writes one if it is applied
+        but not yet snapshotted (an erasure waits for this)."""
+        if part.last_seq < seq:
+            return False
+        if self._checkpointed.get(part.partition, -1) < seq:
+            assert self.checkpoints is not None
+            data, last_seq = part.snapshot(), part.last_seq
+            await self.checkpoints.save(part.partition, data, last_seq)
+            self._checkpointed[part.partition] = last_seq
+        return True
 
     async def _checkpoint_forever(self) -> None:
         while True:

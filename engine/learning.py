@@ -793,6 +793,9 @@ class PartitionLearning:
         self.path.pop(user_key, None)
         self._insights.pop(user_key, None)
         self.recommender.forget_user(user_key)
+        # Decision ids begin with the user's key (see new_decision_id).
+        if any(d.startswith(user_key) for d in self._closed):
+            self._closed = {d: None for d in self._closed if not d.startswith(user_key)}
 
     def published(self, partition: int) -> bytes:
         """The contribution as every shard loads it (:meth:`Learner.set_view`)."""

@@ -163,6 +163,15 @@ class PartitionState:
             self.segments.forget(user_key, user, now, seq)
         return True
 
+    def erase_user(self, user_key: str, seq: int = 0) -> None:
+        """Erasure (``hs.events.<p>.<key>-erase``, applied in stream order, so a replay erases
+        again whatever it re-applies before it): the user's state, consent record and queued
+        segment changes go; no exits are published for them."""
+        self.forget_user(user_key, self.watermark, seq)
+        self.withheld.pop(user_key, None)
+        if self.segments is not None:
+            self.segments.drop_queued(user_key)
+
     def consent_of(self, user_key: str) -> int | None:
         """The consent bits of a user the partition keeps nothing else about (None: not one)."""
         return self.withheld.get(user_key)
@@ -177,6 +186,10 @@ class PartitionState:
         return self.segments.sweep(chosen, now, self.vocab, reassign)
 
     def _apply_record(self, seq: int, user_key: str, kind: str, data: bytes) -> None:
+        if kind == "erase":
+            self.records += 1
+            self.erase_user(user_key, seq)
+            return
         decoder = decision_decoder if kind == "decision" else reward_decoder if kind == "reward" else None
         if decoder is None:
             raise InvalidEvent("unknown_kind", f"no record kind {kind[:40]!r}")

@@ -328,6 +328,14 @@ class PartitionSegments:
             self._changed(user_key, user.segments, 0, max(now, self.clock), seq)
         user.segments = 0
 
+    def drop_queued(self, user_key: str) -> None:
+        """Forget a user's changes not yet published (erasure); a batch in flight is kept whole
+        (its publish is retried as it was) but without them."""
+        if any(entry[0] == user_key for entry in self.outbox):
+            self.outbox = deque(entry for entry in self.outbox if entry[0] != user_key)
+        if self.in_flight is not None and any(row[0] == user_key for row in self.in_flight):
+            self.in_flight = [row for row in self.in_flight if row[0] != user_key]
+
     def counts(self) -> dict[str, tuple[int, int]]:
         """Entries and exits per segment in this partition since it started (snapshots keep them)."""
         return {

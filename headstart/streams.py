@@ -45,6 +45,9 @@ EVENTS_PREFIX = "hs.events"
 DLQ_STREAM = "HS_DLQ"
 DLQ_PREFIX = "hs.dlq"
 DECISIONS_STREAM = "HS_DECISIONS"
+AUDIT_STREAM = "HS_AUDIT"
+#: Audit records (erasures, consent, admin actions) are kept a year.
+AUDIT_RETENTION_S = 365 * 86400
 REWARDS_STREAM = "HS_REWARDS"
 #: The records of the learning loop, by the subject token after the user's key.
 RECORD_KINDS = {"decision": (DECISIONS_STREAM, "hs.decisions"), "reward": (REWARDS_STREAM, "hs.rewards")}
@@ -154,6 +157,9 @@ async def ensure_streams(
     for config in (
         dlq_stream_config(replicas),
         segments_stream_config(retention_days, replicas),
+        log_stream_config(
+            AUDIT_STREAM, "Headstart's audit log: who did what, when", "hs.audit", AUDIT_RETENTION_S, replicas
+        ),
         *(record_stream_config(kind, retention_days, replicas) for kind in RECORD_KINDS),
     ):
         try:

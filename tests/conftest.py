@@ -18,9 +18,17 @@ from engine.keys import Pseudonymizer
 from headstart.assignment import CONTROL_BUCKET
 from headstart.broker import EmbeddedNats
 from headstart.checkpoints import SNAPSHOT_BUCKET
+from headstart.erasure import ERASURE_BUCKET
 from headstart.membership import SEGMENTS_STREAM
 from headstart.merge import LEARN_BUCKET
-from headstart.streams import DECISIONS_STREAM, DLQ_STREAM, EVENTS_STREAM, REWARDS_STREAM, ensure_streams
+from headstart.streams import (
+    AUDIT_STREAM,
+    DECISIONS_STREAM,
+    DLQ_STREAM,
+    EVENTS_STREAM,
+    REWARDS_STREAM,
+    ensure_streams,
+)
 
 TEST_SECRET = b"test-secret-0123456789abcdef"
 TEST_PARTITIONS = 8
@@ -74,6 +82,8 @@ async def reset_streams(url: str, partitions: int = TEST_PARTITIONS) -> None:
         DECISIONS_STREAM,
         REWARDS_STREAM,
         SEGMENTS_STREAM,
+        AUDIT_STREAM,
+        f"KV_{ERASURE_BUCKET}",
         f"OBJ_{SNAPSHOT_BUCKET}",
         f"KV_{CONTROL_BUCKET}",
         f"KV_{LEARN_BUCKET}",

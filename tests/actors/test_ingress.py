@@ -273,6 +273,77 @@ def test_consent_withdrawn_over_the_api_forgets_the_user_and_stops_personalizing
     assert profile["features"] == {"share": 1} and profile["consent"]["personalization"] is False
 
 
+def test_erasure_removes_the_user_everywhere_and_finishes_after_a_crash(
+    api: tuple[httpx.Client, ShardGroup], nats_url: str
+) -> None:
+    import asyncio
+    import json as json_module
+
+    import nats
+
+    from engine.keys import Pseudonymizer, partition_of
+    from headstart.checkpoints import NatsCheckpointStore
+    from headstart.erasure import ERASURE_BUCKET, Eraser
+    from headstart.rpc import ShardClient
+    from headstart.streams import AUDIT_STREAM, DECISIONS_STREAM, EVENTS_STREAM
+    from tests.conftest import TEST_PARTITIONS, TEST_SECRET
+
+    client, group = api
+    pseudonymizer = Pseudonymizer(TEST_SECRET)
+    erased, interrupted = "erase-me@example.com", "erase-later@example.com"
+    for user in (erased, interrupted):
+        body = {"events": [event(user, "session_started"), event(user, "feature_clicked", feature="export")]}
+        assert client.post("/v1/events", json=body, headers=FRONTEND).status_code == 200
+        assert client.post("/v1/decide", json={"user_id": user}, headers=FRONTEND).status_code == 200
+    group.wait_caught_up(timeout=30)
+    assert client.delete(f"/v1/users/{erased}", headers=FRONTEND).status_code == 403
+    r = client.delete(f"/v1/users/{erased}", headers=ADMIN)
+    assert r.status_code == 200 and r.json()["erased"] is True, r.text
+    assert client.get(f"/v1/users/{erased}", headers=ADMIN).status_code == 404
+    assert client.delete(f"/v1/users/{erased}", headers=ADMIN).status_code == 200  # idempotent
+
+    async def check_gone(user: str) -> None:
+        key = pseudonymizer.key(user)
+        p = partition_of(key, TEST_PARTITIONS)
+        nc = await nats.connect(nats_url)
+        try:
+            js = nc.jetstream()
+            for stream, subject in (
+                (EVENTS_STREAM, f"hs.events.{p}.{key}"),
+                (EVENTS_STREAM, f"hs.events.{p}.{key}-decision"),
+                (DECISIONS_STREAM, f"hs.decisions.{p}.{key}"),
+            ):
+                with pytest.raises(nats.js.errors.NotFoundError):
+                    await js.get_last_msg(stream, subject)
+            snapshot = await (await NatsCheckpointStore.open(js)).load(p)
+            assert snapshot is not None and key.encode() not in snapshot
+            audit = await js.get_last_msg(AUDIT_STREAM, "hs.audit.erasure")
+            record = json_module.loads(audit.data)
+            assert record["what"] == "erasure" and user.encode() not in audit.data
+        finally:
+            await nc.close()
+
+    asyncio.run(check_gone(erased))
+
+    async def crash_then_resume(user: str) -> list[str]:
+        # An erasure that stopped after recording itself (the process died): the next
+        # ingress start (or a DELETE) finishes it.
+        key = pseudonymizer.key(user)
+        nc = await nats.connect(nats_url)
+        try:
+            js = nc.jetstream()
+            kv = await js.key_value(ERASURE_BUCKET)
+            progress = {"partition": partition_of(key, TEST_PARTITIONS), "who": "admin", "step": "pending"}
+            await kv.put(key, json_module.dumps(progress).encode())
+            return await Eraser(js, ShardClient(nc, TEST_PARTITIONS), TEST_PARTITIONS).resume()
+        finally:
+            await nc.close()
+
+    assert asyncio.run(crash_then_resume(interrupted)) == [pseudonymizer.key(interrupted)]
+    assert client.get(f"/v1/users/{interrupted}", headers=ADMIN).status_code == 404
+    asyncio.run(check_gone(interrupted))
+
+
 def test_without_shards_decisions_degrade_to_the_default_flow(api: tuple[httpx.Client, ShardGroup]) -> None:
     """Runs last in this module: it stops the shards."""
     client, group = api

@@ -138,3 +138,24 @@ def test_with_opt_in_nothing_is_kept_before_analytics_consent() -> None:
     user = part.users["k"]
     assert user.consent_given("analytics", False) and user.consent_given("personalization", False)
     assert part.anonymous == {"feature_clicked": 1, "consent_updated": 1}
+
+
+def test_an_erase_record_forgets_the_user_in_stream_order_and_on_every_replay() -> None:
+    from engine.catalog import DEFAULT_CATALOG, load_catalog
+    from engine.segments import SegmentIndex
+
+    index = SegmentIndex(load_catalog(DEFAULT_CATALOG))
+    part = PartitionState(0, segments=index)
+    part.apply_message(1, "k", click(1, 100.0))
+    early = part.snapshot()  # a checkpoint from before the erasure
+    part.apply_message(2, "k", consent_event(2, 110.0, personalization=False))
+    part.apply_message(3, "k-erase", b"")
+    assert "k" not in part.users and part.consent_of("k") is None
+    assert part.segments is not None and not [r for r in part.segments.take() if r[0] == "k"]
+    # Recovery from the old checkpoint replays what the purge left: the erase record.
+    recovered = PartitionState.restore(early, segments=index)
+    recovered.apply_message(3, "k-erase", b"")
+    assert "k" not in recovered.users
+    # Events after the erasure are a new life, kept as any others.
+    part.apply_message(4, "k", click(4, 120.0))
+    assert part.users["k"].count(EventKind.FEATURE_CLICKED) == 1
