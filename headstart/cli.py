@@ -584,6 +584,35 @@ def report_tutorials(
 
 
 @app.command()
+def datamap(
+    home: HomeOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+) -> None:
+    """What Headstart collects, where each field is kept, for how long and under which consent
+    purpose (generated from the code's event and profile schema)."""
+    from engine.datamap import datamap as build
+
+    settings = _settings(home)
+    rows = build(settings.event_retention_days, settings.checkpoint_interval_s)
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    table = Table(title="Headstart's data map")
+    for column in ("field", "events", "meaning", "kept in", "purpose", "PII"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(
+            row["field"],
+            ", ".join(row["events"]) or "-",
+            row["meaning"],
+            row["kept_in"],
+            row["purpose"],
+            "yes" if row["pii"] else "",
+        )
+    console.print(table)
+
+
+@app.command()
 def bench(
     name: Annotated[str, typer.Argument(help="benchmark name: a module of bench/ (e.g. ingest)")],
     quick: Annotated[bool, typer.Option(help="a small, fast run (for CI smoke checks)")] = False,

@@ -211,3 +211,14 @@ def test_an_existing_nats_server_is_used_and_left_alone(tmp_path: Path) -> None:
         assert external.healthy()  # not ours to stop
     finally:
         external.stop()
+
+
+def test_datamap_lists_every_field_with_where_and_why(tmp_path: Path) -> None:
+    shown = headstart("datamap", "--json", home=tmp_path)
+    assert shown.returncode == 0, shown.stderr
+    rows = {r["field"]: r for r in json.loads(shown.stdout)}
+    assert (
+        rows["props.feature"]["events"] == ["feature_clicked"]
+        and rows["profile.consent"]["purpose"] == "legal record"
+    )
+    assert "HS_EVENTS" in rows["user_id"]["kept_in"]

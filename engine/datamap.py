@@ -1,0 +1,165 @@
+"""What Headstart collects, where it keeps it, for how long and under which consent purpose.
+
+Generated from the code's own schema: the event types and their fields are read from the
+typed events (:mod:`engine.events`), the profile's fields from :class:`engine.profile.UserState`.
+Every field must have an entry in :data:`EVENT_FIELDS` or :data:`PROFILE_FIELDS`;
+``tests/engine/test_datamap.py`` fails when one is added without, so the map cannot drift
+from the code. ``headstart datamap`` prints it with the instance's retention settings.
+
+>>> rows = datamap(event_retention_days=30)
+>>> row = next(r for r in rows if r["field"] == "props.feature")
+>>> row["events"], row["purpose"], "profile" in row["kept_in"]
+(['feature_clicked'], 'analytics', True)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from engine.events import EVENT_CLASSES, Context
+from engine.profile import PII_FIELDS, UserState
+
+#: What each event field is, what it becomes in the profile (None: nothing), and its purpose.
+EVENT_FIELDS: dict[str, tuple[str, str | None, str]] = {
+    "event_id": ("the producer's id of the event, for deduplication", None, "analytics"),
+    "user_id": (
+        "the user, pseudonymized (keyed HMAC) before anything is stored",
+        "the partition key",
+        "analytics",
+    ),
+    "ts": ("when it happened", "first_seen, last_seen, sessions, windows, engagement", "analytics"),
+    "v": ("schema version", None, "analytics"),
+    "context.device_type": ("device type", "device_type", "personalization"),
+    "context.os": ("operating system", "os", "personalization"),
+    "context.locale": ("locale", "locale", "personalization"),
+    "context.country": ("country", "country", "personalization"),
+    "context.referrer": ("acquisition channel", "referrer", "personalization"),
+    "context.app_version": ("app version", "app_version", "analytics"),
+    "props.session_id": ("the client's session id", None, "analytics"),
+    "props.step": ("an onboarding step", "steps viewed / completed", "analytics"),
+    "props.feature": ("a product feature", "feature use counts", "analytics"),
+    "props.tutorial": ("a tutorial", "tutorial starts / completions", "analytics"),
+    "props.variant": ("the tutorial variant shown", "tutorial starts / completions", "analytics"),
+    "props.name": ("the user's name (PII: messages only)", "name", "personalization"),
+    "props.age_band": ("age band", "age_band", "personalization"),
+    "props.role": ("job role", "role", "personalization"),
+    "props.company_size": ("company size", "company_size", "personalization"),
+    "props.analytics": ("consent to analytics", "consent", "legal record"),
+    "props.personalization": ("consent to personalization", "consent", "legal record"),
+}
+
+#: Each profile field: what it holds and its purpose.
+PROFILE_FIELDS: dict[str, tuple[str, str]] = {
+    "counters": ("events by type, sessions, active hours and weekdays, 5-minute window", "analytics"),
+    "features": ("per feature used: uses and last use", "analytics"),
+    "tutorials": ("per tutorial and variant: starts and completions", "analytics"),
+    "viewed_steps": ("onboarding steps viewed", "analytics"),
+    "completed_steps": ("onboarding steps completed", "analytics"),
+    "first_seen": ("first event time", "analytics"),
+    "last_seen": ("latest event time", "analytics"),
+    "engagement": ("time-decayed engagement score", "analytics"),
+    "session_seconds": ("time spent in sessions", "analytics"),
+    "consent": ("consent per purpose, as recorded", "legal record"),
+    "segments": ("live segment membership", "personalization"),
+    "cluster": ("behavioural cluster", "personalization"),
+    "device_type": ("latest device type", "personalization"),
+    "os": ("latest operating system", "personalization"),
+    "locale": ("latest locale", "personalization"),
+    "country": ("latest country", "personalization"),
+    "referrer": ("first-touch acquisition channel, as last reported", "personalization"),
+    "app_version": ("latest app version", "analytics"),
+    "name": ("name, for messages (PII)", "personalization"),
+    "age_band": ("age band", "personalization"),
+    "role": ("job role", "personalization"),
+    "company_size": ("company size", "personalization"),
+}
+
+
+def event_fields() -> dict[str, list[str]]:
+    """Every field an event can carry (``context.x``, ``props.x``), with the types carrying it."""
+    out: dict[str, list[str]] = {}
+    for name, cls in EVENT_CLASSES.items():
+        for field in msgspec.structs.fields(cls):
+            if field.name == "context":
+                paths = [f"context.{f.name}" for f in msgspec.structs.fields(Context)]
+            elif field.name == "props":
+                props_type = field.type
+                paths = [f"props.{f.name}" for f in msgspec.structs.fields(props_type)]
+            else:
+                paths = [field.name]
+            for path in paths:
+                out.setdefault(path, []).append(name)
+    return out
+
+
+def profile_fields() -> list[str]:
+    return [slot for slot in UserState.__slots__ if slot != "__weakref__"]
+
+
+def datamap(event_retention_days: float, checkpoint_interval_s: float = 30.0) -> list[dict[str, Any]]:
+    """One row per field: which events carry it or the profile holds it, where it is kept, how
+    long, and under which purpose. Raises ``KeyError`` for a field missing from the map."""
+    stream = f"events stream HS_EVENTS ({event_retention_days:g} days)"
+    state = "profile (shard memory; snapshots in HS_SNAPSHOTS, the latest per partition, rewritten every "
+    state += f"{checkpoint_interval_s:g} s) until erased or analytics consent is withdrawn"
+    rows = []
+    for path, events in sorted(event_fields().items()):
+        meaning, becomes, purpose = EVENT_FIELDS[path]
+        kept = [stream, "dead letters HS_DLQ (30 days) if the event is invalid"]
+        if becomes is not None:
+            kept.append(f"profile: {becomes}")
+        rows.append(
+            {
+                "field": path,
+                "events": sorted(events),
+                "meaning": meaning,
+                "kept_in": "; ".join(kept),
+                "purpose": purpose,
+                "pii": path.split(".")[-1] in PII_FIELDS,
+            }
+        )
+    for slot in profile_fields():
+        meaning, purpose = PROFILE_FIELDS[slot]
+        rows.append(
+            {
+                "field": f"profile.{slot}",
+                "events": [],
+                "meaning": meaning,
+                "kept_in": state,
+                "purpose": purpose,
+                "pii": slot in PII_FIELDS,
+            }
+        )
+    rows.append(
+        {
+            "field": "decision and reward records",
+            "events": [],
+            "meaning": "each learned choice: context vector, arms, propensity; rewards",
+            "kept_in": f"HS_DECISIONS, HS_REWARDS and the user's partition ({event_retention_days:g} days)",
+            "purpose": "personalization",
+            "pii": False,
+        }
+    )
+    rows.append(
+        {
+            "field": "segment changes",
+            "events": [],
+            "meaning": "pseudonymized key entering or leaving a segment",
+            "kept_in": f"HS_SEGMENTS ({event_retention_days:g} days); webhooks if configured",
+            "purpose": "personalization",
+            "pii": False,
+        }
+    )
+    rows.append(
+        {
+            "field": "audit records",
+            "events": [],
+            "meaning": "erasures, consent changes: who, what, when, pseudonymized key",
+            "kept_in": "HS_AUDIT (365 days)",
+            "purpose": "legal record",
+            "pii": False,
+        }
+    )
+    return rows
