@@ -39,6 +39,7 @@ from engine.errors import InvalidEvent
 from engine.keys import Pseudonymizer, partition_of
 from engine.learning import RewardRecord, encode_record, user_key_of
 from headstart import __version__
+from headstart.access import export_user
 from headstart.auth import Authenticator
 from headstart.control import AdminError, request_admin
 from headstart.erasure import Eraser
@@ -601,6 +602,20 @@ class Ingress:
                 503, "unavailable", f"the event stream did not store it: {type(exc).__name__}"
             ) from exc
         return ConsentAccepted(accepted=True, detail="applies from the user's next event and decision")
+
+    @app.get("/v1/users/{user_id}/export", responses={401: {}, 403: {}, 503: {}})
+    async def export_user(self, user_id: UserIdPath, authorization: Authorization = None) -> JSONResponse:
+        """Everything held on the user (data access request, admin key): live profile with
+        segments and consent, and the decisions and rewards still retained; audited."""
+        self._require(authorization, "admin")
+        nc, shards = await self._client()
+        try:
+            report = await export_user(
+                nc.jetstream(), shards, self.pseudonymizer.key(user_id), self.config.partitions, who="admin"
+            )
+        except ShardUnavailable as exc:
+            raise ApiError(503, "unavailable", str(exc)) from exc
+        return JSONResponse(report)
 
     @app.delete("/v1/users/{user_id}", responses={401: {}, 403: {}, 503: {}})
     async def delete_user(self, user_id: UserIdPath, authorization: Authorization = None) -> JSONResponse:

@@ -273,6 +273,27 @@ def test_consent_withdrawn_over_the_api_forgets_the_user_and_stops_personalizing
     assert profile["features"] == {"share": 1} and profile["consent"]["personalization"] is False
 
 
+def test_an_export_holds_the_profile_and_the_retained_decisions(api: tuple[httpx.Client, ShardGroup]) -> None:
+    client, group = api
+    user = "export-me@example.com"
+    body = {"events": [event(user, "session_started"), event(user, "feature_clicked", feature="export")]}
+    assert client.post("/v1/events", json=body, headers=FRONTEND).status_code == 200
+    group.wait_caught_up(timeout=30)
+    selected = {"user_id": user, "step": "first_project", "context": {"device_type": "mobile"}}
+    decided = client.post("/v1/tutorials/select", json=selected, headers=FRONTEND).json()  # a logged choice
+    deadline = time.monotonic() + 10
+    url = f"/v1/users/{user}/export"
+    while not client.get(url, headers=ADMIN).json()["decisions"] and time.monotonic() < deadline:
+        time.sleep(0.1)  # the decision is logged in the background
+    assert client.get(url, headers=FRONTEND).status_code == 403
+    exported = client.get(url, headers=ADMIN)
+    assert exported.status_code == 200, exported.text
+    data = exported.json()
+    assert data["profile"]["features"] == {"export": 1} and "segments" in data["profile"]
+    assert [d["decision_id"] for d in data["decisions"]] == [decided["decision_id"]]
+    assert user not in exported.text  # pseudonymized key only
+
+
 def test_erasure_removes_the_user_everywhere_and_finishes_after_a_crash(
     api: tuple[httpx.Client, ShardGroup], nats_url: str
 ) -> None:

@@ -23,8 +23,9 @@ pytestmark = pytest.mark.integration
 def test_partitions_move_live_without_losing_or_doubling_an_event(
     group: ShardGroup, fresh_streams: str, pseudonymizer: Pseudonymizer
 ) -> None:
-    # Enough traffic to outlast the three moves (two start a new shard: ~1.3 s each here).
-    events = list(onboarding_events(users=60, events=8000, seed=17))
+    # Enough traffic to outlast the three moves (two start a new shard: ~1.3 s each here, and
+    # up to ~2 s each on a busy machine: 10 s of traffic).
+    events = list(onboarding_events(users=60, events=15000, seed=17))
     with SteadyTraffic(fresh_streams, TEST_SECRET, events, rate=1500, partitions=TEST_PARTITIONS) as traffic:
         reports = [group.rescale(3), group.rescale(1), group.rescale(2)]
         assert traffic.published < len(events)  # the moves happened while events were flowing
