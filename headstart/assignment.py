@@ -16,11 +16,10 @@ from __future__ import annotations
 
 import msgspec
 from nats.js import JetStreamContext
-from nats.js.api import KeyValueConfig, StorageType
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
 from nats.js.kv import KeyValue
 
-from headstart.streams import open_bucket
+from headstart.streams import file_bucket
 
 CONTROL_BUCKET = "HS_CONTROL"
 ASSIGNMENT_KEY = "assignment"
@@ -58,16 +57,8 @@ _decode = msgspec.json.Decoder(Assignment).decode
 
 
 async def control_bucket(js: JetStreamContext, replicas: int = 1) -> KeyValue:
-    return await open_bucket(
-        js,
-        KeyValueConfig(
-            bucket=CONTROL_BUCKET,
-            description="Headstart control state (partition assignment)",
-            history=5,
-            storage=StorageType.FILE,
-            replicas=replicas,
-        ),
-    )
+    description = "Headstart control state (partition assignment)"
+    return await file_bucket(js, CONTROL_BUCKET, description, replicas, history=5)
 
 
 async def load_assignment(kv: KeyValue) -> tuple[Assignment | None, int]:

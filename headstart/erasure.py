@@ -28,7 +28,6 @@ import time
 from typing import Any
 
 from nats.js import JetStreamContext
-from nats.js.api import KeyValueConfig, StorageType
 from nats.js.errors import KeyDeletedError, KeyNotFoundError, NotFoundError
 from nats.js.kv import KeyValue
 
@@ -39,7 +38,7 @@ from headstart.streams import (
     EVENTS_PREFIX,
     EVENTS_STREAM,
     REWARDS_STREAM,
-    open_bucket,
+    file_bucket,
     publish_prepared,
 )
 
@@ -50,16 +49,8 @@ APPLY_TIMEOUT_S = 60.0
 
 
 async def erasure_bucket(js: JetStreamContext, replicas: int = 1) -> KeyValue:
-    return await open_bucket(
-        js,
-        KeyValueConfig(
-            bucket=ERASURE_BUCKET,
-            description="Headstart: erasures in progress, by pseudonymized user key",
-            history=1,
-            storage=StorageType.FILE,
-            replicas=replicas,
-        ),
-    )
+    description = "Headstart: erasures in progress, by pseudonymized user key"
+    return await file_bucket(js, ERASURE_BUCKET, description, replicas)
 
 
 class Eraser:

@@ -16,11 +16,10 @@ import logging
 from collections.abc import Callable, Mapping
 
 from nats.js import JetStreamContext
-from nats.js.api import KeyValueConfig, StorageType
 from nats.js.kv import KeyValue
 
 from engine.learning import Learner, PartitionLearning
-from headstart.streams import open_bucket
+from headstart.streams import file_bucket
 
 log = logging.getLogger(__name__)
 
@@ -33,16 +32,8 @@ def contribution_key(partition: int) -> str:
 
 
 async def learn_bucket(js: JetStreamContext, replicas: int = 1) -> KeyValue:
-    return await open_bucket(
-        js,
-        KeyValueConfig(
-            bucket=LEARN_BUCKET,
-            description="Headstart: each partition's contribution to the policies, and drifts forgotten",
-            history=1,
-            storage=StorageType.FILE,
-            replicas=replicas,
-        ),
-    )
+    description = "Headstart: each partition's contribution to the policies, and drifts forgotten"
+    return await file_bucket(js, LEARN_BUCKET, description, replicas)
 
 
 class PolicyMerger:

@@ -66,6 +66,16 @@ async def open_bucket(js: JetStreamContext, config: KeyValueConfig) -> KeyValue:
         return await js.create_key_value(config)
 
 
+async def file_bucket(
+    js: JetStreamContext, name: str, description: str, replicas: int = 1, history: int = 1
+) -> KeyValue:
+    """A key-value bucket on disk (replicated ``replicas`` times), created if missing."""
+    config = KeyValueConfig(
+        bucket=name, description=description, history=history, storage=StorageType.FILE, replicas=replicas
+    )
+    return await open_bucket(js, config)
+
+
 def ingest_subject(user_key: str) -> str:
     return f"{INGEST_PREFIX}.{user_key}"
 
