@@ -40,6 +40,7 @@ from engine.keys import Pseudonymizer, partition_of
 from engine.learning import RewardRecord, encode_record, user_key_of
 from headstart import __version__
 from headstart.access import export_user
+from headstart.audit import audit
 from headstart.auth import Authenticator
 from headstart.control import AdminError, request_admin
 from headstart.erasure import Eraser
@@ -597,6 +598,10 @@ class Ingress:
         }
         try:
             await publish_prepared(nc.jetstream(), [publisher.prepare(event)], retry_for=5.0)
+            key = self.pseudonymizer.key(user_id)
+            await audit(
+                nc.jetstream(), "consent", who=self.auth.role_of(authorization) or "", user_key=key, **props
+            )
         except Exception as exc:
             raise ApiError(
                 503, "unavailable", f"the event stream did not store it: {type(exc).__name__}"
@@ -699,6 +704,8 @@ class Ingress:
             reply = await request_admin(nc, "scale", shards=body.shards)
         except AdminError as exc:
             raise ApiError(503, "unavailable", str(exc)) from exc
+        with contextlib.suppress(Exception):  # the move is done; its audit record is best effort
+            await audit(nc.jetstream(), "scale", who="admin", shards=body.shards)
         return self._passthrough(reply)
 
     # ------------------------------------------------------------------ health

@@ -18,9 +18,9 @@ from nats.js import JetStreamContext
 
 from engine.keys import partition_of
 from engine.learning import decision_decoder, reward_decoder
-from headstart.erasure import AUDIT_PREFIX
+from headstart.audit import audit
 from headstart.rpc import ShardClient, is_error
-from headstart.streams import DECISIONS_STREAM, REWARDS_STREAM, publish_prepared
+from headstart.streams import DECISIONS_STREAM, REWARDS_STREAM
 
 #: Records read per log at most (a user's decisions within the retention).
 MAX_RECORDS = 10_000
@@ -55,8 +55,7 @@ async def export_user(
         msgspec.to_builtins(reward_decoder.decode(data))
         for data in await read_subject(js, REWARDS_STREAM, f"hs.rewards.{partition}.{user_key}")
     ]
-    audit = json.dumps({"what": "export", "who": who, "user_key": user_key, "when": time.time()}).encode()
-    await publish_prepared(js, [(f"{AUDIT_PREFIX}.export", audit, {})], retry_for=5.0)
+    await audit(js, "export", who=who, user_key=user_key)
     return {
         "user_key": user_key,
         "exported_at": time.time(),

@@ -32,6 +32,7 @@ from nats.js.errors import KeyDeletedError, KeyNotFoundError, NotFoundError
 from nats.js.kv import KeyValue
 
 from engine.keys import partition_of
+from headstart.audit import audit
 from headstart.rpc import ShardClient, ShardUnavailable, is_error
 from headstart.streams import (
     DECISIONS_STREAM,
@@ -43,7 +44,6 @@ from headstart.streams import (
 )
 
 ERASURE_BUCKET = "HS_ERASURE"
-AUDIT_PREFIX = "hs.audit"
 #: How long to wait for the partition's owner to apply the erase record and snapshot.
 APPLY_TIMEOUT_S = 60.0
 
@@ -89,23 +89,12 @@ class Eraser:
             await kv.put(user_key, json.dumps(progress).encode())
         await self._wait_applied(partition, progress["erase_seq"])
         purged = await self._purge(partition, user_key)
-        await publish_prepared(
+        await audit(
             self.js,
-            [
-                (
-                    f"{AUDIT_PREFIX}.erasure",
-                    json.dumps(
-                        {
-                            "what": "erasure",
-                            "who": progress.get("who", who),
-                            "user_key": user_key,
-                            "when": time.time(),
-                        }
-                    ).encode(),
-                    {"Nats-Msg-Id": f"audit-erasure:{user_key}:{progress['erase_seq']}"},
-                )
-            ],
-            retry_for=5.0,
+            "erasure",
+            who=progress.get("who", who),
+            msg_id=f"audit-erasure:{user_key}:{progress['erase_seq']}",
+            user_key=user_key,
         )
         await kv.delete(user_key)
         return {"partition": partition, "erase_seq": progress["erase_seq"], "purged": purged}

@@ -6,6 +6,7 @@ shard that stopped expire. Reading them needs only a NATS connection, not a Ray 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from typing import Any
@@ -148,7 +149,17 @@ async def ask_every_shard(nats_url: str, method: str, timeout: float = 30.0, **a
     try:
         kv = await nc.jetstream().key_value(STATUS_BUCKET)
         answers = []
-        for key in await kv.keys():
+        keys: list[str] = []
+        deadline = time.monotonic() + 10
+        while not keys:
+            try:
+                keys = await kv.keys()
+            except nats.js.errors.NoKeysError:
+                # Momentarily no entry (shards starting, or between a report's delete and put).
+                if time.monotonic() > deadline:
+                    return []
+                await asyncio.sleep(0.5)
+        for key in keys:
             if not key.startswith("shard-"):
                 continue
             entry = await kv.get(key)

@@ -240,7 +240,7 @@ def test_segments_with_their_rules_and_live_sizes(api: tuple[httpx.Client, Shard
 
 
 def test_consent_withdrawn_over_the_api_forgets_the_user_and_stops_personalizing(
-    api: tuple[httpx.Client, ShardGroup],
+    api: tuple[httpx.Client, ShardGroup], nats_url: str
 ) -> None:
     client, group = api
     user = "consent-c@example.com"
@@ -256,6 +256,22 @@ def test_consent_withdrawn_over_the_api_forgets_the_user_and_stops_personalizing
     assert r.status_code == 202 and r.json()["accepted"] is True
     group.wait_caught_up(timeout=30)
     assert client.get(f"/v1/users/{user}", headers=ADMIN).status_code == 404  # nothing kept
+
+    async def last_audit() -> bytes:
+        import nats
+
+        nc = await nats.connect(nats_url)
+        try:
+            return (await nc.jetstream().get_last_msg("HS_AUDIT", "hs.audit.consent")).data
+        finally:
+            await nc.close()
+
+    import asyncio
+    import json as json_module
+
+    record = asyncio.run(last_audit())
+    assert user.encode() not in record
+    assert json_module.loads(record)["analytics"] is False and json_module.loads(record)["who"] == "frontend"
     more = {"events": [event(user, "feature_clicked", feature="share")]}
     assert client.post("/v1/events", json=more, headers=FRONTEND).status_code == 200
     group.wait_caught_up(timeout=30)
