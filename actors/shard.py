@@ -73,6 +73,8 @@ RECO_TRAIN_PER_S = 2000
 RECO_TRAIN_TICK_S = 0.1
 #: How often queued segment changes are published (they wait at most about this long).
 SEGMENT_FLUSH_S = 0.1
+#: How often profiles past ``profile_retention_days`` are deleted.
+EXPIRE_EVERY_S = 3600.0
 #: The shard that trains the cluster model (every shard has number 0 at every size).
 CLUSTER_TRAINING_SHARD = 0
 
@@ -140,6 +142,7 @@ class ShardActor:
         self.change_publisher: ChangePublisher | None = None
         self.cluster_trainer: ClusterTrainer | None = None
         self.sweeps = 0
+        self.expired_profiles = 0
         self.sweep_changes = 0
         self.last_sweep_s = 0.0
         #: Events only (the consumers' deliveries); everything else goes over ``ctl``.
@@ -204,6 +207,7 @@ class ShardActor:
             self._membership_tasks = [
                 asyncio.create_task(self._flush_segments_forever()),
                 asyncio.create_task(self._sweep_segments_forever()),
+                asyncio.create_task(self._expire_forever()),
             ]
             if self.cluster_trainer is not None:
                 self._membership_tasks.append(asyncio.create_task(self._train_clusters_forever()))
@@ -460,6 +464,7 @@ class ShardActor:
             "learning": self._learning_stats(),
             "segments": self._segment_stats(),
             "events_without_consent": self._without_consent(),
+            "expired_profiles": self.expired_profiles,
         }
 
     def _without_consent(self) -> dict[str, int]:
@@ -802,6 +807,21 @@ class ShardActor:
                 await self.sweep_segments()
             except Exception:
                 log.exception("segment sweep failed")
+
+    async def expire_inactive(self) -> int:
+        """Delete profiles inactive longer than ``profile_retention_days``; returns how many."""
+        max_inactive_s = self.settings.profile_retention_days * 86400
+        expired = sum(part.expire_inactive(max_inactive_s) for part in self._consumed_partitions().values())
+        self.expired_profiles += expired
+        return expired
+
+    async def _expire_forever(self) -> None:
+        while True:
+            await asyncio.sleep(EXPIRE_EVERY_S)
+            try:
+                await self.expire_inactive()
+            except Exception:
+                log.exception("profile expiry failed")
 
     async def _train_clusters_forever(self) -> None:
         """Learn sampled users at ``clusters.train_per_s`` at most; publish the model on schedule."""

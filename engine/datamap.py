@@ -98,12 +98,15 @@ def profile_fields() -> list[str]:
     return [slot for slot in UserState.__slots__ if slot != "__weakref__"]
 
 
-def datamap(event_retention_days: float, checkpoint_interval_s: float = 30.0) -> list[dict[str, Any]]:
+def datamap(
+    event_retention_days: float, checkpoint_interval_s: float = 30.0, profile_retention_days: float = 365.0
+) -> list[dict[str, Any]]:
     """One row per field: which events carry it or the profile holds it, where it is kept, how
     long, and under which purpose. Raises ``KeyError`` for a field missing from the map."""
     stream = f"events stream HS_EVENTS ({event_retention_days:g} days)"
     state = "profile (shard memory; snapshots in HS_SNAPSHOTS, the latest per partition, rewritten every "
-    state += f"{checkpoint_interval_s:g} s) until erased or analytics consent is withdrawn"
+    state += f"{checkpoint_interval_s:g} s) until erased, analytics consent is withdrawn, or "
+    state += f"{profile_retention_days:g} days without activity"
     rows = []
     for path, events in sorted(event_fields().items()):
         meaning, becomes, purpose = EVENT_FIELDS[path]

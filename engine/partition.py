@@ -172,6 +172,16 @@ class PartitionState:
         if self.segments is not None:
             self.segments.drop_queued(user_key)
 
+    def expire_inactive(self, max_inactive_s: float) -> int:
+        """Delete the profiles of users inactive for ``max_inactive_s`` by this partition's event
+        time (its newest event): deterministic, and a replay expires the same users. Returns
+        how many."""
+        cutoff = self.watermark - max_inactive_s
+        stale = [key for key, user in self.users.items() if user.last_seen < cutoff]
+        for key in stale:
+            self.forget_user(key, self.watermark)
+        return len(stale)
+
     def consent_of(self, user_key: str) -> int | None:
         """The consent bits of a user the partition keeps nothing else about (None: not one)."""
         return self.withheld.get(user_key)

@@ -593,7 +593,9 @@ def datamap(
     from engine.datamap import datamap as build
 
     settings = _settings(home)
-    rows = build(settings.event_retention_days, settings.checkpoint_interval_s)
+    rows = build(
+        settings.event_retention_days, settings.checkpoint_interval_s, settings.profile_retention_days
+    )
     if as_json:
         print(json.dumps(rows, indent=2))
         return

@@ -31,6 +31,9 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=0, le=65535, description="HTTP port")
     secret: SecretStr | None = Field(None, description="pseudonymization secret; else <home>/secret")
     event_retention_days: float = Field(30.0, gt=0, description="how long raw events stay in the stream")
+    profile_retention_days: float = Field(
+        365.0, gt=0, description="a profile inactive this long (by its partition's event time) is deleted"
+    )
     stream_replicas: int = Field(1, ge=1, le=5, description="JetStream replicas (3 on a NATS cluster)")
     serve_mode: Literal["haproxy", "default"] = Field(
         "haproxy", description="Serve HTTP front: HAProxy + throughput-optimized (fast) or Serve's proxy"

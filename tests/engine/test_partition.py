@@ -159,3 +159,18 @@ def test_an_erase_record_forgets_the_user_in_stream_order_and_on_every_replay() 
     # Events after the erasure are a new life, kept as any others.
     part.apply_message(4, "k", click(4, 120.0))
     assert part.users["k"].count(EventKind.FEATURE_CLICKED) == 1
+
+
+def test_profiles_inactive_past_the_retention_are_deleted_by_event_time() -> None:
+    part = PartitionState(0)
+    for seq, (key, ts) in enumerate(
+        (("old", 100.0), ("new", 100.0 + 5 * 86400), ("new", 100.0 + 10 * 86400)), 1
+    ):
+        part.apply_message(
+            seq,
+            key,
+            encode_event({"event_id": f"e{seq}", "user_id": key, "type": "session_started", "ts": ts}),
+        )
+    assert part.expire_inactive(max_inactive_s=7 * 86400) == 1
+    assert sorted(part.users) == ["new"]
+    assert part.expire_inactive(max_inactive_s=7 * 86400) == 0
