@@ -501,7 +501,6 @@ class ShardActor:
         ~2 µs per user from live membership, ~10 µs where segments are worked out now)."""
         users = 0
         sizes: dict[str, dict[str, float]] = {}
-        changes: dict[str, list[int]] = {}
         tracked_from, tracked_to = float("inf"), 0.0
         for part in list(self._consumed_partitions().values()):
             for i, user in enumerate(list(part.users.values())):
@@ -523,10 +522,7 @@ class ShardActor:
             if part.segments is not None and part.segments.since:
                 tracked_from = min(tracked_from, part.segments.since)
                 tracked_to = max(tracked_to, part.segments.clock)
-                for segment, (entered, exited) in part.segments.counts().items():
-                    entry_changes = changes.setdefault(segment, [0, 0])
-                    entry_changes[0] += entered
-                    entry_changes[1] += exited
+        changes = self._change_counts()
         return {
             "shard": self.shard_id,
             "users": users,
@@ -845,18 +841,22 @@ class ShardActor:
             return  # published under another catalog; the trainer replaces it
         self.segment_index.assigner = ClusterAssigner.from_export(data)
 
-    def _segment_stats(self) -> dict[str, Any]:
+    def _change_counts(self) -> dict[str, list[int]]:
+        """Entries and exits per segment over the partitions this shard consumes."""
         counts: dict[str, list[int]] = {}
-        queued = dropped = 0
         for part in self._consumed_partitions().values():
-            if part.segments is None:
-                continue
-            queued += len(part.segments.outbox)
-            dropped += part.segments.dropped
-            for segment, (entered, exited) in part.segments.counts().items():
-                entry = counts.setdefault(segment, [0, 0])
-                entry[0] += entered
-                entry[1] += exited
+            if part.segments is not None:
+                for segment, (entered, exited) in part.segments.counts().items():
+                    entry = counts.setdefault(segment, [0, 0])
+                    entry[0] += entered
+                    entry[1] += exited
+        return counts
+
+    def _segment_stats(self) -> dict[str, Any]:
+        counts = self._change_counts()
+        tracked = [p.segments for p in self._consumed_partitions().values() if p.segments is not None]
+        queued = sum(len(s.outbox) for s in tracked)
+        dropped = sum(s.dropped for s in tracked)
         publisher = self.change_publisher
         assigner = self.segment_index.assigner if self.segment_index is not None else None
         return {

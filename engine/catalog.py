@@ -31,6 +31,8 @@ Name = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[a-z0-9][a-z
 Locale = Annotated[str, Field(pattern=r"^[a-z]{2}(-[A-Z]{2})?$")]
 Template = Annotated[str, Field(max_length=4000)]
 
+#: Device types with a built-in segment each (``device_<type>``).
+DEVICE_TYPES = ("mobile", "desktop", "tablet")
 #: Segments Headstart computes itself from live state and the request's context. Rule and
 #: learned segments (issue 6) extend this set.
 BUILTIN_SEGMENTS = frozenset(
@@ -38,9 +40,7 @@ BUILTIN_SEGMENTS = frozenset(
         "engagement_high",
         "engagement_medium",
         "engagement_low",
-        "device_mobile",
-        "device_desktop",
-        "device_tablet",
+        *(f"device_{d}" for d in DEVICE_TYPES),
         "new_user",
         "returning_user",
         # The activation model's probability is below ``learning.activation_low_below``.
@@ -57,6 +57,13 @@ MAX_CLUSTERS = 4
 
 def cluster_segment(cluster: int) -> str:
     return f"cluster_{cluster}"
+
+
+def locale_segment(locale: str | None) -> str | None:
+    """``locale_<language>`` for a locale such as ``de-DE`` (None: no usable locale)."""
+    if isinstance(locale, str) and len(locale) >= 2 and locale[:2].isalpha():
+        return f"locale_{locale[:2].lower()}"
+    return None
 
 
 #: Variables a message template may use; anything else renders empty.

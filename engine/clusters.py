@@ -191,11 +191,9 @@ class ClusterAssigner:
     and ``w_f = 1 / var_f``, so assigning is a few multiplications per cluster.
     """
 
-    __slots__ = ("centers", "offsets", "scaled_centers", "version", "weights")
+    __slots__ = ("offsets", "scaled_centers", "version")
 
     def __init__(self, centers: list[list[float]], weights: list[float], version: int) -> None:
-        self.centers = centers
-        self.weights = weights
         self.version = version
         # sum(w (x - r)^2) = sum(w x^2) - 2 x.(w r) + sum(w r^2): the first term is the same for
         # every center, so the nearest minimizes offset_c - 2 x.(w r_c), one dot product each.

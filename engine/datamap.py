@@ -135,34 +135,36 @@ def datamap(
                 "pii": slot in PII_FIELDS,
             }
         )
-    rows.append(
-        {
-            "field": "decision and reward records",
-            "events": [],
-            "meaning": "each learned choice: context vector, arms, propensity; rewards",
-            "kept_in": f"HS_DECISIONS, HS_REWARDS and the user's partition ({event_retention_days:g} days)",
-            "purpose": "personalization",
-            "pii": False,
-        }
+    days = f"{event_retention_days:g} days"
+    records = (
+        (
+            "decision and reward records",
+            "each learned choice: context vector, arms, propensity; rewards",
+            f"HS_DECISIONS, HS_REWARDS and the user's partition ({days})",
+            "personalization",
+        ),
+        (
+            "segment changes",
+            "pseudonymized key entering or leaving a segment",
+            f"HS_SEGMENTS ({days}); webhooks if configured",
+            "personalization",
+        ),
+        (
+            "audit records",
+            "erasures, exports, consent changes, rescales: who, what, when, pseudonymized key",
+            "HS_AUDIT (365 days)",
+            "legal record",
+        ),
     )
-    rows.append(
-        {
-            "field": "segment changes",
-            "events": [],
-            "meaning": "pseudonymized key entering or leaving a segment",
-            "kept_in": f"HS_SEGMENTS ({event_retention_days:g} days); webhooks if configured",
-            "purpose": "personalization",
-            "pii": False,
-        }
-    )
-    rows.append(
-        {
-            "field": "audit records",
-            "events": [],
-            "meaning": "erasures, consent changes: who, what, when, pseudonymized key",
-            "kept_in": "HS_AUDIT (365 days)",
-            "purpose": "legal record",
-            "pii": False,
-        }
-    )
+    for field, meaning, kept_in, purpose in records:
+        rows.append(
+            {
+                "field": field,
+                "events": [],
+                "meaning": meaning,
+                "kept_in": kept_in,
+                "purpose": purpose,
+                "pii": False,
+            }
+        )
     return rows

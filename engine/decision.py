@@ -23,7 +23,15 @@ from typing import TYPE_CHECKING, Any
 
 import pystache
 
-from engine.catalog import Catalog, CompletionRule, Step, Tutorial, cluster_segment
+from engine.catalog import (
+    DEVICE_TYPES,
+    Catalog,
+    CompletionRule,
+    Step,
+    Tutorial,
+    cluster_segment,
+    locale_segment,
+)
 from engine.events import EventKind
 from engine.learning import POINT_STEP, tutorial_point
 from engine.profile import UserState, Vocabularies
@@ -32,7 +40,6 @@ from engine.rules import parse_rule, rule_input
 if TYPE_CHECKING:
     from engine.learning import ChoiceSession
 
-DEVICE_TYPES = ("mobile", "desktop", "tablet")
 #: Rendered messages kept per decider; cleared when full (simple and bounded, and a refill is cheap).
 RENDER_CACHE_SIZE = 50_000
 
@@ -98,9 +105,9 @@ class Decider:
         device = context.get("device_type") or (user.device_type if user else None)
         if device in DEVICE_TYPES:
             out.append(f"device_{device}")
-        locale = context.get("locale") or (user.locale if user else None)
-        if isinstance(locale, str) and len(locale) >= 2 and locale[:2].isalpha():
-            out.append(f"locale_{locale[:2].lower()}")
+        locale = locale_segment(context.get("locale") or (user.locale if user else None))
+        if locale is not None:
+            out.append(locale)
         out.append("returning_user" if user is not None and user.sessions > 1 else "new_user")
         if user is not None and user.cluster >= 0 and self.catalog.clusters.enabled:
             out.append(cluster_segment(user.cluster))

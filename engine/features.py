@@ -21,14 +21,14 @@ from typing import Any
 
 import numpy as np
 
-from engine.catalog import MAX_CLUSTERS
+from engine.catalog import DEVICE_TYPES, MAX_CLUSTERS
 from engine.events import EventKind
 from engine.profile import C_SESSIONS, UserState
 
 #: 2: the behavioural cluster, one-hot (issue 6).
 LAYOUT_VERSION = 2
 
-DEVICES = ("mobile", "desktop", "tablet")
+DEVICES = DEVICE_TYPES
 LANGUAGES = ("en", "de", "fr", "es")
 #: Referrers grouped by intent: paid and search, community, and everything direct.
 REFERRER_GROUPS = {

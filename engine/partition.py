@@ -121,7 +121,6 @@ class PartitionState:
         ):
             self.anonymous[event.kind.wire_name] = self.anonymous.get(event.kind.wire_name, 0) + 1
             return
-        user = self.users.get(user_key)
         if user is None:
             user = self.users[user_key] = UserState.new(event.ts)
             user.consent = self.withheld.pop(user_key, 0)
@@ -140,9 +139,7 @@ class PartitionState:
             bits = user.consent if user is not None else self.withheld.get(user_key, 0)
             bits = with_consent(bits, event.props.analytics, event.props.personalization)
             if consent_allows(bits, "analytics", self.analytics_by_default):
-                if user is None:
-                    self.withheld[user_key] = bits  # taken over by the user created next
-                return True
+                return True  # a new user starts from the record (apply_event), then this event
             self.withheld[user_key] = bits
             if user is not None:
                 self.forget_user(user_key, event.ts, seq)

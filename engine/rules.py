@@ -380,37 +380,32 @@ def _literal(node: ast.expr) -> Any:
 # ---------------------------------------------------------------------- inputs
 
 
-#: The same readers as expressions over ``u`` and ``now``, inlined into :func:`compile_mask`'s
-#: functions (a call per field would cost more than the rules themselves). Our own text, not a
-#: rule's: parsed once here.
-_INLINE_NUMBERS: dict[str, ast.expr] = {
-    name: ast.parse(text, mode="eval").body
-    for name, text in {
-        "session_count": f"u.counters[{C_SESSIONS}]",
-        "events_total": f"sum(u.counters[:{N_KINDS}])",
-        # Right after an event (now in the newest bucket, nothing decayed yet), the fast paths.
-        "events_5m": (
-            f"sum(u.counters[{C_WIN}:{C_WIN + WINDOW_BUCKETS}]) "
-            f"if int(now) // {WINDOW_BUCKET_S} == u.counters[{C_WIN_HEAD}] else u.events_in_window(now)"
-        ),
-        "features_5m": "u.features_in_window(now)",
-        "engagement": "u.engagement if now <= u.last_seen else u.engagement_at(now)",
-        "steps_completed": "u.completed_steps.bit_count()",
-        "tutorials_completed": f"u.counters[{int(EventKind.TUTORIAL_COMPLETED)}]",
-        "days_since_first_seen": "max(0.0, now - u.first_seen) / 86400.0",
-        "days_inactive": "max(0.0, now - u.last_seen) / 86400.0",
-    }.items()
+#: How each number field is read from a user ``u`` as of ``now``: our own expressions (not a
+#: rule's text), parsed once. :func:`compile_mask` inlines them into its functions (a call per
+#: field would cost more than the rules themselves); :func:`rule_input` calls them compiled.
+#: Right after an event (now in the newest bucket, nothing decayed yet) the fast paths apply.
+_NUMBER_READERS: dict[str, str] = {
+    "session_count": f"u.counters[{C_SESSIONS}]",
+    "events_total": f"sum(u.counters[:{N_KINDS}])",
+    "events_5m": (
+        f"sum(u.counters[{C_WIN}:{C_WIN + WINDOW_BUCKETS}]) "
+        f"if int(now) // {WINDOW_BUCKET_S} == u.counters[{C_WIN_HEAD}] else u.events_in_window(now)"
+    ),
+    "features_5m": "u.features_in_window(now)",
+    "engagement": "u.engagement if now <= u.last_seen else u.engagement_at(now)",
+    "steps_completed": "u.completed_steps.bit_count()",
+    "tutorials_completed": f"u.counters[{int(EventKind.TUTORIAL_COMPLETED)}]",
+    "days_since_first_seen": "max(0.0, now - u.first_seen) / 86400.0",
+    "days_inactive": "max(0.0, now - u.last_seen) / 86400.0",
 }
+#: What the readers may call.
+_READER_NAMES: dict[str, Any] = {"__builtins__": {}, "sum": sum, "max": max, "int": int}
+_INLINE_NUMBERS: dict[str, ast.expr] = {
+    name: ast.parse(text, mode="eval").body for name, text in _NUMBER_READERS.items()
+}
+# Evaluated text: the constants above, never a rule's.
 _NUMBERS: dict[str, Callable[[UserState, float], float]] = {
-    "session_count": lambda u, now: u.sessions,
-    "events_total": lambda u, now: u.events_total,
-    "events_5m": lambda u, now: u.events_in_window(now),
-    "features_5m": lambda u, now: u.features_in_window(now),
-    "engagement": lambda u, now: u.engagement_at(now),
-    "steps_completed": lambda u, now: u.completed_steps.bit_count(),
-    "tutorials_completed": lambda u, now: u.counters[EventKind.TUTORIAL_COMPLETED],
-    "days_since_first_seen": lambda u, now: max(0.0, now - u.first_seen) / 86400.0,
-    "days_inactive": lambda u, now: max(0.0, now - u.last_seen) / 86400.0,
+    name: eval(f"lambda u, now: {text}", dict(_READER_NAMES)) for name, text in _NUMBER_READERS.items()
 }
 
 
@@ -562,14 +557,7 @@ def compile_mask(rules: Sequence[tuple[int, Rule]]) -> MaskFunction:
     function = ast.FunctionDef(name="mask", args=arguments, body=body, decorator_list=[], returns=None)
     module = ast.fix_missing_locations(ast.Module(body=[function], type_ignores=[]))
     # Built from checked trees only (see parse_rule); the namespace holds the readers it calls.
-    namespace: dict[str, Any] = {
-        "__builtins__": {},
-        "cluster_of": _cluster_of,
-        "step_done": _step_done,
-        "sum": sum,
-        "max": max,
-        "int": int,
-    }
+    namespace: dict[str, Any] = {**_READER_NAMES, "cluster_of": _cluster_of, "step_done": _step_done}
     exec(compile(module, "<segments>", "exec"), namespace)
     return namespace["mask"]  # type: ignore[no-any-return]
 

@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from engine.catalog import Catalog, cluster_segment
+from engine.catalog import DEVICE_TYPES, Catalog, cluster_segment, locale_segment
 from engine.events import Event, EventKind, FeatureClicked
 from engine.profile import CONTEXT_FIELDS, UserState, Vocabularies
 from engine.rules import TIME_FIELDS, MaskFunction, Rule, compile_mask, parse_rule
@@ -108,7 +108,7 @@ def builtin_rules(catalog: Catalog) -> list[tuple[str, str]]:
         ("engagement_low", f"engagement < {tiers.medium!r}"),
         ("new_user", "session_count <= 1"),
         ("returning_user", "session_count > 1"),
-        *((f"device_{d}", f'device_type == "{d}"') for d in ("mobile", "desktop", "tablet")),
+        *((f"device_{d}", f'device_type == "{d}"') for d in DEVICE_TYPES),
     ]
     if catalog.clusters.enabled:
         rules += [(cluster_segment(i), f"cluster == {i}") for i in range(catalog.clusters.k)]
@@ -140,10 +140,8 @@ class SegmentIndex:
         self._by_event: dict[tuple[EventKind, bool, bool, bool], tuple[int, MaskFunction]] = {}
         #: Features some rule counts: a click of another one changes no rule's feature count.
         self.rule_features = frozenset(f for rule in self.rules for f in rule.features)
-        self.time_based = self._evaluator(frozenset(EVERY_EVENT & TIME_FIELDS), sweep=True)
-        self.time_based_and_cluster = self._evaluator(
-            frozenset((EVERY_EVENT & TIME_FIELDS) | {"cluster"}), sweep=True
-        )
+        self.time_based = self._evaluator(frozenset(EVERY_EVENT & TIME_FIELDS))
+        self.time_based_and_cluster = self._evaluator(frozenset((EVERY_EVENT & TIME_FIELDS) | {"cluster"}))
 
     def names(self, mask: int) -> list[str]:
         """The segment ids of a membership mask."""
@@ -168,14 +166,14 @@ class SegmentIndex:
         found = self._by_event[key] = self._evaluator(frozenset(changed))
         return found
 
-    def _evaluator(self, changed: frozenset[str], sweep: bool = False) -> tuple[int, MaskFunction]:
+    def _evaluator(self, changed: frozenset[str]) -> tuple[int, MaskFunction]:
         found = self._evaluators.get(changed)
         if found is None:
-            # A rule reading nothing (constants only) is decided with the first event.
+            # A rule reading nothing (constants only) never changes: every evaluator decides it.
             chosen = [
                 (bit, rule)
                 for bit, (rule, reads) in enumerate(zip(self.rules, self._reads, strict=True))
-                if reads & changed or (not reads and not sweep)
+                if reads & changed or not reads
             ]
             decides = sum(1 << bit for bit, _ in chosen)
             found = self._evaluators[changed] = (decides, compile_mask(chosen))
@@ -381,16 +379,9 @@ class PartitionSegments:
 # ---------------------------------------------------------------------- reports
 
 
-def locale_segment(user: UserState) -> str | None:
-    locale = user.locale
-    if isinstance(locale, str) and len(locale) >= 2 and locale[:2].isalpha():
-        return f"locale_{locale[:2].lower()}"
-    return None
-
-
 def user_segments(part: PartitionState, user: UserState) -> list[str]:
     """A user's live segments (and locale segment) as the partition tracks them."""
     assert part.segments is not None
     out = part.segments.index.names(user.segments)
-    locale = locale_segment(user)
+    locale = locale_segment(user.locale)
     return [*out, locale] if locale else out
