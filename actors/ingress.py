@@ -41,7 +41,7 @@ from engine.learning import RewardRecord, encode_record, user_key_of
 from headstart import __version__
 from headstart.access import export_user
 from headstart.audit import audit
-from headstart.auth import Authenticator
+from headstart.auth import Authenticator, RateLimits
 from headstart.control import AdminError, request_admin
 from headstart.erasure import Eraser
 from headstart.membership import read_cluster_model
@@ -66,9 +66,12 @@ COALESCE = os.environ.get("HEADSTART_COALESCE", "1") == "1"
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, code: str, message: str, details: Any = None) -> None:
+    def __init__(
+        self, status: int, code: str, message: str, details: Any = None, headers: dict[str, str] | None = None
+    ) -> None:
         super().__init__(message)
         self.status, self.code, self.message, self.details = status, code, message, details
+        self.headers = headers or {}
 
 
 def _error_body(code: str, message: str, details: Any = None) -> bytes:
@@ -78,8 +81,11 @@ def _error_body(code: str, message: str, details: Any = None) -> bytes:
     return msgspec.json.encode({"error": body})
 
 
-def error_response(status: int, code: str, message: str, details: Any = None) -> Response:
-    return Response(_error_body(code, message, details), status_code=status, media_type="application/json")
+def error_response(
+    status: int, code: str, message: str, details: Any = None, headers: dict[str, str] | None = None
+) -> Response:
+    body = _error_body(code, message, details)
+    return Response(body, status_code=status, media_type="application/json", headers=headers)
 
 
 class BodyLimit:
@@ -165,8 +171,10 @@ class HotPath:
             status, body = await self._ingress.decide_bytes(
                 authorization, await _read_body(receive, self.limit)
             )
+            extra: list[tuple[bytes, bytes]] = []
         except ApiError as exc:
             status, body = exc.status, _error_body(exc.code, exc.message, exc.details)
+            extra = [(k.lower().encode(), v.encode()) for k, v in exc.headers.items()]
         await send(
             {
                 "type": "http.response.start",
@@ -174,6 +182,7 @@ class HotPath:
                 "headers": [
                     (b"content-type", b"application/json"),
                     (b"content-length", str(len(body)).encode()),
+                    *extra,
                 ],
             }
         )
@@ -332,6 +341,8 @@ class IngressConfig(BaseModel):
     secret: bytes
     key_hashes: dict[str, list[str]]
     catalog: Catalog
+    #: Requests per key of each role and replica, e.g. ``{"frontend": "20000/second"}``.
+    rate_limits: dict[str, str] = {}
 
 
 # ---------------------------------------------------------------------- the app
@@ -348,7 +359,7 @@ app.add_middleware(HotPath)  # outermost: it answers before BodyLimit and the ro
 
 @app.exception_handler(ApiError)
 async def _api_error(_: Request, exc: ApiError) -> Response:
-    return error_response(exc.status, exc.code, exc.message, exc.details)
+    return error_response(exc.status, exc.code, exc.message, exc.details, exc.headers)
 
 
 @app.exception_handler(RequestValidationError)
@@ -393,6 +404,7 @@ class Ingress:
         # allocations (CPython's default) spent a measurable share of the replica's loop.
         gc.set_threshold(GC_GEN0_THRESHOLD, 10, 10)
         self.auth = Authenticator(config.key_hashes)
+        self.rate_limits = RateLimits(config.rate_limits)
         self.pseudonymizer = Pseudonymizer(config.secret)
         self.decider = Decider(config.catalog)
         self.nc: NATS | None = None
@@ -408,12 +420,24 @@ class Ingress:
         self._shard_decisions = self.metrics.decisions.labels("shard")
         self._fallback_decisions = self.metrics.decisions.labels("fallback")
 
-    def _require(self, authorization: str | None, role: Literal["frontend", "admin"]) -> None:
-        granted = self.auth.role_of(authorization)
-        if granted is None:
+    def _require(self, authorization: str | None, role: Literal["frontend", "admin"] | None) -> str:
+        """The caller's role, if it is ``role`` (None: any) and its key is within its rate limit."""
+        identity = self.auth.identify(authorization)
+        if identity is None:
             raise ApiError(401, "unauthorized", "missing or unknown API key (Authorization: Bearer <key>)")
-        if granted != role:
+        granted, key_id = identity
+        if role is not None and granted != role:
             raise ApiError(403, "forbidden", f"this endpoint needs the {role} role")
+        wait = self.rate_limits.wait(granted, key_id)
+        if wait is not None:
+            limit = self.rate_limits.items[granted]
+            raise ApiError(
+                429,
+                "rate_limited",
+                f"this key is over its limit of {limit}; retry in {wait:.1f} s",
+                headers={"Retry-After": RateLimits.retry_after(wait)},
+            )
+        return granted
 
     async def _client(self) -> tuple[NATS, ShardClient]:
         if self.nc is None or self.nc.is_closed or self._shards is None:
@@ -582,8 +606,7 @@ class Ingress:
         """Record consent per purpose (frontend or admin key). It travels as a
         ``consent_updated`` event in the user's partition, so it applies in stream order and
         takes effect on the next event and the next decision; answered once JetStream stored it."""
-        if self.auth.role_of(authorization) is None:
-            raise ApiError(401, "unauthorized", "missing or unknown API key (Authorization: Bearer <key>)")
+        role = self._require(authorization, None)
         props = body.model_dump(exclude_none=True)
         if not props:
             raise ApiError(400, "invalid_body", "give 'analytics', 'personalization' or both")
@@ -599,9 +622,7 @@ class Ingress:
         try:
             await publish_prepared(nc.jetstream(), [publisher.prepare(event)], retry_for=5.0)
             key = self.pseudonymizer.key(user_id)
-            await audit(
-                nc.jetstream(), "consent", who=self.auth.role_of(authorization) or "", user_key=key, **props
-            )
+            await audit(nc.jetstream(), "consent", who=role, user_key=key, **props)
         except Exception as exc:
             raise ApiError(
                 503, "unavailable", f"the event stream did not store it: {type(exc).__name__}"

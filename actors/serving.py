@@ -67,6 +67,7 @@ def start_app(
         secret=secret,
         key_hashes=key_hashes,
         catalog=catalog,
+        rate_limits={"frontend": settings.frontend_rate_limit, "admin": settings.admin_rate_limit},
     )
     deployment = Ingress.options(**ingress_scaling(settings))  # type: ignore[attr-defined]
     serve.run(deployment.bind(config), name=APP_NAME, route_prefix="/", blocking=False)

@@ -6,7 +6,7 @@ Every field must have an entry in :data:`EVENT_FIELDS` or :data:`PROFILE_FIELDS`
 ``tests/engine/test_datamap.py`` fails when one is added without, so the map cannot drift
 from the code. ``headstart datamap`` prints it with the instance's retention settings.
 
->>> rows = datamap(event_retention_days=30)
+>>> rows = datamap(Retention(events_days=30))
 >>> row = next(r for r in rows if r["field"] == "props.feature")
 >>> row["events"], row["purpose"], "profile" in row["kept_in"]
 (['feature_clicked'], 'analytics', True)
@@ -14,6 +14,7 @@ from the code. ``headstart datamap`` prints it with the instance's retention set
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import msgspec
@@ -94,23 +95,46 @@ def event_fields() -> dict[str, list[str]]:
     return out
 
 
+@dataclass(frozen=True)
+class Retention:
+    """How long each store keeps what it holds, in days (JetStream ``max_age`` for the streams).
+
+    >>> Retention(events_days=7).seconds("events_days")
+    604800.0
+    """
+
+    #: Raw events in HS_EVENTS (and the learning loop's records in their partitions).
+    events_days: float = 30.0
+    #: The decisions and rewards logs (HS_DECISIONS, HS_REWARDS): what evaluation replays.
+    decisions_days: float = 90.0
+    #: HS_SEGMENTS: a delivery buffer for webhooks and subscribers, not a store, so short.
+    segment_changes_days: float = 1.0
+    #: HS_DLQ: long enough for someone to look after a holiday.
+    dead_letters_days: float = 30.0
+    #: HS_AUDIT: the legal record of erasures, exports, consent changes and admin actions.
+    audit_days: float = 365.0
+    #: A profile inactive this long, by its partition's event time, is deleted.
+    profiles_days: float = 365.0
+
+    def seconds(self, field: str) -> float:
+        return float(getattr(self, field)) * 86400
+
+
 def profile_fields() -> list[str]:
     return [slot for slot in UserState.__slots__ if slot != "__weakref__"]
 
 
-def datamap(
-    event_retention_days: float, checkpoint_interval_s: float = 30.0, profile_retention_days: float = 365.0
-) -> list[dict[str, Any]]:
+def datamap(retention: Retention, checkpoint_interval_s: float = 30.0) -> list[dict[str, Any]]:
     """One row per field: which events carry it or the profile holds it, where it is kept, how
     long, and under which purpose. Raises ``KeyError`` for a field missing from the map."""
-    stream = f"events stream HS_EVENTS ({event_retention_days:g} days)"
+    stream = f"events stream HS_EVENTS ({retention.events_days:g} days)"
     state = "profile (shard memory; snapshots in HS_SNAPSHOTS, the latest per partition, rewritten every "
     state += f"{checkpoint_interval_s:g} s) until erased, analytics consent is withdrawn, or "
-    state += f"{profile_retention_days:g} days without activity"
+    state += f"{retention.profiles_days:g} days without activity"
     rows = []
     for path, events in sorted(event_fields().items()):
         meaning, becomes, purpose = EVENT_FIELDS[path]
-        kept = [stream, "dead letters HS_DLQ (30 days) if the event is invalid"]
+        kept = [stream, f"dead letters HS_DLQ ({retention.dead_letters_days:g} days) if the event is invalid"]
         if becomes is not None:
             kept.append(f"profile: {becomes}")
         rows.append(
@@ -135,24 +159,25 @@ def datamap(
                 "pii": slot in PII_FIELDS,
             }
         )
-    days = f"{event_retention_days:g} days"
     records = (
         (
             "decision and reward records",
             "each learned choice: context vector, arms, propensity; rewards",
-            f"HS_DECISIONS, HS_REWARDS and the user's partition ({days})",
+            f"HS_DECISIONS, HS_REWARDS ({retention.decisions_days:g} days) and the user's partition of "
+            f"HS_EVENTS ({retention.events_days:g} days)",
             "personalization",
         ),
         (
             "segment changes",
             "pseudonymized key entering or leaving a segment",
-            f"HS_SEGMENTS ({days}); webhooks if configured",
+            f"HS_SEGMENTS ({retention.segment_changes_days:g} days; an erasure leaves published batches "
+            "to expire); webhooks if configured",
             "personalization",
         ),
         (
             "audit records",
             "erasures, exports, consent changes, rescales: who, what, when, pseudonymized key",
-            "HS_AUDIT (365 days)",
+            f"HS_AUDIT ({retention.audit_days:g} days)",
             "legal record",
         ),
     )

@@ -50,9 +50,9 @@ class PartitionState:
     """State of one partition: users, vocabularies, last applied stream sequence."""
 
     __slots__ = (
-        "analytics_by_default",
         "anonymous",
         "applied",
+        "consent_by_default",
         "last_seq",
         "learning",
         "partition",
@@ -69,7 +69,7 @@ class PartitionState:
         partition: int,
         learner: Learner | None = None,
         segments: SegmentIndex | None = None,
-        analytics_by_default: bool = True,
+        consent_by_default: bool = True,
     ) -> None:
         self.partition = partition
         self.users: dict[str, UserState] = {}
@@ -86,9 +86,9 @@ class PartitionState:
         self.learning = PartitionLearning(learner) if learner is not None else None
         #: Live segment membership and its changes (None: not tracked).
         self.segments = PartitionSegments(segments, partition) if segments is not None else None
-        #: Whether a user's events may be kept before they said anything (the catalog's
-        #: ``consent_mode``: ``opt_out`` yes, ``opt_in`` no).
-        self.analytics_by_default = analytics_by_default
+        #: Whether a purpose a user said nothing about is granted (the catalog's
+        #: ``consent_mode``: ``opt_out`` yes, ``opt_in`` no); the same for both purposes.
+        self.consent_by_default = consent_by_default
         #: Users without analytics consent: nothing but their consent record is kept.
         self.withheld: dict[str, int] = {}
         #: Their events, counted by type and dropped.
@@ -125,6 +125,9 @@ class PartitionState:
             user = self.users[user_key] = UserState.new(event.ts)
             user.consent = self.withheld.pop(user_key, 0)
         adopted = user.apply(event, self.vocab)
+        if user.name is not None and not user.consent_given("personalization", self.consent_by_default):
+            # The name is held for messages only, so only while personalization is granted.
+            user.name = None
         self.applied += 1
         self.watermark = max(self.watermark, event.ts)
         if self.learning is not None:
@@ -138,7 +141,7 @@ class PartitionState:
         if isinstance(event, ConsentUpdated):
             bits = user.consent if user is not None else self.withheld.get(user_key, 0)
             bits = with_consent(bits, event.props.analytics, event.props.personalization)
-            if consent_allows(bits, "analytics", self.analytics_by_default):
+            if consent_allows(bits, "analytics", self.consent_by_default):
                 return True  # a new user starts from the record (apply_event), then this event
             self.withheld[user_key] = bits
             if user is not None:
@@ -146,7 +149,7 @@ class PartitionState:
             return False
         # A user never seen: kept unless consent must come first; a refusal on record: dropped.
         recorded = self.withheld.get(user_key)
-        return consent_allows(recorded or 0, "analytics", self.analytics_by_default)
+        return consent_allows(recorded or 0, "analytics", self.consent_by_default)
 
     def forget_user(self, user_key: str, now: float, seq: int = 0) -> bool:
         """Remove a user's state: profile, open decisions, path, insights; their segments are
@@ -252,12 +255,12 @@ class PartitionState:
         data: bytes,
         learner: Learner | None = None,
         segments: SegmentIndex | None = None,
-        analytics_by_default: bool = True,
+        consent_by_default: bool = True,
     ) -> PartitionState:
         snap = msgspec.msgpack.decode(data)
         if snap.get("version") != SNAPSHOT_VERSION:
             raise ValueError(f"unsupported partition snapshot version {snap.get('version')!r}")
-        part = cls(snap["partition"], analytics_by_default=analytics_by_default)
+        part = cls(snap["partition"], consent_by_default=consent_by_default)
         part.withheld = dict(snap.get("withheld") or {})
         part.anonymous = dict(snap.get("anonymous") or {})
         part.last_seq = snap["last_seq"]
@@ -284,9 +287,9 @@ class PartitionState:
         snapshot: bytes | None,
         learner: Learner | None = None,
         segments: SegmentIndex | None = None,
-        analytics_by_default: bool = True,
+        consent_by_default: bool = True,
     ) -> PartitionState:
         """Cold start and recovery are one path: restore if there is a snapshot."""
         if snapshot is None:
-            return cls(partition, learner, segments, analytics_by_default)
-        return cls.restore(snapshot, learner, segments, analytics_by_default)
+            return cls(partition, learner, segments, consent_by_default)
+        return cls.restore(snapshot, learner, segments, consent_by_default)

@@ -35,12 +35,12 @@ class ShardState:
         snapshots: Mapping[int, bytes | None],
         learner: Learner | None = None,
         segments: SegmentIndex | None = None,
-        analytics_by_default: bool = True,
+        consent_by_default: bool = True,
     ) -> ShardState:
         """Cold start and recovery are one path: each partition from its snapshot or empty."""
         return cls(
             {
-                p: PartitionState.build(p, snap, learner, segments, analytics_by_default)
+                p: PartitionState.build(p, snap, learner, segments, consent_by_default)
                 for p, snap in snapshots.items()
             }
         )

@@ -6,6 +6,8 @@
 ('frontend', 'admin')
 >>> auth.role_of("Bearer nope"), auth.role_of(None)
 (None, None)
+
+Each key has a request rate limit per ingress replica (see :class:`RateLimits`).
 """
 
 from __future__ import annotations
@@ -13,8 +15,14 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import math
 import secrets
+import time
 from pathlib import Path
+
+from limits import RateLimitItem, parse
+from limits.storage import MemoryStorage
+from limits.strategies import FixedWindowRateLimiter
 
 ROLES = ("frontend", "admin")
 
@@ -47,12 +55,58 @@ class Authenticator:
         self._hashes = [(role, h.encode()) for role, hs in hashes.items() for h in hs]
 
     def role_of(self, authorization: str | None) -> str | None:
+        identity = self.identify(authorization)
+        return identity[0] if identity is not None else None
+
+    def identify(self, authorization: str | None) -> tuple[str, str] | None:
+        """The role of the key presented and the key's hash (an id to count its requests by)."""
         if not authorization or not authorization.startswith("Bearer "):
             return None
         presented = hash_key(authorization[7:].strip()).encode()
-        role = None
+        found = None
         for candidate, expected in self._hashes:
             # Compare against every key, always: timing says nothing about which matched.
             if hmac.compare_digest(presented, expected):
-                role = candidate
-        return role
+                found = (candidate, expected.decode())
+        return found
+
+
+def parse_rate_limit(text: str) -> RateLimitItem:
+    """``"5000/second"``, ``"100 per minute"``...; ``ValueError`` saying what is expected."""
+    try:
+        return parse(text)
+    except ValueError as exc:
+        raise ValueError(f"{text!r} is not a rate limit; write e.g. '5000/second' or '100/minute'") from exc
+
+
+class RateLimits:
+    """Requests per key and role, counted in fixed windows by the ``limits`` library.
+
+    Counted per ingress replica (with N replicas a key gets up to N times its limit): a
+    shared counter would put a network round trip on every decision. Fixed windows cost ~5 µs
+    per request here, sliding ones ~9 µs, on the decision path that matters.
+
+    >>> limits = RateLimits({"frontend": "2/minute"})
+    >>> limits.wait("frontend", "k1"), limits.wait("frontend", "k1")
+    (None, None)
+    >>> limits.wait("frontend", "k1") > 0  # the third within the minute: seconds to wait
+    True
+    >>> limits.wait("admin", "k2") is None  # no limit for the role
+    True
+    """
+
+    def __init__(self, per_role: dict[str, str]) -> None:
+        self.items = {role: parse_rate_limit(text) for role, text in per_role.items()}
+        self._limiter = FixedWindowRateLimiter(MemoryStorage())
+
+    def wait(self, role: str, key_id: str) -> float | None:
+        """None if the request may go ahead, else the seconds until the key's window resets."""
+        item = self.items.get(role)
+        if item is None or self._limiter.hit(item, key_id):
+            return None
+        reset = self._limiter.get_window_stats(item, key_id).reset_time
+        return max(0.001, reset - time.time())
+
+    @staticmethod
+    def retry_after(wait: float) -> str:
+        return str(max(1, math.ceil(wait)))

@@ -106,6 +106,7 @@ def _start_detached(settings: Settings, data_home: DataHome, timeout: float) -> 
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             console.print(f"[red]headstart failed to start[/]; see {log_path}")
+            _print_log_tail(log_path)
             raise typer.Exit(1)
         state = data_home.read_state()
         if state and state.get("ready") and state["supervisor"]["pid"] == proc.pid:
@@ -113,7 +114,19 @@ def _start_detached(settings: Settings, data_home: DataHome, timeout: float) -> 
             return
         time.sleep(0.2)
     console.print(f"[red]not ready after {timeout}s[/]; see {log_path}")
+    _print_log_tail(log_path)
     raise typer.Exit(1)
+
+
+def _print_log_tail(log_path: Path, lines: int = 40) -> None:
+    """The end of the supervisor's log, so a failed start says why without another step."""
+    try:
+        tail = log_path.read_text(errors="replace").splitlines()[-lines:]
+    except OSError:
+        return
+    for line in tail:
+        # Plain print: the log may hold brackets that rich would read as markup.
+        print(f"  | {line}")
 
 
 def _env_overrides(settings: Settings) -> dict[str, Any]:
@@ -593,9 +606,7 @@ def datamap(
     from engine.datamap import datamap as build
 
     settings = _settings(home)
-    rows = build(
-        settings.event_retention_days, settings.checkpoint_interval_s, settings.profile_retention_days
-    )
+    rows = build(settings.retention(), settings.checkpoint_interval_s)
     if as_json:
         print(json.dumps(rows, indent=2))
         return

@@ -13,6 +13,8 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from engine.datamap import Retention
+
 
 class Settings(BaseSettings):
     """Everything an operator can set. Defaults run a complete engine on one machine."""
@@ -31,6 +33,14 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=0, le=65535, description="HTTP port")
     secret: SecretStr | None = Field(None, description="pseudonymization secret; else <home>/secret")
     event_retention_days: float = Field(30.0, gt=0, description="how long raw events stay in the stream")
+    decision_retention_days: float = Field(
+        90.0, gt=0, description="how long the decisions and rewards logs are kept (what evaluation replays)"
+    )
+    segment_change_retention_days: float = Field(
+        1.0, gt=0, description="how long published segment changes wait in HS_SEGMENTS for subscribers"
+    )
+    dead_letter_retention_days: float = Field(30.0, gt=0, description="how long dead letters are kept")
+    audit_retention_days: float = Field(365.0, gt=0, description="how long the audit log is kept")
     profile_retention_days: float = Field(
         365.0, gt=0, description="a profile inactive this long (by its partition's event time) is deleted"
     )
@@ -54,6 +64,11 @@ class Settings(BaseSettings):
     ingress_target_ongoing_requests: float = Field(
         64.0, gt=0, description="Serve autoscaling: requests in flight per replica before it adds one"
     )
+    frontend_rate_limit: str = Field(
+        "20000/second",
+        description="requests per frontend key and ingress replica (a product's traffic shares its key)",
+    )
+    admin_rate_limit: str = Field("200/second", description="requests per admin key and ingress replica")
     fetch_batch: int = Field(
         256, ge=16, le=65536, description="messages per pull request, per partition; two are kept in flight"
     )
@@ -63,6 +78,24 @@ class Settings(BaseSettings):
         if self.ingress_min_replicas > self.ingress_max_replicas:
             raise ValueError("ingress_min_replicas must not exceed ingress_max_replicas")
         return self
+
+    def retention(self) -> Retention:
+        return Retention(
+            events_days=self.event_retention_days,
+            decisions_days=self.decision_retention_days,
+            segment_changes_days=self.segment_change_retention_days,
+            dead_letters_days=self.dead_letter_retention_days,
+            audit_days=self.audit_retention_days,
+            profiles_days=self.profile_retention_days,
+        )
+
+    @field_validator("frontend_rate_limit", "admin_rate_limit")
+    @classmethod
+    def _rate_limit(cls, value: str) -> str:
+        from headstart.auth import parse_rate_limit
+
+        parse_rate_limit(value)
+        return value
 
     @field_validator("home")
     @classmethod

@@ -104,7 +104,7 @@ class Runtime:
             await ensure_streams(
                 nc.jetstream(),
                 self.settings.partitions,
-                self.settings.event_retention_days,
+                self.settings.retention(),
                 self.settings.stream_replicas,
             )
         finally:
@@ -112,10 +112,13 @@ class Runtime:
 
     def _record(self, phase: str) -> dict[str, Any]:
         me = psutil.Process()
-        children = [
-            {"pid": p.pid, "create_time": p.create_time(), "name": p.name()}
-            for p in me.children(recursive=True)
-        ]
+        children = []
+        for child in me.children(recursive=True):
+            # Ray starts short-lived helpers: one may exit between the listing and the read.
+            try:
+                children.append({"pid": child.pid, "create_time": child.create_time(), "name": child.name()})
+            except psutil.Error:
+                continue
         state = {
             "phase": phase,
             "ready": phase == "ready",
@@ -218,7 +221,10 @@ def stop_recorded(home: DataHome, timeout: float = 40.0) -> list[int]:
     for child in state.get("children", []):
         proc = _live(child)
         if proc is not None:
-            proc.kill()
+            try:
+                proc.kill()
+            except psutil.NoSuchProcess:
+                continue  # it exited on its own meanwhile
             signalled.append(proc.pid)
     home.clear_state()
     return signalled
@@ -230,7 +236,7 @@ def _live(record: dict[str, Any]) -> psutil.Process | None:
         if abs(proc.create_time() - record["create_time"]) > 1.0:
             return None
         return proc if proc.is_running() else None
-    except psutil.NoSuchProcess:
+    except psutil.Error:  # gone, or not ours to look at
         return None
 
 

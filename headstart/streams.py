@@ -35,6 +35,7 @@ from nats.js.api import (
 from nats.js.errors import BucketNotFoundError, NotFoundError
 from nats.js.kv import KeyValue
 
+from engine.datamap import Retention
 from engine.errors import ConfigError, InvalidEvent
 from engine.events import Event, encode_event, event_from_object
 from engine.keys import Pseudonymizer
@@ -46,16 +47,12 @@ DLQ_STREAM = "HS_DLQ"
 DLQ_PREFIX = "hs.dlq"
 DECISIONS_STREAM = "HS_DECISIONS"
 AUDIT_STREAM = "HS_AUDIT"
-#: Audit records (erasures, consent, admin actions) are kept a year.
-AUDIT_RETENTION_S = 365 * 86400
 REWARDS_STREAM = "HS_REWARDS"
 #: The records of the learning loop, by the subject token after the user's key.
 RECORD_KINDS = {"decision": (DECISIONS_STREAM, "hs.decisions"), "reward": (REWARDS_STREAM, "hs.rewards")}
 
 #: A publish retried within this window with the same event id is stored once (Nats-Msg-Id).
 DUPLICATE_WINDOW_S = 10 * 60
-#: Dead letters are kept long enough for someone to look at them after a holiday.
-DLQ_RETENTION_S = 30 * 86400
 
 
 async def open_bucket(js: JetStreamContext, config: KeyValueConfig) -> KeyValue:
@@ -131,23 +128,27 @@ def log_stream_config(
     )
 
 
-def record_stream_config(kind: str, retention_days: float, replicas: int = 1) -> StreamConfig:
+def record_stream_config(kind: str, retention: Retention, replicas: int = 1) -> StreamConfig:
     """The log of the learning loop's ``kind`` records (``hs.decisions.>``, ``hs.rewards.>``)."""
     name, prefix = RECORD_KINDS[kind]
-    return log_stream_config(name, f"Headstart's {kind} log", prefix, retention_days * 86400, replicas)
+    max_age = retention.seconds("decisions_days")
+    return log_stream_config(name, f"Headstart's {kind} log", prefix, max_age, replicas)
 
 
-def dlq_stream_config(replicas: int = 1) -> StreamConfig:
+def dlq_stream_config(retention: Retention, replicas: int = 1) -> StreamConfig:
     description = "Messages Headstart could not apply: original bytes plus the reason"
-    return log_stream_config(DLQ_STREAM, description, DLQ_PREFIX, DLQ_RETENTION_S, replicas)
+    max_age = retention.seconds("dead_letters_days")
+    return log_stream_config(DLQ_STREAM, description, DLQ_PREFIX, max_age, replicas)
 
 
 async def ensure_streams(
-    js: JetStreamContext, partitions: int, retention_days: float = 30.0, replicas: int = 1
+    js: JetStreamContext, partitions: int, retention: Retention | None = None, replicas: int = 1
 ) -> None:
-    """Create the streams, or update them in place. Changing the partition count is refused:
-    it would move users between partitions and split their history."""
-    events = events_stream_config(partitions, retention_days, replicas)
+    """Create the streams, or update them in place (a changed retention applies to what they
+    hold). Changing the partition count is refused: it would move users between partitions
+    and split their history."""
+    retention = retention or Retention()
+    events = events_stream_config(partitions, retention.events_days, replicas)
     try:
         info = await js.stream_info(EVENTS_STREAM)
     except NotFoundError:
@@ -165,12 +166,16 @@ async def ensure_streams(
 
     await ensure_status_bucket(js)
     for config in (
-        dlq_stream_config(replicas),
-        segments_stream_config(retention_days, replicas),
+        dlq_stream_config(retention, replicas),
+        segments_stream_config(retention.segment_changes_days, replicas),
         log_stream_config(
-            AUDIT_STREAM, "Headstart's audit log: who did what, when", "hs.audit", AUDIT_RETENTION_S, replicas
+            AUDIT_STREAM,
+            "Headstart's audit log: who did what, when",
+            "hs.audit",
+            retention.seconds("audit_days"),
+            replicas,
         ),
-        *(record_stream_config(kind, retention_days, replicas) for kind in RECORD_KINDS),
+        *(record_stream_config(kind, retention, replicas) for kind in RECORD_KINDS),
     ):
         try:
             await js.stream_info(config.name)  # type: ignore[arg-type]

@@ -381,6 +381,46 @@ def test_erasure_removes_the_user_everywhere_and_finishes_after_a_crash(
     asyncio.run(check_gone(interrupted))
 
 
+def test_a_key_over_its_rate_limit_is_told_when_to_retry(
+    api: tuple[httpx.Client, ShardGroup], nats_url: str
+) -> None:
+    """A second app with a small frontend limit, beside the module's (limits are per replica)."""
+    from ray import serve
+
+    from actors.ingress import Ingress, IngressConfig
+    from headstart.auth import key_hashes
+    from tests.conftest import TEST_SECRET
+
+    client, _ = api
+    config = IngressConfig(
+        nats_url=nats_url,
+        partitions=TEST_PARTITIONS,
+        secret=TEST_SECRET,
+        key_hashes=key_hashes(KEYS),
+        catalog=load_catalog(DEFAULT_CATALOG),
+        rate_limits={"frontend": "3/minute"},
+    )
+    serve.run(Ingress.bind(config), name="limited", route_prefix="/limited", blocking=False)
+    try:
+        deadline = time.monotonic() + 60
+        while client.get("/limited/healthz").status_code != 200:
+            assert time.monotonic() < deadline, "the second app did not come up"
+            time.sleep(0.2)
+        answers = [
+            client.post("/limited/v1/decide", json={"user_id": "eve"}, headers=FRONTEND) for _ in range(3)
+        ]
+        assert [r.status_code for r in answers] == [200, 200, 200]
+        over = client.post("/limited/v1/decide", json={"user_id": "eve"}, headers=FRONTEND)
+        assert over.status_code == 429 and over.json()["error"]["code"] == "rate_limited"
+        assert 1 <= int(over.headers["retry-after"]) <= 60
+        batch = {"events": [event("eve", "feature_clicked", feature="export")]}
+        assert client.post("/limited/v1/events", json=batch, headers=FRONTEND).status_code == 429  # per key
+        assert client.get("/limited/v1/segments", headers=ADMIN).status_code == 200  # another key
+        assert client.post("/v1/decide", json={"user_id": "eve"}, headers=FRONTEND).status_code == 200
+    finally:
+        serve.delete("limited")
+
+
 def test_without_shards_decisions_degrade_to_the_default_flow(api: tuple[httpx.Client, ShardGroup]) -> None:
     """Runs last in this module: it stops the shards."""
     client, group = api

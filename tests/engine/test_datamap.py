@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from engine.datamap import EVENT_FIELDS, PROFILE_FIELDS, datamap, event_fields, profile_fields
+from engine.datamap import EVENT_FIELDS, PROFILE_FIELDS, Retention, datamap, event_fields, profile_fields
 
 
 def test_every_event_and_profile_field_is_mapped_and_nothing_stale() -> None:
@@ -11,7 +11,7 @@ def test_every_event_and_profile_field_is_mapped_and_nothing_stale() -> None:
 
 
 def test_the_map_says_where_how_long_and_why() -> None:
-    rows = {r["field"]: r for r in datamap(event_retention_days=14, checkpoint_interval_s=30)}
+    rows = {r["field"]: r for r in datamap(Retention(events_days=14), checkpoint_interval_s=30)}
     assert rows["props.name"]["pii"] is True and rows["profile.name"]["pii"] is True
     assert (
         "14 days" in rows["context.country"]["kept_in"]

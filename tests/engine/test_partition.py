@@ -128,7 +128,7 @@ def test_withdrawing_analytics_consent_forgets_the_user_but_their_consent() -> N
 
 
 def test_with_opt_in_nothing_is_kept_before_analytics_consent() -> None:
-    part = PartitionState(0, analytics_by_default=False)
+    part = PartitionState(0, consent_by_default=False)
     part.apply_message(1, "k", click(1, 100.0))
     assert "k" not in part.users and part.anonymous == {"feature_clicked": 1}
     part.apply_message(2, "k", consent_event(2, 110.0, personalization=True))  # not analytics
@@ -138,6 +138,27 @@ def test_with_opt_in_nothing_is_kept_before_analytics_consent() -> None:
     user = part.users["k"]
     assert user.consent_given("analytics", False) and user.consent_given("personalization", False)
     assert part.anonymous == {"feature_clicked": 1, "consent_updated": 1}
+
+
+def named(n: int, ts: float, name: str) -> bytes:
+    return encode_event(
+        {"event_id": f"p{n}", "user_id": "k", "type": "profile_updated", "ts": ts, "props": {"name": name}}
+    )
+
+
+@pytest.mark.parametrize("opt_out", [True, False])
+def test_a_name_is_held_only_while_personalization_is_granted(opt_out: bool) -> None:
+    part = PartitionState(0, consent_by_default=opt_out)
+    part.apply_message(1, "k", consent_event(1, 100.0, analytics=True))
+    part.apply_message(2, "k", named(2, 101.0, "Alice"))
+    assert part.users["k"].name == ("Alice" if opt_out else None)  # opt_in: not granted yet
+    part.apply_message(3, "k", consent_event(3, 102.0, personalization=True))
+    part.apply_message(4, "k", named(4, 103.0, "Alice"))
+    assert part.users["k"].name == "Alice"
+    part.apply_message(5, "k", consent_event(5, 104.0, personalization=False))
+    assert part.users["k"].name is None  # withdrawal clears it at once
+    part.apply_message(6, "k", named(6, 105.0, "Alice"))
+    assert part.users["k"].name is None
 
 
 def test_an_erase_record_forgets_the_user_in_stream_order_and_on_every_replay() -> None:

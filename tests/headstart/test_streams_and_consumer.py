@@ -73,6 +73,39 @@ async def test_partitions_are_fixed_for_a_streams_life(fresh_streams: str, nc: N
         await ensure_streams(nc.jetstream(), TEST_PARTITIONS * 2)
 
 
+async def test_each_store_keeps_what_it_holds_as_long_as_configured(fresh_streams: str, nc: NATS) -> None:
+    from engine.datamap import Retention
+    from headstart.membership import SEGMENTS_STREAM
+    from headstart.streams import AUDIT_STREAM, DECISIONS_STREAM, REWARDS_STREAM
+
+    js = nc.jetstream()
+    retention = Retention(
+        events_days=2, decisions_days=3, segment_changes_days=0.5, dead_letters_days=4, audit_days=5
+    )
+    await ensure_streams(js, TEST_PARTITIONS, retention)  # an update in place
+    ages = {
+        name: (await js.stream_info(name)).config.max_age
+        for name in (
+            EVENTS_STREAM,
+            DECISIONS_STREAM,
+            REWARDS_STREAM,
+            SEGMENTS_STREAM,
+            DLQ_STREAM,
+            AUDIT_STREAM,
+        )
+    }
+    day = 86400
+    assert ages == {
+        EVENTS_STREAM: 2 * day,
+        DECISIONS_STREAM: 3 * day,
+        REWARDS_STREAM: 3 * day,
+        SEGMENTS_STREAM: day / 2,
+        DLQ_STREAM: 4 * day,
+        AUDIT_STREAM: 5 * day,
+    }
+    await ensure_streams(js, TEST_PARTITIONS)  # back to the defaults for the other tests
+
+
 async def test_consumer_applies_dead_letters_and_goes_on(
     fresh_streams: str, nc: NATS, pseudonymizer: Pseudonymizer
 ) -> None:
