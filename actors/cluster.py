@@ -10,7 +10,6 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-import nats
 import ray
 from nats.js.kv import KeyValue
 from ray.actor import ActorHandle
@@ -19,6 +18,7 @@ from actors.shard import NAMESPACE, ShardActor, shard_name
 from engine.catalog import DEFAULT_CATALOG, Catalog, load_catalog
 from engine.keys import partition_of
 from headstart.assignment import Assignment, control_bucket, load_assignment, move_partitions, save_assignment
+from headstart.broker import connect_nats
 from headstart.config import Settings
 
 log = logging.getLogger(__name__)
@@ -101,7 +101,9 @@ class ShardGroup:
 
     def _control(self, action: Callable[[KeyValue], Awaitable[T]]) -> T:
         async def run() -> T:
-            nc = await nats.connect(self.nats_url, connect_timeout=5, max_reconnect_attempts=3)
+            nc = await connect_nats(
+                self.nats_url, self.settings.nats_auth(), connect_timeout=5, max_reconnect_attempts=3
+            )
             try:
                 return await action(await control_bucket(nc.jetstream(), self.settings.stream_replicas))
             finally:

@@ -22,7 +22,6 @@ import uuid
 from typing import Annotated, Any, Literal
 
 import msgspec
-import nats
 from fastapi import FastAPI, Header, Path, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
@@ -42,6 +41,7 @@ from headstart import __version__
 from headstart.access import export_user
 from headstart.audit import audit
 from headstart.auth import Authenticator, RateLimits
+from headstart.broker import NatsAuth, connect_nats
 from headstart.control import AdminError, request_admin
 from headstart.erasure import Eraser
 from headstart.membership import read_cluster_model
@@ -341,6 +341,7 @@ class IngressConfig(BaseModel):
     secret: bytes
     key_hashes: dict[str, list[str]]
     catalog: Catalog
+    nats_auth: NatsAuth = NatsAuth()
     #: Requests per key of each role and replica, e.g. ``{"frontend": "20000/second"}``.
     rate_limits: dict[str, str] = {}
 
@@ -443,8 +444,11 @@ class Ingress:
         if self.nc is None or self.nc.is_closed or self._shards is None:
             async with self._connecting:
                 if self.nc is None or self.nc.is_closed or self._shards is None:
-                    self.nc = await nats.connect(
-                        self.config.nats_url, name="headstart-ingress", max_reconnect_attempts=-1
+                    self.nc = await connect_nats(
+                        self.config.nats_url,
+                        self.config.nats_auth,
+                        name="headstart-ingress",
+                        max_reconnect_attempts=-1,
                     )
                     self._shards = ShardClient(self.nc, self.config.partitions)
                     self._shards.start_owner_refresh()

@@ -63,6 +63,7 @@ def start_app(
     serve.start(http_options={"host": settings.host, "port": port})
     config = IngressConfig(
         nats_url=nats_url,
+        nats_auth=settings.nats_auth(),
         partitions=settings.partitions,
         secret=secret,
         key_hashes=key_hashes,

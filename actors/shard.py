@@ -24,7 +24,6 @@ from collections.abc import AsyncIterator, Coroutine
 from typing import Any
 
 import msgspec
-import nats
 import ray
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
@@ -42,6 +41,7 @@ from engine.rules import FIELDS, rule_input
 from engine.segments import SegmentIndex, user_segments
 from engine.shard import NotOwned, ShardState
 from headstart.assignment import control_bucket, load_assignment
+from headstart.broker import connect_nats
 from headstart.checkpoints import NatsCheckpointStore
 from headstart.config import Settings
 from headstart.consumer import PartitionConsumer, delete_stale_consumers
@@ -168,14 +168,17 @@ class ShardActor:
 
     async def _start(self) -> None:
         try:
-            self.nc = await nats.connect(
+            auth = self.settings.nats_auth()
+            self.nc = await connect_nats(
                 self.nats_url,
+                auth,
                 name=f"headstart-{shard_name(self.shard_id)}",
                 max_reconnect_attempts=-1,
                 reconnect_time_wait=0.5,
             )
-            self.ctl = await nats.connect(
+            self.ctl = await connect_nats(
                 self.nats_url,
+                auth,
                 name=f"headstart-{shard_name(self.shard_id)}-control",
                 max_reconnect_attempts=-1,
                 reconnect_time_wait=0.5,

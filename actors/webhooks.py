@@ -12,11 +12,11 @@ import json
 import logging
 from typing import Any
 
-import nats
 import ray
 from nats.aio.client import Client as NATS
 
 from engine.catalog import Catalog
+from headstart.broker import NatsAuth, connect_nats
 from headstart.status import REPORT_EVERY_S, WEBHOOKS_STATUS_KEY, ensure_status_bucket
 from headstart.webhooks import WebhookDelivery, webhook_secret
 
@@ -35,9 +35,10 @@ class WebhookActor:
         ray.get(actor.wait_ready.remote())
     """
 
-    def __init__(self, nats_url: str, catalog: Catalog) -> None:
+    def __init__(self, nats_url: str, catalog: Catalog, auth: NatsAuth | None = None) -> None:
         logging.basicConfig(level=logging.INFO)
         self.nats_url = nats_url
+        self.auth = auth
         self.catalog = catalog
         self.nc: NATS | None = None
         self.deliveries: list[WebhookDelivery] = []
@@ -47,7 +48,9 @@ class WebhookActor:
         self._starting = asyncio.get_running_loop().create_task(self._start())
 
     async def _start(self) -> None:
-        self.nc = await nats.connect(self.nats_url, name="headstart-webhooks", max_reconnect_attempts=-1)
+        self.nc = await connect_nats(
+            self.nats_url, self.auth, name="headstart-webhooks", max_reconnect_attempts=-1
+        )
         self.deliveries = [WebhookDelivery(self.nc, h, self._secrets[h.id]) for h in self.catalog.webhooks]
         self._tasks = [asyncio.create_task(self._run(d)) for d in self.deliveries]
         self._tasks.append(asyncio.create_task(self._report_forever()))
@@ -86,12 +89,12 @@ class WebhookActor:
             await self.nc.drain()
 
 
-def start_webhooks(nats_url: str, catalog: Catalog) -> Any:
+def start_webhooks(nats_url: str, catalog: Catalog, auth: NatsAuth | None = None) -> Any:
     """The webhook actor for ``catalog`` (None without webhooks), started and ready."""
     if not catalog.webhooks:
         return None
     actor = WebhookActor.options(  # type: ignore[attr-defined]
         name=WEBHOOK_ACTOR, namespace="headstart", get_if_exists=True
-    ).remote(nats_url, catalog)
+    ).remote(nats_url, catalog, auth)
     ray.get(actor.wait_ready.remote())
     return actor

@@ -12,6 +12,7 @@ Example::
 
 from __future__ import annotations
 
+import logging
 import shutil
 import socket
 import subprocess
@@ -19,8 +20,16 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, ConfigDict, SecretStr
 
 from engine.errors import HeadstartError
+
+log = logging.getLogger(__name__)
+
+if TYPE_CHECKING:
+    from nats.aio.client import Client as NATS
 
 #: JetStream fsync interval. nats-server's default (2 min) can lose acknowledged messages if
 #: the machine (not just the process) crashes; 1 s bounds that window at a small ingest cost.
@@ -32,6 +41,72 @@ MAX_PAYLOAD = 1024 * 1024
 
 class BrokerError(HeadstartError):
     """The embedded broker could not be started."""
+
+
+class NatsAuth(BaseModel):
+    """How Headstart's processes authenticate to an external NATS: user and password, a token,
+    an nkey seed file, or a ``.creds`` file (JWT and seed, NATS's decentralized auth). Given
+    by settings (``HEADSTART_NATS_USER`` ...), passed to every actor; the embedded broker needs
+    none (loopback only).
+
+    >>> NatsAuth(user="hs", password="pw").options()["user"]
+    'hs'
+    >>> NatsAuth().options()
+    {}
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    user: str | None = None
+    password: SecretStr | None = None
+    token: SecretStr | None = None
+    nkey_seed: Path | None = None
+    credentials: Path | None = None
+
+    def options(self) -> dict[str, Any]:
+        """Keyword arguments for ``nats.connect``."""
+        options: dict[str, Any] = {}
+        if self.user is not None:
+            options["user"] = self.user
+        if self.password is not None:
+            options["password"] = self.password.get_secret_value()
+        if self.token is not None:
+            options["token"] = self.token.get_secret_value()
+        if self.nkey_seed is not None:
+            options["nkeys_seed"] = str(self.nkey_seed)
+        if self.credentials is not None:
+            options["user_credentials"] = str(self.credentials)
+        return options
+
+
+class NatsUnavailable(HeadstartError):
+    """NATS could not be reached or refused the connection; the message has the server's reason."""
+
+
+async def connect_nats(url: str, auth: NatsAuth | None = None, **options: Any) -> NATS:
+    """``nats.connect`` with Headstart's credentials; ``options`` as nats-py takes them.
+
+    A refused first connection raises :class:`NatsUnavailable` with the server's reason
+    (``'Authorization Violation'``) rather than nats-py's "no servers available".
+    """
+    import nats
+    from nats.errors import NoServersError
+
+    from nats.errors import Error as ServerError
+
+    # The server's own -ERR ("Authorization Violation") says more than the reset that follows.
+    reasons: dict[bool, Exception] = {}
+
+    async def on_error(exc: Exception) -> None:
+        reasons[isinstance(exc, ServerError)] = exc
+        log.warning("NATS at %s: %s", url, exc)
+
+    options.setdefault("error_cb", on_error)
+    try:
+        return await nats.connect(url, **(auth.options() if auth is not None else {}), **options)
+    except NoServersError as exc:
+        reason = reasons.get(True) or reasons.get(False) or exc
+        raise NatsUnavailable(f"could not connect to NATS at {url}: {reason}") from exc
 
 
 def nats_server_binary() -> str:

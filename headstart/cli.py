@@ -192,7 +192,7 @@ def status(
     if not url:
         console.print("[red]not running[/] (no instance for this home; `headstart up`)")
         raise typer.Exit(1)
-    report = asyncio.run(collect_status(url))
+    report = asyncio.run(collect_status(url, settings.nats_auth()))
     if as_json:
         print(json.dumps(report, indent=2))
         return
@@ -253,7 +253,7 @@ def scale(
         console.print("[red]not running[/] (no instance for this home; `headstart up`)")
         raise typer.Exit(1)
     try:
-        report = asyncio.run(_scale(state["nats_url"], shards))
+        report = asyncio.run(_scale(state["nats_url"], shards, settings))
     except HeadstartError as exc:
         console.print(f"[red]{exc}[/]")
         raise typer.Exit(1) from None
@@ -264,12 +264,11 @@ def scale(
     )
 
 
-async def _scale(nats_url: str, shards: int) -> dict[str, Any]:
-    import nats
-
+async def _scale(nats_url: str, shards: int, settings: Settings) -> dict[str, Any]:
+    from headstart.broker import connect_nats
     from headstart.control import AdminError, request_admin
 
-    nc = await nats.connect(nats_url, connect_timeout=5, max_reconnect_attempts=1)
+    nc = await connect_nats(nats_url, settings.nats_auth(), connect_timeout=5, max_reconnect_attempts=1)
     try:
         reply: dict[str, Any] = json.loads(await request_admin(nc, "scale", shards=shards))
     except AdminError as exc:
@@ -392,7 +391,7 @@ def _instance_replay(home: Path | None) -> tuple[Any, Any]:
     if not url:
         raise ConfigError("no running instance for this home (`headstart up`), and no --data file")
     catalog = load_catalog((state or {}).get("catalog") or settings.catalog or DEFAULT_CATALOG)
-    return replay_log(asyncio.run(read_events_stream(url)), catalog), catalog
+    return replay_log(asyncio.run(read_events_stream(url, auth=settings.nats_auth())), catalog), catalog
 
 
 report_app = typer.Typer(
@@ -503,6 +502,7 @@ def report_segments(
 ) -> None:
     """Every segment's size, share, engagement, activation and entry/exit rates; what sets each
     behavioural cluster apart; and natural groupings of users to consider as segments."""
+    from headstart.broker import connect_nats
     from headstart.membership import read_cluster_model
     from headstart.segment_reports import segment_report, suggest_segments
     from headstart.status import ask_every_shard
@@ -512,13 +512,12 @@ def report_segments(
     except ConfigError as exc:
         console.print(f"[red]{exc}[/]")
         raise typer.Exit(1) from None
+    auth = _settings(home).nats_auth()
 
     async def gather() -> tuple[list[Any], list[Any], Any]:
-        import nats
-
-        sizes = await ask_every_shard(url, "segment_sizes")
-        samples = await ask_every_shard(url, "profile_sample", size=sample)
-        nc = await nats.connect(url)
+        sizes = await ask_every_shard(url, "segment_sizes", auth=auth)
+        samples = await ask_every_shard(url, "profile_sample", auth=auth, size=sample)
+        nc = await connect_nats(url, auth)
         try:
             return sizes, samples, await read_cluster_model(nc.jetstream())
         finally:
@@ -575,9 +574,13 @@ def report_tutorials(
     except ConfigError as exc:
         console.print(f"[red]{exc}[/]")
         raise typer.Exit(1) from None
+    auth = _settings(home).nats_auth()
 
     async def gather() -> tuple[list[Any], list[Any]]:
-        return await ask_every_shard(url, "tutorial_stats"), await ask_every_shard(url, "segment_sizes")
+        return (
+            await ask_every_shard(url, "tutorial_stats", auth=auth),
+            await ask_every_shard(url, "segment_sizes", auth=auth),
+        )
 
     rows, sizes = asyncio.run(gather())
     segment_users = {"all": sum(a["users"] for a in sizes)}
@@ -644,7 +647,12 @@ def bench(
 
 
 def main() -> None:
-    app()
+    try:
+        app()
+    except HeadstartError as exc:
+        # An expected failure (NATS refused us, no instance...): its message, not a traceback.
+        console.print(f"[red]{exc}[/]")
+        sys.exit(1)
 
 
 if __name__ == "__main__":

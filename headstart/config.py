@@ -14,6 +14,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from engine.datamap import Retention
+from headstart.broker import NatsAuth
 
 
 class Settings(BaseSettings):
@@ -23,6 +24,13 @@ class Settings(BaseSettings):
 
     home: Path = Field(Path(".headstart"), description="data home: broker store, keys, logs, pids")
     nats_url: str | None = Field(None, description="an existing NATS server; unset starts the embedded one")
+    nats_user: str | None = Field(None, description="NATS user (with nats_password)")
+    nats_password: SecretStr | None = Field(None, description="NATS password")
+    nats_token: SecretStr | None = Field(None, description="NATS authentication token")
+    nats_nkey_seed: Path | None = Field(None, description="file holding the NATS nkey seed to sign in with")
+    nats_credentials: Path | None = Field(
+        None, description="NATS .creds file (user JWT and seed: decentralized auth)"
+    )
     nats_port: int = Field(0, ge=0, le=65535, description="embedded broker port; 0 picks a free one")
     partitions: int = Field(64, ge=1, le=4096, description="fixed number of partitions of the event stream")
     shards: int = Field(2, ge=1, le=256, description="number of shard actors")
@@ -77,6 +85,39 @@ class Settings(BaseSettings):
     def _replica_bounds(self) -> Settings:
         if self.ingress_min_replicas > self.ingress_max_replicas:
             raise ValueError("ingress_min_replicas must not exceed ingress_max_replicas")
+        return self
+
+    def nats_auth(self) -> NatsAuth:
+        return NatsAuth(
+            user=self.nats_user,
+            password=self.nats_password,
+            token=self.nats_token,
+            nkey_seed=self.nats_nkey_seed,
+            credentials=self.nats_credentials,
+        )
+
+    @field_validator("nats_url")
+    @classmethod
+    def _no_password_in_url(cls, value: str | None) -> str | None:
+        # The URL is printed and recorded in the home's state file; a secret must not be.
+        if value is not None and "@" in value.split("//", 1)[-1].split("/", 1)[0]:
+            raise ValueError("give NATS credentials as nats_user/nats_password or nats_token, not in the URL")
+        return value
+
+    @field_validator("nats_nkey_seed", "nats_credentials")
+    @classmethod
+    def _readable_file(cls, value: Path | None) -> Path | None:
+        if value is None:
+            return None
+        path = value.expanduser().resolve()
+        if not path.is_file():
+            raise ValueError(f"{path} is not a file")
+        return path
+
+    @model_validator(mode="after")
+    def _password_needs_user(self) -> Settings:
+        if (self.nats_password is None) != (self.nats_user is None):
+            raise ValueError("nats_user and nats_password go together")
         return self
 
     def retention(self) -> Retention:

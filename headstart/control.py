@@ -23,6 +23,8 @@ import nats
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
+from headstart.broker import NatsAuth, connect_nats
+
 log = logging.getLogger(__name__)
 
 ADMIN_PREFIX = "hs.admin"
@@ -47,8 +49,9 @@ def encode_command(**fields: Any) -> bytes:
 class ControlServer:
     """Answers ``hs.admin.<action>`` with ``handlers[action](request)``, on its own thread."""
 
-    def __init__(self, nats_url: str, handlers: dict[str, Handler]) -> None:
+    def __init__(self, nats_url: str, handlers: dict[str, Handler], auth: NatsAuth | None = None) -> None:
         self.nats_url = nats_url
+        self.auth = auth
         self.handlers = handlers
         self._loop: asyncio.AbstractEventLoop | None = None
         self._started = threading.Event()
@@ -71,7 +74,7 @@ class ControlServer:
 
     async def _serve(self) -> None:
         self._done = asyncio.Event()
-        nc = await nats.connect(self.nats_url, name="headstart-control", max_reconnect_attempts=-1)
+        nc = await connect_nats(self.nats_url, self.auth, name="headstart-control", max_reconnect_attempts=-1)
         lock = asyncio.Lock()
 
         async def on_request(msg: Msg) -> None:

@@ -46,6 +46,7 @@ from engine.errors import ConfigError, InvalidEvent
 from engine.features import DIM, FEATURE_NAMES
 from engine.learning import AUDIENCE_FIELDS, Learner, decision_decoder
 from engine.partition import PartitionState
+from headstart.broker import NatsAuth
 from headstart.streams import EVENTS_PREFIX, EVENTS_STREAM
 from policies import available, create
 
@@ -235,11 +236,13 @@ def _context_columns(vectors: list[np.ndarray]) -> dict[str, np.ndarray]:
     return {f"x{i}_{name}": contexts[:, i] for i, name in enumerate(FEATURE_NAMES[1:], start=1)}
 
 
-async def read_events_stream(nats_url: str, timeout: float = 5.0) -> list[tuple[int, str, bytes]]:
+async def read_events_stream(
+    nats_url: str, timeout: float = 5.0, auth: NatsAuth | None = None
+) -> list[tuple[int, str, bytes]]:
     """Every message of the events stream, in order (an ordered consumer; nothing is acked)."""
-    import nats
+    from headstart.broker import connect_nats
 
-    nc = await nats.connect(nats_url, connect_timeout=timeout, max_reconnect_attempts=1)
+    nc = await connect_nats(nats_url, auth, connect_timeout=timeout, max_reconnect_attempts=1)
     try:
         js = nc.jetstream()
         info = await js.stream_info(EVENTS_STREAM)

@@ -15,11 +15,10 @@ import threading
 import time
 from typing import Any
 
-import nats
 import psutil
 
 from engine.errors import HeadstartError
-from headstart.broker import EmbeddedNats
+from headstart.broker import EmbeddedNats, connect_nats
 from headstart.config import Settings
 from headstart.home import DataHome
 from headstart.streams import ensure_streams
@@ -80,10 +79,10 @@ class Runtime:
         self._record(phase="shards")
         from actors.webhooks import start_webhooks
 
-        self.webhooks = start_webhooks(self.nats_url, catalog)
+        self.webhooks = start_webhooks(self.nats_url, catalog, self.settings.nats_auth())
         from headstart.control import ControlServer
 
-        self.control = ControlServer(self.nats_url, {"scale": self._scale}).start()
+        self.control = ControlServer(self.nats_url, {"scale": self._scale}, self.settings.nats_auth()).start()
         secret = self.home.secret(self.settings.secret.get_secret_value() if self.settings.secret else None)
         self.http_url = start_app(self.settings, self.nats_url, catalog, secret, key_hashes(keys))
         _wait_http_ready(self.http_url)
@@ -99,7 +98,9 @@ class Runtime:
         return report
 
     async def _ensure_streams(self) -> None:
-        nc = await nats.connect(self.nats_url, connect_timeout=5, max_reconnect_attempts=3)
+        nc = await connect_nats(
+            self.nats_url, self.settings.nats_auth(), connect_timeout=5, max_reconnect_attempts=3
+        )
         try:
             await ensure_streams(
                 nc.jetstream(),

@@ -17,6 +17,7 @@ from nats.js.api import KeyValueConfig, StorageType
 from nats.js.errors import BucketNotFoundError, NotFoundError
 from nats.js.kv import KeyValue
 
+from headstart.broker import NatsAuth, connect_nats
 from headstart.rpc import encode_request, is_error, rpc_subject
 from headstart.streams import DLQ_STREAM, EVENTS_STREAM, open_bucket
 
@@ -34,8 +35,8 @@ async def ensure_status_bucket(js: JetStreamContext) -> KeyValue:
     )
 
 
-async def collect_status(nats_url: str) -> dict[str, Any]:
-    nc = await nats.connect(nats_url, connect_timeout=5, max_reconnect_attempts=1)
+async def collect_status(nats_url: str, auth: NatsAuth | None = None) -> dict[str, Any]:
+    nc = await connect_nats(nats_url, auth, connect_timeout=5, max_reconnect_attempts=1)
     try:
         js = nc.jetstream()
         shards: list[dict[str, Any]] = []
@@ -143,9 +144,11 @@ def learning_summary(shards: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-async def ask_every_shard(nats_url: str, method: str, timeout: float = 30.0, **args: Any) -> list[Any]:
+async def ask_every_shard(
+    nats_url: str, method: str, timeout: float = 30.0, auth: NatsAuth | None = None, **args: Any
+) -> list[Any]:
     """``method`` asked of every running shard once, over NATS (for reports from the CLI)."""
-    nc = await nats.connect(nats_url, connect_timeout=5, max_reconnect_attempts=1)
+    nc = await connect_nats(nats_url, auth, connect_timeout=5, max_reconnect_attempts=1)
     try:
         kv = await nc.jetstream().key_value(STATUS_BUCKET)
         answers = []
