@@ -396,6 +396,9 @@ Authorization = Annotated[str | None, Header(description="Bearer <API key>")]
     # than queued in the proxy (Serve's default of 5 collapsed under load here).
     max_ongoing_requests=2000,
     ray_actor_options={"num_cpus": 0},
+    # Serve's access log writes each request's path, and paths carry raw user ids
+    # (/v1/users/{id}): off in every serve mode. Requests are observed through /metrics.
+    logging_config={"enable_access_log": False},
 )
 @serve.ingress(app)
 class Ingress:
@@ -422,7 +425,8 @@ class Ingress:
         self._fallback_decisions = self.metrics.decisions.labels("fallback")
 
     def _require(self, authorization: str | None, role: Literal["frontend", "admin"] | None) -> str:
-        """The caller's role, if it is ``role`` (None: any) and its key is within its rate limit."""
+        """Who calls, for the audit log (``<role>:<key id>``, the key id a prefix of its hash), if
+        the role is ``role`` (None: any) and the key is within its rate limit."""
         identity = self.auth.identify(authorization)
         if identity is None:
             raise ApiError(401, "unauthorized", "missing or unknown API key (Authorization: Bearer <key>)")
@@ -438,7 +442,7 @@ class Ingress:
                 f"this key is over its limit of {limit}; retry in {wait:.1f} s",
                 headers={"Retry-After": RateLimits.retry_after(wait)},
             )
-        return granted
+        return f"{granted}:{key_id[:12]}"
 
     async def _client(self) -> tuple[NATS, ShardClient]:
         if self.nc is None or self.nc.is_closed or self._shards is None:
@@ -637,11 +641,11 @@ class Ingress:
     async def export_user(self, user_id: UserIdPath, authorization: Authorization = None) -> JSONResponse:
         """Everything held on the user (data access request, admin key): live profile with
         segments and consent, and the decisions and rewards still retained; audited."""
-        self._require(authorization, "admin")
+        who = self._require(authorization, "admin")
         nc, shards = await self._client()
         try:
             report = await export_user(
-                nc.jetstream(), shards, self.pseudonymizer.key(user_id), self.config.partitions, who="admin"
+                nc.jetstream(), shards, self.pseudonymizer.key(user_id), self.config.partitions, who=who
             )
         except ShardUnavailable as exc:
             raise ApiError(503, "unavailable", str(exc)) from exc
@@ -652,25 +656,27 @@ class Ingress:
         """Erase the user everywhere (admin key): live state, snapshots, the events stream and
         the decisions and rewards logs; audited without the raw id. Idempotent; an erasure
         interrupted by a crash is finished when an ingress starts."""
-        self._require(authorization, "admin")
+        who = self._require(authorization, "admin")
         nc, shards = await self._client()
         eraser = Eraser(nc.jetstream(), shards, self.config.partitions)
         try:
-            report = await eraser.erase(self.pseudonymizer.key(user_id), who="admin")
+            report = await eraser.erase(self.pseudonymizer.key(user_id), who=who)
         except (TimeoutError, ShardUnavailable) as exc:
             raise ApiError(503, "unavailable", f"erasure not finished, it resumes: {exc}") from exc
         return JSONResponse({"erased": True, **report})
 
     @app.get("/v1/users/{user_id}", responses={401: {}, 403: {}, 404: {}})
     async def get_user(self, user_id: str, authorization: Authorization = None) -> Response:
-        """The live profile Headstart holds for a user (support and debugging)."""
-        self._require(authorization, "admin")
+        """The live profile Headstart holds for a user (support and debugging; audited)."""
+        who = self._require(authorization, "admin")
         key = self.pseudonymizer.key(user_id)
-        _, shards = await self._client()
+        nc, shards = await self._client()
         try:
             reply = await shards.call_raw(key, "user")
         except ShardUnavailable as exc:
             raise ApiError(503, "unavailable", str(exc)) from exc
+        with contextlib.suppress(Exception):  # reading changes nothing; its record is best effort
+            await audit(nc.jetstream(), "profile_read", who=who, user_key=key)
         if reply == b"null":
             raise ApiError(404, "not_found", "no state for this user")
         return self._passthrough(reply)
@@ -723,14 +729,14 @@ class Ingress:
     async def scale(self, body: ScaleBody, authorization: Authorization = None) -> Response:
         """Move partitions to ``shards`` shards, live (what `headstart scale` does); answers with
         the moves and their pauses once done."""
-        self._require(authorization, "admin")
+        who = self._require(authorization, "admin")
         nc, _ = await self._client()
         try:
             reply = await request_admin(nc, "scale", shards=body.shards)
         except AdminError as exc:
             raise ApiError(503, "unavailable", str(exc)) from exc
         with contextlib.suppress(Exception):  # the move is done; its audit record is best effort
-            await audit(nc.jetstream(), "scale", who="admin", shards=body.shards)
+            await audit(nc.jetstream(), "scale", who=who, shards=body.shards)
         return self._passthrough(reply)
 
     # ------------------------------------------------------------------ health

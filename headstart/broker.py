@@ -90,9 +90,8 @@ async def connect_nats(url: str, auth: NatsAuth | None = None, **options: Any) -
     (``'Authorization Violation'``) rather than nats-py's "no servers available".
     """
     import nats
-    from nats.errors import NoServersError
-
     from nats.errors import Error as ServerError
+    from nats.errors import NoServersError
 
     # The server's own -ERR ("Authorization Violation") says more than the reset that follows.
     reasons: dict[bool, Exception] = {}

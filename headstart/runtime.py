@@ -73,6 +73,8 @@ class Runtime:
             log_to_driver=False,
         )
         self._ray_address = getattr(context, "address_info", {}).get("gcs_address")
+        # Where Ray and Serve write their logs (for operators, and the raw-id audit test).
+        self._ray_session_dir = getattr(context, "address_info", {}).get("session_dir")
         self._record(phase="ray")
         self.group = ShardGroup(self.settings, self.nats_url, catalog).start()
         self.group.wait_ready()
@@ -128,6 +130,7 @@ class Runtime:
             "nats_url": self.nats_url,
             "nats_monitor": f"http://127.0.0.1:{self.broker.monitor_port}" if self.broker else None,
             "ray_address": getattr(self, "_ray_address", None),
+            "ray_session_dir": getattr(self, "_ray_session_dir", None),
             "http_url": getattr(self, "http_url", None),
             "partitions": self.settings.partitions,
             "catalog": str(self.settings.catalog) if self.settings.catalog else None,

@@ -151,12 +151,35 @@ def test_segment_and_tutorial_reports_read_the_live_shards(
     assert {r["segment"] for r in rows} >= {"all"} if rows else True
 
 
-def test_raw_ids_are_in_no_file_under_the_home(instance: tuple[Path, dict[str, object]]) -> None:
-    home, _ = instance
+def test_raw_ids_are_in_no_file_under_the_home_nor_in_rays_logs(
+    instance: tuple[Path, dict[str, object]],
+) -> None:
+    """Broker store, snapshots, our logs, and Ray's and Serve's logs (access logs included)."""
+    import httpx
+
+    home, state = instance
     headstart("demo", "--users", "2", "--steps", "2", home=home)
-    for path in home.rglob("*"):
-        if path.is_file():
-            assert b"@example.com" not in path.read_bytes(), path
+    keys = json.loads((home / "keys.json").read_text())
+    raw = "frank@example.com"
+    with httpx.Client(base_url=str(state["http_url"]), timeout=30) as client:
+        admin = {"Authorization": f"Bearer {keys['admin']}"}
+        frontend = {"Authorization": f"Bearer {keys['frontend']}"}
+        # Every path that carries a user id, so access logs would show it if they logged paths raw.
+        assert (
+            client.put(f"/v1/users/{raw}/consent", json={"analytics": True}, headers=frontend).status_code
+            == 202
+        )
+        assert client.get(f"/v1/users/{raw}", headers=admin).status_code in (200, 404)
+        assert client.get(f"/v1/users/{raw}/export", headers=admin).status_code == 200
+        assert client.delete(f"/v1/users/{raw}", headers=admin).status_code == 200
+    time.sleep(2)  # log files are flushed asynchronously
+    roots = [home, Path(str(state["ray_session_dir"])) / "logs"]
+    assert roots[1].is_dir()
+    for root in roots:
+        for path in root.rglob("*"):
+            if path.is_file() and not path.is_symlink():
+                data = path.read_bytes()
+                assert b"@example.com" not in data and b"example.com" not in data, path
 
 
 def test_down_stops_exactly_what_up_started(tmp_path: Path) -> None:

@@ -5,15 +5,20 @@ from __future__ import annotations
 import asyncio
 import time
 
+import msgspec
+import nats
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from nats.aio.client import Client as NATS
 
-from engine.events import encode_event
+from engine.errors import InvalidEvent
+from engine.events import decode_event, encode_event
 from engine.keys import Pseudonymizer, partition_of
 from engine.partition import PartitionState
 from headstart.consumer import PartitionConsumer
 from headstart.streams import DLQ_STREAM, EVENTS_STREAM, EventPublisher, ensure_streams
-from tests.conftest import TEST_PARTITIONS
+from tests.conftest import TEST_PARTITIONS, reset_streams
 
 pytestmark = pytest.mark.integration
 
@@ -202,3 +207,75 @@ async def test_a_broker_restart_during_ingest_loses_nothing(tmp_path, pseudonymi
     finally:
         await conn.close()
         broker.stop()
+
+
+KINDS = ["feature_clicked", "step_completed", "profile_updated", "consent_updated", "session_started", "x"]
+FUZZ_KEY = "alicekey"
+
+
+def fuzzed_payloads() -> st.SearchStrategy[bytes]:
+    """Arbitrary bytes, arbitrary msgpack maps, and maps shaped like events with wrong parts."""
+    # msgpack's integer range: what a producer could put on the wire.
+    ints = st.integers(min_value=-(2**63), max_value=2**64 - 1)
+    value = st.one_of(
+        st.none(),
+        st.booleans(),
+        ints,
+        st.floats(),
+        st.text(max_size=30),
+        st.lists(ints, max_size=3),
+        st.dictionaries(st.text(max_size=8), st.one_of(ints, st.text(max_size=10)), max_size=3),
+    )
+    near_events = st.fixed_dictionaries(
+        {
+            "event_id": st.one_of(st.text(min_size=1, max_size=20), value),
+            "user_id": st.one_of(st.just(FUZZ_KEY), value),
+            "type": st.one_of(st.sampled_from(KINDS), value),
+            "ts": st.one_of(st.floats(min_value=0, max_value=4e9), value),
+        },
+        optional={"props": value, "context": value, "surprise": value},
+    )
+    maps = st.dictionaries(st.text(max_size=10), value, max_size=6)
+    return st.one_of(
+        st.binary(max_size=120), maps.map(msgspec.msgpack.encode), near_events.map(msgspec.msgpack.encode)
+    )
+
+
+@given(payloads=st.lists(fuzzed_payloads(), min_size=1, max_size=40))
+@settings(max_examples=8, deadline=None, suppress_health_check=list(HealthCheck))
+def test_fuzzed_messages_never_stop_the_consumer_and_none_is_lost(
+    nats_url: str, payloads: list[bytes]
+) -> None:
+    """Hypothesis-generated messages, straight onto a partition between valid events: every one
+    is either applied (or counted without consent) or dead-lettered, and the consumer goes on."""
+
+    def verdict(data: bytes) -> bool:
+        try:
+            return decode_event(data).user_id == FUZZ_KEY
+        except InvalidEvent:
+            return False
+
+    async def scenario() -> None:
+        await reset_streams(nats_url)
+        conn = await nats.connect(nats_url)
+        partition = partition_of(FUZZ_KEY, TEST_PARTITIONS)
+        subject = f"hs.events.{partition}.{FUZZ_KEY}"
+        js = conn.jetstream()
+        valid = [encode_event({**event(i), "user_id": FUZZ_KEY}) for i in range(3)]
+        sent = [valid[0], *payloads, valid[1], valid[2]]
+        for data in sent:
+            await js.publish(subject, data)
+        part = PartitionState(partition)
+        consumer = PartitionConsumer(conn, partition=partition, handler=part.apply_message)
+        await consumer.start(0)
+        try:
+            await wait_for(lambda: consumer.handled == len(sent))
+            kept = part.applied + sum(part.anonymous.values())
+            assert kept == sum(verdict(d) for d in sent)
+            assert consumer.dead_lettered == len(sent) - kept
+            assert (await js.stream_info(DLQ_STREAM)).state.messages == consumer.dead_lettered
+        finally:
+            await consumer.stop(delete=True)
+            await conn.close()
+
+    asyncio.run(scenario())
