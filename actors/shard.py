@@ -36,6 +36,7 @@ from engine.decision import Decider
 from engine.keys import partition_of
 from engine.learning import DecisionRecord, Learner, PartitionLearning, encode_record
 from engine.partition import PartitionState, snapshot_position
+from engine.pii import PiiSealer
 from engine.profile import consent_allows
 from engine.rules import FIELDS, rule_input
 from engine.segments import SegmentIndex, user_segments
@@ -135,6 +136,9 @@ class ShardActor:
         self.decisions_logged = 0
         self.decision_log_failures = 0
         self.personalize_by_default = catalog.consent_mode == "opt_out"
+        # Names are sealed in snapshots with the instance's secret (left out without one).
+        secret = settings.secret.get_secret_value().encode() if settings.secret is not None else None
+        self.sealer = PiiSealer(secret) if secret else None
         #: Live segment membership: the tracked segments, shared by this shard's partitions.
         self.segment_index = SegmentIndex(catalog) if catalog.membership.track else None
         self.membership = catalog.membership
@@ -331,7 +335,7 @@ class ShardActor:
 
     def _restore(self, partition: int, snapshot: bytes | None) -> PartitionState:
         part = PartitionState.build(
-            partition, snapshot, self.learner, self.segment_index, self.personalize_by_default
+            partition, snapshot, self.learner, self.segment_index, self.personalize_by_default, self.sealer
         )
         if snapshot:
             self.restored_seqs[partition] = part.last_seq
@@ -362,6 +366,7 @@ class ShardActor:
             batch=self.settings.fetch_batch,
             replicas=self.settings.stream_replicas,
             control=self.ctl,
+            pii_fields=self.settings.pii_fields,
         )
         await consumer.start(position, pull=False)
         return consumer

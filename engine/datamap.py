@@ -134,7 +134,9 @@ def datamap(retention: Retention, checkpoint_interval_s: float = 30.0) -> list[d
     rows = []
     for path, events in sorted(event_fields().items()):
         meaning, becomes, purpose = EVENT_FIELDS[path]
-        kept = [stream, f"dead letters HS_DLQ ({retention.dead_letters_days:g} days) if the event is invalid"]
+        pii = path.split(".")[-1] in PII_FIELDS
+        letters = f"dead letters HS_DLQ ({retention.dead_letters_days:g} days) if the event is invalid"
+        kept = [stream, letters + (", redacted" if pii else "")]
         if becomes is not None:
             kept.append(f"profile: {becomes}")
         rows.append(
@@ -144,7 +146,7 @@ def datamap(retention: Retention, checkpoint_interval_s: float = 30.0) -> list[d
                 "meaning": meaning,
                 "kept_in": "; ".join(kept),
                 "purpose": purpose,
-                "pii": path.split(".")[-1] in PII_FIELDS,
+                "pii": pii,
             }
         )
     for slot in profile_fields():
@@ -154,7 +156,8 @@ def datamap(retention: Retention, checkpoint_interval_s: float = 30.0) -> list[d
                 "field": f"profile.{slot}",
                 "events": [],
                 "meaning": meaning,
-                "kept_in": state,
+                "kept_in": state
+                + ("; sealed (AES-GCM, the instance's key) in snapshots" if slot in PII_FIELDS else ""),
                 "purpose": purpose,
                 "pii": slot in PII_FIELDS,
             }

@@ -21,6 +21,7 @@ import msgspec
 from engine.errors import InvalidEvent
 from engine.events import ConsentUpdated, Event, decode_event
 from engine.learning import Learner, PartitionLearning, RewardRecord, decision_decoder, reward_decoder
+from engine.pii import PiiSealer
 from engine.profile import UserState, Vocabularies, consent_allows, with_consent
 from engine.segments import PartitionSegments, SegmentIndex
 
@@ -57,6 +58,7 @@ class PartitionState:
         "learning",
         "partition",
         "records",
+        "sealer",
         "segments",
         "users",
         "vocab",
@@ -70,8 +72,11 @@ class PartitionState:
         learner: Learner | None = None,
         segments: SegmentIndex | None = None,
         consent_by_default: bool = True,
+        sealer: PiiSealer | None = None,
     ) -> None:
         self.partition = partition
+        #: Seals PII (a name) in snapshots; without one, snapshots leave it out.
+        self.sealer = sealer
         self.users: dict[str, UserState] = {}
         self.vocab = Vocabularies()
         #: Every message of this partition with a stream sequence at or below this one has been
@@ -241,7 +246,7 @@ class PartitionState:
                 "records": self.records,
                 "watermark": self.watermark,
                 "vocab": self.vocab.snapshot(),
-                "users": {key: user.snapshot() for key, user in self.users.items()},
+                "users": {key: user.snapshot(key, self.sealer) for key, user in self.users.items()},
                 "learning": self.learning.snapshot() if self.learning is not None else None,
                 "segments": self.segments.snapshot() if self.segments is not None else None,
                 "withheld": self.withheld,
@@ -256,11 +261,12 @@ class PartitionState:
         learner: Learner | None = None,
         segments: SegmentIndex | None = None,
         consent_by_default: bool = True,
+        sealer: PiiSealer | None = None,
     ) -> PartitionState:
         snap = msgspec.msgpack.decode(data)
         if snap.get("version") != SNAPSHOT_VERSION:
             raise ValueError(f"unsupported partition snapshot version {snap.get('version')!r}")
-        part = cls(snap["partition"], consent_by_default=consent_by_default)
+        part = cls(snap["partition"], consent_by_default=consent_by_default, sealer=sealer)
         part.withheld = dict(snap.get("withheld") or {})
         part.anonymous = dict(snap.get("anonymous") or {})
         part.last_seq = snap["last_seq"]
@@ -268,7 +274,7 @@ class PartitionState:
         part.records = snap.get("records", 0)
         part.watermark = snap["watermark"]
         part.vocab = Vocabularies(snap["vocab"])
-        part.users = {key: UserState.restore(value) for key, value in snap["users"].items()}
+        part.users = {key: UserState.restore(value, key, sealer) for key, value in snap["users"].items()}
         if learner is not None:
             part.learning = PartitionLearning.restore(learner, snap.get("learning"))
         if segments is not None:
@@ -288,8 +294,9 @@ class PartitionState:
         learner: Learner | None = None,
         segments: SegmentIndex | None = None,
         consent_by_default: bool = True,
+        sealer: PiiSealer | None = None,
     ) -> PartitionState:
         """Cold start and recovery are one path: restore if there is a snapshot."""
         if snapshot is None:
-            return cls(partition, learner, segments, consent_by_default)
-        return cls.restore(snapshot, learner, segments, consent_by_default)
+            return cls(partition, learner, segments, consent_by_default, sealer)
+        return cls.restore(snapshot, learner, segments, consent_by_default, sealer)

@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 import sys
 from array import array
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from engine.events import (
     ConsentUpdated,
@@ -37,6 +37,9 @@ from engine.events import (
     TutorialCompleted,
     TutorialStarted,
 )
+
+if TYPE_CHECKING:
+    from engine.pii import PiiSealer
 
 #: An inactivity gap after which the next event starts a new session (the common analytics
 #: convention, used by GA and Segment-style sessionization).
@@ -85,6 +88,8 @@ CONTEXT_FIELDS = ("device_type", "os", "locale", "country", "referrer", "app_ver
 TRAIT_FIELDS = ("name", "age_band", "role", "company_size")
 #: Profile fields that identify a person; logs and exports treat them as PII.
 PII_FIELDS = frozenset({"name"})
+#: Where the name sits in a snapshot's context-and-traits list.
+_NAME_AT = (CONTEXT_FIELDS + TRAIT_FIELDS).index("name")
 
 # Consent bits: recorded and granted, per purpose.
 _ANALYTICS_SET, _ANALYTICS_ON, _PERSONAL_SET, _PERSONAL_ON = 1, 2, 4, 8
@@ -423,8 +428,12 @@ class UserState:
 
     # ------------------------------------------------------------------ snapshots
 
-    def snapshot(self) -> list[Any]:
-        """A msgpack-ready list; :meth:`restore` is its inverse."""
+    def snapshot(self, key: str = "", sealer: PiiSealer | None = None) -> list[Any]:
+        """A msgpack-ready list; :meth:`restore` is its inverse. PII (a name) is sealed for
+        ``key`` by ``sealer``, or left out without one (:mod:`engine.pii`)."""
+        attrs: list[Any] = [getattr(self, k) for k in CONTEXT_FIELDS + TRAIT_FIELDS]
+        if self.name is not None:
+            attrs[_NAME_AT] = sealer.seal(key, self.name) if sealer is not None else None
         return [
             self.counters.tobytes(),
             self.features.tobytes() if self.features is not None else None,
@@ -436,13 +445,13 @@ class UserState:
             self.engagement,
             self.session_seconds,
             self.consent,
-            [getattr(self, k) for k in CONTEXT_FIELDS + TRAIT_FIELDS],
+            attrs,
             _mask_bytes(self.segments),
             self.cluster,
         ]
 
     @classmethod
-    def restore(cls, data: list[Any]) -> UserState:
+    def restore(cls, data: list[Any], key: str = "", sealer: PiiSealer | None = None) -> UserState:
         user = cls.__new__(cls)
         counters, features, tutorials, viewed, completed, *scalars = data[:10]
         attrs = data[10]
@@ -459,6 +468,8 @@ class UserState:
             setattr(
                 user, field, sys.intern(value) if value is not None and field not in PII_FIELDS else value
             )
+        if isinstance(user.name, bytes):  # sealed: opened with this instance's secret, or gone
+            user.name = sealer.unseal(key, user.name) if sealer is not None else None
         return user
 
 

@@ -16,6 +16,7 @@ from typing import Any
 from engine.errors import HeadstartError
 from engine.learning import Learner
 from engine.partition import PartitionState
+from engine.pii import PiiSealer
 from engine.segments import SegmentIndex
 
 
@@ -36,11 +37,12 @@ class ShardState:
         learner: Learner | None = None,
         segments: SegmentIndex | None = None,
         consent_by_default: bool = True,
+        sealer: PiiSealer | None = None,
     ) -> ShardState:
         """Cold start and recovery are one path: each partition from its snapshot or empty."""
         return cls(
             {
-                p: PartitionState.build(p, snap, learner, segments, consent_by_default)
+                p: PartitionState.build(p, snap, learner, segments, consent_by_default, sealer)
                 for p, snap in snapshots.items()
             }
         )

@@ -14,6 +14,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from engine.datamap import Retention
+from engine.pii import DEFAULT_PII_FIELDS
 from headstart.broker import NatsAuth
 
 
@@ -40,6 +41,10 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="HTTP bind address")
     port: int = Field(8000, ge=0, le=65535, description="HTTP port")
     secret: SecretStr | None = Field(None, description="pseudonymization secret; else <home>/secret")
+    pii_fields: tuple[str, ...] = Field(
+        DEFAULT_PII_FIELDS,
+        description="event props and context fields that are PII: redacted from dead letters (JSON list)",
+    )
     event_retention_days: float = Field(30.0, gt=0, description="how long raw events stay in the stream")
     decision_retention_days: float = Field(
         90.0, gt=0, description="how long the decisions and rewards logs are kept (what evaluation replays)"

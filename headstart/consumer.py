@@ -33,7 +33,7 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from nats.aio.client import Client as NATS
@@ -42,6 +42,7 @@ from nats.aio.subscription import Subscription
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from engine.errors import InvalidEvent
+from engine.pii import DEFAULT_PII_FIELDS, scrub_pii
 from headstart.streams import DLQ_PREFIX, EVENTS_STREAM, partition_subject
 
 log = logging.getLogger(__name__)
@@ -104,8 +105,11 @@ class PartitionConsumer:
         stream: str = EVENTS_STREAM,
         replicas: int = 1,
         control: NATS | None = None,
+        pii_fields: Iterable[str] = DEFAULT_PII_FIELDS,
     ) -> None:
         self._nc = nc
+        #: Redacted from dead letters (engine.pii.scrub_pii).
+        self.pii_fields = tuple(pii_fields)
         # Consumer management, lag and dead letters may go over another connection: their
         # replies then do not queue behind the partition's message flow on this one.
         self._js = (control or nc).jetstream()
@@ -345,7 +349,9 @@ class PartitionConsumer:
         # 100 is an idle heartbeat: the activity timestamp was all it had to update.
 
     async def _dead_letter(self, msg: Msg, seq: int, exc: InvalidEvent) -> None:
-        """Store the original bytes and the reason; retry until stored, so nothing is lost."""
+        """Store the original bytes (PII props redacted, :func:`engine.pii.scrub_pii`) and the
+        reason; retry until stored, so nothing is lost."""
+        payload = scrub_pii(msg.data, self.pii_fields)
         headers = {
             "Nats-Msg-Id": f"dlq:{self._stream}:{seq}",
             "Hs-Reason": exc.reason,
@@ -354,10 +360,12 @@ class PartitionConsumer:
             "Hs-Source-Seq": str(seq),
             "Hs-Source-Subject": msg.subject,
         }
+        if payload is not msg.data:
+            headers["Hs-Redacted"] = "props"
         delay = 0.05
         while True:
             try:
-                await self._js.publish(f"{DLQ_PREFIX}.events.{self.partition}", msg.data, headers=headers)
+                await self._js.publish(f"{DLQ_PREFIX}.events.{self.partition}", payload, headers=headers)
                 self.dead_lettered += 1
                 return
             except Exception as dlq_error:  # noqa: BLE001 - the broker may be restarting

@@ -16,6 +16,7 @@ import time
 from typing import Any
 
 import psutil
+from pydantic import SecretStr
 
 from engine.errors import HeadstartError
 from headstart.broker import EmbeddedNats, connect_nats
@@ -41,7 +42,9 @@ class Runtime:
 
     def start(self) -> dict[str, Any]:
         """Bring everything up and return the state written to the data home."""
-        self.home.secret(self.settings.secret.get_secret_value() if self.settings.secret else None)
+        secret = self.home.secret(self.settings.secret.get_secret_value() if self.settings.secret else None)
+        # The shards seal PII in snapshots with it (headstart.pii): they are given it as settings.
+        self.settings = self.settings.model_copy(update={"secret": SecretStr(secret.decode())})
         if not self.settings.nats_url:
             self.broker = EmbeddedNats(self.home.nats_dir, self.settings.nats_port)
             self.nats_url = self.broker.start()
@@ -85,7 +88,6 @@ class Runtime:
         from headstart.control import ControlServer
 
         self.control = ControlServer(self.nats_url, {"scale": self._scale}, self.settings.nats_auth()).start()
-        secret = self.home.secret(self.settings.secret.get_secret_value() if self.settings.secret else None)
         self.http_url = start_app(self.settings, self.nats_url, catalog, secret, key_hashes(keys))
         _wait_http_ready(self.http_url)
         return self._record(phase="ready")

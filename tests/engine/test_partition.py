@@ -161,6 +161,22 @@ def test_a_name_is_held_only_while_personalization_is_granted(opt_out: bool) -> 
     assert part.users["k"].name is None
 
 
+def test_a_name_is_sealed_in_snapshots_and_left_out_without_a_sealer() -> None:
+    from engine.pii import PiiSealer
+
+    sealer = PiiSealer(b"instance secret")
+    part = PartitionState(0, sealer=sealer)
+    part.apply_message(1, "k", named(1, 100.0, "Alice"))
+    sealed = part.snapshot()
+    assert b"Alice" not in sealed
+    assert PartitionState.restore(sealed, sealer=sealer).users["k"].name == "Alice"
+    assert PartitionState.restore(sealed, sealer=PiiSealer(b"another")).users["k"].name is None
+    assert PartitionState.restore(sealed).users["k"].name is None
+    bare = PartitionState(0)
+    bare.apply_message(1, "k", named(1, 100.0, "Alice"))
+    assert b"Alice" not in bare.snapshot() and bare.users["k"].name == "Alice"  # kept in memory only
+
+
 def test_an_erase_record_forgets_the_user_in_stream_order_and_on_every_replay() -> None:
     from engine.catalog import DEFAULT_CATALOG, load_catalog
     from engine.segments import SegmentIndex

@@ -182,7 +182,9 @@ def test_raw_ids_are_in_no_file_under_the_home_nor_in_rays_logs(
                 assert b"@example.com" not in data and b"example.com" not in data, path
 
 
-def test_down_stops_exactly_what_up_started(tmp_path: Path) -> None:
+def test_down_stops_exactly_what_up_started_and_leaves_no_raw_id(tmp_path: Path) -> None:
+    import httpx
+
     up = headstart(
         "up", "--detach", "--partitions", "4", "--shards", "1", "--port", str(free_port()), home=tmp_path
     )
@@ -190,6 +192,21 @@ def test_down_stops_exactly_what_up_started(tmp_path: Path) -> None:
     state = json.loads((tmp_path / "run" / "state.json").read_text())
     pids = [state["supervisor"]["pid"]] + [c["pid"] for c in state["children"]]
     assert any(c["name"] == "nats-server" for c in state["children"])
+    # Events for a raw id over HTTP, applied; `down` then writes the final snapshots.
+    key = json.loads((tmp_path / "keys.json").read_text())["frontend"]
+    raw = "alice@example.com"
+    with httpx.Client(base_url=state["http_url"], headers={"Authorization": f"Bearer {key}"}) as client:
+        events = [
+            {"event_id": f"a{i}", "user_id": raw, "type": kind, "ts": time.time(), "props": props}
+            for i, (kind, props) in enumerate(
+                [("profile_updated", {"name": "Alice"}), ("feature_clicked", {"feature": "export"})]
+            )
+        ]
+        assert client.post("/v1/events", json={"events": events}).status_code == 200
+        deadline = time.monotonic() + 10
+        while client.post("/v1/decide", json={"user_id": raw}).json()["personalized"] is False:
+            assert time.monotonic() < deadline, "the events were not applied"
+            time.sleep(0.2)
     down = headstart("down", home=tmp_path)
     assert down.returncode == 0 and "stopped" in down.stdout
     lingering = []
@@ -202,6 +219,16 @@ def test_down_stops_exactly_what_up_started(tmp_path: Path) -> None:
             pass
     assert not lingering
     assert not (tmp_path / "run" / "state.json").exists()
+    snapshots = [p for p in tmp_path.rglob("*") if "OBJ_HS_SNAPSHOTS" in p.parts and p.suffix == ".blk"]
+    assert snapshots  # `down` wrote the final snapshots into the broker's store
+    for root in (tmp_path, Path(state["ray_session_dir"]) / "logs"):
+        for path in root.rglob("*"):
+            if path.is_file() and not path.is_symlink():
+                data = path.read_bytes()
+                assert b"example.com" not in data, path
+                # The name is PII: sealed in snapshots, in no log. Only the events stream keeps
+                # the event as it was sent (for replay), until its retention or an erasure.
+                assert b"Alice" not in data or "HS_EVENTS" in path.parts, path
     assert "nothing was running" in headstart("down", home=tmp_path).stdout
 
 

@@ -145,6 +145,32 @@ async def test_consumer_applies_dead_letters_and_goes_on(
         await consumer.stop(delete=True)
 
 
+async def test_dead_letters_keep_no_pii(fresh_streams: str, nc: NATS, pseudonymizer: Pseudonymizer) -> None:
+    js = nc.jetstream()
+    key = pseudonymizer.key("alice@example.com")
+    partition = partition_of(key, TEST_PARTITIONS)
+    bad = {
+        "event_id": "p1",
+        "user_id": key,
+        "type": "profile_updated",
+        "ts": "soon",
+        "props": {"name": "Alice", "email": "alice@example.com"},
+    }
+    await js.publish(f"hs.ingest.{key}", msgspec.msgpack.encode(bad))
+    part = PartitionState(partition)
+    consumer = PartitionConsumer(nc, partition=partition, handler=part.apply_message)
+    await consumer.start(0)
+    try:
+        await wait_for(lambda: consumer.dead_lettered == 1)
+        letter = await js.get_last_msg(DLQ_STREAM, f"hs.dlq.events.{partition}")
+        assert b"Alice" not in letter.data and b"example.com" not in letter.data
+        assert letter.headers is not None
+        assert letter.headers["Hs-Redacted"] == "props" and letter.headers["Hs-Reason"] == "invalid_field"
+        assert msgspec.msgpack.decode(letter.data)["ts"] == "soon"  # the rest as it was sent
+    finally:
+        await consumer.stop(delete=True)
+
+
 async def test_redelivered_messages_are_not_applied_twice(
     fresh_streams: str, nc: NATS, pseudonymizer: Pseudonymizer
 ) -> None:
