@@ -351,8 +351,12 @@ class IngressConfig(BaseModel):
 app = FastAPI(
     title="Headstart",
     version=__version__,
-    description="Real-time personalization of user onboarding. Every endpoint but /healthz, /readyz and / "
-    "needs `Authorization: Bearer <key>`.",
+    description="Real-time personalization of user onboarding. Every endpoint but /healthz and /readyz "
+    "needs `Authorization: Bearer <key>`, this schema at /openapi.json included.",
+    # Served by a route below that asks for a key; no interactive docs page (it cannot send one).
+    openapi_url=None,
+    docs_url=None,
+    redoc_url=None,
 )
 app.add_middleware(BodyLimit)
 app.add_middleware(HotPath)  # outermost: it answers before BodyLimit and the router
@@ -738,6 +742,12 @@ class Ingress:
         with contextlib.suppress(Exception):  # the move is done; its audit record is best effort
             await audit(nc.jetstream(), "scale", who=who, shards=body.shards)
         return self._passthrough(reply)
+
+    @app.get("/openapi.json", include_in_schema=False)
+    async def openapi_document(self, authorization: Authorization = None) -> JSONResponse:
+        """The OpenAPI schema, for any key."""
+        self._require(authorization, None)
+        return JSONResponse(app.openapi())
 
     # ------------------------------------------------------------------ health
 

@@ -142,7 +142,7 @@ def _env_overrides(settings: Settings) -> dict[str, Any]:
 def _print_urls(state: dict[str, Any]) -> None:
     console.print(f"NATS:     {state['nats_url']}")
     if state.get("http_url"):
-        console.print(f"HTTP API: {state['http_url']}  (API docs at /docs)")
+        console.print(f"HTTP API: {state['http_url']}  (schema: GET /openapi.json with a key)")
         console.print(f"API keys: {Path(state['home']) / 'keys.json'}")
     console.print(f"Shards:   {state['shards']} over {state['partitions']} partitions")
     console.print(f"Home:     {state['home']}")

@@ -216,7 +216,9 @@ def test_health_readiness_and_openapi(api: tuple[httpx.Client, ShardGroup]) -> N
     assert client.get("/healthz").json() == {"status": "ok"}
     ready = client.get("/readyz")
     assert ready.status_code == 200 and ready.json()["partitions_without_shard"] == []
-    paths = client.get("/openapi.json").json()["paths"]
+    assert client.get("/openapi.json").status_code == 401  # nothing but health answers without a key
+    assert client.get("/docs").status_code == 404
+    paths = client.get("/openapi.json", headers=FRONTEND).json()["paths"]
     assert {"/v1/decide", "/v1/tutorials/select", "/v1/events", "/v1/users/{user_id}"} <= set(paths)
 
 
