@@ -398,6 +398,9 @@ _NUMBER_READERS: dict[str, str] = {
     "days_since_first_seen": "max(0.0, now - u.first_seen) / 86400.0",
     "days_inactive": "max(0.0, now - u.last_seen) / 86400.0",
 }
+#: Numbers read only when a rule gets to them (see :func:`compile_mask`): the rest cost less
+#: than the check for "read yet?".
+_LAZY_NUMBERS = frozenset({"features_5m", "events_total"})
 #: What the readers may call.
 _READER_NAMES: dict[str, Any] = {"__builtins__": {}, "sum": sum, "max": max, "int": int}
 _INLINE_NUMBERS: dict[str, ast.expr] = {
@@ -504,11 +507,24 @@ def compile_mask(rules: Sequence[tuple[int, Rule]]) -> MaskFunction:
     def call(function: ast.expr, *args: ast.expr) -> ast.Call:
         return ast.Call(func=function, args=list(args), keywords=[])
 
+    # Costly reads (a scan of the user's features, a sum, a lookup by name) are made on first
+    # use: a rule's "and"/"or" often decides before reaching them ("engagement >= 20 and
+    # features_5m >= 3" for a user below 20), and a read shared by rules is still made once.
+    lazy: dict[str, ast.expr] = {}
+
+    def read(var: str) -> ast.expr:
+        if var not in lazy:
+            return load(var)
+        # (var if var is not None else (var := <read>))
+        compute = ast.NamedExpr(target=ast.Name(var, ast.Store()), value=lazy[var])
+        is_set = ast.Compare(left=load(var), ops=[ast.IsNot()], comparators=[ast.Constant(None)])
+        return ast.IfExp(test=is_set, body=load(var), orelse=compute)
+
     def leaf(node: ast.expr) -> ast.expr:
         if isinstance(node, ast.Name):
-            return load(f"v_{node.id}")
+            return read(f"v_{node.id}")
         arg = node.args[0].value  # type: ignore[attr-defined]
-        return load(feature_var[arg] if node.func.id == "feature_count" else step_var[arg])  # type: ignore[attr-defined]
+        return read(feature_var[arg] if node.func.id == "feature_count" else step_var[arg])  # type: ignore[attr-defined]
 
     def nullable(node: ast.expr) -> bool:
         return isinstance(node, ast.Name) and node.id in NULLABLE_FIELDS
@@ -518,8 +534,14 @@ def compile_mask(rules: Sequence[tuple[int, Rule]]) -> MaskFunction:
     def assign(name: str, value: ast.expr) -> None:
         body.append(ast.Assign(targets=[ast.Name(name, ast.Store())], value=value))
 
+    def deferred(var: str, value: ast.expr) -> None:
+        lazy[var] = value
+        assign(var, ast.Constant(None))
+
     for name in fields:
-        if name in _INLINE_NUMBERS:
+        if name in _LAZY_NUMBERS:
+            deferred(f"v_{name}", _INLINE_NUMBERS[name])
+        elif name in _INLINE_NUMBERS:
             assign(f"v_{name}", _INLINE_NUMBERS[name])
         elif name == "cluster":
             assign("v_cluster", call(load("cluster_of"), load("u")))
@@ -533,9 +555,9 @@ def compile_mask(rules: Sequence[tuple[int, Rule]]) -> MaskFunction:
             ctx=ast.Load(),
         )
         count = ast.Attribute(value=load("u"), attr="feature_count", ctx=ast.Load())
-        assign(var, call(count, call(find, ast.Constant(name))))
+        deferred(var, call(count, call(find, ast.Constant(name))))
     for name, var in step_var.items():
-        assign(var, call(load("step_done"), load("u"), load("vocab"), ast.Constant(name)))
+        deferred(var, call(load("step_done"), load("u"), load("vocab"), ast.Constant(name)))
     result: ast.expr = ast.Constant(0)
     for bit, rule in rules:
         term = ast.IfExp(

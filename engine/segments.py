@@ -51,11 +51,13 @@ if TYPE_CHECKING:
     from engine.partition import PartitionState
 
 #: Fields every event can change (and time, which every event moves).
-EVERY_EVENT = TIME_FIELDS | {"session_count", "events_total"}
+#: What any event can change. ``features_5m`` is not among them: only a feature click adds to
+#: it, and its decrease as the window slides is time passing, which sweeps apply.
+EVERY_EVENT = (TIME_FIELDS - {"features_5m"}) | {"session_count", "events_total"}
 #: What else each kind of event can change. ``feature_count`` and ``completed`` stand for the
 #: rule functions of the same names.
 CHANGED_BY_KIND: dict[EventKind, frozenset[str]] = {
-    EventKind.FEATURE_CLICKED: frozenset({"feature_count"}),
+    EventKind.FEATURE_CLICKED: frozenset({"feature_count", "features_5m"}),
     EventKind.STEP_COMPLETED: frozenset({"steps_completed", "completed"}),
     EventKind.TUTORIAL_COMPLETED: frozenset({"tutorials_completed"}),
     EventKind.PROFILE_UPDATED: frozenset({"role", "company_size", "age_band"}),
@@ -249,9 +251,10 @@ class PartitionSegments:
         feature_read = (
             not isinstance(event, FeatureClicked) or event.props.feature in self.index.rule_features
         )
-        decides, evaluate = self.index.evaluator(
-            kind, event.context is not None, cluster_changed, feature_read
-        )
+        key = (kind, event.context is not None, cluster_changed, feature_read)
+        # The index's cache, looked up here: this runs once per event.
+        found = self.index._by_event.get(key)
+        decides, evaluate = found if found is not None else self.index.evaluator(*key)
         old = user.segments
         new = (old & ~decides) | evaluate(user, now, vocab)
         if new != old:
