@@ -142,8 +142,8 @@ class SegmentIndex:
         self._by_event: dict[tuple[EventKind, bool, bool, bool], tuple[int, MaskFunction]] = {}
         #: Features some rule counts: a click of another one changes no rule's feature count.
         self.rule_features = frozenset(f for rule in self.rules for f in rule.features)
-        self.time_based = self._evaluator(frozenset(EVERY_EVENT & TIME_FIELDS))
-        self.time_based_and_cluster = self._evaluator(frozenset((EVERY_EVENT & TIME_FIELDS) | {"cluster"}))
+        self.time_based = self._evaluator(TIME_FIELDS)
+        self.time_based_and_cluster = self._evaluator(TIME_FIELDS | {"cluster"})
 
     def names(self, mask: int) -> list[str]:
         """The segment ids of a membership mask."""

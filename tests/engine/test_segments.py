@@ -25,6 +25,8 @@ RULES = {
     "dormant": "days_inactive >= 3",
     "technical": 'role == "engineer"',
     "second_cluster": "cluster == 1",
+    "wide": "engagement >= 1 and features_5m >= 2",
+    "browsing": "features_5m >= 2",
 }
 
 
@@ -84,6 +86,10 @@ def test_live_membership_equals_evaluating_every_rule_after_every_event(
         tracked = set(index.names(user.segments))
         # The cluster is set by hand here, outside an event: only its own rules may lag.
         lagging = {"second_cluster", "cluster_0", "cluster_1", "cluster_2", "cluster_3"}
+        if kind != "feature_clicked":
+            # Only a click adds to features_5m; its decrease as the window slides is applied by
+            # sweeps (test_a_feature_window_is_entered_by_clicks_and_left_by_a_sweep).
+            lagging.add("browsing")
         assert tracked - lagging == expected - lagging
 
 
@@ -141,6 +147,20 @@ def test_time_based_segments_change_when_time_passes_without_an_event() -> None:
     # A late event does not bring back what time ended: membership is as of the newest clock.
     part.apply_event("k", event(9, "feature_clicked", NOW + 5, props={"feature": "share"}), seq=9)
     assert ("busy", "enter") not in changes(part)
+
+
+def test_a_feature_window_is_entered_by_clicks_and_left_by_a_sweep() -> None:
+    part = PartitionState(0, segments=SegmentIndex(catalog_with(RULES)))
+    for n, feature in enumerate(("share", "export")):
+        part.apply_event("k", event(n, "feature_clicked", NOW + n, props={"feature": feature}), seq=n + 1)
+    assert {("wide", "enter"), ("browsing", "enter")} <= set(changes(part))
+    # Ten minutes later another kind of event: the window has slid past both clicks. "wide"
+    # also reads engagement, which the event changed, so it is evaluated (as of now) and left;
+    # "browsing" reads only the window, which only clicks add to: the sweep applies the time.
+    part.apply_event("k", event(5, "step_viewed", NOW + 600, props={"step": "welcome"}), seq=6)
+    assert changes(part) == [("wide", "exit")]
+    part.sweep_segments(NOW + 601, ["k"])
+    assert changes(part) == [("browsing", "exit")]
 
 
 def test_a_restored_partition_continues_exactly_as_one_that_never_stopped() -> None:
