@@ -164,6 +164,8 @@ class ShardActor:
         self._rpc_subs: dict[int, Subscription] = {}
         #: Partitions handed over (no longer consumed here) that still answer reads until forgotten.
         self._released: set[int] = set()
+        #: Consumers created ahead of a hand-over to this shard (see :meth:`prepare`).
+        self._prepared: dict[int, PartitionConsumer] = {}
         self._batch_sub: Subscription | None = None
         self._membership_tasks: list[asyncio.Task[None]] = []
         # The constructor runs on the actor's event loop: start consuming now, on first creation
@@ -270,7 +272,7 @@ class ShardActor:
             positions += [self.state.partitions[p].last_seq for p in back]
             consuming = new + back
             creating = asyncio.gather(
-                *(self._create_consumer(p, at) for p, at in zip(consuming, positions, strict=True))
+                *(self._prepared_or_new_consumer(p, at) for p, at in zip(consuming, positions, strict=True))
             )
             assert self.ctl is not None
             await self.ctl.flush()  # the create requests are on the broker before the CPU work
@@ -370,6 +372,34 @@ class ShardActor:
         )
         await consumer.start(position, pull=False)
         return consumer
+
+    async def positions(self, partitions: list[int]) -> dict[int, int]:
+        """The last applied sequence of each of ``partitions`` this shard consumes."""
+        return {
+            p: self.state.partitions[p].last_seq
+            for p in partitions
+            if p in self.state.partitions and p not in self._released
+        }
+
+    async def prepare(self, partitions: list[int], positions: dict[int, int]) -> list[int]:
+        """Create consumers for partitions about to be handed here, starting after
+        ``positions`` (their owner's last applied sequences now), so that the take-over finds
+        them ready: on a saturated broker creating one took up to ~1 s, which is then no part
+        of the move's pause. The messages between a position and the handed snapshot's
+        sequence are delivered and skipped (applied already, by sequence). They ask for
+        nothing until taken over. Returns the partitions prepared."""
+        todo = [p for p in partitions if p not in self.state.partitions and p not in self._prepared]
+        consumers = await asyncio.gather(*(self._create_consumer(p, positions[p]) for p in todo))
+        self._prepared.update(zip(todo, consumers, strict=True))
+        return todo
+
+    async def _prepared_or_new_consumer(self, partition: int, position: int) -> PartitionConsumer:
+        prepared = self._prepared.pop(partition, None)
+        if prepared is not None:
+            if prepared.position <= position:
+                return prepared
+            self._background(prepared.stop(delete=True))  # ahead of the snapshot: unusable
+        return await self._create_consumer(partition, position)
 
     async def release(self, partitions: list[int]) -> dict[int, bytes]:
         """Stop consuming partitions and snapshot them, for a hand-over to another shard.
@@ -917,9 +947,12 @@ class ShardActor:
         self._rpc_subs, self._batch_sub = {}, None
         for consumer in self.consumers.values():
             await consumer.stop()
+        for consumer in self._prepared.values():  # a hand-over that never came
+            await consumer.stop(delete=True)
+        self._prepared = {}
         if self.change_publisher is not None and self.ready.is_set():
             with contextlib.suppress(Exception):
-                await self.change_publisher.flush(self._consumed_partitions)
+                await self.change_publisher.flush(self._consumed_partitions, force=True)
         if checkpoint and self.ready.is_set():
             await self.checkpoint()
             if self.merger is not None:

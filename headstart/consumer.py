@@ -147,6 +147,7 @@ class PartitionConsumer:
         self._next_dseq = 1
         self._unacked = 0
         self._last_activity = time.monotonic()
+        self._pulling = False
         self._watchdog: asyncio.Task[None] | None = None
         self._restarting: asyncio.Task[None] | None = None
         self._stopped = False
@@ -197,6 +198,8 @@ class PartitionConsumer:
         task.add_done_callback(self._cleanup.discard)
 
     async def pull(self) -> None:
+        self._pulling = True
+        self._last_activity = time.monotonic()  # silence is counted from the first request
         await self._refill()
 
     def hold(self) -> None:
@@ -249,6 +252,7 @@ class PartitionConsumer:
             self._inbox, cb=on_message, pending_msgs_limit=8 * self._batch + 1024, pending_bytes_limit=-1
         )
         self._last_activity = time.monotonic()
+        self._pulling = pull
         if pull:
             await self._refill()
 
@@ -287,7 +291,8 @@ class PartitionConsumer:
                 # broker lost it): start over from our position rather than wait for silence.
                 reconnects = self._nc.stats["reconnects"]
                 self._restart("reconnected to the broker")
-            elif time.monotonic() - self._last_activity > 3 * HEARTBEAT_S + 1:
+            elif self._pulling and time.monotonic() - self._last_activity > 3 * HEARTBEAT_S + 1:
+                # (A consumer created ahead of its take-over asks for nothing: no heartbeats.)
                 self._restart("no messages or heartbeats")
 
     # ------------------------------------------------------------------ delivery

@@ -65,23 +65,39 @@ class ChangePublisher:
     stores it once even when a publish is retried, or repeated by the partition's next owner
     after a hand-over or a crash (within the duplicate window). Snapshots never wait for a
     publish.
+
+    A partition's changes wait up to ``max_wait_s`` (or until ``min_batch`` are queued): with
+    a publish every 100 ms, a shard of 32 partitions at 30,000 events/s sent batches of two or
+    three changes per segment, ~10,000 publishes a second (``headstart bench ingest``).
     """
 
-    def __init__(self, js: JetStreamContext, batch: int = 5000) -> None:
+    def __init__(
+        self, js: JetStreamContext, batch: int = 5000, max_wait_s: float = 1.0, min_batch: int = 1000
+    ) -> None:
         self.js = js
         self.batch = batch
+        self.max_wait_s = max_wait_s
+        self.min_batch = min_batch
+        #: When each partition's changes were last published (monotonic clock).
+        self._last: dict[int, float] = {}
         self.published = 0
         self.failures = 0
         #: When the last batch was stored (wall clock).
         self.last_published_at = 0.0
 
-    async def flush(self, partitions: Callable[[], Mapping[int, PartitionState]]) -> int:
-        """Publish one batch (up to :attr:`batch` changes) per partition; the rest next time."""
+    async def flush(self, partitions: Callable[[], Mapping[int, PartitionState]], force: bool = False) -> int:
+        """Publish one batch (up to :attr:`batch` changes) of each partition whose changes
+        waited long enough or are many (``force``: of every partition); the rest next time."""
         sent = 0
+        now = time.monotonic()
         for p, part in list(partitions().items()):
             segments = part.segments
             if segments is None or not (segments.in_flight or segments.outbox):
                 continue
+            due = segments.in_flight is not None or len(segments.outbox) >= self.min_batch
+            if not (force or due or now - self._last.get(p, 0.0) >= self.max_wait_s):
+                continue
+            self._last[p] = now
             if p not in partitions():
                 continue  # handed over meanwhile: its queued changes went with its snapshot
             rows = segments.next_batch(self.batch)
