@@ -339,6 +339,10 @@ class PartitionConsumer:
             self.last_handled_at = time.time()
             self.last_handled_cpu = time.process_time()
             await self._nc.publish(reply)  # AckPolicy.ALL: acknowledges everything up to here
+            # A subscription drains its queued messages without yielding to the event loop;
+            # a turn per acknowledged burst lets a shard's requests (decisions, a take-over)
+            # in between instead of behind every partition's backlog.
+            await asyncio.sleep(0)
         if self._credit <= self._batch:
             await self._refill()
 
