@@ -4,6 +4,7 @@ events are being published and decisions asked, and the final state is exactly w
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import nats
 import pytest
@@ -41,8 +42,7 @@ def test_partitions_move_live_without_losing_or_doubling_an_event(
     ]
     recorded = asyncio.run(_recorded(fresh_streams))
     assert recorded == Assignment.even(TEST_PARTITIONS, 2)
-    expected = expected_counts(pseudonymizer, events)
-    assert read_back(group, list(expected)) == {k: dict(v) for k, v in expected.items()}
+    assert_applied_exactly_once(group, pseudonymizer, events)
     # Decisions went on during the moves: none failed with an error.
     assert traffic.outcomes["ok"] > 50 and traffic.outcomes["failed"] == 0
 
@@ -62,6 +62,20 @@ def test_a_shard_restarted_after_a_rescale_takes_the_partitions_it_owns_now(
     assert after["pid"] != before["pid"] and after["partitions"] == before["partitions"]
 
 
+def publish_and_catch_up(
+    group: ShardGroup, url: str, pseudonymizer: Pseudonymizer, events: list[dict[str, Any]]
+) -> None:
+    asyncio.run(publish(url, pseudonymizer, events))
+    group.wait_caught_up(timeout=60)
+
+
+def assert_applied_exactly_once(
+    group: ShardGroup, pseudonymizer: Pseudonymizer, events: list[dict[str, Any]]
+) -> None:
+    expected = expected_counts(pseudonymizer, events)
+    assert read_back(group, list(expected)) == {k: dict(v) for k, v in expected.items()}
+
+
 async def _recorded(url: str) -> Assignment | None:
     conn = await nats.connect(url)
     try:
@@ -74,8 +88,7 @@ def test_an_interrupted_move_is_finished_when_the_group_is_attached_again(
     group: ShardGroup, fresh_streams: str, pseudonymizer: Pseudonymizer
 ) -> None:
     events = list(onboarding_events(users=40, events=1200, seed=19))
-    asyncio.run(publish(fresh_streams, pseudonymizer, events[:600]))
-    group.wait_caught_up(timeout=60)
+    publish_and_catch_up(group, fresh_streams, pseudonymizer, events[:600])
     # A rescale that died after the release, before recording or handing over anything.
     moving = group.assignment.partitions_of(0)[:2]
     handed = ray.get(group.shards[0].release.remote(moving))
@@ -85,8 +98,7 @@ def test_an_interrupted_move_is_finished_when_the_group_is_attached_again(
     again = ShardGroup(group.settings, fresh_streams).start()  # attaches and reconciles
     assert set(moving) <= set(ray.get(again.shards[0].stats.remote())["partitions"])
     again.wait_caught_up(timeout=60)
-    expected = expected_counts(pseudonymizer, events)
-    assert read_back(again, list(expected)) == {k: dict(v) for k, v in expected.items()}
+    assert_applied_exactly_once(again, pseudonymizer, events)
 
 
 def test_consumers_prepared_for_a_move_deliver_nothing_until_it_comes(
@@ -95,17 +107,15 @@ def test_consumers_prepared_for_a_move_deliver_nothing_until_it_comes(
     import time
 
     events = list(onboarding_events(users=30, events=900, seed=23))
-    asyncio.run(publish(fresh_streams, pseudonymizer, events[:300]))
-    group.wait_caught_up(timeout=60)
+    publish_and_catch_up(group, fresh_streams, pseudonymizer, events[:300])
     # Partitions the rescale below moves from shard 0 to shard 1, prepared there now.
     later = Assignment.even(TEST_PARTITIONS, 3)
     moving = sorted(set(group.assignment.partitions_of(0)) & set(later.partitions_of(1)))
     assert moving
     positions = ray.get(group.shards[0].positions.remote(moving))
     assert sorted(ray.get(group.shards[1].prepare.remote(moving, positions))) == moving
-    asyncio.run(publish(fresh_streams, pseudonymizer, events[300:600]))
+    publish_and_catch_up(group, fresh_streams, pseudonymizer, events[300:600])
     time.sleep(8)  # past the consumer watchdog's silence limit: a prepared consumer is not restarted
-    group.wait_caught_up(timeout=60)
     assert not set(moving) & set(ray.get(group.shards[1].stats.remote())["partitions"])
     # The move comes later: the consumers prepared then start further back than the handed
     # snapshots and skip what the old owner applied since.
@@ -114,5 +124,4 @@ def test_consumers_prepared_for_a_move_deliver_nothing_until_it_comes(
     assert report["moved_partitions"] > 0
     assert set(moving) <= set(ray.get(group.shards[1].stats.remote())["partitions"])
     group.wait_caught_up(timeout=60)
-    expected = expected_counts(pseudonymizer, events)
-    assert read_back(group, list(expected)) == {k: dict(v) for k, v in expected.items()}
+    assert_applied_exactly_once(group, pseudonymizer, events)
