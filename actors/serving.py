@@ -42,6 +42,7 @@ def apply_serve_environment(mode: str) -> None:
     for key, value in SERVE_MODES[mode].items():
         os.environ.setdefault(key, value)
     if mode == "haproxy":
+        # Bound later, once Ray is up: chosen where Ray and the OS do not hand out ports.
         for key in HAPROXY_PORT_VARIABLES:
             os.environ[key] = str(free_port())
 

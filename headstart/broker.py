@@ -13,6 +13,7 @@ Example::
 from __future__ import annotations
 
 import logging
+import random
 import shutil
 import socket
 import subprocess
@@ -119,10 +120,26 @@ def nats_server_binary() -> str:
     return found
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+#: Ports we choose for listeners bound some time later (nats-server, Serve's HTTP port,
+#: HAProxy's, once Ray is up): below
+#: Linux's ephemeral range (32768-60999), where the OS hands out ports to everything that binds
+#: port 0 (Ray starts dozens of such processes meanwhile), and above Ray's worker ports
+#: (10002-19999). An ephemeral choice was taken by someone else before HAProxy bound it (CI).
+QUIET_PORTS = range(20_000, 32_000)
+
+
+def free_port(rng: random.Random | None = None) -> int:
+    """A port free now in :data:`QUIET_PORTS`, where nothing else picks ports at random."""
+    chooser = rng or random.SystemRandom()
+    for _ in range(200):
+        port = chooser.choice(QUIET_PORTS)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise BrokerError(f"no free port in {QUIET_PORTS.start}-{QUIET_PORTS.stop - 1}")
 
 
 class EmbeddedNats:

@@ -54,6 +54,8 @@ Handler = Callable[[int, str, bytes], None]
 #: Ack (ack-all) at least this often within a burst, so the server's ack floor and the
 #: consumer's ack-pending count stay close to the truth during long drains.
 ACK_EVERY = 256
+#: Messages handled between turns given to the rest of the event loop (~2 ms of a shard's work).
+YIELD_EVERY = 64
 #: Pull requests wait this long for messages before the server answers 408 and we re-pull.
 PULL_EXPIRES_S = 10.0
 #: While a pull waits the server sends a heartbeat this often; three missed ones mean the
@@ -148,6 +150,7 @@ class PartitionConsumer:
         self._unacked = 0
         self._last_activity = time.monotonic()
         self._pulling = False
+        self._since_yield = 0
         self._watchdog: asyncio.Task[None] | None = None
         self._restarting: asyncio.Task[None] | None = None
         self._stopped = False
@@ -305,6 +308,8 @@ class PartitionConsumer:
     async def _on_message(self, msg: Msg) -> None:
         if not self._flowing.is_set():
             await self._flowing.wait()
+            if self._stopped:  # stopped while held (a release): the next owner applies it
+                return
         self._last_activity = time.monotonic()
         reply = msg.reply
         if not reply:
@@ -339,9 +344,12 @@ class PartitionConsumer:
             self.last_handled_at = time.time()
             self.last_handled_cpu = time.process_time()
             await self._nc.publish(reply)  # AckPolicy.ALL: acknowledges everything up to here
+        self._since_yield += 1
+        if self._since_yield >= YIELD_EVERY:
             # A subscription drains its queued messages without yielding to the event loop;
-            # a turn per acknowledged burst lets a shard's requests (decisions, a take-over)
-            # in between instead of behind every partition's backlog.
+            # a turn now and then lets a shard's requests (decisions, a take-over) in between
+            # instead of behind every partition's backlog.
+            self._since_yield = 0
             await asyncio.sleep(0)
         if self._credit <= self._batch:
             await self._refill()
