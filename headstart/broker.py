@@ -124,8 +124,9 @@ def nats_server_binary() -> str:
 #: HAProxy's, once Ray is up): below
 #: Linux's ephemeral range (32768-60999), where the OS hands out ports to everything that binds
 #: port 0 (Ray starts dozens of such processes meanwhile), and above Ray's worker ports
-#: (10002-19999). An ephemeral choice was taken by someone else before HAProxy bound it (CI).
-QUIET_PORTS = range(20_000, 32_000)
+#: (10002-19999) and Serve's direct-ingress replica ports (30000-31000). An ephemeral choice
+#: was taken by someone else before HAProxy bound it (CI).
+QUIET_PORTS = range(20_000, 30_000)
 
 
 def free_port(rng: random.Random | None = None) -> int:

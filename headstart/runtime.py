@@ -54,7 +54,7 @@ class Runtime:
         import ray
 
         from actors.cluster import ShardGroup
-        from actors.serving import apply_serve_environment, start_app
+        from actors.serving import apply_serve_environment
         from engine.catalog import DEFAULT_CATALOG, load_catalog
         from headstart.auth import ensure_keys, key_hashes
 
@@ -88,9 +88,26 @@ class Runtime:
         from headstart.control import ControlServer
 
         self.control = ControlServer(self.nats_url, {"scale": self._scale}, self.settings.nats_auth()).start()
-        self.http_url = start_app(self.settings, self.nats_url, catalog, secret, key_hashes(keys))
+        self.http_url = self._start_serve(catalog, secret, key_hashes(keys))
         _wait_http_ready(self.http_url)
         return self._record(phase="ready")
+
+    def _start_serve(self, catalog: Any, secret: bytes, hashes: dict[str, list[str]]) -> str:
+        """The Serve app, started again once if Serve's HAProxy failed to start: on a loaded
+        machine it was seen failing to bind a port nothing of ours held (CI), and a fresh Serve
+        then starts. A port really in use fails twice, with HAProxy's message."""
+        from ray import serve
+
+        from actors.serving import start_app
+
+        try:
+            return start_app(self.settings, self.nats_url, catalog, secret, hashes)
+        except Exception as exc:
+            if "HAProxy" not in str(exc):
+                raise
+            log.warning("Serve's HAProxy failed to start; starting Serve again: %s", str(exc)[-300:])
+            serve.shutdown()  # type: ignore[no-untyped-call]
+            return start_app(self.settings, self.nats_url, catalog, secret, hashes)
 
     def _scale(self, request: dict[str, Any]) -> dict[str, Any]:
         """``headstart scale`` and ``POST /v1/admin/scale``: move partitions to N shards live."""
