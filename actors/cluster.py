@@ -194,7 +194,7 @@ class ShardGroup:
         # saturated broker that took up to ~1 s, which is then not part of the pause.
         preparing = time.perf_counter()
         positions: dict[int, int] = await self.shards[old].positions.remote(partitions)
-        await self.shards[new].prepare.remote(sorted(positions), positions)
+        await self.shards[new].prepare.remote(positions)
         started = time.perf_counter()
         snapshots: dict[int, bytes] = await self.shards[old].release.remote(partitions)
         released_at = time.perf_counter()

@@ -381,14 +381,14 @@ class ShardActor:
             if p in self.state.partitions and p not in self._released
         }
 
-    async def prepare(self, partitions: list[int], positions: dict[int, int]) -> list[int]:
-        """Create consumers for partitions about to be handed here, starting after
-        ``positions`` (their owner's last applied sequences now), so that the take-over finds
+    async def prepare(self, positions: dict[int, int]) -> list[int]:
+        """Create consumers for the partitions about to be handed here, each starting after its
+        entry in ``positions`` (its owner's last applied sequence now), so that the take-over finds
         them ready: on a saturated broker creating one took up to ~1 s, which is then no part
         of the move's pause. The messages between a position and the handed snapshot's
         sequence are delivered and skipped (applied already, by sequence). They ask for
         nothing until taken over. Returns the partitions prepared."""
-        todo = [p for p in partitions if p not in self.state.partitions and p not in self._prepared]
+        todo = [p for p in positions if p not in self.state.partitions and p not in self._prepared]
         consumers = await asyncio.gather(*(self._create_consumer(p, positions[p]) for p in todo))
         self._prepared.update(zip(todo, consumers, strict=True))
         return todo

@@ -139,7 +139,9 @@ class SegmentIndex:
             for rule in self.rules
         ]
         self._evaluators: dict[frozenset[str], tuple[int, MaskFunction]] = {}
-        self._by_event: dict[tuple[EventKind, bool, bool, bool], tuple[int, MaskFunction]] = {}
+        #: :meth:`evaluator`'s answers by its arguments; the event path reads it directly
+        #: (a method call per event cost more than the lookup).
+        self.by_event: dict[tuple[EventKind, bool, bool, bool], tuple[int, MaskFunction]] = {}
         #: Features some rule counts: a click of another one changes no rule's feature count.
         self.rule_features = frozenset(f for rule in self.rules for f in rule.features)
         self.time_based = self._evaluator(TIME_FIELDS)
@@ -155,7 +157,7 @@ class SegmentIndex:
         """(the bits it decides, the function) for what an event of ``kind`` changed;
         ``feature_read``: a feature click of a feature some rule counts."""
         key = (kind, has_context, cluster_changed, feature_read)
-        found = self._by_event.get(key)
+        found = self.by_event.get(key)
         if found is not None:
             return found
         changed = EVERY_EVENT | CHANGED_BY_KIND.get(kind, frozenset())
@@ -165,7 +167,7 @@ class SegmentIndex:
             changed |= frozenset(CONTEXT_FIELDS)
         if cluster_changed:
             changed |= {"cluster"}
-        found = self._by_event[key] = self._evaluator(frozenset(changed))
+        found = self.by_event[key] = self._evaluator(frozenset(changed))
         return found
 
     def _evaluator(self, changed: frozenset[str]) -> tuple[int, MaskFunction]:
@@ -252,8 +254,7 @@ class PartitionSegments:
             not isinstance(event, FeatureClicked) or event.props.feature in self.index.rule_features
         )
         key = (kind, event.context is not None, cluster_changed, feature_read)
-        # The index's cache, looked up here: this runs once per event.
-        found = self.index._by_event.get(key)
+        found = self.index.by_event.get(key)
         decides, evaluate = found if found is not None else self.index.evaluator(*key)
         old = user.segments
         new = (old & ~decides) | evaluate(user, now, vocab)

@@ -113,7 +113,7 @@ def test_consumers_prepared_for_a_move_deliver_nothing_until_it_comes(
     moving = sorted(set(group.assignment.partitions_of(0)) & set(later.partitions_of(1)))
     assert moving
     positions = ray.get(group.shards[0].positions.remote(moving))
-    assert sorted(ray.get(group.shards[1].prepare.remote(moving, positions))) == moving
+    assert sorted(ray.get(group.shards[1].prepare.remote(positions))) == moving
     publish_and_catch_up(group, fresh_streams, pseudonymizer, events[300:600])
     time.sleep(8)  # past the consumer watchdog's silence limit: a prepared consumer is not restarted
     assert not set(moving) & set(ray.get(group.shards[1].stats.remote())["partitions"])
