@@ -44,6 +44,7 @@ from headstart.auth import Authenticator, RateLimits
 from headstart.broker import NatsAuth, connect_nats
 from headstart.control import AdminError, request_admin
 from headstart.erasure import Eraser
+from headstart.experiment_reports import experiment_report, report_cuts
 from headstart.membership import read_cluster_model
 from headstart.metrics import IngressMetrics, render
 from headstart.rpc import ShardClient, ShardUnavailable, is_error
@@ -708,7 +709,23 @@ class Ingress:
         report = segment_report(answers, self.config.catalog, await read_cluster_model(nc.jetstream()))
         return {**report, "shards_missing": missing}
 
-    async def _ask_each_shard(self, method: str, timeout: float) -> tuple[list[Any], list[int]]:
+    @app.get("/v1/experiments/{experiment_id}/report", responses={401: {}, 403: {}, 404: {}})
+    async def experiment(self, experiment_id: str, authorization: Authorization = None) -> Response:
+        """An experiment's results: per arm the users exposed, conversions, rate, lift with its
+        confidence interval and p-value (fixed horizon, after CUPED, and always-valid), the
+        sample-ratio check, guardrails, the primary metric over time, and a verdict."""
+        self._require(authorization, "admin")
+        exp = self.decider.experiments.by_id.get(experiment_id)
+        if exp is None:
+            raise ApiError(404, "not_found", f"no experiment {experiment_id!r} in the catalog")
+        spans, missing = await self._ask_each_shard("experiment_moments", timeout=10.0, experiment=exp.id)
+        cuts = report_cuts(spans, time.time())
+        answers, missing = await self._ask_each_shard(
+            "experiment_moments", timeout=20.0, experiment=exp.id, cuts=cuts
+        )
+        return JSONResponse({**experiment_report(exp, answers, cuts), "shards_missing": missing})
+
+    async def _ask_each_shard(self, method: str, timeout: float, **args: Any) -> tuple[list[Any], list[int]]:
         """``method`` asked of every shard once (through a partition it owns): the decoded
         answers, and the shards that did not answer."""
         _, shards = await self._client()
@@ -719,7 +736,7 @@ class Ingress:
         answers, missing = [], []
         for shard, partition in sorted(first_partition.items()):
             try:
-                reply = await shards.call_raw_partition(partition, method, timeout=timeout, key="")
+                reply = await shards.call_raw_partition(partition, method, timeout=timeout, key="", **args)
             except ShardUnavailable:
                 missing.append(shard)
                 continue

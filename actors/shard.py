@@ -32,7 +32,8 @@ from nats.js.kv import KeyValue
 
 from engine.catalog import Catalog
 from engine.clusters import ClusterAssigner
-from engine.decision import Decider
+from engine.decision import EXPOSURES_KEY, Decider
+from engine.experiments import ExposedUser, ExposureRecord, cumulative_moments, encode_exposure
 from engine.keys import partition_of
 from engine.learning import DecisionRecord, Learner, PartitionLearning, encode_record
 from engine.partition import PartitionState, snapshot_position
@@ -135,6 +136,11 @@ class ShardActor:
         self.activation_low_below = catalog.learning.activation_low_below
         self.decisions_logged = 0
         self.decision_log_failures = 0
+        self.exposures_logged = 0
+        #: Exposures published and not yet seen applied (so a burst of decisions for one user
+        #: publishes one; JetStream's duplicate window and the partition's own check cover the
+        #: rest, e.g. after a restart).
+        self._exposures_pending: set[tuple[str, str]] = set()
         self.personalize_by_default = catalog.consent_mode == "opt_out"
         # Names are sealed in snapshots with the instance's secret (left out without one).
         secret = settings.secret.get_secret_value().encode() if settings.secret is not None else None
@@ -337,7 +343,13 @@ class ShardActor:
 
     def _restore(self, partition: int, snapshot: bytes | None) -> PartitionState:
         part = PartitionState.build(
-            partition, snapshot, self.learner, self.segment_index, self.personalize_by_default, self.sealer
+            partition,
+            snapshot,
+            self.learner,
+            self.segment_index,
+            self.personalize_by_default,
+            self.sealer,
+            self.decider.experiments,
         )
         if snapshot:
             self.restored_seqs[partition] = part.last_seq
@@ -668,6 +680,7 @@ class ShardActor:
                 decision.update(insights)
                 if chooser is not None:
                     self._log_decision(part.partition, chooser.record())
+                self._log_exposures(part, key, user, decision.pop(EXPOSURES_KEY, None), now)
                 return encode_reply(decision)
             if method == "tutorial":
                 user = part.users.get(key)
@@ -684,9 +697,13 @@ class ShardActor:
                     feature=request.get("feature"),
                     chooser=chooser,
                     vocab=part.vocab,
+                    user_key=key,
+                    personalize=chooser is not None,
                 )
                 if chooser is not None:
                     self._log_decision(part.partition, chooser.record())
+                if choice is not None:
+                    self._log_exposures(part, key, user, choice.pop(EXPOSURES_KEY, None), now)
                 return encode_reply(choice)
             if method == "user":
                 view = part.view(key, now)
@@ -701,6 +718,9 @@ class ShardActor:
                 return encode_reply({"snapshotted": await self._snapshot_through(part, int(request["seq"]))})
             if method == "segment_sizes":
                 return encode_reply(await self.segment_sizes(now))
+            if method == "experiment_moments":
+                cuts = [float(c) for c in request.get("cuts") or []]
+                return encode_reply(await self.experiment_moments(str(request["experiment"]), cuts))
             if method == "tutorial_stats":
                 return encode_reply(await self.tutorial_stats())
             if method == "profile_sample":
@@ -733,15 +753,72 @@ class ShardActor:
         subjects = record_subjects(partition, record.user_id, "decision")
         self._background(self._publish_record(subjects, encode_record(record), record.decision_id))
 
-    async def _publish_record(self, subjects: tuple[str, str], data: bytes, decision_id: str) -> None:
+    def _log_exposures(
+        self, part: PartitionState, key: str, user: Any, exposures: list[tuple[str, str]] | None, now: float
+    ) -> None:
+        """Log the user's first exposure to each experiment this answer reached, to their
+        partition (where applying it keeps one per user and experiment) and to HS_EXPOSURES."""
+        if not exposures or part.experiments is None:
+            return
+        pending = self._exposures_pending
+        for experiment, arm in exposures:
+            if part.experiments.is_exposed(key, experiment):
+                pending.discard((experiment, key))
+                continue
+            if (experiment, key) in pending:
+                continue
+            if len(pending) > 100_000:
+                pending.clear()  # bounded; a duplicate publish is still dropped downstream
+            pending.add((experiment, key))
+            record = ExposureRecord(
+                experiment=experiment,
+                arm=arm,
+                user_id=key,
+                ts=now,
+                pre=user.engagement_at(now) if user is not None else 0.0,
+            )
+            subjects = record_subjects(part.partition, key, "exposure")
+            self._background(
+                self._publish_record(subjects, encode_exposure(record), f"{experiment}:{key}", "exposure")
+            )
+
+    async def experiment_moments(self, experiment: str, cuts: list[float]) -> dict[str, Any]:
+        """Over the users of this shard exposed to ``experiment``: how many, the first exposure,
+        and per metric and cut time the arms' sufficient statistics (see
+        :func:`engine.experiments.cumulative_moments`)."""
+        exp = self.decider.experiments.by_id.get(experiment)
+        if exp is None:
+            raise KeyError(f"no experiment {experiment!r}")
+        exposed: list[ExposedUser] = []
+        for part in list(self._consumed_partitions().values()):
+            if part.experiments is not None:
+                exposed += part.experiments.exposures(experiment)
+                await asyncio.sleep(0)  # events keep flowing during a report
+        moments = cumulative_moments(exposed, 1 + len(exp.guardrails), cuts) if cuts else []
+        return {
+            "shard": self.shard_id,
+            "exposed": len(exposed),
+            "first": min((e.ts for e in exposed), default=None),
+            "moments": [
+                [{arm: msgspec.to_builtins(m) for arm, m in cut.items()} for cut in metric]
+                for metric in moments
+            ],
+        }
+
+    async def _publish_record(
+        self, subjects: tuple[str, str], data: bytes, decision_id: str, kind: str = "decision"
+    ) -> None:
         assert self.ctl is not None
         headers = {"Nats-Msg-Id": decision_id}
         try:
             await publish_prepared(self.ctl.jetstream(), [(subject, data, headers) for subject in subjects])
-            self.decisions_logged += 1
+            if kind == "exposure":
+                self.exposures_logged += 1
+            else:
+                self.decisions_logged += 1
         except Exception as exc:  # noqa: BLE001 - the decision was served; only its learning is lost
             self.decision_log_failures += 1
-            log.warning("decision log publish failed: %s", type(exc).__name__)
+            log.warning("%s log publish failed: %s", kind, type(exc).__name__)
 
     async def checkpoint(self) -> dict[str, Any]:
         """Snapshot every partition that changed since its last checkpoint; return what was done.

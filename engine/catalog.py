@@ -15,6 +15,7 @@ the field and why, so an operator fixes a catalog in one pass:
 
 from __future__ import annotations
 
+import itertools
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -24,6 +25,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from engine.errors import ConfigError
+from engine.experiments import FIXED_POLICY, SURFACE_POLICY, Experiment, Holdout, check_layers
 
 DEFAULT_CATALOG = Path(__file__).resolve().parent / "catalogs" / "default.yaml"
 
@@ -256,6 +258,9 @@ class Catalog(_Model):
     membership: Membership = Membership()
     webhooks: list[Webhook] = Field(default_factory=list)
     learning: Learning = Learning()
+    #: A/B and multivariate tests (:mod:`engine.experiments`), and the global holdout.
+    experiments: list[Experiment] = Field(default_factory=list)
+    holdout: Holdout | None = None
 
     @property
     def cluster_segments(self) -> list[str]:
@@ -388,6 +393,7 @@ def _semantic_errors(catalog: Catalog) -> list[tuple[str, str]]:
                 where = f"journey.steps[{i}].completed_by[{j}].tutorial"
                 errors.append((where, f"unknown tutorial {completion.tutorial!r}"))
     errors += _learning_errors(catalog.learning)
+    errors += _experiment_errors(catalog, known)
     errors += _template_errors(catalog.messages.welcome, "messages.welcome", catalog.default_locale)
     for i, targeted in enumerate(catalog.messages.by_segment):
         where = f"messages.by_segment[{i}]"
@@ -417,6 +423,80 @@ def _learning_errors(learning: Learning) -> list[tuple[str, str]]:
             errors.append(("learning.params", f"not accepted by {learning.policy}: {exc}"))
     if learning.journey.event in ("feature_clicked", "step_completed") and learning.journey.name is None:
         errors.append(("learning.journey.name", f"{learning.journey.event} needs the feature or step 'name'"))
+    return errors
+
+
+def _experiment_errors(catalog: Catalog, known_segments: set[str]) -> list[tuple[str, str]]:
+    errors: list[tuple[str, str]] = []
+    steps = {s.id for s in catalog.journey.steps}
+    variants = {t.id: {v.id for v in t.variants} for t in catalog.tutorials}
+    policies = {
+        FIXED_POLICY,
+        catalog.learning.policy,
+        *([catalog.learning.shadow] if catalog.learning.shadow else []),
+    }
+    seen: set[str] = set()
+    for i, exp in enumerate(catalog.experiments):
+        where = f"experiments[{i}]"
+        if exp.id in seen:
+            errors.append((f"{where}.id", f"duplicate experiment id {exp.id!r}"))
+        seen.add(exp.id)
+        errors += _unknown_segments(exp.segments, f"{where}.segments", known_segments)
+        if not exp.surfaces():
+            errors.append((f"{where}.arms", "no arm changes anything (steps, tutorials, welcome or policy)"))
+        for metric_where, metric in [("metric", exp.metric)] + [
+            (f"guardrails[{j}]", g) for j, g in enumerate(exp.guardrails)
+        ]:
+            if metric.name is not None and metric.event.startswith("step_") and metric.name not in steps:
+                errors.append((f"{where}.{metric_where}.name", f"unknown step {metric.name!r}"))
+            if (
+                metric.name is not None
+                and metric.event.startswith("tutorial_")
+                and metric.name not in variants
+            ):
+                errors.append((f"{where}.{metric_where}.name", f"unknown tutorial {metric.name!r}"))
+        for j, arm in enumerate(exp.arms):
+            at = f"{where}.arms[{j}]"
+            for k, step in enumerate(arm.steps or []):
+                if step not in steps:
+                    errors.append((f"{at}.steps[{k}]", f"unknown step {step!r}"))
+            if arm.steps is not None and len(set(arm.steps)) != len(arm.steps):
+                errors.append((f"{at}.steps", "a step is listed twice"))
+            for tutorial, chosen in (arm.tutorials or {}).items():
+                if tutorial not in variants:
+                    errors.append((f"{at}.tutorials.{tutorial}", f"unknown tutorial {tutorial!r}"))
+                    continue
+                if not chosen:
+                    errors.append((f"{at}.tutorials.{tutorial}", "needs at least one variant"))
+                for variant in chosen:
+                    if variant not in variants[tutorial]:
+                        errors.append((f"{at}.tutorials.{tutorial}", f"unknown variant {variant!r}"))
+            if arm.welcome is not None:
+                errors += _template_errors(arm.welcome, f"{at}.welcome", catalog.default_locale)
+            if arm.policy is not None and arm.policy not in policies:
+                errors.append(
+                    (
+                        f"{at}.policy",
+                        f"{arm.policy!r} is not run by the shards: use {FIXED_POLICY!r}, the served "
+                        f"policy or the shadow policy (learning.policy / learning.shadow)",
+                    )
+                )
+    errors += [("experiments", problem) for problem in check_layers(catalog.experiments)]
+    # Two experiments that change the same part of a decision must split users (one layer),
+    # or one would overwrite the other's arm and both analyses would be wrong.
+    for a, b in itertools.combinations(catalog.experiments, 2):
+        if a.layer is not None and a.layer == b.layer:
+            continue
+        sa, sb = a.surfaces(), b.surfaces()
+        choices_a = SURFACE_POLICY in sa and any(x != "message" for x in sb)
+        choices_b = SURFACE_POLICY in sb and any(x != "message" for x in sa)
+        if sa & sb or choices_a or choices_b:
+            errors.append(
+                (
+                    "experiments",
+                    f"{a.id} and {b.id} change the same part of a decision: put them in one layer",
+                )
+            )
     return errors
 
 

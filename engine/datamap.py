@@ -171,6 +171,13 @@ def datamap(retention: Retention, checkpoint_interval_s: float = 30.0) -> list[d
             "personalization",
         ),
         (
+            "experiment exposures",
+            "pseudonymized key, experiment, arm, time, engagement score at exposure; then its outcomes",
+            f"HS_EXPOSURES ({retention.decisions_days:g} days), the user's partition of HS_EVENTS "
+            f"({retention.events_days:g} days), and partition snapshots until erased",
+            "personalization",
+        ),
+        (
             "segment changes",
             "pseudonymized key entering or leaving a segment",
             f"HS_SEGMENTS ({retention.segment_changes_days:g} days; an erasure leaves published batches "

@@ -33,6 +33,15 @@ from engine.catalog import (
     locale_segment,
 )
 from engine.events import EventKind
+from engine.experiments import (
+    FIXED_POLICY,
+    SURFACE_MESSAGE,
+    SURFACE_POLICY,
+    SURFACE_STEPS,
+    Arm,
+    Experiment,
+    ExperimentPlan,
+)
 from engine.learning import POINT_STEP, tutorial_point
 from engine.profile import UserState, Vocabularies
 from engine.rules import parse_rule, rule_input
@@ -40,6 +49,9 @@ from engine.rules import parse_rule, rule_input
 if TYPE_CHECKING:
     from engine.learning import ChoiceSession
 
+#: The key of a decision's exposures (experiment id, arm id): taken out by the shard, which
+#: logs each user's first exposure per experiment; never part of the answer.
+EXPOSURES_KEY = "_exposures"
 #: Rendered messages kept per decider; cleared when full (simple and bounded, and a refill is cheap).
 RENDER_CACHE_SIZE = 50_000
 
@@ -80,6 +92,9 @@ class Decider:
             frozenset(f for rule in rules for f in rule.features),
             frozenset(s for rule in rules for s in rule.steps),
         )
+        #: The catalog's experiments and holdout (catalog validation keeps two experiments
+        #: that change the same part of a decision in one layer, so at most one arm applies).
+        self.experiments = ExperimentPlan(catalog.experiments, catalog.holdout)
 
     # ------------------------------------------------------------------ segments
 
@@ -250,12 +265,25 @@ class Decider:
         elif user is None:
             explain.append("user not seen yet: cold start from the request's context")
         segments = self.segments(user, context, now, vocab) + (extra_segments or [])
+        arms = self._arms(user_key, segments, now, personalize, explain)
+        by_surface = _arms_by_surface(arms)
+        step_chooser, variant_chooser = _choosers(chooser, by_surface.get(SURFACE_POLICY))
+        reached: set[str] = set()
         eligible, done, why_not = self.eligible_steps(user, vocab, segments)
+        if eligible:
+            reached.add(SURFACE_STEPS)
+            if len(eligible) > 1:
+                reached.add(SURFACE_POLICY)
+        flow = by_surface.get(SURFACE_STEPS)
+        if flow is not None:
+            order = {step_id: i for i, step_id in enumerate(flow[1].steps or [])}
+            eligible = sorted((s for s in eligible if s.id in order), key=lambda s: order[s.id])
+            explain.append(f"experiment {flow[0].id}: arm {flow[1].id} offers the steps {list(order)}")
         step = eligible[0] if eligible else None
         if step is None:
             explain.append("journey complete" if len(done) == len(self.steps) else "no step eligible")
-        elif chooser is not None and len(eligible) > 1:
-            chosen, why = chooser.choose(POINT_STEP, [s.id for s in eligible])
+        elif step_chooser is not None and len(eligible) > 1:
+            chosen, why = step_chooser.choose(POINT_STEP, [s.id for s in eligible])
             step = next(s for s in eligible if s.id == chosen)
             explain.append(f"step {step.id}: {why}")
         else:
@@ -266,14 +294,19 @@ class Decider:
         tutorial = self.tutorial_for(step=step.id) if step else None
         tutorial_out = None
         if tutorial is not None:
-            variants = self.tutorial_variants(tutorial, segments)
+            variants = self._experiment_variants(tutorial, segments, by_surface, reached, explain)
             if variants:
-                variant, why = self._variant(tutorial, variants, chooser)
+                variant, why = self._variant(tutorial, variants, variant_chooser)
                 tutorial_out = {"id": tutorial.id, "variant": variant, "eligible": variants}
                 explain.append(f"tutorial {tutorial.id}: variant {variant} ({why})")
-        message = self.render(self.welcome_for(segments), locale, variables)
+        welcome = self.welcome_for(segments)
+        reached.add(SURFACE_MESSAGE)
+        message_arm = by_surface.get(SURFACE_MESSAGE)
+        if message_arm is not None and message_arm[1].welcome is not None:
+            welcome = message_arm[1].welcome
+        message = self.render(welcome, locale, variables)
         step_message = self.render(step.message, locale, variables) if step else ""
-        return {
+        decision: dict[str, Any] = {
             "decision_id": (chooser.decision_id if chooser is not None else None) or uuid.uuid4().hex,
             "step": None
             if step is None
@@ -283,11 +316,61 @@ class Decider:
             "step_message": step_message,
             "flags": {k: v["value"] for k, v in self.flags(user_key, segments).items()},
             "segments": segments,
-            "experiments": {},
+            "experiments": {exp.id: arm.id for exp, arm in arms},
             "completed_steps": sorted(done),
             "personalized": personalize and user is not None,
             "explain": explain,
         }
+        exposed = self._exposed(arms, reached)
+        if exposed:
+            decision[EXPOSURES_KEY] = exposed
+        return decision
+
+    # ------------------------------------------------------------------ experiments
+
+    def _arms(
+        self, user_key: str, segments: list[str], now: float, personalize: bool, explain: list[str]
+    ) -> list[tuple[Experiment, Arm]]:
+        """The user's arm in every running experiment that includes them (none without
+        personalization consent, none in the global holdout)."""
+        plan = self.experiments
+        if not plan or not personalize:
+            return []
+        if plan.in_holdout(user_key):
+            explain.append("in the global holdout: the default flow in every experiment")
+            return []
+        return plan.assign(user_key, segments, now)
+
+    def _experiment_variants(
+        self,
+        tutorial: Tutorial,
+        segments: list[str],
+        by_surface: dict[str, tuple[Experiment, Arm]],
+        reached: set[str],
+        explain: list[str],
+    ) -> list[str]:
+        variants = self.tutorial_variants(tutorial, segments)
+        if not variants:
+            return variants
+        surface = f"tutorial:{tutorial.id}"
+        reached.add(surface)
+        if len(variants) > 1:
+            reached.add(SURFACE_POLICY)
+        held = by_surface.get(surface)
+        if held is not None and held[1].tutorials is not None:
+            allowed = held[1].tutorials[tutorial.id]
+            narrowed = [v for v in variants if v in allowed]
+            if narrowed:
+                explain.append(f"experiment {held[0].id}: arm {held[1].id} shows variants {narrowed}")
+                return narrowed
+        return variants
+
+    def _exposed(self, arms: list[tuple[Experiment, Arm]], reached: set[str]) -> list[tuple[str, str]]:
+        """The experiments this decision exposes the user to: those whose surfaces it reached,
+        judged the same way in every arm (a control is exposed where a treatment would be)."""
+        return [
+            (exp.id, arm.id) for exp, arm in arms if not reached.isdisjoint(self.experiments.surfaces(exp.id))
+        ]
 
     def select_tutorial(
         self,
@@ -298,13 +381,20 @@ class Decider:
         feature: str | None = None,
         chooser: ChoiceSession | None = None,
         vocab: Vocabularies | None = None,
+        user_key: str = "",
+        personalize: bool = False,
     ) -> dict[str, Any] | None:
         """Which variant of the tutorial for ``step`` or ``feature`` this user should see."""
         tutorial = self.tutorial_for(step=step, feature=feature)
         if tutorial is None:
             return None
         segments = self.segments(user, context or {}, now, vocab)
-        variants = self.tutorial_variants(tutorial, segments)
+        explain: list[str] = []
+        arms = self._arms(user_key, segments, now, personalize, explain)
+        by_surface = _arms_by_surface(arms)
+        _, variant_chooser = _choosers(chooser, by_surface.get(SURFACE_POLICY))
+        reached: set[str] = set()
+        variants = self._experiment_variants(tutorial, segments, by_surface, reached, explain)
         if not variants:
             return {
                 "tutorial": tutorial.id,
@@ -313,15 +403,20 @@ class Decider:
                 "segments": segments,
                 "explain": ["no variant eligible for this user's segments"],
             }
-        variant, why = self._variant(tutorial, variants, chooser)
-        return {
+        variant, why = self._variant(tutorial, variants, variant_chooser)
+        choice: dict[str, Any] = {
             "decision_id": (chooser.decision_id if chooser is not None else None) or uuid.uuid4().hex,
             "tutorial": tutorial.id,
             "variant": variant,
             "eligible": variants,
             "segments": segments,
-            "explain": [f"variant {variant}: {why} (eligible: {', '.join(variants)})"],
+            "experiments": {exp.id: arm.id for exp, arm in arms},
+            "explain": [*explain, f"variant {variant}: {why} (eligible: {', '.join(variants)})"],
         }
+        exposed = self._exposed(arms, reached)
+        if exposed:
+            choice[EXPOSURES_KEY] = exposed
+        return choice
 
     @staticmethod
     def _variant(tutorial: Tutorial, variants: list[str], chooser: ChoiceSession | None) -> tuple[str, str]:
@@ -340,6 +435,27 @@ class Decider:
         if step is not None:
             variables["step_title"] = self.render(step.title, locale, {}) if step.title else step.id
         return variables
+
+
+def _arms_by_surface(arms: list[tuple[Experiment, Arm]]) -> dict[str, tuple[Experiment, Arm]]:
+    out: dict[str, tuple[Experiment, Arm]] = {}
+    for exp, arm in arms:
+        for surface in arm.surfaces():
+            out.setdefault(surface, (exp, arm))
+    return out
+
+
+def _choosers(
+    chooser: ChoiceSession | None, policy_arm: tuple[Experiment, Arm] | None
+) -> tuple[ChoiceSession | None, ChoiceSession | None]:
+    """Who chooses steps and variants: the learning policy, unless the user's arm says
+    ``fixed`` (catalog order) or names another policy the shards run."""
+    if chooser is None or policy_arm is None or policy_arm[1].policy is None:
+        return chooser, chooser
+    if policy_arm[1].policy == FIXED_POLICY:
+        return None, None
+    chooser.serve(policy_arm[1].policy)
+    return chooser, chooser
 
 
 def _tutorial_completions(user: UserState, vocab: Vocabularies, tutorial: str) -> int:

@@ -169,6 +169,19 @@ class ChoiceSession:
         self._choices: list[PointChoice] = []
         self._reused: str | None = None
         self._new_id: str | None = None
+        #: The policy that chooses (an experiment's arm may name the shadow instead).
+        self._policy_name = learner.policy_name
+        self._policies = learner.served
+        self._shadows = learner.shadows
+
+    def serve(self, policy_name: str) -> None:
+        """Let ``policy_name`` (the served or the shadow policy) choose in this session, and log
+        its propensities: an experiment's arm testing one policy against another."""
+        if policy_name == self._policy_name:
+            return
+        self._policy_name = policy_name
+        self._policies = self._learner.policies_by_name()[policy_name]
+        self._shadows = {}  # the logged propensities are the shadow's; no second opinion
 
     @property
     def x(self) -> np.ndarray:
@@ -181,7 +194,7 @@ class ChoiceSession:
     def choose(self, point: str, eligible: list[str]) -> tuple[str, str]:
         """The arm to serve at ``point`` among ``eligible`` (in catalog order), and why."""
         learner = self._learner
-        policy = learner.served.get(point)
+        policy = self._policies.get(point)
         if policy is None or len(eligible) < 2:
             return eligible[0], "first eligible in catalog order"
         held = self._open.get(point)
@@ -195,7 +208,7 @@ class ChoiceSession:
         choice = policy.select(x if policy.contextual else None, ids)
         arm = policy.arms[choice.arm]
         picked = PointChoice(point=point, arm=arm, propensity=choice.propensity, eligible=list(eligible))
-        shadow = learner.shadows.get(point)
+        shadow = self._shadows.get(point)
         if shadow is not None:
             alt = shadow.select(x if shadow.contextual else None, ids)
             picked.shadow_arm, picked.shadow_propensity = shadow.arms[alt.arm], alt.propensity
@@ -220,12 +233,12 @@ class ChoiceSession:
             decision_id=self.decision_id or new_decision_id(self._key),
             user_id=self._key,
             ts=self.now,
-            policy=learner.policy_name,
+            policy=self._policy_name,
             policy_version=learner.policy_version,
             features_version=LAYOUT_VERSION,
             context=self.x.tolist(),
             choices=self._choices,
-            shadow_policy=learner.shadow_name,
+            shadow_policy=learner.shadow_name if self._shadows else None,
             groups=self._groups(),
         )
 

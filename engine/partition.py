@@ -20,6 +20,7 @@ import msgspec
 
 from engine.errors import InvalidEvent
 from engine.events import ConsentUpdated, Event, decode_event
+from engine.experiments import ExperimentPlan, PartitionExperiments, exposure_decoder
 from engine.learning import Learner, PartitionLearning, RewardRecord, decision_decoder, reward_decoder
 from engine.pii import PiiSealer
 from engine.profile import UserState, Vocabularies, consent_allows, with_consent
@@ -54,6 +55,7 @@ class PartitionState:
         "anonymous",
         "applied",
         "consent_by_default",
+        "experiments",
         "last_seq",
         "learning",
         "partition",
@@ -73,6 +75,7 @@ class PartitionState:
         segments: SegmentIndex | None = None,
         consent_by_default: bool = True,
         sealer: PiiSealer | None = None,
+        experiments: ExperimentPlan | None = None,
     ) -> None:
         self.partition = partition
         #: Seals PII (a name) in snapshots; without one, snapshots leave it out.
@@ -91,6 +94,8 @@ class PartitionState:
         self.learning = PartitionLearning(learner) if learner is not None else None
         #: Live segment membership and its changes (None: not tracked).
         self.segments = PartitionSegments(segments, partition) if segments is not None else None
+        #: Experiment exposures, one per user and experiment, and their outcomes.
+        self.experiments = PartitionExperiments(experiments) if experiments else None
         #: Whether a purpose a user said nothing about is granted (the catalog's
         #: ``consent_mode``: ``opt_out`` yes, ``opt_in`` no); the same for both purposes.
         self.consent_by_default = consent_by_default
@@ -139,6 +144,9 @@ class PartitionState:
             self.learning.on_event(user_key, user, event, self.vocab, seq, adopted)
         if self.segments is not None:
             self.segments.on_event(user_key, user, event, seq, self.vocab)
+        experiments = self.experiments
+        if experiments is not None and experiments.exposed:
+            experiments.on_event(user_key, event)
 
     def _admit(self, user_key: str, user: UserState | None, event: Event, seq: int) -> bool:
         """Whether analytics consent lets this event be kept (the cheap path, a known user's
@@ -159,6 +167,7 @@ class PartitionState:
     def forget_user(self, user_key: str, now: float, seq: int = 0) -> bool:
         """Remove a user's state: profile, open decisions, path, insights; their segments are
         left (published as exits). What the policies already learned is aggregate and stays."""
+        self.forget_exposures(user_key)
         user = self.users.pop(user_key, None)
         if user is None:
             return False
@@ -167,6 +176,10 @@ class PartitionState:
         if self.segments is not None:
             self.segments.forget(user_key, user, now, seq)
         return True
+
+    def forget_exposures(self, user_key: str) -> None:
+        if self.experiments is not None:
+            self.experiments.forget(user_key)
 
     def erase_user(self, user_key: str, seq: int = 0) -> None:
         """Erasure (``hs.events.<p>.<key>-erase``, applied in stream order, so a replay erases
@@ -205,6 +218,9 @@ class PartitionState:
             self.records += 1
             self.erase_user(user_key, seq)
             return
+        if kind == "exposure":
+            self._apply_exposure(user_key, data)
+            return
         decoder = decision_decoder if kind == "decision" else reward_decoder if kind == "reward" else None
         if decoder is None:
             raise InvalidEvent("unknown_kind", f"no record kind {kind[:40]!r}")
@@ -222,6 +238,22 @@ class PartitionState:
             if record.user_id != user_key:
                 raise InvalidEvent("key_mismatch", "decision user_id does not match the subject's user key")
             learning.on_decision(user_key, record, seq)
+
+    def _apply_exposure(self, user_key: str, data: bytes) -> None:
+        try:
+            record = exposure_decoder.decode(data)
+        except msgspec.DecodeError as exc:
+            raise InvalidEvent("invalid_record", f"exposure: {exc}") from None
+        if record.user_id != user_key:
+            raise InvalidEvent("key_mismatch", "exposure user_id does not match the subject's user key")
+        self.records += 1
+        if self.experiments is None:
+            return
+        if user_key not in self.users and not consent_allows(
+            self.withheld.get(user_key) or 0, "analytics", self.consent_by_default
+        ):
+            return  # consent withdrawn since the decision: nothing is kept about them
+        self.experiments.on_exposure(user_key, record)
 
     def view(self, user_key: str, now: float) -> dict[str, Any] | None:
         user = self.users.get(user_key)
@@ -249,6 +281,7 @@ class PartitionState:
                 "users": {key: user.snapshot(key, self.sealer) for key, user in self.users.items()},
                 "learning": self.learning.snapshot() if self.learning is not None else None,
                 "segments": self.segments.snapshot() if self.segments is not None else None,
+                "experiments": self.experiments.snapshot() if self.experiments is not None else None,
                 "withheld": self.withheld,
                 "anonymous": self.anonymous,
             }
@@ -262,6 +295,7 @@ class PartitionState:
         segments: SegmentIndex | None = None,
         consent_by_default: bool = True,
         sealer: PiiSealer | None = None,
+        experiments: ExperimentPlan | None = None,
     ) -> PartitionState:
         snap = msgspec.msgpack.decode(data)
         if snap.get("version") != SNAPSHOT_VERSION:
@@ -284,6 +318,8 @@ class PartitionState:
             if recorded != segments.ids:  # the catalog's segments changed since the snapshot
                 for user in part.users.values():
                     user.segments = segments.remap(user.segments, recorded)
+        if experiments:
+            part.experiments = PartitionExperiments.restore(experiments, snap.get("experiments"))
         return part
 
     @classmethod
@@ -295,8 +331,9 @@ class PartitionState:
         segments: SegmentIndex | None = None,
         consent_by_default: bool = True,
         sealer: PiiSealer | None = None,
+        experiments: ExperimentPlan | None = None,
     ) -> PartitionState:
         """Cold start and recovery are one path: restore if there is a snapshot."""
         if snapshot is None:
-            return cls(partition, learner, segments, consent_by_default, sealer)
-        return cls.restore(snapshot, learner, segments, consent_by_default, sealer)
+            return cls(partition, learner, segments, consent_by_default, sealer, experiments)
+        return cls.restore(snapshot, learner, segments, consent_by_default, sealer, experiments)

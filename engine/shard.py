@@ -14,6 +14,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from engine.errors import HeadstartError
+from engine.experiments import ExperimentPlan
 from engine.learning import Learner
 from engine.partition import PartitionState
 from engine.pii import PiiSealer
@@ -38,11 +39,12 @@ class ShardState:
         segments: SegmentIndex | None = None,
         consent_by_default: bool = True,
         sealer: PiiSealer | None = None,
+        experiments: ExperimentPlan | None = None,
     ) -> ShardState:
         """Cold start and recovery are one path: each partition from its snapshot or empty."""
         return cls(
             {
-                p: PartitionState.build(p, snap, learner, segments, consent_by_default, sealer)
+                p: PartitionState.build(p, snap, learner, segments, consent_by_default, sealer, experiments)
                 for p, snap in snapshots.items()
             }
         )

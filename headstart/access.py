@@ -16,11 +16,12 @@ from typing import Any
 import msgspec
 from nats.js import JetStreamContext
 
+from engine.experiments import exposure_decoder
 from engine.keys import partition_of
 from engine.learning import decision_decoder, reward_decoder
 from headstart.audit import audit
 from headstart.rpc import ShardClient, is_error
-from headstart.streams import DECISIONS_STREAM, REWARDS_STREAM
+from headstart.streams import DECISIONS_STREAM, EXPOSURES_STREAM, REWARDS_STREAM
 
 #: Records read per log at most (a user's decisions within the retention).
 MAX_RECORDS = 10_000
@@ -55,6 +56,10 @@ async def export_user(
         msgspec.to_builtins(reward_decoder.decode(data))
         for data in await read_subject(js, REWARDS_STREAM, f"hs.rewards.{partition}.{user_key}")
     ]
+    exposures = [
+        msgspec.to_builtins(exposure_decoder.decode(data))
+        for data in await read_subject(js, EXPOSURES_STREAM, f"hs.exposures.{partition}.{user_key}")
+    ]
     await audit(js, "export", who=who, user_key=user_key)
     return {
         "user_key": user_key,
@@ -62,4 +67,5 @@ async def export_user(
         "profile": profile,
         "decisions": decisions,
         "rewards": rewards,
+        "exposures": exposures,
     }

@@ -493,6 +493,82 @@ def _instance_url(home: Path | None) -> tuple[str, Any]:
     return url, load_catalog((state or {}).get("catalog") or settings.catalog or DEFAULT_CATALOG)
 
 
+@report_app.command("experiment")
+def report_experiment(
+    experiment_id: Annotated[str, typer.Argument(help="the experiment's id in the catalog")],
+    plot: Annotated[
+        Path | None, typer.Option(help="where to write the PNG (default: experiment-<id>.png here)")
+    ] = None,
+    home: HomeOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+) -> None:
+    """An experiment's results per arm (exposed users, conversions, rate, lift with confidence
+    interval and p-value, CUPED, always-valid interval), sample-ratio check, guardrails and a
+    verdict; and a PNG of the metric over time with its intervals."""
+    from headstart.experiment_reports import experiment_report, plot_experiment, report_cuts
+    from headstart.status import ask_every_shard
+
+    try:
+        url, catalog = _instance_url(home)
+        exp = next((e for e in catalog.experiments if e.id == experiment_id), None)
+        if exp is None:
+            known = ", ".join(e.id for e in catalog.experiments) or "none"
+            raise ConfigError(f"no experiment {experiment_id!r} in the catalog (defined: {known})")
+    except ConfigError as exc:
+        console.print(f"[red]{exc}[/]")
+        raise typer.Exit(1) from None
+    auth = _settings(home).nats_auth()
+
+    async def gather() -> tuple[list[Any], list[float]]:
+        spans = await ask_every_shard(url, "experiment_moments", auth=auth, experiment=exp.id)
+        cuts = report_cuts(spans, time.time())
+        return await ask_every_shard(url, "experiment_moments", auth=auth, experiment=exp.id, cuts=cuts), cuts
+
+    answers, cuts = asyncio.run(gather())
+    report = experiment_report(exp, answers, cuts)
+    path = plot_experiment(report, plot or Path(f"experiment-{exp.id}.png"))
+    if as_json:
+        print(json.dumps({**report, "plot": str(path)}, indent=2))
+        return
+    primary = report["primary"]
+    table = Table(title=f"{exp.id}: {report['metric']}, {report['exposed']} users exposed")
+    for column in (
+        "arm",
+        "users",
+        "conversions",
+        "rate",
+        "lift",
+        "95% CI",
+        "p",
+        "CUPED lift",
+        "always-valid CI",
+    ):
+        table.add_column(column, justify="left" if column == "arm" else "right")
+    for arm, entry in primary["arms"].items():
+        fixed, cuped, seq = entry.get("fixed"), entry.get("cuped"), entry.get("sequential")
+        table.add_row(
+            arm + (" (control)" if arm == primary["control"] else ""),
+            str(entry["users"]),
+            f"{entry['conversions']:g}",
+            f"{entry['rate']:.2%}",
+            f"{fixed['lift']:+.2%}" if fixed else "",
+            f"[{fixed['lift_low']:+.2%}, {fixed['lift_high']:+.2%}]" if fixed else "",
+            f"{fixed['p_value']:.3g}" if fixed else "",
+            f"{cuped['lift']:+.2%}" if cuped else "",
+            f"[{seq['lift_low']:+.2%}, {seq['lift_high']:+.2%}]" if seq else "",
+        )
+    console.print(table)
+    srm = primary["srm"]
+    console.print(
+        f"sample ratio: p = {srm['p_value']:.3g}{' [red]MISMATCH[/]' if srm['mismatch'] else ' (ok)'}"
+    )
+    for guardrail in report["guardrails"]:
+        worse = ", ".join(guardrail["worse_in"]) or "none"
+        console.print(f"guardrail {guardrail['metric']}: significantly worse in {worse}")
+    console.print(f"[bold]verdict:[/] {report['verdict']}")
+    console.print(f"plot: {path}")
+
+
 @report_app.command("segments")
 def report_segments(
     groups: Annotated[int, typer.Option(help="natural groupings to suggest (hierarchical clustering)")] = 4,

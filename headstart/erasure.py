@@ -38,6 +38,7 @@ from headstart.streams import (
     DECISIONS_STREAM,
     EVENTS_PREFIX,
     EVENTS_STREAM,
+    EXPOSURES_STREAM,
     REWARDS_STREAM,
     file_bucket,
     publish_prepared,
@@ -139,8 +140,10 @@ class Eraser:
             (EVENTS_STREAM, f"{EVENTS_PREFIX}.{partition}.{user_key}"),
             (EVENTS_STREAM, f"{EVENTS_PREFIX}.{partition}.{user_key}-decision"),
             (EVENTS_STREAM, f"{EVENTS_PREFIX}.{partition}.{user_key}-reward"),
+            (EVENTS_STREAM, f"{EVENTS_PREFIX}.{partition}.{user_key}-exposure"),
             (DECISIONS_STREAM, f"hs.decisions.{partition}.{user_key}"),
             (REWARDS_STREAM, f"hs.rewards.{partition}.{user_key}"),
+            (EXPOSURES_STREAM, f"hs.exposures.{partition}.{user_key}"),
         ):
             try:
                 out[subject] = bool(await self.js.purge_stream(stream, subject=subject))

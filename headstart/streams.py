@@ -48,8 +48,13 @@ DLQ_PREFIX = "hs.dlq"
 DECISIONS_STREAM = "HS_DECISIONS"
 AUDIT_STREAM = "HS_AUDIT"
 REWARDS_STREAM = "HS_REWARDS"
-#: The records of the learning loop, by the subject token after the user's key.
-RECORD_KINDS = {"decision": (DECISIONS_STREAM, "hs.decisions"), "reward": (REWARDS_STREAM, "hs.rewards")}
+EXPOSURES_STREAM = "HS_EXPOSURES"
+#: The records of the learning loop and of experiments, by the subject token after the user's key.
+RECORD_KINDS = {
+    "decision": (DECISIONS_STREAM, "hs.decisions"),
+    "reward": (REWARDS_STREAM, "hs.rewards"),
+    "exposure": (EXPOSURES_STREAM, "hs.exposures"),
+}
 
 #: A publish retried within this window with the same event id is stored once (Nats-Msg-Id).
 DUPLICATE_WINDOW_S = 10 * 60
@@ -83,8 +88,8 @@ def partition_subject(partition: int) -> str:
 
 
 def record_subjects(partition: int, user_key: str, kind: str) -> tuple[str, str]:
-    """Where a decision or reward record of a user goes (``kind``: ``decision`` or ``reward``):
-    the user's partition, and the log of its kind."""
+    """Where a record of a user goes (``kind``: ``decision``, ``reward`` or ``exposure``): the
+    user's partition, and the log of its kind."""
     return (
         f"{EVENTS_PREFIX}.{partition}.{user_key}-{kind}",
         f"{RECORD_KINDS[kind][1]}.{partition}.{user_key}",
@@ -129,7 +134,7 @@ def log_stream_config(
 
 
 def record_stream_config(kind: str, retention: Retention, replicas: int = 1) -> StreamConfig:
-    """The log of the learning loop's ``kind`` records (``hs.decisions.>``, ``hs.rewards.>``)."""
+    """The log of ``kind`` records (``hs.decisions.>``, ``hs.rewards.>``, ``hs.exposures.>``)."""
     name, prefix = RECORD_KINDS[kind]
     max_age = retention.seconds("decisions_days")
     return log_stream_config(name, f"Headstart's {kind} log", prefix, max_age, replicas)

@@ -26,6 +26,7 @@ from headstart.streams import (
     DECISIONS_STREAM,
     DLQ_STREAM,
     EVENTS_STREAM,
+    EXPOSURES_STREAM,
     REWARDS_STREAM,
     ensure_streams,
 )
@@ -81,6 +82,7 @@ async def reset_streams(url: str, partitions: int = TEST_PARTITIONS) -> None:
         DLQ_STREAM,
         DECISIONS_STREAM,
         REWARDS_STREAM,
+        EXPOSURES_STREAM,
         SEGMENTS_STREAM,
         AUDIT_STREAM,
         f"KV_{ERASURE_BUCKET}",

@@ -179,6 +179,7 @@ ROLE_NEEDED: dict[tuple[str, str], tuple[str | None, dict[str, Any] | None]] = {
     ("DELETE", "/v1/users/{user_id}"): ("admin", None),
     ("GET", "/v1/segments"): ("admin", None),
     ("GET", "/v1/segments/{segment_id}"): ("admin", None),
+    ("GET", "/v1/experiments/{experiment_id}/report"): ("admin", None),
     ("POST", "/v1/admin/scale"): ("admin", {"shards": 2}),
     ("GET", "/metrics"): ("admin", None),
     ("GET", "/healthz"): (None, None),
@@ -198,6 +199,7 @@ def test_every_endpoint_checks_the_key_and_role(
     client, _ = api
     role_needed, body = ROLE_NEEDED[(method, path)]
     url = path.replace("{user_id}", "someone").replace("{segment_id}", "power_user")
+    url = url.replace("{experiment_id}", "some_experiment")
     kwargs: dict[str, Any] = {"json": body} if body is not None else {}
     if role_needed is None:
         assert client.request(method, url, **kwargs).status_code in (200, 503)
