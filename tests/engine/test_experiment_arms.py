@@ -35,7 +35,10 @@ def experiment_catalog(**changes: Any) -> Catalog:
         {
             "id": "tutorial_format",
             "salt": "tut-1",
-            "arms": [{"id": "control"}, {"id": "checklist_only", "tutorials": {"first_project": ["checklist"]}}],
+            "arms": [
+                {"id": "control"},
+                {"id": "checklist_only", "tutorials": {"first_project": ["checklist"]}},
+            ],
         },
     ]
     data["holdout"] = {"share": 0.1, "salt": "holdout-1"}
@@ -84,8 +87,8 @@ experiments:
     assert "experiments[0].arms[1].policy: 'oracle' is not run by the shards" in errors
     assert "bad_flow and same_surface change the same part of a decision: put them in one layer" in errors
     assert "experiments[2].arms: no arm changes anything" in errors
-    late = base + "experiments: [{id: x, salt: s, start: '2026-02-01T00:00:00Z', end: '2026-01-01T00:00:00Z', "
-    late += "arms: [{id: control}, {id: b, welcome: {en: hi}}]}]\n"
+    late = base + "experiments: [{id: x, salt: s, start: '2026-02-01T00:00:00Z', "
+    late += "end: '2026-01-01T00:00:00Z', arms: [{id: control}, {id: b, welcome: {en: hi}}]}]\n"
     assert any("end must be after start" in e for e in check_catalog_text(late))
 
 

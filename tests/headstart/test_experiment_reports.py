@@ -44,7 +44,9 @@ def shard_answer(users: list[ExposedUser], cuts: list[float]) -> dict[str, objec
     return {
         "exposed": len(users),
         "first": min(u.ts for u in users),
-        "moments": [[{a: msgspec.to_builtins(m) for a, m in cut.items()} for cut in metric] for metric in moments],
+        "moments": [
+            [{a: msgspec.to_builtins(m) for a, m in cut.items()} for cut in metric] for metric in moments
+        ],
     }
 
 
