@@ -539,6 +539,7 @@ class ShardActor:
             "shadow": learner.shadow_name,
             "decisions_logged": self.decisions_logged,
             "decision_log_failures": self.decision_log_failures,
+            "exposures_logged": self.exposures_logged,
             "rewards_learned": learner.rewards,
             "reward_sum": learner.reward_sum,
             "drifts": learner.drift_counts(),

@@ -89,18 +89,33 @@ def experiment_report(
     ]
     if broken:
         verdict = f"{verdict}; but {'; '.join(broken)}"
-    return {
-        "experiment": exp.id,
-        "description": exp.description,
-        "arms": [{"id": a.id, "weight": w} for a, w in zip(exp.arms, weights.values(), strict=True)],
-        "metric": exp.metric.label,
-        "exposed": sum(a.get("exposed", 0) for a in answers),
-        "first_exposure": min((a["first"] for a in answers if a.get("first") is not None), default=None),
-        "primary": primary,
-        "guardrails": guardrails,
-        "over_time": over_time,
-        "verdict": verdict,
-    }
+    report: dict[str, Any] = _json_safe(
+        {
+            "experiment": exp.id,
+            "description": exp.description,
+            "arms": [{"id": a.id, "weight": w} for a, w in zip(exp.arms, weights.values(), strict=True)],
+            "metric": exp.metric.label,
+            "exposed": sum(a.get("exposed", 0) for a in answers),
+            "first_exposure": min((a["first"] for a in answers if a.get("first") is not None), default=None),
+            "primary": primary,
+            "guardrails": guardrails,
+            "over_time": over_time,
+            "verdict": verdict,
+        }
+    )
+    return report
+
+
+def _json_safe(value: Any) -> Any:
+    """The report with every non-finite number (an interval not bounded yet, a lift over a
+    zero base) as null: JSON has no infinity."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    return value
 
 
 def _finite(value: float) -> float | None:

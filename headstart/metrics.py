@@ -135,6 +135,11 @@ class _ShardCollector:
         logged = CounterMetricFamily(
             "hs_decisions_logged", "Decisions with a learned choice logged by a shard", labels=["shard"]
         )
+        exposures = CounterMetricFamily(
+            "hs_experiment_exposures_logged",
+            "First exposures of a user to an experiment logged by a shard",
+            labels=["shard"],
+        )
         learned = CounterMetricFamily(
             "hs_rewards_learned", "Rewards a shard's served policies learned from", labels=["shard"]
         )
@@ -161,6 +166,7 @@ class _ShardCollector:
                 point, _, feature = key.rpartition("/")
                 feature_drifts.add_metric([*label, point, feature], count)
             logged.add_metric(label, learning.get("decisions_logged", 0))
+            exposures.add_metric(label, learning.get("exposures_logged", 0))
             learned.add_metric(label, learning.get("rewards_learned", 0))
             for outcome, count in (learning.get("partitions") or {}).items():
                 attribution.add_metric([*label, outcome], count)
@@ -180,5 +186,5 @@ class _ShardCollector:
         for partition, pending in sorted(self.lag.items()):
             lag.add_metric([str(partition)], pending)
         yield from (applied, dead, restarts, users, partitions, checkpoint_age, pause, lag)
-        yield from (logged, learned, attribution, drifts, feature_drifts)
+        yield from (logged, exposures, learned, attribution, drifts, feature_drifts)
         yield from self._segments()

@@ -13,6 +13,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from engine.catalog import DEFAULT_CATALOG
 from engine.features import DIM
 from headstart.broker import free_port
 
@@ -31,11 +32,37 @@ def headstart(*args: str, home: Path, timeout: float = 240) -> subprocess.Comple
     )
 
 
+#: The packaged catalog with an experiment on the welcome message (every decision reaches it).
+EXPERIMENT = """
+experiments:
+  - id: welcome_copy
+    salt: cli-1
+    arms:
+      - {id: control}
+      - {id: short, welcome: {en: "Hello from {{product}}"}}
+    metric: {event: step_completed, name: welcome, within_days: 7}
+"""
+
+
 @pytest.fixture(scope="module")
 def instance(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, dict[str, object]]]:
     home = tmp_path_factory.mktemp("home")
+    catalog = tmp_path_factory.mktemp("catalog") / "catalog.yaml"  # outside the home: it is scanned
+    catalog.write_text(DEFAULT_CATALOG.read_text() + EXPERIMENT)
     port = str(free_port())
-    started = headstart("up", "--detach", "--shards", "2", "--partitions", "8", "--port", port, home=home)
+    started = headstart(
+        "up",
+        "--detach",
+        "--shards",
+        "2",
+        "--partitions",
+        "8",
+        "--port",
+        port,
+        "--catalog",
+        str(catalog),
+        home=home,
+    )
     assert started.returncode == 0, started.stdout + started.stderr
     state = json.loads((home / "run" / "state.json").read_text())
     try:
@@ -149,6 +176,29 @@ def test_segment_and_tutorial_reports_read_the_live_shards(
     rows = json.loads(tutorials.stdout)
     assert all(r["completed"] <= r["started"] for r in rows)
     assert {r["segment"] for r in rows} >= {"all"} if rows else True
+
+
+def test_the_experiment_report_reads_the_live_shards(instance: tuple[Path, dict[str, object]]) -> None:
+    home, _ = instance
+    demo = headstart("demo", "--users", "12", "--steps", "2", home=home)
+    assert demo.returncode == 0, demo.stdout + demo.stderr
+    plot = home / "welcome_copy.png"
+    deadline = time.monotonic() + 60
+    while True:  # exposures are applied by the shards a moment after the decisions
+        result = headstart("report", "experiment", "welcome_copy", "--json", "--plot", str(plot), home=home)
+        assert result.returncode == 0, result.stdout + result.stderr
+        report = json.loads(result.stdout)
+        if report["exposed"] >= 12 or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    arms = report["primary"]["arms"]
+    assert report["exposed"] >= 12 and sum(a["users"] for a in arms.values()) == report["exposed"]
+    assert set(arms) == {"control", "short"} and report["verdict"]
+    assert plot.read_bytes()[:4] == b"\x89PNG"
+    text = headstart("report", "experiment", "welcome_copy", "--plot", str(plot), home=home)
+    assert text.returncode == 0 and "verdict:" in text.stdout and "sample ratio" in text.stdout
+    unknown = headstart("report", "experiment", "nope", home=home)
+    assert unknown.returncode == 1 and "no experiment 'nope'" in unknown.stdout
 
 
 def test_raw_ids_are_in_no_file_under_the_home_nor_in_rays_logs(

@@ -3,6 +3,7 @@ the metric over time, and its PNG."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import msgspec
@@ -40,7 +41,7 @@ def simulated(n: int, seed: int) -> list[ExposedUser]:
 
 
 def shard_answer(users: list[ExposedUser], cuts: list[float]) -> dict[str, object]:
-    moments = cumulative_moments(users, 2, cuts)
+    moments = cumulative_moments(users, len(users[0].converted), cuts)
     return {
         "exposed": len(users),
         "first": min(u.ts for u in users),
@@ -94,4 +95,8 @@ def test_an_experiment_nobody_saw_yet_reports_zeros_not_errors(tmp_path: Path) -
     report = experiment_report(exp, [{"exposed": 0, "first": None, "moments": []}], cuts)
     assert cuts == [100.0] and report["exposed"] == 0
     assert report["primary"]["arms"]["b"]["users"] == 0
+    json.dumps(report, allow_nan=False)  # JSON has no infinity: an unbounded interval is null
+    few = [ExposedUser("control", 1.0, 0.0, [2.0]), ExposedUser("b", 1.0, 0.0, [0.0])]
+    tiny = experiment_report(exp, [shard_answer(few, [100.0])], [100.0])
+    json.dumps(tiny, allow_nan=False)
     assert plot_experiment(report, tmp_path / "quiet.png").stat().st_size > 0
