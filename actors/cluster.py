@@ -213,14 +213,20 @@ class ShardGroup:
         )
         done = time.perf_counter()
         # Until now the old owner answered reads from the state it handed over.
-        await self.shards[old].forget.remote(moved)
+        stopped: dict[int, float] = await self.shards[old].forget.remote(moved)
+        consuming: dict[int, float] = await self.shards[new].consuming_since.remote(moved)
+        observed = (released_at - started) + acquire_s
+        # The partitions consumed by nobody: from the old owner's consumer stopping to the new
+        # owner's pulling, as both shards saw it. Seen from here the same span also holds the
+        # calls reaching the shards and their answers coming back (``observed_pause_s``).
+        # Decisions are answered throughout (by the old owner until it forgets them).
+        pauses = [consuming[p] - stopped[p] for p in moved if p in stopped and p in consuming]
         return {
             "from": old,
             "to": new,
             "partitions": moved,
-            # The partitions consumed by nobody: from the release to the new owner consuming.
-            # Decisions are answered throughout (by the old owner until it forgets them).
-            "pause_s": (released_at - started) + acquire_s,
+            "pause_s": max(pauses) if pauses else observed,
+            "observed_pause_s": observed,
             "move_s": done - preparing,
             "prepare_s": started - preparing,
             "release_s": released_at - started,

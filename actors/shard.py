@@ -121,6 +121,11 @@ class ShardActor:
         self._ownership_lock = asyncio.Lock()
         self.restored_seqs: dict[int, int] = {}
         self.acquire_timings: collections.deque[dict[str, Any]] = collections.deque(maxlen=64)
+        #: Wall-clock instants of a move, per partition: when its consumer here stopped (old
+        #: owner) and when its consumer here started pulling (new owner). Between the two, nobody
+        #: consumed it: the pause a move costs, measured where it happens.
+        self._stopped_at: dict[int, float] = {}
+        self._consuming_since: dict[int, float] = {}
         self._checkpointed: dict[int, int] = {}
         self.checkpoint_count = 0
         self.checkpoint_max_pause_s = 0.0
@@ -305,6 +310,8 @@ class ShardActor:
             step("rebuild_s")
             await asyncio.gather(*(consumer.pull() for consumer in consumers))
             step("pull_s")
+            pulling_at = time.time()
+            self._consuming_since.update(dict.fromkeys(consuming, pulling_at))
             assert self.ctl is not None
             subs = await asyncio.gather(
                 *(self.ctl.subscribe(rpc_subject(p, "*"), cb=self._on_rpc) for p in new)
@@ -428,6 +435,7 @@ class ShardActor:
             owned = [p for p in partitions if p in self.state.partitions and p not in self._released]
             stopping = [self.consumers.pop(p) for p in owned]
             await asyncio.gather(*(consumer.stop() for consumer in stopping))
+            self._stopped_at.update(dict.fromkeys(owned, time.time()))
             for p, consumer in zip(owned, stopping, strict=True):
                 # Deleted on the broker while the next owner takes over (not on the hand-over's
                 # path: its own consumer has a new name).
@@ -443,8 +451,10 @@ class ShardActor:
             self._background(self._report())
         return snapshots
 
-    async def forget(self, partitions: list[int]) -> None:
-        """Drop released partitions once their new owner consumes them."""
+    async def forget(self, partitions: list[int]) -> dict[int, float]:
+        """Drop released partitions once their new owner consumes them; returns when each one's
+        consumer here had stopped (wall clock)."""
+        stopped = {p: self._stopped_at.pop(p) for p in partitions if p in self._stopped_at}
         async with self._ownership_lock:
             for p in [p for p in partitions if p in self._released]:
                 # Drain, not unsubscribe: requests already delivered to us are answered.
@@ -457,6 +467,11 @@ class ShardActor:
                 self.merger.forget_partitions(partitions)
                 self.merger.rebuild()
         await self._report()
+        return stopped
+
+    async def consuming_since(self, partitions: list[int]) -> dict[int, float]:
+        """When this shard's consumer of each partition started pulling (wall clock)."""
+        return {p: self._consuming_since[p] for p in partitions if p in self._consuming_since}
 
     async def caught_up(self) -> bool:
         """True once every event stored in our partitions so far has been applied."""

@@ -83,10 +83,17 @@ def run(quick: bool = False, out_dir: Path | None = None) -> Path:
         finally:
             group.stop()
     pauses = [m["pause_s"] for r in rescales for m in r["moves"]]
+    observed = [m["observed_pause_s"] for r in rescales for m in r["moves"]]
     metrics = {
         "events_per_s_by_shards": rates,
+        # Per move, from the old owner's consumer stopping to the new owner's pulling, as the
+        # two shards timed it; "observed" is the same span seen from the driver, which adds the
+        # calls' travel to the shards and back.
         "max_pause_s": max(pauses),
         "median_pause_s": sorted(pauses)[len(pauses) // 2],
+        "moves_over_1s": sum(p > 1.0 for p in pauses),
+        "max_observed_pause_s": max(observed),
+        "median_observed_pause_s": sorted(observed)[len(observed) // 2],
         "lost": lost,
         "duplicated": duplicated,
         "decisions": outcomes,

@@ -14,7 +14,7 @@ re-evaluates only the segments whose fields that change can move:
   as time passes, so "inactive for 3 days" exits happen without an event.
 
 Each enter and exit is queued in the partition's outbox, in the order it happened, for the
-shard to publish to ``hs.segments.<segment>`` (in batches, see
+shard to publish to ``hs.segments.<partition>`` (in batches, see
 :mod:`headstart.membership`); the outbox is part of the partition's snapshot, so a change is
 published even if the shard dies before sending it. Every change has an :attr:`~SegmentChange.id`
 that a replay after a crash reproduces, for consumers to drop one they already have.

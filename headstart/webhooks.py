@@ -46,7 +46,7 @@ from nats.js.errors import NotFoundError
 from engine.catalog import Webhook
 from engine.errors import ConfigError
 from engine.segments import SegmentChange, batch_decoder
-from headstart.membership import SEGMENTS_PREFIX, SEGMENTS_STREAM, segment_subject
+from headstart.membership import SEGMENTS_PREFIX, SEGMENTS_STREAM
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +128,8 @@ class WebhookDelivery:
 
     async def _subscription(self) -> Any:
         js = self.nc.jetstream()
-        subjects = [segment_subject(s) for s in self.hook.segments] or [f"{SEGMENTS_PREFIX}.>"]
+        # Batches hold every segment's changes of one partition: the wanted ones are picked out
+        # of them (handle), not filtered by subject.
         config = ConsumerConfig(
             durable_name=consumer_name(self.hook.id),
             ack_policy=AckPolicy.EXPLICIT,
@@ -137,8 +138,7 @@ class WebhookDelivery:
             # this process dies (in_progress() extends the wait on each attempt).
             ack_wait=RETRY_MAX_S * 2,
             max_ack_pending=1000,
-            filter_subject=subjects[0] if len(subjects) == 1 else None,
-            filter_subjects=subjects if len(subjects) > 1 else None,
+            filter_subject=f"{SEGMENTS_PREFIX}.>",
         )
         try:
             await js.consumer_info(SEGMENTS_STREAM, config.durable_name)  # type: ignore[arg-type]
@@ -158,6 +158,7 @@ class WebhookDelivery:
     async def handle(self, msgs: list[Msg]) -> None:
         """Deliver the wanted changes of ``msgs`` in POSTs of at most ``batch``; then ack them."""
         wanted = set(self.hook.changes)
+        segments = set(self.hook.segments)
         changes: list[SegmentChange] = []
         for msg in msgs:
             try:
@@ -165,7 +166,11 @@ class WebhookDelivery:
             except msgspec.DecodeError:
                 continue  # not ours to fix; acked below so it does not block the webhook
             for change in batch:
-                if change.change in wanted and change.id not in self._seen:
+                if (
+                    change.change in wanted
+                    and (not segments or change.segment in segments)
+                    and change.id not in self._seen
+                ):
                     changes.append(change)
         for start in range(0, len(changes), self.hook.batch):
             await self._deliver(changes[start : start + self.hook.batch], msgs)

@@ -17,7 +17,7 @@ import pytest
 from engine.catalog import Webhook
 from engine.segments import SegmentChange, change_encoder
 from headstart import webhooks
-from headstart.membership import segment_subject
+from headstart.membership import changes_subject
 from headstart.webhooks import SIGNATURE_HEADER, WebhookDelivery, verify
 from tests.conftest import reset_streams
 
@@ -83,9 +83,10 @@ async def deliver(nats_url: str, endpoint: Endpoint, monkeypatch: pytest.MonkeyP
     task = asyncio.create_task(delivery.run())
     await asyncio.sleep(0.5)  # the consumer exists (new changes only)
     js = nc.jetstream()
-    await js.publish(segment_subject("power_user"), change_encoder.encode(changes("power_user", 8)))
-    await js.publish(segment_subject("dormant"), change_encoder.encode(changes("dormant", 4)))  # not wanted
-    await js.publish(segment_subject("power_user"), change_encoder.encode(changes("power_user", 2, start=8)))
+    # A partition's batches mix segments: the webhook picks out the ones it wants.
+    mixed = changes("power_user", 8) + changes("dormant", 4)  # dormant: not wanted
+    await js.publish(changes_subject(0), change_encoder.encode(mixed))
+    await js.publish(changes_subject(1), change_encoder.encode(changes("power_user", 2, start=8)))
     for _ in range(100):
         if delivery.delivered >= 5:
             break
@@ -129,7 +130,7 @@ def test_a_webhook_gives_up_after_its_attempts_and_counts_it(
         delivery = WebhookDelivery(nc, hook, SECRET, httpx.AsyncClient(timeout=2))
         task = asyncio.create_task(delivery.run())
         await asyncio.sleep(0.5)
-        await nc.jetstream().publish(segment_subject("dormant"), change_encoder.encode(changes("dormant", 4)))
+        await nc.jetstream().publish(changes_subject(0), change_encoder.encode(changes("dormant", 4)))
         for _ in range(100):
             if delivery.given_up:
                 break

@@ -1,0 +1,310 @@
+"""Python client for a running Headstart: decisions, tutorials, events, rewards and consent.
+
+Sync (:class:`Client`) and async (:class:`AsyncClient`) with the same methods; both retry
+connection failures, timeouts, 429 and 5xx-while-unavailable answers with exponential backoff
+and jitter (honouring ``Retry-After``; ``httpx-retries``), time out every call (2 s by default:
+a frontend asking "what next?" must not hang), decode answers into typed structs, and batch
+tracked events (sent when ``batch_size`` are buffered, by :meth:`Client.flush`, and on close).
+Retrying is safe for every call: events are deduplicated by ``event_id``, a reward closes its
+decision once, and a decision asked twice is two decisions.
+
+>>> with Client("http://127.0.0.1:8000", api_key="...") as hs:  # doctest: +SKIP
+...     decision = hs.decide("alice@example.com", context={"device_type": "mobile"})
+...     hs.track("alice@example.com", "step_completed", props={"step": decision.step.id})
+...     print(decision.step.id, decision.flags)
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+import httpx
+import msgspec
+from httpx_retries import Retry, RetryTransport
+
+#: Events per ``/v1/events`` request at most (the engine refuses larger batches).
+MAX_EVENTS_PER_REQUEST = 1000
+#: Calls are retried on these answers (the engine is starting, overloaded or rate limiting).
+RETRY_STATUSES = (429, 502, 503, 504)
+
+
+class Step(msgspec.Struct):
+    id: str
+    kind: str
+    title: str = ""
+
+
+class TutorialShown(msgspec.Struct):
+    id: str
+    variant: str
+    eligible: list[str] = msgspec.field(default_factory=list)
+
+
+class Decision(msgspec.Struct):
+    """The answer of ``/v1/decide``."""
+
+    decision_id: str
+    step: Step | None
+    tutorial: TutorialShown | None
+    message: str
+    flags: dict[str, bool]
+    segments: list[str]
+    experiments: dict[str, str] = msgspec.field(default_factory=dict)
+    step_message: str = ""
+    completed_steps: list[str] = msgspec.field(default_factory=list)
+    personalized: bool = False
+    explain: list[str] = msgspec.field(default_factory=list)
+    activation_probability: float | None = None
+    recommended_features: list[str] = msgspec.field(default_factory=list)
+
+
+class TutorialChoice(msgspec.Struct):
+    """The answer of ``/v1/tutorials/select``."""
+
+    tutorial: str
+    variant: str | None
+    eligible: list[str] = msgspec.field(default_factory=list)
+    segments: list[str] = msgspec.field(default_factory=list)
+    experiments: dict[str, str] = msgspec.field(default_factory=dict)
+    decision_id: str | None = None
+    explain: list[str] = msgspec.field(default_factory=list)
+
+
+class HeadstartApiError(Exception):
+    """Headstart refused a call: its HTTP status, error code and message."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(f"{status} {code}: {message}")
+        self.status, self.code, self.message = status, code, message
+
+
+def _retry(retries: int, backoff_s: float) -> Retry:
+    return Retry(
+        total=retries,
+        backoff_factor=backoff_s,
+        status_forcelist=RETRY_STATUSES,
+        allowed_methods=["GET", "POST", "PUT", "DELETE"],  # all idempotent here (see above)
+        max_backoff_wait=5.0,
+    )
+
+
+def _event(
+    user_id: str,
+    type_: str,
+    props: Mapping[str, Any] | None,
+    context: Mapping[str, Any] | None,
+    event_id: str | None,
+    ts: float | None,
+) -> dict[str, Any]:
+    event: dict[str, Any] = {
+        "event_id": event_id or uuid.uuid4().hex,
+        "user_id": user_id,
+        "type": type_,
+        "ts": time.time() if ts is None else ts,
+    }
+    if props:
+        event["props"] = dict(props)
+    if context:
+        event["context"] = dict(context)
+    return event
+
+
+def _consent(analytics: bool | None, personalization: bool | None) -> dict[str, bool]:
+    return {
+        k: v for k, v in (("analytics", analytics), ("personalization", personalization)) if v is not None
+    }
+
+
+def _decoded(response: httpx.Response, into: type[Any]) -> Any:
+    if response.status_code >= 400:
+        try:
+            error = response.json()["error"]
+            code, message = str(error.get("code")), str(error.get("message"))
+        except (ValueError, KeyError, TypeError):
+            code, message = "http_error", response.text[:200]
+        raise HeadstartApiError(response.status_code, code, message)
+    return msgspec.json.decode(response.content, type=into)
+
+
+class _Base:
+    def __init__(self, batch_size: int) -> None:
+        self.batch_size = batch_size
+        self._buffer: list[dict[str, Any]] = []
+
+    @staticmethod
+    def _headers(api_key: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {api_key}", "User-Agent": "headstart-python"}
+
+
+class Client(_Base):
+    """A blocking client. Use as a context manager, or call :meth:`close` (which flushes)."""
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str,
+        timeout: float = 2.0,
+        retries: int = 3,
+        backoff_s: float = 0.05,
+        batch_size: int = 100,
+    ) -> None:
+        super().__init__(batch_size)
+        self._http = httpx.Client(
+            base_url=base_url,
+            headers=self._headers(api_key),
+            timeout=timeout,
+            transport=RetryTransport(retry=_retry(retries, backoff_s)),
+        )
+
+    def decide(self, user_id: str, context: Mapping[str, Any] | None = None) -> Decision:
+        response = self._http.post("/v1/decide", json={"user_id": user_id, "context": dict(context or {})})
+        decision: Decision = _decoded(response, Decision)
+        return decision
+
+    def select_tutorial(
+        self,
+        user_id: str,
+        step: str | None = None,
+        feature: str | None = None,
+        context: Mapping[str, Any] | None = None,
+    ) -> TutorialChoice:
+        body = {"user_id": user_id, "context": dict(context or {}), "step": step, "feature": feature}
+        choice: TutorialChoice = _decoded(self._http.post("/v1/tutorials/select", json=body), TutorialChoice)
+        return choice
+
+    def track(
+        self,
+        user_id: str,
+        type_: str,
+        props: Mapping[str, Any] | None = None,
+        context: Mapping[str, Any] | None = None,
+        event_id: str | None = None,
+        ts: float | None = None,
+    ) -> None:
+        """Buffer an event; sent with the next full batch, :meth:`flush` or :meth:`close`."""
+        self._buffer.append(_event(user_id, type_, props, context, event_id, ts))
+        if len(self._buffer) >= self.batch_size:
+            self.flush()
+
+    def flush(self) -> int:
+        """Send the buffered events; returns how many the engine stored (duplicates excluded).
+        On an error the events stay buffered, to be sent again."""
+        stored = 0
+        while self._buffer:
+            batch = self._buffer[:MAX_EVENTS_PER_REQUEST]
+            answer = _decoded(self._http.post("/v1/events", json={"events": batch}), dict[str, int])
+            del self._buffer[: len(batch)]
+            stored += answer["accepted"]
+        return stored
+
+    def reward(self, decision_id: str, reward: float) -> None:
+        _decoded(self._http.post("/v1/rewards", json={"decision_id": decision_id, "reward": reward}), dict)
+
+    def set_consent(
+        self, user_id: str, analytics: bool | None = None, personalization: bool | None = None
+    ) -> None:
+        body = {
+            k: v for k, v in (("analytics", analytics), ("personalization", personalization)) if v is not None
+        }
+        _decoded(self._http.put(f"/v1/users/{user_id}/consent", json=body), dict)
+
+    def close(self) -> None:
+        try:
+            self.flush()
+        finally:
+            self._http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+
+class AsyncClient(_Base):
+    """The same as :class:`Client`, for asyncio code."""
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str,
+        timeout: float = 2.0,
+        retries: int = 3,
+        backoff_s: float = 0.05,
+        batch_size: int = 100,
+    ) -> None:
+        super().__init__(batch_size)
+        self._http = httpx.AsyncClient(
+            base_url=base_url,
+            headers=self._headers(api_key),
+            timeout=timeout,
+            transport=RetryTransport(retry=_retry(retries, backoff_s)),
+        )
+
+    async def decide(self, user_id: str, context: Mapping[str, Any] | None = None) -> Decision:
+        response = await self._http.post(
+            "/v1/decide", json={"user_id": user_id, "context": dict(context or {})}
+        )
+        decision: Decision = _decoded(response, Decision)
+        return decision
+
+    async def select_tutorial(
+        self,
+        user_id: str,
+        step: str | None = None,
+        feature: str | None = None,
+        context: Mapping[str, Any] | None = None,
+    ) -> TutorialChoice:
+        body = {"user_id": user_id, "context": dict(context or {}), "step": step, "feature": feature}
+        response = await self._http.post("/v1/tutorials/select", json=body)
+        choice: TutorialChoice = _decoded(response, TutorialChoice)
+        return choice
+
+    async def track(
+        self,
+        user_id: str,
+        type_: str,
+        props: Mapping[str, Any] | None = None,
+        context: Mapping[str, Any] | None = None,
+        event_id: str | None = None,
+        ts: float | None = None,
+    ) -> None:
+        self._buffer.append(_event(user_id, type_, props, context, event_id, ts))
+        if len(self._buffer) >= self.batch_size:
+            await self.flush()
+
+    async def flush(self) -> int:
+        stored = 0
+        while self._buffer:
+            batch = self._buffer[:MAX_EVENTS_PER_REQUEST]
+            answer = _decoded(await self._http.post("/v1/events", json={"events": batch}), dict[str, int])
+            del self._buffer[: len(batch)]
+            stored += answer["accepted"]
+        return stored
+
+    async def reward(self, decision_id: str, reward: float) -> None:
+        response = await self._http.post("/v1/rewards", json={"decision_id": decision_id, "reward": reward})
+        _decoded(response, dict)
+
+    async def set_consent(
+        self, user_id: str, analytics: bool | None = None, personalization: bool | None = None
+    ) -> None:
+        body = {
+            k: v for k, v in (("analytics", analytics), ("personalization", personalization)) if v is not None
+        }
+        _decoded(await self._http.put(f"/v1/users/{user_id}/consent", json=body), dict)
+
+    async def aclose(self) -> None:
+        try:
+            await self.flush()
+        finally:
+            await self._http.aclose()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.aclose()
