@@ -19,6 +19,7 @@ import logging
 import os
 import time
 import uuid
+from importlib import resources
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -48,6 +49,7 @@ from headstart.experiment_reports import experiment_report, report_cuts
 from headstart.membership import read_cluster_model
 from headstart.metrics import IngressMetrics, render
 from headstart.rpc import ShardClient, ShardUnavailable, is_error
+from headstart.ruleset import build_ruleset, public_jwk, sign_ruleset, signing_key
 from headstart.segment_reports import segment_report
 from headstart.status import STATUS_BUCKET, WEBHOOKS_STATUS_KEY
 from headstart.streams import EVENTS_STREAM, EventPublisher, publish_prepared, record_subjects
@@ -312,6 +314,11 @@ class EventsAccepted(BaseModel):
     duplicates: int
 
 
+def _static(name: str) -> bytes:
+    """A file of the demo page (package data of ``headstart``)."""
+    return resources.files("headstart").joinpath("static", name).read_bytes()
+
+
 class Decision(BaseModel):
     """The answer of ``/v1/decide`` (documented here; the shard encodes it)."""
 
@@ -428,6 +435,10 @@ class Ingress:
         self.metrics = IngressMetrics()
         self._shard_decisions = self.metrics.decisions.labels("shard")
         self._fallback_decisions = self.metrics.decisions.labels("fallback")
+        # The ruleset changes only with the catalog: signed once per replica.
+        signer = signing_key(config.secret)
+        self._ruleset = msgspec.json.encode(sign_ruleset(build_ruleset(config.catalog), signer))
+        self._ruleset_key = msgspec.json.encode(public_jwk(signer.public_key()))
 
     def _require(self, authorization: str | None, role: Literal["frontend", "admin"] | None) -> str:
         """Who calls, for the audit log (``<role>:<key id>``, the key id a prefix of its hash), if
@@ -767,6 +778,54 @@ class Ingress:
         return JSONResponse(app.openapi())
 
     # ------------------------------------------------------------------ health
+
+    @app.get("/", include_in_schema=False)
+    async def demo_page(self) -> Response:
+        """The demo onboarding page (no key: it asks for one, kept in the URL's fragment)."""
+        return Response(_static("index.html"), media_type="text/html; charset=utf-8")
+
+    @app.get("/static/headstart.js", include_in_schema=False)
+    async def javascript_client(self) -> Response:
+        """The dependency-free JavaScript client the demo page uses."""
+        return Response(
+            _static("headstart.js"),
+            media_type="text/javascript; charset=utf-8",
+            headers={"Cache-Control": "max-age=300"},
+        )
+
+    @app.get("/v1/ruleset", responses={401: {}, 403: {}})
+    async def ruleset(self, authorization: Authorization = None) -> Response:
+        """Flags, tutorial targeting and welcome messages by segment, signed (ECDSA P-256): what
+        a page evaluates itself from a user's last known segments when Headstart is slow."""
+        self._require(authorization, "frontend")
+        return Response(self._ruleset, media_type="application/json", headers={"Cache-Control": "max-age=60"})
+
+    @app.get("/v1/ruleset/key")
+    async def ruleset_key(self) -> Response:
+        """The public key (JWK) rulesets are signed with: pin it in the page (no API key needed)."""
+        return Response(self._ruleset_key, media_type="application/json")
+
+    @app.get("/v1/admin/policies", responses={401: {}, 403: {}, 503: {}})
+    async def policies(self, authorization: Authorization = None) -> Response:
+        """What the served policy learned, per decision point and arm: decisions credited
+        (weighted), their share, and the reward rate; from one shard (they all serve the same
+        merged statistics, up to the last merge)."""
+        self._require(authorization, "admin")
+        answers, _ = await self._ask_each_shard("learned", timeout=5.0)
+        if not answers:
+            raise ApiError(503, "unavailable", "no shard answered")
+        points = {}
+        for point, learned in answers[0].items():
+            total = sum(learned["n"]) or 1.0
+            points[point] = {
+                arm: {
+                    "share": n / total,
+                    "rate": (reward / n) if n else None,
+                    "n": n,
+                }
+                for arm, n, reward in zip(learned["arms"], learned["n"], learned["rewards"], strict=True)
+            }
+        return JSONResponse({"points": points})
 
     @app.get("/healthz")
     async def healthz(self) -> dict[str, str]:

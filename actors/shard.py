@@ -734,6 +734,11 @@ class ShardActor:
                 return encode_reply({"snapshotted": await self._snapshot_through(part, int(request["seq"]))})
             if method == "segment_sizes":
                 return encode_reply(await self.segment_sizes(now))
+            if method == "learned":
+                return encode_reply(await self.learned())
+            if method == "profiles":
+                after, limit = str(request.get("after") or ""), int(request.get("limit", 1000))
+                return encode_reply(self._profiles(part, after, limit, now))
             if method == "experiment_moments":
                 cuts = [float(c) for c in request.get("cuts") or []]
                 return encode_reply(await self.experiment_moments(str(request["experiment"]), cuts))
@@ -797,6 +802,27 @@ class ShardActor:
             self._background(
                 self._publish_record(subjects, encode_exposure(record), f"{experiment}:{key}", "exposure")
             )
+
+    def _profiles(self, part: PartitionState, after: str, limit: int, now: float) -> dict[str, Any]:
+        """A page of a partition's user profiles for the warehouse export, in key order after
+        ``after`` (no name: PII is not exported)."""
+        keys = sorted(k for k in part.users if k > after)[: max(1, min(limit, 5000))]
+        rows = []
+        for key in keys:
+            user = part.users[key]
+            view = user.view(part.vocab, now)
+            view.pop("features", None)
+            view["traits"].pop("name", None)
+            view["user_key"] = key
+            view["activated"] = self.learner.has_activated(user, part.vocab)
+            view["segments"] = (
+                user_segments(part, user)
+                if part.segments is not None
+                else self.decider.segments(user, {}, now, part.vocab)
+            )
+            view["cluster"] = user.cluster if user.cluster >= 0 else None
+            rows.append(view)
+        return {"partition": part.partition, "rows": rows, "more": len(keys) == limit}
 
     async def experiment_moments(self, experiment: str, cuts: list[float]) -> dict[str, Any]:
         """Over the users of this shard exposed to ``experiment``: how many, the first exposure,

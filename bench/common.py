@@ -65,12 +65,15 @@ def write_result(
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(document, indent=2, sort_keys=False) + "\n")
     tmp.replace(path)
+    from bench.plots import plot  # matplotlib only once a result is there to draw
+
+    plot(document, folder)
     return path
 
 
 def run_benchmark(name: str, quick: bool = False, out_dir: Path | None = None) -> Path:
     """Import ``bench.<name>`` and call its ``run(quick=..., out_dir=...)``."""
-    if not name.isidentifier() or name in {"common", "population"}:
+    if not name.isidentifier() or name in {"common", "population", "plots"}:
         raise ConfigError(f"no benchmark named {name!r}")
     try:
         module = importlib.import_module(f"bench.{name}")

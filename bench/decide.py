@@ -165,6 +165,9 @@ def _requests(port: int, path: str, users: int, headers: dict[str, str]) -> byte
     return pack_requests(requests)
 
 
+PERCENTILES = (1, 5, 10, 25, 50, 75, 90, 95, 99, 99.9)
+
+
 def _load(port: int, requests: Path, concurrency: int, duration: float, tmp: str) -> dict[str, Any]:
     out = Path(tmp) / f"result-{concurrency}-{time.monotonic_ns()}.json"
     subprocess.run(
@@ -196,6 +199,10 @@ def _load(port: int, requests: Path, concurrency: int, duration: float, tmp: str
         "mean_ms": float(latencies.mean()) if len(latencies) else float("nan"),
         "rps": ok / raw["wall_s"],
         "requests": len(latencies),
+        # The distribution (bench/plots.py): latency at each of these percentiles.
+        "percentiles": {str(q): float(np.percentile(latencies, q)) for q in PERCENTILES}
+        if len(latencies)
+        else {},
         "errors": errors,
         "client_cpu_share": raw["cpu_s"] / raw["wall_s"],
     }
@@ -206,6 +213,10 @@ def _median_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {k: statistics.median(r[k] for r in runs) for k in keys}
     out["requests"] = sum(r["requests"] for r in runs)
     out["errors"] = sum(r["errors"] for r in runs)
+    out["percentiles"] = {
+        q: statistics.median(r["percentiles"][q] for r in runs if q in r.get("percentiles", {}))
+        for q in runs[0].get("percentiles", {})
+    }
     return out
 
 

@@ -197,9 +197,12 @@ def _drain(
         group.wait_ready()
         target = n_events + MALFORMED
         deadline = time.monotonic() + 600
+        series: list[tuple[float, int]] = []  # (wall time, handled): the rate over time
         while time.monotonic() < deadline:
             stats = group.stats()
-            if sum(s["handled"] for s in stats) >= target:
+            handled = sum(s["handled"] for s in stats)
+            series.append((time.time(), handled))
+            if handled >= target:
                 break
             time.sleep(0.05)
         else:
@@ -231,6 +234,10 @@ def _drain(
             "duplicated": duplicated,
             "consumer_restarts": sum(s["restarts"] for s in stats),
             "per_shard_handled": [s["handled"] for s in stats],
+            "series": {
+                "seconds": [round(t - first, 3) for t, n in series if n],
+                "handled": [n for _, n in series if n],
+            },
             # Where the time goes: CPU seconds of the shard processes and of nats-server over
             # the drain (2 cores = 2 CPU-seconds per wall second at most).
             "cpu_s_shards": cpu_shards,

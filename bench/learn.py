@@ -359,6 +359,10 @@ def run(quick: bool = False, out_dir: Path | None = None) -> Path:
     return write_result("learn", params, metrics, baseline, out_dir=out_dir, started_at=started)
 
 
+#: Points of each policy's learning curve.
+CURVE_POINTS = 100
+
+
 def _learn(
     contestant: Contestant,
     users: Sequence[User],
@@ -370,7 +374,13 @@ def _learn(
     select_ns = update_ns = 0
     reward_sum = regret_sum = 0.0
     perf = time.perf_counter_ns
+    every = max(1, len(order) // CURVE_POINTS)
+    curve_t: list[int] = []
+    curve_regret: list[float] = []
     for t, (i, coin) in enumerate(zip(order.tolist(), coins.tolist(), strict=True)):
+        if t % every == 0:
+            curve_t.append(t)
+            curve_regret.append(regret_sum)
         if t == drift_at:
             phase["drifted"] = True
         user = users[i]
@@ -393,6 +403,8 @@ def _learn(
         "regret_sum": regret_sum,
         "select_us": select_ns / n / 1000,
         "update_us": update_ns / n / 1000,
+        # Cumulative regret as the decisions went (the learning curve; bench/plots.py).
+        "curve": {"decisions": [*curve_t, n], "regret": [*curve_regret, regret_sum]},
     }
 
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -26,6 +28,17 @@ HomeOption = Annotated[
     Path | None,
     typer.Option("--home", help="data home (default ./.headstart, or HEADSTART_HOME)", show_default=False),
 ]
+
+
+@contextlib.contextmanager
+def _working(description: str) -> Iterator[Any]:
+    """A spinner with the elapsed time while a long command works (gone when it is done)."""
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    columns = (SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=True) as progress:
+        task = progress.add_task(description, total=None)
+        yield lambda text: progress.update(task, description=text)
 
 
 def _settings(home: Path | None, **overrides: Any) -> Settings:
@@ -143,7 +156,15 @@ def _print_urls(state: dict[str, Any]) -> None:
     console.print(f"NATS:     {state['nats_url']}")
     if state.get("http_url"):
         console.print(f"HTTP API: {state['http_url']}  (schema: GET /openapi.json with a key)")
-        console.print(f"API keys: {Path(state['home']) / 'keys.json'}")
+        keys_file = Path(state["home"]) / "keys.json"
+        console.print(f"API keys: {keys_file}")
+        try:
+            frontend = json.loads(keys_file.read_text())["frontend"]
+        except (OSError, ValueError, KeyError):
+            frontend = "<frontend key>"
+        console.print(
+            f"Demo:     {state['http_url']}/#key={frontend}  (add &admin=<admin key> for the operator panel)"
+        )
     console.print(f"Shards:   {state['shards']} over {state['partitions']} partitions")
     console.print(f"Home:     {state['home']}")
 
@@ -253,7 +274,8 @@ def scale(
         console.print("[red]not running[/] (no instance for this home; `headstart up`)")
         raise typer.Exit(1)
     try:
-        report = asyncio.run(_scale(state["nats_url"], shards, settings))
+        with _working(f"moving partitions to {shards} shards (events keep flowing)"):
+            report = asyncio.run(_scale(state["nats_url"], shards, settings))
     except HeadstartError as exc:
         console.print(f"[red]{exc}[/]")
         raise typer.Exit(1) from None
@@ -493,6 +515,49 @@ def _instance_url(home: Path | None) -> tuple[str, Any]:
     return url, load_catalog((state or {}).get("catalog") or settings.catalog or DEFAULT_CATALOG)
 
 
+@app.command("export")
+def export_command(
+    out: Annotated[Path, typer.Option("--out", help="directory for the Parquet files")],
+    since: Annotated[
+        str | None, typer.Option(help="only rows stored from this time (ISO 8601 or epoch seconds)")
+    ] = None,
+    until: Annotated[str | None, typer.Option(help="only rows stored before this time")] = None,
+    home: HomeOption = None,
+) -> None:
+    """A star schema in Parquet for a warehouse: the user_profiles fact table (pseudonymized
+    user key) and dimension tables (demographics, context, daily behaviour, segment history,
+    decisions with rewards, experiment exposures); every table written, even empty."""
+    from headstart.export import export, parse_time
+    from headstart.runtime import instance_running
+
+    try:
+        url, catalog = _instance_url(home)
+        start, end = parse_time(since), parse_time(until)
+    except (ConfigError, ValueError) as exc:
+        console.print(f"[red]{exc}[/]")
+        raise typer.Exit(1) from None
+    settings = _settings(home)
+    partitions = int(
+        (instance_running(DataHome(settings.home)) or {}).get("partitions") or settings.partitions
+    )
+    with _working("reading") as describe:
+
+        def report(stage: str, count: int) -> None:
+            describe(f"{stage}: {count:,}")
+
+        try:
+            counts = export(url, partitions, catalog, out, start, end, settings.nats_auth(), report)
+        except (RuntimeError, OSError) as exc:
+            console.print(f"[red]export failed: {exc}[/]")
+            raise typer.Exit(1) from None
+    table = Table(title=f"exported to {out}")
+    table.add_column("table")
+    table.add_column("rows", justify="right")
+    for name, rows in counts.items():
+        table.add_row(f"{name}.parquet", f"{rows:,}")
+    console.print(table)
+
+
 @report_app.command("experiment")
 def report_experiment(
     experiment_id: Annotated[str, typer.Argument(help="the experiment's id in the catalog")],
@@ -711,15 +776,22 @@ def bench(
     out: Annotated[Path | None, typer.Option(help="results folder (default bench/results)")] = None,
 ) -> None:
     """Run a benchmark from bench/ and write bench/results/NAME.json."""
+    import importlib
+
     from bench.common import run_benchmark
 
     try:
-        path = run_benchmark(name, quick=quick, out_dir=out)
+        with _working(f"bench {name}{' (quick)' if quick else ''}"):
+            path = run_benchmark(name, quick=quick, out_dir=out)
     except (ConfigError, ModuleNotFoundError) as exc:
         console.print(f"[red]{exc}[/]")
         raise typer.Exit(2) from exc
-    console.print(f"wrote {path}")
     console.print_json(path.read_text())
+    summary = getattr(importlib.import_module(f"bench.{name}"), "summary", None)
+    if summary is not None:
+        console.print(f"[bold]{summary(path)}[/]")
+    plot = path.with_suffix(".png")
+    console.print(f"wrote {path}" + (f" and {plot}" if plot.exists() else ""))
 
 
 def main() -> None:

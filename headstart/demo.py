@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections import Counter
 from typing import Any
 
 import httpx
@@ -70,6 +71,7 @@ def run_demo(settings: Settings, users: int, steps: int, console: Console) -> No
     keys = ensure_keys(home.keys_file)
     frontend = {"Authorization": f"Bearer {keys['frontend']}"}
     names = [f"demo-user-{i + 1}@example.com" for i in range(users)]
+    stored = 0
     with httpx.Client(base_url=state["http_url"], headers=frontend, timeout=10) as http:
         decisions = [_decide(http, name, i) for i, name in enumerate(names)]
         for round_no in range(1, steps + 1):
@@ -81,6 +83,7 @@ def run_demo(settings: Settings, users: int, steps: int, console: Console) -> No
             accepted = http.post("/v1/events", json={"events": batch})
             if accepted.status_code != 200:
                 raise HeadstartError(f"/v1/events answered {accepted.status_code}: {accepted.text}")
+            stored += accepted.json()["accepted"]
             decisions = [_decide(http, name, i) for i, name in enumerate(names)]
             table = Table(
                 title=f"round {round_no}: {accepted.json()['accepted']} events stored, then /v1/decide"
@@ -97,9 +100,15 @@ def run_demo(settings: Settings, users: int, steps: int, console: Console) -> No
                     ", ".join(d["segments"]),
                 )
             console.print(table)
+    at = Counter(d["step"]["id"] if d["step"] else "(complete)" for d in decisions)
+    console.print(
+        f"[bold]{steps} rounds, {stored} events stored, {users} users[/]; now at: "
+        + ", ".join(f"{step} {n}" for step, n in at.most_common())
+    )
     console.print(
         "Raw ids (the e-mail addresses) were pseudonymized at the edge: the engine only keeps keys."
     )
+    console.print(f"Click through it yourself: {state['http_url']}/#key={keys['frontend']}")
 
 
 def _decide(http: httpx.Client, user: str, i: int) -> dict[str, Any]:

@@ -182,6 +182,8 @@ class ReplayedLog:
     decisions: pl.DataFrame
     #: One row per activation outcome the activation model learned: context columns, activated.
     outcomes: pl.DataFrame
+    #: What each closed decision earned, by (decision id, decision point).
+    rewards: dict[tuple[str, str], float]
 
 
 def replay_log(messages: Iterable[tuple[int, str, bytes]], catalog: Catalog) -> ReplayedLog:
@@ -227,6 +229,7 @@ def replay_log(messages: Iterable[tuple[int, str, bytes]], catalog: Catalog) -> 
     return ReplayedLog(
         pl.DataFrame(columns, schema_overrides={f"group_{f}": pl.String for f in AUDIENCE_FIELDS}),
         pl.DataFrame(outcome_columns),
+        {(r[0], r[1]): r[3] for r in rows},
     )
 
 
