@@ -49,7 +49,12 @@ def _decide(doc: dict[str, Any], fig: Any) -> None:
     ax.set_ylabel("latency (ms)")
     ax.set_yscale("log")
     ax.set_title("POST /v1/decide latency by percentile")
-    ax.legend(fontsize=7)
+    _legend(ax, 7)
+
+
+def _legend(ax: Any, size: int) -> None:
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=size)
 
 
 def _key(pct: dict[str, Any], q: float) -> str:
@@ -84,7 +89,7 @@ def _ingest(doc: dict[str, Any], fig: Any) -> None:
     ax.set_xlabel("seconds into the drain")
     ax.set_ylabel("events handled per second")
     ax.set_title("ingest: 200,000 events drained from JetStream")
-    ax.legend(fontsize=8)
+    _legend(ax, 8)
 
 
 def _learn(doc: dict[str, Any], fig: Any) -> None:
@@ -104,7 +109,7 @@ def _learn(doc: dict[str, Any], fig: Any) -> None:
     ax.set_xlabel("decisions")
     ax.set_ylabel("cumulative regret (lower is better)")
     ax.set_title("learning curves: regret against the oracle")
-    ax.legend(fontsize=8)
+    _legend(ax, 8)
 
 
 def _recover(doc: dict[str, Any], fig: Any) -> None:

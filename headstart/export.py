@@ -357,7 +357,7 @@ def _timed_frame(table: str, rows: list[dict[str, Any]]) -> pl.DataFrame:
     frame = pl.DataFrame(rows, schema=plain)
     timed = [c for c, t in schema.items() if t == pl.Datetime("ms", "UTC")]
     return frame.with_columns(
-        [pl.from_epoch(pl.col(c), time_unit="ms").dt.replace_time_zone("UTC") for c in timed]
+        [pl.from_epoch(pl.col(c), time_unit="ms").dt.replace_time_zone("UTC").cast(schema[c]) for c in timed]
     )
 
 

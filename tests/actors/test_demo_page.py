@@ -92,8 +92,8 @@ def test_the_page_keeps_working_from_its_last_decision_when_headstart_is_unreach
     assert page.locator("#flags").inner_text() == flags_live  # from the ruleset and last segments
     # A tampered ruleset is refused by the signature check.
     tampered = page.evaluate(
-        """async () => {
-            const hs = new Headstart({ apiKey: %r });
+        """async (key) => {
+            const hs = new Headstart({ apiKey: key });
             const original = window.fetch;
             window.fetch = async (url, init) => {
                 const response = await original(url, init);
@@ -105,7 +105,7 @@ def test_the_page_keeps_working_from_its_last_decision_when_headstart_is_unreach
             try { await hs.loadRuleset(); return 'accepted'; }
             catch (e) { return e.message; }
             finally { window.fetch = original; }
-        }"""
-        % KEYS["frontend"]
+        }""",
+        KEYS["frontend"],
     )
     assert "signature does not match" in tampered
