@@ -12,6 +12,7 @@ answers with the catalog's default flow and says so in ``explain``, rather than 
 """
 
 import asyncio
+import base64
 import contextlib
 import gc
 import json
@@ -27,6 +28,7 @@ from fastapi import FastAPI, Header, Path, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from nats.aio.client import Client as NATS
+from nats.js.api import KeyValueConfig, StorageType
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
@@ -48,11 +50,27 @@ from headstart.erasure import Eraser
 from headstart.experiment_reports import experiment_report, report_cuts
 from headstart.membership import read_cluster_model
 from headstart.metrics import IngressMetrics, render
-from headstart.rpc import ShardClient, ShardUnavailable, is_error
+from headstart.rpc import ShardClient, ShardError, ShardUnavailable, is_error
 from headstart.ruleset import build_ruleset, public_jwk, sign_ruleset, signing_key
+from headstart.segment_api import (
+    ALIASES_BUCKET,
+    AliasStore,
+    SegmentMapper,
+    SegmentPayloadError,
+    decode_body,
+    messages_of,
+)
+from headstart.segment_api import CALL_TYPES as SEGMENT_CALLS
 from headstart.segment_reports import segment_report
 from headstart.status import STATUS_BUCKET, WEBHOOKS_STATUS_KEY
-from headstart.streams import EVENTS_STREAM, EventPublisher, publish_prepared, record_subjects
+from headstart.streams import (
+    DLQ_PREFIX,
+    EVENTS_STREAM,
+    EventPublisher,
+    open_bucket,
+    publish_prepared,
+    record_subjects,
+)
 
 log = logging.getLogger(__name__)
 
@@ -147,6 +165,10 @@ async def _read_body(receive: Receive, limit: int) -> bytes:
             return b"".join(chunks)
 
 
+#: The Segment-compatible API's routes; another configured prefix is rewritten to this one.
+SEGMENT_PREFIX = "/segment"
+
+
 class HotPath:
     """Pure ASGI middleware that answers ``POST /v1/decide`` itself.
 
@@ -160,7 +182,13 @@ class HotPath:
         self.app, self.limit = app, limit
         self._ingress: Any = None
 
+    #: The replica's configured Segment API prefix (set by the ingress when it starts).
+    segment_prefix = SEGMENT_PREFIX
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        prefix = HotPath.segment_prefix
+        if prefix != SEGMENT_PREFIX and scope["type"] == "http" and scope["path"].startswith(prefix + "/"):
+            scope = {**scope, "path": SEGMENT_PREFIX + scope["path"][len(prefix) :]}
         if scope["type"] != "http" or scope["method"] != "POST" or not scope["path"].endswith("/v1/decide"):
             await self.app(scope, receive, send)
             return
@@ -314,6 +342,22 @@ class EventsAccepted(BaseModel):
     duplicates: int
 
 
+#: Calls per Segment request at most (Segment's own limit is 500 KB per batch).
+MAX_SEGMENT_CALLS = 2500
+
+
+def _bearer_from_basic(authorization: str | None) -> str | None:
+    """``Bearer <write key>`` from HTTP Basic (the Segment libraries' write key is the user, the
+    password empty); a Bearer header is passed through."""
+    if authorization is None or not authorization.lower().startswith("basic "):
+        return authorization
+    try:
+        user = base64.b64decode(authorization[6:].strip(), validate=True).decode().split(":", 1)[0]
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return f"Bearer {user}" if user else None
+
+
 def _static(name: str) -> bytes:
     """A file of the demo page (package data of ``headstart``)."""
     return resources.files("headstart").joinpath("static", name).read_bytes()
@@ -352,6 +396,10 @@ class IngressConfig(BaseModel):
     nats_auth: NatsAuth = NatsAuth()
     #: Requests per key of each role and replica, e.g. ``{"frontend": "20000/second"}``.
     rate_limits: dict[str, str] = {}
+    #: Where the Segment-compatible tracking API is served.
+    segment_prefix: str = SEGMENT_PREFIX
+    #: How long aliases (anonymous id -> user) are kept: as long as the events.
+    events_retention_days: float = 30.0
 
 
 # ---------------------------------------------------------------------- the app
@@ -435,6 +483,9 @@ class Ingress:
         self.metrics = IngressMetrics()
         self._shard_decisions = self.metrics.decisions.labels("shard")
         self._fallback_decisions = self.metrics.decisions.labels("fallback")
+        HotPath.segment_prefix = config.segment_prefix
+        self._segment_mapper = SegmentMapper(config.catalog.segment_api)
+        self._aliases: AliasStore | None = None
         # The ruleset changes only with the catalog: signed once per replica.
         signer = signing_key(config.secret)
         self._ruleset = msgspec.json.encode(sign_ruleset(build_ruleset(config.catalog), signer))
@@ -524,6 +575,112 @@ class Ingress:
         self._shard_decisions.inc()
         self.metrics.decide_seconds.observe(time.perf_counter() - started)
         return _shard_reply(reply)
+
+    @app.post("/v1/flags", responses={400: {}, 401: {}, 403: {}}, openapi_extra=_body_doc(DecideBody))
+    async def flags(self, request: Request) -> Response:
+        """Every feature flag's value for a user, with why (``TARGETING_MATCH``, ``SPLIT`` or
+        ``DEFAULT``, and the rule), and the user's segments; logs no decision. With the user's
+        shard unavailable, the flags from the request's context alone, marked ``stale``."""
+        self._require(request.headers.get("authorization"), "frontend")
+        body: _DecideStruct = _parse(self._decide_decoder, await request.body())
+        key = self.pseudonymizer.key(body.user_id)
+        shards = self._shards or (await self._client())[1]
+        try:
+            reply = await shards.call(key, "flags", timeout=DECIDE_DEADLINE_S, context=body.context)
+            stale = False
+        except (ShardUnavailable, ShardError):
+            context = msgspec.structs.asdict(body.context)
+            segments = self.decider.segments(None, context, time.time())
+            reply = {"flags": self.decider.flags(key, segments), "segments": segments}
+            stale = True
+        descriptions = {flag.id: flag.description for flag in self.config.catalog.flags}
+        for flag_id, entry in reply["flags"].items():
+            entry["description"] = descriptions.get(flag_id, "")
+        return JSONResponse({**reply, "stale": stale})
+
+    @app.post("/segment/v1/{call}", responses={400: {}, 401: {}, 403: {}, 404: {}, 413: {}, 503: {}})
+    async def segment_call(self, call: str, request: Request) -> JSONResponse:
+        """The Segment HTTP Tracking API (``batch``, ``track``, ``identify``, ``page``,
+        ``screen``, ``alias``, ``group``): the write key is a frontend key as the Basic user,
+        bodies may be gzip-encoded; calls are mapped to Headstart events by the catalog's
+        ``segment_api``, unmapped ones counted and dropped, invalid ones dead-lettered (ids
+        pseudonymized) with their reason. Answers 200 once JetStream stored the events."""
+        if call not in ("batch", *SEGMENT_CALLS):
+            raise ApiError(404, "not_found", f"no Segment call {call[:40]!r}")
+        self._require(_bearer_from_basic(request.headers.get("authorization")), "frontend")
+        try:
+            body = decode_body(await request.body(), request.headers.get("content-encoding"))
+            messages = messages_of(call, json.loads(body))
+        except (SegmentPayloadError, ValueError) as exc:
+            raise ApiError(400, "invalid_request", f"not a Segment call: {exc}") from None
+        if len(messages) > MAX_SEGMENT_CALLS:
+            raise ApiError(
+                400, "invalid_request", f"{len(messages)} calls: at most {MAX_SEGMENT_CALLS} per batch"
+            )
+        nc, _ = await self._client()
+        js = nc.jetstream()
+        aliases = await self._alias_store(js)
+        publisher = EventPublisher(js, self.pseudonymizer)
+        prepared, dead, counted = [], [], []
+        key_of = self.pseudonymizer.key
+        for message in messages:
+            mapped = self._segment_mapper.map(message)
+            kind = str(message.get("type") if isinstance(message, dict) else "?")[:16]
+            for anonymous_id, user_id in mapped.aliases:
+                await aliases.link(key_of(anonymous_id), key_of(user_id))
+            if mapped.event is None:
+                outcome = "invalid" if mapped.invalid else "unmapped"
+                counted.append((kind, outcome))
+                if mapped.invalid:
+                    dead.append((message, mapped.invalid))
+                continue
+            user_key = key_of(mapped.user_id) if mapped.user_id else None
+            if user_key is None and mapped.anonymous_id:
+                anonymous_key = key_of(mapped.anonymous_id)
+                user_key = await aliases.resolve(anonymous_key) or anonymous_key
+            try:
+                prepared.append((kind, publisher.prepare(mapped.event, user_key=user_key)))
+            except InvalidEvent as exc:
+                counted.append((kind, "invalid"))
+                dead.append((message, f"{exc.reason}: {exc.detail}"))
+        try:
+            acks = await publish_prepared(js, [p for _, p in prepared], retry_for=5.0)
+            for message, reason in dead:
+                await self._dead_letter_segment(js, message, reason)
+        except Exception as exc:
+            raise ApiError(
+                503, "unavailable", f"the event stream did not store the calls: {type(exc).__name__}"
+            ) from exc
+        for (kind, _), ack in zip(prepared, acks, strict=True):
+            counted.append((kind, "duplicate" if ack.duplicate else "stored"))
+        for kind, outcome in counted:
+            self.metrics.segment_calls.labels(kind, outcome).inc()
+        return JSONResponse({"success": True})
+
+    async def _alias_store(self, js: Any) -> AliasStore:
+        if self._aliases is None:
+            ttl = self.config.events_retention_days * 86400
+            config = KeyValueConfig(bucket=ALIASES_BUCKET, history=1, ttl=ttl, storage=StorageType.FILE)
+            self._aliases = AliasStore(await open_bucket(js, config))
+        return self._aliases
+
+    async def _dead_letter_segment(self, js: Any, message: Any, reason: str) -> None:
+        """An invalid Segment call, kept for whoever fixes the sender: its ids pseudonymized,
+        and its traits and properties left out (they may hold PII)."""
+        kept: dict[str, Any] = {}
+        if isinstance(message, dict):
+            for name, value in message.items():
+                if name in ("userId", "anonymousId", "previousId") and isinstance(value, str) and value:
+                    kept[name] = self.pseudonymizer.key(value)
+                elif name not in ("traits", "properties", "context"):
+                    kept[name] = value
+        payload = json.dumps(kept, default=str).encode()[:65536]
+        headers = {
+            "Hs-Reason": reason[:200],
+            "Hs-Source": "segment",
+            "Hs-Redacted": "traits,properties,context",
+        }
+        await js.publish(f"{DLQ_PREFIX}.segment", payload, headers=headers)
 
     @app.post("/v1/tutorials/select", responses={400: {}, 404: {}}, openapi_extra=_body_doc(TutorialBody))
     async def select_tutorial(self, request: Request) -> Response:

@@ -70,6 +70,8 @@ def start_app(
         key_hashes=key_hashes,
         catalog=catalog,
         rate_limits={"frontend": settings.frontend_rate_limit, "admin": settings.admin_rate_limit},
+        segment_prefix=settings.segment_prefix,
+        events_retention_days=settings.retention().events_days,
     )
     deployment = Ingress.options(**ingress_scaling(settings))  # type: ignore[attr-defined]
     serve.run(deployment.bind(config), name=APP_NAME, route_prefix="/", blocking=False)

@@ -734,6 +734,13 @@ class ShardActor:
                 return encode_reply({"snapshotted": await self._snapshot_through(part, int(request["seq"]))})
             if method == "segment_sizes":
                 return encode_reply(await self.segment_sizes(now))
+            if method == "flags":
+                user = part.users.get(key)
+                if not self._personalize(part, key, user):
+                    user = None  # the default flow: flags from the request's context alone
+                context = request.get("context") or {}
+                segments = self.decider.segments(user, context, now, part.vocab if user else None)
+                return encode_reply({"flags": self.decider.flags(key, segments), "segments": segments})
             if method == "learned":
                 return encode_reply(await self.learned())
             if method == "profiles":

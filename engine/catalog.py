@@ -243,6 +243,59 @@ class Webhook(_Model):
     timeout_s: float = Field(5.0, gt=0, le=120)
 
 
+class SegmentTrack(_Model):
+    """A Segment ``track`` call named ``event`` becomes a Headstart event of ``type``, its
+    ``props`` taken from the call's properties (Headstart prop -> Segment property)."""
+
+    event: str = Field(min_length=1, max_length=200)
+    type: Literal[
+        "session_started",
+        "onboarding_started",
+        "onboarding_completed",
+        "step_viewed",
+        "step_completed",
+        "feature_clicked",
+        "tutorial_started",
+        "tutorial_completed",
+    ]
+    props: dict[str, str] = Field(default_factory=dict)
+
+
+def _default_tracks() -> list[SegmentTrack]:
+    return [
+        SegmentTrack(event="Feature Used", type="feature_clicked", props={"feature": "feature"}),
+        SegmentTrack(event="Session Started", type="session_started"),
+        SegmentTrack(event="Onboarding Started", type="onboarding_started"),
+        SegmentTrack(event="Onboarding Completed", type="onboarding_completed"),
+        SegmentTrack(event="Step Completed", type="step_completed", props={"step": "step"}),
+        SegmentTrack(
+            event="Tutorial Started",
+            type="tutorial_started",
+            props={"tutorial": "tutorial", "variant": "variant"},
+        ),
+        SegmentTrack(
+            event="Tutorial Completed",
+            type="tutorial_completed",
+            props={"tutorial": "tutorial", "variant": "variant"},
+        ),
+    ]
+
+
+class SegmentApi(_Model):
+    """How calls to the Segment-compatible tracking API become Headstart events (README
+    "Segment-compatible tracking"); calls nothing maps are counted and dropped."""
+
+    track: list[SegmentTrack] = Field(default_factory=_default_tracks)
+    #: ``identify`` traits kept (as a ``profile_updated`` event); every other trait is dropped.
+    identify_traits: list[Literal["name", "age_band", "role", "company_size"]] = Field(
+        default_factory=lambda: ["name", "age_band", "role", "company_size"]  # type: ignore[arg-type]
+    )
+    #: ``page`` and ``screen`` calls become ``step_viewed``, the step from this property (else
+    #: the call's ``name``); false: dropped.
+    pages_are_steps: bool = True
+    step_property: str = "step"
+
+
 class Catalog(_Model):
     version: Literal[1]
     product: str = Field(min_length=1, max_length=100)
@@ -261,6 +314,7 @@ class Catalog(_Model):
     #: A/B and multivariate tests (:mod:`engine.experiments`), and the global holdout.
     experiments: list[Experiment] = Field(default_factory=list)
     holdout: Holdout | None = None
+    segment_api: SegmentApi = SegmentApi()
 
     @property
     def cluster_segments(self) -> list[str]:

@@ -178,6 +178,12 @@ def datamap(retention: Retention, checkpoint_interval_s: float = 30.0) -> list[d
             "personalization",
         ),
         (
+            "Segment API aliases",
+            "an anonymous id's key linked to its user's key (Segment identify/alias calls)",
+            f"HS_ALIASES key-value bucket ({retention.events_days:g} days; removed by erasure)",
+            "personalization",
+        ),
+        (
             "segment changes",
             "pseudonymized key entering or leaving a segment",
             f"HS_SEGMENTS ({retention.segment_changes_days:g} days; an erasure leaves published batches "

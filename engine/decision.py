@@ -224,19 +224,22 @@ class Decider:
         return self.catalog.messages.welcome
 
     def flags(self, user_key: str, segments: list[str]) -> dict[str, dict[str, Any]]:
+        """Every flag's value for a user, and why: ``TARGETING_MATCH`` (a segment rule),
+        ``SPLIT`` (a percentage rollout), or ``DEFAULT`` (no rule applied), with the rule's
+        index (OpenFeature's reasons, so a provider passes them on unchanged)."""
         member = set(segments)
         out = {}
         for flag in self.catalog.flags:
-            value, reason = flag.default, "default"
+            entry: dict[str, Any] = {"value": flag.default, "reason": "DEFAULT", "rule": None}
             for i, rule in enumerate(flag.rules):
                 if rule.segments and not member.intersection(rule.segments):
                     continue
                 if rule.rollout is not None and rollout_bucket(flag.id, user_key) >= rule.rollout:
                     continue
-                value = rule.value
-                reason = f"rule {i}: " + ("split" if rule.rollout is not None else "targeting_match")
+                reason = "SPLIT" if rule.rollout is not None else "TARGETING_MATCH"
+                entry = {"value": rule.value, "reason": reason, "rule": i}
                 break
-            out[flag.id] = {"value": value, "reason": reason}
+            out[flag.id] = entry
         return out
 
     # ------------------------------------------------------------------ the decision

@@ -8,10 +8,12 @@ tracked events (sent when ``batch_size`` are buffered, by :meth:`Client.flush`, 
 Retrying is safe for every call: events are deduplicated by ``event_id``, a reward closes its
 decision once, and a decision asked twice is two decisions.
 
->>> with Client("http://127.0.0.1:8000", api_key="...") as hs:  # doctest: +SKIP
-...     decision = hs.decide("alice@example.com", context={"device_type": "mobile"})
-...     hs.track("alice@example.com", "step_completed", props={"step": decision.step.id})
-...     print(decision.step.id, decision.flags)
+Example (against a running engine; ``tests/headstart/test_client.py`` runs it)::
+
+    with Client("http://127.0.0.1:8000", api_key=FRONTEND_KEY) as hs:
+        decision = hs.decide("alice@example.com", context={"device_type": "mobile"})
+        hs.track("alice@example.com", "step_completed", props={"step": decision.step.id})
+        print(decision.step.id, decision.flags)
 """
 
 from __future__ import annotations
@@ -71,6 +73,22 @@ class TutorialChoice(msgspec.Struct):
     experiments: dict[str, str] = msgspec.field(default_factory=dict)
     decision_id: str | None = None
     explain: list[str] = msgspec.field(default_factory=list)
+
+
+class FlagValue(msgspec.Struct):
+    value: bool
+    reason: str  # TARGETING_MATCH, SPLIT or DEFAULT
+    rule: int | None = None
+    description: str = ""
+
+
+class Flags(msgspec.Struct):
+    """The answer of ``/v1/flags``; ``stale``: worked out from the request's context alone,
+    the user's shard being unavailable."""
+
+    flags: dict[str, FlagValue]
+    segments: list[str] = msgspec.field(default_factory=list)
+    stale: bool = False
 
 
 class HeadstartApiError(Exception):
@@ -174,6 +192,12 @@ class Client(_Base):
         body = {"user_id": user_id, "context": dict(context or {}), "step": step, "feature": feature}
         choice: TutorialChoice = _decoded(self._http.post("/v1/tutorials/select", json=body), TutorialChoice)
         return choice
+
+    def flags(self, user_id: str, context: Mapping[str, Any] | None = None) -> Flags:
+        """Every flag's value for a user, with the reason and rule (no decision is logged)."""
+        response = self._http.post("/v1/flags", json={"user_id": user_id, "context": dict(context or {})})
+        flags: Flags = _decoded(response, Flags)
+        return flags
 
     def track(
         self,

@@ -82,6 +82,11 @@ class Settings(BaseSettings):
         description="requests per frontend key and ingress replica (a product's traffic shares its key)",
     )
     admin_rate_limit: str = Field("200/second", description="requests per admin key and ingress replica")
+    segment_prefix: str = Field(
+        "/segment",
+        pattern=r"^(/[A-Za-z0-9_\-]+)+$",
+        description="where the Segment-compatible tracking API is served (<prefix>/v1/batch, ...)",
+    )
     fetch_batch: int = Field(
         256, ge=16, le=65536, description="messages per pull request, per partition; two are kept in flight"
     )

@@ -28,12 +28,13 @@ import time
 from typing import Any
 
 from nats.js import JetStreamContext
-from nats.js.errors import KeyDeletedError, KeyNotFoundError, NotFoundError
+from nats.js.errors import BucketNotFoundError, KeyDeletedError, KeyNotFoundError, NotFoundError
 from nats.js.kv import KeyValue
 
 from engine.keys import partition_of
 from headstart.audit import audit
 from headstart.rpc import ShardClient, ShardUnavailable, is_error
+from headstart.segment_api import ALIASES_BUCKET, erase_aliases
 from headstart.streams import (
     DECISIONS_STREAM,
     EVENTS_PREFIX,
@@ -149,4 +150,10 @@ class Eraser:
                 out[subject] = bool(await self.js.purge_stream(stream, subject=subject))
             except NotFoundError:
                 out[subject] = False
+        # The Segment API's aliases link the user's key to anonymous ones: they go too.
+        try:
+            aliases = await self.js.key_value(ALIASES_BUCKET)
+        except (BucketNotFoundError, NotFoundError):
+            aliases = None
+        out[ALIASES_BUCKET] = bool(aliases is not None and await erase_aliases(aliases, user_key))
         return out

@@ -37,6 +37,13 @@ class IngressMetrics:
         self.rewards = Counter(
             "hs_http_rewards", "Explicit rewards accepted over HTTP", ["result"], registry=self.registry
         )
+        self.segment_calls = Counter(
+            "hs_segment_api_calls",
+            "Calls to the Segment-compatible API, by call type and outcome (stored, duplicate, "
+            "unmapped, invalid)",
+            ["type", "outcome"],
+            registry=self.registry,
+        )
 
 
 def render(

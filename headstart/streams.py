@@ -210,9 +210,15 @@ class EventPublisher:
         self._js = js
         self._pseudonymizer = pseudonymizer
 
-    def prepare(self, event: Mapping[str, Any] | Event) -> tuple[str, bytes, dict[str, str]]:
-        """Validate one event and return (subject, payload, headers). Raises InvalidEvent."""
-        if isinstance(event, Event):
+    def prepare(
+        self, event: Mapping[str, Any] | Event, user_key: str | None = None
+    ) -> tuple[str, bytes, dict[str, str]]:
+        """Validate one event and return (subject, payload, headers). Raises InvalidEvent.
+        ``user_key``: the user's key when the caller already has it (an alias resolved to
+        its user), instead of pseudonymizing the event's ``user_id``."""
+        if user_key is not None and not isinstance(event, Event):
+            typed = event_from_object({**event, "user_id": user_key})
+        elif isinstance(event, Event):
             typed = msgspec.structs.replace(event, user_id=self._pseudonymizer.key(event.user_id))
         else:
             raw_id = event.get("user_id")

@@ -89,6 +89,7 @@ async def reset_streams(url: str, partitions: int = TEST_PARTITIONS) -> None:
         f"OBJ_{SNAPSHOT_BUCKET}",
         f"KV_{CONTROL_BUCKET}",
         f"KV_{LEARN_BUCKET}",
+        "KV_HS_ALIASES",
     ):
         with contextlib.suppress(nats.js.errors.NotFoundError):
             await js.delete_stream(name)

@@ -181,6 +181,8 @@ ROLE_NEEDED: dict[tuple[str, str], tuple[str | None, dict[str, Any] | None]] = {
     ("GET", "/v1/segments/{segment_id}"): ("admin", None),
     ("GET", "/v1/experiments/{experiment_id}/report"): ("admin", None),
     ("GET", "/v1/ruleset"): ("frontend", None),
+    ("POST", "/v1/flags"): ("frontend", {"user_id": "someone"}),
+    ("POST", "/segment/v1/{call}"): ("frontend", {"userId": "someone", "messageId": "m1", "event": "x"}),
     ("GET", "/v1/ruleset/key"): (None, None),
     ("GET", "/v1/admin/policies"): ("admin", None),
     ("POST", "/v1/admin/scale"): ("admin", {"shards": 2}),
@@ -202,7 +204,7 @@ def test_every_endpoint_checks_the_key_and_role(
     client, _ = api
     role_needed, body = ROLE_NEEDED[(method, path)]
     url = path.replace("{user_id}", "someone").replace("{segment_id}", "power_user")
-    url = url.replace("{experiment_id}", "some_experiment")
+    url = url.replace("{experiment_id}", "some_experiment").replace("{call}", "track")
     kwargs: dict[str, Any] = {"json": body} if body is not None else {}
     if role_needed is None:
         assert client.request(method, url, **kwargs).status_code in (200, 503)

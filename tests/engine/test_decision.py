@@ -97,8 +97,16 @@ def test_flag_targeting_and_stable_rollout(decider: Decider) -> None:
     assert decider.flags(keys[0], ["device_desktop"])["simplified_mobile_flow"]["value"] is False
     assert decider.flags(keys[0], ["locale_de"])["onboarding_emails"] == {
         "value": False,
-        "reason": "rule 0: targeting_match",
+        "reason": "TARGETING_MATCH",
+        "rule": 0,
     }
+    assert decider.flags(keys[0], [])["onboarding_emails"] == {
+        "value": True,
+        "reason": "DEFAULT",
+        "rule": None,
+    }
+    split = decider.flags(keys[0], [])["new_onboarding"]
+    assert split["reason"] == ("SPLIT" if split["value"] else "DEFAULT")
     # Independent flags do not share rollout buckets.
     assert rollout_bucket("a", keys[0]) != rollout_bucket("b", keys[0])
 
