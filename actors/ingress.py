@@ -20,17 +20,20 @@ import logging
 import os
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from importlib import resources
 from typing import Annotated, Any, Literal
 
+import grpc
 import msgspec
 from fastapi import FastAPI, Header, Path, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from google.protobuf import json_format
 from nats.aio.client import Client as NATS
 from nats.js.api import KeyValueConfig, StorageType
 from prometheus_client import CONTENT_TYPE_LATEST
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -50,6 +53,7 @@ from headstart.erasure import Eraser
 from headstart.experiment_reports import experiment_report, report_cuts
 from headstart.membership import read_cluster_model
 from headstart.metrics import IngressMetrics, render
+from headstart.protos import headstart_pb2 as pb
 from headstart.rpc import ShardClient, ShardError, ShardUnavailable, is_error
 from headstart.ruleset import build_ruleset, public_jwk, sign_ruleset, signing_key
 from headstart.segment_api import (
@@ -356,6 +360,35 @@ def _bearer_from_basic(authorization: str | None) -> str | None:
     except (ValueError, UnicodeDecodeError):
         return None
     return f"Bearer {user}" if user else None
+
+
+#: HTTP statuses as gRPC status codes (the same errors on both APIs).
+GRPC_CODES = {
+    400: grpc.StatusCode.INVALID_ARGUMENT,
+    401: grpc.StatusCode.UNAUTHENTICATED,
+    403: grpc.StatusCode.PERMISSION_DENIED,
+    404: grpc.StatusCode.NOT_FOUND,
+    413: grpc.StatusCode.INVALID_ARGUMENT,
+    429: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    503: grpc.StatusCode.UNAVAILABLE,
+}
+
+
+def _without_nulls(value: Any) -> Any:
+    """JSON nulls dropped (an unset message field in protobuf)."""
+    if isinstance(value, dict):
+        return {k: _without_nulls(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_without_nulls(v) for v in value]
+    return value
+
+
+def grpc_event(event: dict[str, Any]) -> dict[str, Any]:
+    """An event of ``SendEventsRequest`` as the HTTP API's JSON: consent props as booleans."""
+    props = event.get("props")
+    if props and event.get("type") == "consent_updated":
+        event["props"] = {k: v == "true" for k, v in props.items()}
+    return event
 
 
 def _static(name: str) -> bytes:
@@ -685,8 +718,13 @@ class Ingress:
     @app.post("/v1/tutorials/select", responses={400: {}, 404: {}}, openapi_extra=_body_doc(TutorialBody))
     async def select_tutorial(self, request: Request) -> Response:
         """Which variant of the tutorial for a step (or a feature) this user should see."""
-        self._require(request.headers.get("authorization"), "frontend")
-        body: _TutorialStruct = _parse(self._tutorial_decoder, await request.body())
+        status, body = await self.tutorial_bytes(request.headers.get("authorization"), await request.body())
+        return Response(body, status_code=status, media_type="application/json")
+
+    async def tutorial_bytes(self, authorization: str | None, raw_body: bytes) -> tuple[int, bytes]:
+        """``/v1/tutorials/select`` from the raw header and body to the status and JSON body."""
+        self._require(authorization, "frontend")
+        body: _TutorialStruct = _parse(self._tutorial_decoder, raw_body)
         if (body.step is None) == (body.feature is None):
             raise ApiError(400, "invalid_request", "give exactly one of 'step' or 'feature'")
         key = self.pseudonymizer.key(body.user_id)
@@ -710,7 +748,65 @@ class Ingress:
             reply = msgspec.json.encode(choice)
         if reply == b"null":
             raise ApiError(404, "not_found", "no tutorial for that step or feature in the catalog")
-        return self._passthrough(reply)
+        return _shard_reply(reply)
+
+    # ------------------------------------------------------------------ gRPC (headstart/protos)
+
+    async def Decide(self, request: Any, grpc_context: Any) -> Any:
+        """``DecisionService.Decide``: ``/v1/decide`` over gRPC (same auth, answer and errors)."""
+        return await self._grpc(grpc_context, pb.DecideReply, self.decide_bytes, request)
+
+    async def SelectTutorial(self, request: Any, grpc_context: Any) -> Any:
+        """``DecisionService.SelectTutorial``: ``/v1/tutorials/select`` over gRPC."""
+        return await self._grpc(grpc_context, pb.SelectTutorialReply, self.tutorial_bytes, request)
+
+    async def SendEvents(self, request: Any, grpc_context: Any) -> Any:
+        """``DecisionService.SendEvents``: ``/v1/events`` over gRPC."""
+
+        async def send(authorization: str | None, raw: bytes) -> tuple[int, bytes]:
+            events = [grpc_event(e) for e in msgspec.json.decode(raw)["events"]]
+            try:
+                body = EventsBody(events=events)
+            except ValidationError as exc:
+                raise ApiError(400, "invalid_request", str(exc.errors()[0]["msg"])) from None
+            return 200, msgspec.json.encode(await self.events(body, authorization))
+
+        return await self._grpc(grpc_context, pb.SendEventsReply, send, request)
+
+    async def Reward(self, request: Any, grpc_context: Any) -> Any:
+        """``DecisionService.Reward``: ``/v1/rewards`` over gRPC."""
+
+        async def reward(authorization: str | None, raw: bytes) -> tuple[int, bytes]:
+            try:
+                body = RewardBody.model_validate_json(raw)
+            except ValidationError as exc:
+                raise ApiError(400, "invalid_request", str(exc.errors()[0]["msg"])) from None
+            return 200, msgspec.json.encode(await self.rewards(body, authorization))
+
+        return await self._grpc(grpc_context, pb.RewardReply, reward, request)
+
+    async def _grpc(
+        self,
+        grpc_context: Any,
+        reply_type: Any,
+        handle: Callable[[str | None, bytes], Awaitable[tuple[int, bytes]]],
+        request: Any,
+    ) -> Any:
+        """Run the HTTP path with the request as its JSON body; its errors as status codes."""
+        metadata = dict(grpc_context.invocation_metadata()) if grpc_context is not None else {}
+        raw = json.dumps(json_format.MessageToDict(request, preserving_proto_field_name=True)).encode()
+        try:
+            status, body = await handle(metadata.get("authorization"), raw)
+        except ApiError as exc:
+            status, body = exc.status, _error_body(exc.code, exc.message, exc.details)
+        if status >= 400:
+            error = msgspec.json.decode(body).get("error", {})
+            grpc_context.set_code(GRPC_CODES.get(status, grpc.StatusCode.INTERNAL))
+            grpc_context.set_details(str(error.get("message", "")))
+            return reply_type()
+        return json_format.ParseDict(
+            _without_nulls(msgspec.json.decode(body)), reply_type(), ignore_unknown_fields=True
+        )
 
     # ------------------------------------------------------------------ events and reads
 

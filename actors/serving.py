@@ -26,6 +26,8 @@ SERVE_MODES: dict[str, dict[str, str]] = {
     "default": {},
 }
 APP_NAME = "headstart"
+#: Serve's gRPC proxy adds this service; the ingress deployment implements its methods.
+GRPC_SERVICER = "headstart.protos.headstart_pb2_grpc.add_DecisionServiceServicer_to_server"
 
 
 #: HAProxy's stats and Prometheus listeners use fixed ports (8404, 9101) unless told otherwise,
@@ -54,14 +56,20 @@ def start_app(
     secret: bytes,
     key_hashes: dict[str, list[str]],
     http_port: int | None = None,
+    grpc_port: int | None = None,
 ) -> str:
-    """Deploy the ingress and return its base URL."""
+    """Deploy the ingress and return its base URL. With ``grpc_port``, the gRPC decision
+    service (``headstart/protos/headstart.proto``) is served there too, on the same host."""
     from ray import serve
+    from ray.serve.config import gRPCOptions
 
     from actors.ingress import Ingress, IngressConfig
 
     port = settings.port if http_port is None else http_port
-    serve.start(http_options={"host": settings.host, "port": port})
+    grpc_options = (
+        gRPCOptions(port=grpc_port, grpc_servicer_functions=[GRPC_SERVICER]) if grpc_port else None
+    )
+    serve.start(http_options={"host": settings.host, "port": port}, grpc_options=grpc_options)
     config = IngressConfig(
         nats_url=nats_url,
         nats_auth=settings.nats_auth(),

@@ -86,7 +86,8 @@ def run(quick: bool = False, out_dir: Path | None = None) -> Path:
         group = ShardGroup(settings, broker.url, catalog).start()
         group.wait_ready()
         group.wait_caught_up(timeout=300)
-        base = start_app(settings, broker.url, catalog, SECRET, key_hashes(KEYS))
+        grpc_port = free_port()
+        base = start_app(settings, broker.url, catalog, SECRET, key_hashes(KEYS), grpc_port=grpc_port)
         serve.run(NoOp.bind(), name="noop", route_prefix="/noop", blocking=False)  # type: ignore[attr-defined]
         _wait_ready(base)
         engine_file, floor_file = Path(tmp) / "engine.bin", Path(tmp) / "floor.bin"
@@ -107,6 +108,12 @@ def run(quick: bool = False, out_dir: Path | None = None) -> Path:
             engine[str(concurrency)] = _median_of(runs["engine"])
             floor[str(concurrency)] = _median_of(runs["floor"])
             samples[str(concurrency)] = runs
+        grpc_engine: dict[str, Any] = {}
+        for concurrency in CONCURRENCIES:
+            grpc_runs = [
+                asyncio.run(_grpc_load(grpc_port, users, concurrency, duration)) for _ in range(reps)
+            ]
+            grpc_engine[str(concurrency)] = _median_of(grpc_runs)
         freshness = asyncio.run(_freshness(broker.url, base, pseudonymizer, freshness_trials))
         serve.shutdown()  # type: ignore[no-untyped-call]
         group.stop()
@@ -123,6 +130,8 @@ def run(quick: bool = False, out_dir: Path | None = None) -> Path:
             e["rps"] / f["rps"] for e, f in zip(samples[top]["engine"], samples[top]["floor"], strict=True)
         ],
         "runs": samples,
+        # The same decisions through Serve's gRPC ingress (headstart/protos), same concurrencies.
+        "grpc_by_concurrency": grpc_engine,
     }
     params = {
         "users": users,
@@ -134,12 +143,60 @@ def run(quick: bool = False, out_dir: Path | None = None) -> Path:
         "serve_mode": "haproxy",
         "freshness_trials": freshness_trials,
         "client": "bench/loadgen.py (raw keep-alive HTTP/1.1 on uvloop, own process)",
+        "grpc_client": "grpc.aio, one channel, N concurrent unary calls, in the benchmark's process",
         "client_cpu_share": "load generator CPU seconds / wall seconds (share of one core), worst run",
         "quick": quick,
     }
     return write_result(
         "decide", params, metrics, {"by_concurrency": floor}, out_dir=out_dir, started_at=started
     )
+
+
+async def _grpc_load(port: int, users: int, concurrency: int, duration: float) -> dict[str, Any]:
+    """``concurrency`` gRPC clients calling ``Decide`` back to back for ``duration`` seconds."""
+    import grpc
+
+    from headstart.protos import headstart_pb2 as pb
+    from headstart.protos import headstart_pb2_grpc as pb_grpc
+
+    devices = ("mobile", "desktop", "tablet")
+    requests = [
+        pb.DecideRequest(user_id=user_id(i), context=pb.Context(device_type=devices[i % 3]))
+        for i in range(min(users, 5000))
+    ]
+    metadata = (("authorization", f"Bearer {KEYS['frontend']}"), ("application", "headstart"))
+    latencies: list[float] = []
+    errors = 0
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = pb_grpc.DecisionServiceStub(channel)  # type: ignore[no-untyped-call]
+        await channel.channel_ready()
+        stop_at = time.perf_counter() + duration
+
+        async def worker(k: int) -> None:
+            nonlocal errors
+            i = k * 7919
+            while time.perf_counter() < stop_at:
+                started = time.perf_counter()
+                try:
+                    await stub.Decide(requests[i % len(requests)], metadata=metadata, timeout=5)
+                    latencies.append(time.perf_counter() - started)
+                except grpc.aio.AioRpcError:
+                    errors += 1
+                i += 1
+
+        began = time.perf_counter()
+        await asyncio.gather(*(worker(k) for k in range(concurrency)))
+        wall = time.perf_counter() - began
+    ms = np.array(latencies) * 1000
+    return {
+        "p50_ms": float(np.percentile(ms, 50)) if len(ms) else float("nan"),
+        "p99_ms": float(np.percentile(ms, 99)) if len(ms) else float("nan"),
+        "mean_ms": float(ms.mean()) if len(ms) else float("nan"),
+        "rps": len(ms) / wall,
+        "requests": len(ms),
+        "errors": errors,
+        "percentiles": {str(q): float(np.percentile(ms, q)) for q in PERCENTILES} if len(ms) else {},
+    }
 
 
 async def _populate(url: str, pseudonymizer: Pseudonymizer, users: int) -> None:

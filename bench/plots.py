@@ -37,8 +37,13 @@ def _decide(doc: dict[str, Any], fig: Any) -> None:
     metrics, baseline = doc["metrics"], doc.get("baseline", {})
     ax = fig.add_subplot(1, 1, 1)
     for c, color in zip(("1", "16", "64"), ("tab:blue", "tab:orange", "tab:green"), strict=True):
-        for source, style, label in ((metrics, "-", "engine"), (baseline, "--", "no-op floor")):
-            entry = source.get("by_concurrency", {}).get(c, {})
+        sources = (
+            (metrics.get("by_concurrency", {}), "-", "engine (HTTP)"),
+            (metrics.get("grpc_by_concurrency", {}), ":", "engine (gRPC)"),
+            (baseline.get("by_concurrency", {}), "--", "no-op floor"),
+        )
+        for by_concurrency, style, label in sources:
+            entry = by_concurrency.get(c, {})
             pct = entry.get("percentiles") or {"50": entry.get("p50_ms"), "99": entry.get("p99_ms")}
             qs = sorted(float(q) for q, v in pct.items() if v is not None)
             if not qs:

@@ -156,6 +156,8 @@ def _print_urls(state: dict[str, Any]) -> None:
     console.print(f"NATS:     {state['nats_url']}")
     if state.get("http_url"):
         console.print(f"HTTP API: {state['http_url']}  (schema: GET /openapi.json with a key)")
+        if state.get("grpc_address"):
+            console.print(f"gRPC:     {state['grpc_address']}  (headstart/protos/headstart.proto)")
         keys_file = Path(state["home"]) / "keys.json"
         console.print(f"API keys: {keys_file}")
         try:

@@ -82,6 +82,9 @@ class Settings(BaseSettings):
         description="requests per frontend key and ingress replica (a product's traffic shares its key)",
     )
     admin_rate_limit: str = Field("200/second", description="requests per admin key and ingress replica")
+    grpc_port: int = Field(
+        0, ge=0, le=65535, description="the gRPC decision service's port (0: a free one, chosen at start)"
+    )
     segment_prefix: str = Field(
         "/segment",
         pattern=r"^(/[A-Za-z0-9_\-]+)+$",

@@ -99,15 +99,17 @@ class Runtime:
         from ray import serve
 
         from actors.serving import start_app
+        from headstart.broker import free_port
 
+        self.grpc_port = self.settings.grpc_port or free_port()
         try:
-            return start_app(self.settings, self.nats_url, catalog, secret, hashes)
+            return start_app(self.settings, self.nats_url, catalog, secret, hashes, grpc_port=self.grpc_port)
         except Exception as exc:
             if "HAProxy" not in str(exc):
                 raise
             log.warning("Serve's HAProxy failed to start; starting Serve again: %s", str(exc)[-300:])
             serve.shutdown()  # type: ignore[no-untyped-call]
-            return start_app(self.settings, self.nats_url, catalog, secret, hashes)
+            return start_app(self.settings, self.nats_url, catalog, secret, hashes, grpc_port=self.grpc_port)
 
     def _scale(self, request: dict[str, Any]) -> dict[str, Any]:
         """``headstart scale`` and ``POST /v1/admin/scale``: move partitions to N shards live."""
@@ -151,6 +153,9 @@ class Runtime:
             "ray_address": getattr(self, "_ray_address", None),
             "ray_session_dir": getattr(self, "_ray_session_dir", None),
             "http_url": getattr(self, "http_url", None),
+            "grpc_address": f"{self.settings.host}:{self.grpc_port}"
+            if getattr(self, "grpc_port", None)
+            else None,
             "partitions": self.settings.partitions,
             "catalog": str(self.settings.catalog) if self.settings.catalog else None,
             # Attaching keeps the running layout, and a rescale changes it: the group knows.

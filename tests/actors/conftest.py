@@ -32,14 +32,18 @@ def group(ray_local: None, fresh_streams: str) -> Iterator[ShardGroup]:
 
 @contextlib.contextmanager
 def serving(
-    nats_url: str, catalog: Catalog, keys: dict[str, str], shard_num_cpus: float = 0.5
+    nats_url: str,
+    catalog: Catalog,
+    keys: dict[str, str],
+    shard_num_cpus: float = 0.5,
+    grpc_port: int | None = None,
 ) -> Iterator[tuple[httpx.Client, ShardGroup]]:
     """Fresh streams, 2 shards and the Serve app with ``keys``; an HTTP client once ready."""
     asyncio.run(reset_streams(nats_url))
     settings = Settings(partitions=TEST_PARTITIONS, shards=2, shard_num_cpus=shard_num_cpus, port=free_port())
     group = ShardGroup(settings, nats_url, catalog).start()
     group.wait_ready()
-    url = start_app(settings, nats_url, catalog, TEST_SECRET, key_hashes(keys))
+    url = start_app(settings, nats_url, catalog, TEST_SECRET, key_hashes(keys), grpc_port=grpc_port)
     client = httpx.Client(base_url=url, timeout=10)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
