@@ -66,9 +66,7 @@ def start_app(
     from actors.ingress import Ingress, IngressConfig
 
     port = settings.port if http_port is None else http_port
-    grpc_options = (
-        gRPCOptions(port=grpc_port, grpc_servicer_functions=[GRPC_SERVICER]) if grpc_port else None
-    )
+    grpc_options = gRPCOptions(port=grpc_port, grpc_servicer_functions=[GRPC_SERVICER]) if grpc_port else None
     serve.start(http_options={"host": settings.host, "port": port}, grpc_options=grpc_options)
     config = IngressConfig(
         nats_url=nats_url,
