@@ -769,7 +769,7 @@ class Ingress:
                 body = EventsBody(events=events)
             except ValidationError as exc:
                 raise ApiError(400, "invalid_request", str(exc.errors()[0]["msg"])) from None
-            return 200, msgspec.json.encode(await self.events(body, authorization))
+            return 200, (await self.events(body, authorization)).model_dump_json().encode()
 
         return await self._grpc(grpc_context, pb.SendEventsReply, send, request)
 
@@ -781,7 +781,7 @@ class Ingress:
                 body = RewardBody.model_validate_json(raw)
             except ValidationError as exc:
                 raise ApiError(400, "invalid_request", str(exc.errors()[0]["msg"])) from None
-            return 200, msgspec.json.encode(await self.rewards(body, authorization))
+            return 200, (await self.rewards(body, authorization)).model_dump_json().encode()
 
         return await self._grpc(grpc_context, pb.RewardReply, reward, request)
 
