@@ -148,17 +148,9 @@ def _decoded(response: httpx.Response, into: type[Any]) -> Any:
 
 
 class _Base:
-    def __init__(self, batch_size: int) -> None:
-        self.batch_size = batch_size
-        self._buffer: list[dict[str, Any]] = []
+    """What both clients share: settings, the event buffer and the request bodies."""
 
-    @staticmethod
-    def _headers(api_key: str) -> dict[str, str]:
-        return {"Authorization": f"Bearer {api_key}", "User-Agent": "headstart-python"}
-
-
-class Client(_Base):
-    """A blocking client. Use as a context manager, or call :meth:`close` (which flushes)."""
+    _http_class: Any = httpx.Client
 
     def __init__(
         self,
@@ -169,17 +161,35 @@ class Client(_Base):
         backoff_s: float = 0.05,
         batch_size: int = 100,
     ) -> None:
-        super().__init__(batch_size)
-        self._http = httpx.Client(
+        self.batch_size = batch_size
+        self._buffer: list[dict[str, Any]] = []
+        self._http = self._http_class(
             base_url=base_url,
-            headers=self._headers(api_key),
+            headers={"Authorization": f"Bearer {api_key}", "User-Agent": "headstart-python"},
             timeout=timeout,
             transport=RetryTransport(retry=_retry(retries, backoff_s)),
         )
 
+    @staticmethod
+    def _user(user_id: str, context: Mapping[str, Any] | None, **more: Any) -> dict[str, Any]:
+        return {"user_id": user_id, "context": dict(context or {}), **more}
+
+    def _queue(self, *event: Any) -> bool:
+        """Buffer an event; whether the buffer is full (time to send)."""
+        self._buffer.append(_event(*event))
+        return len(self._buffer) >= self.batch_size
+
+    def _next_batch(self) -> list[dict[str, Any]]:
+        return self._buffer[:MAX_EVENTS_PER_REQUEST]
+
+
+class Client(_Base):
+    """A blocking client. Use as a context manager, or call :meth:`close` (which flushes)."""
+
     def decide(self, user_id: str, context: Mapping[str, Any] | None = None) -> Decision:
-        response = self._http.post("/v1/decide", json={"user_id": user_id, "context": dict(context or {})})
-        decision: Decision = _decoded(response, Decision)
+        decision: Decision = _decoded(
+            self._http.post("/v1/decide", json=self._user(user_id, context)), Decision
+        )
         return decision
 
     def select_tutorial(
@@ -189,14 +199,13 @@ class Client(_Base):
         feature: str | None = None,
         context: Mapping[str, Any] | None = None,
     ) -> TutorialChoice:
-        body = {"user_id": user_id, "context": dict(context or {}), "step": step, "feature": feature}
+        body = self._user(user_id, context, step=step, feature=feature)
         choice: TutorialChoice = _decoded(self._http.post("/v1/tutorials/select", json=body), TutorialChoice)
         return choice
 
     def flags(self, user_id: str, context: Mapping[str, Any] | None = None) -> Flags:
         """Every flag's value for a user, with the reason and rule (no decision is logged)."""
-        response = self._http.post("/v1/flags", json={"user_id": user_id, "context": dict(context or {})})
-        flags: Flags = _decoded(response, Flags)
+        flags: Flags = _decoded(self._http.post("/v1/flags", json=self._user(user_id, context)), Flags)
         return flags
 
     def track(
@@ -209,16 +218,14 @@ class Client(_Base):
         ts: float | None = None,
     ) -> None:
         """Buffer an event; sent with the next full batch, :meth:`flush` or :meth:`close`."""
-        self._buffer.append(_event(user_id, type_, props, context, event_id, ts))
-        if len(self._buffer) >= self.batch_size:
+        if self._queue(user_id, type_, props, context, event_id, ts):
             self.flush()
 
     def flush(self) -> int:
         """Send the buffered events; returns how many the engine stored (duplicates excluded).
         On an error the events stay buffered, to be sent again."""
         stored = 0
-        while self._buffer:
-            batch = self._buffer[:MAX_EVENTS_PER_REQUEST]
+        while batch := self._next_batch():
             answer = _decoded(self._http.post("/v1/events", json={"events": batch}), dict[str, int])
             del self._buffer[: len(batch)]
             stored += answer["accepted"]
@@ -230,9 +237,7 @@ class Client(_Base):
     def set_consent(
         self, user_id: str, analytics: bool | None = None, personalization: bool | None = None
     ) -> None:
-        body = {
-            k: v for k, v in (("analytics", analytics), ("personalization", personalization)) if v is not None
-        }
+        body = _consent(analytics, personalization)
         _decoded(self._http.put(f"/v1/users/{user_id}/consent", json=body), dict)
 
     def close(self) -> None:
@@ -251,27 +256,10 @@ class Client(_Base):
 class AsyncClient(_Base):
     """The same as :class:`Client`, for asyncio code."""
 
-    def __init__(
-        self,
-        base_url: str,
-        api_key: str,
-        timeout: float = 2.0,
-        retries: int = 3,
-        backoff_s: float = 0.05,
-        batch_size: int = 100,
-    ) -> None:
-        super().__init__(batch_size)
-        self._http = httpx.AsyncClient(
-            base_url=base_url,
-            headers=self._headers(api_key),
-            timeout=timeout,
-            transport=RetryTransport(retry=_retry(retries, backoff_s)),
-        )
+    _http_class = httpx.AsyncClient
 
     async def decide(self, user_id: str, context: Mapping[str, Any] | None = None) -> Decision:
-        response = await self._http.post(
-            "/v1/decide", json={"user_id": user_id, "context": dict(context or {})}
-        )
+        response = await self._http.post("/v1/decide", json=self._user(user_id, context))
         decision: Decision = _decoded(response, Decision)
         return decision
 
@@ -282,10 +270,15 @@ class AsyncClient(_Base):
         feature: str | None = None,
         context: Mapping[str, Any] | None = None,
     ) -> TutorialChoice:
-        body = {"user_id": user_id, "context": dict(context or {}), "step": step, "feature": feature}
-        response = await self._http.post("/v1/tutorials/select", json=body)
-        choice: TutorialChoice = _decoded(response, TutorialChoice)
+        body = self._user(user_id, context, step=step, feature=feature)
+        choice: TutorialChoice = _decoded(
+            await self._http.post("/v1/tutorials/select", json=body), TutorialChoice
+        )
         return choice
+
+    async def flags(self, user_id: str, context: Mapping[str, Any] | None = None) -> Flags:
+        flags: Flags = _decoded(await self._http.post("/v1/flags", json=self._user(user_id, context)), Flags)
+        return flags
 
     async def track(
         self,
@@ -296,29 +289,25 @@ class AsyncClient(_Base):
         event_id: str | None = None,
         ts: float | None = None,
     ) -> None:
-        self._buffer.append(_event(user_id, type_, props, context, event_id, ts))
-        if len(self._buffer) >= self.batch_size:
+        if self._queue(user_id, type_, props, context, event_id, ts):
             await self.flush()
 
     async def flush(self) -> int:
         stored = 0
-        while self._buffer:
-            batch = self._buffer[:MAX_EVENTS_PER_REQUEST]
+        while batch := self._next_batch():
             answer = _decoded(await self._http.post("/v1/events", json={"events": batch}), dict[str, int])
             del self._buffer[: len(batch)]
             stored += answer["accepted"]
         return stored
 
     async def reward(self, decision_id: str, reward: float) -> None:
-        response = await self._http.post("/v1/rewards", json={"decision_id": decision_id, "reward": reward})
-        _decoded(response, dict)
+        body = {"decision_id": decision_id, "reward": reward}
+        _decoded(await self._http.post("/v1/rewards", json=body), dict)
 
     async def set_consent(
         self, user_id: str, analytics: bool | None = None, personalization: bool | None = None
     ) -> None:
-        body = {
-            k: v for k, v in (("analytics", analytics), ("personalization", personalization)) if v is not None
-        }
+        body = _consent(analytics, personalization)
         _decoded(await self._http.put(f"/v1/users/{user_id}/consent", json=body), dict)
 
     async def aclose(self) -> None:

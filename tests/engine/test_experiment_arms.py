@@ -9,13 +9,12 @@ import pytest
 
 from engine.catalog import DEFAULT_CATALOG, Catalog, check_catalog_text, load_catalog
 from engine.decision import EXPOSURES_KEY, Decider
-from engine.events import encode_event, event_from_object
+from engine.events import encode_event
 from engine.experiments import ExperimentPlan, ExposureRecord, encode_exposure
 from engine.learning import Learner
 from engine.partition import PartitionState
-from engine.profile import UserState, Vocabularies
+from tests.engine.test_decision import NOW, done, user_after
 
-NOW = 1_767_600_000.0
 KEYS = [f"user-{i:05d}" for i in range(400)]
 
 SHORT = "Short hello from {{product}}"
@@ -44,17 +43,6 @@ def experiment_catalog(**changes: Any) -> Catalog:
     data["holdout"] = {"share": 0.1, "salt": "holdout-1"}
     data.update(changes)
     return Catalog.model_validate(data)
-
-
-def user_after(*events: dict[str, Any]) -> tuple[UserState, Vocabularies]:
-    vocab, user = Vocabularies(), UserState.new(NOW)
-    for i, body in enumerate(events):
-        user.apply(event_from_object({"event_id": str(i), "user_id": "k", "ts": NOW, **body}), vocab)
-    return user, vocab
-
-
-def done(step: str) -> dict[str, Any]:
-    return {"type": "step_completed", "props": {"step": step}}
 
 
 # ---------------------------------------------------------------------- the catalog
