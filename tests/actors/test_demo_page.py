@@ -62,6 +62,16 @@ def test_clicking_through_the_page_changes_what_the_engine_decides(
     page.select_option("#device", "mobile")
     expect(page.locator("#flags")).to_contain_text("simplified_mobile_flow=true", timeout=15_000)
     expect(page.locator("#segments")).to_contain_text("device_mobile")
+    # Each step shown was sent as a step_viewed event.
+    user = page.evaluate("() => localStorage.getItem('demo-user')")
+    admin = {"Authorization": f"Bearer {KEYS['admin']}"}
+    viewed: list[str] = []
+    for _ in range(50):
+        viewed = http.get(f"/v1/users/{user}", headers=admin).json().get("steps_viewed", [])
+        if {"welcome", "profile"} <= set(viewed):
+            break
+        page.wait_for_timeout(200)
+    assert {"welcome", "profile"} <= set(viewed)
     # The operator panel shows live segments and what the policy learned.
     expect(page.locator("#segment-sizes .segment-row").first).to_be_visible(timeout=15_000)
     expect(page.locator("#policy")).to_contain_text("step")
