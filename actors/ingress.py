@@ -516,6 +516,7 @@ class Ingress:
         self.metrics = IngressMetrics()
         self._shard_decisions = self.metrics.decisions.labels("shard")
         self._fallback_decisions = self.metrics.decisions.labels("fallback")
+        self._flag_descriptions = {flag.id: flag.description for flag in config.catalog.flags}
         HotPath.segment_prefix = config.segment_prefix
         self._segment_mapper = SegmentMapper(config.catalog.segment_api)
         self._aliases: AliasStore | None = None
@@ -626,9 +627,8 @@ class Ingress:
             segments = self.decider.segments(None, context, time.time())
             reply = {"flags": self.decider.flags(key, segments), "segments": segments}
             stale = True
-        descriptions = {flag.id: flag.description for flag in self.config.catalog.flags}
         for flag_id, entry in reply["flags"].items():
-            entry["description"] = descriptions.get(flag_id, "")
+            entry["description"] = self._flag_descriptions.get(flag_id, "")
         return JSONResponse({**reply, "stale": stale})
 
     @app.post("/segment/v1/{call}", responses={400: {}, 401: {}, 403: {}, 404: {}, 413: {}, 503: {}})

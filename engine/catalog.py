@@ -25,7 +25,14 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from engine.errors import ConfigError
-from engine.experiments import FIXED_POLICY, SURFACE_POLICY, Experiment, Holdout, check_layers
+from engine.experiments import (
+    FIXED_POLICY,
+    SURFACE_MESSAGE,
+    SURFACE_POLICY,
+    Experiment,
+    Holdout,
+    check_layers,
+)
 
 DEFAULT_CATALOG = Path(__file__).resolve().parent / "catalogs" / "default.yaml"
 
@@ -542,8 +549,8 @@ def _experiment_errors(catalog: Catalog, known_segments: set[str]) -> list[tuple
         if a.layer is not None and a.layer == b.layer:
             continue
         sa, sb = a.surfaces(), b.surfaces()
-        choices_a = SURFACE_POLICY in sa and any(x != "message" for x in sb)
-        choices_b = SURFACE_POLICY in sb and any(x != "message" for x in sa)
+        choices_a = SURFACE_POLICY in sa and bool(sb - {SURFACE_MESSAGE})
+        choices_b = SURFACE_POLICY in sb and bool(sa - {SURFACE_MESSAGE})
         if sa & sb or choices_a or choices_b:
             errors.append(
                 (

@@ -80,7 +80,7 @@ def experiment_report(
             seq = analyzed.get(arm, {}).get("sequential")
             if seq is not None:
                 entry["lift"] = analyzed[arm]["cuped"]["lift"]
-                entry["lift_low"], entry["lift_high"] = _finite(seq["lift_low"]), _finite(seq["lift_high"])
+                entry["lift_low"], entry["lift_high"] = seq["lift_low"], seq["lift_high"]
             point["arms"][arm] = entry
         over_time.append(point)
     verdict = primary["verdict"]
@@ -116,10 +116,6 @@ def _json_safe(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [_json_safe(v) for v in value]
     return value
-
-
-def _finite(value: float) -> float | None:
-    return value if math.isfinite(value) else None
 
 
 def _nan_if_none(value: float | None) -> float:

@@ -131,13 +131,6 @@ def parse_time(value: str | None) -> float | None:
     return parsed.timestamp()
 
 
-def _frame(table: str, rows: list[dict[str, Any]] | dict[str, list[Any]]) -> pl.DataFrame:
-    schema = SCHEMAS[table]
-    if isinstance(rows, dict):
-        return pl.DataFrame(rows, schema=schema)
-    return pl.DataFrame(rows, schema=schema, orient="row") if rows else pl.DataFrame(schema=schema)
-
-
 def _ms(ts: float) -> int:
     return int(ts * 1000)
 
@@ -179,7 +172,7 @@ def behaviour_daily(events: Iterable[tuple[float, str, str]]) -> pl.DataFrame:
     """Events per user, UTC day and type from (ts, user key, type)."""
     rows = list(events)
     if not rows:
-        return _frame("behaviour_daily", [])
+        return pl.DataFrame(schema=SCHEMAS["behaviour_daily"])
     frame = pl.DataFrame(rows, schema=["ts", "user_key", "event_type"], orient="row")
     return (
         frame.with_columns(day=pl.from_epoch(pl.col("ts"), time_unit="s").dt.date())
@@ -192,9 +185,10 @@ def behaviour_daily(events: Iterable[tuple[float, str, str]]) -> pl.DataFrame:
 
 async def _stream_messages(
     js: JetStreamContext, stream: str, since: float | None, until: float | None
-) -> AsyncIterator[tuple[int, str, bytes]]:
-    """The stream's messages stored in [since, until), in order (an ordered consumer starting
-    at ``since``; nothing is acknowledged or changed)."""
+) -> AsyncIterator[tuple[int, float, str, bytes]]:
+    """(sequence, time stored, subject, payload) of the stream's messages stored in
+    [since, until), in order (an ordered consumer starting at ``since``; nothing is acknowledged
+    or changed)."""
     try:
         info = await js.stream_info(stream)
     except NotFoundError:
@@ -214,9 +208,10 @@ async def _stream_messages(
             except TimeoutError:
                 return  # nothing stored after ``since``
             meta = msg.metadata
-            if until is not None and meta.timestamp.timestamp() >= until:
+            stored_at = meta.timestamp.timestamp()
+            if until is not None and stored_at >= until:
                 return
-            yield meta.sequence.stream, msg.subject, msg.data
+            yield meta.sequence.stream, stored_at, msg.subject, msg.data
             if meta.sequence.stream >= last:
                 return
     finally:
@@ -272,27 +267,22 @@ async def collect(
         # behaviour table counts the events stored in the range.
         everything: list[tuple[int, str, bytes]] = []
         in_range: list[tuple[float, str, str]] = []
-        first_in_range: int | None = None
-        if since is not None:
-            async for seq, _, _ in _stream_messages(js, EVENTS_STREAM, since, until):
-                first_in_range = seq
-                break
-        async for seq, subject, data in _stream_messages(js, EVENTS_STREAM, None, until):
+        async for seq, stored_at, subject, data in _stream_messages(js, EVENTS_STREAM, None, until):
             everything.append((seq, subject, data))
+            if len(everything) % 50_000 == 0:
+                report("events", len(everything))
             tail = subject.rsplit(".", 1)[1]
-            if "-" in tail or (since is not None and (first_in_range is None or seq < first_in_range)):
-                continue
+            if "-" in tail or (since is not None and stored_at < since):
+                continue  # a record of the learning loop, or stored before the range
             with contextlib.suppress(InvalidEvent):
                 event = decode_event(data)
                 in_range.append((float(event.ts), tail, event.kind.wire_name))
-            if len(everything) % 50_000 == 0:
-                report("events", len(everything))
         report("events", len(everything))
         tables["behaviour_daily"] = behaviour_daily(in_range)
 
         rewards = replay_log(everything, catalog).rewards
         decisions = []
-        async for _, _, data in _stream_messages(js, DECISIONS_STREAM, since, until):
+        async for *_, data in _stream_messages(js, DECISIONS_STREAM, since, until):
             with contextlib.suppress(msgspec.DecodeError):
                 record = decision_decoder.decode(data)
                 for choice in record.choices:
@@ -314,7 +304,7 @@ async def collect(
         tables["decisions"] = _timed_frame("decisions", decisions)
 
         changes = []
-        async for _, _, data in _stream_messages(js, SEGMENTS_STREAM, since, until):
+        async for *_, data in _stream_messages(js, SEGMENTS_STREAM, since, until):
             with contextlib.suppress(msgspec.DecodeError):
                 for change in batch_decoder.decode(data):
                     changes.append(
@@ -330,7 +320,7 @@ async def collect(
         tables["segment_history"] = _timed_frame("segment_history", changes)
 
         exposures = []
-        async for _, _, data in _stream_messages(js, EXPOSURES_STREAM, since, until):
+        async for *_, data in _stream_messages(js, EXPOSURES_STREAM, since, until):
             with contextlib.suppress(msgspec.DecodeError):
                 exposure = exposure_decoder.decode(data)
                 exposures.append(
