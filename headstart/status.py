@@ -35,6 +35,30 @@ async def ensure_status_bucket(js: JetStreamContext) -> KeyValue:
     )
 
 
+async def status_entries(kv: KeyValue, wait_s: float = 10.0) -> dict[str, bytes]:
+    """Every entry of the status bucket now. An empty bucket is asked again for up to
+    ``wait_s`` (shards starting, or a shard between deleting and writing its entry), and an
+    entry gone between the listing and its read (stopped, expired) is left out, not an error."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            keys = await kv.keys()
+            break
+        except nats.js.errors.NoKeysError:
+            if time.monotonic() > deadline:
+                return {}
+            await asyncio.sleep(0.5)
+    entries = {}
+    for key in keys:
+        try:
+            entry = await kv.get(key)
+        except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
+            continue
+        if entry.value:
+            entries[key] = entry.value
+    return entries
+
+
 async def collect_status(nats_url: str, auth: NatsAuth | None = None) -> dict[str, Any]:
     nc = await connect_nats(nats_url, auth, connect_timeout=5, max_reconnect_attempts=1)
     try:
@@ -42,17 +66,14 @@ async def collect_status(nats_url: str, auth: NatsAuth | None = None) -> dict[st
         shards: list[dict[str, Any]] = []
         webhooks: list[dict[str, Any]] = []
         try:
-            kv = await js.key_value(STATUS_BUCKET)
-            for key in await kv.keys():
-                entry = await kv.get(key)
-                if not entry.value:
-                    continue
-                if key == WEBHOOKS_STATUS_KEY:
-                    webhooks = json.loads(entry.value)
-                elif key.startswith("shard-"):
-                    shards.append(json.loads(entry.value))
-        except (BucketNotFoundError, NotFoundError, nats.js.errors.NoKeysError):
-            pass
+            entries = await status_entries(await js.key_value(STATUS_BUCKET))
+        except (BucketNotFoundError, NotFoundError):
+            entries = {}
+        for key, value in entries.items():
+            if key == WEBHOOKS_STATUS_KEY:
+                webhooks = json.loads(value)
+            elif key.startswith("shard-"):
+                shards.append(json.loads(value))
         shards.sort(key=lambda s: s["shard"])
         # The bucket is up to a second old; ask each shard for its numbers now where it answers.
         for i, shard in enumerate(shards):
@@ -150,23 +171,12 @@ async def ask_every_shard(
     """``method`` asked of every running shard once, over NATS (for reports from the CLI)."""
     nc = await connect_nats(nats_url, auth, connect_timeout=5, max_reconnect_attempts=1)
     try:
-        kv = await nc.jetstream().key_value(STATUS_BUCKET)
         answers = []
-        keys: list[str] = []
-        deadline = time.monotonic() + 10
-        while not keys:
-            try:
-                keys = await kv.keys()
-            except nats.js.errors.NoKeysError:
-                # Momentarily no entry (shards starting, or between a report's delete and put).
-                if time.monotonic() > deadline:
-                    return []
-                await asyncio.sleep(0.5)
-        for key in keys:
+        entries = await status_entries(await nc.jetstream().key_value(STATUS_BUCKET))
+        for key, value in entries.items():
             if not key.startswith("shard-"):
                 continue
-            entry = await kv.get(key)
-            partitions = json.loads(entry.value or b"{}").get("partitions")
+            partitions = json.loads(value).get("partitions")
             if not partitions:
                 continue
             reply = await nc.request(
