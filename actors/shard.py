@@ -1021,7 +1021,7 @@ class ShardActor:
     def _segment_stats(self) -> dict[str, Any]:
         counts = self._change_counts()
         tracked = [p.segments for p in self._consumed_partitions().values() if p.segments is not None]
-        queued = sum(len(s.outbox) for s in tracked)
+        queued = sum(s.queued for s in tracked)
         dropped = sum(s.dropped for s in tracked)
         publisher = self.change_publisher
         assigner = self.segment_index.assigner if self.segment_index is not None else None

@@ -38,7 +38,7 @@ from typing import Any
 from river import cluster, compose, preprocessing
 
 from engine.events import EventKind
-from engine.profile import UserState
+from engine.profile import C_SESSIONS, N_KINDS, UserState
 
 #: The behavioural vector's components, in order.
 BEHAVIOUR = (
@@ -54,19 +54,43 @@ BEHAVIOUR = (
 WARMUP = 64
 
 
+#: How each component is read from a user ``u`` (counters ``c``, sessions ``n``) as of
+#: ``now``: our own expressions, compiled once into :func:`behaviour` and into each
+#: :class:`ClusterAssigner`'s assigning function, so both read the same vector.
+_BEHAVIOUR_READERS = {
+    "log_sessions": "log1p(n)",
+    "log_events": f"log1p(sum(c[:{N_KINDS}]))",
+    "log_engagement": "log1p(u.engagement if now <= u.last_seen else u.engagement_at(now))",
+    "log_features_used": "log1p(len(u.features) // 3) if u.features is not None else 0.0",
+    "steps_completed": "float(u.completed_steps.bit_count())",
+    "log_tutorials_completed": f"log1p(c[{int(EventKind.TUTORIAL_COMPLETED)}])",
+    "log_minutes_per_session": "log1p(u.session_seconds / n / 60.0) if n else 0.0",
+}
+_READER_NAMES: dict[str, Any] = {
+    "__builtins__": {},
+    "log1p": math.log1p,
+    "len": len,
+    "sum": sum,
+    "float": float,
+}
+
+
+def _compile(name: str, tail: list[str]) -> Any:
+    """A function ``name(u, now)`` that reads the vector into ``x0``..``x6``, then runs ``tail``."""
+    lines = [f"def {name}(u, now):", "    c = u.counters", f"    n = c[{C_SESSIONS}]"]
+    lines += [f"    x{i} = {_BEHAVIOUR_READERS[f]}" for i, f in enumerate(BEHAVIOUR)]
+    namespace = dict(_READER_NAMES)
+    # Only the constant readers above and numbers written by repr(float) (see ClusterAssigner).
+    exec("\n".join(lines + tail), namespace)
+    return namespace[name]
+
+
+_behaviour = _compile("behaviour", [f"    return [{', '.join(f'x{i}' for i in range(len(BEHAVIOUR)))}]"])
+
+
 def behaviour(user: UserState, now: float) -> list[float]:
     """The user's behavioural vector as of ``now`` (see :data:`BEHAVIOUR`)."""
-    sessions = user.sessions
-    features = user.features
-    return [
-        math.log1p(sessions),
-        math.log1p(user.events_total),
-        math.log1p(user.engagement_at(now)),
-        math.log1p(len(features) // 3 if features is not None else 0),
-        float(user.completed_steps.bit_count()),
-        math.log1p(user.counters[EventKind.TUTORIAL_COMPLETED]),
-        math.log1p(user.session_seconds / sessions / 60.0 if sessions else 0.0),
-    ]
+    return _behaviour(user, now)  # type: ignore[no-any-return]
 
 
 class ClusterModel:
@@ -191,7 +215,7 @@ class ClusterAssigner:
     and ``w_f = 1 / var_f``, so assigning is a few multiplications per cluster.
     """
 
-    __slots__ = ("offsets", "scaled_centers", "version")
+    __slots__ = ("_assign", "offsets", "scaled_centers", "usable", "version")
 
     def __init__(self, centers: list[list[float]], weights: list[float], version: int) -> None:
         self.version = version
@@ -199,6 +223,26 @@ class ClusterAssigner:
         # every center, so the nearest minimizes offset_c - 2 x.(w r_c), one dot product each.
         self.scaled_centers = [[w * r for w, r in zip(weights, c, strict=True)] for c in centers]
         self.offsets = [sum(w * r * r for w, r in zip(weights, c, strict=True)) for c in centers]
+        # A center with a non-finite number (a broken model) is never the nearest.
+        self.usable = [
+            math.isfinite(offset) and all(map(math.isfinite, scaled))
+            for scaled, offset in zip(self.scaled_centers, self.offsets, strict=True)
+        ]
+        # Assigning runs on the event path (each new session): one function reading the vector
+        # and scoring every center with its numbers written in, ~1.5 µs instead of ~4 through
+        # lists and loops. The numbers are finite floats (repr gives their literal).
+        tail = []
+        usable = [i for i, ok in enumerate(self.usable) if ok]
+        for i in usable:
+            dot = " + ".join(f"x{j} * {2.0 * v!r}" for j, v in enumerate(self.scaled_centers[i]))
+            tail.append(f"    s{i} = {self.offsets[i]!r} - ({dot})")
+        if usable:
+            tail.append(f"    best, score = {usable[0]}, s{usable[0]}")
+            tail += [f"    if s{i} < score:\n        best, score = {i}, s{i}" for i in usable[1:]]
+            tail.append("    return best")
+        else:
+            tail.append("    return 0")
+        self._assign = _compile("assign", tail)
 
     @classmethod
     def from_export(cls, data: dict[str, Any]) -> ClusterAssigner:
@@ -214,13 +258,17 @@ class ClusterAssigner:
         best, best_score = 0, math.inf
         for i, (scaled, offset) in enumerate(zip(self.scaled_centers, self.offsets, strict=True)):
             score = offset - 2.0 * sum(map(operator.mul, vector, scaled))
-            if score < best_score:
+            if score < best_score and self.usable[i]:
                 best, best_score = i, score
         return best
 
+    def assign(self, user: UserState, now: float) -> int:
+        """The nearest cluster to ``user``'s vector as of ``now``: ``nearest(behaviour(user, now))``."""
+        return self._assign(user, now)  # type: ignore[no-any-return]
+
     def reassign(self, user: UserState, now: float) -> bool:
         """Assign ``user`` to its nearest cluster as of ``now``; True if that changed it."""
-        cluster_id = self.nearest(behaviour(user, now))
+        cluster_id = self._assign(user, now)
         if cluster_id == user.cluster:
             return False
         user.cluster = cluster_id

@@ -23,7 +23,7 @@ from engine.events import ConsentUpdated, Event, decode_event
 from engine.experiments import ExperimentPlan, PartitionExperiments, exposure_decoder
 from engine.learning import Learner, PartitionLearning, RewardRecord, decision_decoder, reward_decoder
 from engine.pii import PiiSealer
-from engine.profile import UserState, Vocabularies, consent_allows, with_consent
+from engine.profile import FIRST_USE, UserState, Vocabularies, consent_allows, with_consent
 from engine.segments import PartitionSegments, SegmentIndex
 
 SNAPSHOT_VERSION = 1
@@ -134,16 +134,16 @@ class PartitionState:
         if user is None:
             user = self.users[user_key] = UserState.new(event.ts)
             user.consent = self.withheld.pop(user_key, 0)
-        adopted = user.apply(event, self.vocab)
+        changed = user.apply(event, self.vocab)
         if user.name is not None and not user.consent_given("personalization", self.consent_by_default):
             # The name is held for messages only, so only while personalization is granted.
             user.name = None
         self.applied += 1
         self.watermark = max(self.watermark, event.ts)
         if self.learning is not None:
-            self.learning.on_event(user_key, user, event, self.vocab, seq, adopted)
+            self.learning.on_event(user_key, user, event, self.vocab, seq, bool(changed & FIRST_USE))
         if self.segments is not None:
-            self.segments.on_event(user_key, user, event, seq, self.vocab)
+            self.segments.on_event(user_key, user, event, seq, self.vocab, changed)
         experiments = self.experiments
         if experiments is not None and experiments.exposed:
             experiments.on_event(user_key, event)

@@ -9,11 +9,13 @@ events gives the same state.
 >>> from engine.events import FeatureClicked, FeatureProps, SessionStarted
 >>> vocab = Vocabularies()
 >>> user = UserState.new(1_700_000_000.0)
->>> user.apply(SessionStarted(event_id="e1", user_id="k", ts=1_700_000_000.0), vocab)
-False
->>> user.apply(FeatureClicked(event_id="e2", user_id="k", ts=1_700_000_060.0,
-...                           props=FeatureProps(feature="export")), vocab)  # a first use
-True
+>>> changed = user.apply(SessionStarted(event_id="e1", user_id="k", ts=1_700_000_000.0), vocab)
+>>> bool(changed & NEW_SESSION), bool(changed & FIRST_USE)
+(True, False)
+>>> changed = user.apply(FeatureClicked(event_id="e2", user_id="k", ts=1_700_000_060.0,
+...                                     props=FeatureProps(feature="export")), vocab)
+>>> bool(changed & NEW_SESSION), bool(changed & FIRST_USE)  # the same session; a first use
+(False, True)
 >>> view = user.view(vocab, now=1_700_000_100.0)
 >>> view["sessions"], view["features"], view["events_5m"], view["session_seconds"]
 (1, {'export': 1}, 2, 60.0)
@@ -90,6 +92,17 @@ TRAIT_FIELDS = ("name", "age_band", "role", "company_size")
 PII_FIELDS = frozenset({"name"})
 #: Where the name sits in a snapshot's context-and-traits list.
 _NAME_AT = (CONTEXT_FIELDS + TRAIT_FIELDS).index("name")
+
+#: What :meth:`UserState.apply` reports it changed, beyond what every event changes (counts,
+#: time, engagement): bits of its result. Live membership re-evaluates only the segments that
+#: read what moved (:mod:`engine.segments`), so these are exact: a context repeating the
+#: values the user has already reports nothing.
+FIRST_USE = 1  # the user's first use of a feature
+NEW_SESSION = 2  # the session count grew
+CONTEXT_CHANGED = 4  # a context field took a new value
+NEW_STEP = 8  # a step completed for the first time
+TRAITS_CHANGED = 16  # a trait (role, company size, age band) took a new value
+LATE = 32  # older than the user's newest event: time did not move forward
 
 # Consent bits: recorded and granted, per purpose.
 _ANALYTICS_SET, _ANALYTICS_ON, _PERSONAL_SET, _PERSONAL_ON = 1, 2, 4, 8
@@ -219,16 +232,19 @@ class UserState:
 
     # ------------------------------------------------------------------ updates
 
-    def apply(self, event: Event, vocab: Vocabularies) -> bool:
-        """Fold one event into the state; True if it was the user's first use of a feature."""
+    def apply(self, event: Event, vocab: Vocabularies) -> int:
+        """Fold one event into the state; what it changed as bits (:data:`FIRST_USE`,
+        :data:`NEW_SESSION`, ...)."""
         ts = event.ts
         kind = event.kind
         c = self.counters
         c[kind] += 1
+        changed = 0
         gap = ts - self.last_seen
         if gap >= 0:
             if kind is EventKind.SESSION_STARTED or gap > SESSION_GAP_S or c[C_SESSIONS] == 0:
                 c[C_SESSIONS] += 1
+                changed = NEW_SESSION
             else:
                 self.session_seconds += gap
             self.engagement = self.engagement * math.exp(-gap / _DECAY_TAU) + _WEIGHTS[kind]
@@ -238,6 +254,7 @@ class UserState:
             # backwards (sessions and recency stay as the newest events made them).
             self.engagement += _WEIGHTS[kind] * math.exp(gap / _DECAY_TAU)
             self.first_seen = min(self.first_seen, ts)
+            changed = LATE
         seconds = int(ts)
         c[C_HOURS] |= 1 << (seconds // 3600 % 24)
         c[C_DAYS] |= 1 << ((seconds // 86400 + 3) % 7)  # 1970-01-01 was a Thursday
@@ -245,17 +262,37 @@ class UserState:
         self._count_in_window(bucket)
 
         ctx = event.context
+        # A value is stored (interned) only when it differs: contexts mostly repeat the user's.
         if ctx is not None:
-            self.device_type = _intern(ctx.device_type, self.device_type)
-            self.os = _intern(ctx.os, self.os)
-            self.locale = _intern(ctx.locale, self.locale)
-            self.country = _intern(ctx.country, self.country)
-            self.referrer = _intern(ctx.referrer, self.referrer)
-            self.app_version = _intern(ctx.app_version, self.app_version)
+            value = ctx.device_type
+            if value is not None and value != self.device_type:
+                self.device_type = sys.intern(value)
+                changed |= CONTEXT_CHANGED
+            value = ctx.os
+            if value is not None and value != self.os:
+                self.os = sys.intern(value)
+                changed |= CONTEXT_CHANGED
+            value = ctx.locale
+            if value is not None and value != self.locale:
+                self.locale = sys.intern(value)
+                changed |= CONTEXT_CHANGED
+            value = ctx.country
+            if value is not None and value != self.country:
+                self.country = sys.intern(value)
+                changed |= CONTEXT_CHANGED
+            value = ctx.referrer
+            if value is not None and value != self.referrer:
+                self.referrer = sys.intern(value)
+                changed |= CONTEXT_CHANGED
+            value = ctx.app_version
+            if value is not None and value != self.app_version:
+                self.app_version = sys.intern(value)
+                changed |= CONTEXT_CHANGED
 
         if kind is EventKind.FEATURE_CLICKED:
             assert isinstance(event, FeatureClicked)
-            return self._count_feature(vocab.features.id(event.props.feature), bucket)
+            if self._count_feature(vocab.features.id(event.props.feature), bucket):
+                changed |= FIRST_USE
         elif kind is EventKind.STEP_VIEWED:
             assert isinstance(event, StepViewed)
             self.viewed_steps |= 1 << vocab.steps.id(event.props.step)
@@ -263,7 +300,9 @@ class UserState:
             assert isinstance(event, StepCompleted)
             bit = 1 << vocab.steps.id(event.props.step)
             self.viewed_steps |= bit
-            self.completed_steps |= bit
+            if not self.completed_steps & bit:
+                self.completed_steps |= bit
+                changed |= NEW_STEP
         elif kind is EventKind.TUTORIAL_STARTED or kind is EventKind.TUTORIAL_COMPLETED:
             assert isinstance(event, (TutorialStarted, TutorialCompleted))
             props = event.props
@@ -276,13 +315,16 @@ class UserState:
             assert isinstance(event, ProfileUpdated)
             traits = event.props
             self.name = traits.name if traits.name is not None else self.name
+            before = (self.age_band, self.role, self.company_size)
             self.age_band = _intern(traits.age_band, self.age_band)
             self.role = _intern(traits.role, self.role)
             self.company_size = _intern(traits.company_size, self.company_size)
+            if (self.age_band, self.role, self.company_size) != before:
+                changed |= TRAITS_CHANGED
         elif kind is EventKind.CONSENT_UPDATED:
             assert isinstance(event, ConsentUpdated)
             self._set_consent(event.props.analytics, event.props.personalization)
-        return False
+        return changed
 
     def _count_in_window(self, bucket: int) -> None:
         c = self.counters

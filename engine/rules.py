@@ -26,6 +26,7 @@ engine.rules.RuleError: column 1: 'country' is text; it cannot be compared with 
 from __future__ import annotations
 
 import ast
+import operator
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -398,6 +399,15 @@ _NUMBER_READERS: dict[str, str] = {
     "days_since_first_seen": "max(0.0, now - u.first_seen) / 86400.0",
     "days_inactive": "max(0.0, now - u.last_seen) / 86400.0",
 }
+#: The same right after the user's newest event (``now`` is its time, see ``fresh`` in
+#: :func:`compile_mask`): nothing has decayed or slid yet, and the user has been inactive for no
+#: time at all, a constant that folds away rules such as ``days_inactive >= 3``.
+_FRESH_READERS: dict[str, str] = {
+    "events_5m": f"sum(u.counters[{C_WIN}:{C_WIN + WINDOW_BUCKETS}])",
+    "engagement": "u.engagement",
+    "days_since_first_seen": "(now - u.first_seen) / 86400.0",
+    "days_inactive": "0.0",
+}
 #: Numbers read only when a rule gets to them (see :func:`compile_mask`): the rest cost less
 #: than the check for "read yet?".
 _LAZY_NUMBERS = frozenset({"features_5m", "events_total"})
@@ -405,6 +415,10 @@ _LAZY_NUMBERS = frozenset({"features_5m", "events_total"})
 _READER_NAMES: dict[str, Any] = {"__builtins__": {}, "sum": sum, "max": max, "int": int}
 _INLINE_NUMBERS: dict[str, ast.expr] = {
     name: ast.parse(text, mode="eval").body for name, text in _NUMBER_READERS.items()
+}
+_FRESH_NUMBERS: dict[str, ast.expr] = {
+    **_INLINE_NUMBERS,
+    **{name: ast.parse(text, mode="eval").body for name, text in _FRESH_READERS.items()},
 }
 # Evaluated text: the constants above, never a rule's.
 _NUMBERS: dict[str, Callable[[UserState, float], float]] = {
@@ -480,9 +494,11 @@ def profile_table(inputs: list[RuleInput], rules: list[Rule]) -> pl.DataFrame:
 MaskFunction = Callable[[UserState, float, Vocabularies], int]
 
 
-def compile_mask(rules: Sequence[tuple[int, Rule]]) -> MaskFunction:
+def compile_mask(rules: Sequence[tuple[int, Rule]], fresh: bool = False) -> MaskFunction:
     """One function that evaluates several rules over a user's live state at once and returns
-    the bits (``1 << bit``) of those that match.
+    the bits (``1 << bit``) of those that match. ``fresh``: only ever called with ``now`` the
+    time of the user's newest event (``now == u.last_seen``), which reads time fields cheaper
+    and folds away what cannot hold then.
 
     Live membership evaluates every segment whose fields an event changed, after every event;
     one call that reads each field once (into a local) and tests every rule costs a fraction
@@ -493,6 +509,9 @@ def compile_mask(rules: Sequence[tuple[int, Rule]]) -> MaskFunction:
     >>> mask = compile_mask([(0, parse_rule("session_count >= 1")), (3, parse_rule('os == "ios"'))])
     >>> from engine.profile import UserState, Vocabularies
     >>> mask(UserState.new(0.0), 0.0, Vocabularies())
+    0
+    >>> dormant = compile_mask([(0, parse_rule("days_inactive >= 3"))], fresh=True)
+    >>> dormant(UserState.new(0.0), 0.0, Vocabularies())  # folded to 0
     0
     """
     fields = sorted({f for _, rule in rules for f in rule.fields})
@@ -511,17 +530,36 @@ def compile_mask(rules: Sequence[tuple[int, Rule]]) -> MaskFunction:
     # use: a rule's "and"/"or" often decides before reaching them ("engagement >= 20 and
     # features_5m >= 3" for a user below 20), and a read shared by rules is still made once.
     lazy: dict[str, ast.expr] = {}
+    # How many times the rules read each variable: one read needs no "read yet?" check.
+    reads: dict[str, int] = {}
+    for _, rule in rules:
+        for node in ast.walk(rule.tree.body):
+            if isinstance(node, ast.Name) and node.id in FIELDS:
+                var = f"v_{node.id}"
+            elif isinstance(node, ast.Call):
+                arg = node.args[0].value  # type: ignore[attr-defined]
+                var = feature_var[arg] if node.func.id == "feature_count" else step_var[arg]  # type: ignore[attr-defined]
+            else:
+                continue
+            reads[var] = reads.get(var, 0) + 1
 
     def read(var: str) -> ast.expr:
         if var not in lazy:
             return load(var)
+        if reads[var] == 1:
+            return lazy[var]
         # (var if var is not None else (var := <read>))
         compute = ast.NamedExpr(target=ast.Name(var, ast.Store()), value=lazy[var])
         is_set = ast.Compare(left=load(var), ops=[ast.IsNot()], comparators=[ast.Constant(None)])
         return ast.IfExp(test=is_set, body=load(var), orelse=compute)
 
+    numbers = _FRESH_NUMBERS if fresh else _INLINE_NUMBERS
+
     def leaf(node: ast.expr) -> ast.expr:
         if isinstance(node, ast.Name):
+            value = numbers.get(node.id)
+            if isinstance(value, ast.Constant):
+                return value  # known without reading the user: folded below
             return read(f"v_{node.id}")
         arg = node.args[0].value  # type: ignore[attr-defined]
         return read(feature_var[arg] if node.func.id == "feature_count" else step_var[arg])  # type: ignore[attr-defined]
@@ -536,13 +574,16 @@ def compile_mask(rules: Sequence[tuple[int, Rule]]) -> MaskFunction:
 
     def deferred(var: str, value: ast.expr) -> None:
         lazy[var] = value
-        assign(var, ast.Constant(None))
+        if reads[var] > 1:
+            assign(var, ast.Constant(None))
 
     for name in fields:
+        if isinstance(numbers.get(name), ast.Constant):
+            continue
         if name in _LAZY_NUMBERS:
-            deferred(f"v_{name}", _INLINE_NUMBERS[name])
-        elif name in _INLINE_NUMBERS:
-            assign(f"v_{name}", _INLINE_NUMBERS[name])
+            deferred(f"v_{name}", numbers[name])
+        elif name in numbers:
+            assign(f"v_{name}", numbers[name])
         elif name == "cluster":
             assign("v_cluster", call(load("cluster_of"), load("u")))
         else:
@@ -559,15 +600,18 @@ def compile_mask(rules: Sequence[tuple[int, Rule]]) -> MaskFunction:
     for name, var in step_var.items():
         deferred(var, call(load("step_done"), load("u"), load("vocab"), ast.Constant(name)))
     result: ast.expr = ast.Constant(0)
+    constant = 0  # the bits of rules folded to true
     for bit, rule in rules:
-        term = ast.IfExp(
-            test=_to_python(rule.tree.body, leaf, nullable),
-            body=ast.Constant(1 << bit),
-            orelse=ast.Constant(0),
-        )
+        test = _fold(_to_python(rule.tree.body, leaf, nullable))
+        if isinstance(test, ast.Constant):
+            constant |= (1 << bit) if test.value else 0
+            continue
+        term = ast.IfExp(test=test, body=ast.Constant(1 << bit), orelse=ast.Constant(0))
         result = (
             term if isinstance(result, ast.Constant) else ast.BinOp(left=result, op=ast.BitOr(), right=term)
         )
+    if constant:
+        result = ast.BinOp(left=result, op=ast.BitOr(), right=ast.Constant(constant))
     body.append(ast.Return(value=result))
     arguments = ast.arguments(
         posonlyargs=[],
@@ -582,6 +626,50 @@ def compile_mask(rules: Sequence[tuple[int, Rule]]) -> MaskFunction:
     namespace: dict[str, Any] = {**_READER_NAMES, "cluster_of": _cluster_of, "step_done": _step_done}
     exec(compile(module, "<segments>", "exec"), namespace)
     return namespace["mask"]  # type: ignore[no-any-return]
+
+
+_FOLD_COMPARE: dict[type[ast.cmpop], Callable[[Any, Any], bool]] = {
+    ast.Lt: operator.lt,
+    ast.LtE: operator.le,
+    ast.Gt: operator.gt,
+    ast.GtE: operator.ge,
+    ast.Eq: operator.eq,
+    ast.NotEq: operator.ne,
+}
+
+
+def _fold(node: ast.expr) -> ast.expr:
+    """``node`` with comparisons of two constants computed and ``and``/``or``/``not`` over the
+    results simplified (a rule over a field known to be constant, see ``fresh``)."""
+    if isinstance(node, ast.Compare):
+        left, right = _fold(node.left), _fold(node.comparators[0])
+        compare = _FOLD_COMPARE.get(type(node.ops[0]))
+        if isinstance(left, ast.Constant) and isinstance(right, ast.Constant) and compare is not None:
+            return ast.Constant(compare(left.value, right.value))
+        return ast.Compare(left=left, ops=node.ops, comparators=[right])
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.Not):
+        operand = _fold(node.operand)
+        if isinstance(operand, ast.Constant):
+            return ast.Constant(not operand.value)
+        return ast.UnaryOp(op=node.op, operand=operand)
+    if isinstance(node, ast.BoolOp):
+        # and: a false part decides, true parts drop out; or: the other way round.
+        decisive = not isinstance(node.op, ast.And)
+        values = []
+        for value in map(_fold, node.values):
+            if isinstance(value, ast.Constant):
+                if bool(value.value) == decisive:
+                    return ast.Constant(decisive)
+                continue
+            values.append(value)
+        if not values:
+            return ast.Constant(not decisive)
+        return values[0] if len(values) == 1 else ast.BoolOp(op=node.op, values=values)
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+        operand = _fold(node.operand)
+        if isinstance(operand, ast.Constant) and isinstance(operand.value, (int, float)):
+            return ast.Constant(-operand.value)
+    return node
 
 
 def _cluster_of(user: UserState) -> int | None:

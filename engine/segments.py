@@ -15,8 +15,10 @@ re-evaluates only the segments whose fields that change can move:
 
 Each enter and exit is queued in the partition's outbox, in the order it happened, for the
 shard to publish to ``hs.segments.<partition>`` (in batches, see
-:mod:`headstart.membership`); the outbox is part of the partition's snapshot, so a change is
-published even if the shard dies before sending it. Every change has an :attr:`~SegmentChange.id`
+:mod:`headstart.membership`): one entry per evaluation that changed something (the user's
+masks before and after), spelled out as one row per change only when taken for publishing.
+The outbox is part of the partition's snapshot, so a change is published even if the shard
+dies before sending it. Every change has an :attr:`~SegmentChange.id`
 that a replay after a crash reproduces, for consumers to drop one they already have.
 
 >>> from engine.catalog import DEFAULT_CATALOG, load_catalog
@@ -42,26 +44,41 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from engine.catalog import DEVICE_TYPES, Catalog, cluster_segment, locale_segment
-from engine.events import Event, EventKind, FeatureClicked
-from engine.profile import CONTEXT_FIELDS, UserState, Vocabularies
+from engine.events import Event, EventKind
+from engine.profile import (
+    CONTEXT_CHANGED,
+    CONTEXT_FIELDS,
+    NEW_SESSION,
+    NEW_STEP,
+    TRAITS_CHANGED,
+    UserState,
+    Vocabularies,
+)
 from engine.rules import TIME_FIELDS, MaskFunction, Rule, compile_mask, parse_rule
 
 if TYPE_CHECKING:
     from engine.clusters import ClusterAssigner
     from engine.partition import PartitionState
 
-#: Fields every event can change (and time, which every event moves).
-#: What any event can change. ``features_5m`` is not among them: only a feature click adds to
-#: it, and its decrease as the window slides is time passing, which sweeps apply.
-EVERY_EVENT = (TIME_FIELDS - {"features_5m"}) | {"session_count", "events_total"}
-#: What else each kind of event can change. ``feature_count`` and ``completed`` stand for the
-#: rule functions of the same names.
-CHANGED_BY_KIND: dict[EventKind, frozenset[str]] = {
-    EventKind.FEATURE_CLICKED: frozenset({"feature_count", "features_5m"}),
-    EventKind.STEP_COMPLETED: frozenset({"steps_completed", "completed"}),
-    EventKind.TUTORIAL_COMPLETED: frozenset({"tutorials_completed"}),
-    EventKind.PROFILE_UPDATED: frozenset({"role", "company_size", "age_band"}),
+#: What every event changes: time (every time field but ``features_5m``: only a feature click
+#: adds to it, and its decrease as the window slides is time passing, which sweeps apply) and
+#: the event counts.
+EVERY_EVENT = (TIME_FIELDS - {"features_5m"}) | {"events_total"}
+#: What else an event changed, by what :meth:`UserState.apply` reports (``completed`` stands for
+#: the rule function of that name).
+CHANGED_BY_FLAG: dict[int, frozenset[str]] = {
+    NEW_SESSION: frozenset({"session_count"}),
+    CONTEXT_CHANGED: frozenset(CONTEXT_FIELDS),
+    NEW_STEP: frozenset({"steps_completed", "completed"}),
+    TRAITS_CHANGED: frozenset({"role", "company_size", "age_band"}),
 }
+#: The bits of an evaluator's key (see :meth:`SegmentIndex.evaluator`): what ``apply`` reported,
+#: then whether the evaluation is right after the user's newest event, the cluster changed, and
+#: a feature click was of a feature some rule counts; the event's kind above them.
+MOVED = NEW_SESSION | CONTEXT_CHANGED | NEW_STEP | TRAITS_CHANGED
+FRESH, CLUSTER_CHANGED, FEATURE_READ = 1 << 5, 1 << 6, 1 << 7
+KIND_SHIFT = 8
+_FEATURE_CLICKED = EventKind.FEATURE_CLICKED
 #: Events after which a user's cluster is assigned again: a new session (what the previous one
 #: did is in the vector by then) and finishing onboarding, not every click (assigning costs a
 #: few microseconds); sweeps assign everyone again when a new model is published.
@@ -95,6 +112,9 @@ def change_id(partition: int, origin: int | str, user_id: str, segment: str, cha
 
 #: A change as queued and published: (user key, segment, "enter"/"exit", time, origin, partition).
 ChangeRow = tuple[str, str, str, float, int | str, int]
+#: A queued evaluation that changed a user's membership: (user key, mask before, mask after,
+#: time, origin).
+OutboxEntry = tuple[str, int, int, float, int | str]
 
 change_encoder = msgspec.msgpack.Encoder()
 #: A published batch: the changes of one segment, in the order they happened.
@@ -138,10 +158,10 @@ class SegmentIndex:
             | ({"completed"} if rule.steps else set())
             for rule in self.rules
         ]
-        self._evaluators: dict[frozenset[str], tuple[int, MaskFunction]] = {}
-        #: :meth:`evaluator`'s answers by its arguments; the event path reads it directly
-        #: (a method call per event cost more than the lookup).
-        self.by_event: dict[tuple[EventKind, bool, bool, bool], tuple[int, MaskFunction]] = {}
+        self._evaluators: dict[tuple[frozenset[str], bool], tuple[int, MaskFunction]] = {}
+        #: :meth:`evaluator`'s answers by key; the event path reads it directly (a method call
+        #: per event cost more than the lookup).
+        self.by_key: dict[int, tuple[int, MaskFunction]] = {}
         #: Features some rule counts: a click of another one changes no rule's feature count.
         self.rule_features = frozenset(f for rule in self.rules for f in rule.features)
         self.time_based = self._evaluator(TIME_FIELDS)
@@ -151,27 +171,49 @@ class SegmentIndex:
         """The segment ids of a membership mask."""
         return [self.ids[i] for i in range(min(mask.bit_length(), len(self.ids))) if mask >> i & 1]
 
-    def evaluator(
-        self, kind: EventKind, has_context: bool, cluster_changed: bool, feature_read: bool = True
-    ) -> tuple[int, MaskFunction]:
-        """(the bits it decides, the function) for what an event of ``kind`` changed;
-        ``feature_read``: a feature click of a feature some rule counts."""
-        key = (kind, has_context, cluster_changed, feature_read)
-        found = self.by_event.get(key)
+    @staticmethod
+    def key(
+        kind: EventKind,
+        changed: int = 0,
+        *,
+        fresh: bool = False,
+        cluster: bool = False,
+        feature_read: bool = False,
+    ) -> int:
+        """The key of :meth:`evaluator` for an event of ``kind`` after which ``apply`` reported
+        ``changed``; ``fresh``: evaluated at the time of the user's newest event (nothing has
+        decayed yet); ``cluster``: the user's cluster changed; ``feature_read``: a click of a
+        feature some rule counts."""
+        return (
+            kind << KIND_SHIFT
+            | changed & MOVED
+            | (FRESH if fresh else 0)
+            | (CLUSTER_CHANGED if cluster else 0)
+            | (FEATURE_READ if feature_read else 0)
+        )
+
+    def evaluator(self, key: int) -> tuple[int, MaskFunction]:
+        """(the bits it decides, the function) for what the event of ``key`` (:meth:`key`) can
+        have changed: only the segments reading it are evaluated."""
+        found = self.by_key.get(key)
         if found is not None:
             return found
-        changed = EVERY_EVENT | CHANGED_BY_KIND.get(kind, frozenset())
-        if not feature_read:
-            changed -= {"feature_count"}
-        if has_context:
-            changed |= frozenset(CONTEXT_FIELDS)
-        if cluster_changed:
-            changed |= {"cluster"}
-        found = self.by_event[key] = self._evaluator(frozenset(changed))
+        changed = set(EVERY_EVENT)
+        for flag, fields in CHANGED_BY_FLAG.items():
+            if key & flag:
+                changed |= fields
+        kind = EventKind(key >> KIND_SHIFT)
+        if kind is EventKind.FEATURE_CLICKED:
+            changed |= {"features_5m", "feature_count"} if key & FEATURE_READ else {"features_5m"}
+        elif kind is EventKind.TUTORIAL_COMPLETED:
+            changed.add("tutorials_completed")
+        if key & CLUSTER_CHANGED:
+            changed.add("cluster")
+        found = self.by_key[key] = self._evaluator(frozenset(changed), fresh=bool(key & FRESH))
         return found
 
-    def _evaluator(self, changed: frozenset[str]) -> tuple[int, MaskFunction]:
-        found = self._evaluators.get(changed)
+    def _evaluator(self, changed: frozenset[str], fresh: bool = False) -> tuple[int, MaskFunction]:
+        found = self._evaluators.get((changed, fresh))
         if found is None:
             # A rule reading nothing (constants only) never changes: every evaluator decides it.
             chosen = [
@@ -180,7 +222,7 @@ class SegmentIndex:
                 if reads & changed or not reads
             ]
             decides = sum(1 << bit for bit, _ in chosen)
-            found = self._evaluators[changed] = (decides, compile_mask(chosen))
+            found = self._evaluators[changed, fresh] = (decides, compile_mask(chosen, fresh=fresh))
         return found
 
     def remap(self, mask: int, ids: list[str]) -> int:
@@ -206,6 +248,7 @@ class PartitionSegments:
         "index",
         "outbox",
         "partition",
+        "queued",
         "samples",
         "seen",
         "since",
@@ -220,13 +263,17 @@ class PartitionSegments:
         self.clock = 0.0
         #: The clock when tracking began here (entry and exit rates are over since..clock).
         self.since = 0.0
-        #: Changes not yet published, oldest first, as plain tuples (cheap on the event path):
-        #: (user key, segment id, entered, time, origin: a stream sequence or "t<time>").
-        self.outbox: deque[tuple[str, str, bool, float, int | str]] = deque()
+        #: Changes not yet published, oldest first: an entry per evaluation that changed a
+        #: user's membership (cheap on the event path; :meth:`take` spells out the changes):
+        #: (user key, mask before, mask after, time, origin: a stream sequence or "t<time>").
+        self.outbox: deque[OutboxEntry] = deque()
+        #: How many changes the outbox holds.
+        self.queued = 0
         #: The batch being published (taken from the outbox, not yet acknowledged). It is part of
         #: the snapshot, and a failed or interrupted publish is retried as the same batch, so
         #: JetStream's duplicate window drops what was stored the first time.
         self.in_flight: list[ChangeRow] | None = None
+        #: Entries and exits per segment bit, of the changes taken from the outbox.
         self.entered = [0] * len(index.ids)
         self.exited = [0] * len(index.ids)
         self.dropped = 0
@@ -236,31 +283,39 @@ class PartitionSegments:
         self.swept_version = -1
         self.seen = 0
 
-    def on_event(self, user_key: str, user: UserState, event: Event, seq: int, vocab: Vocabularies) -> None:
-        """Re-evaluate what ``event`` (already applied to ``user``) can have changed."""
+    def on_event(
+        self, user_key: str, user: UserState, event: Event, seq: int, vocab: Vocabularies, changed: int
+    ) -> None:
+        """Re-evaluate what ``event`` (already applied to ``user``; ``apply`` reported
+        ``changed``) can have changed."""
+        index = self.index
         now = event.ts if event.ts > self.clock else self.clock
         if not self.since:
             self.since = now
         self.clock = now
         self.seen += 1
-        if self.seen % self.index.sample_every == 0:
+        if self.seen % index.sample_every == 0:
             self.samples.append(user_key)
         kind = event.kind
-        cluster_changed = False
-        assigner = self.index.assigner
-        if assigner is not None and (kind in REASSIGN_KINDS or user.cluster < 0):
-            cluster_changed = assigner.reassign(user, now)
-        feature_read = (
-            not isinstance(event, FeatureClicked) or event.props.feature in self.index.rule_features
-        )
-        key = (kind, event.context is not None, cluster_changed, feature_read)
-        found = self.index.by_event.get(key)
-        decides, evaluate = found if found is not None else self.index.evaluator(*key)
+        key = kind << KIND_SHIFT | changed & MOVED
+        if now == user.last_seen:
+            key |= FRESH
+        assigner = index.assigner
+        if (
+            assigner is not None
+            and (kind in REASSIGN_KINDS or user.cluster < 0)
+            and assigner.reassign(user, now)
+        ):
+            key |= CLUSTER_CHANGED
+        if kind is _FEATURE_CLICKED and event.props.feature in index.rule_features:  # type: ignore[attr-defined]
+            key |= FEATURE_READ
+        found = index.by_key.get(key)
+        decides, evaluate = found if found is not None else index.evaluator(key)
         old = user.segments
         new = (old & ~decides) | evaluate(user, now, vocab)
         if new != old:
             user.segments = new
-            self._changed(user_key, old, new, now, seq)
+            self.record_change(user_key, old, new, now, seq)
 
     def sweep(
         self, users: Iterable[tuple[str, UserState]], now: float, vocab: Vocabularies, reassign: bool = True
@@ -282,30 +337,25 @@ class PartitionSegments:
             new = (old & ~decides) | evaluate(user, now, vocab)
             if new != old:
                 user.segments = new
-                changes += self._changed(key, old, new, now, origin)
+                changes += self.record_change(key, old, new, now, origin)
         return changes
 
-    def _changed(self, user_key: str, old: int, new: int, now: float, origin: int | str) -> int:
-        diff = old ^ new
-        ids, outbox = self.index.ids, self.outbox
-        n = 0
-        while diff:
-            low = diff & -diff
-            bit = low.bit_length() - 1
-            diff ^= low
-            entered = bool(new & low)
-            (self.entered if entered else self.exited)[bit] += 1
-            outbox.append((user_key, ids[bit], entered, now, origin))
-            n += 1
-        if len(outbox) > OUTBOX_LIMIT:
-            while len(outbox) > OUTBOX_LIMIT:
-                outbox.popleft()
-                self.dropped += 1
+    def record_change(self, user_key: str, old: int, new: int, now: float, origin: int | str) -> int:
+        """Queue a user's membership going from mask ``old`` to ``new``; the number of changes."""
+        n = (old ^ new).bit_count()
+        self.outbox.append((user_key, old, new, now, origin))
+        self.queued += n
+        if self.queued > OUTBOX_LIMIT:
+            while self.queued > OUTBOX_LIMIT:
+                _, before, after, _, _ = self.outbox.popleft()
+                lost = (before ^ after).bit_count()
+                self.queued -= lost
+                self.dropped += lost
         return n
 
     def next_batch(self, limit: int = 10_000) -> list[ChangeRow]:
-        """The batch to publish: the one in flight (retried as it was), else up to ``limit`` of
-        the oldest queued changes, now in flight until :meth:`published`."""
+        """The batch to publish: the one in flight (retried as it was), else about ``limit`` of
+        the oldest queued changes (see :meth:`take`), now in flight until :meth:`published`."""
         if self.in_flight is None:
             self.in_flight = self.take(limit)
         return self.in_flight
@@ -315,19 +365,32 @@ class PartitionSegments:
         self.in_flight = None
 
     def take(self, limit: int = 10_000) -> list[ChangeRow]:
-        """Up to ``limit`` of the oldest queued changes, removed from the outbox, as rows in
-        :class:`SegmentChange`'s field order (what gets published)."""
-        outbox, p = self.outbox, self.partition
-        out = []
-        for _ in range(min(limit, len(outbox))):
-            key, segment, entered, ts, origin = outbox.popleft()
-            out.append((key, segment, "enter" if entered else "exit", ts, origin, p))
+        """About ``limit`` of the oldest queued changes (an evaluation's changes stay together),
+        removed from the outbox, as rows in :class:`SegmentChange`'s field order (what gets
+        published), each segment's entries and exits counted."""
+        outbox, p, ids = self.outbox, self.partition, self.index.ids
+        entered, exited = self.entered, self.exited
+        out: list[ChangeRow] = []
+        while outbox and len(out) < limit:
+            key, old, new, ts, origin = outbox.popleft()
+            diff = old ^ new
+            self.queued -= diff.bit_count()
+            while diff:
+                low = diff & -diff
+                bit = low.bit_length() - 1
+                diff ^= low
+                if new & low:
+                    entered[bit] += 1
+                    out.append((key, ids[bit], "enter", ts, origin, p))
+                else:
+                    exited[bit] += 1
+                    out.append((key, ids[bit], "exit", ts, origin, p))
         return out
 
     def forget(self, user_key: str, user: UserState, now: float, seq: int) -> None:
         """A user forgotten (consent withdrawn, erased): exits from every segment they were in."""
         if user.segments:
-            self._changed(user_key, user.segments, 0, max(now, self.clock), seq)
+            self.record_change(user_key, user.segments, 0, max(now, self.clock), seq)
         user.segments = 0
 
     def drop_queued(self, user_key: str) -> None:
@@ -335,16 +398,24 @@ class PartitionSegments:
         (its publish is retried as it was) but without them."""
         if any(entry[0] == user_key for entry in self.outbox):
             self.outbox = deque(entry for entry in self.outbox if entry[0] != user_key)
+            self.queued = sum((old ^ new).bit_count() for _, old, new, _, _ in self.outbox)
         if self.in_flight is not None and any(row[0] == user_key for row in self.in_flight):
             self.in_flight = [row for row in self.in_flight if row[0] != user_key]
 
     def counts(self) -> dict[str, tuple[int, int]]:
-        """Entries and exits per segment in this partition since it started (snapshots keep them)."""
-        return {
-            s: (self.entered[i], self.exited[i])
-            for i, s in enumerate(self.index.ids)
-            if self.entered[i] or self.exited[i]
-        }
+        """Entries and exits per segment in this partition since it started, queued ones too."""
+        entered, exited = list(self.entered), list(self.exited)
+        for _, old, new, _, _ in self.outbox:
+            diff = old ^ new
+            while diff:
+                low = diff & -diff
+                bit = low.bit_length() - 1
+                diff ^= low
+                (entered if new & low else exited)[bit] += 1
+        return self._named(entered, exited)
+
+    def _named(self, entered: list[int], exited: list[int]) -> dict[str, tuple[int, int]]:
+        return {s: (entered[i], exited[i]) for i, s in enumerate(self.index.ids) if entered[i] or exited[i]}
 
     # ------------------------------------------------------------------ snapshots
 
@@ -353,9 +424,10 @@ class PartitionSegments:
             "ids": self.index.ids,
             "clock": self.clock,
             "since": self.since,
-            "counts": self.counts(),
+            # Of the changes taken: the queued ones are counted when taken after a restore.
+            "counts": self._named(self.entered, self.exited),
             "dropped": self.dropped,
-            "outbox": list(self.outbox),
+            "outbox": [list(entry) for entry in self.outbox],
             "in_flight": self.in_flight,
         }
 
@@ -367,6 +439,7 @@ class PartitionSegments:
         out = cls(index, partition)
         if not snap:
             return out, index.ids
+        recorded = list(snap["ids"])
         out.clock = snap["clock"]
         out.since = snap.get("since", 0.0)
         out.dropped = snap.get("dropped", 0)
@@ -374,10 +447,21 @@ class PartitionSegments:
             bit = index.bit.get(segment)
             if bit is not None:
                 out.entered[bit], out.exited[bit] = entered, exited
-        out.outbox.extend((k, seg, entered, ts, origin) for k, seg, entered, ts, origin in snap["outbox"])
+        for key, before, after, ts, origin in snap["outbox"]:
+            if isinstance(before, str):
+                # A change as queued before masks were (segment id, entered), already counted.
+                bit = index.bit.get(before)
+                if bit is None:
+                    continue
+                (out.entered if after else out.exited)[bit] -= 1
+                old, new = (0, 1 << bit) if after else (1 << bit, 0)
+            else:
+                old, new = index.remap(before, recorded), index.remap(after, recorded)
+            if old != new:
+                out.record_change(key, old, new, ts, origin)
         in_flight = snap.get("in_flight")
         out.in_flight = [tuple(row) for row in in_flight] if in_flight else None  # type: ignore[misc]
-        return out, list(snap["ids"])
+        return out, recorded
 
 
 # ---------------------------------------------------------------------- reports

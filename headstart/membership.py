@@ -103,19 +103,21 @@ class ChangePublisher:
         >>> from engine.segments import SegmentIndex
         >>> part = PartitionSegments(SegmentIndex(load_catalog(DEFAULT_CATALOG)), 0)
         >>> publisher = ChangePublisher(js=None)  # type: ignore[arg-type]  # deciding only
-        >>> part.outbox.extend([("k", "new_user", True, 0.0, 1)] * 10)
+        >>> for n in range(10):
+        ...     _ = part.record_change(f"k{n}", 0, 0b11, 0.0, n)  # entered two segments
         >>> publisher.due(0, part, now=0.1)  # more may come: wait
         False
-        >>> part.outbox.append(("k2", "new_user", True, 0.0, 2)); publisher.due(0, part, now=0.2)
+        >>> part.record_change("k", 0, 1, 0.0, 10); publisher.due(0, part, now=0.2)
+        1
         False
         >>> publisher.due(0, part, now=0.3)  # nothing new since the last flush: quiet
         True
-        >>> busy = [(part.outbox.append(("k", "new_user", True, 0.0, 3)), publisher.due(0, part, now=t / 10))
+        >>> busy = [(part.record_change("k", 0, 1, 0.0, t), publisher.due(0, part, now=t / 10))
         ...         for t in range(4, 40)]
         >>> [t / 10 for t, (_, due) in zip(range(4, 40), busy) if due][:1]  # busy: at most max_wait_s
         [2.1]
         """
-        queued = len(segments.outbox)
+        queued = segments.queued
         quiet = queued == self._queued.get(partition)
         self._queued[partition] = queued
         return (
@@ -148,7 +150,7 @@ class ChangePublisher:
                 return sent
             if segments.in_flight is rows:  # not handed over (and replaced) meanwhile
                 segments.published()
-            self._queued[p] = len(segments.outbox)
+            self._queued[p] = segments.queued
             sent += len(rows)
             self.published += len(rows)
             self.last_published_at = time.time()

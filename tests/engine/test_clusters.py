@@ -99,3 +99,34 @@ def test_the_behaviour_vector_summarizes_live_state() -> None:
     assert vector["steps_completed"] == 1.0
     assert round(vector["log_features_used"], 6) == round(__import__("math").log1p(2), 6)
     assert vector["log_minutes_per_session"] > 0
+
+
+def test_assigning_a_user_is_the_nearest_center_to_their_vector() -> None:
+    """The compiled assigning function (the event path's) answers as ``nearest(behaviour())``
+    on users of every kind, and a feature without variance or a broken number changes nothing
+    of that."""
+    rng = random.Random(5)
+    vocab = Vocabularies()
+    users = []
+    for u in range(200):
+        user = UserState.new(NOW)
+        for n in range(rng.randint(1, 40)):
+            feature, step = rng.choice(["export", "share", "search"]), rng.choice(["profile", "invite"])
+            body = rng.choice(
+                [
+                    {"type": "session_started"},
+                    {"type": "feature_clicked", "props": {"feature": feature}},
+                    {"type": "step_completed", "props": {"step": step}},
+                    {"type": "tutorial_completed", "props": {"tutorial": "tour", "variant": "video"}},
+                ]
+            )
+            ts = NOW + n * rng.choice([5, 600, 7200])
+            user.apply(event_from_object({"event_id": f"{u}.{n}", "user_id": "k", "ts": ts, **body}), vocab)
+        users.append(user)
+    export = trained(stream(600, seed=3)).export()
+    export["vars"][4] = 0.0  # no variance: the feature weighs nothing
+    for data in (export, {**export, "centers": [[float("nan")] * 7, *export["centers"][1:]]}):
+        assigner = ClusterAssigner.from_export(data)
+        for user in users:
+            for now in (user.last_seen, user.last_seen + 3 * 86400):
+                assert assigner.assign(user, now) == assigner.nearest(behaviour(user, now))

@@ -11,9 +11,9 @@ from engine.catalog import DEFAULT_CATALOG, Catalog, load_catalog
 from engine.clusters import ClusterAssigner
 from engine.events import EventKind, event_from_object
 from engine.partition import PartitionState
-from engine.profile import UserState, Vocabularies
+from engine.profile import CONTEXT_CHANGED, NEW_SESSION, NEW_STEP, TRAITS_CHANGED, UserState, Vocabularies
 from engine.rules import compile_mask, parse_rule, rule_input
-from engine.segments import SegmentIndex
+from engine.segments import PartitionSegments, SegmentIndex
 
 NOW = 1_767_571_200.0
 RULES = {
@@ -50,8 +50,10 @@ EVENTS = st.sampled_from(
     [
         ("session_started", {"context": {"device_type": "mobile", "country": "DE"}}),
         ("session_started", {"context": {"device_type": "desktop", "country": "FR"}}),
+        ("session_started", {}),
         ("feature_clicked", {"props": {"feature": "export"}}),
-        ("feature_clicked", {"props": {"feature": "share"}}),
+        ("feature_clicked", {"props": {"feature": "share"}, "context": {"country": "DE"}}),
+        ("feature_clicked", {"props": {"feature": "search"}, "context": {"device_type": "mobile"}}),
         ("step_completed", {"props": {"step": "profile"}}),
         ("step_viewed", {"props": {"step": "welcome"}}),
         ("profile_updated", {"props": {"role": "engineer"}}),
@@ -61,27 +63,32 @@ EVENTS = st.sampled_from(
 )
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(
-    steps=st.lists(st.tuples(EVENTS, st.floats(0, 5 * 86400)), min_size=1, max_size=25),
+    steps=st.lists(
+        st.tuples(st.sampled_from(["a", "b"]), EVENTS, st.floats(0, 5 * 86400)), min_size=1, max_size=30
+    ),
+    in_order=st.booleans(),
     cluster=st.integers(-1, 2),
 )
 def test_live_membership_equals_evaluating_every_rule_after_every_event(
-    steps: list[tuple[tuple[str, dict[str, Any]], float]], cluster: int
+    steps: list[tuple[str, tuple[str, dict[str, Any]], float]], in_order: bool, cluster: int
 ) -> None:
     """Re-evaluating only what an event can change gives the same membership as evaluating
-    every segment from scratch (the rules' own per-user evaluation) after every event."""
+    every segment from scratch (the rules' own per-user evaluation) after every event: for
+    events in time order or not (late events), for a user whose event is the partition's
+    newest or not, contexts repeating or changing, sessions started by an event or by a gap."""
     index = SegmentIndex(catalog_with(RULES))
     part = PartitionState(0, segments=index)
-    ts = NOW
-    for n, ((kind, extra), gap) in enumerate(sorted(steps, key=lambda s: s[1])):
-        ts = NOW + gap
-        part.apply_event("k", event(n, kind, ts, **extra), seq=n + 1)
-        user = part.users["k"]
-        user.cluster = cluster  # as an assigner would; reassigned kinds re-read it
-        if cluster >= 0 and n == 0:
+    ordered = sorted(steps, key=lambda s: s[2]) if in_order else steps
+    for n, (key, (kind, extra), gap) in enumerate(ordered):
+        part.apply_event(key, event(n, kind, NOW + gap, key=key, **extra), seq=n + 1)
+        user = part.users[key]
+        if user.cluster != cluster:  # as an assigner would; reassigned kinds re-read it
+            user.cluster = cluster
             user.segments &= ~(1 << index.bit["second_cluster"])
-        facts = rule_input(user, part.vocab, ts)
+        assert part.segments is not None
+        facts = rule_input(user, part.vocab, part.segments.clock)  # the time it was evaluated at
         expected = {name for name, rule in zip(index.ids, index.rules, strict=True) if rule.matches(facts)}
         tracked = set(index.names(user.segments))
         # The cluster is set by hand here, outside an event: only its own rules may lag.
@@ -118,13 +125,42 @@ def test_enter_and_exit_changes_are_queued_in_order() -> None:
 def test_an_event_re_evaluates_only_the_segments_whose_fields_it_can_change() -> None:
     index = SegmentIndex(catalog_with(RULES))
     bits = {name: 1 << index.bit[name] for name in index.ids}
-    decides, _ = index.evaluator(EventKind.FEATURE_CLICKED, has_context=False, cluster_changed=False)
-    assert decides & bits["exporter"] and decides & bits["busy"] and decides & bits["mobile_newcomer"]
+    click = index.key(EventKind.FEATURE_CLICKED, feature_read=True)
+    decides, _ = index.evaluator(click)
+    assert decides & bits["exporter"] and decides & bits["busy"] and decides & bits["browsing"]
     for untouched in ("dach", "technical", "profile_done", "device_mobile", "second_cluster"):
         assert not decides & bits[untouched], untouched
-    decides, _ = index.evaluator(EventKind.PROFILE_UPDATED, has_context=True, cluster_changed=True)
+    assert not decides & bits["mobile_newcomer"]  # a click in the same session
+    # A click that starts a new session moves the session count too.
+    decides, _ = index.evaluator(index.key(EventKind.FEATURE_CLICKED, NEW_SESSION, feature_read=True))
+    assert decides & bits["mobile_newcomer"] and decides & bits["new_user"]
+    # A click of a feature no rule counts moves no feature count.
+    decides, _ = index.evaluator(index.key(EventKind.FEATURE_CLICKED))
+    assert not decides & bits["exporter"] and decides & bits["browsing"]
+    moved = CONTEXT_CHANGED | TRAITS_CHANGED
+    decides, _ = index.evaluator(index.key(EventKind.PROFILE_UPDATED, moved, cluster=True))
     assert decides & bits["technical"] and decides & bits["dach"] and decides & bits["second_cluster"]
     assert not decides & bits["exporter"] and not decides & bits["profile_done"]
+    # The same context and traits again: nothing of theirs is evaluated.
+    decides, _ = index.evaluator(index.key(EventKind.PROFILE_UPDATED))
+    assert not decides & (bits["technical"] | bits["dach"] | bits["device_mobile"])
+    decides, _ = index.evaluator(index.key(EventKind.STEP_COMPLETED, NEW_STEP))
+    assert decides & bits["profile_done"]
+    assert not index.evaluator(index.key(EventKind.STEP_COMPLETED))[0] & bits["profile_done"]
+
+
+def test_right_after_an_event_rules_that_cannot_hold_are_folded_away() -> None:
+    """Evaluated at the time of the user's newest event, ``days_inactive`` is 0: "dormant" is
+    decided (it exits) without being evaluated, and gives the same answer as the general path."""
+    index = SegmentIndex(catalog_with(RULES))
+    part = PartitionState(0, segments=index)
+    part.apply_event("k", event(1, "session_started", NOW), seq=1)
+    user = part.users["k"]
+    fresh_decides, fresh = index.evaluator(index.key(EventKind.SESSION_STARTED, fresh=True))
+    general_decides, general = index.evaluator(index.key(EventKind.SESSION_STARTED))
+    assert fresh_decides == general_decides
+    assert fresh(user, user.last_seen, part.vocab) == general(user, user.last_seen, part.vocab)
+    assert not fresh(user, user.last_seen, part.vocab) & (1 << index.bit["dormant"])
 
 
 def test_time_based_segments_change_when_time_passes_without_an_event() -> None:
@@ -200,6 +236,47 @@ def test_a_snapshot_from_another_catalog_keeps_membership_by_segment_id() -> Non
     restored = PartitionState.restore(part.snapshot(), segments=new)
     assert "dach" in new.names(restored.users["k"].segments)
     assert "busy" not in new.ids
+
+
+def test_queued_changes_survive_a_snapshot_from_another_catalog_or_an_older_format() -> None:
+    """Queued changes are kept as masks: restored under another catalog they are published by
+    segment id (a segment gone drops out); an outbox written one change per entry, as before
+    masks, is read and counted once."""
+    old = SegmentIndex(catalog_with(RULES))
+    part = PartitionState(0, segments=old)
+    part.apply_event("k", event(1, "session_started", NOW, context={"country": "DE"}), seq=1)
+    assert part.segments is not None
+    snap = part.segments.snapshot()
+    rows = PartitionSegments.restore(old, snap)[0].take()
+    assert ("k", "dach", "enter", NOW, 1, 0) in rows
+    new = SegmentIndex(catalog_with({"technical": RULES["technical"], "dach": RULES["dach"]}))
+    restored, recorded = PartitionSegments.restore(new, snap)
+    assert recorded == old.ids
+    assert restored.take() == [row for row in rows if row[1] in new.bit]
+    assert restored.counts()["dach"] == (1, 0)
+
+    former = {
+        **snap,
+        "outbox": [[k, segment, change == "enter", ts, origin] for k, segment, change, ts, origin, _ in rows],
+        "counts": {row[1]: (1, 0) for row in rows},  # counted when queued, then
+    }
+    restored, _ = PartitionSegments.restore(old, former)
+    assert restored.queued == len(rows)
+    assert restored.counts() == part.segments.counts()
+    assert restored.take() == rows
+    assert restored.counts() == part.segments.counts()
+
+
+def test_an_outbox_over_its_limit_drops_the_oldest_changes_and_counts_them(monkeypatch: Any) -> None:
+    monkeypatch.setattr("engine.segments.OUTBOX_LIMIT", 5)
+    index = SegmentIndex(catalog_with(RULES))
+    part = PartitionState(0, segments=index)
+    assert part.segments is not None
+    for n in range(4):
+        part.segments.record_change(f"u{n}", 0, 0b11, NOW, n)  # two changes each
+    assert part.segments.queued == 4 and part.segments.dropped == 4
+    assert [row[0] for row in part.segments.take()] == ["u2", "u2", "u3", "u3"]
+    assert part.segments.queued == 0
 
 
 def test_a_cluster_assignment_moves_cluster_segments_and_rules_reading_the_cluster() -> None:
