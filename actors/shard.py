@@ -73,8 +73,11 @@ NAMESPACE = "headstart"
 #: Feature adoptions a shard's recommenders learn per second at most (~10 µs each), in ticks.
 RECO_TRAIN_PER_S = 2000
 RECO_TRAIN_TICK_S = 0.1
-#: How often queued segment changes are published (they wait at most about this long).
-SEGMENT_FLUSH_S = 0.1
+#: How often the publisher looks at each partition's queued segment changes (see
+#: :class:`headstart.membership.ChangePublisher`): a partition gone quiet has its changes sent
+#: within two looks. Looking costs next to nothing; it bounds how late the last changes of a
+#: burst are.
+SEGMENT_FLUSH_S = 0.05
 #: How often profiles past ``profile_retention_days`` are deleted.
 EXPIRE_EVERY_S = 3600.0
 #: The shard that trains the cluster model (every shard has number 0 at every size).

@@ -14,6 +14,9 @@
    tracemalloc; ``bytes_per_user`` is the retained state divided by users, with the learning
    loop's state as a shard holds it (the feature recommender's queue fully learned);
    ``bytes_per_user_state_only`` without it.
+6. In this process, the same 200,000 of those events applied with and without the segments:
+   the shard's own CPU per event (``apply_us_per_event``, ``..._with_segments``,
+   ``segments_us_per_event``), steadier than drains on a shared machine.
 """
 
 from __future__ import annotations
@@ -51,7 +54,7 @@ SECRET = b"bench-secret-not-for-production-use"
 PARTITIONS = 64
 RETRY_SHARE = 0.01
 #: Drains per shard count; the median is reported (the machine is shared and noisy).
-REPETITIONS = 3
+REPETITIONS = 5
 MALFORMED = 10
 
 Expected = dict[str, collections.Counter[str]]
@@ -115,17 +118,20 @@ def run(quick: bool = False, out_dir: Path | None = None) -> Path:
         runs: dict[int | str, list[dict[str, Any]]] = {1: [], 2: [], "2_segments": []}
         catalogs = bench_catalogs()
         with local_ray(num_cpus=2):
-            for _ in range(reps):
-                for shards in (1, 2):
-                    runs[shards].append(_drain(broker, shards, expected, n_events, catalogs["plain"]))
-                runs["2_segments"].append(_drain(broker, 2, expected, n_events, catalogs["segments"]))
+            for rep in range(reps):
+                runs[1].append(_drain(broker, 1, expected, n_events, catalogs["plain"]))
+                # The pair compared, in alternating order: a machine speeding up or slowing down
+                # over a repetition favours neither.
+                pair: list[tuple[int | str, str]] = [(2, "plain"), ("2_segments", "segments")]
+                for name, catalog in pair if rep % 2 == 0 else pair[::-1]:
+                    runs[name].append(_drain(broker, 2, expected, n_events, catalogs[catalog]))
         metrics["dead_letters"] = asyncio.run(_dead_letters(url))
     rate = {k: statistics.median(r["events_per_s"] for r in v) for k, v in runs.items()}
     metrics["events_per_s"] = rate[2]
     metrics["events_per_s_1_shard"] = rate[1]
     metrics["scaling_2_vs_1"] = rate[2] / rate[1]
     metrics["events_per_s_with_segments"] = rate["2_segments"]
-    # Per repetition, each against the plain 2-shard drain just before it (same noise).
+    # Per repetition, each against the plain 2-shard drain next to it (same noise).
     costs = [
         1 - s["events_per_s"] / p["events_per_s"] for p, s in zip(runs[2], runs["2_segments"], strict=True)
     ]
@@ -216,9 +222,8 @@ def _drain(
         # Each shard's own process CPU between its first handled event and its last ack.
         cpu_shards = sum(s["last_handled_cpu"] - s["first_handled_cpu"] for s in stats if s["handled"])
         first = min(s["first_handled_at"] for s in stats if s["handled"])
-        last = max(
-            max(s["last_handled_at"], s.get("segments", {}).get("last_published_at", 0.0)) for s in stats
-        )
+        last_handled = max(s["last_handled_at"] for s in stats)
+        last = max(last_handled, *(s.get("segments", {}).get("last_published_at", 0.0) for s in stats))
         lost, duplicated = lost_and_duplicated(expected, read_back(group, list(expected)))
         applied = sum(s["applied"] for s in stats)
         membership = [s.get("segments") or {} for s in stats]
@@ -227,6 +232,8 @@ def _drain(
             "segment_changes_published": sum(m.get("published", 0) for m in membership),
             "events_per_s": n_events / (last - first),
             "drain_s": last - first,
+            # From the last event handled to the last segment change stored (in drain_s).
+            "publish_tail_s": last - last_handled,
             "total_s_including_startup": total_s,
             "applied": applied,
             "handled": sum(s["handled"] for s in stats),
@@ -313,11 +320,7 @@ def _sweep_cost(messages: list[tuple[int, str, bytes]]) -> dict[str, Any]:
     state = ShardState.build(dict.fromkeys(range(PARTITIONS)), None, index)
     for seq, (partition, key, payload) in enumerate(messages, 1):
         state.apply(seq, partition, key, payload)
-    model = ClusterModel(catalog.clusters.k, catalog.clusters.halflife, catalog.clusters.seed)
-    for part in state.partitions.values():
-        for user in list(part.users.values())[:10]:
-            model.learn(behaviour(user, part.watermark))
-    index.assigner = ClusterAssigner.from_export(model.export())
+    index.assigner = _served_clusters(state, catalog)
     timings = []
     for day in range(1, 4):
         started = time.process_time()
@@ -325,4 +328,47 @@ def _sweep_cost(messages: list[tuple[int, str, bytes]]) -> dict[str, Any]:
             # As in a shard: clusters assigned again only in the first sweep after a new model.
             part.sweep_segments(part.watermark + day * 86400, list(part.users), reassign=day == 1)
         timings.append((time.process_time() - started) / state.users * 1e6)
-    return {"sweep_us_per_user": statistics.median(timings)}
+    in_process = _apply_cost(messages[:200_000], index.assigner)
+    return {"sweep_us_per_user": statistics.median(timings), **in_process}
+
+
+def _served_clusters(state: ShardState, catalog: Catalog) -> ClusterAssigner:
+    """A cluster model learned from 10 users of each partition, as shards would serve it."""
+    model = ClusterModel(catalog.clusters.k, catalog.clusters.halflife, catalog.clusters.seed)
+    for part in state.partitions.values():
+        for user in list(part.users.values())[:10]:
+            model.learn(behaviour(user, part.watermark))
+    return ClusterAssigner.from_export(model.export())
+
+
+def _apply_cost(messages: list[tuple[int, str, bytes]], assigner: ClusterAssigner) -> dict[str, Any]:
+    """A shard's own work per event in this process, without broker, Ray or acks: the same
+    events applied with no live membership, then with the 20 segments and clusters (a served
+    model; the changes taken for publishing every 2,000 events, as a publisher would): CPU per
+    event, the fastest of 3 each, alternated. Steadier than the drains on a shared machine;
+    a shard also spends CPU on fetching, acknowledging and checkpointing, the same either way."""
+    catalogs = bench_catalogs()
+    timings: dict[str, list[float]] = {"plain": [], "segments": []}
+    for _ in range(3):
+        for name, times in timings.items():
+            index = SegmentIndex(catalogs[name]) if name == "segments" else None
+            if index is not None:
+                index.assigner = assigner
+            state = ShardState.build(dict.fromkeys(range(PARTITIONS)), None, index)
+            segments = [p.segments for p in state.partitions.values() if p.segments is not None]
+            gc.collect()
+            started = time.process_time()
+            for seq, (partition, key, payload) in enumerate(messages, 1):
+                state.apply(seq, partition, key, payload)
+                if seq % 2000 == 0:
+                    for queue in segments:
+                        queue.take(1_000_000)
+            for queue in segments:
+                queue.take(1_000_000)
+            times.append((time.process_time() - started) / len(messages) * 1e6)
+    plain, with_segments = min(timings["plain"]), min(timings["segments"])
+    return {
+        "apply_us_per_event": plain,
+        "apply_us_per_event_with_segments": with_segments,
+        "segments_us_per_event": with_segments - plain,
+    }

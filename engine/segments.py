@@ -86,6 +86,8 @@ REASSIGN_KINDS = frozenset({EventKind.SESSION_STARTED, EventKind.ONBOARDING_COMP
 #: Changes an outbox holds at most (the broker unreachable for long): the oldest go first and
 #: are counted as dropped; membership itself is never lost.
 OUTBOX_LIMIT = 100_000
+#: Distinct membership transitions spelled out and kept (see :meth:`SegmentIndex.transition`).
+TRANSITIONS_KEPT = 65_536
 
 
 class SegmentChange(msgspec.Struct, frozen=True, array_like=True):
@@ -115,6 +117,8 @@ ChangeRow = tuple[str, str, str, float, int | str, int]
 #: A queued evaluation that changed a user's membership: (user key, mask before, mask after,
 #: time, origin).
 OutboxEntry = tuple[str, int, int, float, int | str]
+#: The changes of one transition of a user's membership: (segment id, "enter" or "exit").
+Transition = tuple[tuple[str, str], ...]
 
 change_encoder = msgspec.msgpack.Encoder()
 #: A published batch: the changes of one segment, in the order they happened.
@@ -159,6 +163,8 @@ class SegmentIndex:
             for rule in self.rules
         ]
         self._evaluators: dict[tuple[frozenset[str], bool], tuple[int, MaskFunction]] = {}
+        #: :meth:`transition`'s answers by key.
+        self.transitions: dict[int, Transition] = {}
         #: :meth:`evaluator`'s answers by key; the event path reads it directly (a method call
         #: per event cost more than the lookup).
         self.by_key: dict[int, tuple[int, MaskFunction]] = {}
@@ -225,6 +231,25 @@ class SegmentIndex:
             found = self._evaluators[changed, fresh] = (decides, compile_mask(chosen, fresh=fresh))
         return found
 
+    def transition(self, old: int, new: int) -> tuple[int, Transition]:
+        """(its key, the changes) of a user's membership going from mask ``old`` to ``new``:
+        (segment id, "enter" or "exit") by segment bit. Users go through the same few hundred
+        transitions (a new user entering the same half dozen segments...): each is spelled out
+        once and kept, up to :data:`TRANSITIONS_KEPT`."""
+        diff = old ^ new
+        key = diff << len(self.ids) | new & diff
+        found = self.transitions.get(key)
+        if found is None:
+            changes = []
+            while diff:
+                low = diff & -diff
+                diff ^= low
+                changes.append((self.ids[low.bit_length() - 1], "enter" if new & low else "exit"))
+            found = tuple(changes)
+            if len(self.transitions) < TRANSITIONS_KEPT:
+                self.transitions[key] = found
+        return key, found
+
     def remap(self, mask: int, ids: list[str]) -> int:
         """A mask recorded under segment ids ``ids`` (an older catalog) in this index's bits."""
         if ids == self.ids:
@@ -253,6 +278,7 @@ class PartitionSegments:
         "seen",
         "since",
         "swept_version",
+        "taken",
     )
 
     def __init__(self, index: SegmentIndex, partition: int = 0) -> None:
@@ -273,9 +299,11 @@ class PartitionSegments:
         #: the snapshot, and a failed or interrupted publish is retried as the same batch, so
         #: JetStream's duplicate window drops what was stored the first time.
         self.in_flight: list[ChangeRow] | None = None
-        #: Entries and exits per segment bit, of the changes taken from the outbox.
+        #: Entries and exits per segment bit, counted as changes are taken from the outbox: by
+        #: transition (:meth:`SegmentIndex.transition`'s key) until :meth:`counts` asks.
         self.entered = [0] * len(index.ids)
         self.exited = [0] * len(index.ids)
+        self.taken: dict[int, int] = {}
         self.dropped = 0
         #: Users of recent events, one in ``clusters.sample_every``: the cluster model's sample.
         self.samples: deque[str] = deque(maxlen=256)
@@ -367,24 +395,24 @@ class PartitionSegments:
     def take(self, limit: int = 10_000) -> list[ChangeRow]:
         """About ``limit`` of the oldest queued changes (an evaluation's changes stay together),
         removed from the outbox, as rows in :class:`SegmentChange`'s field order (what gets
-        published), each segment's entries and exits counted."""
-        outbox, p, ids = self.outbox, self.partition, self.index.ids
-        entered, exited = self.entered, self.exited
+        published); counted by segment (see :meth:`counts`)."""
+        outbox, p, index = self.outbox, self.partition, self.index
+        transitions, width, taken = index.transitions, len(index.ids), self.taken
         out: list[ChangeRow] = []
+        append = out.append
         while outbox and len(out) < limit:
             key, old, new, ts, origin = outbox.popleft()
             diff = old ^ new
-            self.queued -= diff.bit_count()
-            while diff:
-                low = diff & -diff
-                bit = low.bit_length() - 1
-                diff ^= low
-                if new & low:
-                    entered[bit] += 1
-                    out.append((key, ids[bit], "enter", ts, origin, p))
-                else:
-                    exited[bit] += 1
-                    out.append((key, ids[bit], "exit", ts, origin, p))
+            transition = diff << width | new & diff
+            changes = transitions.get(transition)
+            if changes is None:
+                transition, changes = index.transition(old, new)
+            for segment, change in changes:
+                append((key, segment, change, ts, origin, p))
+            self.queued -= len(changes)
+            taken[transition] = taken.get(transition, 0) + 1
+        if len(taken) > TRANSITIONS_KEPT:
+            self._count_taken()
         return out
 
     def forget(self, user_key: str, user: UserState, now: float, seq: int) -> None:
@@ -403,19 +431,23 @@ class PartitionSegments:
             self.in_flight = [row for row in self.in_flight if row[0] != user_key]
 
     def counts(self) -> dict[str, tuple[int, int]]:
-        """Entries and exits per segment in this partition since it started, queued ones too."""
-        entered, exited = list(self.entered), list(self.exited)
-        for _, old, new, _, _ in self.outbox:
-            diff = old ^ new
+        """Entries and exits per segment in this partition since it started (snapshots keep
+        them), counted as changes are taken for publishing: at most a batch behind."""
+        self._count_taken()
+        entered, exited = self.entered, self.exited
+        return {s: (entered[i], exited[i]) for i, s in enumerate(self.index.ids) if entered[i] or exited[i]}
+
+    def _count_taken(self) -> None:
+        """Add the transitions taken since the last count to the counts by segment."""
+        width = len(self.index.ids)
+        entries = (1 << width) - 1
+        for transition, times in self.taken.items():
+            diff, new = transition >> width, transition & entries
             while diff:
                 low = diff & -diff
-                bit = low.bit_length() - 1
                 diff ^= low
-                (entered if new & low else exited)[bit] += 1
-        return self._named(entered, exited)
-
-    def _named(self, entered: list[int], exited: list[int]) -> dict[str, tuple[int, int]]:
-        return {s: (entered[i], exited[i]) for i, s in enumerate(self.index.ids) if entered[i] or exited[i]}
+                (self.entered if new & low else self.exited)[low.bit_length() - 1] += times
+        self.taken.clear()
 
     # ------------------------------------------------------------------ snapshots
 
@@ -425,7 +457,7 @@ class PartitionSegments:
             "clock": self.clock,
             "since": self.since,
             # Of the changes taken: the queued ones are counted when taken after a restore.
-            "counts": self._named(self.entered, self.exited),
+            "counts": self.counts(),
             "dropped": self.dropped,
             "outbox": [list(entry) for entry in self.outbox],
             "in_flight": self.in_flight,
