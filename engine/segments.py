@@ -4,12 +4,16 @@ Every segment Headstart can track without a request is a rule (:mod:`engine.rule
 catalog's rule segments, and the built-in engagement tiers, device segments, new/returning
 users and behavioural clusters written as rules. A :class:`SegmentIndex` gives each one a bit
 of the user's ``segments`` mask and compiles, per kind of change, one function that
-re-evaluates only the segments whose fields that change can move:
+re-evaluates only the segments whose fields that change moved:
 
-- every event moves time, counts and engagement, so segments reading ``session_count``,
-  ``events_total`` or a time field (``events_5m``, ``engagement``, ``days_inactive``...);
-- a feature click also feature counts, a completed step the steps, a profile update the traits,
-  an event with context the context fields, a new cluster assignment ``cluster``;
+- every event moves time, counts and engagement, so segments reading ``events_total`` or a
+  time field (``events_5m``, ``engagement``, ``days_inactive``...);
+- what :meth:`UserState.apply <engine.profile.UserState.apply>` reports it changed: a new
+  session ``session_count``, a context or trait value that differs from the user's its field,
+  a step completed for the first time the steps; a feature click also feature counts, a new
+  cluster assignment ``cluster``;
+- right after the user's newest event, nothing has decayed and the user has been inactive for
+  no time: those evaluators read less and fold ``days_inactive`` away;
 - a sweep (:meth:`PartitionSegments.sweep`) re-evaluates the time-based segments of every user
   as time passes, so "inactive for 3 days" exits happen without an event.
 
