@@ -38,7 +38,7 @@ from typing import Any
 from river import cluster, compose, preprocessing
 
 from engine.events import EventKind
-from engine.profile import C_SESSIONS, N_KINDS, UserState
+from engine.profile import C_EVENTS, C_SESSIONS, UserState
 
 #: The behavioural vector's components, in order.
 BEHAVIOUR = (
@@ -59,7 +59,7 @@ WARMUP = 64
 #: :class:`ClusterAssigner`'s assigning function, so both read the same vector.
 _BEHAVIOUR_READERS = {
     "log_sessions": "log1p(n)",
-    "log_events": f"log1p(sum(c[:{N_KINDS}]))",
+    "log_events": f"log1p(c[{C_EVENTS}])",
     "log_engagement": "log1p(u.engagement if now <= u.last_seen else u.engagement_at(now))",
     "log_features_used": "log1p(len(u.features) // 3) if u.features is not None else 0.0",
     "steps_completed": "float(u.completed_steps.bit_count())",
@@ -70,7 +70,6 @@ _READER_NAMES: dict[str, Any] = {
     "__builtins__": {},
     "log1p": math.log1p,
     "len": len,
-    "sum": sum,
     "float": float,
 }
 

@@ -77,7 +77,12 @@ C_HOURS = _N_KINDS + 1  # bit h set: active in UTC hour h
 C_DAYS = _N_KINDS + 2  # bit d set: active on weekday d (Monday = 0)
 C_WIN_HEAD = _N_KINDS + 3  # newest window bucket number seen
 C_WIN = _N_KINDS + 4  # WINDOW_BUCKETS bucket counts, slot = bucket % WINDOW_BUCKETS
-_N_COUNTERS = C_WIN + WINDOW_BUCKETS
+# Sums kept as events come (live segments read them after every event; summing the counters
+# each time cost more than the rules): events of every kind, events in the window's buckets.
+# Last, so that counters of an older snapshot are a prefix (see UserState.restore).
+C_EVENTS = C_WIN + WINDOW_BUCKETS
+C_WIN_EVENTS = C_EVENTS + 1
+_N_COUNTERS = C_WIN_EVENTS + 1
 _ZERO_COUNTERS = array("I", [0] * _N_COUNTERS)
 
 # Feature entries are triples (feature id, count, last bucket); tutorial entries are quads
@@ -120,18 +125,19 @@ class Vocabulary:
 
     def __init__(self, names: list[str] | None = None, limit: int = 4096) -> None:
         self.names: list[str] = names if names is not None else [self.OTHER]
-        self._ids = {name: i for i, name in enumerate(self.names)}
+        #: Name to id, for readers (add names with :meth:`id`).
+        self.ids = {name: i for i, name in enumerate(self.names)}
         self.limit = limit
 
     def id(self, name: str) -> int:
-        found = self._ids.get(name)
+        found = self.ids.get(name)
         if found is not None:
             return found
         if len(self.names) > self.limit:
             return 0
         new = len(self.names)
         self.names.append(name)
-        self._ids[name] = new
+        self.ids[name] = new
         return new
 
     def name(self, ident: int) -> str:
@@ -139,7 +145,7 @@ class Vocabulary:
 
     def find(self, name: str) -> int | None:
         """The id of ``name`` if it was ever seen, without adding it."""
-        return self._ids.get(name)
+        return self.ids.get(name)
 
 
 class Vocabularies:
@@ -239,6 +245,7 @@ class UserState:
         kind = event.kind
         c = self.counters
         c[kind] += 1
+        c[C_EVENTS] += 1
         changed = 0
         gap = ts - self.last_seen
         if gap >= 0:
@@ -333,12 +340,16 @@ class UserState:
             if bucket - head >= WINDOW_BUCKETS:
                 for slot in range(C_WIN, C_WIN + WINDOW_BUCKETS):
                     c[slot] = 0
+                c[C_WIN_EVENTS] = 0
             else:
                 for b in range(head + 1, bucket + 1):
-                    c[C_WIN + b % WINDOW_BUCKETS] = 0
+                    slot = C_WIN + b % WINDOW_BUCKETS
+                    c[C_WIN_EVENTS] -= c[slot]
+                    c[slot] = 0
             c[C_WIN_HEAD] = head = bucket
         if bucket > head - WINDOW_BUCKETS:
             c[C_WIN + bucket % WINDOW_BUCKETS] += 1
+            c[C_WIN_EVENTS] += 1
 
     def _count_feature(self, feature_id: int, bucket: int) -> bool:
         """Count a use of a feature; True if it is the first."""
@@ -377,7 +388,7 @@ class UserState:
 
     @property
     def events_total(self) -> int:
-        return sum(self.counters[:_N_KINDS])
+        return self.counters[C_EVENTS]
 
     def count(self, kind: EventKind) -> int:
         return self.counters[kind]
@@ -393,7 +404,7 @@ class UserState:
         head = c[C_WIN_HEAD]
         newest = int(now) // WINDOW_BUCKET_S
         if newest == head:  # the usual case, right after an event: the whole ring is the window
-            return sum(c[C_WIN : C_WIN + WINDOW_BUCKETS])
+            return c[C_WIN_EVENTS]
         total = 0
         for b in range(newest - WINDOW_BUCKETS + 1, newest + 1):
             if head - WINDOW_BUCKETS < b <= head:
@@ -414,13 +425,7 @@ class UserState:
         return set(f[0::_F_STRIDE]) if f is not None else set()
 
     def feature_count(self, feature_id: int | None) -> int:
-        f = self.features
-        if f is None or feature_id is None:
-            return 0
-        for i in range(0, len(f), _F_STRIDE):
-            if f[i] == feature_id:
-                return f[i + 1]
-        return 0
+        return feature_count(self.features, feature_id)
 
     def consent_given(self, purpose: str, default: bool) -> bool:
         """Whether the user granted ``purpose`` ("analytics" or "personalization")."""
@@ -498,6 +503,9 @@ class UserState:
         counters, features, tutorials, viewed, completed, *scalars = data[:10]
         attrs = data[10]
         user.counters = array("I", counters)
+        if len(user.counters) < _N_COUNTERS:  # from before the sums were kept: work them out
+            c = user.counters
+            c.extend([sum(c[:_N_KINDS]), sum(c[C_WIN : C_WIN + WINDOW_BUCKETS])])
         user.features = array("I", features) if features is not None else None
         user.tutorials = array("I", tutorials) if tutorials is not None else None
         user.viewed_steps = int.from_bytes(viewed, "little")
@@ -513,6 +521,16 @@ class UserState:
         if isinstance(user.name, bytes):  # sealed: opened with this instance's secret, or gone
             user.name = sealer.unseal(key, user.name) if sealer is not None else None
         return user
+
+
+def feature_count(features: array[int] | None, feature_id: int | None) -> int:
+    """How many times a user with these feature entries used feature ``feature_id``."""
+    if features is None or feature_id is None:
+        return 0
+    for i in range(0, len(features), _F_STRIDE):
+        if features[i] == feature_id:
+            return features[i + 1]
+    return 0
 
 
 def with_consent(bits: int, analytics: bool | None, personalization: bool | None) -> int:

@@ -36,15 +36,15 @@ import polars as pl
 from engine.errors import ConfigError
 from engine.events import EventKind
 from engine.profile import (
+    C_EVENTS,
     C_SESSIONS,
-    C_WIN,
+    C_WIN_EVENTS,
     C_WIN_HEAD,
     CONTEXT_FIELDS,
-    N_KINDS,
     WINDOW_BUCKET_S,
-    WINDOW_BUCKETS,
     UserState,
     Vocabularies,
+    feature_count,
 )
 
 Kind = Literal["number", "text", "bool"]
@@ -387,9 +387,9 @@ def _literal(node: ast.expr) -> Any:
 #: Right after an event (now in the newest bucket, nothing decayed yet) the fast paths apply.
 _NUMBER_READERS: dict[str, str] = {
     "session_count": f"u.counters[{C_SESSIONS}]",
-    "events_total": f"sum(u.counters[:{N_KINDS}])",
+    "events_total": f"u.counters[{C_EVENTS}]",
     "events_5m": (
-        f"sum(u.counters[{C_WIN}:{C_WIN + WINDOW_BUCKETS}]) "
+        f"u.counters[{C_WIN_EVENTS}] "
         f"if int(now) // {WINDOW_BUCKET_S} == u.counters[{C_WIN_HEAD}] else u.events_in_window(now)"
     ),
     "features_5m": "u.features_in_window(now)",
@@ -403,14 +403,14 @@ _NUMBER_READERS: dict[str, str] = {
 #: :func:`compile_mask`): nothing has decayed or slid yet, and the user has been inactive for no
 #: time at all, a constant that folds away rules such as ``days_inactive >= 3``.
 _FRESH_READERS: dict[str, str] = {
-    "events_5m": f"sum(u.counters[{C_WIN}:{C_WIN + WINDOW_BUCKETS}])",
+    "events_5m": f"u.counters[{C_WIN_EVENTS}]",
     "engagement": "u.engagement",
     "days_since_first_seen": "(now - u.first_seen) / 86400.0",
     "days_inactive": "0.0",
 }
 #: Numbers read only when a rule gets to them (see :func:`compile_mask`): the rest cost less
 #: than the check for "read yet?".
-_LAZY_NUMBERS = frozenset({"features_5m", "events_total"})
+_LAZY_NUMBERS = frozenset({"features_5m"})
 #: What the readers may call.
 _READER_NAMES: dict[str, Any] = {"__builtins__": {}, "sum": sum, "max": max, "int": int}
 _INLINE_NUMBERS: dict[str, ast.expr] = {
@@ -589,14 +589,15 @@ def compile_mask(rules: Sequence[tuple[int, Rule]], fresh: bool = False) -> Mask
         else:
             assign(f"v_{name}", ast.Attribute(value=load("u"), attr=name, ctx=ast.Load()))
     for name, var in feature_var.items():
-        # u.feature_count(vocab.features.find(name))
-        find = ast.Attribute(
+        # count_of(u.features, vocab.features.ids.get(name)): one call
+        ids = ast.Attribute(
             value=ast.Attribute(value=load("vocab"), attr="features", ctx=ast.Load()),
-            attr="find",
+            attr="ids",
             ctx=ast.Load(),
         )
-        count = ast.Attribute(value=load("u"), attr="feature_count", ctx=ast.Load())
-        deferred(var, call(count, call(find, ast.Constant(name))))
+        ident = call(ast.Attribute(value=ids, attr="get", ctx=ast.Load()), ast.Constant(name))
+        user_features = ast.Attribute(value=load("u"), attr="features", ctx=ast.Load())
+        deferred(var, call(load("count_of"), user_features, ident))
     for name, var in step_var.items():
         deferred(var, call(load("step_done"), load("u"), load("vocab"), ast.Constant(name)))
     result: ast.expr = ast.Constant(0)
@@ -623,7 +624,12 @@ def compile_mask(rules: Sequence[tuple[int, Rule]], fresh: bool = False) -> Mask
     function = ast.FunctionDef(name="mask", args=arguments, body=body, decorator_list=[], returns=None)
     module = ast.fix_missing_locations(ast.Module(body=[function], type_ignores=[]))
     # Built from checked trees only (see parse_rule); the namespace holds the readers it calls.
-    namespace: dict[str, Any] = {**_READER_NAMES, "cluster_of": _cluster_of, "step_done": _step_done}
+    namespace: dict[str, Any] = {
+        **_READER_NAMES,
+        "cluster_of": _cluster_of,
+        "step_done": _step_done,
+        "count_of": feature_count,
+    }
     exec(compile(module, "<segments>", "exec"), namespace)
     return namespace["mask"]  # type: ignore[no-any-return]
 

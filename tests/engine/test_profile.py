@@ -8,10 +8,14 @@ from hypothesis import strategies as st
 
 from engine.events import Event, EventKind, event_from_object
 from engine.profile import (
+    C_EVENTS,
+    C_WIN,
+    C_WIN_EVENTS,
     ENGAGEMENT_HALF_LIFE_S,
     ENGAGEMENT_WEIGHTS,
     SESSION_GAP_S,
     WINDOW_BUCKET_S,
+    WINDOW_BUCKETS,
     UserState,
     Vocabularies,
     Vocabulary,
@@ -198,3 +202,28 @@ def test_snapshot_restore_mid_stream_equals_uninterrupted(events: list[Event], c
         restored.apply(event, vocab3)
     now = T0 + 11 * 86400
     assert restored.view(vocab3, now) == straight.view(vocab, now)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(EVENT_STRATEGY, min_size=1, max_size=40), st.floats(min_value=0, max_value=400))
+def test_the_kept_sums_equal_the_counts_they_sum(events: list[Event], later: float) -> None:
+    """Events of every kind and events in the window are kept as sums, whatever the order the
+    events came in (late ones too); the window's sum is what the window holds."""
+    user, _ = play(*events)
+    c = user.counters
+    assert user.events_total == sum(c[k] for k in EventKind) == len(events)
+    newest = max(e.ts for e in events)
+    assert c[C_WIN_EVENTS] == sum(c[C_WIN : C_WIN + WINDOW_BUCKETS])
+    assert user.events_in_window(newest) == sum(1 for e in events if int(e.ts) // 30 > int(newest) // 30 - 10)
+    assert user.events_in_window(newest + later) == sum(
+        1 for e in events if int(e.ts) // 30 > int(newest + later) // 30 - 10
+    )
+
+
+def test_a_snapshot_from_before_the_sums_restores_with_them() -> None:
+    user, vocab = play(*[ev("feature_clicked", T0 + 20 * n, feature="a") for n in range(12)])
+    old = user.snapshot()
+    old[0] = user.counters[:C_EVENTS].tobytes()  # counters as they were, without the sums
+    restored = UserState.restore(old)
+    assert restored.counters == user.counters
+    assert restored.view(vocab, T0 + 300) == user.view(vocab, T0 + 300)
