@@ -270,6 +270,8 @@ class UserState:
 
         ctx = event.context
         # A value is stored (interned) only when it differs: contexts mostly repeat the user's.
+        # Written out field by field: a loop with getattr/setattr took 430 instead of 155 ns,
+        # on every event.
         if ctx is not None:
             value = ctx.device_type
             if value is not None and value != self.device_type:
