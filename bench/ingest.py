@@ -275,14 +275,23 @@ async def _dead_letters(url: str) -> int:
         await nc.close()
 
 
-def _memory(pseudonymizer: Pseudonymizer, users: int) -> dict[str, Any]:
-    """Retained bytes of shard state per user, by tracemalloc, on ``users`` users."""
+def _messages(
+    pseudonymizer: Pseudonymizer, users: int, events: int, **population: Any
+) -> list[tuple[int, str, bytes]]:
+    """The population's events (``population``: its other parameters) as a shard receives
+    them: (partition, user key, payload)."""
     publisher = EventPublisher(None, pseudonymizer)  # type: ignore[arg-type]  # prepare() only
     messages = []
-    for event in onboarding_events(users=users, events=users * 10, seed=11):
+    for event in onboarding_events(users=users, events=events, **population):
         subject, payload, _ = publisher.prepare(event)
         key = subject.rsplit(".", 1)[1]
         messages.append((partition_of(key, PARTITIONS), key, payload))
+    return messages
+
+
+def _memory(pseudonymizer: Pseudonymizer, users: int) -> dict[str, Any]:
+    """Retained bytes of shard state per user, by tracemalloc, on ``users`` users."""
+    messages = _messages(pseudonymizer, users, users * 10, seed=11)
     catalog = load_catalog(DEFAULT_CATALOG)
     out: dict[str, Any] = {"memory_users": 0, "memory_events_per_user": 10}
     # As a shard holds it (with the learning loop's state: open decisions, contributions, the
@@ -347,12 +356,7 @@ def _apply_cost(pseudonymizer: Pseudonymizer, n_events: int, n_users: int) -> di
     model; the changes taken for publishing every 2,000 events, as a publisher would): CPU per
     event, the fastest of 3 each, alternated. Steadier than the drains on a shared machine;
     a shard also spends CPU on fetching, acknowledging and checkpointing, the same either way."""
-    publisher = EventPublisher(None, pseudonymizer)  # type: ignore[arg-type]  # prepare() only
-    messages = []
-    for event in onboarding_events(users=n_users, events=n_events):
-        subject, payload, _ = publisher.prepare(event)
-        key = subject.rsplit(".", 1)[1]
-        messages.append((partition_of(key, PARTITIONS), key, payload))
+    messages = _messages(pseudonymizer, n_users, n_events)
     catalogs = bench_catalogs()
     warm = ShardState.build(dict.fromkeys(range(PARTITIONS)), None, SegmentIndex(catalogs["segments"]))
     for seq, (partition, key, payload) in enumerate(messages[: n_events // 4], 1):

@@ -107,7 +107,6 @@ NEW_SESSION = 2  # the session count grew
 CONTEXT_CHANGED = 4  # a context field took a new value
 NEW_STEP = 8  # a step completed for the first time
 TRAITS_CHANGED = 16  # a trait (role, company size, age band) took a new value
-LATE = 32  # older than the user's newest event: time did not move forward
 
 # Consent bits: recorded and granted, per purpose.
 _ANALYTICS_SET, _ANALYTICS_ON, _PERSONAL_SET, _PERSONAL_ON = 1, 2, 4, 8
@@ -261,7 +260,6 @@ class UserState:
             # backwards (sessions and recency stay as the newest events made them).
             self.engagement += _WEIGHTS[kind] * math.exp(gap / _DECAY_TAU)
             self.first_seen = min(self.first_seen, ts)
-            changed = LATE
         seconds = int(ts)
         c[C_HOURS] |= 1 << (seconds // 3600 % 24)
         c[C_DAYS] |= 1 << ((seconds // 86400 + 3) % 7)  # 1970-01-01 was a Thursday

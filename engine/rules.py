@@ -90,6 +90,15 @@ _COMPARE = {
     ast.In: "in",
     ast.NotIn: "not in",
 }
+#: The comparisons other than ``in``, as functions: polars expressions and constants alike.
+_OPERATORS: dict[str, Callable[[Any, Any], Any]] = {
+    "<": operator.lt,
+    "<=": operator.le,
+    ">": operator.gt,
+    ">=": operator.ge,
+    "==": operator.eq,
+    "!=": operator.ne,
+}
 MAX_RULE_LENGTH = 1000
 
 
@@ -347,14 +356,7 @@ def _to_polars(node: ast.expr) -> pl.Expr:
             # Missing is never in, nor "not in", a list: false both ways.
             return (left.is_not_null() & result).fill_null(False)
         right_value = _value(right)
-        compared = {
-            "<": left < right_value,
-            "<=": left <= right_value,
-            ">": left > right_value,
-            ">=": left >= right_value,
-            "==": left == right_value,
-            "!=": left != right_value,
-        }[op]
+        compared: pl.Expr = _OPERATORS[op](left, right_value)
         return compared.fill_null(False)
     if isinstance(node, ast.Call):
         step = node.args[0].value  # type: ignore[attr-defined]
@@ -634,22 +636,12 @@ def compile_mask(rules: Sequence[tuple[int, Rule]], fresh: bool = False) -> Mask
     return namespace["mask"]  # type: ignore[no-any-return]
 
 
-_FOLD_COMPARE: dict[type[ast.cmpop], Callable[[Any, Any], bool]] = {
-    ast.Lt: operator.lt,
-    ast.LtE: operator.le,
-    ast.Gt: operator.gt,
-    ast.GtE: operator.ge,
-    ast.Eq: operator.eq,
-    ast.NotEq: operator.ne,
-}
-
-
 def _fold(node: ast.expr) -> ast.expr:
     """``node`` with comparisons of two constants computed and ``and``/``or``/``not`` over the
     results simplified (a rule over a field known to be constant, see ``fresh``)."""
     if isinstance(node, ast.Compare):
         left, right = _fold(node.left), _fold(node.comparators[0])
-        compare = _FOLD_COMPARE.get(type(node.ops[0]))
+        compare = _OPERATORS.get(_COMPARE[type(node.ops[0])])
         if isinstance(left, ast.Constant) and isinstance(right, ast.Constant) and compare is not None:
             return ast.Constant(compare(left.value, right.value))
         return ast.Compare(left=left, ops=node.ops, comparators=[right])

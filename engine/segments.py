@@ -329,6 +329,7 @@ class PartitionSegments:
         if self.seen % index.sample_every == 0:
             self.samples.append(user_key)
         kind = event.kind
+        # The evaluator's key as :meth:`SegmentIndex.key` makes it, written out (every event).
         key = kind << KIND_SHIFT | changed & MOVED
         if now == user.last_seen:
             key |= FRESH
@@ -377,12 +378,11 @@ class PartitionSegments:
         n = (old ^ new).bit_count()
         self.outbox.append((user_key, old, new, now, origin))
         self.queued += n
-        if self.queued > OUTBOX_LIMIT:
-            while self.queued > OUTBOX_LIMIT:
-                _, before, after, _, _ = self.outbox.popleft()
-                lost = (before ^ after).bit_count()
-                self.queued -= lost
-                self.dropped += lost
+        while self.queued > OUTBOX_LIMIT:
+            _, before, after, _, _ = self.outbox.popleft()
+            lost = (before ^ after).bit_count()
+            self.queued -= lost
+            self.dropped += lost
         return n
 
     def next_batch(self, limit: int = 10_000) -> list[ChangeRow]:
@@ -400,17 +400,12 @@ class PartitionSegments:
         """About ``limit`` of the oldest queued changes (an evaluation's changes stay together),
         removed from the outbox, as rows in :class:`SegmentChange`'s field order (what gets
         published); counted by segment (see :meth:`counts`)."""
-        outbox, p, index = self.outbox, self.partition, self.index
-        transitions, width, taken = index.transitions, len(index.ids), self.taken
+        outbox, p, transition_of, taken = self.outbox, self.partition, self.index.transition, self.taken
         out: list[ChangeRow] = []
         append = out.append
         while outbox and len(out) < limit:
             key, old, new, ts, origin = outbox.popleft()
-            diff = old ^ new
-            transition = diff << width | new & diff
-            changes = transitions.get(transition)
-            if changes is None:
-                transition, changes = index.transition(old, new)
+            transition, changes = transition_of(old, new)
             for segment, change in changes:
                 append((key, segment, change, ts, origin, p))
             self.queued -= len(changes)
