@@ -102,7 +102,8 @@ class SegmentChange(msgspec.Struct, frozen=True, array_like=True):
     segment: str
     change: str  # "enter" or "exit"
     ts: float
-    #: What caused it: the stream sequence of the event, or ``"t<time>"`` for a sweep.
+    #: What caused it: the stream sequence of the event, or ``"t<time>"`` for a sweep
+    #: (``"t<time>.m<version>"`` when it assigned clusters with that model version).
     origin: int | str
     partition: int
 
@@ -295,7 +296,8 @@ class PartitionSegments:
         self.since = 0.0
         #: Changes not yet published, oldest first: an entry per evaluation that changed a
         #: user's membership (cheap on the event path; :meth:`take` spells out the changes):
-        #: (user key, mask before, mask after, time, origin: a stream sequence or "t<time>").
+        #: (user key, mask before, mask after, time, origin: a stream sequence, or "t<time>" or
+        #: "t<time>.m<cluster model version>" for a sweep).
         self.outbox: deque[OutboxEntry] = deque()
         #: How many changes the outbox holds.
         self.queued = 0
@@ -359,7 +361,11 @@ class PartitionSegments:
         now = max(now, self.clock)
         self.clock = now
         assigner = self.index.assigner if reassign else None
-        origin = f"t{now:.3f}"  # a sweep: its time names it
+        # A sweep: its time names it, and the cluster model it assigned with. A clock that holds
+        # still (``membership.clock: event`` after the last event) sees several models in turn
+        # re-assign the same users at the same time: a user can enter one cluster again, and
+        # without the version that change would repeat an earlier one's id and be dropped.
+        origin = f"t{now:.3f}" if assigner is None else f"t{now:.3f}.m{assigner.version}"
         changes = 0
         for key, user in users:
             cluster_changed = assigner is not None and assigner.reassign(user, now)

@@ -300,6 +300,32 @@ def test_a_cluster_assignment_moves_cluster_segments_and_rules_reading_the_clust
     )
 
 
+def test_models_reassigning_at_one_sweep_time_give_every_change_its_own_id() -> None:
+    from engine.segments import change_id
+
+    index = SegmentIndex(catalog_with(RULES))
+    features = 7
+    near, far = [0.0] * features, [90.0] * features
+    index.assigner = ClusterAssigner([near, far], [1.0] * features, 1)
+    part = PartitionState(0, segments=index)
+    part.apply_event("k", event(1, "session_started", NOW), seq=1)
+    assert part.segments is not None and part.users["k"].cluster == 0
+    part.segments.take()
+    # A clock that holds still (the event clock after the last event) while models come in:
+    # the user goes to cluster 1, back to 0 and to 1 again, all at the same sweep time.
+    for version, centers in enumerate([[far, near], [near, far], [far, near]], start=2):
+        index.assigner = ClusterAssigner(centers, [1.0] * features, version)
+        assert part.sweep_segments(NOW + 60, ["k"], reassign=True) > 0
+    rows = part.segments.take()
+    assert [(segment, change) for _, segment, change, *_ in rows if segment.startswith("cluster_")] == [
+        ("cluster_0", "exit"), ("cluster_1", "enter"),
+        ("cluster_0", "enter"), ("cluster_1", "exit"),
+        ("cluster_0", "exit"), ("cluster_1", "enter"),
+    ]  # fmt: skip
+    ids = [change_id(p, origin, key, segment, change) for key, segment, change, _, origin, p in rows]
+    assert len(set(ids)) == len(ids)  # consumers deduplicating by id keep every one
+
+
 def test_compiled_masks_match_rule_by_rule_evaluation_on_a_real_user() -> None:
     vocab, user = Vocabularies(), UserState.new(NOW)
     user.apply(event(1, "session_started", NOW, context={"device_type": "mobile", "country": "AT"}), vocab)
