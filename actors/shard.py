@@ -82,6 +82,9 @@ SEGMENT_FLUSH_S = 0.05
 EXPIRE_EVERY_S = 3600.0
 #: The shard that trains the cluster model (every shard has number 0 at every size).
 CLUSTER_TRAINING_SHARD = 0
+#: The checkpoint mark of a partition with no snapshot stored (a handed-over one, until the
+#: next checkpoint writes it): below every real mark.
+NOT_STORED = (-1, 0, 0)
 
 
 def _not_bound(seq: int, key: str, data: bytes) -> None:
@@ -129,12 +132,19 @@ class ShardActor:
         #: consumed it: the pause a move costs, measured where it happens.
         self._stopped_at: dict[int, float] = {}
         self._consuming_since: dict[int, float] = {}
-        self._checkpointed: dict[int, int] = {}
+        #: Per partition, its :meth:`~engine.partition.PartitionState.checkpoint_mark` when last
+        #: stored (last sequence first): a checkpoint skips a partition whose mark is the same.
+        self._checkpointed: dict[int, tuple[int, int, int]] = {}
         self.checkpoint_count = 0
         self.checkpoint_max_pause_s = 0.0
         self.last_checkpoint_at = 0.0
         self._checkpointer: asyncio.Task[None] | None = None
         self._checkpoint_lock = asyncio.Lock()
+        #: Partitions whose segment changes wait for a snapshot: a sweep's changes are published
+        #: only once a stored snapshot holds them (a replay of the stream cannot make them again,
+        #: so a crash after publishing them must not undo them); while one is being swept.
+        self._held_for_snapshot: set[int] = set()
+        self._sweeping: set[int] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
         self.decider = Decider(catalog)
         #: The served policies: the merged statistics of every partition (headstart.merge).
@@ -296,7 +306,9 @@ class ShardActor:
             for part in parts:
                 self.state.partitions[part.partition] = part
                 # A handed-over snapshot is not in the object store yet: the next checkpoint writes it.
-                self._checkpointed[part.partition] = -1 if part.partition in handed else part.last_seq
+                self._checkpointed[part.partition] = (
+                    NOT_STORED if part.partition in handed else part.checkpoint_mark()
+                )
             consumers = await creating
             step("consumers_s")
             for p, consumer in zip(consuming, consumers, strict=True):
@@ -883,13 +895,9 @@ class ShardActor:
         written, pauses = 0, []
         async with self._checkpoint_lock:
             for partition, part in list(self.state.partitions.items()):
-                if partition in self._released or part.last_seq == self._checkpointed.get(partition):
+                if partition in self._released or part.checkpoint_mark() == self._checkpointed.get(partition):
                     continue  # handed over (its new owner writes it), or unchanged
-                started = time.perf_counter()
-                data, last_seq = part.snapshot(), part.last_seq
-                pauses.append(time.perf_counter() - started)
-                await self.checkpoints.save(partition, data, last_seq)
-                self._checkpointed[partition] = last_seq
+                pauses.append(await self._save(part))
                 written += 1
         if pauses:
             self.checkpoint_max_pause_s = max(self.checkpoint_max_pause_s, *pauses)
@@ -902,12 +910,21 @@ class ShardActor:
         but not yet snapshotted (an erasure waits for this)."""
         if part.last_seq < seq:
             return False
-        if self._checkpointed.get(part.partition, -1) < seq:
-            assert self.checkpoints is not None
-            data, last_seq = part.snapshot(), part.last_seq
-            await self.checkpoints.save(part.partition, data, last_seq)
-            self._checkpointed[part.partition] = last_seq
+        if self._checkpointed.get(part.partition, NOT_STORED)[0] < seq:
+            await self._save(part)
         return True
+
+    async def _save(self, part: PartitionState) -> float:
+        """Store a snapshot of ``part``; returns how long taking it paused the event loop."""
+        assert self.checkpoints is not None
+        started = time.perf_counter()
+        mark, data, last_seq = part.checkpoint_mark(), part.snapshot(), part.last_seq
+        pause = time.perf_counter() - started
+        await self.checkpoints.save(part.partition, data, last_seq)
+        self._checkpointed[part.partition] = mark
+        if part.partition not in self._sweeping:  # else part of the sweep is not in it
+            self._held_for_snapshot.discard(part.partition)
+        return pause
 
     async def _checkpoint_forever(self) -> None:
         while True:
@@ -939,12 +956,16 @@ class ShardActor:
     def _consumed_partitions(self) -> dict[int, PartitionState]:
         return {p: part for p, part in self.state.partitions.items() if p not in self._released}
 
+    def _publishable_partitions(self) -> dict[int, PartitionState]:
+        held = self._held_for_snapshot
+        return {p: part for p, part in self._consumed_partitions().items() if p not in held}
+
     async def _flush_segments_forever(self) -> None:
         assert self.change_publisher is not None
         while True:
             await asyncio.sleep(SEGMENT_FLUSH_S)
             try:
-                await self.change_publisher.flush(self._consumed_partitions)
+                await self.change_publisher.flush(self._publishable_partitions)
             except Exception:
                 log.exception("segment change flush failed")
 
@@ -959,10 +980,37 @@ class ShardActor:
                 if now is not None
                 else (time.time() if self.membership.clock == "wall" else part.watermark)
             )
-            changes += await sweep_partition(part, at)
+            changes += await self._sweep_durably(part, at)
         self.sweeps += 1
         self.sweep_changes += changes
         self.last_sweep_s = time.perf_counter() - started
+        return changes
+
+    async def _sweep_durably(self, part: PartitionState, at: float) -> int:
+        """Sweep one partition and store its snapshot before its changes are published.
+
+        An event's changes are made again, under the same ids, by replaying the event after a
+        crash; a sweep's are not (the next sweep runs at another time). So its changes wait
+        until a snapshot holds them: a crash before that loses nothing published (the next
+        sweep makes them), a crash after it publishes them from the restored outbox, under
+        their ids. If storing fails they wait for the next checkpoint.
+        """
+        p = part.partition
+        was_held = p in self._held_for_snapshot
+        self._held_for_snapshot.add(p)
+        self._sweeping.add(p)
+        try:
+            changes = await sweep_partition(part, at)
+        finally:
+            self._sweeping.discard(p)
+        if (not changes and not was_held) or self.checkpoints is None or p in self._released:
+            self._held_for_snapshot.discard(p)
+            return changes
+        try:
+            async with self._checkpoint_lock:
+                await self._save(part)
+        except Exception:
+            log.exception("snapshot after a sweep failed; its changes wait for the next checkpoint")
         return changes
 
     async def _sweep_segments_forever(self) -> None:
@@ -1083,7 +1131,8 @@ class ShardActor:
         self._prepared = {}
         if self.change_publisher is not None and self.ready.is_set():
             with contextlib.suppress(Exception):
-                await self.change_publisher.flush(self._consumed_partitions, force=True)
+                # Held sweep changes stay queued: the checkpoint below stores them.
+                await self.change_publisher.flush(self._publishable_partitions, force=True)
         if checkpoint and self.ready.is_set():
             await self.checkpoint()
             if self.merger is not None:

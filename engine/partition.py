@@ -60,6 +60,7 @@ class PartitionState:
         "learning",
         "partition",
         "records",
+        "revision",
         "sealer",
         "segments",
         "users",
@@ -103,6 +104,9 @@ class PartitionState:
         self.withheld: dict[str, int] = {}
         #: Their events, counted by type and dropped.
         self.anonymous: dict[str, int] = {}
+        #: Counts what changes this state without a stream message (profiles expired); see
+        #: :meth:`checkpoint_mark`.
+        self.revision = 0
 
     def apply_message(self, seq: int, user_key: str, data: bytes) -> None:
         """Decode, validate and apply one stream message, once.
@@ -198,7 +202,29 @@ class PartitionState:
         stale = [key for key, user in self.users.items() if user.last_seen < cutoff]
         for key in stale:
             self.forget_user(key, self.watermark)
+        if stale:
+            self.revision += 1
         return len(stale)
+
+    def checkpoint_mark(self) -> tuple[int, int, int]:
+        """Equal to an earlier mark while nothing changed this state: the last sequence applied,
+        and what changed it without a message (a sweep moving users in or out of segments, a
+        batch of changes published, profiles expired). A partition nobody sends events to still
+        changes: its snapshot must follow, or a restart would redo a sweep's exits (under new
+        ids) and bring expired profiles back until the next expiry.
+
+        >>> from engine.events import encode_event
+        >>> part = PartitionState(0)
+        >>> raw = encode_event({"event_id": "e1", "user_id": "k", "type": "session_started", "ts": 10})
+        >>> part.apply_message(seq=1, user_key="k", data=raw)
+        >>> part.checkpoint_mark()
+        (1, 0, 0)
+        >>> part.watermark += 400 * 86400  # a year later, nothing heard of "k": expired
+        >>> part.expire_inactive(365 * 86400), part.checkpoint_mark()
+        (1, (1, 1, 0))
+        """
+        swept = self.segments.revision if self.segments is not None else 0
+        return (self.last_seq, self.revision, swept)
 
     def consent_of(self, user_key: str) -> int | None:
         """The consent bits of a user the partition keeps nothing else about (None: not one)."""

@@ -279,6 +279,7 @@ class PartitionSegments:
         "outbox",
         "partition",
         "queued",
+        "revision",
         "samples",
         "seen",
         "since",
@@ -316,6 +317,9 @@ class PartitionSegments:
         #: The cluster model version the last complete sweep assigned users with.
         self.swept_version = -1
         self.seen = 0
+        #: Counts what changes this state without an event (sweeps that changed a membership,
+        #: published batches): a checkpoint compares it, as it compares the last sequence.
+        self.revision = 0
 
     def on_event(
         self, user_key: str, user: UserState, event: Event, seq: int, vocab: Vocabularies, changed: int
@@ -377,6 +381,8 @@ class PartitionSegments:
             if new != old:
                 user.segments = new
                 changes += self.record_change(key, old, new, now, origin)
+        if changes:
+            self.revision += 1
         return changes
 
     def record_change(self, user_key: str, old: int, new: int, now: float, origin: int | str) -> int:
@@ -401,6 +407,7 @@ class PartitionSegments:
     def published(self) -> None:
         """The batch in flight is stored."""
         self.in_flight = None
+        self.revision += 1
 
     def take(self, limit: int = 10_000) -> list[ChangeRow]:
         """About ``limit`` of the oldest queued changes (an evaluation's changes stay together),

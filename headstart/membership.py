@@ -7,7 +7,8 @@ over NATS, off the event path:
   ``HS_SEGMENTS`` stream, in order, in batches (``hs.segments.<partition>``, a msgpack list of
   enters and exits in the order they happened);
 - :func:`sweep_partition` re-evaluates the time-based segments of a partition's users in chunks,
-  yielding to the event loop between chunks;
+  yielding to the event loop between chunks (the shard stores the partition's snapshot before
+  publishing what a sweep changed: a replay cannot make a sweep's changes again);
 - :class:`ClusterTrainer` (on one shard) learns River's k-means from sampled users and
   publishes the model to the ``HS_LEARN`` bucket (key ``clusters``), from where every shard
   assigns its users.

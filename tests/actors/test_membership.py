@@ -4,6 +4,8 @@ each user's live membership, and clusters trained on one shard and served by all
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import time
 from collections import defaultdict
 from collections.abc import Iterator
@@ -11,6 +13,7 @@ from typing import Any
 
 import nats
 import pytest
+import ray
 
 from actors.cluster import ShardGroup
 from bench.population import onboarding_events
@@ -105,6 +108,23 @@ def read_quietly(
     raise AssertionError("segment membership never held still")
 
 
+def assert_changes_replay_to_views(changes: list[Any], views: dict[str, Any], keys: list[str]) -> None:
+    """Published changes, applied in order, give each user's live membership: no enter while
+    in, no exit while out, and nothing missing."""
+    assert len({c.id for c in changes}) == len(changes)
+    replayed: dict[str, set[str]] = defaultdict(set)
+    for change in changes:
+        members = replayed[change.user_id]
+        if change.change == "enter":
+            assert change.segment not in members, change
+            members.add(change.segment)
+        else:
+            assert change.segment in members, change
+            members.discard(change.segment)
+    for key in keys:
+        assert replayed[key] == set(views[key]["segments"]), key
+
+
 def test_published_changes_replay_to_live_membership_and_clusters_reach_every_shard(
     tracked_group: ShardGroup, fresh_streams: str, pseudonymizer: Pseudonymizer
 ) -> None:
@@ -120,17 +140,39 @@ def test_published_changes_replay_to_live_membership_and_clusters_reach_every_sh
     assert len(changes) == counted > 0  # each change stored once
     assert len({c.id for c in changes}) == len(changes)
 
-    replayed: dict[str, set[str]] = defaultdict(set)
-    for change in changes:
-        members = replayed[change.user_id]
-        if change.change == "enter":
-            assert change.segment not in members, change  # in order: no enter while in
-            members.add(change.segment)
-        else:
-            assert change.segment in members, change  # no exit without an enter
-            members.discard(change.segment)
+    assert_changes_replay_to_views(changes, views, keys)
     for key in keys:
-        assert replayed[key] == set(views[key]["segments"]), key
         assert f"cluster_{views[key]['cluster']}" in views[key]["segments"]
     clusters_used = {v["cluster"] for v in views.values()}
     assert len(clusters_used) >= 2  # the population is not one blob
+
+
+def test_a_sweep_stores_a_snapshot_before_its_changes_go_out_so_a_crash_keeps_them(
+    tracked_group: ShardGroup, fresh_streams: str, pseudonymizer: Pseudonymizer
+) -> None:
+    events = list(onboarding_events(users=40, events=1000, seed=8))
+    asyncio.run(publish(fresh_streams, pseudonymizer, events))
+    tracked_group.wait_caught_up(timeout=60)
+    keys = sorted({pseudonymizer.key(e["user_id"]) for e in events})
+    read_quietly(tracked_group, fresh_streams, keys)
+
+    # A month without events: the sweep moves users out of time-based segments. Nothing else
+    # changes the partitions after this checkpoint, and no other checkpoint is asked for: the
+    # sweep stores its own before publishing.
+    victim = tracked_group.shards[0]
+    ray.get(victim.checkpoint.remote())
+    later = max(e["ts"] for e in events) + 30 * 86400
+    assert ray.get(victim.sweep_segments.remote(later)) > 0
+    wait_for(lambda: ray.get(victim.stats.remote())["segments"]["queued"] == 0)  # published
+    before = ray.get(victim.stats.remote())
+    os.kill(before["pid"], signal.SIGKILL)
+    ray.get(victim.wait_ready.remote(), timeout=60)
+    tracked_group.wait_caught_up(timeout=60)
+    assert ray.get(victim.stats.remote())["pid"] != before["pid"]
+
+    # The restarted shard resumed the swept membership: the published changes still replay to
+    # it, each made once (from a snapshot older than the sweep, the users would be back in the
+    # segments they left, and the next sweep would publish those exits again).
+    changes, _, views = read_quietly(tracked_group, fresh_streams, keys)
+    assert_changes_replay_to_views(changes, views, keys)
+    assert any(str(c.origin).startswith(f"t{later:.3f}") for c in changes)  # the sweep's

@@ -185,6 +185,21 @@ def test_time_based_segments_change_when_time_passes_without_an_event() -> None:
     assert ("busy", "enter") not in changes(part)
 
 
+def test_the_checkpoint_mark_moves_with_sweeps_that_change_membership_and_with_publishing() -> None:
+    part = PartitionState(0, segments=SegmentIndex(catalog_with(RULES)))
+    for n in range(3):
+        part.apply_event("k", event(n, "feature_clicked", NOW + n, props={"feature": "share"}), seq=n + 1)
+    assert part.segments is not None
+    part.segments.next_batch()
+    mark = part.checkpoint_mark()
+    assert part.sweep_segments(NOW + 60, ["k"]) == 0 and part.checkpoint_mark() == mark  # nothing moved
+    part.segments.published()  # the outbox a snapshot holds changed
+    assert part.checkpoint_mark() != mark
+    mark = part.checkpoint_mark()
+    assert part.sweep_segments(NOW + 600, ["k"]) == 1  # left "busy": no event, a new state
+    assert part.checkpoint_mark() != mark and part.checkpoint_mark()[0] == mark[0]
+
+
 def test_a_feature_window_is_entered_by_clicks_and_left_by_a_sweep() -> None:
     part = PartitionState(0, segments=SegmentIndex(catalog_with(RULES)))
     for n, feature in enumerate(("share", "export")):
