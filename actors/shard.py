@@ -987,14 +987,8 @@ class ShardActor:
         return changes
 
     async def _sweep_durably(self, part: PartitionState, at: float) -> int:
-        """Sweep one partition and store its snapshot before its changes are published.
-
-        An event's changes are made again, under the same ids, by replaying the event after a
-        crash; a sweep's are not (the next sweep runs at another time). So its changes wait
-        until a snapshot holds them: a crash before that loses nothing published (the next
-        sweep makes them), a crash after it publishes them from the restored outbox, under
-        their ids. If storing fails they wait for the next checkpoint.
-        """
+        """Sweep one partition; what it changed is published once a snapshot holds it (see
+        :meth:`_store_before_publishing`)."""
         p = part.partition
         was_held = p in self._held_for_snapshot
         self._held_for_snapshot.add(p)
@@ -1003,15 +997,31 @@ class ShardActor:
             changes = await sweep_partition(part, at)
         finally:
             self._sweeping.discard(p)
-        if (not changes and not was_held) or self.checkpoints is None or p in self._released:
+        if changes or was_held:
+            await self._store_before_publishing(part)
+        else:
             self._held_for_snapshot.discard(p)
-            return changes
+        return changes
+
+    async def _store_before_publishing(self, part: PartitionState) -> None:
+        """Store a snapshot of ``part`` before its queued segment changes are published.
+
+        An event's changes are made again, under the same ids, by replaying the event after a
+        crash; a sweep's or an expiry's are not (the next one runs at another time). So they
+        wait until a snapshot holds them: a crash before that loses nothing published (the
+        next sweep or expiry makes them), a crash after it publishes them from the restored
+        outbox, under their ids. If storing fails they wait for the next checkpoint.
+        """
+        p = part.partition
+        if self.checkpoints is None or p in self._released:
+            self._held_for_snapshot.discard(p)
+            return
+        self._held_for_snapshot.add(p)
         try:
             async with self._checkpoint_lock:
                 await self._save(part)
         except Exception:
-            log.exception("snapshot after a sweep failed; its changes wait for the next checkpoint")
-        return changes
+            log.exception("snapshot of partition %d failed; its changes wait for the next checkpoint", p)
 
     async def _sweep_segments_forever(self) -> None:
         while True:
@@ -1024,7 +1034,12 @@ class ShardActor:
     async def expire_inactive(self) -> int:
         """Delete profiles inactive longer than ``profile_retention_days``; returns how many."""
         max_inactive_s = self.settings.profile_retention_days * 86400
-        expired = sum(part.expire_inactive(max_inactive_s) for part in self._consumed_partitions().values())
+        expired = 0
+        for part in list(self._consumed_partitions().values()):
+            forgotten = part.expire_inactive(max_inactive_s)
+            if forgotten:  # stored now: their exits go out only once nothing brings them back
+                await self._store_before_publishing(part)
+            expired += forgotten
         self.expired_profiles += expired
         return expired
 

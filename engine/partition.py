@@ -168,9 +168,10 @@ class PartitionState:
         recorded = self.withheld.get(user_key)
         return consent_allows(recorded or 0, "analytics", self.consent_by_default)
 
-    def forget_user(self, user_key: str, now: float, seq: int = 0) -> bool:
+    def forget_user(self, user_key: str, now: float, seq: int | str = 0) -> bool:
         """Remove a user's state: profile, open decisions, path, insights; their segments are
-        left (published as exits). What the policies already learned is aggregate and stays."""
+        left (published as exits, caused by ``seq``: the message's sequence, or what else did).
+        What the policies already learned is aggregate and stays."""
         self.forget_exposures(user_key)
         user = self.users.pop(user_key, None)
         if user is None:
@@ -200,8 +201,11 @@ class PartitionState:
         how many."""
         cutoff = self.watermark - max_inactive_s
         stale = [key for key, user in self.users.items() if user.last_seen < cutoff]
+        # Their exits are named by the expiry's time: a user who comes back and expires again
+        # exits under other ids.
+        origin = f"x{self.watermark:.3f}"
         for key in stale:
-            self.forget_user(key, self.watermark)
+            self.forget_user(key, self.watermark, origin)
         if stale:
             self.revision += 1
         return len(stale)

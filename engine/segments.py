@@ -102,8 +102,9 @@ class SegmentChange(msgspec.Struct, frozen=True, array_like=True):
     segment: str
     change: str  # "enter" or "exit"
     ts: float
-    #: What caused it: the stream sequence of the event, or ``"t<time>"`` for a sweep
-    #: (``"t<time>.m<version>"`` when it assigned clusters with that model version).
+    #: What caused it: the stream sequence of the event, ``"t<time>"`` for a sweep
+    #: (``"t<time>.m<version>"`` when it assigned clusters with that model version), or
+    #: ``"x<time>"`` for profiles expired at that (event) time.
     origin: int | str
     partition: int
 
@@ -427,7 +428,7 @@ class PartitionSegments:
             self._count_taken()
         return out
 
-    def forget(self, user_key: str, user: UserState, now: float, seq: int) -> None:
+    def forget(self, user_key: str, user: UserState, now: float, seq: int | str) -> None:
         """A user forgotten (consent withdrawn, erased): exits from every segment they were in."""
         if user.segments:
             self.record_change(user_key, user.segments, 0, max(now, self.clock), seq)

@@ -18,7 +18,7 @@ import ray
 from actors.cluster import ShardGroup
 from bench.population import onboarding_events
 from engine.catalog import DEFAULT_CATALOG, Catalog, load_catalog
-from engine.keys import Pseudonymizer
+from engine.keys import Pseudonymizer, partition_of
 from engine.segments import batch_decoder
 from headstart.config import Settings
 from headstart.membership import SEGMENTS_STREAM
@@ -109,8 +109,8 @@ def read_quietly(
 
 
 def assert_changes_replay_to_views(changes: list[Any], views: dict[str, Any], keys: list[str]) -> None:
-    """Published changes, applied in order, give each user's live membership: no enter while
-    in, no exit while out, and nothing missing."""
+    """Published changes, applied in order, give each user's live membership (none for a
+    user no longer kept): no enter while in, no exit while out, and nothing missing."""
     assert len({c.id for c in changes}) == len(changes)
     replayed: dict[str, set[str]] = defaultdict(set)
     for change in changes:
@@ -122,7 +122,8 @@ def assert_changes_replay_to_views(changes: list[Any], views: dict[str, Any], ke
             assert change.segment in members, change
             members.discard(change.segment)
     for key in keys:
-        assert replayed[key] == set(views[key]["segments"]), key
+        view = views[key]
+        assert replayed[key] == (set(view["segments"]) if view is not None else set()), key
 
 
 def test_published_changes_replay_to_live_membership_and_clusters_reach_every_shard(
@@ -176,3 +177,42 @@ def test_a_sweep_stores_a_snapshot_before_its_changes_go_out_so_a_crash_keeps_th
     changes, _, views = read_quietly(tracked_group, fresh_streams, keys)
     assert_changes_replay_to_views(changes, views, keys)
     assert any(str(c.origin).startswith(f"t{later:.3f}") for c in changes)  # the sweep's
+
+
+def test_an_expiry_stores_a_snapshot_before_its_exits_go_out_so_a_crash_does_not_revive_users(
+    tracked_group: ShardGroup, fresh_streams: str, pseudonymizer: Pseudonymizer
+) -> None:
+    events = list(onboarding_events(users=40, events=600, seed=4))
+    asyncio.run(publish(fresh_streams, pseudonymizer, events))
+    tracked_group.wait_caught_up(timeout=60)
+    keys = sorted({pseudonymizer.key(e["user_id"]) for e in events})
+    read_quietly(tracked_group, fresh_streams, keys)
+
+    # A year and more later, newcomers in every partition: everyone else is past the profile
+    # retention (365 days) by the partitions' event time.
+    later = max(e["ts"] for e in events) + 400 * 86400
+    newcomers: dict[int, str] = {}
+    n = 0
+    while len(newcomers) < TEST_PARTITIONS:
+        user = f"newcomer-{n}"
+        newcomers.setdefault(partition_of(pseudonymizer.key(user), TEST_PARTITIONS), user)
+        n += 1
+    arrivals = [
+        {"event_id": f"arrival-{u}", "user_id": u, "type": "session_started", "ts": later}
+        for u in newcomers.values()
+    ]
+    asyncio.run(publish(fresh_streams, pseudonymizer, arrivals))
+    tracked_group.wait_caught_up(timeout=60)
+    victim = tracked_group.shards[0]
+    ray.get(victim.checkpoint.remote())
+    assert ray.get(victim.expire_inactive.remote()) > 0
+    wait_for(lambda: ray.get(victim.stats.remote())["segments"]["queued"] == 0)  # exits published
+    before = ray.get(victim.stats.remote())
+    os.kill(before["pid"], signal.SIGKILL)
+    ray.get(victim.wait_ready.remote(), timeout=60)
+    tracked_group.wait_caught_up(timeout=60)
+
+    changes, _, views = read_quietly(tracked_group, fresh_streams, keys)
+    gone = [key for key in keys if views[key] is None]
+    assert gone  # the victim's users stay expired after the restart
+    assert_changes_replay_to_views(changes, views, keys)  # and their exits were made once

@@ -341,6 +341,26 @@ def test_models_reassigning_at_one_sweep_time_give_every_change_its_own_id() -> 
     assert len(set(ids)) == len(ids)  # consumers deduplicating by id keep every one
 
 
+def test_a_user_who_expires_twice_exits_under_other_ids_the_second_time() -> None:
+    from engine.segments import change_id
+
+    part = PartitionState(0, segments=SegmentIndex(catalog_with(RULES)))
+    week = 7 * 86400
+    exits = []
+    for n, back in enumerate((NOW, NOW + 9 * 86400)):
+        part.apply_event("k", event(2 * n, "session_started", back), seq=2 * n + 1)
+        part.apply_event(
+            "other", event(2 * n + 1, "session_started", back + 8 * 86400, key="other"), seq=2 * n + 2
+        )
+        assert part.segments is not None
+        part.segments.take()
+        assert part.expire_inactive(week) == 1 and "k" not in part.users
+        rows = part.segments.take()
+        assert rows and all(row[0] == "k" and row[2] == "exit" for row in rows)
+        exits += [change_id(p, origin, key, segment, change) for key, segment, change, _, origin, p in rows]
+    assert len(set(exits)) == len(exits)  # the second life's exits are not taken for the first's
+
+
 def test_compiled_masks_match_rule_by_rule_evaluation_on_a_real_user() -> None:
     vocab, user = Vocabularies(), UserState.new(NOW)
     user.apply(event(1, "session_started", NOW, context={"device_type": "mobile", "country": "AT"}), vocab)
