@@ -309,6 +309,7 @@ class ShardActor:
                 self._checkpointed[part.partition] = (
                     NOT_STORED if part.partition in handed else part.checkpoint_mark()
                 )
+                self._held_for_snapshot.discard(part.partition)  # restored: nothing to hold
             consumers = await creating
             step("consumers_s")
             for p, consumer in zip(consuming, consumers, strict=True):
@@ -477,6 +478,7 @@ class ShardActor:
                 del self.state.partitions[p]
                 self._released.discard(p)
                 self._checkpointed.pop(p, None)
+                self._held_for_snapshot.discard(p)  # its snapshot went to the new owner
                 self.restored_seqs.pop(p, None)
             if self.merger is not None:
                 self.merger.forget_partitions(partitions)
