@@ -36,7 +36,7 @@ from engine.decision import EXPOSURES_KEY, Decider
 from engine.experiments import ExposedUser, ExposureRecord, cumulative_moments, encode_exposure
 from engine.keys import partition_of
 from engine.learning import DecisionRecord, Learner, PartitionLearning, encode_record
-from engine.partition import PartitionState, snapshot_position
+from engine.partition import CheckpointMark, PartitionState, snapshot_position
 from engine.pii import PiiSealer
 from engine.profile import consent_allows
 from engine.rules import FIELDS, rule_input
@@ -51,6 +51,7 @@ from headstart.membership import (
     CLUSTERS_KEY,
     ChangePublisher,
     ClusterTrainer,
+    PublishHolds,
     cluster_listener,
     sweep_partition,
 )
@@ -84,7 +85,7 @@ EXPIRE_EVERY_S = 3600.0
 CLUSTER_TRAINING_SHARD = 0
 #: The checkpoint mark of a partition with no snapshot stored (a handed-over one, until the
 #: next checkpoint writes it): below every real mark.
-NOT_STORED = (-1, 0, 0)
+NOT_STORED: CheckpointMark = (-1, 0, 0)
 
 
 def _not_bound(seq: int, key: str, data: bytes) -> None:
@@ -134,17 +135,18 @@ class ShardActor:
         self._consuming_since: dict[int, float] = {}
         #: Per partition, its :meth:`~engine.partition.PartitionState.checkpoint_mark` when last
         #: stored (last sequence first): a checkpoint skips a partition whose mark is the same.
-        self._checkpointed: dict[int, tuple[int, int, int]] = {}
+        self._checkpointed: dict[int, CheckpointMark] = {}
         self.checkpoint_count = 0
         self.checkpoint_max_pause_s = 0.0
         self.last_checkpoint_at = 0.0
         self._checkpointer: asyncio.Task[None] | None = None
         self._checkpoint_lock = asyncio.Lock()
-        #: Partitions whose segment changes wait for a snapshot: a sweep's changes are published
-        #: only once a stored snapshot holds them (a replay of the stream cannot make them again,
-        #: so a crash after publishing them must not undo them); while one is being swept.
-        self._held_for_snapshot: set[int] = set()
-        self._sweeping: set[int] = set()
+        #: Partitions whose segment changes wait for a stored snapshot (see
+        #: :meth:`_store_before_publishing`).
+        self._held_for_snapshot = PublishHolds()
+        #: One sweep at a time (the timer's, or one asked for): a partition's sweep is one step
+        #: for the snapshot that holds its changes.
+        self._sweep_lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[Any]] = set()
         self.decider = Decider(catalog)
         #: The served policies: the merged statistics of every partition (headstart.merge).
@@ -309,7 +311,7 @@ class ShardActor:
                 self._checkpointed[part.partition] = (
                     NOT_STORED if part.partition in handed else part.checkpoint_mark()
                 )
-                self._held_for_snapshot.discard(part.partition)  # restored: nothing to hold
+                self._held_for_snapshot.drop(part.partition)  # restored: nothing to hold
             consumers = await creating
             step("consumers_s")
             for p, consumer in zip(consuming, consumers, strict=True):
@@ -478,7 +480,7 @@ class ShardActor:
                 del self.state.partitions[p]
                 self._released.discard(p)
                 self._checkpointed.pop(p, None)
-                self._held_for_snapshot.discard(p)  # its snapshot went to the new owner
+                self._held_for_snapshot.drop(p)  # its snapshot went to the new owner
                 self.restored_seqs.pop(p, None)
             if self.merger is not None:
                 self.merger.forget_partitions(partitions)
@@ -897,8 +899,12 @@ class ShardActor:
         written, pauses = 0, []
         async with self._checkpoint_lock:
             for partition, part in list(self.state.partitions.items()):
-                if partition in self._released or part.checkpoint_mark() == self._checkpointed.get(partition):
-                    continue  # handed over (its new owner writes it), or unchanged
+                if partition in self._released:
+                    continue  # handed over: its new owner writes it
+                stored = self._checkpointed.get(partition)
+                if stored is not None and part.checkpoint_mark() == stored:
+                    self._held_for_snapshot.stored(partition, stored)  # what is held is stored
+                    continue
                 pauses.append(await self._save(part))
                 written += 1
         if pauses:
@@ -924,8 +930,7 @@ class ShardActor:
         pause = time.perf_counter() - started
         await self.checkpoints.save(part.partition, data, last_seq)
         self._checkpointed[part.partition] = mark
-        if part.partition not in self._sweeping:  # else part of the sweep is not in it
-            self._held_for_snapshot.discard(part.partition)
+        self._held_for_snapshot.stored(part.partition, mark)
         return pause
 
     async def _checkpoint_forever(self) -> None:
@@ -959,8 +964,7 @@ class ShardActor:
         return {p: part for p, part in self.state.partitions.items() if p not in self._released}
 
     def _publishable_partitions(self) -> dict[int, PartitionState]:
-        held = self._held_for_snapshot
-        return {p: part for p, part in self._consumed_partitions().items() if p not in held}
+        return self._held_for_snapshot.publishable(self._consumed_partitions())
 
     async def _flush_segments_forever(self) -> None:
         assert self.change_publisher is not None
@@ -974,15 +978,16 @@ class ShardActor:
     async def sweep_segments(self, now: float | None = None) -> int:
         """Re-evaluate every user's time-based segments (as of ``now``: by default the wall
         clock, or each partition's newest event time with ``membership.clock: event``)."""
-        started = time.perf_counter()
-        changes = 0
-        for part in list(self._consumed_partitions().values()):
-            at = (
-                now
-                if now is not None
-                else (time.time() if self.membership.clock == "wall" else part.watermark)
-            )
-            changes += await self._sweep_durably(part, at)
+        async with self._sweep_lock:
+            started = time.perf_counter()
+            changes = 0
+            for part in list(self._consumed_partitions().values()):
+                at = (
+                    now
+                    if now is not None
+                    else (time.time() if self.membership.clock == "wall" else part.watermark)
+                )
+                changes += await self._sweep_durably(part, at)
         self.sweeps += 1
         self.sweep_changes += changes
         self.last_sweep_s = time.perf_counter() - started
@@ -991,34 +996,34 @@ class ShardActor:
     async def _sweep_durably(self, part: PartitionState, at: float) -> int:
         """Sweep one partition; what it changed is published once a snapshot holds it (see
         :meth:`_store_before_publishing`)."""
-        p = part.partition
-        was_held = p in self._held_for_snapshot
-        self._held_for_snapshot.add(p)
-        self._sweeping.add(p)
+        held = self._held_for_snapshot
+        was_held = held.begin(part.partition)  # nothing goes out until it is done and stored
         try:
             changes = await sweep_partition(part, at)
-        finally:
-            self._sweeping.discard(p)
+        except BaseException:
+            held.until(part.partition, part.checkpoint_mark())  # for the next checkpoint
+            raise
         if changes or was_held:
             await self._store_before_publishing(part)
         else:
-            self._held_for_snapshot.discard(p)
+            held.drop(part.partition)
         return changes
 
     async def _store_before_publishing(self, part: PartitionState) -> None:
-        """Store a snapshot of ``part`` before its queued segment changes are published.
+        """Store a snapshot of ``part`` (just changed by a sweep or an expiry) before its queued
+        segment changes are published.
 
         An event's changes are made again, under the same ids, by replaying the event after a
         crash; a sweep's or an expiry's are not (the next one runs at another time). So they
-        wait until a snapshot holds them: a crash before that loses nothing published (the
-        next sweep or expiry makes them), a crash after it publishes them from the restored
-        outbox, under their ids. If storing fails they wait for the next checkpoint.
+        wait until a stored snapshot holds them: a crash before that loses nothing published
+        (the next sweep or expiry makes them), a crash after it publishes them from the
+        restored outbox, under their ids. If storing fails they wait for the next checkpoint.
         """
         p = part.partition
         if self.checkpoints is None or p in self._released:
-            self._held_for_snapshot.discard(p)
+            self._held_for_snapshot.drop(p)
             return
-        self._held_for_snapshot.add(p)
+        self._held_for_snapshot.until(p, part.checkpoint_mark())
         try:
             async with self._checkpoint_lock:
                 await self._save(part)

@@ -28,6 +28,10 @@ from engine.segments import PartitionSegments, SegmentIndex
 
 SNAPSHOT_VERSION = 1
 
+#: What :meth:`PartitionState.checkpoint_mark` returns: (last sequence applied, expiries,
+#: segment revisions); every part only grows.
+CheckpointMark = tuple[int, int, int]
+
 _snapshot_encoder = msgspec.msgpack.Encoder()
 
 
@@ -210,7 +214,7 @@ class PartitionState:
             self.revision += 1
         return len(stale)
 
-    def checkpoint_mark(self) -> tuple[int, int, int]:
+    def checkpoint_mark(self) -> CheckpointMark:
         """Equal to an earlier mark while nothing changed this state: the last sequence applied,
         and what changed it without a message (a sweep moving users in or out of segments, a
         batch of changes published, profiles expired). A partition nobody sends events to still

@@ -21,7 +21,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 from nats.js import JetStreamContext
 from nats.js.api import StreamConfig
@@ -29,11 +29,13 @@ from nats.js.kv import KeyValue
 
 from engine.catalog import Clusters
 from engine.clusters import ClusterModel, behaviour
-from engine.partition import PartitionState
+from engine.partition import CheckpointMark, PartitionState
 from engine.segments import ChangeRow, PartitionSegments, change_encoder, change_id
 from headstart.streams import log_stream_config, publish_prepared
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 SEGMENTS_STREAM = "HS_SEGMENTS"
 SEGMENTS_PREFIX = "hs.segments"
@@ -54,6 +56,64 @@ ROWS_PER_MESSAGE = 4000
 
 def changes_subject(partition: int) -> str:
     return f"{SEGMENTS_PREFIX}.{partition}"
+
+
+class PublishHolds:
+    """Partitions whose segment changes wait for a stored snapshot, and for which one.
+
+    A sweep's or an expiry's changes cannot be made again by replaying the stream, so they are
+    published only once a stored snapshot holds them (see ``ShardActor._store_before_publishing``).
+    A hold names the :meth:`~engine.partition.PartitionState.checkpoint_mark` the partition had
+    after those changes; marks only grow, so a snapshot stored at that mark or past it was taken
+    after them and releases the hold. While a sweep runs the mark is not known yet: the hold
+    has none and no snapshot releases it.
+
+    >>> holds = PublishHolds()
+    >>> holds.begin(3)       # a sweep of partition 3 starts
+    False
+    >>> holds.stored(3, (10, 0, 1)); 3 in holds   # a checkpoint in the middle of it
+    True
+    >>> holds.until(3, (10, 0, 2))   # the sweep is done: its changes are in mark (10, 0, 2)
+    >>> holds.stored(3, (10, 0, 1)); 3 in holds   # a snapshot taken before the sweep ended
+    True
+    >>> holds.stored(3, (12, 0, 2)); 3 in holds   # one taken after (events applied since)
+    False
+    >>> sorted(holds.publishable({3: "p3", 4: "p4"}))
+    [3, 4]
+    """
+
+    def __init__(self) -> None:
+        self._needed: dict[int, CheckpointMark | None] = {}
+
+    def __contains__(self, partition: int) -> bool:
+        return partition in self._needed
+
+    def begin(self, partition: int) -> bool:
+        """Hold ``partition`` with no mark yet (a sweep starts); whether it was held already."""
+        was_held = partition in self._needed
+        self._needed[partition] = None
+        return was_held
+
+    def until(self, partition: int, mark: CheckpointMark) -> None:
+        """Hold ``partition`` until a snapshot at ``mark`` or past it is stored."""
+        self._needed[partition] = mark
+
+    def stored(self, partition: int, mark: CheckpointMark) -> None:
+        """A snapshot of ``partition`` at ``mark`` is stored (or the stored one is still current)."""
+        if partition not in self._needed:
+            return
+        needed = self._needed[partition]
+        if needed is not None and all(m >= n for m, n in zip(mark, needed, strict=True)):
+            del self._needed[partition]
+
+    def drop(self, partition: int) -> None:
+        """Nothing to hold: ``partition`` was handed over, or restored from a stored snapshot."""
+        self._needed.pop(partition, None)
+
+    def publishable(self, partitions: Mapping[int, T]) -> dict[int, T]:
+        """``partitions`` without the held ones."""
+        needed = self._needed
+        return {p: part for p, part in partitions.items() if p not in needed}
 
 
 class ChangePublisher:
