@@ -148,14 +148,32 @@ def test_published_changes_replay_to_live_membership_and_clusters_reach_every_sh
     assert len(clusters_used) >= 2  # the population is not one blob
 
 
+def settle(
+    group: ShardGroup, url: str, pseudonymizer: Pseudonymizer, events: list[dict[str, Any]]
+) -> list[str]:
+    """Publish ``events``, wait until they are applied and membership holds still; the users' keys."""
+    asyncio.run(publish(url, pseudonymizer, events))
+    group.wait_caught_up(timeout=60)
+    keys = sorted({pseudonymizer.key(e["user_id"]) for e in events})
+    read_quietly(group, url, keys)
+    return keys
+
+
+def kill_once_published(group: ShardGroup, victim: Any) -> None:
+    """SIGKILL ``victim`` once its queued segment changes went out; wait for Ray's restart."""
+    wait_for(lambda: ray.get(victim.stats.remote())["segments"]["queued"] == 0)
+    before = ray.get(victim.stats.remote())
+    os.kill(before["pid"], signal.SIGKILL)
+    ray.get(victim.wait_ready.remote(), timeout=60)
+    group.wait_caught_up(timeout=60)
+    assert ray.get(victim.stats.remote())["pid"] != before["pid"]
+
+
 def test_a_sweep_stores_a_snapshot_before_its_changes_go_out_so_a_crash_keeps_them(
     tracked_group: ShardGroup, fresh_streams: str, pseudonymizer: Pseudonymizer
 ) -> None:
     events = list(onboarding_events(users=40, events=1000, seed=8))
-    asyncio.run(publish(fresh_streams, pseudonymizer, events))
-    tracked_group.wait_caught_up(timeout=60)
-    keys = sorted({pseudonymizer.key(e["user_id"]) for e in events})
-    read_quietly(tracked_group, fresh_streams, keys)
+    keys = settle(tracked_group, fresh_streams, pseudonymizer, events)
 
     # A month without events: the sweep moves users out of time-based segments. Nothing else
     # changes the partitions after this checkpoint, and no other checkpoint is asked for: the
@@ -164,12 +182,7 @@ def test_a_sweep_stores_a_snapshot_before_its_changes_go_out_so_a_crash_keeps_th
     ray.get(victim.checkpoint.remote())
     later = max(e["ts"] for e in events) + 30 * 86400
     assert ray.get(victim.sweep_segments.remote(later)) > 0
-    wait_for(lambda: ray.get(victim.stats.remote())["segments"]["queued"] == 0)  # published
-    before = ray.get(victim.stats.remote())
-    os.kill(before["pid"], signal.SIGKILL)
-    ray.get(victim.wait_ready.remote(), timeout=60)
-    tracked_group.wait_caught_up(timeout=60)
-    assert ray.get(victim.stats.remote())["pid"] != before["pid"]
+    kill_once_published(tracked_group, victim)
 
     # The restarted shard resumed the swept membership: the published changes still replay to
     # it, each made once (from a snapshot older than the sweep, the users would be back in the
@@ -183,10 +196,7 @@ def test_an_expiry_stores_a_snapshot_before_its_exits_go_out_so_a_crash_does_not
     tracked_group: ShardGroup, fresh_streams: str, pseudonymizer: Pseudonymizer
 ) -> None:
     events = list(onboarding_events(users=40, events=600, seed=4))
-    asyncio.run(publish(fresh_streams, pseudonymizer, events))
-    tracked_group.wait_caught_up(timeout=60)
-    keys = sorted({pseudonymizer.key(e["user_id"]) for e in events})
-    read_quietly(tracked_group, fresh_streams, keys)
+    keys = settle(tracked_group, fresh_streams, pseudonymizer, events)
 
     # A year and more later, newcomers in every partition: everyone else is past the profile
     # retention (365 days) by the partitions' event time.
@@ -206,11 +216,7 @@ def test_an_expiry_stores_a_snapshot_before_its_exits_go_out_so_a_crash_does_not
     victim = tracked_group.shards[0]
     ray.get(victim.checkpoint.remote())
     assert ray.get(victim.expire_inactive.remote()) > 0
-    wait_for(lambda: ray.get(victim.stats.remote())["segments"]["queued"] == 0)  # exits published
-    before = ray.get(victim.stats.remote())
-    os.kill(before["pid"], signal.SIGKILL)
-    ray.get(victim.wait_ready.remote(), timeout=60)
-    tracked_group.wait_caught_up(timeout=60)
+    kill_once_published(tracked_group, victim)
 
     changes, _, views = read_quietly(tracked_group, fresh_streams, keys)
     gone = [key for key in keys if views[key] is None]
