@@ -42,7 +42,7 @@ that a replay after a crash reproduces, for consumers to drop one they already h
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -92,6 +92,18 @@ REASSIGN_KINDS = frozenset({EventKind.SESSION_STARTED, EventKind.ONBOARDING_COMP
 OUTBOX_LIMIT = 100_000
 #: Distinct membership transitions spelled out and kept (see :meth:`SegmentIndex.transition`).
 TRANSITIONS_KEPT = 65_536
+
+
+def set_bits(mask: int) -> Iterator[int]:
+    """The positions of the bits set in ``mask``, lowest first.
+
+    >>> list(set_bits(0b10110))
+    [1, 2, 4]
+    """
+    while mask:
+        low = mask & -mask
+        mask ^= low
+        yield low.bit_length() - 1
 
 
 class SegmentChange(msgspec.Struct, frozen=True, array_like=True):
@@ -246,12 +258,7 @@ class SegmentIndex:
         key = diff << len(self.ids) | new & diff
         found = self.transitions.get(key)
         if found is None:
-            changes = []
-            while diff:
-                low = diff & -diff
-                diff ^= low
-                changes.append((self.ids[low.bit_length() - 1], "enter" if new & low else "exit"))
-            found = tuple(changes)
+            found = tuple((self.ids[bit], "enter" if new >> bit & 1 else "exit") for bit in set_bits(diff))
             if len(self.transitions) < TRANSITIONS_KEPT:
                 self.transitions[key] = found
         return key, found
@@ -453,13 +460,9 @@ class PartitionSegments:
     def _count_taken(self) -> None:
         """Add the transitions taken since the last count to the counts by segment."""
         width = len(self.index.ids)
-        entries = (1 << width) - 1
         for transition, times in self.taken.items():
-            diff, new = transition >> width, transition & entries
-            while diff:
-                low = diff & -diff
-                diff ^= low
-                (self.entered if new & low else self.exited)[low.bit_length() - 1] += times
+            for bit in set_bits(transition >> width):
+                (self.entered if transition >> bit & 1 else self.exited)[bit] += times
         self.taken.clear()
 
     # ------------------------------------------------------------------ snapshots
