@@ -17,9 +17,15 @@ from ray.actor import ActorHandle
 from actors.shard import NAMESPACE, ShardActor, shard_name
 from engine.catalog import DEFAULT_CATALOG, Catalog, load_catalog
 from engine.keys import partition_of
-from headstart.assignment import Assignment, control_bucket, load_assignment, move_partitions, save_assignment
-from headstart.broker import connect_nats
-from headstart.config import Settings
+from headstart.adapters.assignment import (
+    Assignment,
+    control_bucket,
+    load_assignment,
+    move_partitions,
+    save_assignment,
+)
+from headstart.adapters.broker import connect_nats
+from headstart.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -44,30 +44,13 @@ from engine.errors import InvalidEvent
 from engine.keys import Pseudonymizer, partition_of
 from engine.learning import RewardRecord, encode_record, user_key_of
 from headstart import __version__
-from headstart.access import export_user
-from headstart.audit import audit
-from headstart.auth import Authenticator, RateLimits
-from headstart.broker import NatsAuth, connect_nats
-from headstart.control import AdminError, request_admin
-from headstart.erasure import Eraser
-from headstart.experiment_reports import experiment_report, report_cuts
-from headstart.membership import read_cluster_model
-from headstart.metrics import IngressMetrics, render
-from headstart.protos import headstart_pb2 as pb
-from headstart.rpc import ShardClient, ShardError, ShardUnavailable, is_error
-from headstart.ruleset import build_ruleset, public_jwk, sign_ruleset, signing_key
-from headstart.segment_api import (
-    ALIASES_BUCKET,
-    AliasStore,
-    SegmentMapper,
-    SegmentPayloadError,
-    decode_body,
-    messages_of,
-)
-from headstart.segment_api import CALL_TYPES as SEGMENT_CALLS
-from headstart.segment_reports import segment_report
-from headstart.status import STATUS_BUCKET, WEBHOOKS_STATUS_KEY
-from headstart.streams import (
+from headstart.adapters.audit import audit
+from headstart.adapters.broker import NatsAuth, connect_nats
+from headstart.adapters.control import AdminError, request_admin
+from headstart.adapters.membership import read_cluster_model
+from headstart.adapters.rpc import ShardClient, ShardError, ShardUnavailable, is_error
+from headstart.adapters.status import STATUS_BUCKET, WEBHOOKS_STATUS_KEY
+from headstart.adapters.streams import (
     DLQ_PREFIX,
     EVENTS_STREAM,
     EventPublisher,
@@ -75,6 +58,23 @@ from headstart.streams import (
     publish_prepared,
     record_subjects,
 )
+from headstart.privacy.access import export_user
+from headstart.privacy.erasure import Eraser
+from headstart.protos import headstart_pb2 as pb
+from headstart.reports.experiments import experiment_report, report_cuts
+from headstart.reports.segments import segment_report
+from headstart.web.auth import Authenticator, RateLimits
+from headstart.web.metrics import IngressMetrics, render
+from headstart.web.ruleset import build_ruleset, public_jwk, sign_ruleset, signing_key
+from headstart.web.segment_api import (
+    ALIASES_BUCKET,
+    AliasStore,
+    SegmentMapper,
+    SegmentPayloadError,
+    decode_body,
+    messages_of,
+)
+from headstart.web.segment_api import CALL_TYPES as SEGMENT_CALLS
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ import os
 from typing import Any
 
 from engine.catalog import Catalog
-from headstart.config import Settings
+from headstart.settings import Settings
 
 SERVE_MODES: dict[str, dict[str, str]] = {
     "haproxy": {
@@ -39,7 +39,7 @@ HAPROXY_PORT_VARIABLES = ("RAY_SERVE_HAPROXY_METRICS_PORT", "RAY_SERVE_HAPROXY_S
 
 def apply_serve_environment(mode: str) -> None:
     """Set the Serve variables of ``mode`` in this process's environment (before ray.init)."""
-    from headstart.broker import free_port
+    from headstart.adapters.broker import free_port
 
     for key, value in SERVE_MODES[mode].items():
         os.environ.setdefault(key, value)

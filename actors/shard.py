@@ -1,11 +1,11 @@
 """ShardActor: a Ray async actor that owns partitions, consumes them from NATS and serves reads.
 
 The actor is thin on purpose: state and its rules are :class:`engine.shard.ShardState`, the
-NATS loop is :class:`headstart.consumer.PartitionConsumer`. The actor starts itself from its
+NATS loop is :class:`headstart.adapters.consumer.PartitionConsumer`. The actor starts itself from its
 constructor, so a restart by Ray (``max_restarts``) resumes consumption with no driver
 involved: there is no process between NATS and the shard.
 
-Which partitions it owns comes from the recorded assignment (:mod:`headstart.assignment`) when
+Which partitions it owns comes from the recorded assignment (:mod:`headstart.adapters.assignment`) when
 it starts, and changes live through :meth:`ShardActor.acquire`, :meth:`ShardActor.release` and
 :meth:`ShardActor.forget`, driven by :meth:`actors.cluster.ShardGroup.rescale`.
 """
@@ -42,12 +42,11 @@ from engine.profile import consent_allows
 from engine.rules import FIELDS, rule_input
 from engine.segments import SegmentIndex, user_segments
 from engine.shard import NotOwned, ShardState
-from headstart.assignment import control_bucket, load_assignment
-from headstart.broker import connect_nats
-from headstart.checkpoints import NatsCheckpointStore
-from headstart.config import Settings
-from headstart.consumer import PartitionConsumer, delete_stale_consumers
-from headstart.membership import (
+from headstart.adapters.assignment import control_bucket, load_assignment
+from headstart.adapters.broker import connect_nats
+from headstart.adapters.checkpoints import NatsCheckpointStore
+from headstart.adapters.consumer import PartitionConsumer, delete_stale_consumers
+from headstart.adapters.membership import (
     CLUSTERS_KEY,
     ChangePublisher,
     ClusterTrainer,
@@ -55,8 +54,8 @@ from headstart.membership import (
     cluster_listener,
     sweep_partition,
 )
-from headstart.merge import PolicyMerger, learn_bucket
-from headstart.rpc import (
+from headstart.adapters.merge import PolicyMerger, learn_bucket
+from headstart.adapters.rpc import (
     batch_subject,
     decode_batch,
     decode_request,
@@ -65,8 +64,9 @@ from headstart.rpc import (
     encode_reply,
     rpc_subject,
 )
-from headstart.status import REPORT_EVERY_S, ensure_status_bucket
-from headstart.streams import publish_prepared, record_subjects
+from headstart.adapters.status import REPORT_EVERY_S, ensure_status_bucket
+from headstart.adapters.streams import publish_prepared, record_subjects
+from headstart.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ NAMESPACE = "headstart"
 RECO_TRAIN_PER_S = 2000
 RECO_TRAIN_TICK_S = 0.1
 #: How often the publisher looks at each partition's queued segment changes (see
-#: :class:`headstart.membership.ChangePublisher`): a partition gone quiet has its changes sent
+#: :class:`headstart.adapters.membership.ChangePublisher`): a partition gone quiet has its changes sent
 #: within two looks. Looking costs next to nothing; it bounds how late the last changes of a
 #: burst are.
 SEGMENT_FLUSH_S = 0.05
@@ -149,7 +149,7 @@ class ShardActor:
         self._sweep_lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[Any]] = set()
         self.decider = Decider(catalog)
-        #: The served policies: the merged statistics of every partition (headstart.merge).
+        #: The served policies: the merged statistics of every partition (headstart.adapters.merge).
         self.learner = Learner(catalog, self.decider, seed=shard_id)
         self.merger: PolicyMerger | None = None
         self.merge_interval_s = catalog.learning.merge_interval_s

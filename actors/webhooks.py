@@ -1,4 +1,4 @@
-"""WebhookActor: delivers segment changes to the catalog's webhooks (:mod:`headstart.webhooks`).
+"""WebhookActor: delivers segment changes to the catalog's webhooks (:mod:`headstart.web.webhooks`).
 
 A Ray actor of its own, so HTTP to someone else's endpoint never shares an event loop with a
 shard; restarted by Ray if it dies, resuming from each webhook's durable JetStream consumer.
@@ -16,9 +16,9 @@ import ray
 from nats.aio.client import Client as NATS
 
 from engine.catalog import Catalog
-from headstart.broker import NatsAuth, connect_nats
-from headstart.status import REPORT_EVERY_S, WEBHOOKS_STATUS_KEY, ensure_status_bucket
-from headstart.webhooks import WebhookDelivery, webhook_secret
+from headstart.adapters.broker import NatsAuth, connect_nats
+from headstart.adapters.status import REPORT_EVERY_S, WEBHOOKS_STATUS_KEY, ensure_status_bucket
+from headstart.web.webhooks import WebhookDelivery, webhook_secret
 
 log = logging.getLogger(__name__)
 

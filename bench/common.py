@@ -17,7 +17,7 @@ from typing import Any
 import psutil
 
 from engine.errors import ConfigError
-from headstart.broker import EmbeddedNats
+from headstart.adapters.broker import EmbeddedNats
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 

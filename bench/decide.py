@@ -36,10 +36,10 @@ from bench.loadgen import http_post, pack_requests
 from bench.population import DEVICES, LOCALES, onboarding_events, user_id
 from engine.catalog import DEFAULT_CATALOG, load_catalog
 from engine.keys import Pseudonymizer
-from headstart.auth import key_hashes
-from headstart.broker import free_port
-from headstart.config import Settings
-from headstart.streams import EventPublisher, ensure_streams, publish_prepared
+from headstart.adapters.broker import free_port
+from headstart.adapters.streams import EventPublisher, ensure_streams, publish_prepared
+from headstart.settings import Settings
+from headstart.web.auth import key_hashes
 
 SECRET = b"bench-secret-not-for-production-use"
 KEYS = {"frontend": "bench-frontend-key", "admin": "bench-admin-key"}

@@ -23,8 +23,8 @@ import nats
 from bench.common import write_result
 from bench.population import onboarding_events
 from engine.keys import Pseudonymizer
-from headstart.broker import DEFAULT_SYNC_INTERVAL, EmbeddedNats
-from headstart.streams import EventPublisher, ensure_streams, publish_prepared
+from headstart.adapters.broker import DEFAULT_SYNC_INTERVAL, EmbeddedNats
+from headstart.adapters.streams import EventPublisher, ensure_streams, publish_prepared
 
 SECRET = b"bench-secret-not-for-production-use"
 #: nats-server's default first: it is the baseline.

@@ -45,10 +45,10 @@ from engine.keys import Pseudonymizer, partition_of
 from engine.learning import Learner
 from engine.segments import SegmentIndex
 from engine.shard import ShardState
-from headstart.broker import EmbeddedNats
-from headstart.checkpoints import SNAPSHOT_BUCKET
-from headstart.config import Settings
-from headstart.streams import DLQ_STREAM, EventPublisher, ensure_streams, publish_prepared
+from headstart.adapters.broker import EmbeddedNats
+from headstart.adapters.checkpoints import SNAPSHOT_BUCKET
+from headstart.adapters.streams import DLQ_STREAM, EventPublisher, ensure_streams, publish_prepared
+from headstart.settings import Settings
 
 SECRET = b"bench-secret-not-for-production-use"
 PARTITIONS = 64

@@ -19,8 +19,8 @@ from typing import Any
 import nats
 
 from engine.keys import Pseudonymizer, partition_of
-from headstart.rpc import ShardClient, ShardUnavailable, is_error
-from headstart.streams import EventPublisher
+from headstart.adapters.rpc import ShardClient, ShardUnavailable, is_error
+from headstart.adapters.streams import EventPublisher
 
 Counts = dict[str, collections.Counter[str]]
 

@@ -19,7 +19,7 @@ re-evaluates only the segments whose fields that change moved:
 
 Each enter and exit is queued in the partition's outbox, in the order it happened, for the
 shard to publish to ``hs.segments.<partition>`` (in batches, see
-:mod:`headstart.membership`): one entry per evaluation that changed something (the user's
+:mod:`headstart.adapters.membership`): one entry per evaluation that changed something (the user's
 masks before and after), spelled out as one row per change only when taken for publishing.
 The outbox is part of the partition's snapshot, so a change is published even if the shard
 dies before sending it. Every change has an :attr:`~SegmentChange.id`

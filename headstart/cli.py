@@ -18,8 +18,8 @@ from rich.console import Console
 from rich.table import Table
 
 from engine.errors import ConfigError, HeadstartError
-from headstart.config import Settings
-from headstart.home import DataHome
+from headstart.runtime.home import DataHome
+from headstart.settings import Settings
 
 app = typer.Typer(help="Headstart: real-time personalization of user onboarding.", no_args_is_help=True)
 console = Console()
@@ -67,7 +67,7 @@ def up(
     timeout: Annotated[float, typer.Option(help="seconds to wait for readiness with --detach")] = 180.0,
 ) -> None:
     """Start the embedded nats-server, local Ray and the shards; print where they are."""
-    from headstart.runtime import Runtime, instance_running, stop_recorded
+    from headstart.runtime.supervisor import Runtime, instance_running, stop_recorded
 
     settings = _settings(
         home, shards=shards, partitions=partitions, nats_url=nats_url, port=port, catalog=catalog
@@ -193,7 +193,7 @@ def check_config(path: Annotated[Path, typer.Argument(help="catalog YAML file")]
 @app.command()
 def down(home: HomeOption = None) -> None:
     """Stop what `headstart up` started for this home (by recorded PID, never by name)."""
-    from headstart.runtime import stop_recorded
+    from headstart.runtime.supervisor import stop_recorded
 
     settings = _settings(home)
     pids = stop_recorded(DataHome(settings.home))
@@ -206,8 +206,8 @@ def status(
     as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
 ) -> None:
     """Shards, partitions, consumer lag, events/s and dead letters of the running instance."""
-    from headstart.runtime import instance_running
-    from headstart.status import collect_status
+    from headstart.adapters.status import collect_status
+    from headstart.runtime.supervisor import instance_running
 
     settings = _settings(home)
     state = instance_running(DataHome(settings.home))
@@ -268,7 +268,7 @@ def scale(
     home: HomeOption = None,
 ) -> None:
     """Move partitions to SHARDS shards, live: events keep flowing and decisions keep being served."""
-    from headstart.runtime import instance_running
+    from headstart.runtime.supervisor import instance_running
 
     settings = _settings(home)
     state = instance_running(DataHome(settings.home))
@@ -289,8 +289,8 @@ def scale(
 
 
 async def _scale(nats_url: str, shards: int, settings: Settings) -> dict[str, Any]:
-    from headstart.broker import connect_nats
-    from headstart.control import AdminError, request_admin
+    from headstart.adapters.broker import connect_nats
+    from headstart.adapters.control import AdminError, request_admin
 
     nc = await connect_nats(nats_url, settings.nats_auth(), connect_timeout=5, max_reconnect_attempts=1)
     try:
@@ -325,7 +325,7 @@ def demo(
     steps: Annotated[int, typer.Option(help="events per user")] = 6,
 ) -> None:
     """Drive a few simulated users through the running engine and show their state change."""
-    from headstart.demo import run_demo
+    from headstart.runtime.demo import run_demo
 
     settings = _settings(home)
     try:
@@ -365,7 +365,7 @@ def evaluate(
     With --data, from a file (a team's own logs); without, from the running instance's decisions
     log, every decision point on its own.
     """
-    from headstart.evaluate import evaluate_logged, evaluate_policy, read_log
+    from headstart.reports.evaluate import evaluate_logged, evaluate_policy, read_log
 
     try:
         if data is not None:
@@ -406,8 +406,8 @@ def evaluate(
 def _instance_replay(home: Path | None) -> tuple[Any, Any]:
     """The running instance's stream replayed through the attribution rules, and its catalog."""
     from engine.catalog import DEFAULT_CATALOG, load_catalog
-    from headstart.evaluate import read_events_stream, replay_log
-    from headstart.runtime import instance_running
+    from headstart.reports.evaluate import read_events_stream, replay_log
+    from headstart.runtime.supervisor import instance_running
 
     settings = _settings(home)
     state = instance_running(DataHome(settings.home))
@@ -431,7 +431,7 @@ def report_signals(
     as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
 ) -> None:
     """Which live features predict reward and activation, and which tell little (candidates to drop)."""
-    from headstart.reports import signals_report
+    from headstart.reports.signals import signals_report
 
     try:
         replayed, _ = _instance_replay(home)
@@ -476,7 +476,7 @@ def report_fairness(
     disparities beyond --ratio flagged."""
     import polars as pl
 
-    from headstart.reports import fairness_report
+    from headstart.reports.signals import fairness_report
 
     try:
         decisions = pl.read_parquet(data) if data is not None else _instance_replay(home)[0].decisions
@@ -507,7 +507,7 @@ def report_fairness(
 def _instance_url(home: Path | None) -> tuple[str, Any]:
     """The running instance's NATS URL and catalog."""
     from engine.catalog import DEFAULT_CATALOG, load_catalog
-    from headstart.runtime import instance_running
+    from headstart.runtime.supervisor import instance_running
 
     settings = _settings(home)
     state = instance_running(DataHome(settings.home))
@@ -529,8 +529,8 @@ def export_command(
     """A star schema in Parquet for a warehouse: the user_profiles fact table (pseudonymized
     user key) and dimension tables (demographics, context, daily behaviour, segment history,
     decisions with rewards, experiment exposures); every table written, even empty."""
-    from headstart.export import export, parse_time
-    from headstart.runtime import instance_running
+    from headstart.reports.export import export, parse_time
+    from headstart.runtime.supervisor import instance_running
 
     try:
         url, catalog = _instance_url(home)
@@ -572,8 +572,8 @@ def report_experiment(
     """An experiment's results per arm (exposed users, conversions, rate, lift with confidence
     interval and p-value, CUPED, always-valid interval), sample-ratio check, guardrails and a
     verdict; and a PNG of the metric over time with its intervals."""
-    from headstart.experiment_reports import experiment_report, plot_experiment, report_cuts
-    from headstart.status import ask_every_shard
+    from headstart.adapters.status import ask_every_shard
+    from headstart.reports.experiments import experiment_report, plot_experiment, report_cuts
 
     try:
         url, catalog = _instance_url(home)
@@ -645,10 +645,10 @@ def report_segments(
 ) -> None:
     """Every segment's size, share, engagement, activation and entry/exit rates; what sets each
     behavioural cluster apart; and natural groupings of users to consider as segments."""
-    from headstart.broker import connect_nats
-    from headstart.membership import read_cluster_model
-    from headstart.segment_reports import segment_report, suggest_segments
-    from headstart.status import ask_every_shard
+    from headstart.adapters.broker import connect_nats
+    from headstart.adapters.membership import read_cluster_model
+    from headstart.adapters.status import ask_every_shard
+    from headstart.reports.segments import segment_report, suggest_segments
 
     try:
         url, catalog = _instance_url(home)
@@ -709,8 +709,8 @@ def report_tutorials(
     as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
 ) -> None:
     """Start and completion rates per tutorial variant and segment ("all": every user)."""
-    from headstart.segment_reports import tutorial_report
-    from headstart.status import ask_every_shard
+    from headstart.adapters.status import ask_every_shard
+    from headstart.reports.segments import tutorial_report
 
     try:
         url, _ = _instance_url(home)

@@ -15,13 +15,12 @@ import pytest
 from nats.aio.client import Client as NATS
 
 from engine.keys import Pseudonymizer
-from headstart.assignment import CONTROL_BUCKET
-from headstart.broker import EmbeddedNats
-from headstart.checkpoints import SNAPSHOT_BUCKET
-from headstart.erasure import ERASURE_BUCKET
-from headstart.membership import SEGMENTS_STREAM
-from headstart.merge import LEARN_BUCKET
-from headstart.streams import (
+from headstart.adapters.assignment import CONTROL_BUCKET
+from headstart.adapters.broker import EmbeddedNats
+from headstart.adapters.checkpoints import SNAPSHOT_BUCKET
+from headstart.adapters.membership import SEGMENTS_STREAM
+from headstart.adapters.merge import LEARN_BUCKET
+from headstart.adapters.streams import (
     AUDIT_STREAM,
     DECISIONS_STREAM,
     DLQ_STREAM,
@@ -30,6 +29,7 @@ from headstart.streams import (
     REWARDS_STREAM,
     ensure_streams,
 )
+from headstart.privacy.erasure import ERASURE_BUCKET
 
 TEST_SECRET = b"test-secret-0123456789abcdef"
 TEST_PARTITIONS = 8
@@ -106,7 +106,7 @@ def fresh_streams(nats_url: str) -> str:
 
 async def publish_events(url: str, pseudonymizer: Pseudonymizer, events: list[dict[str, Any]]) -> None:
     """Publish raw events as a producer would (pseudonymized, deduplicated by event id)."""
-    from headstart.streams import EventPublisher
+    from headstart.adapters.streams import EventPublisher
 
     conn = await nats.connect(url)
     try:

@@ -13,9 +13,9 @@ import pytest
 from actors.cluster import ShardGroup
 from actors.serving import start_app, stop_app
 from engine.catalog import Catalog
-from headstart.auth import key_hashes
-from headstart.broker import free_port
-from headstart.config import Settings
+from headstart.adapters.broker import free_port
+from headstart.settings import Settings
+from headstart.web.auth import key_hashes
 from tests.conftest import TEST_PARTITIONS, TEST_SECRET, reset_streams
 
 

@@ -10,7 +10,7 @@ import grpc
 import pytest
 
 from engine.catalog import DEFAULT_CATALOG, load_catalog
-from headstart.broker import free_port
+from headstart.adapters.broker import free_port
 from headstart.protos import headstart_pb2 as pb
 from headstart.protos import headstart_pb2_grpc as pb_grpc
 from tests.actors.conftest import serving

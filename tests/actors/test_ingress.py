@@ -300,7 +300,7 @@ def test_consent_withdrawn_over_the_api_forgets_the_user_and_stops_personalizing
     import asyncio
     import json as json_module
 
-    from headstart.auth import hash_key
+    from headstart.web.auth import hash_key
 
     record = asyncio.run(last_audit("consent"))
     assert user.encode() not in record
@@ -356,10 +356,10 @@ def test_erasure_removes_the_user_everywhere_and_finishes_after_a_crash(
     import nats
 
     from engine.keys import Pseudonymizer, partition_of
-    from headstart.checkpoints import NatsCheckpointStore
-    from headstart.erasure import ERASURE_BUCKET, Eraser
-    from headstart.rpc import ShardClient
-    from headstart.streams import AUDIT_STREAM, DECISIONS_STREAM, EVENTS_STREAM
+    from headstart.adapters.checkpoints import NatsCheckpointStore
+    from headstart.adapters.rpc import ShardClient
+    from headstart.adapters.streams import AUDIT_STREAM, DECISIONS_STREAM, EVENTS_STREAM
+    from headstart.privacy.erasure import ERASURE_BUCKET, Eraser
     from tests.conftest import TEST_PARTITIONS, TEST_SECRET
 
     client, group = api
@@ -425,7 +425,7 @@ def test_a_key_over_its_rate_limit_is_told_when_to_retry(
     from ray import serve
 
     from actors.ingress import Ingress, IngressConfig
-    from headstart.auth import key_hashes
+    from headstart.web.auth import key_hashes
     from tests.conftest import TEST_SECRET
 
     client, _ = api

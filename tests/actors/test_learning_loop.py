@@ -19,7 +19,7 @@ import ray
 
 from actors.cluster import ShardGroup
 from engine.catalog import DEFAULT_CATALOG, Catalog, load_catalog
-from headstart.streams import DECISIONS_STREAM
+from headstart.adapters.streams import DECISIONS_STREAM
 from tests.actors.conftest import serving
 
 pytestmark = pytest.mark.integration
@@ -166,7 +166,7 @@ def test_the_decisions_log_replays_into_what_the_policies_learned(
 ) -> None:
     """``headstart evaluate``'s source: the stream replayed gives each decision the reward the
     shards learned from, with its propensity."""
-    from headstart.evaluate import evaluate_logged, logged_decisions, read_events_stream
+    from headstart.reports.evaluate import evaluate_logged, logged_decisions, read_events_stream
 
     _, group = loop
     catalog = fast_merging_catalog()

@@ -6,7 +6,7 @@ import pytest
 from ray.serve.config import AutoscalingConfig
 
 from actors.serving import ingress_scaling
-from headstart.config import Settings
+from headstart.settings import Settings
 
 
 def test_one_replica_by_default() -> None:

@@ -16,7 +16,7 @@ from actors.cluster import ShardGroup
 from bench.population import onboarding_events
 from bench.traffic import expected_counts, read_back
 from engine.keys import Pseudonymizer
-from headstart.rpc import ShardClient
+from headstart.adapters.rpc import ShardClient
 from tests.conftest import TEST_PARTITIONS
 from tests.conftest import publish_events as publish
 

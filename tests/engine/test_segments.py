@@ -372,7 +372,7 @@ def test_compiled_masks_match_rule_by_rule_evaluation_on_a_real_user() -> None:
 
 
 def test_a_batch_in_flight_is_handed_over_and_published_again_unchanged() -> None:
-    from headstart.membership import encode_batches
+    from headstart.adapters.membership import encode_batches
 
     index = SegmentIndex(catalog_with(RULES))
     part = PartitionState(4, segments=index)

@@ -6,7 +6,8 @@ import sys
 from pathlib import Path
 
 from engine.catalog import DEFAULT_CATALOG
-from headstart.auth import Authenticator, ensure_keys, key_hashes
+from headstart.runtime.home import ensure_keys
+from headstart.web.auth import Authenticator, key_hashes
 
 
 def check_config(path: Path) -> subprocess.CompletedProcess[str]:

@@ -7,7 +7,7 @@ import os
 import pytest
 from nats.aio.client import Client as NATS
 
-from headstart.checkpoints import NatsCheckpointStore
+from headstart.adapters.checkpoints import NatsCheckpointStore
 
 pytestmark = pytest.mark.integration
 

@@ -15,7 +15,7 @@ import pytest
 
 from engine.catalog import DEFAULT_CATALOG
 from engine.features import DIM
-from headstart.broker import free_port
+from headstart.adapters.broker import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -206,7 +206,7 @@ def test_export_writes_the_star_schema_in_parquet(
 ) -> None:
     import polars as pl
 
-    from headstart.export import SCHEMAS
+    from headstart.reports.export import SCHEMAS
 
     home, _ = instance
     demo = headstart("demo", "--users", "4", "--steps", "3", home=home)
@@ -320,7 +320,7 @@ def test_down_stops_exactly_what_up_started_and_leaves_no_raw_id(tmp_path: Path)
 
 
 def test_an_existing_nats_server_is_used_and_left_alone(tmp_path: Path) -> None:
-    from headstart.broker import EmbeddedNats
+    from headstart.adapters.broker import EmbeddedNats
 
     external = EmbeddedNats(tmp_path / "external-nats")
     external.start()

@@ -11,7 +11,7 @@ import pytest
 
 from actors.cluster import ShardGroup
 from engine.catalog import DEFAULT_CATALOG, load_catalog
-from headstart.broker import free_port
+from headstart.adapters.broker import free_port
 from headstart.client import AsyncClient, Client, Decision, HeadstartApiError
 from tests.actors.conftest import serving
 

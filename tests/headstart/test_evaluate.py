@@ -13,7 +13,7 @@ import pytest
 
 from engine.errors import ConfigError
 from engine.features import DIM
-from headstart.evaluate import evaluate_policy, read_log
+from headstart.reports.evaluate import evaluate_policy, read_log
 
 
 def write_log(path: Path, n: int = 6000, seed: int = 0) -> None:
@@ -98,7 +98,7 @@ def test_bad_logs_fail_with_the_file_and_the_column(
 
 def test_the_instances_log_replays_into_logged_decisions_per_point() -> None:
     from engine.catalog import DEFAULT_CATALOG, load_catalog
-    from headstart.evaluate import evaluate_logged, frame_to_log, logged_decisions
+    from headstart.reports.evaluate import evaluate_logged, frame_to_log, logged_decisions
     from tests.engine.test_learning import PSEUDO, Log
 
     catalog = load_catalog(DEFAULT_CATALOG)

@@ -19,7 +19,7 @@ from engine.experiments import (
     analyze,
     cumulative_moments,
 )
-from headstart.experiment_reports import experiment_report, plot_experiment, report_cuts
+from headstart.reports.experiments import experiment_report, plot_experiment, report_cuts
 
 DAY = 86400.0
 

@@ -64,7 +64,7 @@ def test_errors_give_the_default_with_a_reason(provider: HeadstartProvider) -> N
 
 
 def test_an_unreachable_headstart_is_an_error_with_the_default() -> None:
-    from headstart.broker import free_port
+    from headstart.adapters.broker import free_port
 
     unreachable = HeadstartProvider(f"http://127.0.0.1:{free_port()}", "k", timeout=0.5)
     details = unreachable.resolve_boolean_details

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from headstart.membership import PublishHolds
+from headstart.adapters.membership import PublishHolds
 
 
 def test_a_snapshot_taken_during_a_sweep_releases_nothing() -> None:

@@ -18,7 +18,7 @@ import nkeys
 import pytest
 from pydantic import SecretStr
 
-from headstart.broker import NatsAuth, NatsUnavailable, connect_nats, free_port, nats_server_binary
+from headstart.adapters.broker import NatsAuth, NatsUnavailable, connect_nats, free_port, nats_server_binary
 
 pytestmark = pytest.mark.integration
 
@@ -142,7 +142,7 @@ def test_an_instance_on_a_secured_nats_ingests_decides_and_reports(
 def test_credentials_in_the_url_are_refused_at_load() -> None:
     from pydantic import ValidationError
 
-    from headstart.config import Settings
+    from headstart.settings import Settings
 
     with pytest.raises(ValidationError, match="not in the URL"):
         Settings(nats_url="nats://hs:secret@127.0.0.1:4222")

@@ -6,7 +6,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from headstart.reports import fairness_report, mutual_information, signals_report
+from headstart.reports.signals import fairness_report, mutual_information, signals_report
 
 
 def synthetic(n: int = 4000, seed: int = 0) -> tuple[pl.DataFrame, pl.DataFrame]:

@@ -16,8 +16,8 @@ from engine.errors import InvalidEvent
 from engine.events import decode_event, encode_event
 from engine.keys import Pseudonymizer, partition_of
 from engine.partition import PartitionState
-from headstart.consumer import PartitionConsumer
-from headstart.streams import DLQ_STREAM, EVENTS_STREAM, EventPublisher, ensure_streams
+from headstart.adapters.consumer import PartitionConsumer
+from headstart.adapters.streams import DLQ_STREAM, EVENTS_STREAM, EventPublisher, ensure_streams
 from tests.conftest import TEST_PARTITIONS, reset_streams
 
 pytestmark = pytest.mark.integration
@@ -80,8 +80,8 @@ async def test_partitions_are_fixed_for_a_streams_life(fresh_streams: str, nc: N
 
 async def test_each_store_keeps_what_it_holds_as_long_as_configured(fresh_streams: str, nc: NATS) -> None:
     from engine.datamap import Retention
-    from headstart.membership import SEGMENTS_STREAM
-    from headstart.streams import AUDIT_STREAM, DECISIONS_STREAM, REWARDS_STREAM
+    from headstart.adapters.membership import SEGMENTS_STREAM
+    from headstart.adapters.streams import AUDIT_STREAM, DECISIONS_STREAM, REWARDS_STREAM
 
     js = nc.jetstream()
     retention = Retention(
@@ -198,7 +198,7 @@ async def test_a_broker_restart_during_ingest_loses_nothing(tmp_path, pseudonymi
     being published and consumed: every event stored once and applied once."""
     import nats
 
-    from headstart.broker import EmbeddedNats
+    from headstart.adapters.broker import EmbeddedNats
 
     broker = EmbeddedNats(tmp_path)
     broker.start()

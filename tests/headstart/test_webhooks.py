@@ -16,9 +16,9 @@ import pytest
 
 from engine.catalog import Webhook
 from engine.segments import SegmentChange, change_encoder
-from headstart import webhooks
-from headstart.membership import changes_subject
-from headstart.webhooks import SIGNATURE_HEADER, WebhookDelivery, verify
+from headstart.adapters.membership import changes_subject
+from headstart.web import webhooks
+from headstart.web.webhooks import SIGNATURE_HEADER, WebhookDelivery, verify
 from tests.conftest import reset_streams
 
 pytestmark = pytest.mark.integration

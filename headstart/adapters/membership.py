@@ -31,7 +31,7 @@ from engine.catalog import Clusters
 from engine.clusters import ClusterModel, behaviour
 from engine.partition import CheckpointMark, PartitionState
 from engine.segments import ChangeRow, PartitionSegments, change_encoder, change_id
-from headstart.streams import log_stream_config, publish_prepared
+from headstart.adapters.streams import log_stream_config, publish_prepared
 
 log = logging.getLogger(__name__)
 
@@ -334,7 +334,7 @@ def cluster_listener(apply: Callable[[dict[str, Any]], None]) -> Callable[[bytes
 
 async def read_cluster_model(js: JetStreamContext) -> dict[str, Any] | None:
     """The published cluster model (None before the first one)."""
-    from headstart.merge import LEARN_BUCKET
+    from headstart.adapters.merge import LEARN_BUCKET
 
     try:
         entry = await (await js.key_value(LEARN_BUCKET)).get(CLUSTERS_KEY)

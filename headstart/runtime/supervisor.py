@@ -19,10 +19,10 @@ import psutil
 from pydantic import SecretStr
 
 from engine.errors import HeadstartError
-from headstart.broker import EmbeddedNats, connect_nats
-from headstart.config import Settings
-from headstart.home import DataHome
-from headstart.streams import ensure_streams
+from headstart.adapters.broker import EmbeddedNats, connect_nats
+from headstart.adapters.streams import ensure_streams
+from headstart.runtime.home import DataHome
+from headstart.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,8 @@ class Runtime:
         from actors.cluster import ShardGroup
         from actors.serving import apply_serve_environment
         from engine.catalog import DEFAULT_CATALOG, load_catalog
-        from headstart.auth import ensure_keys, key_hashes
+        from headstart.runtime.home import ensure_keys
+        from headstart.web.auth import key_hashes
 
         catalog = load_catalog(self.settings.catalog or DEFAULT_CATALOG)
         keys = ensure_keys(self.home.keys_file)
@@ -85,7 +86,7 @@ class Runtime:
         from actors.webhooks import start_webhooks
 
         self.webhooks = start_webhooks(self.nats_url, catalog, self.settings.nats_auth())
-        from headstart.control import ControlServer
+        from headstart.adapters.control import ControlServer
 
         self.control = ControlServer(self.nats_url, {"scale": self._scale}, self.settings.nats_auth()).start()
         self.http_url = self._start_serve(catalog, secret, key_hashes(keys))
@@ -99,7 +100,7 @@ class Runtime:
         from ray import serve
 
         from actors.serving import start_app
-        from headstart.broker import free_port
+        from headstart.adapters.broker import free_port
 
         self.grpc_port = self.settings.grpc_port or free_port()
         try:
@@ -113,7 +114,7 @@ class Runtime:
 
     def _scale(self, request: dict[str, Any]) -> dict[str, Any]:
         """``headstart scale`` and ``POST /v1/admin/scale``: move partitions to N shards live."""
-        from headstart.control import scale_request
+        from headstart.adapters.control import scale_request
 
         shards = scale_request(request, maximum=min(256, self.settings.partitions))
         report: dict[str, Any] = self.group.rescale(shards)

@@ -166,8 +166,8 @@ async def ensure_streams(
                 f"{current.dest!r}; partitions are fixed for a stream's life (asked for {partitions})"
             )
         await js.update_stream(events)
-    from headstart.membership import segments_stream_config
-    from headstart.status import ensure_status_bucket
+    from headstart.adapters.membership import segments_stream_config
+    from headstart.adapters.status import ensure_status_bucket
 
     await ensure_status_bucket(js)
     for config in (

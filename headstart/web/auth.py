@@ -14,11 +14,8 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import math
-import secrets
 import time
-from pathlib import Path
 
 from limits import RateLimitItem, parse
 from limits.storage import MemoryStorage
@@ -31,17 +28,6 @@ def hash_key(key: str) -> str:
     # Keys are 256-bit random tokens, not passwords: a fast hash is enough, since there is
     # nothing to brute-force, and it keeps the per-request check to a microsecond.
     return hashlib.sha256(key.encode()).hexdigest()
-
-
-def ensure_keys(path: Path) -> dict[str, str]:
-    """The keys in ``path``, generated on first use (0600). Never regenerated."""
-    if not path.exists():
-        from headstart.home import _write_private
-
-        keys = {role: f"hs_{role[:2]}_{secrets.token_urlsafe(32)}" for role in ROLES}
-        _write_private(path, json.dumps(keys, indent=2) + "\n")
-    keys = json.loads(path.read_text())
-    return {role: str(keys[role]) for role in ROLES}
 
 
 def key_hashes(keys: dict[str, str]) -> dict[str, list[str]]:

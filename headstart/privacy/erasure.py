@@ -32,10 +32,9 @@ from nats.js.errors import BucketNotFoundError, KeyDeletedError, KeyNotFoundErro
 from nats.js.kv import KeyValue
 
 from engine.keys import partition_of
-from headstart.audit import audit
-from headstart.rpc import ShardClient, ShardUnavailable, is_error
-from headstart.segment_api import ALIASES_BUCKET, erase_aliases
-from headstart.streams import (
+from headstart.adapters.audit import audit
+from headstart.adapters.rpc import ShardClient, ShardUnavailable, is_error
+from headstart.adapters.streams import (
     DECISIONS_STREAM,
     EVENTS_PREFIX,
     EVENTS_STREAM,
@@ -44,6 +43,7 @@ from headstart.streams import (
     file_bucket,
     publish_prepared,
 )
+from headstart.web.segment_api import ALIASES_BUCKET, erase_aliases
 
 ERASURE_BUCKET = "HS_ERASURE"
 #: How long to wait for the partition's owner to apply the erase record and snapshot.

@@ -23,7 +23,7 @@ import nats
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
-from headstart.broker import NatsAuth, connect_nats
+from headstart.adapters.broker import NatsAuth, connect_nats
 
 log = logging.getLogger(__name__)
 

@@ -19,9 +19,9 @@ from nats.js import JetStreamContext
 from engine.experiments import exposure_decoder
 from engine.keys import partition_of
 from engine.learning import decision_decoder, reward_decoder
-from headstart.audit import audit
-from headstart.rpc import ShardClient, is_error
-from headstart.streams import DECISIONS_STREAM, EXPOSURES_STREAM, REWARDS_STREAM
+from headstart.adapters.audit import audit
+from headstart.adapters.rpc import ShardClient, is_error
+from headstart.adapters.streams import DECISIONS_STREAM, EXPOSURES_STREAM, REWARDS_STREAM
 
 #: Records read per log at most (a user's decisions within the retention).
 MAX_RECORDS = 10_000

@@ -17,10 +17,9 @@ from rich.console import Console
 from rich.table import Table
 
 from engine.errors import HeadstartError
-from headstart.auth import ensure_keys
-from headstart.config import Settings
-from headstart.home import DataHome
-from headstart.runtime import instance_running
+from headstart.runtime.home import DataHome, ensure_keys
+from headstart.runtime.supervisor import instance_running
+from headstart.settings import Settings
 
 DEVICES = ["mobile", "desktop", "tablet"]
 LOCALES = ["en-US", "de-DE", "fr-FR", "pt-BR"]

@@ -17,9 +17,9 @@ from nats.js.api import KeyValueConfig, StorageType
 from nats.js.errors import BucketNotFoundError, NotFoundError
 from nats.js.kv import KeyValue
 
-from headstart.broker import NatsAuth, connect_nats
-from headstart.rpc import encode_request, is_error, rpc_subject
-from headstart.streams import DLQ_STREAM, EVENTS_STREAM, open_bucket
+from headstart.adapters.broker import NatsAuth, connect_nats
+from headstart.adapters.rpc import encode_request, is_error, rpc_subject
+from headstart.adapters.streams import DLQ_STREAM, EVENTS_STREAM, open_bucket
 
 STATUS_BUCKET = "HS_STATUS"
 #: A shard that has not reported for this long is gone; its entry expires.

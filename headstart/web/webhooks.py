@@ -46,7 +46,7 @@ from nats.js.errors import NotFoundError
 from engine.catalog import Webhook
 from engine.errors import ConfigError
 from engine.segments import SegmentChange, batch_decoder
-from headstart.membership import SEGMENTS_PREFIX, SEGMENTS_STREAM
+from headstart.adapters.membership import SEGMENTS_PREFIX, SEGMENTS_STREAM
 
 log = logging.getLogger(__name__)
 

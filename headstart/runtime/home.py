@@ -15,6 +15,8 @@ import secrets
 from pathlib import Path
 from typing import Any
 
+from headstart.web.auth import ROLES
+
 
 class DataHome:
     """Paths under the data home, and the files that are generated once and then kept."""
@@ -64,3 +66,12 @@ def _write_private(path: Path, text: str) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as handle:
         handle.write(text)
+
+
+def ensure_keys(path: Path) -> dict[str, str]:
+    """The keys in ``path``, generated on first use (0600). Never regenerated."""
+    if not path.exists():
+        keys = {role: f"hs_{role[:2]}_{secrets.token_urlsafe(32)}" for role in ROLES}
+        _write_private(path, json.dumps(keys, indent=2) + "\n")
+    keys = json.loads(path.read_text())
+    return {role: str(keys[role]) for role in ROLES}

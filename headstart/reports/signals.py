@@ -1,7 +1,7 @@
 """``headstart report signals`` and ``headstart report fairness``: audits of the decisions log.
 
 Both read the instance's log replayed through the engine's attribution rules
-(:func:`headstart.evaluate.replay_log`), so they see exactly the rewards and activation outcomes
+(:func:`headstart.reports.evaluate.replay_log`), so they see exactly the rewards and activation outcomes
 the policies and the activation model learned from.
 
 - **signals**: per live feature, how much it tells about the reward of a decision and about

@@ -19,7 +19,7 @@ from nats.js import JetStreamContext
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
 from nats.js.kv import KeyValue
 
-from headstart.streams import file_bucket
+from headstart.adapters.streams import file_bucket
 
 CONTROL_BUCKET = "HS_CONTROL"
 ASSIGNMENT_KEY = "assignment"

@@ -19,7 +19,7 @@ from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
 from engine.learning import Learner, PartitionLearning
-from headstart.streams import file_bucket
+from headstart.adapters.streams import file_bucket
 
 log = logging.getLogger(__name__)
 

@@ -46,8 +46,8 @@ from engine.errors import ConfigError, InvalidEvent
 from engine.features import DIM, FEATURE_NAMES
 from engine.learning import AUDIENCE_FIELDS, Learner, decision_decoder
 from engine.partition import PartitionState
-from headstart.broker import NatsAuth
-from headstart.streams import EVENTS_PREFIX, EVENTS_STREAM
+from headstart.adapters.broker import NatsAuth
+from headstart.adapters.streams import EVENTS_PREFIX, EVENTS_STREAM
 from policies import available, create
 
 REQUIRED = ("action", "reward", "propensity")
@@ -243,7 +243,7 @@ async def read_events_stream(
     nats_url: str, timeout: float = 5.0, auth: NatsAuth | None = None
 ) -> list[tuple[int, str, bytes]]:
     """Every message of the events stream, in order (an ordered consumer; nothing is acked)."""
-    from headstart.broker import connect_nats
+    from headstart.adapters.broker import connect_nats
 
     nc = await connect_nats(nats_url, auth, connect_timeout=timeout, max_reconnect_attempts=1)
     try:

@@ -43,7 +43,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from engine.errors import InvalidEvent
 from engine.pii import DEFAULT_PII_FIELDS, scrub_pii
-from headstart.streams import DLQ_PREFIX, EVENTS_STREAM, partition_subject
+from headstart.adapters.streams import DLQ_PREFIX, EVENTS_STREAM, partition_subject
 
 log = logging.getLogger(__name__)
 

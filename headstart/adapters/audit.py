@@ -15,7 +15,7 @@ from typing import Any
 
 from nats.js import JetStreamContext
 
-from headstart.streams import publish_prepared
+from headstart.adapters.streams import publish_prepared
 
 AUDIT_PREFIX = "hs.audit"
 

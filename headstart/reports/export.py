@@ -52,10 +52,10 @@ from engine.experiments import exposure_decoder
 from engine.learning import decision_decoder
 from engine.profile import CONTEXT_FIELDS
 from engine.segments import batch_decoder
-from headstart.broker import NatsAuth, connect_nats
-from headstart.membership import SEGMENTS_STREAM
-from headstart.rpc import ShardClient, ShardUnavailable, is_error
-from headstart.streams import DECISIONS_STREAM, EVENTS_STREAM, EXPOSURES_STREAM
+from headstart.adapters.broker import NatsAuth, connect_nats
+from headstart.adapters.membership import SEGMENTS_STREAM
+from headstart.adapters.rpc import ShardClient, ShardUnavailable, is_error
+from headstart.adapters.streams import DECISIONS_STREAM, EVENTS_STREAM, EXPOSURES_STREAM
 
 Progress = Callable[[str, int], None]
 #: The traits exported (a name never is: PII stays in the engine).
@@ -254,7 +254,7 @@ async def collect(
     progress: Progress | None = None,
 ) -> dict[str, pl.DataFrame]:
     """Every table of the export, read from the running instance."""
-    from headstart.evaluate import replay_log
+    from headstart.reports.evaluate import replay_log
 
     report: Progress = progress or (lambda _stage, _n: None)
     nc = await connect_nats(nats_url, auth, connect_timeout=5, max_reconnect_attempts=1)

@@ -15,7 +15,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from engine.datamap import Retention
 from engine.pii import DEFAULT_PII_FIELDS
-from headstart.broker import NatsAuth
+from headstart.adapters.broker import NatsAuth
 
 
 class Settings(BaseSettings):
@@ -146,7 +146,7 @@ class Settings(BaseSettings):
     @field_validator("frontend_rate_limit", "admin_rate_limit")
     @classmethod
     def _rate_limit(cls, value: str) -> str:
-        from headstart.auth import parse_rate_limit
+        from headstart.web.auth import parse_rate_limit
 
         parse_rate_limit(value)
         return value

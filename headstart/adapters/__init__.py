@@ -1,0 +1,2 @@
+"""NATS adapters: streams, consumers, shard RPC, checkpoints, assignment, status, audit, merge and
+membership publishing. They import ``engine`` and nothing above them in ``headstart``."""

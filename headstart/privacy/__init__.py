@@ -1,0 +1,1 @@
+"""Data-subject rights: erasure of a user everywhere and data access (export of what is held)."""

@@ -1,0 +1,2 @@
+"""The batch side (polars): signal, segment and experiment reports, off-policy evaluation and the
+warehouse export."""
