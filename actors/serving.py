@@ -1,9 +1,9 @@
 """Starting the Serve application, with the deployment settings Headstart ships with.
 
-Measured on this machine (issue 3): Serve's default Python proxy gave ~7 ms p50 and collapsed
-at 32 clients; with HAProxy in front of the replica (``RAY_SERVE_ENABLE_HA_PROXY=1``) and the
-throughput-optimized mode, a no-op endpoint served ~3,000-4,000 rps at ~0.3 ms p50. HAProxy's
-own metrics parsing costs 0.2-0.4 cores, so it is off. These variables must be in the
+Serve's default Python proxy was many times slower per request and collapsed under a few dozen
+clients; HAProxy in front of the replica (``RAY_SERVE_ENABLE_HA_PROXY=1``) with the
+throughput-optimized mode is what keeps a no-op endpoint fast (figures: bench/RESULTS.md). HAProxy's
+own metrics parsing costs a sizeable share of a core, so it is off. These variables must be in the
 environment before Ray starts: the runtime sets them before ``ray.init``.
 """
 

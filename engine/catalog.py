@@ -211,7 +211,8 @@ class Clusters(_Model):
     seed: int = 7
     #: Users sampled for training: one in this many events.
     sample_every: int = Field(16, ge=1, le=1_000_000)
-    #: Samples learned per second at most (~40 µs each, off the event path).
+    #: Samples learned per second at most, off the event path: a bounded share of one shard's
+    #: loop, assuming tens of µs per sample.
     train_per_s: int = Field(200, ge=1, le=100_000)
     #: Samples learned before a model is served (no clusters until then).
     min_samples: int = Field(200, ge=1)
@@ -289,7 +290,7 @@ def _default_tracks() -> list[SegmentTrack]:
 
 
 class SegmentApi(_Model):
-    """How calls to the Segment-compatible tracking API become Headstart events (README
+    """How calls to the Segment-compatible tracking API become Headstart events (docs/api.md,
     "Segment-compatible tracking"); calls nothing maps are counted and dropped."""
 
     track: list[SegmentTrack] = Field(default_factory=_default_tracks)

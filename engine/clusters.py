@@ -3,11 +3,12 @@
 Each user is summarized by a small behavioural vector (:func:`behaviour`: log-scaled sessions,
 events, engagement, features used, steps and tutorials completed, time per session).
 :class:`ClusterModel` is River's ``StandardScaler | KMeans`` learning from a sample of those
-vectors; it costs ~40 µs per update, so it learns off the event path at a bounded rate, on one
-shard only (users are partitioned by a keyed hash, so any shard's users are an unbiased sample
-of everyone). What it learned is published as plain numbers (:meth:`ClusterModel.export`) and
-every shard assigns its users with a :class:`ClusterAssigner` built from them: the nearest
-center in the scaler's space, in about a microsecond, the same answer on every shard.
+vectors; an update costs far more than an assignment, so it learns off the event path at a
+bounded rate, on one shard only (users are partitioned by a keyed hash, so any shard's users
+are an unbiased sample of everyone). What it learned is published as plain numbers
+(:meth:`ClusterModel.export`) and every shard assigns its users with a :class:`ClusterAssigner`
+built from them: the nearest center in the scaler's space, cheaply, the same answer on every
+shard.
 
 River's k-means moves only the nearest center toward each sample, by ``halflife``: centers
 keep their numbers as they move, so ``cluster == 2`` keeps meaning the same group of users.
@@ -228,8 +229,9 @@ class ClusterAssigner:
             for scaled, offset in zip(self.scaled_centers, self.offsets, strict=True)
         ]
         # Assigning runs on the event path (each new session): one function reading the vector
-        # and scoring every center with its numbers written in, ~1.5 µs instead of ~4 through
-        # lists and loops. The numbers are finite floats (repr gives their literal).
+        # and scoring every center with its numbers written in, a fraction of the cost of
+        # going through lists and loops (bench/RESULTS.md). The numbers are finite floats (repr
+        # gives their literal).
         tail = []
         usable = [i for i, ok in enumerate(self.usable) if ok]
         for i in usable:

@@ -16,8 +16,9 @@ the partition.
   from a partition's thousands of users need no merge (factorizations are not averageable
   anyway: their latent axes differ).
 
-  Training is not on the event path: one River update costs ~10 µs, and in a realistic mix
-  (bench/ingest.py) over a quarter of events are first clicks, which halved ingest. Adoptions
+  Training is not on the event path: a River update costs more than applying a whole event,
+  and in a realistic mix (bench/ingest.py) over a quarter of events are first clicks, so
+  learning them inline cut ingest sharply (figures: bench/RESULTS.md). Adoptions
   are queued in the partition (cheap, part of its snapshot) and learned in bounded batches by
   the shard between deliveries (:meth:`FeatureRecommender.train`). The model and the queue
   are snapshotted together, so each adoption is learned once across crashes and moves; under a
@@ -157,8 +158,8 @@ class FeatureRecommender:
     def __init__(self, seed: int = 0) -> None:
         # FunkMF over BiasedMF: with one pass over few adoptions per user, the biases soaked
         # up what the factors should learn (a held-out check in tests/engine/test_learning.py:
-        # BiasedMF ranked similar users' next feature first for 5% of newcomers, FunkMF with
-        # these settings for 99%).
+        # BiasedMF rarely ranked similar users' next feature first for newcomers, FunkMF with
+        # these settings nearly always; figures in bench/RESULTS.md).
         self.model = reco.FunkMF(
             n_factors=RECO_FACTORS,
             optimizer=optim.SGD(0.1),
@@ -200,7 +201,7 @@ class FeatureRecommender:
 
         This is on the decision path, so it scores all candidates with one matrix product over
         the item factors (cached until the next training batch) rather than River's
-        ``predict_one`` per feature (~2.5 µs each); same scores. River's latent tables create
+        ``predict_one`` per feature (a call per candidate); same scores. River's latent tables create
         an entry on a lookup of an unknown user, so the user is looked up without that.
         """
         user = self.model.u_latents.get(user_key) if user_key in self.model.u_latents else None

@@ -341,7 +341,7 @@ def evaluate(
     data: Annotated[
         Path | None,
         typer.Option(
-            "--data", help="logged decisions, Parquet or CSV (see README); default: the instance's log"
+            "--data", help="logged decisions, Parquet or CSV (docs/learning.md); default: the instance's log"
         ),
     ] = None,
     point: Annotated[

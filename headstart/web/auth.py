@@ -69,8 +69,8 @@ class RateLimits:
     """Requests per key and role, counted in fixed windows by the ``limits`` library.
 
     Counted per ingress replica (with N replicas a key gets up to N times its limit): a
-    shared counter would put a network round trip on every decision. Fixed windows cost ~5 µs
-    per request here, sliding ones ~9 µs, on the decision path that matters.
+    shared counter would put a network round trip on every decision. Fixed windows cost about
+    half of what sliding ones do per request (bench/RESULTS.md), on the decision path that matters.
 
     >>> limits = RateLimits({"frontend": "2/minute"})
     >>> limits.wait("frontend", "k1"), limits.wait("frontend", "k1")
