@@ -48,7 +48,22 @@ from headstart.adapters.audit import audit
 from headstart.adapters.broker import NatsAuth, connect_nats
 from headstart.adapters.control import AdminError, request_admin
 from headstart.adapters.membership import read_cluster_model
-from headstart.adapters.rpc import ShardClient, ShardError, ShardUnavailable, is_error
+from headstart.adapters.rpc import (
+    DecideRequest,
+    ExperimentMomentsRequest,
+    FlagsRequest,
+    LearnedRequest,
+    SegmentSizesRequest,
+    ShardClient,
+    ShardError,
+    ShardUnavailable,
+    StatsRequest,
+    TutorialRequest,
+    UserRequest,
+    context_of,
+    is_error,
+)
+from headstart.adapters.rpc import Request as ShardRequest
 from headstart.adapters.status import STATUS_BUCKET, WEBHOOKS_STATUS_KEY
 from headstart.adapters.streams import (
     DLQ_PREFIX,
@@ -594,16 +609,17 @@ class Ingress:
         context = body.context
         shards = self._shards or (await self._client())[1]
         try:
+            request = DecideRequest(key=key, context=context_of(context))
             if COALESCE:
-                reply = await shards.call_coalesced(key, "decide", timeout=DECIDE_DEADLINE_S, context=context)
+                reply = await shards.call_coalesced(request, DECIDE_DEADLINE_S)
             else:
-                reply = await shards.call_raw(key, "decide", timeout=DECIDE_DEADLINE_S, context=context)
+                reply = await shards.call_raw(request, DECIDE_DEADLINE_S)
         except ShardUnavailable:
             fallback = self.decider.decide(
                 key, None, None, msgspec.structs.asdict(context), time.time(), personalize=False
-            )
-            fallback["personalized"] = False
-            fallback["explain"].insert(0, "shard unavailable within the deadline: safe default flow")
+            ).answer
+            fallback.personalized = False
+            fallback.explain.insert(0, "shard unavailable within the deadline: safe default flow")
             self._fallback_decisions.inc()
             return 200, msgspec.json.encode(fallback)
         self._shard_decisions.inc()
@@ -620,7 +636,9 @@ class Ingress:
         key = self.pseudonymizer.key(body.user_id)
         shards = self._shards or (await self._client())[1]
         try:
-            reply = await shards.call(key, "flags", timeout=DECIDE_DEADLINE_S, context=body.context)
+            reply = await shards.call(
+                FlagsRequest(key=key, context=context_of(body.context)), DECIDE_DEADLINE_S
+            )
             stale = False
         except (ShardUnavailable, ShardError):
             context = msgspec.structs.asdict(body.context)
@@ -731,21 +749,17 @@ class Ingress:
         context = body.context
         shards = self._shards or (await self._client())[1]
         try:
-            reply = await shards.call_raw(
-                key,
-                "tutorial",
-                timeout=DECIDE_DEADLINE_S,
-                context=context,
-                step=body.step,
-                feature=body.feature,
+            request = TutorialRequest(
+                key=key, context=context_of(context), step=body.step, feature=body.feature
             )
+            reply = await shards.call_raw(request, DECIDE_DEADLINE_S)
         except ShardUnavailable:
             choice = self.decider.select_tutorial(
                 None, msgspec.structs.asdict(context), time.time(), step=body.step, feature=body.feature
             )
             if choice is not None:
-                choice["explain"].insert(0, "shard unavailable within the deadline: default variant")
-            reply = msgspec.json.encode(choice)
+                choice.answer.explain.insert(0, "shard unavailable within the deadline: default variant")
+            reply = msgspec.json.encode(choice.answer if choice is not None else None)
         if reply == b"null":
             raise ApiError(404, "not_found", "no tutorial for that step or feature in the catalog")
         return _shard_reply(reply)
@@ -941,7 +955,7 @@ class Ingress:
         key = self.pseudonymizer.key(user_id)
         nc, shards = await self._client()
         try:
-            reply = await shards.call_raw(key, "user")
+            reply = await shards.call_raw(UserRequest(key=key))
         except ShardUnavailable as exc:
             raise ApiError(503, "unavailable", str(exc)) from exc
         with contextlib.suppress(Exception):  # reading changes nothing; its record is best effort
@@ -968,7 +982,7 @@ class Ingress:
         return JSONResponse({**found, "users": report["users"]})
 
     async def _segment_report(self) -> dict[str, Any]:
-        answers, missing = await self._ask_each_shard("segment_sizes", timeout=10.0)
+        answers, missing = await self._ask_each_shard(SegmentSizesRequest(key=""), timeout=10.0)
         nc, _ = await self._client()
         report = segment_report(answers, self.config.catalog, await read_cluster_model(nc.jetstream()))
         return {**report, "shards_missing": missing}
@@ -982,33 +996,21 @@ class Ingress:
         exp = self.decider.experiments.by_id.get(experiment_id)
         if exp is None:
             raise ApiError(404, "not_found", f"no experiment {experiment_id!r} in the catalog")
-        spans, missing = await self._ask_each_shard("experiment_moments", timeout=10.0, experiment=exp.id)
+        spans, missing = await self._ask_each_shard(
+            ExperimentMomentsRequest(key="", experiment=exp.id), timeout=10.0
+        )
         cuts = report_cuts(spans, time.time())
         answers, missing = await self._ask_each_shard(
-            "experiment_moments", timeout=20.0, experiment=exp.id, cuts=cuts
+            ExperimentMomentsRequest(key="", experiment=exp.id, cuts=cuts), timeout=20.0
         )
         return JSONResponse({**experiment_report(exp, answers, cuts), "shards_missing": missing})
 
-    async def _ask_each_shard(self, method: str, timeout: float, **args: Any) -> tuple[list[Any], list[int]]:
-        """``method`` asked of every shard once (through a partition it owns): the decoded
+    async def _ask_each_shard(self, request: ShardRequest, timeout: float) -> tuple[list[Any], list[int]]:
+        """``request`` asked of every shard once (through a partition it owns): the decoded
         answers, and the shards that did not answer."""
         _, shards = await self._client()
-        first_partition: dict[int, int] = {}
-        for partition, shard in enumerate(shards.owners):
-            if shard is not None:
-                first_partition.setdefault(shard, partition)
-        answers, missing = [], []
-        for shard, partition in sorted(first_partition.items()):
-            try:
-                reply = await shards.call_raw_partition(partition, method, timeout=timeout, key="", **args)
-            except ShardUnavailable:
-                missing.append(shard)
-                continue
-            if is_error(reply):
-                missing.append(shard)
-            else:
-                answers.append(msgspec.json.decode(reply))
-        return answers, missing
+        each = await shards.ask_each_shard(request, timeout)
+        return each.answers, each.missing
 
     @app.post("/v1/admin/scale", responses={400: {}, 401: {}, 403: {}, 503: {}})
     async def scale(self, body: ScaleBody, authorization: Authorization = None) -> Response:
@@ -1064,7 +1066,7 @@ class Ingress:
         (weighted), their share, and the reward rate; from one shard (they all serve the same
         merged statistics, up to the last merge)."""
         self._require(authorization, "admin")
-        answers, _ = await self._ask_each_shard("learned", timeout=5.0)
+        answers, _ = await self._ask_each_shard(LearnedRequest(key=""), timeout=5.0)
         if not answers:
             raise ApiError(503, "unavailable", "no shard answered")
         points = {}
@@ -1115,7 +1117,7 @@ class Ingress:
         """Prometheus text format (admin key; Prometheus sends it as a bearer token)."""
         self._require(request.headers.get("authorization"), "admin")
         nc, _ = await self._client()
-        stats, _ = await self._ask_each_shard("stats", timeout=1.0)
+        stats, _ = await self._ask_each_shard(StatsRequest(key=""), timeout=1.0)
         lag: dict[int, int] = {}
         js = nc.jetstream()
         for shard_stats in stats:

@@ -18,7 +18,6 @@ import contextlib
 import json
 import logging
 import os
-import random
 import time
 from collections.abc import AsyncIterator, Coroutine
 from typing import Any
@@ -30,18 +29,19 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js.kv import KeyValue
 
+from actors.shard_rpc import ShardRpc
+from engine import queries
+from engine.answers import Answers, Logs
 from engine.catalog import Catalog
 from engine.clusters import ClusterAssigner
-from engine.decision import EXPOSURES_KEY, Decider
-from engine.experiments import ExposedUser, ExposureRecord, cumulative_moments, encode_exposure
+from engine.decision import Decider
+from engine.experiments import encode_exposure
 from engine.keys import partition_of
-from engine.learning import DecisionRecord, Learner, PartitionLearning, encode_record
+from engine.learning import Learner, PartitionLearning, encode_record
 from engine.partition import CheckpointMark, PartitionState, snapshot_position
 from engine.pii import PiiSealer
-from engine.profile import consent_allows
-from engine.rules import FIELDS, rule_input
-from engine.segments import SegmentIndex, user_segments
-from engine.shard import NotOwned, ShardState
+from engine.segments import SegmentIndex
+from engine.shard import ShardState
 from headstart.adapters.assignment import control_bucket, load_assignment
 from headstart.adapters.broker import connect_nats
 from headstart.adapters.checkpoints import NatsCheckpointStore
@@ -55,15 +55,7 @@ from headstart.adapters.membership import (
     sweep_partition,
 )
 from headstart.adapters.merge import PolicyMerger, learn_bucket
-from headstart.adapters.rpc import (
-    batch_subject,
-    decode_batch,
-    decode_request,
-    encode_batch,
-    encode_error,
-    encode_reply,
-    rpc_subject,
-)
+from headstart.adapters.rpc import batch_subject, rpc_subject
 from headstart.adapters.status import REPORT_EVERY_S, ensure_status_bucket
 from headstart.adapters.streams import publish_prepared, record_subjects
 from headstart.settings import Settings
@@ -153,15 +145,22 @@ class ShardActor:
         self.learner = Learner(catalog, self.decider, seed=shard_id)
         self.merger: PolicyMerger | None = None
         self.merge_interval_s = catalog.learning.merge_interval_s
-        self.activation_low_below = catalog.learning.activation_low_below
         self.decisions_logged = 0
         self.decision_log_failures = 0
         self.exposures_logged = 0
-        #: Exposures published and not yet seen applied (so a burst of decisions for one user
-        #: publishes one; JetStream's duplicate window and the partition's own check cover the
-        #: rest, e.g. after a restart).
-        self._exposures_pending: set[tuple[str, str]] = set()
         self.personalize_by_default = catalog.consent_mode == "opt_out"
+        #: Decisions for this shard's users (engine.answers); the RPC handlers over it and the
+        #: shard-wide queries (actors.shard_rpc).
+        self.answers = Answers(self.decider, self.learner, self.personalize_by_default)
+        self.rpc = ShardRpc(
+            shard_id,
+            self.state,
+            self.answers,
+            self._consumed_partitions,
+            self.stats,
+            self._snapshot_through,
+            self._publish_logs,
+        )
         # Names are sealed in snapshots with the instance's secret (left out without one).
         secret = settings.secret.get_secret_value().encode() if settings.secret is not None else None
         self.sealer = PiiSealer(secret) if secret else None
@@ -583,74 +582,22 @@ class ShardActor:
         }
 
     async def segment_sizes(self, now: float) -> dict[str, Any]:
-        """Per segment, over every user this shard owns: members, their summed engagement, how
-        many activated, and the entries and exits counted since tracking began (a report:
-        ~2 µs per user from live membership, ~10 µs where segments are worked out now)."""
-        users = 0
-        sizes: dict[str, dict[str, float]] = {}
-        tracked_from, tracked_to = float("inf"), 0.0
-        for part in list(self._consumed_partitions().values()):
-            for i, user in enumerate(list(part.users.values())):
-                users += 1
-                engagement = user.engagement_at(now)
-                activated = int(self.learner.has_activated(user, part.vocab))
-                segments = (
-                    user_segments(part, user)
-                    if part.segments is not None
-                    else self.decider.segments(user, {}, now, part.vocab)
-                )
-                for segment in segments:
-                    entry = sizes.setdefault(segment, {"size": 0, "engagement_sum": 0.0, "activated": 0})
-                    entry["size"] += 1
-                    entry["engagement_sum"] += engagement
-                    entry["activated"] += activated
-                if i % 5000 == 4999:
-                    await asyncio.sleep(0)  # events keep flowing during a report
-            if part.segments is not None and part.segments.since:
-                tracked_from = min(tracked_from, part.segments.since)
-                tracked_to = max(tracked_to, part.segments.clock)
-        changes = self._change_counts()
-        return {
-            "shard": self.shard_id,
-            "users": users,
-            "segments": sizes,
-            "changes": changes,
-            "tracked_from": tracked_from if changes else None,
-            "tracked_to": tracked_to if changes else None,
-        }
+        """Per segment, over every user this shard owns (:func:`engine.queries.segment_sizes`)."""
+        sizes = await queries.segment_sizes(
+            self._consumed_partitions(), self.decider, self.learner, now, self.shard_id
+        )
+        return dict(msgspec.to_builtins(sizes))
 
     async def tutorial_stats(self) -> dict[str, Any]:
         """Per tutorial, variant and segment (and ``all``): users who started and completed it."""
-        rows: dict[tuple[str, str, str], list[int]] = {}
-        for part in list(self._consumed_partitions().values()):
-            names = part.vocab
-            for i, user in enumerate(list(part.users.values())):
-                t = user.tutorials
-                if t is None:
-                    continue
-                segments = ["all", *user_segments(part, user)] if part.segments is not None else ["all"]
-                for j in range(0, len(t), 4):
-                    tutorial, variant = names.tutorials.name(t[j]), names.variants.name(t[j + 1])
-                    started, completed = int(t[j + 2] > 0 or t[j + 3] > 0), int(t[j + 3] > 0)
-                    for segment in segments:
-                        row = rows.setdefault((tutorial, variant, segment), [0, 0])
-                        row[0] += started
-                        row[1] += completed
-                if i % 5000 == 4999:
-                    await asyncio.sleep(0)
-        return {"shard": self.shard_id, "rows": [[*key, *value] for key, value in rows.items()]}
+        return dict(
+            msgspec.to_builtins(await queries.tutorial_stats(self._consumed_partitions(), self.shard_id))
+        )
 
     async def profile_sample(self, size: int, now: float, seed: int = 0) -> dict[str, Any]:
         """Up to ``size`` users drawn at random: their numeric rule fields (for clustering)."""
-        keys = [(p, k) for p, part in self._consumed_partitions().items() for k in part.users]
-        chosen = random.Random(seed).sample(keys, min(size, len(keys)))
-        numeric = frozenset(name for name, kind in FIELDS.items() if kind == "number")
-        rows = []
-        for p, key in chosen:
-            part = self.state.partitions[p]
-            facts = rule_input(part.users[key], part.vocab, now, needed=numeric)
-            rows.append({name: facts.fields.get(name) for name in sorted(numeric)})
-        return {"shard": self.shard_id, "users": len(keys), "rows": rows}
+        sample = queries.profile_sample(self._consumed_partitions(), size, now, self.shard_id, seed)
+        return dict(msgspec.to_builtins(sample))
 
     async def take_over_timings(self) -> list[dict[str, Any]]:
         """The last take-overs' steps (seconds each; ``entered_at`` is wall-clock time)."""
@@ -659,219 +606,45 @@ class ShardActor:
     async def learned(self) -> dict[str, Any]:
         """What the served policies learned, per decision point: arms, and per arm the weighted
         count of rewards and their sum (the merged statistics this shard serves)."""
-        out = {}
-        for point, policy in self.learner.served.items():
-            n, total = policy.reward_totals()
-            out[point] = {
-                "arms": policy.arms,
-                "n": n.tolist(),
-                "rewards": total.tolist(),
-                "drifts": policy.drifts,
-            }
-        return out
+        return dict(msgspec.to_builtins(queries.learned(self.learner)))
 
     async def _on_rpc(self, msg: Msg) -> None:
         """A request on ``hs.rpc.<partition>.<method>``, answered on this event loop."""
         _, _, partition, method = msg.subject.split(".", 3)
-        try:
-            request = decode_request(msg.data)
-        except (ValueError, msgspec.DecodeError) as exc:
-            await msg.respond(encode_error("bad_request", f"{type(exc).__name__}: {exc}"))
-            return
-        await msg.respond(await self._answer(int(partition), method, request))
+        await msg.respond(await self.rpc.on_request(int(partition), method, msg.data))
 
     async def _on_batch(self, msg: Msg) -> None:
         """Several requests in one message (``hs.rpc.shard.<id>.batch``); replies in order."""
-        try:
-            items = decode_batch(msg.data)
-        except (ValueError, msgspec.DecodeError) as exc:
-            await msg.respond(encode_batch([encode_error("bad_request", f"{type(exc).__name__}: {exc}")]))
-            return
-        replies = [
-            await self._answer(int(item.get("partition", -1)), str(item.get("method")), item)
-            for item in items
-        ]
-        await msg.respond(encode_batch(replies))
+        await msg.respond(await self.rpc.on_batch(msg.data))
 
-    async def _answer(self, partition: int, method: str, request: dict[str, Any]) -> bytes:
-        try:
-            now = request.get("now") or time.time()
-            part = self.state.part(partition)
-            key = request["key"]
-            if method == "decide":
-                user = part.users.get(key)
-                personalize = self._personalize(part, key, user)
-                chooser = self._chooser(part, key, user, request, now) if personalize else None
-                insights: dict[str, Any] = {}
-                extra = []
-                if chooser is not None and part.learning is not None:
-                    insights = part.learning.insights(key, user, part.vocab, chooser)
-                    probability = insights["activation_probability"]
-                    if probability is not None and probability < self.activation_low_below:
-                        extra.append("activation_low")
-                decision = self.decider.decide(
-                    key, user, part.vocab, request.get("context"), now, personalize, chooser, extra
-                )
-                decision.update(insights)
-                if chooser is not None:
-                    self._log_decision(part.partition, chooser.record())
-                self._log_exposures(part, key, user, decision.pop(EXPOSURES_KEY, None), now)
-                return encode_reply(decision)
-            if method == "tutorial":
-                user = part.users.get(key)
-                chooser = (
-                    self._chooser(part, key, user, request, now)
-                    if self._personalize(part, key, user)
-                    else None
-                )
-                choice = self.decider.select_tutorial(
-                    user,
-                    request.get("context"),
-                    now,
-                    step=request.get("step"),
-                    feature=request.get("feature"),
-                    chooser=chooser,
-                    vocab=part.vocab,
-                    user_key=key,
-                    personalize=chooser is not None,
-                )
-                if chooser is not None:
-                    self._log_decision(part.partition, chooser.record())
-                if choice is not None:
-                    self._log_exposures(part, key, user, choice.pop(EXPOSURES_KEY, None), now)
-                return encode_reply(choice)
-            if method == "user":
-                view = part.view(key, now)
-                if view is not None and part.learning is not None:
-                    user = part.users[key]
-                    session = self.learner.session(key, user, None, now, {})
-                    view.update(part.learning.insights(key, user, part.vocab, session))
-                return encode_reply(view)
-            if method == "stats":
-                return encode_reply(await self.stats())
-            if method == "snapshot_through":
-                return encode_reply({"snapshotted": await self._snapshot_through(part, int(request["seq"]))})
-            if method == "segment_sizes":
-                return encode_reply(await self.segment_sizes(now))
-            if method == "flags":
-                user = part.users.get(key)
-                if not self._personalize(part, key, user):
-                    user = None  # the default flow: flags from the request's context alone
-                context = request.get("context") or {}
-                segments = self.decider.segments(user, context, now, part.vocab if user else None)
-                return encode_reply({"flags": self.decider.flags(key, segments), "segments": segments})
-            if method == "learned":
-                return encode_reply(await self.learned())
-            if method == "profiles":
-                after, limit = str(request.get("after") or ""), int(request.get("limit", 1000))
-                return encode_reply(self._profiles(part, after, limit, now))
-            if method == "experiment_moments":
-                cuts = [float(c) for c in request.get("cuts") or []]
-                return encode_reply(await self.experiment_moments(str(request["experiment"]), cuts))
-            if method == "tutorial_stats":
-                return encode_reply(await self.tutorial_stats())
-            if method == "profile_sample":
-                return encode_reply(await self.profile_sample(int(request.get("size", 2000)), now))
-            if method == "ping":
-                return encode_reply({"shard": self.shard_id, "partition": part.partition})
-            return encode_error("unknown_method", f"no method {method!r}")
-        except NotOwned as exc:
-            return encode_error("not_owned", str(exc))
-        except (KeyError, ValueError, TypeError) as exc:
-            return encode_error("bad_request", f"{type(exc).__name__}: {exc}")
-
-    def _personalize(self, part: PartitionState, key: str, user: Any) -> bool:
-        if user is None:
-            # A user without analytics consent has only a consent record (or nothing yet).
-            bits = part.consent_of(key)
-            return consent_allows(bits or 0, "personalization", self.personalize_by_default)
-        return bool(user.consent_given("personalization", self.personalize_by_default))
-
-    def _chooser(self, part: PartitionState, key: str, user: Any, request: dict[str, Any], now: float) -> Any:
-        learning = part.learning
-        open_arms = learning.open_arms(key) if learning is not None else {}
-        return self.learner.session(key, user, request.get("context"), now, open_arms)
-
-    def _log_decision(self, partition: int, record: DecisionRecord | None) -> None:
-        """Log a decision that made a choice to its user's partition, where applying it opens its
-        reward window, and to the decisions log (not on the reply's path)."""
-        if record is None:
-            return
-        subjects = record_subjects(partition, record.user_id, "decision")
-        self._background(self._publish_record(subjects, encode_record(record), record.decision_id))
-
-    def _log_exposures(
-        self, part: PartitionState, key: str, user: Any, exposures: list[tuple[str, str]] | None, now: float
-    ) -> None:
-        """Log the user's first exposure to each experiment this answer reached, to their
-        partition (where applying it keeps one per user and experiment) and to HS_EXPOSURES."""
-        if not exposures or part.experiments is None:
-            return
-        pending = self._exposures_pending
-        for experiment, arm in exposures:
-            if part.experiments.is_exposed(key, experiment):
-                pending.discard((experiment, key))
-                continue
-            if (experiment, key) in pending:
-                continue
-            if len(pending) > 100_000:
-                pending.clear()  # bounded; a duplicate publish is still dropped downstream
-            pending.add((experiment, key))
-            record = ExposureRecord(
-                experiment=experiment,
-                arm=arm,
-                user_id=key,
-                ts=now,
-                pre=user.engagement_at(now) if user is not None else 0.0,
-            )
-            subjects = record_subjects(part.partition, key, "exposure")
+    def _publish_logs(self, logs: Logs) -> None:
+        """Publish what an answer logs (not on the reply's path): a decision that made a choice
+        to its user's partition, where applying it opens its reward window, and to the
+        decisions log; the user's first exposures to their partition (where applying one keeps
+        one per user and experiment) and to HS_EXPOSURES."""
+        record = logs.decision
+        if record is not None:
+            subjects = record_subjects(logs.partition, record.user_id, "decision")
+            self._background(self._publish_record(subjects, encode_record(record), record.decision_id))
+        for exposure in logs.exposures:
+            subjects = record_subjects(logs.partition, exposure.user_id, "exposure")
             self._background(
-                self._publish_record(subjects, encode_exposure(record), f"{experiment}:{key}", "exposure")
+                self._publish_record(
+                    subjects,
+                    encode_exposure(exposure),
+                    f"{exposure.experiment}:{exposure.user_id}",
+                    "exposure",
+                )
             )
-
-    def _profiles(self, part: PartitionState, after: str, limit: int, now: float) -> dict[str, Any]:
-        """A page of a partition's user profiles for the warehouse export, in key order after
-        ``after`` (no name: PII is not exported)."""
-        keys = sorted(k for k in part.users if k > after)[: max(1, min(limit, 5000))]
-        rows = []
-        for key in keys:
-            user = part.users[key]
-            view = user.view(part.vocab, now)
-            view.pop("features", None)
-            view["traits"].pop("name", None)
-            view["user_key"] = key
-            view["activated"] = self.learner.has_activated(user, part.vocab)
-            view["segments"] = (
-                user_segments(part, user)
-                if part.segments is not None
-                else self.decider.segments(user, {}, now, part.vocab)
-            )
-            view["cluster"] = user.cluster if user.cluster >= 0 else None
-            rows.append(view)
-        return {"partition": part.partition, "rows": rows, "more": len(keys) == limit}
 
     async def experiment_moments(self, experiment: str, cuts: list[float]) -> dict[str, Any]:
         """Over the users of this shard exposed to ``experiment``: how many, the first exposure,
         and per metric and cut time the arms' sufficient statistics (see
-        :func:`engine.experiments.cumulative_moments`)."""
-        exp = self.decider.experiments.by_id.get(experiment)
-        if exp is None:
-            raise KeyError(f"no experiment {experiment!r}")
-        exposed: list[ExposedUser] = []
-        for part in list(self._consumed_partitions().values()):
-            if part.experiments is not None:
-                exposed += part.experiments.exposures(experiment)
-                await asyncio.sleep(0)  # events keep flowing during a report
-        moments = cumulative_moments(exposed, 1 + len(exp.guardrails), cuts) if cuts else []
-        return {
-            "shard": self.shard_id,
-            "exposed": len(exposed),
-            "first": min((e.ts for e in exposed), default=None),
-            "moments": [
-                [{arm: msgspec.to_builtins(m) for arm, m in cut.items()} for cut in metric]
-                for metric in moments
-            ],
-        }
+        :func:`engine.queries.experiment_moments`)."""
+        moments = await queries.experiment_moments(
+            self._consumed_partitions(), self.decider.experiments, experiment, cuts, self.shard_id
+        )
+        return dict(msgspec.to_builtins(moments))
 
     async def _publish_record(
         self, subjects: tuple[str, str], data: bytes, decision_id: str, kind: str = "decision"

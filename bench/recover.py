@@ -36,7 +36,7 @@ from bench.common import embedded_broker, write_result
 from bench.population import onboarding_events
 from bench.traffic import SteadyTraffic, expected_counts, lost_and_duplicated, read_back
 from engine.keys import Pseudonymizer
-from headstart.adapters.rpc import ShardClient, ShardUnavailable, is_error
+from headstart.adapters.rpc import ShardClient, ShardUnavailable, StatsRequest, is_error
 from headstart.adapters.streams import EventPublisher, ensure_streams, publish_prepared
 from headstart.settings import Settings
 
@@ -168,7 +168,7 @@ async def _until_served(url: str, partitions: list[int], old_pids: set[int], t0:
             for partition in sorted(waiting):
                 with contextlib.suppress(ShardUnavailable):
                     reply = await client.call_raw_partition(
-                        partition, "stats", timeout=0.2, wait=False, key=""
+                        partition, StatsRequest(key=""), timeout=0.2, wait=False
                     )
                     if not is_error(reply) and json.loads(reply)["pid"] not in old_pids:
                         waiting.discard(partition)

@@ -19,7 +19,7 @@ from typing import Any
 import nats
 
 from engine.keys import Pseudonymizer, partition_of
-from headstart.adapters.rpc import ShardClient, ShardUnavailable, is_error
+from headstart.adapters.rpc import DecideRequest, ShardClient, ShardUnavailable, is_error
 from headstart.adapters.streams import EventPublisher
 
 Counts = dict[str, collections.Counter[str]]
@@ -164,7 +164,7 @@ def _run_traffic(
             i += 1
             key = keys[(i * 7919) % len(keys)]
             try:
-                reply = await client.call_coalesced(key, "decide", timeout=DECIDE_DEADLINE_S, context={})
+                reply = await client.call_coalesced(DecideRequest(key=key, context={}), DECIDE_DEADLINE_S)
                 outcome = "failed" if is_error(reply) else "ok"
             except ShardUnavailable:
                 outcome = "default"

@@ -8,10 +8,16 @@ counts and the request's context).
 >>> from engine.catalog import DEFAULT_CATALOG, load_catalog
 >>> decider = Decider(load_catalog(DEFAULT_CATALOG))
 >>> d = decider.decide("k" * 26, None, None, {"device_type": "mobile", "locale": "de-DE"}, now=0.0)
->>> d["step"]["id"], d["tutorial"], d["flags"]["simplified_mobile_flow"], d["message"][:14]
-('welcome', None, True, 'Willkommen bei')
->>> sorted(d["segments"])
+>>> a = d.answer
+>>> a.step.id, a.tutorial, a.flags["simplified_mobile_flow"], a.message[:14], d.exposures
+('welcome', None, True, 'Willkommen bei', [])
+>>> sorted(a.segments)
 ['device_mobile', 'engagement_low', 'locale_de', 'mobile_newcomer', 'new_user']
+
+The answer is what a client receives (JSON); the exposures are for the shard to log:
+
+>>> b'"exposures"' in msgspec.json.encode(a)
+False
 """
 
 from __future__ import annotations
@@ -19,9 +25,11 @@ from __future__ import annotations
 import hashlib
 import html
 import uuid
-from typing import TYPE_CHECKING, Any
+from typing import Any, NamedTuple
 
+import msgspec
 import pystache
+from msgspec import UNSET, UnsetType
 
 from engine.catalog import (
     DEVICE_TYPES,
@@ -32,6 +40,7 @@ from engine.catalog import (
     cluster_segment,
     locale_segment,
 )
+from engine.choices import POINT_STEP, Chooser, tutorial_point
 from engine.events import EventKind
 from engine.experiments import (
     FIXED_POLICY,
@@ -42,16 +51,9 @@ from engine.experiments import (
     Experiment,
     ExperimentPlan,
 )
-from engine.learning import POINT_STEP, tutorial_point
 from engine.profile import UserState, Vocabularies
 from engine.rules import parse_rule, rule_input
 
-if TYPE_CHECKING:
-    from engine.learning import ChoiceSession
-
-#: The key of a decision's exposures (experiment id, arm id): taken out by the shard, which
-#: logs each user's first exposure per experiment; never part of the answer.
-EXPOSURES_KEY = "_exposures"
 #: Rendered messages kept per decider; cleared when full (simple and bounded, and a refill is cheap).
 RENDER_CACHE_SIZE = 50_000
 
@@ -66,6 +68,79 @@ def rollout_bucket(flag_id: str, user_key: str) -> float:
     on every shard, after restarts and rescaling, and flags are independent of each other."""
     digest = hashlib.blake2b(f"{flag_id}:{user_key}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big") % 10_000 / 100
+
+
+class Exposure(NamedTuple):
+    """An experiment a decision exposed its user to, and the user's arm in it."""
+
+    experiment: str
+    arm: str
+
+
+class StepShown(msgspec.Struct):
+    """The step a decision shows (``step`` of the answer)."""
+
+    id: str
+    kind: str
+    title: str
+
+
+class TutorialShown(msgspec.Struct):
+    """The tutorial variant a decision shows with its step (``tutorial`` of the answer)."""
+
+    id: str
+    variant: str
+    eligible: list[str]
+
+
+class DecisionAnswer(msgspec.Struct, kw_only=True):
+    """The answer of ``/v1/decide``, as a client receives it (JSON, in this field order).
+
+    The learning models' insights are added by :mod:`engine.answers` where a learning policy
+    chooses for the user; left unset, they are not part of the answer.
+    """
+
+    decision_id: str
+    step: StepShown | None
+    tutorial: TutorialShown | None
+    message: str
+    step_message: str
+    flags: dict[str, Any]
+    segments: list[str]
+    experiments: dict[str, str]
+    completed_steps: list[str]
+    personalized: bool
+    explain: list[str]
+    activation_probability: float | UnsetType | None = UNSET
+    recommended_features: list[str] | UnsetType = UNSET
+
+
+class Decision(msgspec.Struct):
+    """A decision: the answer for the client, and the experiments it exposed the user to
+    (logged by the shard, once per user and experiment; never part of the answer)."""
+
+    answer: DecisionAnswer
+    exposures: list[Exposure] = msgspec.field(default_factory=list)
+
+
+class TutorialAnswer(msgspec.Struct, kw_only=True):
+    """The answer of ``/v1/tutorials/select`` (JSON). Without an eligible variant it has no
+    ``decision_id`` and no ``experiments``."""
+
+    decision_id: str | UnsetType = UNSET
+    tutorial: str
+    variant: str | None
+    eligible: list[str]
+    segments: list[str]
+    experiments: dict[str, str] | UnsetType = UNSET
+    explain: list[str]
+
+
+class TutorialChoice(msgspec.Struct):
+    """A tutorial variant chosen: the answer, and the experiments it exposed the user to."""
+
+    answer: TutorialAnswer
+    exposures: list[Exposure] = msgspec.field(default_factory=list)
 
 
 class Decider:
@@ -252,9 +327,9 @@ class Decider:
         context: dict[str, Any] | None,
         now: float,
         personalize: bool = True,
-        chooser: ChoiceSession | None = None,
+        chooser: Chooser | None = None,
         extra_segments: list[str] | None = None,
-    ) -> dict[str, Any]:
+    ) -> Decision:
         """The next onboarding step, tutorial variant, message, flags and why.
 
         Rules decide what is eligible; ``chooser`` (the learning policy) chooses among the
@@ -295,12 +370,12 @@ class Decider:
         locale = context.get("locale") or (user.locale if user else None)
         variables = self._variables(user, context, step, locale)
         tutorial = self.tutorial_for(step=step.id) if step else None
-        tutorial_out = None
+        tutorial_out: TutorialShown | None = None
         if tutorial is not None:
             variants = self._experiment_variants(tutorial, segments, by_surface, reached, explain)
             if variants:
                 variant, why = self._variant(tutorial, variants, variant_chooser)
-                tutorial_out = {"id": tutorial.id, "variant": variant, "eligible": variants}
+                tutorial_out = TutorialShown(id=tutorial.id, variant=variant, eligible=variants)
                 explain.append(f"tutorial {tutorial.id}: variant {variant} ({why})")
         welcome = self.welcome_for(segments)
         reached.add(SURFACE_MESSAGE)
@@ -309,25 +384,22 @@ class Decider:
             welcome = message_arm[1].welcome
         message = self.render(welcome, locale, variables)
         step_message = self.render(step.message, locale, variables) if step else ""
-        decision: dict[str, Any] = {
-            "decision_id": (chooser.decision_id if chooser is not None else None) or uuid.uuid4().hex,
-            "step": None
+        answer = DecisionAnswer(
+            decision_id=(chooser.decision_id if chooser is not None else None) or uuid.uuid4().hex,
+            step=None
             if step is None
-            else {"id": step.id, "kind": step.kind, "title": self.render(step.title, locale, variables)},
-            "tutorial": tutorial_out,
-            "message": message,
-            "step_message": step_message,
-            "flags": {k: v["value"] for k, v in self.flags(user_key, segments).items()},
-            "segments": segments,
-            "experiments": {exp.id: arm.id for exp, arm in arms},
-            "completed_steps": sorted(done),
-            "personalized": personalize and user is not None,
-            "explain": explain,
-        }
-        exposed = self._exposed(arms, reached)
-        if exposed:
-            decision[EXPOSURES_KEY] = exposed
-        return decision
+            else StepShown(id=step.id, kind=step.kind, title=self.render(step.title, locale, variables)),
+            tutorial=tutorial_out,
+            message=message,
+            step_message=step_message,
+            flags={k: v["value"] for k, v in self.flags(user_key, segments).items()},
+            segments=segments,
+            experiments={exp.id: arm.id for exp, arm in arms},
+            completed_steps=sorted(done),
+            personalized=personalize and user is not None,
+            explain=explain,
+        )
+        return Decision(answer, self._exposed(arms, reached))
 
     # ------------------------------------------------------------------ experiments
 
@@ -368,11 +440,13 @@ class Decider:
                 return narrowed
         return variants
 
-    def _exposed(self, arms: list[tuple[Experiment, Arm]], reached: set[str]) -> list[tuple[str, str]]:
+    def _exposed(self, arms: list[tuple[Experiment, Arm]], reached: set[str]) -> list[Exposure]:
         """The experiments this decision exposes the user to: those whose surfaces it reached,
         judged the same way in every arm (a control is exposed where a treatment would be)."""
         return [
-            (exp.id, arm.id) for exp, arm in arms if not reached.isdisjoint(self.experiments.surfaces(exp.id))
+            Exposure(exp.id, arm.id)
+            for exp, arm in arms
+            if not reached.isdisjoint(self.experiments.surfaces(exp.id))
         ]
 
     def select_tutorial(
@@ -382,11 +456,11 @@ class Decider:
         now: float,
         step: str | None = None,
         feature: str | None = None,
-        chooser: ChoiceSession | None = None,
+        chooser: Chooser | None = None,
         vocab: Vocabularies | None = None,
         user_key: str = "",
         personalize: bool = False,
-    ) -> dict[str, Any] | None:
+    ) -> TutorialChoice | None:
         """Which variant of the tutorial for ``step`` or ``feature`` this user should see."""
         tutorial = self.tutorial_for(step=step, feature=feature)
         if tutorial is None:
@@ -399,30 +473,29 @@ class Decider:
         reached: set[str] = set()
         variants = self._experiment_variants(tutorial, segments, by_surface, reached, explain)
         if not variants:
-            return {
-                "tutorial": tutorial.id,
-                "variant": None,
-                "eligible": [],
-                "segments": segments,
-                "explain": ["no variant eligible for this user's segments"],
-            }
+            return TutorialChoice(
+                TutorialAnswer(
+                    tutorial=tutorial.id,
+                    variant=None,
+                    eligible=[],
+                    segments=segments,
+                    explain=["no variant eligible for this user's segments"],
+                )
+            )
         variant, why = self._variant(tutorial, variants, variant_chooser)
-        choice: dict[str, Any] = {
-            "decision_id": (chooser.decision_id if chooser is not None else None) or uuid.uuid4().hex,
-            "tutorial": tutorial.id,
-            "variant": variant,
-            "eligible": variants,
-            "segments": segments,
-            "experiments": {exp.id: arm.id for exp, arm in arms},
-            "explain": [*explain, f"variant {variant}: {why} (eligible: {', '.join(variants)})"],
-        }
-        exposed = self._exposed(arms, reached)
-        if exposed:
-            choice[EXPOSURES_KEY] = exposed
-        return choice
+        answer = TutorialAnswer(
+            decision_id=(chooser.decision_id if chooser is not None else None) or uuid.uuid4().hex,
+            tutorial=tutorial.id,
+            variant=variant,
+            eligible=variants,
+            segments=segments,
+            experiments={exp.id: arm.id for exp, arm in arms},
+            explain=[*explain, f"variant {variant}: {why} (eligible: {', '.join(variants)})"],
+        )
+        return TutorialChoice(answer, self._exposed(arms, reached))
 
     @staticmethod
-    def _variant(tutorial: Tutorial, variants: list[str], chooser: ChoiceSession | None) -> tuple[str, str]:
+    def _variant(tutorial: Tutorial, variants: list[str], chooser: Chooser | None) -> tuple[str, str]:
         if chooser is None or len(variants) < 2:
             return variants[0], f"first eligible of {len(variants)}"
         return chooser.choose(tutorial_point(tutorial.id), variants)
@@ -449,8 +522,8 @@ def _arms_by_surface(arms: list[tuple[Experiment, Arm]]) -> dict[str, tuple[Expe
 
 
 def _choosers(
-    chooser: ChoiceSession | None, policy_arm: tuple[Experiment, Arm] | None
-) -> tuple[ChoiceSession | None, ChoiceSession | None]:
+    chooser: Chooser | None, policy_arm: tuple[Experiment, Arm] | None
+) -> tuple[Chooser | None, Chooser | None]:
     """Who chooses steps and variants: the learning policy, unless the user's arm says
     ``fixed`` (catalog order) or names another policy the shards run."""
     if chooser is None or policy_arm is None or policy_arm[1].policy is None:

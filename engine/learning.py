@@ -37,13 +37,14 @@ from __future__ import annotations
 import heapq
 import secrets
 from collections.abc import Callable, Iterable, Mapping
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 import msgspec
 import numpy as np
 from river import drift
 
 from engine.catalog import Catalog
+from engine.choices import POINT_STEP, TUTORIAL_POINT_PREFIX, StepRules, tutorial_point
 from engine.events import Event, EventKind
 from engine.features import DIM, FEATURE_NAMES, LAYOUT_VERSION, context_vector
 from engine.keys import is_user_key
@@ -52,11 +53,6 @@ from engine.profile import UserState, Vocabularies
 from policies import available, create
 from policies.base import Policy, Stats, pack_stats, unpack_stats
 
-if TYPE_CHECKING:
-    from engine.decision import Decider
-
-POINT_STEP = "step"
-TUTORIAL_POINT_PREFIX = "tutorial:"
 #: Decisions kept per user for the journey reward (the most recent ones).
 MAX_PATH = 8
 #: Decision ids of closed decisions kept per partition, to tell a late reward from an unknown one.
@@ -72,10 +68,6 @@ INSIGHTS_TTL_S = 60.0
 INSIGHTS_CACHE = 50_000
 
 Contributions = dict[str, dict[str, Stats]]  # policy name -> point -> statistics
-
-
-def tutorial_point(tutorial_id: str) -> str:
-    return TUTORIAL_POINT_PREFIX + tutorial_id
 
 
 def new_decision_id(user_key: str) -> str:
@@ -259,7 +251,7 @@ class Learner:
     ``tutorial:<id>`` (arms: its variants).
     """
 
-    def __init__(self, catalog: Catalog, decider: Decider, seed: int = 0) -> None:
+    def __init__(self, catalog: Catalog, decider: StepRules, seed: int = 0) -> None:
         self.settings = catalog.learning
         self.decider = decider
         self.steps = {s.id: s for s in catalog.journey.steps}

@@ -572,6 +572,7 @@ def report_experiment(
     """An experiment's results per arm (exposed users, conversions, rate, lift with confidence
     interval and p-value, CUPED, always-valid interval), sample-ratio check, guardrails and a
     verdict; and a PNG of the metric over time with its intervals."""
+    from headstart.adapters.rpc import ExperimentMomentsRequest
     from headstart.adapters.status import ask_every_shard
     from headstart.reports.experiments import experiment_report, plot_experiment, report_cuts
 
@@ -587,9 +588,10 @@ def report_experiment(
     auth = _settings(home).nats_auth()
 
     async def gather() -> tuple[list[Any], list[float]]:
-        spans = await ask_every_shard(url, "experiment_moments", auth=auth, experiment=exp.id)
+        spans = await ask_every_shard(url, ExperimentMomentsRequest(key="", experiment=exp.id), auth=auth)
         cuts = report_cuts(spans, time.time())
-        return await ask_every_shard(url, "experiment_moments", auth=auth, experiment=exp.id, cuts=cuts), cuts
+        request = ExperimentMomentsRequest(key="", experiment=exp.id, cuts=cuts)
+        return await ask_every_shard(url, request, auth=auth), cuts
 
     answers, cuts = asyncio.run(gather())
     report = experiment_report(exp, answers, cuts)
@@ -647,6 +649,7 @@ def report_segments(
     behavioural cluster apart; and natural groupings of users to consider as segments."""
     from headstart.adapters.broker import connect_nats
     from headstart.adapters.membership import read_cluster_model
+    from headstart.adapters.rpc import ProfileSampleRequest, SegmentSizesRequest
     from headstart.adapters.status import ask_every_shard
     from headstart.reports.segments import segment_report, suggest_segments
 
@@ -658,8 +661,8 @@ def report_segments(
     auth = _settings(home).nats_auth()
 
     async def gather() -> tuple[list[Any], list[Any], Any]:
-        sizes = await ask_every_shard(url, "segment_sizes", auth=auth)
-        samples = await ask_every_shard(url, "profile_sample", auth=auth, size=sample)
+        sizes = await ask_every_shard(url, SegmentSizesRequest(key=""), auth=auth)
+        samples = await ask_every_shard(url, ProfileSampleRequest(key="", size=sample), auth=auth)
         nc = await connect_nats(url, auth)
         try:
             return sizes, samples, await read_cluster_model(nc.jetstream())
@@ -709,6 +712,7 @@ def report_tutorials(
     as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
 ) -> None:
     """Start and completion rates per tutorial variant and segment ("all": every user)."""
+    from headstart.adapters.rpc import SegmentSizesRequest, TutorialStatsRequest
     from headstart.adapters.status import ask_every_shard
     from headstart.reports.segments import tutorial_report
 
@@ -721,8 +725,8 @@ def report_tutorials(
 
     async def gather() -> tuple[list[Any], list[Any]]:
         return (
-            await ask_every_shard(url, "tutorial_stats", auth=auth),
-            await ask_every_shard(url, "segment_sizes", auth=auth),
+            await ask_every_shard(url, TutorialStatsRequest(key=""), auth=auth),
+            await ask_every_shard(url, SegmentSizesRequest(key=""), auth=auth),
         )
 
     rows, sizes = asyncio.run(gather())

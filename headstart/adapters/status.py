@@ -12,13 +12,14 @@ import time
 from typing import Any
 
 import nats
+from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 from nats.js.api import KeyValueConfig, StorageType
 from nats.js.errors import BucketNotFoundError, NotFoundError
 from nats.js.kv import KeyValue
 
 from headstart.adapters.broker import NatsAuth, connect_nats
-from headstart.adapters.rpc import encode_request, is_error, rpc_subject
+from headstart.adapters.rpc import Request, ShardClient, StatsRequest
 from headstart.adapters.streams import DLQ_STREAM, EVENTS_STREAM, open_bucket
 
 STATUS_BUCKET = "HS_STATUS"
@@ -76,16 +77,9 @@ async def collect_status(nats_url: str, auth: NatsAuth | None = None) -> dict[st
                 shards.append(json.loads(value))
         shards.sort(key=lambda s: s["shard"])
         # The bucket is up to a second old; ask each shard for its numbers now where it answers.
-        for i, shard in enumerate(shards):
-            if shard.get("partitions"):
-                try:
-                    reply = await nc.request(
-                        rpc_subject(shard["partitions"][0], "stats"), encode_request(key=""), timeout=1.0
-                    )
-                    if not is_error(reply.data):
-                        shards[i] = json.loads(reply.data)
-                except (nats.errors.TimeoutError, nats.errors.NoRespondersError):
-                    pass
+        via = _first_partitions(shards)
+        fresh = await _client(nc, via).ask_each_shard(StatsRequest(key=""), 1.0, via=via, wait=False)
+        shards = [fresh.by_shard.get(shard["shard"], shard) for shard in shards]
         now = time.time()
         for shard in shards:
             shard["age_s"] = now - shard.get("started_at", now)
@@ -165,25 +159,24 @@ def learning_summary(shards: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def _first_partitions(shards: list[dict[str, Any]]) -> dict[int, int]:
+    """Shard -> a partition it reported owning (where to ask it), for shards that own one."""
+    return {int(s["shard"]): int(s["partitions"][0]) for s in shards if s.get("partitions")}
+
+
+def _client(nc: NATS, via: dict[int, int]) -> ShardClient:
+    return ShardClient(nc, 1 + max(via.values(), default=-1))
+
+
 async def ask_every_shard(
-    nats_url: str, method: str, timeout: float = 30.0, auth: NatsAuth | None = None, **args: Any
+    nats_url: str, request: Request, timeout: float = 30.0, auth: NatsAuth | None = None
 ) -> list[Any]:
-    """``method`` asked of every running shard once, over NATS (for reports from the CLI)."""
+    """``request`` asked of every running shard once, over NATS (for reports from the CLI)."""
     nc = await connect_nats(nats_url, auth, connect_timeout=5, max_reconnect_attempts=1)
     try:
-        answers = []
         entries = await status_entries(await nc.jetstream().key_value(STATUS_BUCKET))
-        for key, value in entries.items():
-            if not key.startswith("shard-"):
-                continue
-            partitions = json.loads(value).get("partitions")
-            if not partitions:
-                continue
-            reply = await nc.request(
-                rpc_subject(partitions[0], method), encode_request(key="", **args), timeout=timeout
-            )
-            if not is_error(reply.data):
-                answers.append(json.loads(reply.data))
-        return answers
+        shards = [json.loads(value) for key, value in entries.items() if key.startswith("shard-")]
+        via = _first_partitions(shards)
+        return (await _client(nc, via).ask_each_shard(request, timeout, via=via, wait=False)).answers
     finally:
         await nc.close()

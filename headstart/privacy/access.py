@@ -20,7 +20,7 @@ from engine.experiments import exposure_decoder
 from engine.keys import partition_of
 from engine.learning import decision_decoder, reward_decoder
 from headstart.adapters.audit import audit
-from headstart.adapters.rpc import ShardClient, is_error
+from headstart.adapters.rpc import ShardClient, UserRequest, is_error
 from headstart.adapters.streams import DECISIONS_STREAM, EXPOSURES_STREAM, REWARDS_STREAM
 
 #: Records read per log at most (a user's decisions within the retention).
@@ -46,7 +46,7 @@ async def export_user(
     js: JetStreamContext, shards: ShardClient, user_key: str, partitions: int, who: str
 ) -> dict[str, Any]:
     partition = partition_of(user_key, partitions)
-    reply = await shards.call_raw(user_key, "user")
+    reply = await shards.call_raw(UserRequest(key=user_key))
     profile = None if is_error(reply) else json.loads(reply)
     decisions = [
         msgspec.to_builtins(decision_decoder.decode(data))

@@ -33,7 +33,7 @@ from nats.js.kv import KeyValue
 
 from engine.keys import partition_of
 from headstart.adapters.audit import audit
-from headstart.adapters.rpc import ShardClient, ShardUnavailable, is_error
+from headstart.adapters.rpc import ShardClient, ShardUnavailable, SnapshotThroughRequest, is_error
 from headstart.adapters.streams import (
     DECISIONS_STREAM,
     EVENTS_PREFIX,
@@ -125,7 +125,7 @@ class Eraser:
         while True:
             try:
                 reply = await self.shards.call_raw_partition(
-                    partition, "snapshot_through", timeout=5.0, key="", seq=seq
+                    partition, SnapshotThroughRequest(key="", seq=seq), timeout=5.0
                 )
                 if not is_error(reply) and json.loads(reply).get("snapshotted"):
                     return

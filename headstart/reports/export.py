@@ -54,7 +54,7 @@ from engine.profile import CONTEXT_FIELDS
 from engine.segments import batch_decoder
 from headstart.adapters.broker import NatsAuth, connect_nats
 from headstart.adapters.membership import SEGMENTS_STREAM
-from headstart.adapters.rpc import ShardClient, ShardUnavailable, is_error
+from headstart.adapters.rpc import ProfilesRequest, ShardClient, ShardUnavailable, is_error
 from headstart.adapters.streams import DECISIONS_STREAM, EVENTS_STREAM, EXPOSURES_STREAM
 
 Progress = Callable[[str, int], None]
@@ -229,7 +229,7 @@ async def _profiles(shards: ShardClient, partitions: int, progress: Progress) ->
         while True:
             try:
                 reply = await shards.call_raw_partition(
-                    partition, "profiles", key="", after=after, limit=2000
+                    partition, ProfilesRequest(key="", after=after, limit=2000)
                 )
             except ShardUnavailable as exc:
                 raise RuntimeError(f"partition {partition}: no shard answered ({exc})") from exc

@@ -16,7 +16,7 @@ from actors.cluster import ShardGroup
 from bench.population import onboarding_events
 from bench.traffic import expected_counts, read_back
 from engine.keys import Pseudonymizer
-from headstart.adapters.rpc import ShardClient
+from headstart.adapters.rpc import DecideRequest, ShardClient
 from tests.conftest import TEST_PARTITIONS
 from tests.conftest import publish_events as publish
 
@@ -115,7 +115,7 @@ def test_coalesced_decisions_travel_together_and_reach_their_callers(
             await client.refresh_owners()
             replies = await asyncio.gather(
                 *(
-                    client.call_coalesced(pseudonymizer.key(u), "decide", timeout=2.0, context={})
+                    client.call_coalesced(DecideRequest(key=pseudonymizer.key(u), context={}), 2.0)
                     for u in users
                 )
             )

@@ -30,20 +30,20 @@ def done(step: str) -> dict[str, Any]:
 
 
 def test_cold_start_uses_the_request_context(decider: Decider) -> None:
-    d = decider.decide("k" * 26, None, None, {"device_type": "tablet", "locale": "fr-FR"}, NOW)
-    assert d["step"]["id"] == "welcome" and d["step"]["title"] == "Bienvenue sur Relay"
-    assert d["message"].startswith("Bienvenue sur Relay")
-    assert set(d["segments"]) == {"engagement_low", "device_tablet", "locale_fr", "new_user"}
-    assert d["personalized"] is False and "cold start" in d["explain"][0]
-    assert len(d["decision_id"]) == 32
+    d = decider.decide("k" * 26, None, None, {"device_type": "tablet", "locale": "fr-FR"}, NOW).answer
+    assert d.step is not None and d.step.id == "welcome" and d.step.title == "Bienvenue sur Relay"
+    assert d.message.startswith("Bienvenue sur Relay")
+    assert set(d.segments) == {"engagement_low", "device_tablet", "locale_fr", "new_user"}
+    assert d.personalized is False and "cold start" in d.explain[0]
+    assert len(d.decision_id) == 32
 
 
 def test_next_step_follows_prerequisites_and_completion_rules(decider: Decider) -> None:
     user, vocab = user_after(done("welcome"))
-    assert decider.decide("k", user, vocab, {}, NOW)["step"]["id"] == "profile"
+    assert decider.decide("k", user, vocab, {}, NOW).answer.step.id == "profile"
     user, vocab = user_after(done("welcome"), done("profile"))
-    d = decider.decide("k", user, vocab, {"device_type": "mobile"}, NOW)
-    assert d["step"]["id"] == "connect_data"
+    d = decider.decide("k", user, vocab, {"device_type": "mobile"}, NOW).answer
+    assert d.step.id == "connect_data"
     # first_project is also completed by clicking create_project (completed_by in the catalog).
     user, vocab = user_after(
         done("welcome"),
@@ -51,38 +51,38 @@ def test_next_step_follows_prerequisites_and_completion_rules(decider: Decider) 
         done("connect_data"),
         {"type": "feature_clicked", "props": {"feature": "create_project"}},
     )
-    d = decider.decide("k", user, vocab, {"device_type": "mobile"}, NOW)
-    assert d["step"]["id"] == "invite_team"
-    assert "first_project" in d["completed_steps"]
+    d = decider.decide("k", user, vocab, {"device_type": "mobile"}, NOW).answer
+    assert d.step.id == "invite_team"
+    assert "first_project" in d.completed_steps
 
 
 def test_segment_restricted_steps_and_journey_end(decider: Decider) -> None:
     steps = ["welcome", "profile", "connect_data", "first_project", "invite_team"]
     user, vocab = user_after(*(done(s) for s in steps))
-    mobile = decider.decide("k", user, vocab, {"device_type": "mobile"}, NOW)
+    mobile = decider.decide("k", user, vocab, {"device_type": "mobile"}, NOW).answer
     # integrations is only for engaged or desktop users; this user is engaged by now.
-    assert mobile["step"]["id"] == "integrations"
+    assert mobile.step.id == "integrations"
     user, vocab = user_after(*(done(s) for s in [*steps, "integrations"]))
-    finished = decider.decide("k", user, vocab, {}, NOW)
-    assert finished["step"] is None and "journey complete" in finished["explain"]
+    finished = decider.decide("k", user, vocab, {}, NOW).answer
+    assert finished.step is None and "journey complete" in finished.explain
 
 
 def test_tutorial_variants_respect_segments(decider: Decider) -> None:
     user, vocab = user_after(done("welcome"), done("profile"), done("connect_data"))
-    mobile = decider.decide("k", user, vocab, {"device_type": "mobile"}, NOW)["tutorial"]
-    assert mobile["id"] == "first_project" and "video" not in mobile["eligible"]
-    desktop = decider.decide("k", user, vocab, {"device_type": "desktop"}, NOW)["tutorial"]
-    assert "video" in desktop["eligible"]
+    mobile = decider.decide("k", user, vocab, {"device_type": "mobile"}, NOW).answer.tutorial
+    assert mobile.id == "first_project" and "video" not in mobile.eligible
+    desktop = decider.decide("k", user, vocab, {"device_type": "desktop"}, NOW).answer.tutorial
+    assert "video" in desktop.eligible
     choice = decider.select_tutorial(None, {"device_type": "mobile"}, NOW, feature="invite")
-    assert choice is not None and choice["tutorial"] == "collaboration"
+    assert choice is not None and choice.answer.tutorial == "collaboration"
     assert decider.select_tutorial(None, {}, NOW, feature="no-such-feature") is None
 
 
 def test_messages_escape_user_values_and_render_missing_ones_empty(decider: Decider) -> None:
     user, vocab = user_after({"type": "profile_updated", "props": {"name": "<script>x</script>"}})
-    message = decider.decide("k", user, vocab, {"locale": "en-GB"}, NOW)["message"]
+    message = decider.decide("k", user, vocab, {"locale": "en-GB"}, NOW).answer.message
     assert "<script>" not in message and "&lt;script&gt;" in message
-    anonymous = decider.decide("k", None, None, {"locale": "xx-YY"}, NOW)["message"]
+    anonymous = decider.decide("k", None, None, {"locale": "xx-YY"}, NOW).answer.message
     assert anonymous == "Welcome to Relay! Let's set up your workspace."
 
 
@@ -113,9 +113,9 @@ def test_flag_targeting_and_stable_rollout(decider: Decider) -> None:
 
 def test_without_personalization_consent_the_default_flow_is_served(decider: Decider) -> None:
     user, vocab = user_after(done("welcome"), done("profile"))
-    d = decider.decide("k", user, vocab, {}, NOW, personalize=False)
-    assert d["step"]["id"] == "welcome" and d["personalized"] is False
-    assert "personalization not permitted" in d["explain"][0]
+    d = decider.decide("k", user, vocab, {}, NOW, personalize=False).answer
+    assert d.step.id == "welcome" and d.personalized is False
+    assert "personalization not permitted" in d.explain[0]
 
 
 def test_engagement_tiers_come_from_the_catalog() -> None:
@@ -139,13 +139,13 @@ def test_rule_segments_are_in_decisions_and_target_flags() -> None:
     data["flags"].append({"id": "export_tips", "rules": [{"segments": ["power_user"], "value": True}]})
     decider = Decider(Catalog.model_validate(data))
     user, vocab = user_after({"type": "feature_clicked", "props": {"feature": "export"}})
-    d = decider.decide("k", user, vocab, {"device_type": "desktop"}, NOW)
-    assert "power_user" in d["segments"] and "mobile_newcomer" not in d["segments"]
-    assert d["flags"]["export_tips"] is True
-    later = decider.decide("k", user, vocab, {}, NOW + 4 * 86_400)  # time alone makes them dormant
-    assert "dormant" in later["segments"]
-    cold = decider.decide("k" * 26, None, None, {"device_type": "mobile"}, NOW)
-    assert "mobile_newcomer" in cold["segments"] and "power_user" not in cold["segments"]
+    d = decider.decide("k", user, vocab, {"device_type": "desktop"}, NOW).answer
+    assert "power_user" in d.segments and "mobile_newcomer" not in d.segments
+    assert d.flags["export_tips"] is True
+    later = decider.decide("k", user, vocab, {}, NOW + 4 * 86_400).answer  # time alone makes them dormant
+    assert "dormant" in later.segments
+    cold = decider.decide("k" * 26, None, None, {"device_type": "mobile"}, NOW).answer
+    assert "mobile_newcomer" in cold.segments and "power_user" not in cold.segments
 
 
 def test_a_welcome_message_can_target_segments() -> None:
@@ -162,7 +162,7 @@ def test_a_welcome_message_can_target_segments() -> None:
         ),
         vocab,
     )
-    fresh = decider.decide("k", user, vocab, {"locale": "de-DE"}, now=1_700_000_100.0)
-    back = decider.decide("k", user, vocab, {"locale": "de-DE"}, now=1_700_000_000.0 + 4 * 86400)
-    assert "dormant" not in fresh["segments"] and fresh["message"].startswith("Willkommen bei")
-    assert "dormant" in back["segments"] and back["message"].startswith("Willkommen zurück")
+    fresh = decider.decide("k", user, vocab, {"locale": "de-DE"}, now=1_700_000_100.0).answer
+    back = decider.decide("k", user, vocab, {"locale": "de-DE"}, now=1_700_000_000.0 + 4 * 86400).answer
+    assert "dormant" not in fresh.segments and fresh.message.startswith("Willkommen bei")
+    assert "dormant" in back.segments and back.message.startswith("Willkommen zurück")

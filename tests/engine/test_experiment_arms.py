@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from engine.catalog import DEFAULT_CATALOG, Catalog, check_catalog_text, load_catalog
-from engine.decision import EXPOSURES_KEY, Decider
+from engine.decision import Decider
 from engine.events import encode_event
 from engine.experiments import ExperimentPlan, ExposureRecord, encode_exposure
 from engine.learning import Learner
@@ -98,13 +98,13 @@ def test_each_arm_changes_what_it_says_and_every_user_keeps_their_arm(decider: D
     for key in KEYS:
         d = decider.decide(key, None, None, {"locale": "en"}, NOW)
         again = decider.decide(key, None, None, {"locale": "en"}, NOW + 3600)
-        assert d["experiments"] == again["experiments"]
-        if not d["experiments"]:
+        assert d.answer.experiments == again.answer.experiments
+        if not d.answer.experiments:
             assert decider.experiments.in_holdout(key)
-            assert "in the global holdout" in " ".join(d["explain"]) and EXPOSURES_KEY not in d
+            assert "in the global holdout" in " ".join(d.answer.explain) and not d.exposures
             continue
-        arm = arms[key] = d["experiments"]["welcome_copy"]
-        short = d["message"] == SHORT.replace("{{product}}", "Relay")
+        arm = arms[key] = d.answer.experiments["welcome_copy"]
+        short = d.answer.message == SHORT.replace("{{product}}", "Relay")
         assert short == (arm == "short")
     held_out = len(KEYS) - len(arms)
     assert 20 <= held_out <= 60  # 10% of 400
@@ -117,21 +117,21 @@ def test_a_user_is_exposed_only_when_the_decision_reaches_what_the_experiment_ch
     key = next(k for k in KEYS if not decider.experiments.in_holdout(k))
     # At the welcome step: the message is shown (welcome_copy), no tutorial (not tutorial_format).
     first = decider.decide(key, None, None, {}, NOW)
-    assert [e for e, _ in first[EXPOSURES_KEY]] == ["welcome_copy"]
+    assert [e for e, _ in first.exposures] == ["welcome_copy"]
     # At the first project: its tutorial is shown, so both experiments are reached.
     user, vocab = user_after(done("welcome"), done("profile"), done("connect_data"))
     later = decider.decide(key, user, vocab, {"device_type": "mobile"}, NOW)
-    assert later["step"]["id"] == "first_project"
-    assert {e for e, _ in later[EXPOSURES_KEY]} == {"welcome_copy", "tutorial_format"}
-    arm = later["experiments"]["tutorial_format"]
-    variants = later["tutorial"]["eligible"]
+    assert later.answer.step.id == "first_project"
+    assert {e for e, _ in later.exposures} == {"welcome_copy", "tutorial_format"}
+    arm = later.answer.experiments["tutorial_format"]
+    variants = later.answer.tutorial.eligible
     assert (variants == ["checklist"]) == (arm == "checklist_only")
 
 
 def test_no_experiment_without_personalization_consent(decider: Decider) -> None:
     key = next(k for k in KEYS if not decider.experiments.in_holdout(k))
     d = decider.decide(key, None, None, {}, NOW, personalize=False)
-    assert d["experiments"] == {} and EXPOSURES_KEY not in d
+    assert d.answer.experiments == {} and not d.exposures
 
 
 def test_a_policy_arm_decides_who_chooses_and_a_fixed_arm_learns_nothing() -> None:
@@ -152,14 +152,14 @@ def test_a_policy_arm_decides_who_chooses_and_a_fixed_arm_learns_nothing() -> No
     for key in KEYS[:60]:
         session = learner.session(key, user, {}, NOW, {})
         d = decider.decide(key, user, vocab, {}, NOW, chooser=session)
-        arm = d["experiments"]["learning_vs_fixed"]
+        arm = d.answer.experiments["learning_vs_fixed"]
         seen.add(arm)
         record = session.record()
         if arm == "fixed":
-            assert record is None and d["step"]["id"] == "connect_data"  # journey order
+            assert record is None and d.answer.step.id == "connect_data"  # journey order
         else:
             assert record is not None and record.policy == "linear_igw"
-        assert d[EXPOSURES_KEY] == [("learning_vs_fixed", arm)]
+        assert d.exposures == [("learning_vs_fixed", arm)]
     assert seen == {"fixed", "learned"}
 
 
@@ -175,8 +175,8 @@ def test_a_flow_arm_offers_its_steps_in_its_order() -> None:
     user, vocab = user_after(done("welcome"), done("profile"))
     for key in KEYS[:40]:
         d = decider.decide(key, user, vocab, {}, NOW)
-        expected = "first_project" if d["experiments"]["flow"] == "projects_first" else "connect_data"
-        assert d["step"]["id"] == expected
+        expected = "first_project" if d.answer.experiments["flow"] == "projects_first" else "connect_data"
+        assert d.answer.step.id == expected
 
 
 # ---------------------------------------------------------------------- exposures in partition state
