@@ -96,7 +96,9 @@ def _experiments(setup: PartitionSetup, partition: int) -> PartitionComponent | 
 
 #: Every kind of component a partition can hold, by the key its state has in a snapshot, each
 #: built fresh from the setup (None: the setup leaves it out). Components see each event in
-#: this order: learning reads the profile as the event left it, before segments re-evaluate.
+#: this order, and their keys are written in it (snapshots keep the layout of version 1).
+#: A new component: its class (see :class:`~engine.component.PartitionComponent`), what it
+#: needs in :class:`PartitionSetup`, and an entry here.
 COMPONENTS: dict[str, Callable[[PartitionSetup, int], PartitionComponent | None]] = {
     "learning": _learning,
     "segments": _segments,
