@@ -38,7 +38,7 @@ from engine.decision import Decider
 from engine.experiments import encode_exposure
 from engine.keys import partition_of
 from engine.learning import Learner, PartitionLearning, encode_record
-from engine.partition import CheckpointMark, PartitionState, snapshot_position
+from engine.partition import CheckpointMark, PartitionSetup, PartitionState, snapshot_position
 from engine.pii import PiiSealer
 from engine.segments import SegmentIndex
 from engine.shard import ShardState
@@ -366,15 +366,14 @@ class ShardActor:
         return handed if handed is not None else await self.checkpoints.load(partition)
 
     def _restore(self, partition: int, snapshot: bytes | None) -> PartitionState:
-        part = PartitionState.build(
-            partition,
-            snapshot,
-            self.learner,
-            self.segment_index,
-            self.personalize_by_default,
-            self.sealer,
-            self.decider.experiments,
+        setup = PartitionSetup(
+            learner=self.learner,
+            segment_index=self.segment_index,
+            experiment_plan=self.decider.experiments,
+            consent_by_default=self.personalize_by_default,
+            sealer=self.sealer,
         )
+        part = PartitionState.build(partition, snapshot, setup)
         if snapshot:
             self.restored_seqs[partition] = part.last_seq
         return part

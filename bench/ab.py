@@ -102,8 +102,13 @@ def compare(base: list[dict[str, float]], head: list[dict[str, float]]) -> dict[
         if not a or not b:
             continue
         ma, mb = statistics.median(a), statistics.median(b)
-        out[metric] = {"base": a, "head": b, "base_median": ma, "head_median": mb,
-                       "ratio": mb / ma if ma else None}
+        out[metric] = {
+            "base": a,
+            "head": b,
+            "base_median": ma,
+            "head_median": mb,
+            "ratio": mb / ma if ma else None,
+        }
     return out
 
 
@@ -130,8 +135,13 @@ def main(argv: list[str] | None = None) -> Path:
                     runs[name][side].append(flatten(name, result["metrics"]))
                     print(f"{name} {side} round {round_ + 1}: {runs[name][side][-1]}", flush=True)
     metrics = {name: compare(sides["base"], sides["head"]) for name, sides in runs.items()}
-    params = {"base": refs["base"], "head": refs["head"], "benchmarks": args.bench, "rounds": args.rounds,
-              "order": "alternating per round and benchmark (A B / B A)"}
+    params = {
+        "base": refs["base"],
+        "head": refs["head"],
+        "benchmarks": args.bench,
+        "rounds": args.rounds,
+        "order": "alternating per round and benchmark (A B / B A)",
+    }
     return write_result("ab", params, metrics, out_dir=RESULTS_DIR, started_at=started)
 
 

@@ -43,6 +43,7 @@ from engine.clusters import ClusterAssigner, ClusterModel, behaviour
 from engine.decision import Decider
 from engine.keys import Pseudonymizer, partition_of
 from engine.learning import Learner
+from engine.partition import PartitionSetup
 from engine.segments import SegmentIndex
 from engine.shard import ShardState
 from headstart.adapters.broker import EmbeddedNats
@@ -303,7 +304,7 @@ def _memory(pseudonymizer: Pseudonymizer, users: int) -> dict[str, Any]:
         gc.collect()
         tracemalloc.start()
         before, _ = tracemalloc.get_traced_memory()
-        state = ShardState.build(dict.fromkeys(range(PARTITIONS)), learner, index)
+        state = ShardState.build(dict.fromkeys(range(PARTITIONS)), PartitionSetup(learner, index))
         for seq, (partition, key, payload) in enumerate(messages, 1):
             state.apply(seq, partition, key, payload)
         for part in state.partitions.values():
@@ -327,7 +328,7 @@ def _sweep_cost(messages: list[tuple[int, str, bytes]]) -> dict[str, Any]:
     of 3 (a sweep costs per user, every ``membership.sweep_interval_s``, 60 s by default)."""
     catalog = bench_catalogs()["segments"]
     index = SegmentIndex(catalog)
-    state = ShardState.build(dict.fromkeys(range(PARTITIONS)), None, index)
+    state = ShardState.build(dict.fromkeys(range(PARTITIONS)), PartitionSetup(segment_index=index))
     for seq, (partition, key, payload) in enumerate(messages, 1):
         state.apply(seq, partition, key, payload)
     index.assigner = _served_clusters(state, catalog)
@@ -358,7 +359,9 @@ def _apply_cost(pseudonymizer: Pseudonymizer, n_events: int, n_users: int) -> di
     a shard also spends CPU on fetching, acknowledging and checkpointing, the same either way."""
     messages = _messages(pseudonymizer, n_users, n_events)
     catalogs = bench_catalogs()
-    warm = ShardState.build(dict.fromkeys(range(PARTITIONS)), None, SegmentIndex(catalogs["segments"]))
+    warm = ShardState.build(
+        dict.fromkeys(range(PARTITIONS)), PartitionSetup(segment_index=SegmentIndex(catalogs["segments"]))
+    )
     for seq, (partition, key, payload) in enumerate(messages[: n_events // 4], 1):
         warm.apply(seq, partition, key, payload)
     assigner = _served_clusters(warm, catalogs["segments"])
@@ -369,7 +372,7 @@ def _apply_cost(pseudonymizer: Pseudonymizer, n_events: int, n_users: int) -> di
             index = SegmentIndex(catalogs[name]) if name == "segments" else None
             if index is not None:
                 index.assigner = assigner
-            state = ShardState.build(dict.fromkeys(range(PARTITIONS)), None, index)
+            state = ShardState.build(dict.fromkeys(range(PARTITIONS)), PartitionSetup(segment_index=index))
             segments = [p.segments for p in state.partitions.values() if p.segments is not None]
             gc.collect()
             started = time.process_time()

@@ -39,7 +39,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Literal
 
 import msgspec
@@ -49,6 +49,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validato
 from scipy import stats
 
 from engine.events import Event
+from engine.profile import UserState, Vocabularies
 
 #: Hash space resolution: assignment shares are exact to 1 in 10,000.
 BUCKETS = 10_000
@@ -360,7 +361,14 @@ class PartitionExperiments:
         )
         return True
 
-    def on_event(self, user_key: str, event: Event) -> None:
+    def on_record(self, user_key: str, record: object, seq: int) -> None:
+        """An exposure record, in stream order (other records are not ours)."""
+        if isinstance(record, ExposureRecord):
+            self.on_exposure(user_key, record)
+
+    def on_event(
+        self, user_key: str, user: UserState, event: Event, seq: int, vocab: Vocabularies, changed: int
+    ) -> None:
         """Conversions of an exposed user (called for every applied event)."""
         mine = self.exposed.get(user_key)
         if mine is None:
@@ -377,7 +385,10 @@ class PartitionExperiments:
                 ):
                     row.converted[i] = event.ts
 
-    def forget(self, user_key: str) -> None:
+    def forget_user(
+        self, user_key: str, user: UserState | None, now: float, origin: int | str, erase: bool = False
+    ) -> None:
+        """The user's exposures go (also of a user without a profile: exposed before any event)."""
         self.exposed.pop(user_key, None)
 
     def exposures(self, experiment_id: str) -> Iterable[ExposedUser]:
@@ -389,14 +400,12 @@ class PartitionExperiments:
     def snapshot(self) -> dict[str, dict[str, ExposedUser]]:
         return self.exposed
 
-    @classmethod
-    def restore(cls, plan: ExperimentPlan, snap: dict[str, Any] | None) -> PartitionExperiments:
-        state = cls(plan)
+    def restore(self, snap: dict[str, Any] | None, users: Mapping[str, UserState] | None = None) -> None:
+        """Load a :meth:`snapshot` into this fresh state (None: nothing to load)."""
         for key, mine in (snap or {}).items():
-            state.exposed[key] = {
+            self.exposed[key] = {
                 exp: ExposedUser(row[0], row[1], row[2], list(row[3])) for exp, row in mine.items()
             }
-        return state
 
 
 # ---------------------------------------------------------------------- analysis

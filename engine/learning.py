@@ -45,11 +45,12 @@ from river import drift
 
 from engine.catalog import Catalog
 from engine.choices import POINT_STEP, TUTORIAL_POINT_PREFIX, StepRules, tutorial_point
+from engine.errors import InvalidEvent
 from engine.events import Event, EventKind
 from engine.features import DIM, FEATURE_NAMES, LAYOUT_VERSION, context_vector
 from engine.keys import is_user_key
 from engine.models import ActivationModel, FeatureRecommender, MergedActivation
-from engine.profile import UserState, Vocabularies
+from engine.profile import FIRST_USE, UserState, Vocabularies
 from policies import available, create
 from policies.base import Policy, Stats, pack_stats, unpack_stats
 
@@ -617,14 +618,17 @@ class PartitionLearning:
         self.counts["explicit"] += 1
         self.seq = seq
 
+    def on_record(self, user_key: str, record: object, seq: int) -> None:
+        """A decision or an explicit reward, in stream order (other records are not ours)."""
+        if isinstance(record, RewardRecord):
+            self.on_reward(user_key, record, seq)
+        elif isinstance(record, DecisionRecord):
+            if record.user_id != user_key:
+                raise InvalidEvent("key_mismatch", "decision user_id does not match the subject's user key")
+            self.on_decision(user_key, record, seq)
+
     def on_event(
-        self,
-        user_key: str,
-        user: UserState,
-        event: Event,
-        vocab: Vocabularies,
-        seq: int,
-        adopted: bool = False,
+        self, user_key: str, user: UserState, event: Event, seq: int, vocab: Vocabularies, changed: int
     ) -> None:
         """After ``event`` was applied to ``user``: the windows its time closes, then what it earns.
 
@@ -644,7 +648,7 @@ class PartitionLearning:
         if self.path and user_key in self.path and self.learner.is_activation(event):
             self._credit_path(user_key, 1.0)
             self.seq = seq
-        if adopted:  # the user's first use of a feature
+        if changed & FIRST_USE:  # the user's first use of a feature
             self._learn_adoption(user_key, user, event, vocab, seq)
 
     def advance(self, now: float, seq: int) -> None:
@@ -791,9 +795,14 @@ class PartitionLearning:
         points = self.learner.points
         return {d.point: (d.decision_id, points[d.point][d.arm]) for d in self.open.get(user_key, ())}
 
-    def forget_user(self, user_key: str) -> None:
-        """Erasure: the user's open decisions and path go (what they taught the policy stays:
-        it is aggregate statistics, not data about the user)."""
+    def forget_user(
+        self, user_key: str, user: UserState | None, now: float, origin: int | str, erase: bool = False
+    ) -> None:
+        """The user's open decisions and path go (what they taught the policy stays: it is
+        aggregate statistics, not data about the user). Only for a user with a profile here: the
+        open decisions of a key never seen close when their reward window ends."""
+        if user is None:
+            return
         self.open.pop(user_key, None)
         self.path.pop(user_key, None)
         self._insights.pop(user_key, None)
@@ -818,26 +827,25 @@ class PartitionLearning:
             "recommender": self.recommender.snapshot(),
         }
 
-    @classmethod
-    def restore(cls, learner: Learner, snap: dict[str, Any] | None) -> PartitionLearning:
-        state = cls(learner)
+    def restore(self, snap: dict[str, Any] | None, users: Mapping[str, UserState] | None = None) -> None:
+        """Load a :meth:`snapshot` into this fresh state (None: nothing to load); statistics of
+        a point or policy whose shape changed since are left out."""
         if not snap:
-            return state
-        state.seq = snap["seq"]
+            return
+        self.seq = snap["seq"]
         _, contributions = decode_contributions(snap["contributions"])
         for name, points in contributions.items():
             for point, stats in points.items():
-                current = state.contributions.get(name, {}).get(point)
+                current = self.contributions.get(name, {}).get(point)
                 if current is not None and all(current[k].shape == v.shape for k, v in stats.items()):
-                    state.contributions[name][point] = stats
-        state.open = {k: [msgspec.convert(d, OpenDecision) for d in v] for k, v in snap["open"].items()}
-        state.path = {k: [msgspec.convert(e, PathEntry) for e in v] for k, v in snap["path"].items()}
-        state._windows = [(d.deadline, d.decision_id, k) for k, v in state.open.items() for d in v]
-        state._journeys = [(e.deadline, e.decision_id, k) for k, v in state.path.items() for e in v]
-        heapq.heapify(state._windows)
-        heapq.heapify(state._journeys)
-        state._closed = dict.fromkeys(snap["closed"])
-        state.counts.update(snap["counts"])
-        state.activation = ActivationModel.restore(snap["activation"])
-        state.recommender = FeatureRecommender.restore(snap["recommender"])
-        return state
+                    self.contributions[name][point] = stats
+        self.open = {k: [msgspec.convert(d, OpenDecision) for d in v] for k, v in snap["open"].items()}
+        self.path = {k: [msgspec.convert(e, PathEntry) for e in v] for k, v in snap["path"].items()}
+        self._windows = [(d.deadline, d.decision_id, k) for k, v in self.open.items() for d in v]
+        self._journeys = [(e.deadline, e.decision_id, k) for k, v in self.path.items() for e in v]
+        heapq.heapify(self._windows)
+        heapq.heapify(self._journeys)
+        self._closed = dict.fromkeys(snap["closed"])
+        self.counts.update(snap["counts"])
+        self.activation = ActivationModel.restore(snap["activation"])
+        self.recommender = FeatureRecommender.restore(snap["recommender"])

@@ -1,5 +1,6 @@
 """Partitions: the unit of data. A partition holds its users' state and the last stream
-sequence applied to it, which is what makes replay exactly-once.
+sequence applied to it, which is what makes replay exactly-once; the rest of its state is in
+its components (:mod:`engine.component`), built from one :class:`PartitionSetup`.
 
 >>> from engine.events import encode_event
 >>> part = PartitionState(partition=3)
@@ -14,16 +15,19 @@ sequence applied to it, which is what makes replay exactly-once.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import msgspec
 
+from engine.component import PartitionComponent
 from engine.errors import InvalidEvent
 from engine.events import ConsentUpdated, Event, decode_event
 from engine.experiments import ExperimentPlan, PartitionExperiments, exposure_decoder
-from engine.learning import Learner, PartitionLearning, RewardRecord, decision_decoder, reward_decoder
+from engine.learning import Learner, PartitionLearning, decision_decoder, reward_decoder
 from engine.pii import PiiSealer
-from engine.profile import FIRST_USE, UserState, Vocabularies, consent_allows, with_consent
+from engine.profile import UserState, Vocabularies, consent_allows, with_consent
 from engine.segments import PartitionSegments, SegmentIndex
 
 SNAPSHOT_VERSION = 1
@@ -52,39 +56,84 @@ def snapshot_position(snapshot: bytes | None) -> int:
     return _head_decoder.decode(snapshot).last_seq if snapshot else 0
 
 
+@dataclass(frozen=True, slots=True)
+class PartitionSetup:
+    """What every partition of a shard is built with: what its components need (None: that
+    component is left out) and the consent and PII settings.
+
+    >>> from engine.catalog import DEFAULT_CATALOG, load_catalog
+    >>> setup = PartitionSetup(segment_index=SegmentIndex(load_catalog(DEFAULT_CATALOG)))
+    >>> list(PartitionState(0, setup).components)
+    ['segments']
+    """
+
+    #: The shard's learner: decisions, rewards and what they teach (:mod:`engine.learning`).
+    learner: Learner | None = None
+    #: The segments tracked live (:mod:`engine.segments`).
+    segment_index: SegmentIndex | None = None
+    #: The catalog's experiments, whose exposures and outcomes are kept (none: not kept).
+    experiment_plan: ExperimentPlan | None = None
+    #: Whether a purpose a user said nothing about is granted (the catalog's
+    #: ``consent_mode``: ``opt_out`` yes, ``opt_in`` no); the same for both purposes.
+    consent_by_default: bool = True
+    #: Seals PII (a name) in snapshots; without one, snapshots leave it out.
+    sealer: PiiSealer | None = None
+
+
+def _learning(setup: PartitionSetup, partition: int) -> PartitionComponent | None:
+    return PartitionLearning(setup.learner) if setup.learner is not None else None
+
+
+def _segments(setup: PartitionSetup, partition: int) -> PartitionComponent | None:
+    index = setup.segment_index
+    return PartitionSegments(index, partition) if index is not None else None
+
+
+def _experiments(setup: PartitionSetup, partition: int) -> PartitionComponent | None:
+    plan = setup.experiment_plan
+    return PartitionExperiments(plan) if plan else None
+
+
+#: Every kind of component a partition can hold, by the key its state has in a snapshot, each
+#: built fresh from the setup (None: the setup leaves it out). Components see each event in
+#: this order, and their keys are written in it (snapshots keep the layout of version 1).
+#: A new component: its class (see :class:`~engine.component.PartitionComponent`), what it
+#: needs in :class:`PartitionSetup`, and an entry here.
+COMPONENTS: dict[str, Callable[[PartitionSetup, int], PartitionComponent | None]] = {
+    "learning": _learning,
+    "segments": _segments,
+    "experiments": _experiments,
+}
+
+_NO_SETUP = PartitionSetup()
+
+
 class PartitionState:
-    """State of one partition: users, vocabularies, last applied stream sequence."""
+    """State of one partition: users, vocabularies, last applied stream sequence, and its
+    components (:data:`COMPONENTS` the setup enables)."""
 
     __slots__ = (
+        "_components",
         "anonymous",
         "applied",
+        "components",
         "consent_by_default",
-        "experiments",
         "last_seq",
-        "learning",
         "partition",
         "records",
         "revision",
         "sealer",
-        "segments",
         "users",
         "vocab",
         "watermark",
         "withheld",
     )
 
-    def __init__(
-        self,
-        partition: int,
-        learner: Learner | None = None,
-        segments: SegmentIndex | None = None,
-        consent_by_default: bool = True,
-        sealer: PiiSealer | None = None,
-        experiments: ExperimentPlan | None = None,
-    ) -> None:
+    def __init__(self, partition: int, setup: PartitionSetup | None = None) -> None:
+        setup = setup or _NO_SETUP
         self.partition = partition
         #: Seals PII (a name) in snapshots; without one, snapshots leave it out.
-        self.sealer = sealer
+        self.sealer = setup.sealer
         self.users: dict[str, UserState] = {}
         self.vocab = Vocabularies()
         #: Every message of this partition with a stream sequence at or below this one has been
@@ -95,15 +144,15 @@ class PartitionState:
         self.records = 0
         #: The newest event time seen in this partition.
         self.watermark = 0.0
-        #: Decisions, rewards and what they taught (None: this partition does not learn).
-        self.learning = PartitionLearning(learner) if learner is not None else None
-        #: Live segment membership and its changes (None: not tracked).
-        self.segments = PartitionSegments(segments, partition) if segments is not None else None
-        #: Experiment exposures, one per user and experiment, and their outcomes.
-        self.experiments = PartitionExperiments(experiments) if experiments else None
-        #: Whether a purpose a user said nothing about is granted (the catalog's
-        #: ``consent_mode``: ``opt_out`` yes, ``opt_in`` no); the same for both purposes.
-        self.consent_by_default = consent_by_default
+        #: The components the setup enables, by snapshot key, in :data:`COMPONENTS`' order.
+        self.components: dict[str, PartitionComponent] = {}
+        for name, build in COMPONENTS.items():
+            component = build(setup, partition)
+            if component is not None:
+                self.components[name] = component
+        self._components = tuple(self.components.values())  # the event path iterates this
+        #: Whether a purpose a user said nothing about is granted (see :class:`PartitionSetup`).
+        self.consent_by_default = setup.consent_by_default
         #: Users without analytics consent: nothing but their consent record is kept.
         self.withheld: dict[str, int] = {}
         #: Their events, counted by type and dropped.
@@ -111,6 +160,29 @@ class PartitionState:
         #: Counts what changes this state without a stream message (profiles expired); see
         #: :meth:`checkpoint_mark`.
         self.revision = 0
+
+    # ------------------------------------------------------------------ components by type
+
+    @property
+    def learning(self) -> PartitionLearning | None:
+        """Decisions, rewards and what they taught (None: this partition does not learn)."""
+        found = self.components.get("learning")
+        assert found is None or isinstance(found, PartitionLearning)
+        return found
+
+    @property
+    def segments(self) -> PartitionSegments | None:
+        """Live segment membership and its changes (None: not tracked)."""
+        found = self.components.get("segments")
+        assert found is None or isinstance(found, PartitionSegments)
+        return found
+
+    @property
+    def experiments(self) -> PartitionExperiments | None:
+        """Experiment exposures, one per user and experiment, and their outcomes."""
+        found = self.components.get("experiments")
+        assert found is None or isinstance(found, PartitionExperiments)
+        return found
 
     def apply_message(self, seq: int, user_key: str, data: bytes) -> None:
         """Decode, validate and apply one stream message, once.
@@ -148,13 +220,9 @@ class PartitionState:
             user.name = None
         self.applied += 1
         self.watermark = max(self.watermark, event.ts)
-        if self.learning is not None:
-            self.learning.on_event(user_key, user, event, self.vocab, seq, bool(changed & FIRST_USE))
-        if self.segments is not None:
-            self.segments.on_event(user_key, user, event, seq, self.vocab, changed)
-        experiments = self.experiments
-        if experiments is not None and experiments.exposed:
-            experiments.on_event(user_key, event)
+        vocab = self.vocab
+        for component in self._components:
+            component.on_event(user_key, user, event, seq, vocab, changed)
 
     def _admit(self, user_key: str, user: UserState | None, event: Event, seq: int) -> bool:
         """Whether analytics consent lets this event be kept (the cheap path, a known user's
@@ -172,32 +240,22 @@ class PartitionState:
         recorded = self.withheld.get(user_key)
         return consent_allows(recorded or 0, "analytics", self.consent_by_default)
 
-    def forget_user(self, user_key: str, now: float, seq: int | str = 0) -> bool:
-        """Remove a user's state: profile, open decisions, path, insights; their segments are
-        left (published as exits, caused by ``seq``: the message's sequence, or what else did).
-        What the policies already learned is aggregate and stays."""
-        self.forget_exposures(user_key)
+    def forget_user(self, user_key: str, now: float, seq: int | str = 0, erase: bool = False) -> bool:
+        """Remove a user's state: profile, open decisions, path, insights, exposures; their
+        segments are left (published as exits, caused by ``seq``: the message's sequence, or what
+        else did; with ``erase``, no exits). What the policies already learned is aggregate and
+        stays. Whether the user had a profile here."""
         user = self.users.pop(user_key, None)
-        if user is None:
-            return False
-        if self.learning is not None:
-            self.learning.forget_user(user_key)
-        if self.segments is not None:
-            self.segments.forget(user_key, user, now, seq)
-        return True
-
-    def forget_exposures(self, user_key: str) -> None:
-        if self.experiments is not None:
-            self.experiments.forget(user_key)
+        for component in self._components:
+            component.forget_user(user_key, user, now, seq, erase)
+        return user is not None
 
     def erase_user(self, user_key: str, seq: int = 0) -> None:
         """Erasure (``hs.events.<p>.<key>-erase``, applied in stream order, so a replay erases
         again whatever it re-applies before it): the user's state, consent record and queued
         segment changes go; no exits are published for them."""
-        self.forget_user(user_key, self.watermark, seq)
+        self.forget_user(user_key, self.watermark, seq, erase=True)
         self.withheld.pop(user_key, None)
-        if self.segments is not None:
-            self.segments.drop_queued(user_key)
 
     def expire_inactive(self, max_inactive_s: float) -> int:
         """Delete the profiles of users inactive for ``max_inactive_s`` by this partition's event
@@ -231,7 +289,8 @@ class PartitionState:
         >>> part.expire_inactive(365 * 86400), part.checkpoint_mark()
         (1, (1, 1, 0))
         """
-        swept = self.segments.revision if self.segments is not None else 0
+        segments = self.segments
+        swept = segments.revision if segments is not None else 0
         return (self.last_seq, self.revision, swept)
 
     def consent_of(self, user_key: str) -> int | None:
@@ -241,11 +300,12 @@ class PartitionState:
     def sweep_segments(self, now: float, keys: list[str], reassign: bool = True) -> int:
         """Re-evaluate the time-based segments of the users ``keys`` as of ``now`` (a chunk of a
         sweep, see :meth:`engine.segments.PartitionSegments.sweep`); the number of changes."""
-        if self.segments is None:
+        segments = self.segments
+        if segments is None:
             return 0
         users = self.users
         chosen = ((k, users[k]) for k in keys if k in users)
-        return self.segments.sweep(chosen, now, self.vocab, reassign)
+        return segments.sweep(chosen, now, self.vocab, reassign)
 
     def _apply_record(self, seq: int, user_key: str, kind: str, data: bytes) -> None:
         if kind == "erase":
@@ -253,7 +313,7 @@ class PartitionState:
             self.erase_user(user_key, seq)
             return
         if kind == "exposure":
-            self._apply_exposure(user_key, data)
+            self._apply_exposure(seq, user_key, data)
             return
         decoder = decision_decoder if kind == "decision" else reward_decoder if kind == "reward" else None
         if decoder is None:
@@ -263,17 +323,10 @@ class PartitionState:
         except msgspec.DecodeError as exc:
             raise InvalidEvent("invalid_record", f"{kind}: {exc}") from None
         self.records += 1
-        learning = self.learning
-        if learning is None:
-            return
-        if isinstance(record, RewardRecord):
-            learning.on_reward(user_key, record, seq)
-        else:
-            if record.user_id != user_key:
-                raise InvalidEvent("key_mismatch", "decision user_id does not match the subject's user key")
-            learning.on_decision(user_key, record, seq)
+        for component in self._components:
+            component.on_record(user_key, record, seq)
 
-    def _apply_exposure(self, user_key: str, data: bytes) -> None:
+    def _apply_exposure(self, seq: int, user_key: str, data: bytes) -> None:
         try:
             record = exposure_decoder.decode(data)
         except msgspec.DecodeError as exc:
@@ -281,60 +334,52 @@ class PartitionState:
         if record.user_id != user_key:
             raise InvalidEvent("key_mismatch", "exposure user_id does not match the subject's user key")
         self.records += 1
-        if self.experiments is None:
-            return
         if user_key not in self.users and not consent_allows(
             self.withheld.get(user_key) or 0, "analytics", self.consent_by_default
         ):
             return  # consent withdrawn since the decision: nothing is kept about them
-        self.experiments.on_exposure(user_key, record)
+        for component in self._components:
+            component.on_record(user_key, record, seq)
 
     def view(self, user_key: str, now: float) -> dict[str, Any] | None:
         user = self.users.get(user_key)
         if user is None:
             return None
         view = user.view(self.vocab, now)
-        if self.segments is not None:
+        segments = self.segments
+        if segments is not None:
             # Live membership as of the last event or sweep (a decision works its own out now).
-            view["segments"] = self.segments.index.names(user.segments)
+            view["segments"] = segments.index.names(user.segments)
             view["cluster"] = user.cluster if user.cluster >= 0 else None
         return view
 
     # ------------------------------------------------------------------ snapshots
 
     def snapshot(self) -> bytes:
-        return _snapshot_encoder.encode(
-            {
-                "version": SNAPSHOT_VERSION,
-                "partition": self.partition,
-                "last_seq": self.last_seq,
-                "applied": self.applied,
-                "records": self.records,
-                "watermark": self.watermark,
-                "vocab": self.vocab.snapshot(),
-                "users": {key: user.snapshot(key, self.sealer) for key, user in self.users.items()},
-                "learning": self.learning.snapshot() if self.learning is not None else None,
-                "segments": self.segments.snapshot() if self.segments is not None else None,
-                "experiments": self.experiments.snapshot() if self.experiments is not None else None,
-                "withheld": self.withheld,
-                "anonymous": self.anonymous,
-            }
-        )
+        snap: dict[str, Any] = {
+            "version": SNAPSHOT_VERSION,
+            "partition": self.partition,
+            "last_seq": self.last_seq,
+            "applied": self.applied,
+            "records": self.records,
+            "watermark": self.watermark,
+            "vocab": self.vocab.snapshot(),
+            "users": {key: user.snapshot(key, self.sealer) for key, user in self.users.items()},
+        }
+        # Every known component's key, None when left out: the layout does not depend on the setup.
+        for name in COMPONENTS:
+            component = self.components.get(name)
+            snap[name] = component.snapshot() if component is not None else None
+        snap["withheld"] = self.withheld
+        snap["anonymous"] = self.anonymous
+        return _snapshot_encoder.encode(snap)
 
     @classmethod
-    def restore(
-        cls,
-        data: bytes,
-        learner: Learner | None = None,
-        segments: SegmentIndex | None = None,
-        consent_by_default: bool = True,
-        sealer: PiiSealer | None = None,
-        experiments: ExperimentPlan | None = None,
-    ) -> PartitionState:
+    def restore(cls, data: bytes, setup: PartitionSetup | None = None) -> PartitionState:
         snap = msgspec.msgpack.decode(data)
         if snap.get("version") != SNAPSHOT_VERSION:
             raise ValueError(f"unsupported partition snapshot version {snap.get('version')!r}")
-        part = cls(snap["partition"], consent_by_default=consent_by_default, sealer=sealer)
+        part = cls(snap["partition"], setup)
         part.withheld = dict(snap.get("withheld") or {})
         part.anonymous = dict(snap.get("anonymous") or {})
         part.last_seq = snap["last_seq"]
@@ -342,32 +387,16 @@ class PartitionState:
         part.records = snap.get("records", 0)
         part.watermark = snap["watermark"]
         part.vocab = Vocabularies(snap["vocab"])
-        part.users = {key: UserState.restore(value, key, sealer) for key, value in snap["users"].items()}
-        if learner is not None:
-            part.learning = PartitionLearning.restore(learner, snap.get("learning"))
-        if segments is not None:
-            part.segments, recorded = PartitionSegments.restore(
-                segments, snap.get("segments"), part.partition
-            )
-            if recorded != segments.ids:  # the catalog's segments changed since the snapshot
-                for user in part.users.values():
-                    user.segments = segments.remap(user.segments, recorded)
-        if experiments:
-            part.experiments = PartitionExperiments.restore(experiments, snap.get("experiments"))
+        part.users = {key: UserState.restore(value, key, part.sealer) for key, value in snap["users"].items()}
+        for name, component in part.components.items():
+            component.restore(snap.get(name), part.users)
         return part
 
     @classmethod
     def build(
-        cls,
-        partition: int,
-        snapshot: bytes | None,
-        learner: Learner | None = None,
-        segments: SegmentIndex | None = None,
-        consent_by_default: bool = True,
-        sealer: PiiSealer | None = None,
-        experiments: ExperimentPlan | None = None,
+        cls, partition: int, snapshot: bytes | None, setup: PartitionSetup | None = None
     ) -> PartitionState:
         """Cold start and recovery are one path: restore if there is a snapshot."""
         if snapshot is None:
-            return cls(partition, learner, segments, consent_by_default, sealer, experiments)
-        return cls.restore(snapshot, learner, segments, consent_by_default, sealer, experiments)
+            return cls(partition, setup)
+        return cls.restore(snapshot, setup)

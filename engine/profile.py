@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 import sys
 from array import array
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from engine.events import (
     ConsentUpdated,
@@ -39,9 +39,6 @@ from engine.events import (
     TutorialCompleted,
     TutorialStarted,
 )
-
-if TYPE_CHECKING:
-    from engine.pii import PiiSealer
 
 #: An inactivity gap after which the next event starts a new session (the common analytics
 #: convention, used by GA and Segment-style sessionization).
@@ -97,6 +94,16 @@ TRAIT_FIELDS = ("name", "age_band", "role", "company_size")
 PII_FIELDS = frozenset({"name"})
 #: Where the name sits in a snapshot's context-and-traits list.
 _NAME_AT = (CONTEXT_FIELDS + TRAIT_FIELDS).index("name")
+
+
+class Sealer(Protocol):
+    """What a snapshot needs to keep PII sealed: :class:`engine.pii.PiiSealer` (which reads
+    :data:`PII_FIELDS` from here, so this module names only the shape)."""
+
+    def seal(self, user_key: str, value: str) -> bytes: ...
+
+    def unseal(self, user_key: str, sealed: bytes) -> str | None: ...
+
 
 #: What :meth:`UserState.apply` reports it changed, beyond what every event changes (counts,
 #: time, engagement): bits of its result. Live membership re-evaluates only the segments that
@@ -475,7 +482,7 @@ class UserState:
 
     # ------------------------------------------------------------------ snapshots
 
-    def snapshot(self, key: str = "", sealer: PiiSealer | None = None) -> list[Any]:
+    def snapshot(self, key: str = "", sealer: Sealer | None = None) -> list[Any]:
         """A msgpack-ready list; :meth:`restore` is its inverse. PII (a name) is sealed for
         ``key`` by ``sealer``, or left out without one (:mod:`engine.pii`)."""
         attrs: list[Any] = [getattr(self, k) for k in CONTEXT_FIELDS + TRAIT_FIELDS]
@@ -498,7 +505,7 @@ class UserState:
         ]
 
     @classmethod
-    def restore(cls, data: list[Any], key: str = "", sealer: PiiSealer | None = None) -> UserState:
+    def restore(cls, data: list[Any], key: str = "", sealer: Sealer | None = None) -> UserState:
         user = cls.__new__(cls)
         counters, features, tutorials, viewed, completed, *scalars = data[:10]
         attrs = data[10]

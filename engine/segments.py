@@ -27,9 +27,9 @@ that a replay after a crash reproduces, for consumers to drop one they already h
 
 >>> from engine.catalog import DEFAULT_CATALOG, load_catalog
 >>> from engine.events import event_from_object
->>> from engine.partition import PartitionState
+>>> from engine.partition import PartitionSetup, PartitionState
 >>> index = SegmentIndex(load_catalog(DEFAULT_CATALOG))
->>> part = PartitionState(0, segments=index)
+>>> part = PartitionState(0, PartitionSetup(segment_index=index))
 >>> event = {"event_id": "e1", "user_id": "k", "type": "session_started", "ts": 100.0,
 ...          "context": {"device_type": "mobile"}}
 >>> part.apply_event("k", event_from_object(event), seq=1)
@@ -42,8 +42,8 @@ that a replay after a crash reproduces, for consumers to drop one they already h
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable, Iterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Protocol
 
 import msgspec
 
@@ -62,7 +62,6 @@ from engine.rules import TIME_FIELDS, MaskFunction, Rule, compile_mask, parse_ru
 
 if TYPE_CHECKING:
     from engine.clusters import ClusterAssigner
-    from engine.partition import PartitionState
 
 #: What every event changes: time (every time field but ``features_5m``: only a feature click
 #: adds to it, and its decrease as the window slides is time passing, which sweeps apply) and
@@ -435,11 +434,20 @@ class PartitionSegments:
             self._count_taken()
         return out
 
-    def forget(self, user_key: str, user: UserState, now: float, seq: int | str) -> None:
-        """A user forgotten (consent withdrawn, erased): exits from every segment they were in."""
-        if user.segments:
-            self.record_change(user_key, user.segments, 0, max(now, self.clock), seq)
-        user.segments = 0
+    def on_record(self, user_key: str, record: object, seq: int) -> None:
+        """Records of the learning loop change no membership."""
+
+    def forget_user(
+        self, user_key: str, user: UserState | None, now: float, origin: int | str, erase: bool = False
+    ) -> None:
+        """A user forgotten (consent withdrawn, expired): exits from every segment they were in,
+        caused by ``origin``. Erased: not even those, nor any change of theirs still queued."""
+        if user is not None:
+            if user.segments:
+                self.record_change(user_key, user.segments, 0, max(now, self.clock), origin)
+            user.segments = 0
+        if erase:
+            self.drop_queued(user_key)
 
     def drop_queued(self, user_key: str) -> None:
         """Forget a user's changes not yet published (erasure); a batch in flight is kept whole
@@ -479,43 +487,52 @@ class PartitionSegments:
             "in_flight": self.in_flight,
         }
 
-    @classmethod
-    def restore(
-        cls, index: SegmentIndex, snap: dict[str, Any] | None, partition: int = 0
-    ) -> tuple[PartitionSegments, list[str]]:
-        """The bookkeeping, and the segment ids the snapshot's user masks were recorded under."""
-        out = cls(index, partition)
+    def restore(self, snap: dict[str, Any] | None, users: Mapping[str, UserState]) -> None:
+        """Load a :meth:`snapshot` into this fresh state (None: nothing to load). A snapshot taken
+        under another catalog's segments keeps membership and queued changes by segment id:
+        ``users``' masks are moved to this index's bits."""
         if not snap:
-            return out, index.ids
+            return
+        index = self.index
         recorded = list(snap["ids"])
-        out.clock = snap["clock"]
-        out.since = snap.get("since", 0.0)
-        out.dropped = snap.get("dropped", 0)
+        self.clock = snap["clock"]
+        self.since = snap.get("since", 0.0)
+        self.dropped = snap.get("dropped", 0)
         for segment, (entered, exited) in snap["counts"].items():
             bit = index.bit.get(segment)
             if bit is not None:
-                out.entered[bit], out.exited[bit] = entered, exited
+                self.entered[bit], self.exited[bit] = entered, exited
         for key, before, after, ts, origin in snap["outbox"]:
             if isinstance(before, str):
                 # A change as queued before masks were (segment id, entered), already counted.
                 bit = index.bit.get(before)
                 if bit is None:
                     continue
-                (out.entered if after else out.exited)[bit] -= 1
+                (self.entered if after else self.exited)[bit] -= 1
                 old, new = (0, 1 << bit) if after else (1 << bit, 0)
             else:
                 old, new = index.remap(before, recorded), index.remap(after, recorded)
             if old != new:
-                out.record_change(key, old, new, ts, origin)
+                self.record_change(key, old, new, ts, origin)
         in_flight = snap.get("in_flight")
-        out.in_flight = [tuple(row) for row in in_flight] if in_flight else None  # type: ignore[misc]
-        return out, recorded
+        self.in_flight = [tuple(row) for row in in_flight] if in_flight else None  # type: ignore[misc]
+        if recorded != index.ids:  # the catalog's segments changed since the snapshot
+            for user in users.values():
+                user.segments = index.remap(user.segments, recorded)
 
 
 # ---------------------------------------------------------------------- reports
 
 
-def user_segments(part: PartitionState, user: UserState) -> list[str]:
+class TracksSegments(Protocol):
+    """What :func:`user_segments` reads of a partition (a
+    :class:`~engine.partition.PartitionState`): its live membership bookkeeping."""
+
+    @property
+    def segments(self) -> PartitionSegments | None: ...
+
+
+def user_segments(part: TracksSegments, user: UserState) -> list[str]:
     """A user's live segments (and locale segment) as the partition tracks them."""
     assert part.segments is not None
     out = part.segments.index.names(user.segments)

@@ -14,11 +14,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from engine.errors import HeadstartError
-from engine.experiments import ExperimentPlan
-from engine.learning import Learner
-from engine.partition import PartitionState
-from engine.pii import PiiSealer
-from engine.segments import SegmentIndex
+from engine.partition import PartitionSetup, PartitionState
 
 
 class NotOwned(HeadstartError):
@@ -32,22 +28,9 @@ class ShardState:
         self.partitions = partitions
 
     @classmethod
-    def build(
-        cls,
-        snapshots: Mapping[int, bytes | None],
-        learner: Learner | None = None,
-        segments: SegmentIndex | None = None,
-        consent_by_default: bool = True,
-        sealer: PiiSealer | None = None,
-        experiments: ExperimentPlan | None = None,
-    ) -> ShardState:
+    def build(cls, snapshots: Mapping[int, bytes | None], setup: PartitionSetup | None = None) -> ShardState:
         """Cold start and recovery are one path: each partition from its snapshot or empty."""
-        return cls(
-            {
-                p: PartitionState.build(p, snap, learner, segments, consent_by_default, sealer, experiments)
-                for p, snap in snapshots.items()
-            }
-        )
+        return cls({p: PartitionState.build(p, snap, setup) for p, snap in snapshots.items()})
 
     def apply(self, seq: int, partition: int, user_key: str, data: bytes) -> None:
         try:

@@ -45,7 +45,7 @@ from engine.decision import Decider
 from engine.errors import ConfigError, InvalidEvent
 from engine.features import DIM, FEATURE_NAMES
 from engine.learning import AUDIENCE_FIELDS, Learner, decision_decoder
-from engine.partition import PartitionState
+from engine.partition import PartitionSetup, PartitionState
 from headstart.adapters.broker import NatsAuth
 from headstart.adapters.streams import EVENTS_PREFIX, EVENTS_STREAM
 from policies import available, create
@@ -210,7 +210,7 @@ def replay_log(messages: Iterable[tuple[int, str, bytes]], catalog: Catalog) -> 
                 groups[record.decision_id] = record.groups
         part = partitions.get(int(partition))
         if part is None:
-            part = partitions[int(partition)] = PartitionState(int(partition), learner)
+            part = partitions[int(partition)] = PartitionState(int(partition), PartitionSetup(learner))
         with contextlib.suppress(InvalidEvent):  # dead-lettered by the shards too
             part.apply_message(seq, tail, data)
     columns: dict[str, Any] = {

@@ -12,7 +12,7 @@ from engine.decision import Decider
 from engine.events import encode_event
 from engine.experiments import ExperimentPlan, ExposureRecord, encode_exposure
 from engine.learning import Learner
-from engine.partition import PartitionState
+from engine.partition import PartitionSetup, PartitionState
 from tests.engine.test_decision import NOW, done, user_after
 
 KEYS = [f"user-{i:05d}" for i in range(400)]
@@ -195,7 +195,7 @@ def event(i: int, key: str, kind: str, ts: float, **props: Any) -> bytes:
 
 def test_exposures_are_kept_once_per_user_and_experiment_with_their_outcomes() -> None:
     plan = ExperimentPlan(experiment_catalog().experiments)
-    part = PartitionState(0, experiments=plan)
+    part = PartitionState(0, PartitionSetup(experiment_plan=plan))
     part.apply_message(1, "ka", event(1, "ka", "session_started", NOW - 10))
     part.apply_message(2, "ka-exposure", exposure("ka"))
     part.apply_message(2, "ka-exposure", exposure("ka"))  # redelivered
@@ -210,7 +210,7 @@ def test_exposures_are_kept_once_per_user_and_experiment_with_their_outcomes() -
     assert rows["short"].converted == [NOW + 3600, NOW + 60]  # the metric, then the guardrail
     assert rows["control"].converted == [0.0, 0.0]
     # A snapshot keeps them; a replay of the same messages over it changes nothing.
-    restored = PartitionState.restore(part.snapshot(), experiments=plan)
+    restored = PartitionState.restore(part.snapshot(), PartitionSetup(experiment_plan=plan))
     assert restored.experiments is not None
     assert {r.arm: r.converted for r in restored.experiments.exposures("welcome_copy")} == {
         a: r.converted for a, r in rows.items()
@@ -224,6 +224,7 @@ def test_exposures_are_kept_once_per_user_and_experiment_with_their_outcomes() -
 
 def test_an_exposure_of_a_user_without_analytics_consent_is_not_kept() -> None:
     plan = ExperimentPlan(experiment_catalog().experiments)
-    part = PartitionState(0, experiments=plan, consent_by_default=False)  # opt-in: nothing yet
+    opt_in = PartitionSetup(experiment_plan=plan, consent_by_default=False)  # nothing kept yet
+    part = PartitionState(0, opt_in)
     part.apply_message(1, "kc-exposure", exposure("kc"))
     assert part.experiments is not None and not part.experiments.is_exposed("kc", "welcome_copy")

@@ -22,7 +22,7 @@ from engine.learning import (
     new_decision_id,
     user_key_of,
 )
-from engine.partition import PartitionState
+from engine.partition import PartitionSetup, PartitionState
 
 NOW = 1_767_600_000.0
 PSEUDO = Pseudonymizer(b"a test secret of enough length")
@@ -98,7 +98,7 @@ def test_decision_ids_carry_the_user_key() -> None:
 
 def test_completing_the_decided_tutorial_rewards_it_once() -> None:
     learner, log = learner_for(), Log()
-    part = PartitionState(0, learner)
+    part = PartitionState(0, PartitionSetup(learner))
     key = PSEUDO.key("u1")
     log.decision(key, NOW)
     log.event(key, "tutorial_completed", NOW + 60, tutorial="first_project", variant="video")
@@ -114,7 +114,7 @@ def test_completing_the_decided_tutorial_rewards_it_once() -> None:
 
 def test_a_closed_window_gives_the_default_reward_and_later_rewards_are_late() -> None:
     learner, log = learner_for(catalog_with(reward_window_s=600, default_reward=0.0)), Log()
-    part = PartitionState(0, learner)
+    part = PartitionState(0, PartitionSetup(learner))
     key, other = PSEUDO.key("u1"), PSEUDO.key("u2")
     decision_id = log.decision(key, NOW)
     log.event(other, "session_started", NOW + 601)  # event time moves past the window
@@ -132,7 +132,7 @@ def test_a_closed_window_gives_the_default_reward_and_later_rewards_are_late() -
 
 def test_an_explicit_reward_closes_the_decision_once_even_when_posted_twice() -> None:
     learner, log = learner_for(), Log()
-    part = PartitionState(0, learner)
+    part = PartitionState(0, PartitionSetup(learner))
     key = PSEUDO.key("u1")
     decision_id = log.decision(key, NOW)
     log.reward(key, decision_id, 0.7, NOW + 5)
@@ -147,7 +147,7 @@ def test_an_explicit_reward_closes_the_decision_once_even_when_posted_twice() ->
 def test_the_journey_reward_is_credited_to_every_decision_on_the_path() -> None:
     catalog = catalog_with(journey={"event": "onboarding_completed", "within_days": 7, "weight": 0.5})
     learner, log = learner_for(catalog), Log()
-    part = PartitionState(0, learner)
+    part = PartitionState(0, PartitionSetup(learner))
     key, late = PSEUDO.key("u1"), PSEUDO.key("u2")
     log.decision(key, NOW, point=POINT)
     log.decision(key, NOW + 10, arm="checklist", point="tutorial:connect_data")
@@ -168,7 +168,7 @@ def test_the_journey_reward_is_credited_to_every_decision_on_the_path() -> None:
 
 def test_completing_the_decided_step_rewards_a_step_decision() -> None:
     learner, log = learner_for(), Log()
-    part = PartitionState(0, learner)
+    part = PartitionState(0, PartitionSetup(learner))
     key = PSEUDO.key("u1")
     log.event(key, "step_completed", NOW, step="welcome")
     log.event(key, "step_completed", NOW, step="profile")
@@ -191,15 +191,15 @@ def test_a_restored_partition_continues_exactly_where_the_snapshot_was() -> None
         elif i % 3 == 1:
             log.reward(key, decision_id, 0.25, NOW + i + 5)
     log.event(keys[0], "session_started", NOW + 10_000)
-    straight = PartitionState(0, learner_for(catalog))
+    straight = PartitionState(0, PartitionSetup(learner_for(catalog)))
     log.replay(straight)
     # The same stream, with a crash at message 40 and recovery from that snapshot.
-    first = PartitionState(0, learner_for(catalog))
+    first = PartitionState(0, PartitionSetup(learner_for(catalog)))
     log.replay(first)
-    crashed = PartitionState(0, learner_for(catalog))
+    crashed = PartitionState(0, PartitionSetup(learner_for(catalog)))
     for seq, tail, data in log.messages[:40]:
         crashed.apply_message(seq, tail, data)
-    recovered = PartitionState.restore(crashed.snapshot(), learner_for(catalog))
+    recovered = PartitionState.restore(crashed.snapshot(), PartitionSetup(learner_for(catalog)))
     log.replay(recovered)  # a full redelivery: only what is after the snapshot applies
     for name, points in straight.learning.contributions.items():  # type: ignore[union-attr]
         for point, stats in points.items():
@@ -222,9 +222,9 @@ def test_shards_serve_the_sum_of_all_partitions_contributions() -> None:
         if rng.random() < (0.7 if arm == "video" else 0.2):
             log.reward(key, decision_id, 1.0, NOW + i + 1)
     one = learner_for(catalog)
-    whole = {p: PartitionState(p, one) for p in logs}
+    whole = {p: PartitionState(p, PartitionSetup(one)) for p in logs}
     a, b = learner_for(catalog, seed=1), learner_for(catalog, seed=2)
-    split = {p: PartitionState(p, a if p < 2 else b) for p in logs}
+    split = {p: PartitionState(p, PartitionSetup(a if p < 2 else b)) for p in logs}
     for p, log in logs.items():
         log.replay(whole[p])
         log.replay(split[p])
@@ -252,7 +252,7 @@ def test_shards_serve_the_sum_of_all_partitions_contributions() -> None:
 def test_a_drift_is_forgotten_on_every_shard_and_stays_forgotten_after_merges() -> None:
     catalog = catalog_with(reward_window_s=10_000)
     a, b = learner_for(catalog), learner_for(catalog, seed=1)
-    part_a, part_b = PartitionState(0, a), PartitionState(1, b)
+    part_a, part_b = PartitionState(0, PartitionSetup(a)), PartitionState(1, PartitionSetup(b))
     log_a, log_b = Log(), Log()
     rng = np.random.default_rng(2)
     for i in range(3000):  # a good arm that turns bad: ADWIN sees the drop
@@ -291,7 +291,7 @@ def test_the_activation_model_learns_who_activates_and_every_shard_serves_the_av
 
     catalog = catalog_with(journey={"event": "onboarding_completed", "within_days": 1, "weight": 1.0})
     learner, log = learner_for(catalog), Log()
-    part = PartitionState(0, learner)
+    part = PartitionState(0, PartitionSetup(learner))
     mobile_slot = FEATURE_NAMES.index("device=mobile")
     rng = np.random.default_rng(3)
     for i in range(600):
@@ -319,7 +319,7 @@ def test_the_activation_model_learns_who_activates_and_every_shard_serves_the_av
 
 def test_features_are_recommended_from_what_similar_users_adopted() -> None:
     learner, log = learner_for(), Log()
-    part = PartitionState(0, learner)
+    part = PartitionState(0, PartitionSetup(learner))
     rng = np.random.default_rng(0)
     groups = (("export", "share", "comment"), ("import_csv", "create_project", "invite"))
     for i in range(3000):  # two kinds of users, each adopting its own three features

@@ -4,7 +4,7 @@ import pytest
 
 from engine.errors import InvalidEvent
 from engine.events import EventKind, encode_event
-from engine.partition import PartitionState
+from engine.partition import PartitionSetup, PartitionState
 from engine.shard import NotOwned, ShardState
 
 
@@ -102,7 +102,7 @@ def test_withdrawing_analytics_consent_forgets_the_user_but_their_consent() -> N
     from engine.catalog import DEFAULT_CATALOG, load_catalog
     from engine.segments import SegmentIndex
 
-    part = PartitionState(0, segments=SegmentIndex(load_catalog(DEFAULT_CATALOG)))
+    part = PartitionState(0, PartitionSetup(segment_index=SegmentIndex(load_catalog(DEFAULT_CATALOG))))
     part.apply_message(1, "k", click(1, 100.0))
     assert part.users["k"].features is not None and part.segments is not None
     part.segments.take()
@@ -128,7 +128,7 @@ def test_withdrawing_analytics_consent_forgets_the_user_but_their_consent() -> N
 
 
 def test_with_opt_in_nothing_is_kept_before_analytics_consent() -> None:
-    part = PartitionState(0, consent_by_default=False)
+    part = PartitionState(0, PartitionSetup(consent_by_default=False))
     part.apply_message(1, "k", click(1, 100.0))
     assert "k" not in part.users and part.anonymous == {"feature_clicked": 1}
     part.apply_message(2, "k", consent_event(2, 110.0, personalization=True))  # not analytics
@@ -148,7 +148,7 @@ def named(n: int, ts: float, name: str) -> bytes:
 
 @pytest.mark.parametrize("opt_out", [True, False])
 def test_a_name_is_held_only_while_personalization_is_granted(opt_out: bool) -> None:
-    part = PartitionState(0, consent_by_default=opt_out)
+    part = PartitionState(0, PartitionSetup(consent_by_default=opt_out))
     part.apply_message(1, "k", consent_event(1, 100.0, analytics=True))
     part.apply_message(2, "k", named(2, 101.0, "Alice"))
     assert part.users["k"].name == ("Alice" if opt_out else None)  # opt_in: not granted yet
@@ -165,12 +165,14 @@ def test_a_name_is_sealed_in_snapshots_and_left_out_without_a_sealer() -> None:
     from engine.pii import PiiSealer
 
     sealer = PiiSealer(b"instance secret")
-    part = PartitionState(0, sealer=sealer)
+    part = PartitionState(0, PartitionSetup(sealer=sealer))
     part.apply_message(1, "k", named(1, 100.0, "Alice"))
     sealed = part.snapshot()
     assert b"Alice" not in sealed
-    assert PartitionState.restore(sealed, sealer=sealer).users["k"].name == "Alice"
-    assert PartitionState.restore(sealed, sealer=PiiSealer(b"another")).users["k"].name is None
+    assert PartitionState.restore(sealed, PartitionSetup(sealer=sealer)).users["k"].name == "Alice"
+    assert (
+        PartitionState.restore(sealed, PartitionSetup(sealer=PiiSealer(b"another"))).users["k"].name is None
+    )
     assert PartitionState.restore(sealed).users["k"].name is None
     bare = PartitionState(0)
     bare.apply_message(1, "k", named(1, 100.0, "Alice"))
@@ -182,7 +184,7 @@ def test_an_erase_record_forgets_the_user_in_stream_order_and_on_every_replay() 
     from engine.segments import SegmentIndex
 
     index = SegmentIndex(load_catalog(DEFAULT_CATALOG))
-    part = PartitionState(0, segments=index)
+    part = PartitionState(0, PartitionSetup(segment_index=index))
     part.apply_message(1, "k", click(1, 100.0))
     early = part.snapshot()  # a checkpoint from before the erasure
     part.apply_message(2, "k", consent_event(2, 110.0, personalization=False))
@@ -190,7 +192,7 @@ def test_an_erase_record_forgets_the_user_in_stream_order_and_on_every_replay() 
     assert "k" not in part.users and part.consent_of("k") is None
     assert part.segments is not None and not [r for r in part.segments.take() if r[0] == "k"]
     # Recovery from the old checkpoint replays what the purge left: the erase record.
-    recovered = PartitionState.restore(early, segments=index)
+    recovered = PartitionState.restore(early, PartitionSetup(segment_index=index))
     recovered.apply_message(3, "k-erase", b"")
     assert "k" not in recovered.users
     # Events after the erasure are a new life, kept as any others.

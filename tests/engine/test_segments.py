@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from hypothesis import given, settings
@@ -10,7 +11,7 @@ from hypothesis import strategies as st
 from engine.catalog import DEFAULT_CATALOG, Catalog, load_catalog
 from engine.clusters import ClusterAssigner
 from engine.events import EventKind, event_from_object
-from engine.partition import PartitionState
+from engine.partition import PartitionSetup, PartitionState
 from engine.profile import CONTEXT_CHANGED, NEW_SESSION, NEW_STEP, TRAITS_CHANGED, UserState, Vocabularies
 from engine.rules import compile_mask, parse_rule, rule_input
 from engine.segments import PartitionSegments, SegmentIndex
@@ -79,7 +80,7 @@ def test_live_membership_equals_evaluating_every_rule_after_every_event(
     events in time order or not (late events), for a user whose event is the partition's
     newest or not, contexts repeating or changing, sessions started by an event or by a gap."""
     index = SegmentIndex(catalog_with(RULES))
-    part = PartitionState(0, segments=index)
+    part = PartitionState(0, PartitionSetup(segment_index=index))
     ordered = sorted(steps, key=lambda s: s[2]) if in_order else steps
     for n, (key, (kind, extra), gap) in enumerate(ordered):
         part.apply_event(key, event(n, kind, NOW + gap, key=key, **extra), seq=n + 1)
@@ -101,7 +102,7 @@ def test_live_membership_equals_evaluating_every_rule_after_every_event(
 
 
 def test_enter_and_exit_changes_are_queued_in_order() -> None:
-    part = PartitionState(0, segments=SegmentIndex(catalog_with(RULES)))
+    part = PartitionState(0, PartitionSetup(segment_index=SegmentIndex(catalog_with(RULES))))
     mobile = {"context": {"device_type": "mobile", "country": "DE"}}
     part.apply_event("k", event(1, "session_started", NOW, **mobile), seq=1)
     assert set(changes(part)) == {
@@ -153,7 +154,7 @@ def test_right_after_an_event_rules_that_cannot_hold_are_folded_away() -> None:
     """Evaluated at the time of the user's newest event, ``days_inactive`` is 0: "dormant" is
     decided (it exits) without being evaluated, and gives the same answer as the general path."""
     index = SegmentIndex(catalog_with(RULES))
-    part = PartitionState(0, segments=index)
+    part = PartitionState(0, PartitionSetup(segment_index=index))
     part.apply_event("k", event(1, "session_started", NOW), seq=1)
     user = part.users["k"]
     fresh_decides, fresh = index.evaluator(index.key(EventKind.SESSION_STARTED, fresh=True))
@@ -164,7 +165,7 @@ def test_right_after_an_event_rules_that_cannot_hold_are_folded_away() -> None:
 
 
 def test_time_based_segments_change_when_time_passes_without_an_event() -> None:
-    part = PartitionState(0, segments=SegmentIndex(catalog_with(RULES)))
+    part = PartitionState(0, PartitionSetup(segment_index=SegmentIndex(catalog_with(RULES))))
     for n in range(3):
         part.apply_event("k", event(n, "feature_clicked", NOW + n, props={"feature": "share"}), seq=n + 1)
     changes(part)
@@ -186,7 +187,7 @@ def test_time_based_segments_change_when_time_passes_without_an_event() -> None:
 
 
 def test_the_checkpoint_mark_moves_with_sweeps_that_change_membership_and_with_publishing() -> None:
-    part = PartitionState(0, segments=SegmentIndex(catalog_with(RULES)))
+    part = PartitionState(0, PartitionSetup(segment_index=SegmentIndex(catalog_with(RULES))))
     for n in range(3):
         part.apply_event("k", event(n, "feature_clicked", NOW + n, props={"feature": "share"}), seq=n + 1)
     assert part.segments is not None
@@ -201,7 +202,7 @@ def test_the_checkpoint_mark_moves_with_sweeps_that_change_membership_and_with_p
 
 
 def test_a_feature_window_is_entered_by_clicks_and_left_by_a_sweep() -> None:
-    part = PartitionState(0, segments=SegmentIndex(catalog_with(RULES)))
+    part = PartitionState(0, PartitionSetup(segment_index=SegmentIndex(catalog_with(RULES))))
     for n, feature in enumerate(("share", "export")):
         part.apply_event("k", event(n, "feature_clicked", NOW + n, props={"feature": feature}), seq=n + 1)
     assert {("wide", "enter"), ("browsing", "enter")} <= set(changes(part))
@@ -224,14 +225,14 @@ def test_a_restored_partition_continues_exactly_as_one_that_never_stopped() -> N
             + [("step_completed", {"props": {"step": "profile"}}), ("session_started", {})] * 3
         )
     ]
-    straight = PartitionState(0, segments=index)
+    straight = PartitionState(0, PartitionSetup(segment_index=index))
     for seq, e in enumerate(stream, 1):
         straight.apply_event(e.user_id, e, seq)
-    first = PartitionState(0, segments=index)
+    first = PartitionState(0, PartitionSetup(segment_index=index))
     for seq, e in enumerate(stream[:7], 1):
         first.apply_event(e.user_id, e, seq)
         first.last_seq = seq
-    resumed = PartitionState.restore(first.snapshot(), segments=index)
+    resumed = PartitionState.restore(first.snapshot(), PartitionSetup(segment_index=index))
     for seq, e in enumerate(stream[7:], 8):
         resumed.apply_event(e.user_id, e, seq)
     assert {k: u.segments for k, u in resumed.users.items()} == {
@@ -245,13 +246,21 @@ def test_a_restored_partition_continues_exactly_as_one_that_never_stopped() -> N
 
 def test_a_snapshot_from_another_catalog_keeps_membership_by_segment_id() -> None:
     old = SegmentIndex(catalog_with(RULES))
-    part = PartitionState(0, segments=old)
+    part = PartitionState(0, PartitionSetup(segment_index=old))
     part.apply_event("k", event(1, "session_started", NOW, context={"country": "DE"}), seq=1)
     assert "dach" in old.names(part.users["k"].segments)
     new = SegmentIndex(catalog_with({"technical": RULES["technical"], "dach": RULES["dach"]}))
-    restored = PartitionState.restore(part.snapshot(), segments=new)
+    restored = PartitionState.restore(part.snapshot(), PartitionSetup(segment_index=new))
     assert "dach" in new.names(restored.users["k"].segments)
     assert "busy" not in new.ids
+
+
+def restored_segments(
+    index: SegmentIndex, snap: dict[str, Any], users: dict[str, UserState] | None = None
+) -> PartitionSegments:
+    out = PartitionSegments(index)
+    out.restore(snap, users or {})
+    return out
 
 
 def test_queued_changes_survive_a_snapshot_from_another_catalog_or_an_older_format() -> None:
@@ -259,15 +268,18 @@ def test_queued_changes_survive_a_snapshot_from_another_catalog_or_an_older_form
     segment id (a segment gone drops out); an outbox written one change per entry, as before
     masks, is read and counted once."""
     old = SegmentIndex(catalog_with(RULES))
-    part = PartitionState(0, segments=old)
+    part = PartitionState(0, PartitionSetup(segment_index=old))
     part.apply_event("k", event(1, "session_started", NOW, context={"country": "DE"}), seq=1)
     assert part.segments is not None
     snap = part.segments.snapshot()
-    rows = PartitionSegments.restore(old, snap)[0].take()
+    rows = restored_segments(old, snap).take()
     assert ("k", "dach", "enter", NOW, 1, 0) in rows
-    new = SegmentIndex(catalog_with({"technical": RULES["technical"], "dach": RULES["dach"]}))
-    restored, recorded = PartitionSegments.restore(new, snap)
-    assert recorded == old.ids
+    new = SegmentIndex(catalog_with({"dach": RULES["dach"], "technical": RULES["technical"]}))
+    users = {"k": copy.copy(part.users["k"])}
+    restored = restored_segments(new, snap, users)
+    # The user's mask, recorded under the old catalog's bits, is moved to the new ones.
+    assert users["k"].segments == new.remap(part.users["k"].segments, old.ids) != part.users["k"].segments
+    assert "dach" in new.names(users["k"].segments)
     assert restored.take() == [row for row in rows if row[1] in new.bit]
     assert restored.counts()["dach"] == (1, 0)
 
@@ -276,7 +288,7 @@ def test_queued_changes_survive_a_snapshot_from_another_catalog_or_an_older_form
         "outbox": [[k, segment, change == "enter", ts, origin] for k, segment, change, ts, origin, _ in rows],
         "counts": {row[1]: (1, 0) for row in rows},  # counted when queued, then
     }
-    restored, _ = PartitionSegments.restore(old, former)
+    restored = restored_segments(old, former)
     assert restored.queued == len(rows) and not restored.counts()
     assert restored.take() == rows == part.segments.take()
     assert restored.counts() == part.segments.counts()
@@ -285,7 +297,7 @@ def test_queued_changes_survive_a_snapshot_from_another_catalog_or_an_older_form
 def test_an_outbox_over_its_limit_drops_the_oldest_changes_and_counts_them(monkeypatch: Any) -> None:
     monkeypatch.setattr("engine.segments.OUTBOX_LIMIT", 5)
     index = SegmentIndex(catalog_with(RULES))
-    part = PartitionState(0, segments=index)
+    part = PartitionState(0, PartitionSetup(segment_index=index))
     assert part.segments is not None
     for n in range(4):
         part.segments.record_change(f"u{n}", 0, 0b11, NOW, n)  # two changes each
@@ -301,7 +313,7 @@ def test_a_cluster_assignment_moves_cluster_segments_and_rules_reading_the_clust
     index.assigner = ClusterAssigner(
         [[0.0] * features, [5.0] * features, [50.0] * features, [90.0] * features], [1.0] * features, 1
     )
-    part = PartitionState(0, segments=index)
+    part = PartitionState(0, PartitionSetup(segment_index=index))
     part.apply_event("k", event(1, "session_started", NOW), seq=1)
     user = part.users["k"]
     assert user.cluster == 0 and "cluster_0" in index.names(user.segments)
@@ -322,7 +334,7 @@ def test_models_reassigning_at_one_sweep_time_give_every_change_its_own_id() -> 
     features = 7
     near, far = [0.0] * features, [90.0] * features
     index.assigner = ClusterAssigner([near, far], [1.0] * features, 1)
-    part = PartitionState(0, segments=index)
+    part = PartitionState(0, PartitionSetup(segment_index=index))
     part.apply_event("k", event(1, "session_started", NOW), seq=1)
     assert part.segments is not None and part.users["k"].cluster == 0
     part.segments.take()
@@ -344,7 +356,7 @@ def test_models_reassigning_at_one_sweep_time_give_every_change_its_own_id() -> 
 def test_a_user_who_expires_twice_exits_under_other_ids_the_second_time() -> None:
     from engine.segments import change_id
 
-    part = PartitionState(0, segments=SegmentIndex(catalog_with(RULES)))
+    part = PartitionState(0, PartitionSetup(segment_index=SegmentIndex(catalog_with(RULES))))
     week = 7 * 86400
     exits = []
     for n, back in enumerate((NOW, NOW + 9 * 86400)):
@@ -375,13 +387,14 @@ def test_a_batch_in_flight_is_handed_over_and_published_again_unchanged() -> Non
     from headstart.adapters.membership import encode_batches
 
     index = SegmentIndex(catalog_with(RULES))
-    part = PartitionState(4, segments=index)
+    part = PartitionState(4, PartitionSetup(segment_index=index))
     part.apply_event("k", event(1, "session_started", NOW, context={"country": "DE"}), seq=1)
     assert part.segments is not None
     batch = part.segments.next_batch(3)
     assert len(batch) == 3 and part.segments.next_batch(3) is batch  # retried as it was
     part.apply_event("k", event(2, "session_started", NOW + 7200), seq=2)
-    moved = PartitionState.restore(part.snapshot(), segments=index)  # handed over mid-publish
+    # Handed over mid-publish:
+    moved = PartitionState.restore(part.snapshot(), PartitionSetup(segment_index=index))
     assert moved.segments is not None
     again = moved.segments.next_batch(1000)
     assert again == batch  # the same changes, so the same message ids: stored once
