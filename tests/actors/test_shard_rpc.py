@@ -16,7 +16,7 @@ from engine.decision import Decider
 from engine.events import encode_event
 from engine.keys import Pseudonymizer
 from engine.learning import Learner
-from engine.partition import PartitionState
+from engine.partition import PartitionSetup, PartitionState
 from engine.shard import ShardState
 from headstart.adapters.rpc import (
     REQUESTS,
@@ -79,7 +79,9 @@ class Shard:
         catalog = experiment_catalog(holdout=None)
         decider = Decider(catalog)
         learner = Learner(catalog, decider, seed=SHARD)
-        self.state = ShardState.build({0: None, 1: None}, learner, None, True, None, decider.experiments)
+        self.state = ShardState.build(
+            {0: None, 1: None}, PartitionSetup(learner, experiment_plan=decider.experiments)
+        )
         self.logged: list[Logs] = []
         self.snapshotted: list[tuple[int, int]] = []
         self.rpc = ShardRpc(

@@ -14,7 +14,7 @@ from engine.events import encode_event
 from engine.experiments import ExposureRecord, encode_exposure
 from engine.keys import Pseudonymizer
 from engine.learning import Learner
-from engine.partition import PartitionState
+from engine.partition import PartitionSetup, PartitionState
 from tests.engine.test_experiment_arms import experiment_catalog
 
 NOW = 1_767_600_000.0
@@ -25,7 +25,11 @@ def setup(catalog: Catalog | None = None, consent_by_default: bool = True) -> tu
     catalog = catalog or experiment_catalog(holdout=None)
     decider = Decider(catalog)
     learner = Learner(catalog, decider, seed=1)
-    part = PartitionState.build(0, None, learner, None, consent_by_default, None, decider.experiments)
+    part = PartitionState.build(
+        0,
+        None,
+        PartitionSetup(learner, experiment_plan=decider.experiments, consent_by_default=consent_by_default),
+    )
     return Answers(decider, learner, consent_by_default), part
 
 

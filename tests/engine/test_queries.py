@@ -13,7 +13,7 @@ from engine.decision import Decider
 from engine.events import encode_event
 from engine.experiments import ExposureRecord, encode_exposure
 from engine.learning import Learner
-from engine.partition import PartitionState
+from engine.partition import PartitionSetup, PartitionState
 from engine.rules import FIELDS
 from tests.engine.test_experiment_arms import experiment_catalog
 
@@ -25,7 +25,10 @@ def shard() -> tuple[Decider, Learner, dict[int, PartitionState]]:
     catalog = experiment_catalog(holdout=None)
     decider = Decider(catalog)
     learner = Learner(catalog, decider)
-    parts = {p: PartitionState.build(p, None, learner, None, True, None, decider.experiments) for p in (0, 1)}
+    parts = {
+        p: PartitionState.build(p, None, PartitionSetup(learner, experiment_plan=decider.experiments))
+        for p in (0, 1)
+    }
     for i in range(10):
         part, key = parts[i % 2], f"user{i:02d}"
 
