@@ -25,6 +25,7 @@ from headstart.adapters.assignment import (
     save_assignment,
 )
 from headstart.adapters.broker import connect_nats
+from headstart.adapters.shard_stats import ShardStats
 from headstart.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -245,7 +246,7 @@ class ShardGroup:
             "acquire_s": acquire_s,
         }
 
-    def wait_ready(self, timeout: float = 120.0) -> list[dict[str, Any]]:
+    def wait_ready(self, timeout: float = 120.0) -> list[ShardStats]:
         return list(ray.get([s.wait_ready.remote(timeout) for s in self.shards], timeout=timeout + 5))
 
     def wait_caught_up(self, timeout: float = 120.0) -> None:
@@ -270,7 +271,7 @@ class ShardGroup:
             found.update(zip(keys, ray.get(self.shards[shard].get_users.remote(keys)), strict=True))
         return [found[key] for key in user_keys]
 
-    def stats(self) -> list[dict[str, Any]]:
+    def stats(self) -> list[ShardStats]:
         return list(ray.get([s.stats.remote() for s in self.shards]))
 
     def stop(self) -> None:

@@ -64,6 +64,7 @@ from headstart.adapters.rpc import (
     is_error,
 )
 from headstart.adapters.rpc import Request as ShardRequest
+from headstart.adapters.shard_stats import ShardStats
 from headstart.adapters.status import STATUS_BUCKET, WEBHOOKS_STATUS_KEY
 from headstart.adapters.streams import (
     DLQ_PREFIX,
@@ -1117,14 +1118,15 @@ class Ingress:
         """Prometheus text format (admin key; Prometheus sends it as a bearer token)."""
         self._require(request.headers.get("authorization"), "admin")
         nc, _ = await self._client()
-        stats, _ = await self._ask_each_shard(StatsRequest(key=""), timeout=1.0)
+        answers, _ = await self._ask_each_shard(StatsRequest(key=""), timeout=1.0)
+        stats = [msgspec.convert(answer, ShardStats, strict=False) for answer in answers]
         lag: dict[int, int] = {}
         js = nc.jetstream()
         for shard_stats in stats:
-            for partition, name in (shard_stats.get("consumers") or {}).items():
+            for partition, name in shard_stats.consumers.items():
                 with contextlib.suppress(Exception):
                     info = await js.consumer_info(EVENTS_STREAM, name, timeout=1.0)
-                    lag[int(partition)] = int(info.num_pending or 0)
+                    lag[partition] = int(info.num_pending or 0)
         webhooks: list[dict[str, Any]] = []
         with contextlib.suppress(Exception):  # no webhooks, or their actor not reporting yet
             entry = await (await js.key_value(STATUS_BUCKET)).get(WEBHOOKS_STATUS_KEY)

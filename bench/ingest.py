@@ -208,7 +208,7 @@ def _drain(
         series: list[tuple[float, int]] = []  # (wall time, handled): the rate over time
         while time.monotonic() < deadline:
             stats = group.stats()
-            handled = sum(s["handled"] for s in stats)
+            handled = sum(s.handled for s in stats)
             series.append((time.time(), handled))
             if handled >= target:
                 break
@@ -216,33 +216,33 @@ def _drain(
         else:
             raise TimeoutError("drain did not finish in 600 s")
         # With live segments, the drain ends when the last change it made is published too.
-        while any(s.get("segments", {}).get("queued") for s in stats) and time.monotonic() < deadline:
+        while any(s.segments.queued for s in stats) and time.monotonic() < deadline:
             time.sleep(0.05)
             stats = group.stats()
         total_s = time.time() - t0
         cpu_broker = cpu_seconds(broker_pid) - cpu_broker
         # Each shard's own process CPU between its first handled event and its last ack.
-        cpu_shards = sum(s["last_handled_cpu"] - s["first_handled_cpu"] for s in stats if s["handled"])
-        first = min(s["first_handled_at"] for s in stats if s["handled"])
-        last_handled = max(s["last_handled_at"] for s in stats)
-        last = max(last_handled, *(s.get("segments", {}).get("last_published_at", 0.0) for s in stats))
+        cpu_shards = sum(s.last_handled_cpu - s.first_handled_cpu for s in stats if s.handled)
+        first = min(s.first_handled_at for s in stats if s.handled)
+        last_handled = max(s.last_handled_at for s in stats)
+        last = max(last_handled, *(s.segments.last_published_at for s in stats))
         lost, duplicated = lost_and_duplicated(expected, read_back(group, list(expected)))
-        applied = sum(s["applied"] for s in stats)
-        membership = [s.get("segments") or {} for s in stats]
+        applied = sum(s.applied for s in stats)
+        membership = [s.segments for s in stats]
         return {
-            "segment_changes": sum(sum(e + x for e, x in m.get("changes", {}).values()) for m in membership),
-            "segment_changes_published": sum(m.get("published", 0) for m in membership),
+            "segment_changes": sum(sum(e + x for e, x in m.changes.values()) for m in membership),
+            "segment_changes_published": sum(m.published for m in membership),
             "events_per_s": n_events / (last - first),
             "drain_s": last - first,
             # From the last event handled to the last segment change stored (in drain_s).
             "publish_tail_s": last - last_handled,
             "total_s_including_startup": total_s,
             "applied": applied,
-            "handled": sum(s["handled"] for s in stats),
+            "handled": sum(s.handled for s in stats),
             "lost": lost,
             "duplicated": duplicated,
-            "consumer_restarts": sum(s["restarts"] for s in stats),
-            "per_shard_handled": [s["handled"] for s in stats],
+            "consumer_restarts": sum(s.restarts for s in stats),
+            "per_shard_handled": [s.handled for s in stats],
             "series": {
                 "seconds": [round(t - first, 3) for t, n in series if n],
                 "handled": [n for _, n in series if n],

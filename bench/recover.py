@@ -37,6 +37,7 @@ from bench.population import onboarding_events
 from bench.traffic import SteadyTraffic, expected_counts, lost_and_duplicated, read_back
 from engine.keys import Pseudonymizer
 from headstart.adapters.rpc import ShardClient, ShardUnavailable, StatsRequest, is_error
+from headstart.adapters.shard_stats import ShardStats, decode_shard_stats
 from headstart.adapters.streams import EventPublisher, ensure_streams, publish_prepared
 from headstart.settings import Settings
 
@@ -81,7 +82,7 @@ def run(quick: bool = False, out_dir: Path | None = None) -> Path:
 class Scenario(Protocol):
     def cluster(self) -> contextlib.AbstractContextManager[dict[str, Any]]: ...
 
-    def fault(self, group: Any, old: dict[int, dict[str, Any]]) -> list[int]:
+    def fault(self, group: Any, old: dict[int, ShardStats]) -> list[int]:
         """Cause the fault; return the shards it hit."""
         ...
 
@@ -112,11 +113,11 @@ def _scenario(sizes: dict[str, Any], scenario: Scenario) -> dict[str, Any]:
             )
             with traffic:
                 time.sleep(sizes["before_fault_s"])
-                old = {s["shard"]: s for s in group.stats()}
+                old = {s.shard: s for s in group.stats()}
                 t0, fault_at = time.monotonic(), time.time()
                 affected = scenario.fault(group, old)
-                partitions = [p for shard in affected for p in old[shard]["partitions"]]
-                old_pids = {old[shard]["pid"] for shard in affected}
+                partitions = [p for shard in affected for p in old[shard].partitions]
+                old_pids = {old[shard].pid for shard in affected}
                 recovery_s = asyncio.run(_until_served(broker.url, partitions, old_pids, t0))
                 group.wait_caught_up(timeout=300)
                 caught_up_s = time.monotonic() - t0
@@ -130,8 +131,7 @@ def _scenario(sizes: dict[str, Any], scenario: Scenario) -> dict[str, Any]:
             # and its take-over's steps (restore, consumers...).
             timeline = {
                 str(shard): {
-                    "process_started_s": next(st["started_at"] for st in new if st["shard"] == shard)
-                    - fault_at,
+                    "process_started_s": next(st.started_at for st in new if st.shard == shard) - fault_at,
                     "take_over": ray.get(group.shards[shard].take_over_timings.remote())[:1],
                 }
                 for shard in affected
@@ -148,10 +148,10 @@ def _scenario(sizes: dict[str, Any], scenario: Scenario) -> dict[str, Any]:
         "ok_decisions": traffic.outcomes.get("ok", 0),
         "affected_shards": affected,
         "affected_partitions": len(partitions),
-        "restored_partitions": sum(s["restored_partitions"] for s in new if s["shard"] in affected),
+        "restored_partitions": sum(s.restored_partitions for s in new if s.shard in affected),
         "live_events_sent": traffic.published,
-        "nodes_after": sorted({s["node"][:12] for s in new}),
-        "nodes_before": sorted({s["node"][:12] for s in old.values()}),
+        "nodes_after": sorted({s.node[:12] for s in new}),
+        "nodes_before": sorted({s.node[:12] for s in old.values()}),
         "timeline": timeline,
     }
 
@@ -170,7 +170,7 @@ async def _until_served(url: str, partitions: list[int], old_pids: set[int], t0:
                     reply = await client.call_raw_partition(
                         partition, StatsRequest(key=""), timeout=0.2, wait=False
                     )
-                    if not is_error(reply) and json.loads(reply)["pid"] not in old_pids:
+                    if not is_error(reply) and decode_shard_stats(reply).pid not in old_pids:
                         waiting.discard(partition)
             await asyncio.sleep(0.01)
         return time.monotonic() - t0
@@ -194,8 +194,8 @@ class ShardKill:
         finally:
             ray.shutdown()
 
-    def fault(self, group: Any, old: dict[int, dict[str, Any]]) -> list[int]:
-        os.kill(old[0]["pid"], signal.SIGKILL)
+    def fault(self, group: Any, old: dict[int, ShardStats]) -> list[int]:
+        os.kill(old[0].pid, signal.SIGKILL)
         return [0]
 
 
@@ -226,8 +226,8 @@ class NodeLoss:
             ray.shutdown()
             self._cluster.shutdown()
 
-    def fault(self, group: Any, old: dict[int, dict[str, Any]]) -> list[int]:
-        affected = [shard for shard, s in old.items() if s["node"] == self._worker.node_id]
+    def fault(self, group: Any, old: dict[int, ShardStats]) -> list[int]:
+        affected = [shard for shard, s in old.items() if s.node == self._worker.node_id]
         self._cluster.remove_node(self._worker, allow_graceful=False)
         return affected
 

@@ -144,7 +144,7 @@ def _window(group: Any, seconds: float) -> dict[str, Any]:
 
 
 def _applied(group: Any) -> int:
-    return sum(int(s["applied"]) for s in group.stats())
+    return sum(s.applied for s in group.stats())
 
 
 def _lags(group: Any) -> list[int]:

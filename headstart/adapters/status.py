@@ -11,6 +11,7 @@ import json
 import time
 from typing import Any
 
+import msgspec
 import nats
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
@@ -19,7 +20,8 @@ from nats.js.errors import BucketNotFoundError, NotFoundError
 from nats.js.kv import KeyValue
 
 from headstart.adapters.broker import NatsAuth, connect_nats
-from headstart.adapters.rpc import Request, ShardClient, StatsRequest
+from headstart.adapters.rpc import Request, ShardClient, ShardUnavailable, StatsRequest
+from headstart.adapters.shard_stats import ShardStats, decode_shard_stats
 from headstart.adapters.streams import DLQ_STREAM, EVENTS_STREAM, open_bucket
 
 STATUS_BUCKET = "HS_STATUS"
@@ -64,7 +66,7 @@ async def collect_status(nats_url: str, auth: NatsAuth | None = None) -> dict[st
     nc = await connect_nats(nats_url, auth, connect_timeout=5, max_reconnect_attempts=1)
     try:
         js = nc.jetstream()
-        shards: list[dict[str, Any]] = []
+        shards: list[ShardStats] = []
         webhooks: list[dict[str, Any]] = []
         try:
             entries = await status_entries(await js.key_value(STATUS_BUCKET))
@@ -74,24 +76,29 @@ async def collect_status(nats_url: str, auth: NatsAuth | None = None) -> dict[st
             if key == WEBHOOKS_STATUS_KEY:
                 webhooks = json.loads(value)
             elif key.startswith("shard-"):
-                shards.append(json.loads(value))
-        shards.sort(key=lambda s: s["shard"])
+                shards.append(decode_shard_stats(value))
+        shards.sort(key=lambda s: s.shard)
         # The bucket is up to a second old; ask each shard for its numbers now where it answers.
         via = _first_partitions(shards)
         fresh = await _client(nc, via).ask_each_shard(StatsRequest(key=""), 1.0, via=via, wait=False)
-        shards = [fresh.by_shard.get(shard["shard"], shard) for shard in shards]
+        shards = [
+            msgspec.convert(fresh.by_shard[s.shard], ShardStats, strict=False)
+            if s.shard in fresh.by_shard
+            else s
+            for s in shards
+        ]
         now = time.time()
+        lags = []
         for shard in shards:
-            shard["age_s"] = now - shard.get("started_at", now)
             lag = 0
             # Each partition's consumer has the name its shard created it with.
-            for name in (shard.get("consumers") or {}).values():
+            for name in shard.consumers.values():
                 try:
                     info = await js.consumer_info(EVENTS_STREAM, name)
                     lag += int(info.num_pending or 0)
                 except NotFoundError:
                     pass
-            shard["lag"] = lag
+            lags.append(lag)
         events = await js.stream_info(EVENTS_STREAM)
         try:
             dlq = (await js.stream_info(DLQ_STREAM)).state.messages
@@ -99,15 +106,19 @@ async def collect_status(nats_url: str, auth: NatsAuth | None = None) -> dict[st
             dlq = 0
         return {
             "nats_url": nats_url,
-            "shards": shards,
+            # Each shard's stats as it reported them, with its age and its consumers' lag.
+            "shards": [
+                {**msgspec.to_builtins(s, str_keys=True), "age_s": now - (s.started_at or now), "lag": lag}
+                for s, lag in zip(shards, lags, strict=True)
+            ],
             "stream": {
                 "name": EVENTS_STREAM,
                 "messages": events.state.messages,
                 "last_seq": events.state.last_seq,
             },
             "dead_letters": dlq,
-            "events_per_s": sum(s.get("events_per_s", 0.0) for s in shards),
-            "lag": sum(s.get("lag") or 0 for s in shards),
+            "events_per_s": sum(s.events_per_s for s in shards),
+            "lag": sum(lags),
             "learning": learning_summary(shards),
             "segments": segments_summary(shards),
             "webhooks": webhooks,
@@ -116,42 +127,42 @@ async def collect_status(nats_url: str, auth: NatsAuth | None = None) -> dict[st
         await nc.close()
 
 
-def segments_summary(shards: list[dict[str, Any]]) -> dict[str, Any]:
+def segments_summary(shards: list[ShardStats]) -> dict[str, Any]:
     """Live membership across shards: changes per segment, queued, published, cluster model."""
-    parts = [s["segments"] for s in shards if s.get("segments")]
+    parts = [s.segments for s in shards]
     changes: dict[str, list[int]] = {}
     for part in parts:
-        for segment, (entered, exited) in part.get("changes", {}).items():
+        for segment, (entered, exited) in part.changes.items():
             entry = changes.setdefault(segment, [0, 0])
             entry[0] += entered
             entry[1] += exited
     return {
         "changes": {k: {"entered": e, "exited": x} for k, (e, x) in sorted(changes.items())},
-        "queued": sum(p.get("queued", 0) for p in parts),
-        "published": sum(p.get("published", 0) for p in parts),
-        "cluster_model_version": max((p.get("cluster_model_version", 0) for p in parts), default=0),
+        "queued": sum(p.queued for p in parts),
+        "published": sum(p.published for p in parts),
+        "cluster_model_version": max((p.cluster_model_version for p in parts), default=0),
     }
 
 
-def learning_summary(shards: list[dict[str, Any]]) -> dict[str, Any]:
+def learning_summary(shards: list[ShardStats]) -> dict[str, Any]:
     """The learning loop across shards: policy, rewards attributed, drifts detected per point."""
-    learning = [s["learning"] for s in shards if s.get("learning")]
+    learning = [s.learning for s in shards]
     if not learning:
         return {}
     attribution: dict[str, int] = {}
     drifts: dict[str, int] = {}
     feature_drifts: dict[str, int] = {}
     for entry in learning:
-        for key, count in entry.get("feature_drifts", {}).items():
+        for key, count in entry.feature_drifts.items():
             feature_drifts[key] = feature_drifts.get(key, 0) + count
-        for outcome, count in entry.get("partitions", {}).items():
+        for outcome, count in entry.partitions.items():
             attribution[outcome] = attribution.get(outcome, 0) + count
-        for point, count in entry.get("drifts", {}).items():
+        for point, count in entry.drifts.items():
             drifts[point] = max(drifts.get(point, 0), count)
     return {
-        "policy": learning[0]["policy"],
-        "shadow": learning[0].get("shadow"),
-        "decisions_logged": sum(e.get("decisions_logged", 0) for e in learning),
+        "policy": learning[0].policy,
+        "shadow": learning[0].shadow,
+        "decisions_logged": sum(e.decisions_logged for e in learning),
         "attribution": attribution,
         # Per point, the most any shard's served policy detected (shards share each forgetting).
         "drifts": drifts,
@@ -159,9 +170,9 @@ def learning_summary(shards: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def _first_partitions(shards: list[dict[str, Any]]) -> dict[int, int]:
+def _first_partitions(shards: list[ShardStats]) -> dict[int, int]:
     """Shard -> a partition it reported owning (where to ask it), for shards that own one."""
-    return {int(s["shard"]): int(s["partitions"][0]) for s in shards if s.get("partitions")}
+    return {s.shard: s.partitions[0] for s in shards if s.partitions}
 
 
 def _client(nc: NATS, via: dict[int, int]) -> ShardClient:
@@ -175,8 +186,12 @@ async def ask_every_shard(
     nc = await connect_nats(nats_url, auth, connect_timeout=5, max_reconnect_attempts=1)
     try:
         entries = await status_entries(await nc.jetstream().key_value(STATUS_BUCKET))
-        shards = [json.loads(value) for key, value in entries.items() if key.startswith("shard-")]
+        shards = [decode_shard_stats(value) for key, value in entries.items() if key.startswith("shard-")]
         via = _first_partitions(shards)
-        return (await _client(nc, via).ask_each_shard(request, timeout, via=via, wait=False)).answers
+        each = await _client(nc, via).ask_each_shard(request, timeout, via=via, wait=False)
+        if each.missing:
+            # A report over some of the users would read as a report over all of them.
+            raise ShardUnavailable(f"shards {each.missing} did not answer {type(request).__name__}")
+        return each.answers
     finally:
         await nc.close()

@@ -12,6 +12,8 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+from headstart.adapters.shard_stats import ShardStats
+
 #: Decision latency buckets (seconds): from sub-millisecond to the 250 ms fallback deadline.
 DECIDE_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0)
 
@@ -48,7 +50,7 @@ class IngressMetrics:
 
 def render(
     ingress: IngressMetrics,
-    shards: list[dict[str, Any]],
+    shards: list[ShardStats],
     lag: dict[int, int],
     webhooks: list[dict[str, Any]] | None = None,
 ) -> bytes:
@@ -59,9 +61,7 @@ def render(
 
 
 class _ShardCollector:
-    def __init__(
-        self, shards: list[dict[str, Any]], lag: dict[int, int], webhooks: list[dict[str, Any]]
-    ) -> None:
+    def __init__(self, shards: list[ShardStats], lag: dict[int, int], webhooks: list[dict[str, Any]]) -> None:
         self.shards, self.lag, self.webhooks = shards, lag, webhooks
 
     def _segments(self) -> Any:
@@ -82,14 +82,14 @@ class _ShardCollector:
             labels=["shard"],
         )
         for stats in self.shards:
-            label = [str(stats["shard"])]
-            segments = stats.get("segments") or {}
-            for segment, (entered, exited) in (segments.get("changes") or {}).items():
+            label = [str(stats.shard)]
+            segments = stats.segments
+            for segment, (entered, exited) in segments.changes.items():
                 changes.add_metric([*label, segment, "enter"], entered)
                 changes.add_metric([*label, segment, "exit"], exited)
-            queued.add_metric(label, segments.get("queued", 0))
-            published.add_metric(label, segments.get("published", 0))
-            model.add_metric(label, segments.get("cluster_model_version", 0))
+            queued.add_metric(label, segments.queued)
+            published.add_metric(label, segments.published)
+            model.add_metric(label, segments.cluster_model_version)
         delivered = CounterMetricFamily(
             "hs_webhook_changes_delivered", "Segment changes delivered to a webhook", labels=["webhook"]
         )
@@ -114,8 +114,8 @@ class _ShardCollector:
             labels=["shard", "type"],
         )
         for stats in self.shards:
-            for kind, count in (stats.get("events_without_consent") or {}).items():
-                without_consent.add_metric([str(stats["shard"]), kind], count)
+            for kind, count in stats.events_without_consent.items():
+                without_consent.add_metric([str(stats.shard), kind], count)
         return (changes, queued, published, model, delivered, failed, given_up, without_consent)
 
     def collect(self) -> Any:
@@ -167,26 +167,26 @@ class _ShardCollector:
             labels=["shard", "point", "feature"],
         )
         for stats in self.shards:
-            label = [str(stats["shard"])]
-            learning = stats.get("learning") or {}
-            for key, count in (learning.get("feature_drifts") or {}).items():
+            label = [str(stats.shard)]
+            learning = stats.learning
+            for key, count in learning.feature_drifts.items():
                 point, _, feature = key.rpartition("/")
                 feature_drifts.add_metric([*label, point, feature], count)
-            logged.add_metric(label, learning.get("decisions_logged", 0))
-            exposures.add_metric(label, learning.get("exposures_logged", 0))
-            learned.add_metric(label, learning.get("rewards_learned", 0))
-            for outcome, count in (learning.get("partitions") or {}).items():
+            logged.add_metric(label, learning.decisions_logged)
+            exposures.add_metric(label, learning.exposures_logged)
+            learned.add_metric(label, learning.rewards_learned)
+            for outcome, count in learning.partitions.items():
                 attribution.add_metric([*label, outcome], count)
-            for point, count in (learning.get("drifts") or {}).items():
+            for point, count in learning.drifts.items():
                 drifts.add_metric([*label, point], count)
-            applied.add_metric(label, stats.get("applied", 0))
-            dead.add_metric(label, stats.get("dead_lettered", 0))
-            restarts.add_metric(label, stats.get("restarts", 0))
-            users.add_metric(label, stats.get("users", 0))
-            partitions.add_metric(label, len(stats.get("partitions", [])))
-            last = stats.get("last_checkpoint_at") or stats.get("started_at") or now
+            applied.add_metric(label, stats.applied)
+            dead.add_metric(label, stats.dead_lettered)
+            restarts.add_metric(label, stats.restarts)
+            users.add_metric(label, stats.users)
+            partitions.add_metric(label, len(stats.partitions))
+            last = stats.last_checkpoint_at or stats.started_at or now
             checkpoint_age.add_metric(label, max(0.0, now - last))
-            pause.add_metric(label, stats.get("checkpoint_max_pause_s", 0.0))
+            pause.add_metric(label, stats.checkpoint_max_pause_s)
         lag = GaugeMetricFamily(
             "hs_consumer_lag", "Events stored and not yet delivered", labels=["partition"]
         )

@@ -21,6 +21,7 @@ from engine.catalog import DEFAULT_CATALOG, Catalog, load_catalog
 from engine.keys import Pseudonymizer, partition_of
 from engine.segments import batch_decoder
 from headstart.adapters.membership import SEGMENTS_STREAM
+from headstart.adapters.shard_stats import SegmentStats
 from headstart.settings import Settings
 from tests.conftest import TEST_PARTITIONS
 from tests.conftest import publish_events as publish
@@ -79,15 +80,13 @@ def wait_for(condition: Any, timeout: float = 60.0) -> None:
 
 def membership_state(group: ShardGroup) -> tuple[Any, ...]:
     """What must hold still for published changes and live views to be compared."""
-    stats = [s["segments"] for s in group.stats()]
-    return tuple(
-        (s["changes"], s["queued"], s["cluster_model_version"], s["cluster_samples_learned"]) for s in stats
-    )
+    stats = [s.segments for s in group.stats()]
+    return tuple((s.changes, s.queued, s.cluster_model_version, s.cluster_samples_learned) for s in stats)
 
 
 def read_quietly(
     group: ShardGroup, url: str, keys: list[str]
-) -> tuple[list[Any], list[dict[str, Any]], dict[str, Any]]:
+) -> tuple[list[Any], list[SegmentStats], dict[str, Any]]:
     """Published changes, segment stats and views read while nothing changed.
 
     The cluster trainer keeps learning its sample after the events are applied and each new
@@ -101,7 +100,7 @@ def read_quietly(
         if membership_state(group) != before or any(queued for _, queued, _, _ in before):
             continue
         changes = [c for batch in asyncio.run(read_changes(url)) for c in batch]
-        stats = [s["segments"] for s in group.stats()]
+        stats = [s.segments for s in group.stats()]
         views = dict(zip(keys, group.views(keys), strict=True))
         if membership_state(group) == before:
             return changes, stats, views
@@ -137,7 +136,7 @@ def test_published_changes_replay_to_live_membership_and_clusters_reach_every_sh
     # Every user has a cluster once a sweep ran with the published model.
     wait_for(lambda: all(v is not None and v["cluster"] is not None for v in tracked_group.views(keys)))
     changes, stats, views = read_quietly(tracked_group, fresh_streams, keys)
-    counted = sum(e + x for s in stats for e, x in s["changes"].values())
+    counted = sum(e + x for s in stats for e, x in s.changes.values())
     assert len(changes) == counted > 0  # each change stored once
     assert len({c.id for c in changes}) == len(changes)
 
@@ -161,12 +160,12 @@ def settle(
 
 def kill_once_published(group: ShardGroup, victim: Any) -> None:
     """SIGKILL ``victim`` once its queued segment changes went out; wait for Ray's restart."""
-    wait_for(lambda: ray.get(victim.stats.remote())["segments"]["queued"] == 0)
+    wait_for(lambda: ray.get(victim.stats.remote()).segments.queued == 0)
     before = ray.get(victim.stats.remote())
-    os.kill(before["pid"], signal.SIGKILL)
+    os.kill(before.pid, signal.SIGKILL)
     ray.get(victim.wait_ready.remote(), timeout=60)
     group.wait_caught_up(timeout=60)
-    assert ray.get(victim.stats.remote())["pid"] != before["pid"]
+    assert ray.get(victim.stats.remote()).pid != before.pid
 
 
 def test_a_sweep_stores_a_snapshot_before_its_changes_go_out_so_a_crash_keeps_them(

@@ -36,8 +36,8 @@ def test_partitions_move_live_without_losing_or_doubling_an_event(
     assert all(r["moved_partitions"] > 0 and r["max_pause_s"] < 5 for r in reports)
     # Every partition is owned once, by the shard the final layout says, and recorded so.
     stats = group.stats()
-    assert sorted(p for s in stats for p in s["partitions"]) == list(range(TEST_PARTITIONS))
-    assert [s["partitions"] for s in stats] == [
+    assert sorted(p for s in stats for p in s.partitions) == list(range(TEST_PARTITIONS))
+    assert [s.partitions for s in stats] == [
         Assignment.even(TEST_PARTITIONS, 2).partitions_of(i) for i in range(2)
     ]
     recorded = asyncio.run(_recorded(fresh_streams))
@@ -56,10 +56,10 @@ def test_a_shard_restarted_after_a_rescale_takes_the_partitions_it_owns_now(
     group.rescale(3)
     newcomer = group.shards[2]
     before = ray.get(newcomer.stats.remote())
-    assert before["partitions"] == Assignment.even(TEST_PARTITIONS, 3).partitions_of(2)
-    os.kill(before["pid"], signal.SIGKILL)
+    assert before.partitions == Assignment.even(TEST_PARTITIONS, 3).partitions_of(2)
+    os.kill(before.pid, signal.SIGKILL)
     after = ray.get(newcomer.wait_ready.remote(), timeout=60)
-    assert after["pid"] != before["pid"] and after["partitions"] == before["partitions"]
+    assert after.pid != before.pid and after.partitions == before.partitions
 
 
 def publish_and_catch_up(
@@ -93,10 +93,10 @@ def test_an_interrupted_move_is_finished_when_the_group_is_attached_again(
     moving = group.assignment.partitions_of(0)[:2]
     handed = ray.get(group.shards[0].release.remote(moving))
     assert sorted(handed) == moving
-    assert not set(moving) & set(ray.get(group.shards[0].stats.remote())["partitions"])
+    assert not set(moving) & set(ray.get(group.shards[0].stats.remote()).partitions)
     asyncio.run(publish(fresh_streams, pseudonymizer, events[600:]))
     again = ShardGroup(group.settings, fresh_streams).start()  # attaches and reconciles
-    assert set(moving) <= set(ray.get(again.shards[0].stats.remote())["partitions"])
+    assert set(moving) <= set(ray.get(again.shards[0].stats.remote()).partitions)
     again.wait_caught_up(timeout=60)
     assert_applied_exactly_once(again, pseudonymizer, events)
 
@@ -116,12 +116,12 @@ def test_consumers_prepared_for_a_move_deliver_nothing_until_it_comes(
     assert sorted(ray.get(group.shards[1].prepare.remote(positions))) == moving
     publish_and_catch_up(group, fresh_streams, pseudonymizer, events[300:600])
     time.sleep(8)  # past the consumer watchdog's silence limit: a prepared consumer is not restarted
-    assert not set(moving) & set(ray.get(group.shards[1].stats.remote())["partitions"])
+    assert not set(moving) & set(ray.get(group.shards[1].stats.remote()).partitions)
     # The move comes later: the consumers prepared then start further back than the handed
     # snapshots and skip what the old owner applied since.
     asyncio.run(publish(fresh_streams, pseudonymizer, events[600:]))
     report = group.rescale(3)
     assert report["moved_partitions"] > 0
-    assert set(moving) <= set(ray.get(group.shards[1].stats.remote())["partitions"])
+    assert set(moving) <= set(ray.get(group.shards[1].stats.remote()).partitions)
     group.wait_caught_up(timeout=60)
     assert_applied_exactly_once(group, pseudonymizer, events)

@@ -32,8 +32,8 @@ def test_published_events_show_in_live_state(
     expected = expected_counts(pseudonymizer, events)
     assert read_back(group, list(expected)) == {k: dict(v) for k, v in expected.items()}
     stats = group.stats()
-    assert sum(s["users"] for s in stats) == len(expected)
-    assert all(s["ready"] for s in stats)
+    assert sum(s.users for s in stats) == len(expected)
+    assert all(s.ready for s in stats)
     # Batched reads: one call for many users of a shard.
     keys = [k for k in expected if group.shard_for_key(k) is group.shards[0]]
     views = ray.get(group.shards[0].get_users.remote(keys))
@@ -76,14 +76,14 @@ def test_a_killed_shard_resumes_without_loss_or_duplicates(
     victim = group.shards[0]
     # Wait until the victim is mid-stream, then kill its process (SIGKILL: no clean shutdown).
     deadline = time.monotonic() + 30
-    while ray.get(victim.stats.remote())["handled"] == 0 and time.monotonic() < deadline:
+    while ray.get(victim.stats.remote()).handled == 0 and time.monotonic() < deadline:
         time.sleep(0.01)
-    pid = ray.get(victim.stats.remote())["pid"]
+    pid = ray.get(victim.stats.remote()).pid
     os.kill(pid, signal.SIGKILL)
     asyncio.run(publish(fresh_streams, pseudonymizer, events[2000:]))
     # Ray restarts the actor; it restores (cold here) and replays from its partitions' positions.
     ray.get(victim.wait_ready.remote(), timeout=60)
-    assert ray.get(victim.stats.remote())["pid"] != pid
+    assert ray.get(victim.stats.remote()).pid != pid
     group.wait_caught_up(timeout=60)
     expected = expected_counts(pseudonymizer, events)
     assert read_back(group, list(expected)) == {k: dict(v) for k, v in expected.items()}
@@ -146,14 +146,14 @@ def test_a_restarted_shard_restores_its_checkpoint_and_replays_only_the_rest(
     assert written["written"] > 0 and written["max_pause_s"] < 1.0
     before = ray.get(victim.stats.remote())
     asyncio.run(publish(fresh_streams, pseudonymizer, events[2000:]))
-    os.kill(before["pid"], signal.SIGKILL)
+    os.kill(before.pid, signal.SIGKILL)
     ray.get(victim.wait_ready.remote(), timeout=60)
     group.wait_caught_up(timeout=60)
     after = ray.get(victim.stats.remote())
-    assert after["pid"] != before["pid"]
-    assert after["restored_partitions"] == len(after["partitions"])
+    assert after.pid != before.pid
+    assert after.restored_partitions == len(after.partitions)
     # Only the events after the snapshot were delivered again, not the whole stream.
-    assert after["handled"] < before["handled"]
-    assert after["applied"] == before["applied"] + after["handled"] - after["dead_lettered"]
+    assert after.handled < before.handled
+    assert after.applied == before.applied + after.handled - after.dead_lettered
     expected = expected_counts(pseudonymizer, events)
     assert read_back(group, list(expected)) == {k: dict(v) for k, v in expected.items()}

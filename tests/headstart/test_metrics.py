@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from headstart.adapters.shard_stats import SegmentStats, ShardStats
 from headstart.web.metrics import IngressMetrics, render
 
 
@@ -17,15 +18,15 @@ def samples(text: bytes) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 def test_segment_changes_cluster_model_and_webhook_deliveries_are_exported() -> None:
     shards = [
-        {
-            "shard": 0,
-            "segments": {
-                "changes": {"dormant": [5, 2], "cluster_1": [3, 0]},
-                "queued": 7,
-                "published": 8,
-                "cluster_model_version": 4,
-            },
-        }
+        ShardStats(
+            shard=0,
+            segments=SegmentStats(
+                changes={"dormant": [5, 2], "cluster_1": [3, 0]},
+                queued=7,
+                published=8,
+                cluster_model_version=4,
+            ),
+        )
     ]
     webhooks = [{"webhook": "crm", "delivered": 10, "attempts_failed": 2, "given_up": 1}]
     got = samples(render(IngressMetrics(), shards, {0: 3}, webhooks))
