@@ -8,7 +8,7 @@ import pytest
 
 from actors.durability import NOT_STORED, Durability
 from actors.owned import OwnedPartitions
-from engine.partition import PartitionState
+from engine.partition import PartitionSetup, PartitionState
 from engine.segments import SegmentIndex
 from engine.shard import ShardState
 from tests.engine.test_segments import NOW, RULES, catalog_with, event
@@ -36,7 +36,8 @@ class MemoryStore:
 def shard(*partitions: int) -> tuple[Durability, OwnedPartitions, MemoryStore]:
     catalog = catalog_with(RULES)
     index = SegmentIndex(catalog)
-    owned = OwnedPartitions(ShardState({p: PartitionState(p, segments=index) for p in partitions}))
+    setup = PartitionSetup(segment_index=index)
+    owned = OwnedPartitions(ShardState({p: PartitionState(p, setup) for p in partitions}))
     durability = Durability(owned, catalog.membership, retention_days=1)
     store = MemoryStore()
     durability.open(store)
@@ -122,7 +123,8 @@ def test_snapshot_through_writes_only_what_is_applied_and_not_stored() -> None:
 
 def test_without_a_store_nothing_is_held() -> None:
     catalog = catalog_with(RULES)
-    owned = OwnedPartitions(ShardState({0: PartitionState(0, segments=SegmentIndex(catalog))}))
+    setup = PartitionSetup(segment_index=SegmentIndex(catalog))
+    owned = OwnedPartitions(ShardState({0: PartitionState(0, setup)}))
     durability = Durability(owned, catalog.membership, retention_days=1)
     busy(owned.state.partitions[0])
     assert asyncio.run(durability.sweep_segments(NOW + 600)) == 1
