@@ -16,10 +16,9 @@ from typing import Any
 
 import psutil
 
+from bench import RESULTS_DIR
 from engine.errors import ConfigError
 from headstart.adapters.broker import EmbeddedNats
-
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 
 def git_sha() -> str:
