@@ -1,8 +1,8 @@
 """Every JetStream stream, key-value bucket, object store and subject Headstart uses, by name.
 
 One place for the names that cross process boundaries, so that a producer, a shard, a report
-and an erasure cannot disagree on where something lives. This module imports nothing: any layer
-may read it. The shard RPC's subjects (``hs.rpc.*``) are in :mod:`headstart.adapters.rpc`.
+and an erasure cannot disagree on where something lives. It imports nothing but ``typing``:
+any layer may read it. The shard RPC's subjects (``hs.rpc.*``) are in :mod:`headstart.adapters.rpc`.
 
 Events come in on ``hs.ingest.<user_key>``; the ``HS_EVENTS`` stream maps that, inside the
 server, to ``hs.events.<partition>.<user_key>``. The learning loop's records of a user go to
