@@ -31,7 +31,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from bench.common import RESULTS_DIR, write_result
+from bench import RESULTS_DIR
+from bench.common import write_result
 
 #: The metrics compared per benchmark: (name in metrics, higher is better).
 COMPARED: dict[str, list[tuple[str, bool]]] = {

@@ -16,10 +16,9 @@ from typing import Any
 
 import psutil
 
+from bench import RESULTS_DIR
 from engine.errors import ConfigError
 from headstart.adapters.broker import EmbeddedNats
-
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 
 def git_sha() -> str:
@@ -73,7 +72,7 @@ def write_result(
 
 def run_benchmark(name: str, quick: bool = False, out_dir: Path | None = None) -> Path:
     """Import ``bench.<name>`` and call its ``run(quick=..., out_dir=...)``."""
-    if not name.isidentifier() or name in {"common", "population", "plots"}:
+    if not name.isidentifier() or name in {"ab", "common", "population", "plots"}:
         raise ConfigError(f"no benchmark named {name!r}")
     try:
         module = importlib.import_module(f"bench.{name}")

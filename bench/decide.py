@@ -37,7 +37,8 @@ from bench.population import DEVICES, LOCALES, onboarding_events, user_id
 from engine.catalog import DEFAULT_CATALOG, load_catalog
 from engine.keys import Pseudonymizer
 from headstart.adapters.broker import free_port
-from headstart.adapters.streams import EventPublisher, ensure_streams, publish_prepared
+from headstart.adapters.provision import ensure_streams
+from headstart.adapters.streams import EventPublisher, publish_prepared
 from headstart.settings import Settings
 from headstart.web.auth import key_hashes
 

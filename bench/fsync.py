@@ -24,7 +24,8 @@ from bench.common import write_result
 from bench.population import onboarding_events
 from engine.keys import Pseudonymizer
 from headstart.adapters.broker import DEFAULT_SYNC_INTERVAL, EmbeddedNats
-from headstart.adapters.streams import EventPublisher, ensure_streams, publish_prepared
+from headstart.adapters.provision import ensure_streams
+from headstart.adapters.streams import EventPublisher, publish_prepared
 
 SECRET = b"bench-secret-not-for-production-use"
 #: nats-server's default first: it is the baseline.

@@ -47,8 +47,9 @@ from engine.partition import PartitionSetup
 from engine.segments import SegmentIndex
 from engine.shard import ShardState
 from headstart.adapters.broker import EmbeddedNats
-from headstart.adapters.checkpoints import SNAPSHOT_BUCKET
-from headstart.adapters.streams import DLQ_STREAM, EventPublisher, ensure_streams, publish_prepared
+from headstart.adapters.provision import ensure_streams
+from headstart.adapters.streams import EventPublisher, publish_prepared
+from headstart.adapters.topology import DLQ_STREAM, SNAPSHOT_BUCKET, ingest_subject
 from headstart.settings import Settings
 
 SECRET = b"bench-secret-not-for-production-use"
@@ -181,7 +182,7 @@ async def _publish(
     assert all(ack.duplicate for ack in retry_acks), "retried publishes were stored twice"
     assert not any(ack.duplicate for ack in acks)
     for i in range(MALFORMED):
-        await nc.publish(f"hs.ingest.{pseudonymizer.key(f'bad-{i}')}", b"\x92\x01not-an-event")
+        await nc.publish(ingest_subject(pseudonymizer.key(f"bad-{i}")), b"\x92\x01not-an-event")
     await nc.flush()
     await nc.close()
     return expected, publish_s

@@ -25,7 +25,7 @@ from typing import Any
 import matplotlib
 import numpy as np
 
-from bench.common import RESULTS_DIR
+from bench import RESULTS_DIR
 
 matplotlib.use("Agg")  # files only: no display here
 import matplotlib.pyplot as plt

@@ -36,9 +36,10 @@ from bench.common import embedded_broker, write_result
 from bench.population import onboarding_events
 from bench.traffic import SteadyTraffic, expected_counts, lost_and_duplicated, read_back
 from engine.keys import Pseudonymizer
+from headstart.adapters.provision import ensure_streams
 from headstart.adapters.rpc import ShardClient, ShardUnavailable, StatsRequest, is_error
 from headstart.adapters.shard_stats import ShardStats, decode_shard_stats
-from headstart.adapters.streams import EventPublisher, ensure_streams, publish_prepared
+from headstart.adapters.streams import EventPublisher, publish_prepared
 from headstart.settings import Settings
 
 SECRET = b"bench-secret-not-for-production-use"

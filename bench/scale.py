@@ -31,7 +31,8 @@ from bench.common import embedded_broker, local_ray, write_result
 from bench.population import onboarding_events
 from bench.traffic import Counts, SteadyTraffic, expected_counts, lost_and_duplicated, read_back
 from engine.keys import Pseudonymizer
-from headstart.adapters.streams import EventPublisher, ensure_streams, publish_prepared
+from headstart.adapters.provision import ensure_streams
+from headstart.adapters.streams import EventPublisher, publish_prepared
 from headstart.settings import Settings
 
 SECRET = b"bench-secret-not-for-production-use"

@@ -63,6 +63,11 @@ class Context(msgspec.Struct, omit_defaults=True, forbid_unknown_fields=False):
     app_version: ShortText | None = None
 
 
+#: The context's fields, in order: user state, rules, exports and the client's flag requests
+#: share them (here, not in :mod:`engine.profile`, so the client imports no server code).
+CONTEXT_FIELDS: tuple[str, ...] = Context.__struct_fields__
+
+
 class NoProps(msgspec.Struct, frozen=True, omit_defaults=True):
     """Props of event types that carry none of their own."""
 

@@ -29,6 +29,7 @@ from array import array
 from typing import Any, Protocol
 
 from engine.events import (
+    CONTEXT_FIELDS,
     ConsentUpdated,
     Event,
     EventKind,
@@ -88,7 +89,6 @@ _ZERO_COUNTERS = array("I", [0] * _N_COUNTERS)
 _F_STRIDE = 3
 _T_STRIDE = 4
 
-CONTEXT_FIELDS = ("device_type", "os", "locale", "country", "referrer", "app_version")
 TRAIT_FIELDS = ("name", "age_band", "role", "company_size")
 #: Profile fields that identify a person; logs and exports treat them as PII.
 PII_FIELDS = frozenset({"name"})

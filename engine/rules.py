@@ -34,13 +34,12 @@ from typing import Any, Literal
 import polars as pl
 
 from engine.errors import ConfigError
-from engine.events import EventKind
+from engine.events import CONTEXT_FIELDS, EventKind
 from engine.profile import (
     C_EVENTS,
     C_SESSIONS,
     C_WIN_EVENTS,
     C_WIN_HEAD,
-    CONTEXT_FIELDS,
     WINDOW_BUCKET_S,
     UserState,
     Vocabularies,

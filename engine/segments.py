@@ -48,10 +48,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 import msgspec
 
 from engine.catalog import DEVICE_TYPES, Catalog, cluster_segment, locale_segment
-from engine.events import Event, EventKind
+from engine.events import CONTEXT_FIELDS, Event, EventKind
 from engine.profile import (
     CONTEXT_CHANGED,
-    CONTEXT_FIELDS,
     NEW_SESSION,
     NEW_STEP,
     TRAITS_CHANGED,

@@ -37,7 +37,7 @@ from openfeature.exception import (
 from openfeature.flag_evaluation import FlagResolutionDetails, Reason
 from openfeature.provider import AbstractProvider, Metadata
 
-from engine.profile import CONTEXT_FIELDS
+from engine.events import CONTEXT_FIELDS
 from headstart.client import Client, Flags, HeadstartApiError
 
 #: Headstart's reasons as OpenFeature's.

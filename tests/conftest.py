@@ -15,21 +15,18 @@ import pytest
 from nats.aio.client import Client as NATS
 
 from engine.keys import Pseudonymizer
-from headstart.adapters.assignment import CONTROL_BUCKET
 from headstart.adapters.broker import EmbeddedNats
-from headstart.adapters.checkpoints import SNAPSHOT_BUCKET
-from headstart.adapters.membership import SEGMENTS_STREAM
-from headstart.adapters.merge import LEARN_BUCKET
-from headstart.adapters.streams import (
-    AUDIT_STREAM,
-    DECISIONS_STREAM,
-    DLQ_STREAM,
-    EVENTS_STREAM,
-    EXPOSURES_STREAM,
-    REWARDS_STREAM,
-    ensure_streams,
+from headstart.adapters.provision import ensure_streams
+from headstart.adapters.topology import (
+    ALIASES_BUCKET,
+    CONTROL_BUCKET,
+    ERASURE_BUCKET,
+    LEARN_BUCKET,
+    SNAPSHOT_BUCKET,
+    STREAMS,
+    kv_stream,
+    object_stream,
 )
-from headstart.privacy.erasure import ERASURE_BUCKET
 
 TEST_SECRET = b"test-secret-0123456789abcdef"
 TEST_PARTITIONS = 8
@@ -77,19 +74,14 @@ async def nc(nats_url: str) -> AsyncIterator[NATS]:
 async def reset_streams(url: str, partitions: int = TEST_PARTITIONS) -> None:
     conn = await nats.connect(url)
     js = conn.jetstream()
+    # Every stream and every bucket but HS_STATUS (in memory; its entries expire).
     for name in (
-        EVENTS_STREAM,
-        DLQ_STREAM,
-        DECISIONS_STREAM,
-        REWARDS_STREAM,
-        EXPOSURES_STREAM,
-        SEGMENTS_STREAM,
-        AUDIT_STREAM,
-        f"KV_{ERASURE_BUCKET}",
-        f"OBJ_{SNAPSHOT_BUCKET}",
-        f"KV_{CONTROL_BUCKET}",
-        f"KV_{LEARN_BUCKET}",
-        "KV_HS_ALIASES",
+        *STREAMS,
+        kv_stream(ERASURE_BUCKET),
+        object_stream(SNAPSHOT_BUCKET),
+        kv_stream(CONTROL_BUCKET),
+        kv_stream(LEARN_BUCKET),
+        kv_stream(ALIASES_BUCKET),
     ):
         with contextlib.suppress(nats.js.errors.NotFoundError):
             await js.delete_stream(name)

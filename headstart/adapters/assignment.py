@@ -20,8 +20,8 @@ from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NotFound
 from nats.js.kv import KeyValue
 
 from headstart.adapters.streams import file_bucket
+from headstart.adapters.topology import CONTROL_BUCKET
 
-CONTROL_BUCKET = "HS_CONTROL"
 ASSIGNMENT_KEY = "assignment"
 
 

@@ -15,7 +15,7 @@ from nats.js.api import ObjectMeta, ObjectStoreConfig, StorageType
 from nats.js.errors import BucketNotFoundError, NotFoundError, ObjectNotFoundError
 from nats.js.object_store import ObjectStore
 
-SNAPSHOT_BUCKET = "HS_SNAPSHOTS"
+from headstart.adapters.topology import SNAPSHOT_BUCKET
 
 
 class CheckpointStore(Protocol):

@@ -43,7 +43,12 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from engine.errors import InvalidEvent
 from engine.pii import DEFAULT_PII_FIELDS, scrub_pii
-from headstart.adapters.streams import DLQ_PREFIX, EVENTS_STREAM, partition_subject
+from headstart.adapters.topology import (
+    EVENTS_STREAM,
+    dead_letter_subject,
+    partition_consumer_prefix,
+    partition_subject,
+)
 
 log = logging.getLogger(__name__)
 
@@ -68,20 +73,15 @@ WATCH_EVERY_S = 0.25
 ACK_WAIT_S = 120.0
 
 
-def consumer_prefix(partition: int) -> str:
-    """Every consumer of ``partition`` is named with this prefix."""
-    return f"hs-p{partition}-"
-
-
 def consumer_name(partition: int) -> str:
     """A new, unique consumer name for ``partition``."""
-    return f"{consumer_prefix(partition)}{secrets.token_hex(4)}"
+    return f"{partition_consumer_prefix(partition)}{secrets.token_hex(4)}"
 
 
 async def delete_stale_consumers(js: Any, keep: dict[int, str], stream: str = EVENTS_STREAM) -> int:
     """Delete the consumers of ``keep``'s partitions other than the ones named there (left by a
     crash or an earlier owner); one listing for all. Best effort: stale ones also expire."""
-    prefixes = {consumer_prefix(p): name for p, name in keep.items()}
+    prefixes = {partition_consumer_prefix(p): name for p, name in keep.items()}
     deleted = 0
     with contextlib.suppress(Exception):
         for info in await js.consumers_info(stream):
@@ -382,7 +382,8 @@ class PartitionConsumer:
         delay = 0.05
         while True:
             try:
-                await self._js.publish(f"{DLQ_PREFIX}.events.{self.partition}", payload, headers=headers)
+                subject = dead_letter_subject("events", self.partition)
+                await self._js.publish(subject, payload, headers=headers)
                 self.dead_lettered += 1
                 return
             except Exception as dlq_error:  # noqa: BLE001 - the broker may be restarting

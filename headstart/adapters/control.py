@@ -24,10 +24,10 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
 from headstart.adapters.broker import NatsAuth, connect_nats
+from headstart.adapters.topology import admin_subject
 
 log = logging.getLogger(__name__)
 
-ADMIN_PREFIX = "hs.admin"
 #: How long a client waits for an admin action (a rescale moves partitions one pair at a time).
 ADMIN_TIMEOUT_S = 300.0
 
@@ -36,10 +36,6 @@ Handler = Callable[[dict[str, Any]], dict[str, Any]]
 
 class AdminError(Exception):
     """The action was refused (bad arguments) or failed; the message says why."""
-
-
-def admin_subject(action: str) -> str:
-    return f"{ADMIN_PREFIX}.{action}"
 
 
 def encode_command(**fields: Any) -> bytes:

@@ -32,13 +32,12 @@ from engine.clusters import ClusterModel, behaviour
 from engine.partition import CheckpointMark, PartitionState
 from engine.segments import ChangeRow, PartitionSegments, change_encoder, change_id
 from headstart.adapters.streams import log_stream_config, publish_prepared
+from headstart.adapters.topology import LEARN_BUCKET, SEGMENTS_PREFIX, SEGMENTS_STREAM, changes_subject
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-SEGMENTS_STREAM = "HS_SEGMENTS"
-SEGMENTS_PREFIX = "hs.segments"
 #: The key of the published cluster model in the ``HS_LEARN`` bucket.
 CLUSTERS_KEY = "clusters"
 #: Users re-evaluated per chunk of a sweep before the event loop gets a turn (~2 µs each).
@@ -52,10 +51,6 @@ def segments_stream_config(retention_days: float, replicas: int = 1) -> StreamCo
 
 #: Changes per published message at most (a row is at most ~150 bytes: well within 1 MiB).
 ROWS_PER_MESSAGE = 4000
-
-
-def changes_subject(partition: int) -> str:
-    return f"{SEGMENTS_PREFIX}.{partition}"
 
 
 class PublishHolds:
@@ -334,8 +329,6 @@ def cluster_listener(apply: Callable[[dict[str, Any]], None]) -> Callable[[bytes
 
 async def read_cluster_model(js: JetStreamContext) -> dict[str, Any] | None:
     """The published cluster model (None before the first one)."""
-    from headstart.adapters.merge import LEARN_BUCKET
-
     try:
         entry = await (await js.key_value(LEARN_BUCKET)).get(CLUSTERS_KEY)
     except Exception:  # noqa: BLE001 - no bucket or no model yet

@@ -20,10 +20,10 @@ from nats.js.kv import KeyValue
 
 from engine.learning import Learner, PartitionLearning
 from headstart.adapters.streams import file_bucket
+from headstart.adapters.topology import LEARN_BUCKET
 
 log = logging.getLogger(__name__)
 
-LEARN_BUCKET = "HS_LEARN"
 FORGOTTEN_KEY = "forgotten"
 
 

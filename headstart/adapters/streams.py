@@ -1,4 +1,7 @@
-"""JetStream streams and subjects, and the publishing helper for Python producers.
+"""JetStream streams' configurations, and the publishing helper for Python producers.
+
+Their names and subjects are in :mod:`headstart.adapters.topology`;
+:func:`headstart.adapters.provision.ensure_streams` creates them.
 
 Producers publish to ``hs.ingest.<user_key>``; the stream maps that, inside the server, to
 ``hs.events.<partition>.<user_key>`` with ``partition()`` (FNV-1a of the key). The user key is
@@ -36,25 +39,23 @@ from nats.js.errors import BucketNotFoundError, NotFoundError
 from nats.js.kv import KeyValue
 
 from engine.datamap import Retention
-from engine.errors import ConfigError, InvalidEvent
+from engine.errors import InvalidEvent
 from engine.events import Event, encode_event, event_from_object
 from engine.keys import Pseudonymizer
+from headstart.adapters.topology import (
+    AUDIT_PREFIX,
+    AUDIT_STREAM,
+    DLQ_STREAM,
+    EVENTS_PREFIX,
+    INGEST_PREFIX,
+    RECORD_KINDS,
+    ingest_subject,
+)
 
-EVENTS_STREAM = "HS_EVENTS"
-INGEST_PREFIX = "hs.ingest"
-EVENTS_PREFIX = "hs.events"
-DLQ_STREAM = "HS_DLQ"
-DLQ_PREFIX = "hs.dlq"
-DECISIONS_STREAM = "HS_DECISIONS"
-AUDIT_STREAM = "HS_AUDIT"
-REWARDS_STREAM = "HS_REWARDS"
-EXPOSURES_STREAM = "HS_EXPOSURES"
-#: The records of the learning loop and of experiments, by the subject token after the user's key.
-RECORD_KINDS = {
-    "decision": (DECISIONS_STREAM, "hs.decisions"),
-    "reward": (REWARDS_STREAM, "hs.rewards"),
-    "exposure": (EXPOSURES_STREAM, "hs.exposures"),
-}
+# Re-exported (``X as X``) while actors/ still imports them from here; their home is topology.
+from headstart.adapters.topology import DLQ_PREFIX as DLQ_PREFIX  # noqa: PLC0414
+from headstart.adapters.topology import EVENTS_STREAM as EVENTS_STREAM  # noqa: PLC0414
+from headstart.adapters.topology import record_subjects as record_subjects  # noqa: PLC0414
 
 #: A publish retried within this window with the same event id is stored once (Nats-Msg-Id).
 DUPLICATE_WINDOW_S = 10 * 60
@@ -76,24 +77,6 @@ async def file_bucket(
         bucket=name, description=description, history=history, storage=StorageType.FILE, replicas=replicas
     )
     return await open_bucket(js, config)
-
-
-def ingest_subject(user_key: str) -> str:
-    return f"{INGEST_PREFIX}.{user_key}"
-
-
-def partition_subject(partition: int) -> str:
-    """The subject filter of one partition's messages: events and the learning loop's records."""
-    return f"{EVENTS_PREFIX}.{partition}.*"
-
-
-def record_subjects(partition: int, user_key: str, kind: str) -> tuple[str, str]:
-    """Where a record of a user goes (``kind``: ``decision``, ``reward`` or ``exposure``): the
-    user's partition, and the log of its kind."""
-    return (
-        f"{EVENTS_PREFIX}.{partition}.{user_key}-{kind}",
-        f"{RECORD_KINDS[kind][1]}.{partition}.{user_key}",
-    )
 
 
 def events_stream_config(partitions: int, retention_days: float, replicas: int = 1) -> StreamConfig:
@@ -146,48 +129,10 @@ def dlq_stream_config(retention: Retention, replicas: int = 1) -> StreamConfig:
     return log_stream_config(DLQ_STREAM, description, DLQ_PREFIX, max_age, replicas)
 
 
-async def ensure_streams(
-    js: JetStreamContext, partitions: int, retention: Retention | None = None, replicas: int = 1
-) -> None:
-    """Create the streams, or update them in place (a changed retention applies to what they
-    hold). Changing the partition count is refused: it would move users between partitions
-    and split their history."""
-    retention = retention or Retention()
-    events = events_stream_config(partitions, retention.events_days, replicas)
-    try:
-        info = await js.stream_info(EVENTS_STREAM)
-    except NotFoundError:
-        await js.add_stream(events)
-    else:
-        current = info.config.subject_transform
-        if current is not None and current.dest != events.subject_transform.dest:  # type: ignore[union-attr]
-            raise ConfigError(
-                f"partitions: the stream {EVENTS_STREAM} was created with the mapping "
-                f"{current.dest!r}; partitions are fixed for a stream's life (asked for {partitions})"
-            )
-        await js.update_stream(events)
-    from headstart.adapters.membership import segments_stream_config
-    from headstart.adapters.status import ensure_status_bucket
-
-    await ensure_status_bucket(js)
-    for config in (
-        dlq_stream_config(retention, replicas),
-        segments_stream_config(retention.segment_changes_days, replicas),
-        log_stream_config(
-            AUDIT_STREAM,
-            "Headstart's audit log: who did what, when",
-            "hs.audit",
-            retention.seconds("audit_days"),
-            replicas,
-        ),
-        *(record_stream_config(kind, retention, replicas) for kind in RECORD_KINDS),
-    ):
-        try:
-            await js.stream_info(config.name)  # type: ignore[arg-type]
-        except NotFoundError:
-            await js.add_stream(config)
-        else:
-            await js.update_stream(config)
+def audit_stream_config(retention: Retention, replicas: int = 1) -> StreamConfig:
+    description = "Headstart's audit log: who did what, when"
+    max_age = retention.seconds("audit_days")
+    return log_stream_config(AUDIT_STREAM, description, AUDIT_PREFIX, max_age, replicas)
 
 
 class EventPublisher:

@@ -21,7 +21,12 @@ from engine.keys import partition_of
 from engine.learning import decision_decoder, reward_decoder
 from headstart.adapters.audit import audit
 from headstart.adapters.rpc import ShardClient, UserRequest, is_error
-from headstart.adapters.streams import DECISIONS_STREAM, EXPOSURES_STREAM, REWARDS_STREAM
+from headstart.adapters.topology import (
+    DECISIONS_STREAM,
+    EXPOSURES_STREAM,
+    REWARDS_STREAM,
+    record_log_subject,
+)
 
 #: Records read per log at most (a user's decisions within the retention).
 MAX_RECORDS = 10_000
@@ -48,17 +53,21 @@ async def export_user(
     partition = partition_of(user_key, partitions)
     reply = await shards.call_raw(UserRequest(key=user_key))
     profile = None if is_error(reply) else json.loads(reply)
+
+    def log(kind: str) -> str:
+        return record_log_subject(kind, partition, user_key)
+
     decisions = [
         msgspec.to_builtins(decision_decoder.decode(data))
-        for data in await read_subject(js, DECISIONS_STREAM, f"hs.decisions.{partition}.{user_key}")
+        for data in await read_subject(js, DECISIONS_STREAM, log("decision"))
     ]
     rewards = [
         msgspec.to_builtins(reward_decoder.decode(data))
-        for data in await read_subject(js, REWARDS_STREAM, f"hs.rewards.{partition}.{user_key}")
+        for data in await read_subject(js, REWARDS_STREAM, log("reward"))
     ]
     exposures = [
         msgspec.to_builtins(exposure_decoder.decode(data))
-        for data in await read_subject(js, EXPOSURES_STREAM, f"hs.exposures.{partition}.{user_key}")
+        for data in await read_subject(js, EXPOSURES_STREAM, log("exposure"))
     ]
     await audit(js, "export", who=who, user_key=user_key)
     return {

@@ -34,18 +34,17 @@ from nats.js.kv import KeyValue
 from engine.keys import partition_of
 from headstart.adapters.audit import audit
 from headstart.adapters.rpc import ShardClient, ShardUnavailable, SnapshotThroughRequest, is_error
-from headstart.adapters.streams import (
-    DECISIONS_STREAM,
-    EVENTS_PREFIX,
+from headstart.adapters.streams import file_bucket, publish_prepared
+from headstart.adapters.topology import (
+    ALIASES_BUCKET,
+    ERASURE_BUCKET,
     EVENTS_STREAM,
-    EXPOSURES_STREAM,
-    REWARDS_STREAM,
-    file_bucket,
-    publish_prepared,
+    RECORD_KINDS,
+    record_log_subject,
+    user_subject,
 )
-from headstart.web.segment_api import ALIASES_BUCKET, erase_aliases
+from headstart.web.segment_api import erase_aliases
 
-ERASURE_BUCKET = "HS_ERASURE"
 #: How long to wait for the partition's owner to apply the erase record and snapshot.
 APPLY_TIMEOUT_S = 60.0
 
@@ -81,7 +80,7 @@ class Eraser:
             progress = {"partition": partition, "requested_at": time.time(), "who": who, "step": "pending"}
             await kv.put(user_key, json.dumps(progress).encode())
         if "erase_seq" not in progress:
-            subject = f"{EVENTS_PREFIX}.{partition}.{user_key}-erase"
+            subject = user_subject(partition, user_key, "-erase")
             ack = (
                 await publish_prepared(
                     self.js, [(subject, b"", {"Nats-Msg-Id": f"erase:{user_key}"})], retry_for=5.0
@@ -137,15 +136,12 @@ class Eraser:
 
     async def _purge(self, partition: int, user_key: str) -> dict[str, bool]:
         out = {}
-        for stream, subject in (
-            (EVENTS_STREAM, f"{EVENTS_PREFIX}.{partition}.{user_key}"),
-            (EVENTS_STREAM, f"{EVENTS_PREFIX}.{partition}.{user_key}-decision"),
-            (EVENTS_STREAM, f"{EVENTS_PREFIX}.{partition}.{user_key}-reward"),
-            (EVENTS_STREAM, f"{EVENTS_PREFIX}.{partition}.{user_key}-exposure"),
-            (DECISIONS_STREAM, f"hs.decisions.{partition}.{user_key}"),
-            (REWARDS_STREAM, f"hs.rewards.{partition}.{user_key}"),
-            (EXPOSURES_STREAM, f"hs.exposures.{partition}.{user_key}"),
-        ):
+        # The user's events, then their records in the partition, then in the logs.
+        kinds = RECORD_KINDS.items()
+        targets = [(EVENTS_STREAM, user_subject(partition, user_key))]
+        targets += [(EVENTS_STREAM, user_subject(partition, user_key, f"-{kind}")) for kind, _ in kinds]
+        targets += [(log, record_log_subject(kind, partition, user_key)) for kind, (log, _) in kinds]
+        for stream, subject in targets:
             try:
                 out[subject] = bool(await self.js.purge_stream(stream, subject=subject))
             except NotFoundError:

@@ -47,7 +47,7 @@ from engine.features import DIM, FEATURE_NAMES
 from engine.learning import AUDIENCE_FIELDS, Learner, decision_decoder
 from engine.partition import PartitionSetup, PartitionState
 from headstart.adapters.broker import NatsAuth
-from headstart.adapters.streams import EVENTS_PREFIX, EVENTS_STREAM
+from headstart.adapters.topology import EVENTS_PREFIX, EVENTS_STREAM
 from policies import available, create
 
 REQUIRED = ("action", "reward", "propensity")

@@ -47,15 +47,13 @@ from nats.js.errors import NotFoundError
 
 from engine.catalog import Catalog
 from engine.errors import InvalidEvent
-from engine.events import decode_event
+from engine.events import CONTEXT_FIELDS, decode_event
 from engine.experiments import exposure_decoder
 from engine.learning import decision_decoder
-from engine.profile import CONTEXT_FIELDS
 from engine.segments import batch_decoder
 from headstart.adapters.broker import NatsAuth, connect_nats
-from headstart.adapters.membership import SEGMENTS_STREAM
 from headstart.adapters.rpc import ProfilesRequest, ShardClient, ShardUnavailable, is_error
-from headstart.adapters.streams import DECISIONS_STREAM, EVENTS_STREAM, EXPOSURES_STREAM
+from headstart.adapters.topology import DECISIONS_STREAM, EVENTS_STREAM, EXPOSURES_STREAM, SEGMENTS_STREAM
 
 Progress = Callable[[str, int], None]
 #: The traits exported (a name never is: PII stays in the engine).

@@ -20,7 +20,7 @@ from pydantic import SecretStr
 
 from engine.errors import HeadstartError
 from headstart.adapters.broker import EmbeddedNats, connect_nats
-from headstart.adapters.streams import ensure_streams
+from headstart.adapters.provision import ensure_streams
 from headstart.runtime.home import DataHome
 from headstart.settings import Settings
 

@@ -39,6 +39,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from engine.catalog import SegmentApi
+from headstart.adapters.topology import ALIASES_BUCKET as ALIASES_BUCKET  # noqa: PLC0414  (actors/ import it here)
 
 #: The calls of the Segment HTTP Tracking API.
 CALL_TYPES = ("track", "identify", "page", "screen", "alias", "group")
@@ -233,8 +234,6 @@ class SegmentMapper:
 
 
 # ---------------------------------------------------------------------- aliases
-
-ALIASES_BUCKET = "HS_ALIASES"
 
 
 class AliasStore:

@@ -46,7 +46,7 @@ from nats.js.errors import NotFoundError
 from engine.catalog import Webhook
 from engine.errors import ConfigError
 from engine.segments import SegmentChange, batch_decoder
-from headstart.adapters.membership import SEGMENTS_PREFIX, SEGMENTS_STREAM
+from headstart.adapters.topology import SEGMENTS_PREFIX, SEGMENTS_STREAM, webhook_consumer
 
 log = logging.getLogger(__name__)
 
@@ -76,10 +76,6 @@ def verify(secret: bytes, body: bytes, header: str, now: float | None = None) ->
         return False
     expected = hmac.new(secret, f"{t}.".encode() + body, hashlib.sha256).hexdigest()
     return hmac.compare_digest(expected, parts.get("v1", ""))
-
-
-def consumer_name(webhook_id: str) -> str:
-    return f"hs-webhook-{webhook_id}"
 
 
 def webhook_secret(hook: Webhook) -> bytes:
@@ -131,7 +127,7 @@ class WebhookDelivery:
         # Batches hold every segment's changes of one partition: the wanted ones are picked out
         # of them (handle), not filtered by subject.
         config = ConsumerConfig(
-            durable_name=consumer_name(self.hook.id),
+            durable_name=webhook_consumer(self.hook.id),
             ack_policy=AckPolicy.EXPLICIT,
             deliver_policy=DeliverPolicy.NEW,
             # A delivery retried for minutes keeps its messages: they are only redelivered if

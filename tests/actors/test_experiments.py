@@ -14,7 +14,7 @@ import pytest
 
 from actors.cluster import ShardGroup
 from engine.keys import Pseudonymizer
-from headstart.adapters.streams import EXPOSURES_STREAM
+from headstart.adapters.topology import EXPOSURES_STREAM
 from tests.actors.conftest import serving
 from tests.conftest import TEST_SECRET
 from tests.engine.test_experiment_arms import SHORT, experiment_catalog

@@ -358,8 +358,8 @@ def test_erasure_removes_the_user_everywhere_and_finishes_after_a_crash(
     from engine.keys import Pseudonymizer, partition_of
     from headstart.adapters.checkpoints import NatsCheckpointStore
     from headstart.adapters.rpc import ShardClient
-    from headstart.adapters.streams import AUDIT_STREAM, DECISIONS_STREAM, EVENTS_STREAM
-    from headstart.privacy.erasure import ERASURE_BUCKET, Eraser
+    from headstart.adapters.topology import AUDIT_STREAM, DECISIONS_STREAM, ERASURE_BUCKET, EVENTS_STREAM
+    from headstart.privacy.erasure import Eraser
     from tests.conftest import TEST_PARTITIONS, TEST_SECRET
 
     client, group = api

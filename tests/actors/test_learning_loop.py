@@ -19,7 +19,7 @@ import ray
 
 from actors.cluster import ShardGroup
 from engine.catalog import DEFAULT_CATALOG, Catalog, load_catalog
-from headstart.adapters.streams import DECISIONS_STREAM
+from headstart.adapters.topology import DECISIONS_STREAM
 from tests.actors.conftest import serving
 
 pytestmark = pytest.mark.integration

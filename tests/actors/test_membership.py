@@ -20,8 +20,8 @@ from bench.population import onboarding_events
 from engine.catalog import DEFAULT_CATALOG, Catalog, load_catalog
 from engine.keys import Pseudonymizer, partition_of
 from engine.segments import batch_decoder
-from headstart.adapters.membership import SEGMENTS_STREAM
 from headstart.adapters.shard_stats import SegmentStats
+from headstart.adapters.topology import SEGMENTS_STREAM
 from headstart.settings import Settings
 from tests.conftest import TEST_PARTITIONS
 from tests.conftest import publish_events as publish

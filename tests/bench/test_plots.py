@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.common import RESULTS_DIR
+from bench import RESULTS_DIR
 from bench.plots import PLOTS, plot
 
 

@@ -17,7 +17,9 @@ from engine.events import decode_event, encode_event
 from engine.keys import Pseudonymizer, partition_of
 from engine.partition import PartitionState
 from headstart.adapters.consumer import PartitionConsumer
-from headstart.adapters.streams import DLQ_STREAM, EVENTS_STREAM, EventPublisher, ensure_streams
+from headstart.adapters.provision import ensure_streams
+from headstart.adapters.streams import EventPublisher
+from headstart.adapters.topology import DLQ_STREAM, EVENTS_STREAM
 from tests.conftest import TEST_PARTITIONS, reset_streams
 
 pytestmark = pytest.mark.integration
@@ -80,8 +82,7 @@ async def test_partitions_are_fixed_for_a_streams_life(fresh_streams: str, nc: N
 
 async def test_each_store_keeps_what_it_holds_as_long_as_configured(fresh_streams: str, nc: NATS) -> None:
     from engine.datamap import Retention
-    from headstart.adapters.membership import SEGMENTS_STREAM
-    from headstart.adapters.streams import AUDIT_STREAM, DECISIONS_STREAM, REWARDS_STREAM
+    from headstart.adapters.topology import AUDIT_STREAM, DECISIONS_STREAM, REWARDS_STREAM, SEGMENTS_STREAM
 
     js = nc.jetstream()
     retention = Retention(

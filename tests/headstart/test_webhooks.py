@@ -16,7 +16,7 @@ import pytest
 
 from engine.catalog import Webhook
 from engine.segments import SegmentChange, change_encoder
-from headstart.adapters.membership import changes_subject
+from headstart.adapters.topology import changes_subject
 from headstart.web import webhooks
 from headstart.web.webhooks import SIGNATURE_HEADER, WebhookDelivery, verify
 from tests.conftest import reset_streams
