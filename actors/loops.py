@@ -21,7 +21,8 @@ from headstart.adapters.status import REPORT_EVERY_S
 
 log = logging.getLogger(__name__)
 
-#: Feature adoptions a shard's recommenders learn per second at most (~10 µs each), in ticks.
+#: Feature adoptions a shard's recommenders learn per second at most, in ticks: assuming ~10 µs
+#: per update, a few percent of the shard's core.
 RECO_TRAIN_PER_S = 2000
 RECO_TRAIN_TICK_S = 0.1
 #: How often the publisher looks at each partition's queued segment changes (see

@@ -19,7 +19,6 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Coroutine
 from typing import Any
 
 import msgspec
@@ -29,19 +28,19 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js.kv import KeyValue
 
+from actors.decision_log import DecisionLog
 from actors.durability import Durability
 from actors.handover import HandOver
 from actors.loops import Background
 from actors.owned import OwnedPartitions
 from actors.shard_rpc import ShardRpc
 from engine import queries
-from engine.answers import Answers, Logs
+from engine.answers import Answers
 from engine.catalog import Catalog
 from engine.clusters import ClusterAssigner
 from engine.decision import Decider
-from engine.experiments import encode_exposure
 from engine.keys import partition_of
-from engine.learning import Learner, PartitionLearning, encode_record
+from engine.learning import Learner, PartitionLearning
 from engine.partition import PartitionSetup, PartitionState
 from engine.pii import PiiSealer
 from engine.segments import SegmentIndex
@@ -58,12 +57,9 @@ from headstart.adapters.shard_stats import (
     LearningStats,
     SegmentStats,
     ShardStats,
-    change_counts,
     encode_shard_stats,
-    without_consent,
 )
 from headstart.adapters.status import ensure_status_bucket
-from headstart.adapters.streams import publish_prepared, record_subjects
 from headstart.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -110,9 +106,6 @@ class ShardActor:
         self.learner = Learner(catalog, self.decider, seed=shard_id)
         self.merger: PolicyMerger | None = None
         self.merge_interval_s = catalog.learning.merge_interval_s
-        self.decisions_logged = 0
-        self.decision_log_failures = 0
-        self.exposures_logged = 0
         self.personalize_by_default = catalog.consent_mode == "opt_out"
         #: Decisions for this shard's users (engine.answers); the RPC handlers over it and the
         #: shard-wide queries (actors.shard_rpc).
@@ -136,6 +129,7 @@ class ShardActor:
         self.failure: BaseException | None = None
         self._batch_sub: Subscription | None = None
         self.background = Background()
+        self.decision_log = DecisionLog(self.background.spawn)
         self.durability = Durability(self.owned, catalog.membership, settings.profile_retention_days)
         self.rpc = ShardRpc(
             shard_id,
@@ -144,7 +138,7 @@ class ShardActor:
             self._consumed_partitions,
             self.stats,
             self.durability.snapshot_through,
-            self._publish_logs,
+            self.decision_log.publish,
         )
         self.handover = HandOver(
             settings,
@@ -202,6 +196,7 @@ class ShardActor:
             self.change_publisher = ChangePublisher(js)
             self.merger = PolicyMerger(learn_kv, self.learner, self._owned_learning, listeners)
             self.handover.connect(self.nc, self.ctl, checkpoints, self.merger)
+            self.decision_log.connect(js)
             # After a rescale the constructor's partitions are stale: the recorded assignment says
             # what this shard owns now (on a first start and after every restart alike).
             assignment, _ = await load_assignment(self.control)
@@ -276,9 +271,6 @@ class ShardActor:
                 raise ShardNotReady(f"shard {self.shard_id} failed to start: {self.failure}")
             raise ShardNotReady(f"shard {self.shard_id} is starting")
 
-    def _background(self, work: Coroutine[Any, Any, Any]) -> None:
-        self.background.spawn(work)
-
     def _consumed_partitions(self) -> dict[int, PartitionState]:
         return self.owned.consumed()
 
@@ -331,7 +323,7 @@ class ShardActor:
             last_checkpoint_at=durability.last_checkpoint_at,
             learning=self._learning_stats(),
             segments=self._segment_stats(),
-            events_without_consent=without_consent(self.owned.consumed().values()),
+            events_without_consent=queries.events_without_consent(self.owned.consumed()),
             expired_profiles=durability.expired_profiles,
         )
 
@@ -345,9 +337,9 @@ class ShardActor:
             policy=learner.policy_name,
             policy_version=learner.policy_version,
             shadow=learner.shadow_name,
-            decisions_logged=self.decisions_logged,
-            decision_log_failures=self.decision_log_failures,
-            exposures_logged=self.exposures_logged,
+            decisions_logged=self.decision_log.decisions_logged,
+            decision_log_failures=self.decision_log.failures,
+            exposures_logged=self.decision_log.exposures_logged,
             rewards_learned=learner.rewards,
             reward_sum=learner.reward_sum,
             drifts=learner.drift_counts(),
@@ -355,24 +347,6 @@ class ShardActor:
             merges=self.merger.merges if self.merger is not None else 0,
             partitions=counts,
         )
-
-    async def segment_sizes(self, now: float) -> dict[str, Any]:
-        """Per segment, over every user this shard owns (:func:`engine.queries.segment_sizes`)."""
-        sizes = await queries.segment_sizes(
-            self._consumed_partitions(), self.decider, self.learner, now, self.shard_id
-        )
-        return dict(msgspec.to_builtins(sizes))
-
-    async def tutorial_stats(self) -> dict[str, Any]:
-        """Per tutorial, variant and segment (and ``all``): users who started and completed it."""
-        return dict(
-            msgspec.to_builtins(await queries.tutorial_stats(self._consumed_partitions(), self.shard_id))
-        )
-
-    async def profile_sample(self, size: int, now: float, seed: int = 0) -> dict[str, Any]:
-        """Up to ``size`` users drawn at random: their numeric rule fields (for clustering)."""
-        sample = queries.profile_sample(self._consumed_partitions(), size, now, self.shard_id, seed)
-        return dict(msgspec.to_builtins(sample))
 
     async def take_over_timings(self) -> list[dict[str, Any]]:
         """The last take-overs' steps (seconds each; ``entered_at`` is wall-clock time)."""
@@ -392,58 +366,11 @@ class ShardActor:
         """Several requests in one message (``hs.rpc.shard.<id>.batch``); replies in order."""
         await msg.respond(await self.rpc.on_batch(msg.data))
 
-    def _publish_logs(self, logs: Logs) -> None:
-        """Publish what an answer logs (not on the reply's path): a decision that made a choice
-        to its user's partition, where applying it opens its reward window, and to the
-        decisions log; the user's first exposures to their partition (where applying one keeps
-        one per user and experiment) and to HS_EXPOSURES."""
-        record = logs.decision
-        if record is not None:
-            subjects = record_subjects(logs.partition, record.user_id, "decision")
-            self._background(self._publish_record(subjects, encode_record(record), record.decision_id))
-        for exposure in logs.exposures:
-            subjects = record_subjects(logs.partition, exposure.user_id, "exposure")
-            self._background(
-                self._publish_record(
-                    subjects,
-                    encode_exposure(exposure),
-                    f"{exposure.experiment}:{exposure.user_id}",
-                    "exposure",
-                )
-            )
-
-    async def experiment_moments(self, experiment: str, cuts: list[float]) -> dict[str, Any]:
-        """Over the users of this shard exposed to ``experiment``: how many, the first exposure,
-        and per metric and cut time the arms' sufficient statistics (see
-        :func:`engine.queries.experiment_moments`)."""
-        moments = await queries.experiment_moments(
-            self._consumed_partitions(), self.decider.experiments, experiment, cuts, self.shard_id
-        )
-        return dict(msgspec.to_builtins(moments))
-
-    async def _publish_record(
-        self, subjects: tuple[str, str], data: bytes, decision_id: str, kind: str = "decision"
-    ) -> None:
-        assert self.ctl is not None
-        headers = {"Nats-Msg-Id": decision_id}
-        try:
-            await publish_prepared(self.ctl.jetstream(), [(subject, data, headers) for subject in subjects])
-            if kind == "exposure":
-                self.exposures_logged += 1
-            else:
-                self.decisions_logged += 1
-        except Exception as exc:  # noqa: BLE001 - the decision was served; only its learning is lost
-            self.decision_log_failures += 1
-            log.warning("%s log publish failed: %s", kind, type(exc).__name__)
-
     # ------------------------------------------------------------------ durability (actors.durability)
 
     async def checkpoint(self) -> dict[str, Any]:
         """Snapshot every partition that changed since its last checkpoint; return what was done."""
         return await self.durability.checkpoint()
-
-    async def _snapshot_through(self, part: PartitionState, seq: int) -> bool:
-        return await self.durability.snapshot_through(part, seq)
 
     async def sweep_segments(self, now: float | None = None) -> int:
         """Re-evaluate every user's time-based segments (see :meth:`Durability.sweep_segments`)."""
@@ -461,17 +388,13 @@ class ShardActor:
             return  # published under another catalog; the trainer replaces it
         self.segment_index.assigner = ClusterAssigner.from_export(data)
 
-    def _change_counts(self) -> dict[str, list[int]]:
-        """Entries and exits per segment over the partitions this shard consumes."""
-        return change_counts(self.owned.consumed().values())
-
     def _segment_stats(self) -> SegmentStats:
         tracked = [p.segments for p in self.owned.consumed().values() if p.segments is not None]
         publisher = self.change_publisher
         assigner = self.segment_index.assigner if self.segment_index is not None else None
         durability = self.durability
         return SegmentStats(
-            changes=self._change_counts(),
+            changes=queries.change_counts(self.owned.consumed()),
             queued=sum(s.queued for s in tracked),
             dropped=sum(s.dropped for s in tracked),
             published=publisher.published if publisher is not None else 0,

@@ -268,8 +268,8 @@ class Decider:
         parsed = self._templates.get(parsed_key)
         if parsed is None:
             parsed = self._templates[parsed_key] = pystache.parse(templates[key])
-        # Most users share their variables (no name yet, a handful of devices and roles):
-        # rendering is ~11 µs, a cache hit well under 1 µs.
+        # Most users share their variables (no name yet, a handful of devices and roles), and a
+        # cache hit costs a small fraction of a render.
         rendered_key = (parsed_key, *variables.items())
         rendered = self._rendered.get(rendered_key)
         if rendered is None:

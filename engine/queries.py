@@ -128,6 +128,15 @@ def change_counts(parts: Partitions) -> dict[str, list[int]]:
     return counts
 
 
+def events_without_consent(parts: Partitions) -> dict[str, int]:
+    """Events of users without analytics consent over ``parts``, counted by type (and dropped)."""
+    counts: dict[str, int] = {}
+    for part in parts.values():
+        for kind, n in part.anonymous.items():
+            counts[kind] = counts.get(kind, 0) + n
+    return counts
+
+
 async def segment_sizes(
     parts: Partitions, decider: Decider, learner: Learner, now: float, shard: int
 ) -> SegmentSizes:

@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 
 #: JetStream fsync interval. nats-server's default (2 min) can lose acknowledged messages if
 #: the machine (not just the process) crashes; 1 s bounds that window at a small ingest cost.
-#: "always" syncs every write (slowest, no window). See the README's durability section.
+#: "always" syncs every write (slowest, no window). See docs/architecture.md, "Durability".
 DEFAULT_SYNC_INTERVAL = "1s"
 #: Largest message the broker accepts; events are a few hundred bytes, HTTP batches are split.
 MAX_PAYLOAD = 1024 * 1024

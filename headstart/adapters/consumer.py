@@ -2,15 +2,15 @@
 
 One consumer per partition, with a single filter subject (``hs.events.<p>.*``): nats-server
 slows down sharply for consumers with several filter subjects over a stream with many subjects
-(one per user here). Measured on this machine with 20,000 users: one consumer with 32 filters
-drained 1,900 msgs/s, 32 single-filter consumers on one connection 55,000 msgs/s. It also
-makes a partition the unit of resumption and of moves: its consumer restarts after its own
-last applied sequence, wherever the partition lives.
+(one per user here): one consumer with 32 filters drained over an order of magnitude slower than
+32 single-filter consumers on one connection (figures: bench/RESULTS.md, "Figures once quoted in
+the code"). It also makes a partition the unit of resumption and of moves: its consumer restarts
+after its own last applied sequence, wherever the partition lives.
 
-Why not nats-py's ``fetch()``: it creates a task, a ``wait_for`` and a uuid per message and
-topped out at ~20k msgs/s here. This loop subscribes one inbox with a callback and keeps two
-pull requests' worth of credit in flight, so the next batch is already on the wire while the
-current one is applied.
+Why not nats-py's ``fetch()``: it creates a task, a ``wait_for`` and a uuid per message, which
+capped the rate well below this loop's (see bench/RESULTS.md). This loop subscribes one inbox
+with a callback and keeps two pull requests' worth of credit in flight, so the next batch is
+already on the wire while the current one is applied.
 
 Why the consumer is re-created at ``position + 1`` on every (re)start rather than re-attached:
 a re-attached durable consumer redelivers the unacked messages of the dead instance only after

@@ -116,10 +116,9 @@ class ChangePublisher:
 
     Batched, because a change is small and many and a new user alone enters half a dozen
     segments: one message per partition's batch, all segments together. A message per segment
-    and batch (``hs.segments.<segment>``, ~27 per batch) cost 2.45 µs of the shard's CPU per
-    change, 136 µs per acknowledged publish; one per batch 0.23 µs per change (288,000 changes in
-    batches of 1,500, nats-py against the embedded server): 3.3 µs per event of the ingest
-    benchmark, where events make 1.5 changes each. Consumers that want some segments filter
+    and batch (``hs.segments.<segment>``) costs the shard about ten times the CPU per change of
+    one message per partition's batch, since an acknowledged publish costs far more than a
+    change (bench/RESULTS.md has the figures). Consumers that want some segments filter
     the rows (the webhooks do). A partition's subject keeps each user's changes in the order
     they happened. Each change carries its :attr:`SegmentChange.id`. A partition's batch stays
     "in flight" (in its snapshot) until acknowledged and is retried unchanged, with message ids
@@ -129,10 +128,10 @@ class ChangePublisher:
 
     A partition's changes wait while more keep coming, up to ``max_wait_s`` or until
     ``min_batch`` are queued, and go as soon as a flush finds none added since the one before
-    (the partition is quiet: nothing to batch with, so no reason to wait). Publishing every
-    100 ms, a shard of 32 partitions at 30,000 events/s sent batches of two or three changes per
-    segment, ~10,000 publishes a second (``headstart bench ingest``); waiting a fixed 1 s
-    instead held the last changes of a burst for that second.
+    (the partition is quiet: nothing to batch with, so no reason to wait). Publishing on a
+    fixed short period sent batches of two or three changes per segment under ingest load (far
+    too many publishes); waiting a fixed 1 s instead held the last changes of a burst for that
+    second.
     """
 
     def __init__(

@@ -8,11 +8,7 @@ older version).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
 import msgspec
-
-from engine.partition import PartitionState
 
 
 class LearningStats(msgspec.Struct):
@@ -108,24 +104,3 @@ def encode_shard_stats(stats: ShardStats) -> bytes:
 
 def decode_shard_stats(data: bytes | str) -> ShardStats:
     return _decode(data)
-
-
-def change_counts(partitions: Iterable[PartitionState]) -> dict[str, list[int]]:
-    """Entries and exits per segment over ``partitions`` (those tracking segments)."""
-    counts: dict[str, list[int]] = {}
-    for part in partitions:
-        if part.segments is not None:
-            for segment, (entered, exited) in part.segments.counts().items():
-                entry = counts.setdefault(segment, [0, 0])
-                entry[0] += entered
-                entry[1] += exited
-    return counts
-
-
-def without_consent(partitions: Iterable[PartitionState]) -> dict[str, int]:
-    """Events of users without analytics consent over ``partitions``, counted by type."""
-    counts: dict[str, int] = {}
-    for part in partitions:
-        for kind, n in part.anonymous.items():
-            counts[kind] = counts.get(kind, 0) + n
-    return counts

@@ -12,7 +12,7 @@ The learning loop's records go to the same partition, in the same last token:
 ``...-reward`` (``POST /v1/rewards``). Being in the partition's stream is what makes reward
 attribution exactly-once (see :mod:`engine.learning`). One token, not a fifth one, because the
 partition's consumer then keeps its ``hs.events.<p>.*`` filter: with ``hs.events.<p>.>`` the
-same drain ran 30% slower here (31,554 vs 45,323 events/s, 600,000 events, one shard).
+same drain was markedly slower (figures: bench/RESULTS.md, "Figures once quoted in the code").
 The same records are also published to ``HS_DECISIONS`` (``hs.decisions.<partition>.<user_key>``)
 and ``HS_REWARDS`` (``hs.rewards...``), the logs for whoever reads decisions and rewards.
 """
