@@ -27,7 +27,7 @@ from engine.partition import PartitionState, snapshot_position
 from headstart.adapters.checkpoints import CheckpointStore
 from headstart.adapters.consumer import PartitionConsumer, delete_stale_consumers
 from headstart.adapters.merge import PolicyMerger
-from headstart.adapters.rpc import rpc_subject
+from headstart.adapters.topology import rpc_subject
 from headstart.settings import Settings
 
 

@@ -50,9 +50,6 @@ from headstart.adapters.broker import connect_nats
 from headstart.adapters.checkpoints import NatsCheckpointStore
 from headstart.adapters.membership import CLUSTERS_KEY, ChangePublisher, ClusterTrainer, cluster_listener
 from headstart.adapters.merge import PolicyMerger, learn_bucket
-from headstart.adapters.rpc import (
-    batch_subject,
-)
 from headstart.adapters.shard_stats import (
     LearningStats,
     SegmentStats,
@@ -60,6 +57,7 @@ from headstart.adapters.shard_stats import (
     encode_shard_stats,
 )
 from headstart.adapters.status import ensure_status_bucket
+from headstart.adapters.topology import batch_subject
 from headstart.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -33,8 +33,7 @@ from nats.errors import TimeoutError as NatsTimeout
 
 from engine.errors import HeadstartError
 from engine.keys import partition_of
-
-RPC_PREFIX = "hs.rpc"
+from headstart.adapters.topology import batch_subject, rpc_subject
 
 _encode = msgspec.msgpack.Encoder().encode
 _decode = msgspec.msgpack.Decoder().decode
@@ -245,16 +244,6 @@ def _resolve(future: asyncio.Future[bytes], reply: bytes) -> None:
 def _expire(future: asyncio.Future[bytes]) -> None:
     if not future.done():
         future.set_exception(TimeoutError())
-
-
-def rpc_subject(partition: int, method: str) -> str:
-    """``hs.rpc.<partition>.<method>`` (a shard subscribes ``method`` ``*``)."""
-    return f"{RPC_PREFIX}.{partition}.{method}"
-
-
-def batch_subject(shard: int) -> str:
-    """Where a shard takes several requests in one message (see :meth:`ShardClient.call_coalesced`)."""
-    return f"{RPC_PREFIX}.shard.{shard}.batch"
 
 
 def encode_request(request: Request) -> bytes:

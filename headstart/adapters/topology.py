@@ -2,7 +2,7 @@
 
 One place for the names that cross process boundaries, so that a producer, a shard, a report
 and an erasure cannot disagree on where something lives. It imports nothing but ``typing``:
-any layer may read it. The shard RPC's subjects (``hs.rpc.*``) are in :mod:`headstart.adapters.rpc`.
+any layer may read it.
 
 Events come in on ``hs.ingest.<user_key>``; the ``HS_EVENTS`` stream maps that, inside the
 server, to ``hs.events.<partition>.<user_key>``. The learning loop's records of a user go to
@@ -15,6 +15,8 @@ the same partition, in the same last token (``<user_key>-decision``, ``-reward``
 ('hs.events.3.k1-decision', 'hs.decisions.3.k1')
 >>> partition_subject(3), changes_subject(3), dead_letter_subject("events", 3)
 ('hs.events.3.*', 'hs.segments.3', 'hs.dlq.events.3')
+>>> rpc_subject(3, "decide"), batch_subject(1)
+('hs.rpc.3.decide', 'hs.rpc.shard.1.batch')
 >>> kv_stream(CONTROL_BUCKET), object_stream(SNAPSHOT_BUCKET)
 ('KV_HS_CONTROL', 'OBJ_HS_SNAPSHOTS')
 """
@@ -84,6 +86,10 @@ SNAPSHOT_BUCKET: Final = "HS_SNAPSHOTS"
 
 #: Operator requests to the supervisor (``hs.admin.<action>``).
 ADMIN_PREFIX: Final = "hs.admin"
+#: Requests to the shard that owns a partition (:mod:`headstart.adapters.rpc`): NATS routes
+#: ``hs.rpc.<partition>.<method>`` to the current owner, and a shard takes batches of requests
+#: on ``hs.rpc.shard.<id>.batch``.
+RPC_PREFIX: Final = "hs.rpc"
 
 
 def ingest_subject(user_key: str) -> str:
@@ -130,6 +136,16 @@ def audit_subject(what: str) -> str:
 
 def admin_subject(action: str) -> str:
     return f"{ADMIN_PREFIX}.{action}"
+
+
+def rpc_subject(partition: int, method: str) -> str:
+    """``hs.rpc.<partition>.<method>`` (a shard subscribes ``method`` ``*``)."""
+    return f"{RPC_PREFIX}.{partition}.{method}"
+
+
+def batch_subject(shard: int) -> str:
+    """Where a shard takes several requests in one message (its coalesced decisions)."""
+    return f"{RPC_PREFIX}.shard.{shard}.batch"
 
 
 def kv_stream(bucket: str) -> str:
