@@ -15,7 +15,7 @@ from bench.population import onboarding_events
 from bench.traffic import SteadyTraffic, expected_counts, read_back
 from engine.keys import Pseudonymizer
 from headstart.adapters.assignment import Assignment, control_bucket, load_assignment
-from tests.actors.test_shard_actor import publish
+from tests.actors.test_shard_actor_integration import publish
 from tests.conftest import TEST_PARTITIONS, TEST_SECRET
 
 pytestmark = pytest.mark.integration
