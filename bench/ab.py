@@ -12,7 +12,7 @@ environment's packages::
 
     python -m bench.ab --base 3b60179 --bench ingest --bench decide --rounds 2
 
-writes ``bench/results/ab.json``: per benchmark and metric, the values at each commit per round,
+writes ``bench/results/ab_ingest_decide.json``: per benchmark and metric, the values at each commit per round,
 their medians and the ratio head / base.
 """
 
@@ -143,7 +143,8 @@ def main(argv: list[str] | None = None) -> Path:
         "rounds": args.rounds,
         "order": "alternating per round and benchmark (A B / B A)",
     }
-    return write_result("ab", params, metrics, out_dir=RESULTS_DIR, started_at=started)
+    name = "ab_" + "_".join(args.bench)
+    return write_result(name, params, metrics, out_dir=RESULTS_DIR, started_at=started)
 
 
 if __name__ == "__main__":
