@@ -1,6 +1,6 @@
 """The HTTP (and gRPC) API: a Ray Serve deployment with a FastAPI ingress.
 
-- :mod:`~actors.ingress.app`: the routes (the :class:`Ingress` deployment and its FastAPI ``app``)
+- :mod:`~actors.ingress.routes`: the routes (the :class:`Ingress` deployment and its FastAPI ``app``)
 - :mod:`~actors.ingress.schemas`: every request and answer body, once, and the OpenAPI document
 - :mod:`~actors.ingress.middleware`: the ASGI front (body limit, the ``/v1/decide`` fast path)
 - :mod:`~actors.ingress.shards`: every question asked of a shard or of the local decider
@@ -15,8 +15,8 @@ answers from its event loop (so it reflects every event it has applied) and repl
 JSON body, which is passed through as it is; see ``bench/decide.py`` for what it costs.
 """
 
-from actors.ingress.app import GC_GEN0_THRESHOLD, Ingress, app
 from actors.ingress.config import IngressConfig
 from actors.ingress.middleware import SEGMENT_PREFIX, HotPath
+from actors.ingress.routes import GC_GEN0_THRESHOLD, Ingress, app
 
 __all__ = ["GC_GEN0_THRESHOLD", "SEGMENT_PREFIX", "HotPath", "Ingress", "IngressConfig", "app"]

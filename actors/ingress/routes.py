@@ -27,7 +27,7 @@ import msgspec
 from fastapi import FastAPI, Path, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from nats.aio.client import Client as NATS
 from prometheus_client import CONTENT_TYPE_LATEST
 from ray import serve
@@ -135,10 +135,21 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> Response
 
 
 def allowed_methods(request: Request) -> set[str]:
+    """The methods of every route whose path matches the request's."""
+    return _methods(request.app.router.routes, {**request.scope, "method": "GET"})
+
+
+def _methods(routes: list[Any], scope: dict[str, Any]) -> set[str]:
     methods: set[str] = set()
-    for route in app.router.routes:
-        match, _ = route.matches({**request.scope, "method": "GET"})
-        if match != Match.NONE:
+    for route in routes:
+        match, child = route.matches(scope)
+        if match == Match.NONE:
+            continue
+        # Serve includes the class's routes as a router of their own (FastAPI's included router).
+        included = getattr(getattr(route, "original_router", None), "routes", None)
+        if included is not None or hasattr(route, "routes"):
+            methods |= _methods(included or route.routes, {**scope, **child})
+        else:
             methods |= getattr(route, "methods", None) or set()
     return methods
 
@@ -610,6 +621,7 @@ class Ingress(DecisionService):
 
     @app.get(
         "/metrics",
+        response_class=PlainTextResponse,
         openapi_extra=operation(
             answer={"type": "string", "description": "Prometheus text format"},
             role="admin",
