@@ -204,10 +204,11 @@ def decode_event(data: bytes) -> Event:
     return _check(event)
 
 
-def event_from_object(obj: Any) -> Event:
-    """Validate an already-parsed mapping (e.g. one JSON event of an HTTP batch)."""
+def event_from_object(obj: Any, strict: bool = False) -> Event:
+    """Validate an already-parsed mapping (e.g. one JSON event of an HTTP batch). ``strict``:
+    no lax conversions (a number or boolean given as a string, a boolean as 0 or 1)."""
     try:
-        event = msgspec.convert(obj, AnyEvent, strict=False)
+        event = msgspec.convert(obj, AnyEvent, strict=strict)
     except msgspec.ValidationError as exc:
         raise InvalidEvent(_reason_of(str(exc)), str(exc)) from None
     return _check(event)

@@ -23,8 +23,7 @@ from headstart.adapters.broker import NatsAuth, connect_nats
 from headstart.adapters.rpc import Request, ShardClient, ShardUnavailable, StatsRequest
 from headstart.adapters.shard_stats import ShardStats, decode_shard_stats
 from headstart.adapters.streams import open_bucket
-from headstart.adapters.topology import DLQ_STREAM, EVENTS_STREAM
-from headstart.adapters.topology import STATUS_BUCKET as STATUS_BUCKET  # noqa: PLC0414  (actors/ import it here)
+from headstart.adapters.topology import DLQ_STREAM, EVENTS_STREAM, STATUS_BUCKET
 
 #: A shard that has not reported for this long is gone; its entry expires.
 STATUS_TTL_S = 30.0

@@ -42,20 +42,19 @@ from engine.datamap import Retention
 from engine.errors import InvalidEvent
 from engine.events import Event, encode_event, event_from_object
 from engine.keys import Pseudonymizer
+
+# Re-exported (``X as X``) while actors/ still imports them from here; their home is topology.
 from headstart.adapters.topology import (
     AUDIT_PREFIX,
     AUDIT_STREAM,
+    DLQ_PREFIX,
     DLQ_STREAM,
     EVENTS_PREFIX,
+    EVENTS_STREAM,
     INGEST_PREFIX,
     RECORD_KINDS,
     ingest_subject,
 )
-
-# Re-exported (``X as X``) while actors/ still imports them from here; their home is topology.
-from headstart.adapters.topology import DLQ_PREFIX as DLQ_PREFIX  # noqa: PLC0414
-from headstart.adapters.topology import EVENTS_STREAM as EVENTS_STREAM  # noqa: PLC0414
-from headstart.adapters.topology import record_subjects as record_subjects  # noqa: PLC0414
 
 #: A publish retried within this window with the same event id is stored once (Nats-Msg-Id).
 DUPLICATE_WINDOW_S = 10 * 60
@@ -156,11 +155,12 @@ class EventPublisher:
         self._pseudonymizer = pseudonymizer
 
     def prepare(
-        self, event: Mapping[str, Any] | Event, user_key: str | None = None
+        self, event: Mapping[str, Any] | Event, user_key: str | None = None, strict: bool = False
     ) -> tuple[str, bytes, dict[str, str]]:
         """Validate one event and return (subject, payload, headers). Raises InvalidEvent.
         ``user_key``: the user's key when the caller already has it (an alias resolved to
-        its user), instead of pseudonymizing the event's ``user_id``."""
+        its user), instead of pseudonymizing the event's ``user_id``. ``strict``: as the HTTP
+        API documents events (no lax conversions, see :func:`event_from_object`)."""
         if user_key is not None and not isinstance(event, Event):
             typed = event_from_object({**event, "user_id": user_key})
         elif isinstance(event, Event):
@@ -169,7 +169,7 @@ class EventPublisher:
             raw_id = event.get("user_id")
             if not isinstance(raw_id, str) or not raw_id:
                 raise InvalidEvent("missing_field", "user_id must be a non-empty string")
-            typed = event_from_object({**event, "user_id": self._pseudonymizer.key(raw_id)})
+            typed = event_from_object({**event, "user_id": self._pseudonymizer.key(raw_id)}, strict)
         return (
             ingest_subject(typed.user_id),
             encode_event(typed),

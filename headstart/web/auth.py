@@ -12,6 +12,7 @@ Each key has a request rate limit per ingress replica (see :class:`RateLimits`).
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import math
@@ -32,6 +33,24 @@ def hash_key(key: str) -> str:
 
 def key_hashes(keys: dict[str, str]) -> dict[str, list[str]]:
     return {role: [hash_key(key)] for role, key in keys.items()}
+
+
+def bearer_from_basic(authorization: str | None) -> str | None:
+    """``Bearer <write key>`` from HTTP Basic (the Segment libraries' write key is the user, the
+    password empty); a Bearer header is passed through.
+
+    >>> bearer_from_basic("Basic " + base64.b64encode(b"w-key:").decode())
+    'Bearer w-key'
+    >>> bearer_from_basic("Bearer f-key"), bearer_from_basic("Basic !!")
+    ('Bearer f-key', None)
+    """
+    if authorization is None or not authorization.lower().startswith("basic "):
+        return authorization
+    try:
+        user = base64.b64decode(authorization[6:].strip(), validate=True).decode().split(":", 1)[0]
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return f"Bearer {user}" if user else None
 
 
 class Authenticator:

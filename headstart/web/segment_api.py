@@ -4,7 +4,7 @@ Existing Segment or RudderStack instrumentation feeds Headstart by changing only
 ``http://<headstart>/segment``: ``POST /segment/v1/batch|track|identify|page|screen`` (also
 ``alias`` and ``group``), the write key a frontend key sent as the HTTP Basic user, bodies
 optionally gzip-encoded, fields Headstart does not use ignored, 200 on success. This module is
-the mapping, pure logic; the ingress routes and publishes (:mod:`actors.ingress`).
+the mapping, pure logic; the ingress routes and publishes (:mod:`actors.ingress.segment`).
 
 - ``track`` calls named in the catalog's ``segment_api.track`` become that event type, props
   from the call's properties; ``identify`` keeps the allowed traits as ``profile_updated``;
@@ -32,14 +32,15 @@ from __future__ import annotations
 import datetime as dt
 import gzip
 import hashlib
+import json
 import time
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlparse
 
 from engine.catalog import SegmentApi
-from headstart.adapters.topology import ALIASES_BUCKET as ALIASES_BUCKET  # noqa: PLC0414  (actors/ import it here)
 
 #: The calls of the Segment HTTP Tracking API.
 CALL_TYPES = ("track", "identify", "page", "screen", "alias", "group")
@@ -231,6 +232,33 @@ class SegmentMapper:
                 return None, f"{kind} without a step name"
             return "step_viewed", {"step": step}
         return None, f"{kind} calls are not mapped"
+
+
+# ---------------------------------------------------------------------- dead letters
+
+#: Fields of a dead-lettered call that are kept out: they may hold PII.
+REDACTED = ("traits", "properties", "context")
+
+
+def dead_letter(message: Any, reason: str, key_of: Callable[[str], str]) -> tuple[bytes, dict[str, str]]:
+    """An invalid call as a dead letter (payload and headers), kept for whoever fixes the
+    sender: its ids pseudonymized with ``key_of``, its traits, properties and context left out.
+
+    >>> payload, headers = dead_letter({"type": "track", "userId": "u1", "traits": {"email": "x"}},
+    ...                                "no event name", lambda raw: "key-of-" + raw)
+    >>> payload, headers["Hs-Reason"]
+    (b'{"type": "track", "userId": "key-of-u1"}', 'no event name')
+    """
+    kept: dict[str, Any] = {}
+    if isinstance(message, dict):
+        for name, value in message.items():
+            if name in ("userId", "anonymousId", "previousId") and isinstance(value, str) and value:
+                kept[name] = key_of(value)
+            elif name not in REDACTED:
+                kept[name] = value
+    payload = json.dumps(kept, default=str).encode()[:65536]
+    headers = {"Hs-Reason": reason[:200], "Hs-Source": "segment", "Hs-Redacted": ",".join(REDACTED)}
+    return payload, headers
 
 
 # ---------------------------------------------------------------------- aliases

@@ -13,6 +13,7 @@ import pytest
 import ray
 import schemathesis
 from schemathesis.checks import not_a_server_error
+from schemathesis.specs.openapi import checks as conformance
 
 from actors.cluster import ShardGroup
 from actors.ingress import app as ingress_app
@@ -130,6 +131,26 @@ def test_tutorial_selection(api: tuple[httpx.Client, ShardGroup]) -> None:
             {"events": [{"event_id": "1", "user_id": "u", "type": "warp", "ts": 1}]},
             "invalid_events",
         ),
+        (
+            "/v1/events",
+            {"events": [{"event_id": "1", "user_id": "u", "type": "session_started", "ts": "1"}]},
+            "invalid_events",
+        ),
+        (
+            "/v1/events",
+            {
+                "events": [
+                    {
+                        "event_id": "1",
+                        "user_id": "u",
+                        "type": "consent_updated",
+                        "ts": 1,
+                        "props": {"analytics": 0},
+                    }
+                ]
+            },
+            "invalid_events",
+        ),
     ],
 )
 def test_bad_bodies_get_a_4xx_with_a_message(
@@ -183,6 +204,7 @@ ROLE_NEEDED: dict[tuple[str, str], tuple[str | None, dict[str, Any] | None]] = {
     ("GET", "/v1/ruleset"): ("frontend", None),
     ("POST", "/v1/flags"): ("frontend", {"user_id": "someone"}),
     ("POST", "/segment/v1/{call}"): ("frontend", {"userId": "someone", "messageId": "m1", "event": "x"}),
+    ("POST", "/segment/v1/batch"): ("frontend", {"batch": []}),
     ("GET", "/v1/ruleset/key"): (None, None),
     ("GET", "/v1/admin/policies"): ("admin", None),
     ("POST", "/v1/admin/scale"): ("admin", {"shards": 2}),
@@ -460,13 +482,24 @@ def test_a_key_over_its_rate_limit_is_told_when_to_retry(
 
 #: Requests per API operation the fuzzer sends (CI's bounded budget; more with HEADSTART_FUZZ_EXAMPLES).
 FUZZ_EXAMPLES = int(os.environ.get("HEADSTART_FUZZ_EXAMPLES", "25"))
-FRONTEND_PATHS = {
-    "/v1/decide",
-    "/v1/tutorials/select",
-    "/v1/events",
-    "/v1/rewards",
-    "/v1/users/{user_id}/consent",
-}
+#: Every check `schemathesis run --checks all` runs on a response: no server error, and the
+#: answer (status, content type, headers, body) and the server's acceptance of valid and
+#: refusal of invalid requests as the document says.
+ALL_CHECKS = [
+    not_a_server_error,
+    conformance.status_code_conformance,
+    conformance.content_type_conformance,
+    conformance.response_headers_conformance,
+    conformance.response_schema_conformance,
+    conformance.negative_data_rejection,
+    conformance.positive_data_acceptance,
+    conformance.missing_required_header,
+    conformance.unsupported_method,
+    conformance.allow_header_conformance,
+    conformance.ignored_auth,
+    conformance.use_after_free,
+    conformance.ensure_resource_availability,
+]
 
 
 # The schema the app itself serves at /openapi.json, built without a server. Scaling is left
@@ -478,13 +511,31 @@ fuzzed = schemathesis.openapi.from_dict(ingress_app.openapi()).exclude(path="/v1
 @hypothesis.settings(
     max_examples=FUZZ_EXAMPLES, deadline=None, suppress_health_check=list(hypothesis.HealthCheck)
 )
-def test_requests_generated_from_the_openapi_schema_never_get_a_server_error(
+def test_requests_generated_from_the_openapi_schema_get_the_documented_answers(
     api: tuple[httpx.Client, ShardGroup], case: Any
 ) -> None:
-    """schemathesis: valid and invalid requests for every operation, with the right role's key."""
+    """schemathesis, every check: valid and invalid requests for every operation, with the key
+    of the role it needs (the frontend key where either key will do)."""
     client, _ = api
-    headers = FRONTEND if case.operation.path in FRONTEND_PATHS else ADMIN
-    case.call_and_validate(base_url=str(client.base_url), headers=headers, checks=[not_a_server_error])
+    role, _ = ROLE_NEEDED[(case.operation.method.upper(), case.operation.path)]
+    headers = ADMIN if role == "admin" else FRONTEND
+    case.call_and_validate(base_url=str(client.base_url), headers=headers, checks=ALL_CHECKS)
+
+
+def test_a_wrong_method_is_told_every_allowed_one(api: tuple[httpx.Client, ShardGroup]) -> None:
+    client, _ = api
+    r = client.request("TRACE", "/v1/users/someone", headers=ADMIN)
+    assert r.status_code == 405 and set(r.headers["allow"].split(", ")) >= {"GET", "DELETE"}
+    assert client.request("PATCH", "/v1/decide", headers=FRONTEND).headers["allow"] == "POST"
+
+
+def test_the_served_document_bounds_scaling_by_the_partitions(api: tuple[httpx.Client, ShardGroup]) -> None:
+    client, _ = api
+    document = client.get("/openapi.json", headers=FRONTEND).json()
+    assert document["components"]["schemas"]["ScaleBody"]["properties"]["shards"]["maximum"] == min(
+        256, TEST_PARTITIONS
+    )
+    assert document["paths"]["/metrics"]["get"]["responses"]["200"]["content"].keys() == {"text/plain"}
 
 
 def test_without_shards_decisions_degrade_to_the_default_flow(api: tuple[httpx.Client, ShardGroup]) -> None:

@@ -1,0 +1,26 @@
+"""What an ingress replica is given: built by the runtime, passed to every replica."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel
+
+from actors.ingress.middleware import SEGMENT_PREFIX
+from engine.catalog import Catalog
+from headstart.adapters.broker import NatsAuth
+
+
+class IngressConfig(BaseModel):
+    """What the ingress needs; built by the runtime, passed to every replica."""
+
+    nats_url: str
+    partitions: int
+    secret: bytes
+    key_hashes: dict[str, list[str]]
+    catalog: Catalog
+    nats_auth: NatsAuth = NatsAuth()
+    #: Requests per key of each role and replica, e.g. ``{"frontend": "20000/second"}``.
+    rate_limits: dict[str, str] = {}
+    #: Where the Segment-compatible tracking API is served.
+    segment_prefix: str = SEGMENT_PREFIX
+    #: How long aliases (anonymous id -> user) are kept: as long as the events.
+    events_retention_days: float = 30.0

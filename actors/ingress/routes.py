@@ -1,0 +1,701 @@
+"""The HTTP API's routes: a Ray Serve deployment with a FastAPI ingress.
+
+Each route checks the key, decodes its body (:mod:`actors.ingress.schemas`), asks a shard or
+the local decider (:mod:`actors.ingress.shards`), the admin reports (:mod:`actors.ingress.admin`)
+or the Segment ingestion (:mod:`actors.ingress.segment`), and answers. ``POST /v1/decide`` is
+normally answered by :class:`~actors.ingress.middleware.HotPath` before routing, from the same
+:meth:`Ingress.decide_bytes`; the gRPC service (:mod:`actors.ingress.grpc_service`) runs the same
+``*_bytes`` paths.
+
+When a shard does not answer within the deadline (starting, moving, down), ``/v1/decide``
+answers with the catalog's default flow and says so in ``explain``, rather than failing.
+"""
+
+# No ``from __future__ import annotations`` here: Serve's class-based routes need the routes'
+# annotations (``Request``) as objects, not strings, or FastAPI reads them as query parameters.
+import asyncio
+import contextlib
+import copy
+import gc
+import logging
+import time
+import uuid
+from importlib import resources
+from typing import Annotated, Any, Literal
+
+import msgspec
+from fastapi import FastAPI, Path, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from nats.aio.client import Client as NATS
+from prometheus_client import CONTENT_TYPE_LATEST
+from ray import serve
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
+
+from actors.ingress import admin, shards
+from actors.ingress.config import IngressConfig
+from actors.ingress.errors import ApiError, error_response, shard_reply
+from actors.ingress.grpc_service import DecisionService
+from actors.ingress.middleware import BodyLimit, HotPath
+from actors.ingress.schemas import (
+    ConsentAccepted,
+    ConsentBody,
+    DecideBody,
+    Decision,
+    EventsAccepted,
+    EventsBody,
+    RewardAccepted,
+    RewardBody,
+    ScaleBody,
+    TutorialBody,
+    decode,
+    finish_document,
+    operation,
+)
+from actors.ingress.segment import CALLS as SEGMENT_CALLS
+from actors.ingress.segment import MAX_SEGMENT_CALLS, SegmentIngest
+from engine.decision import Decider
+from engine.errors import InvalidEvent
+from engine.keys import Pseudonymizer, partition_of
+from engine.learning import RewardRecord, encode_record, user_key_of
+from headstart import __version__
+from headstart.adapters.audit import audit
+from headstart.adapters.broker import connect_nats
+from headstart.adapters.control import AdminError, request_admin
+from headstart.adapters.rpc import ShardClient, ShardError, ShardUnavailable
+from headstart.adapters.streams import EventPublisher, publish_prepared
+from headstart.adapters.topology import record_subjects
+from headstart.privacy.access import export_user
+from headstart.privacy.erasure import Eraser
+from headstart.web.auth import Authenticator, RateLimits, bearer_from_basic
+from headstart.web.metrics import IngressMetrics
+from headstart.web.ruleset import build_ruleset, public_jwk, sign_ruleset, signing_key
+from headstart.web.segment_api import CALL_TYPES as SEGMENT_CALL_TYPES
+
+log = logging.getLogger(__name__)
+
+READY_CACHE_S = 1.0
+GC_GEN0_THRESHOLD = 50_000
+
+app = FastAPI(
+    title="Headstart",
+    version=__version__,
+    description="Real-time personalization of user onboarding. Every endpoint but /healthz, /readyz "
+    "and /v1/ruleset/key needs `Authorization: Bearer <key>`, this schema at /openapi.json included. "
+    'Errors answer `{"error": {"code", "message", "details"}}`.',
+    # Served by a route below that asks for a key; no interactive docs page (it cannot send one).
+    openapi_url=None,
+    docs_url=None,
+    redoc_url=None,
+)
+app.add_middleware(BodyLimit)
+app.add_middleware(HotPath)  # outermost: it answers before BodyLimit and the router
+
+
+def openapi_document(max_shards: int = 256) -> dict[str, Any]:
+    """The OpenAPI document: FastAPI's routes with the bodies' schemas (:func:`finish_document`)."""
+    if app.openapi_schema is None:
+        document = get_openapi(
+            title=app.title, version=app.version, description=app.description, routes=app.routes
+        )
+        app.openapi_schema = finish_document(document)
+    if max_shards == 256:
+        return app.openapi_schema
+    document = copy.deepcopy(app.openapi_schema)
+    document["components"]["schemas"]["ScaleBody"]["properties"]["shards"]["maximum"] = max_shards
+    return document
+
+
+app.openapi = openapi_document  # type: ignore[method-assign]
+
+
+@app.exception_handler(ApiError)
+async def _api_error(_: Request, exc: ApiError) -> Response:
+    return error_response(exc.status, exc.code, exc.message, exc.details, exc.headers)
+
+
+@app.exception_handler(RequestValidationError)
+async def _validation_error(_: Request, exc: RequestValidationError) -> Response:
+    details = [
+        {"field": ".".join(str(p) for p in err["loc"] if p != "body") or "(body)", "problem": err["msg"]}
+        for err in exc.errors()
+    ]
+    return error_response(400, "invalid_request", "the request body is not valid", details)
+
+
+@app.exception_handler(StarletteHTTPException)
+async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
+    headers = dict(exc.headers or {})
+    if exc.status_code == 405:
+        # Starlette names only the first route that matched the path; a path with several
+        # routes (GET and DELETE /v1/users/{id}) allows the methods of all of them.
+        headers["Allow"] = ", ".join(sorted(allowed_methods(request)))
+    return error_response(exc.status_code, "http_error", str(exc.detail), headers=headers or None)
+
+
+def allowed_methods(request: Request) -> set[str]:
+    """The methods of every route whose path matches the request's."""
+    return _methods(request.app.router.routes, {**request.scope, "method": "GET"})
+
+
+def _methods(routes: list[Any], scope: dict[str, Any]) -> set[str]:
+    methods: set[str] = set()
+    for route in routes:
+        match, child = route.matches(scope)
+        if match == Match.NONE:
+            continue
+        # Serve includes the class's routes as a router of their own (FastAPI's included router).
+        included = getattr(getattr(route, "original_router", None), "routes", None)
+        if included is not None or hasattr(route, "routes"):
+            methods |= _methods(included or route.routes, {**scope, **child})
+        else:
+            methods |= getattr(route, "methods", None) or set()
+    return methods
+
+
+UserIdPath = Annotated[str, Path(min_length=1, max_length=256, description="the caller's raw user id")]
+Role = Literal["frontend", "admin"]
+
+
+def _static(name: str) -> bytes:
+    """A file of the demo page (package data of ``headstart``)."""
+    return resources.files("headstart").joinpath("static", name).read_bytes()
+
+
+def _json(body: bytes, status: int = 200) -> Response:
+    return Response(body, status_code=status, media_type="application/json")
+
+
+def _passthrough(reply: bytes) -> Response:
+    """A shard's (or the supervisor's) JSON reply as it is, its errors as 400 or 503."""
+    status, body = shard_reply(reply)
+    return _json(body, status)
+
+
+#: The Segment call body (mapped field by field; anything else in it is ignored).
+SEGMENT_CALL = {"type": "object", "description": "one Segment call (track, identify, page, ...)"}
+SEGMENT_BATCH = {
+    "type": "object",
+    "required": ["batch"],
+    "properties": {"batch": {"type": "array", "maxItems": MAX_SEGMENT_CALLS, "items": {}}},
+}
+SEGMENT_ANSWER = {"type": "object", "properties": {"success": {"type": "boolean"}}, "required": ["success"]}
+ANY_OBJECT: dict[str, Any] = {"type": "object"}
+
+
+def _segment_doc(body: dict[str, Any], errors: tuple[int, ...] = ()) -> dict[str, Any]:
+    doc = operation(answer=SEGMENT_ANSWER, errors=(400, 413, 503, *errors), role="basic")
+    doc["requestBody"] = {"required": True, "content": {"application/json": {"schema": body}}}
+    return doc
+
+
+@serve.deployment(
+    name="Ingress",
+    # One replica's event loop is the bottleneck; many requests in flight keep it busy rather
+    # than queued in the proxy (Serve's default of 5 collapsed under load here).
+    max_ongoing_requests=2000,
+    ray_actor_options={"num_cpus": 0},
+    # Serve's access log writes each request's path, and paths carry raw user ids
+    # (/v1/users/{id}): off in every serve mode. Requests are observed through /metrics.
+    logging_config={"enable_access_log": False},
+)
+@serve.ingress(app)
+class Ingress(DecisionService):
+    def __init__(self, config: IngressConfig) -> None:
+        self.config = config
+        # Requests allocate many short-lived objects; collecting generation 0 every 700
+        # allocations (CPython's default) spent a measurable share of the replica's loop.
+        gc.set_threshold(GC_GEN0_THRESHOLD, 10, 10)
+        self.auth = Authenticator(config.key_hashes)
+        self.rate_limits = RateLimits(config.rate_limits)
+        self.pseudonymizer = Pseudonymizer(config.secret)
+        self.decider = Decider(config.catalog)
+        self.nc: NATS | None = None
+        self._shards: ShardClient | None = None
+        # Built here, not at import: Serve pickles this class by value and decoders don't pickle.
+        self._decide_decoder = msgspec.json.Decoder(DecideBody)
+        self._tutorial_decoder = msgspec.json.Decoder(TutorialBody)
+        self._events_decoder = msgspec.json.Decoder(EventsBody)
+        self._reward_decoder = msgspec.json.Decoder(RewardBody)
+        self._consent_decoder = msgspec.json.Decoder(ConsentBody)
+        self._scale_decoder = msgspec.json.Decoder(ScaleBody)
+        self._connecting = asyncio.Lock()
+        self._resuming: asyncio.Task[None] | None = None
+        self._ready_at = 0.0
+        self._ready_detail: dict[str, Any] = {}
+        self.metrics = IngressMetrics()
+        self._shard_decisions = self.metrics.decisions.labels("shard")
+        self._fallback_decisions = self.metrics.decisions.labels("fallback")
+        self._flag_descriptions = {flag.id: flag.description for flag in config.catalog.flags}
+        HotPath.segment_prefix = config.segment_prefix
+        self._segment = SegmentIngest(
+            config.catalog.segment_api, self.pseudonymizer, self.metrics, config.events_retention_days
+        )
+        # The ruleset changes only with the catalog: signed once per replica.
+        signer = signing_key(config.secret)
+        self._ruleset = msgspec.json.encode(sign_ruleset(build_ruleset(config.catalog), signer))
+        self._ruleset_key = msgspec.json.encode(public_jwk(signer.public_key()))
+
+    def _require(self, authorization: str | None, role: Role | None) -> str:
+        """Who calls, for the audit log (``<role>:<key id>``, the key id a prefix of its hash), if
+        the role is ``role`` (None: any) and the key is within its rate limit."""
+        identity = self.auth.identify(authorization)
+        if identity is None:
+            raise ApiError(401, "unauthorized", "missing or unknown API key (Authorization: Bearer <key>)")
+        granted, key_id = identity
+        if role is not None and granted != role:
+            raise ApiError(403, "forbidden", f"this endpoint needs the {role} role")
+        wait = self.rate_limits.wait(granted, key_id)
+        if wait is not None:
+            limit = self.rate_limits.items[granted]
+            raise ApiError(
+                429,
+                "rate_limited",
+                f"this key is over its limit of {limit}; retry in {wait:.1f} s",
+                headers={"Retry-After": RateLimits.retry_after(wait)},
+            )
+        return f"{granted}:{key_id[:12]}"
+
+    async def _client(self) -> tuple[NATS, ShardClient]:
+        if self.nc is None or self.nc.is_closed or self._shards is None:
+            async with self._connecting:
+                if self.nc is None or self.nc.is_closed or self._shards is None:
+                    self.nc = await connect_nats(
+                        self.config.nats_url,
+                        self.config.nats_auth,
+                        name="headstart-ingress",
+                        max_reconnect_attempts=-1,
+                    )
+                    self._shards = ShardClient(self.nc, self.config.partitions)
+                    self._shards.start_owner_refresh()
+                    # Erasures a crash interrupted are finished in the background.
+                    eraser = Eraser(self.nc.jetstream(), self._shards, self.config.partitions)
+                    self._resuming = asyncio.create_task(self._resume_erasures(eraser))
+        return self.nc, self._shards
+
+    async def _resume_erasures(self, eraser: Eraser) -> None:
+        try:
+            finished = await eraser.resume()
+            if finished:
+                log.info("finished %d interrupted erasures", len(finished))
+        except Exception as exc:  # noqa: BLE001 - retried at the next start; DELETE also resumes
+            log.warning("resuming erasures failed: %s", type(exc).__name__)
+
+    # ------------------------------------------------------------------ decisions
+
+    @app.post("/v1/decide", openapi_extra=operation(answer=Decision, body=DecideBody, role="frontend"))
+    async def decide(self, request: Request) -> Response:
+        """The next onboarding step, tutorial variant, message, flags and segments for a user."""
+        # Normally answered by the HotPath middleware before routing; this route documents it
+        # and answers the same way if the middleware is bypassed.
+        status, body = await self.decide_bytes(request.headers.get("authorization"), await request.body())
+        return _json(body, status)
+
+    async def decide_bytes(self, authorization: str | None, raw_body: bytes) -> tuple[int, bytes]:
+        """``/v1/decide`` from the raw header and body to the status and JSON body."""
+        self._require(authorization, "frontend")
+        started = time.perf_counter()
+        body: DecideBody = decode(self._decide_decoder, raw_body)
+        key = self.pseudonymizer.key(body.user_id)
+        client = self._shards or (await self._client())[1]
+        try:
+            reply = await shards.decide(client, key, body.context)
+        except ShardUnavailable:
+            self._fallback_decisions.inc()
+            return 200, shards.default_decision(self.decider, key, body.context)
+        self._shard_decisions.inc()
+        self.metrics.decide_seconds.observe(time.perf_counter() - started)
+        return shard_reply(reply)
+
+    @app.post("/v1/flags", openapi_extra=operation(answer=ANY_OBJECT, body=DecideBody, role="frontend"))
+    async def flags(self, request: Request) -> Response:
+        """Every feature flag's value for a user, with why (``TARGETING_MATCH``, ``SPLIT`` or
+        ``DEFAULT``, and the rule), and the user's segments; logs no decision. With the user's
+        shard unavailable, the flags from the request's context alone, marked ``stale``."""
+        self._require(request.headers.get("authorization"), "frontend")
+        body: DecideBody = decode(self._decide_decoder, await request.body())
+        key = self.pseudonymizer.key(body.user_id)
+        client = self._shards or (await self._client())[1]
+        try:
+            reply = await shards.flags(client, key, body.context)
+            stale = False
+        except (ShardUnavailable, ShardError):
+            reply = shards.default_flags(self.decider, key, body.context)
+            stale = True
+        for flag_id, entry in reply["flags"].items():
+            entry["description"] = self._flag_descriptions.get(flag_id, "")
+        return JSONResponse({**reply, "stale": stale})
+
+    @app.post(
+        "/v1/tutorials/select",
+        openapi_extra=operation(answer=ANY_OBJECT, body=TutorialBody, errors=(404,), role="frontend"),
+    )
+    async def select_tutorial(self, request: Request) -> Response:
+        """Which variant of the tutorial for a step (or a feature) this user should see."""
+        status, body = await self.tutorial_bytes(request.headers.get("authorization"), await request.body())
+        return _json(body, status)
+
+    async def tutorial_bytes(self, authorization: str | None, raw_body: bytes) -> tuple[int, bytes]:
+        """``/v1/tutorials/select`` from the raw header and body to the status and JSON body."""
+        self._require(authorization, "frontend")
+        body: TutorialBody = decode(self._tutorial_decoder, raw_body)
+        if (body.step is None) == (body.feature is None):
+            raise ApiError(400, "invalid_request", "give exactly one of 'step' or 'feature'")
+        key = self.pseudonymizer.key(body.user_id)
+        client = self._shards or (await self._client())[1]
+        try:
+            reply = await shards.select_tutorial(client, key, body)
+        except ShardUnavailable:
+            reply = shards.default_tutorial(self.decider, body)
+        if reply == b"null":
+            raise ApiError(404, "not_found", "no tutorial for that step or feature in the catalog")
+        return shard_reply(reply)
+
+    # ------------------------------------------------------------------ Segment API
+
+    @app.post("/segment/v1/batch", openapi_extra=_segment_doc(SEGMENT_BATCH))
+    async def segment_batch(self, request: Request) -> Response:
+        """The Segment HTTP Tracking API's ``batch`` (see ``/segment/v1/{call}``)."""
+        return await self.segment_call("batch", request)
+
+    @app.post("/segment/v1/{call}", openapi_extra=_segment_doc(SEGMENT_CALL, errors=(404,)))
+    async def segment_call(
+        self,
+        call: Annotated[str, Path(json_schema_extra={"enum": list(SEGMENT_CALL_TYPES)})],
+        request: Request,
+    ) -> Response:
+        """The Segment HTTP Tracking API (``batch``, ``track``, ``identify``, ``page``,
+        ``screen``, ``alias``, ``group``): the write key is a frontend key as the Basic user,
+        bodies may be gzip-encoded; calls are mapped to Headstart events by the catalog's
+        ``segment_api``, unmapped ones counted and dropped, invalid ones dead-lettered (ids
+        pseudonymized) with their reason. Answers 200 once JetStream stored the events."""
+        if call not in SEGMENT_CALLS:
+            raise ApiError(404, "not_found", f"no Segment call {call[:40]!r}")
+        self._require(bearer_from_basic(request.headers.get("authorization")), "frontend")
+        raw = await request.body()
+        nc, _ = await self._client()
+        await self._segment.ingest(nc.jetstream(), call, raw, request.headers.get("content-encoding"))
+        return JSONResponse({"success": True})
+
+    # ------------------------------------------------------------------ events and reads
+
+    @app.post(
+        "/v1/events",
+        openapi_extra=operation(answer=EventsAccepted, body=EventsBody, errors=(503,), role="frontend"),
+    )
+    async def events(self, request: Request) -> Response:
+        """Ingest a batch of events; answers once JetStream has stored all of them.
+
+        The batch is validated first and refused whole if any event is invalid, so a client can
+        fix and resend it: nothing of a refused batch is stored.
+        """
+        status, body = await self.events_bytes(request.headers.get("authorization"), await request.body())
+        return _json(body, status)
+
+    async def events_bytes(self, authorization: str | None, raw_body: bytes) -> tuple[int, bytes]:
+        """``/v1/events`` from the raw header and body to the status and JSON body."""
+        self._require(authorization, "frontend")
+        body: EventsBody = decode(self._events_decoder, raw_body)
+        nc, _ = await self._client()
+        publisher = EventPublisher(nc.jetstream(), self.pseudonymizer)
+        prepared, problems = [], []
+        for i, event in enumerate(body.events):
+            try:
+                # Strict: the document's event model, no lax conversions ("ts": "1", true as 1).
+                prepared.append(publisher.prepare(event, strict=True))
+            except InvalidEvent as exc:
+                problems.append({"index": i, "reason": exc.reason, "problem": exc.detail})
+        if problems:
+            raise ApiError(
+                400, "invalid_events", f"{len(problems)} of {len(body.events)} events are invalid", problems
+            )
+        try:
+            acks = await publish_prepared(nc.jetstream(), prepared, retry_for=5.0)
+        except Exception as exc:
+            raise ApiError(
+                503, "unavailable", f"the event stream did not store the batch: {type(exc).__name__}"
+            ) from exc
+        duplicates = sum(1 for ack in acks if ack.duplicate)
+        self.metrics.events.labels("stored").inc(len(acks) - duplicates)
+        self.metrics.events.labels("duplicate").inc(duplicates)
+        return 200, msgspec.json.encode(
+            EventsAccepted(accepted=len(acks) - duplicates, duplicates=duplicates)
+        )
+
+    @app.post(
+        "/v1/rewards",
+        openapi_extra=operation(
+            ok=202, answer=RewardAccepted, body=RewardBody, errors=(503,), role="frontend"
+        ),
+    )
+    async def rewards(self, request: Request) -> Response:
+        """An explicit reward for a decision. Stored in the decision's partition and applied
+        there in order with the user's events: once, to the policies that chose, if it arrives
+        while the decision's reward window is open (later ones are counted as late)."""
+        status, body = await self.rewards_bytes(request.headers.get("authorization"), await request.body())
+        return _json(body, status)
+
+    async def rewards_bytes(self, authorization: str | None, raw_body: bytes) -> tuple[int, bytes]:
+        """``/v1/rewards`` from the raw header and body to the status and JSON body."""
+        self._require(authorization, "frontend")
+        body: RewardBody = decode(self._reward_decoder, raw_body)
+        key = user_key_of(body.decision_id)
+        if key is None:
+            if len(body.decision_id) == 32 and all(c in "0123456789abcdef" for c in body.decision_id):
+                return 202, msgspec.json.encode(
+                    RewardAccepted(accepted=False, detail="that decision made no learned choice")
+                )
+            raise ApiError(400, "invalid_decision_id", "not a decision_id from a /v1/decide answer")
+        record = RewardRecord(decision_id=body.decision_id, reward=body.reward, ts=time.time())
+        subjects = record_subjects(partition_of(key, self.config.partitions), key, "reward")
+        headers = {"Nats-Msg-Id": f"reward:{body.decision_id}"}
+        data = encode_record(record)
+        nc, _ = await self._client()
+        try:
+            # The decision's partition (where it is applied), then the rewards log.
+            ack, _ = await publish_prepared(
+                nc.jetstream(), [(subject, data, headers) for subject in subjects], retry_for=5.0
+            )
+        except Exception as exc:
+            raise ApiError(503, "unavailable", f"the reward was not stored: {type(exc).__name__}") from exc
+        self.metrics.rewards.labels("duplicate" if ack.duplicate else "stored").inc()
+        if ack.duplicate:
+            answer = RewardAccepted(accepted=False, detail="a reward for this decision was already stored")
+        else:
+            answer = RewardAccepted(accepted=True, detail="stored; applied with the user's events")
+        return 202, msgspec.json.encode(answer)
+
+    @app.put(
+        "/v1/users/{user_id}/consent",
+        openapi_extra=operation(ok=202, answer=ConsentAccepted, body=ConsentBody, errors=(503,), role="any"),
+    )
+    async def put_consent(self, user_id: UserIdPath, request: Request) -> Response:
+        """Record consent per purpose (frontend or admin key). It travels as a
+        ``consent_updated`` event in the user's partition, so it applies in stream order and
+        takes effect on the next event and the next decision; answered once JetStream stored it."""
+        role = self._require(request.headers.get("authorization"), None)
+        body: ConsentBody = decode(self._consent_decoder, await request.body())
+        props = {k: v for k, v in msgspec.structs.asdict(body).items() if v is not None}
+        if not props:
+            raise ApiError(400, "invalid_body", "give 'analytics', 'personalization' or both")
+        nc, _ = await self._client()
+        publisher = EventPublisher(nc.jetstream(), self.pseudonymizer)
+        event = {
+            "event_id": f"consent-{uuid.uuid4().hex}",
+            "user_id": user_id,
+            "type": "consent_updated",
+            "ts": time.time(),
+            "props": props,
+        }
+        try:
+            await publish_prepared(nc.jetstream(), [publisher.prepare(event)], retry_for=5.0)
+            key = self.pseudonymizer.key(user_id)
+            await audit(nc.jetstream(), "consent", who=role, user_key=key, **props)
+        except Exception as exc:
+            raise ApiError(
+                503, "unavailable", f"the event stream did not store it: {type(exc).__name__}"
+            ) from exc
+        answer = ConsentAccepted(accepted=True, detail="applies from the user's next event and decision")
+        return _json(msgspec.json.encode(answer), 202)
+
+    @app.get(
+        "/v1/users/{user_id}/export",
+        openapi_extra=operation(answer=ANY_OBJECT, errors=(400, 503), role="admin"),
+    )
+    async def export_user(self, user_id: UserIdPath, request: Request) -> JSONResponse:
+        """Everything held on the user (data access request, admin key): live profile with
+        segments and consent, and the decisions and rewards still retained; audited."""
+        who = self._require(request.headers.get("authorization"), "admin")
+        nc, client = await self._client()
+        try:
+            report = await export_user(
+                nc.jetstream(), client, self.pseudonymizer.key(user_id), self.config.partitions, who=who
+            )
+        except ShardUnavailable as exc:
+            raise ApiError(503, "unavailable", str(exc)) from exc
+        return JSONResponse(report)
+
+    @app.delete(
+        "/v1/users/{user_id}", openapi_extra=operation(answer=ANY_OBJECT, errors=(400, 503), role="admin")
+    )
+    async def delete_user(self, user_id: UserIdPath, request: Request) -> JSONResponse:
+        """Erase the user everywhere (admin key): live state, snapshots, the events stream and
+        the decisions and rewards logs; audited without the raw id. Idempotent; an erasure
+        interrupted by a crash is finished when an ingress starts."""
+        who = self._require(request.headers.get("authorization"), "admin")
+        nc, client = await self._client()
+        eraser = Eraser(nc.jetstream(), client, self.config.partitions)
+        try:
+            report = await eraser.erase(self.pseudonymizer.key(user_id), who=who)
+        except (TimeoutError, ShardUnavailable) as exc:
+            raise ApiError(503, "unavailable", f"erasure not finished, it resumes: {exc}") from exc
+        return JSONResponse({"erased": True, **report})
+
+    @app.get(
+        "/v1/users/{user_id}", openapi_extra=operation(answer=ANY_OBJECT, errors=(404, 503), role="admin")
+    )
+    async def get_user(self, user_id: str, request: Request) -> Response:
+        """The live profile Headstart holds for a user (support and debugging; audited)."""
+        who = self._require(request.headers.get("authorization"), "admin")
+        key = self.pseudonymizer.key(user_id)
+        nc, client = await self._client()
+        try:
+            reply = await shards.user(client, key)
+        except ShardUnavailable as exc:
+            raise ApiError(503, "unavailable", str(exc)) from exc
+        with contextlib.suppress(Exception):  # reading changes nothing; its record is best effort
+            await audit(nc.jetstream(), "profile_read", who=who, user_key=key)
+        if reply == b"null":
+            raise ApiError(404, "not_found", "no state for this user")
+        return _passthrough(reply)
+
+    # ------------------------------------------------------------------ admin reports
+
+    @app.get("/v1/segments", openapi_extra=operation(answer=ANY_OBJECT, role="admin"))
+    async def segments(self, request: Request) -> Response:
+        """Every segment: built-in ones and the catalog's rule segments (with their rule), with
+        their live size, share of users and mean engagement, counted by the shards now."""
+        self._require(request.headers.get("authorization"), "admin")
+        nc, client = await self._client()
+        return JSONResponse(await admin.segments(nc.jetstream(), client, self.config.catalog))
+
+    @app.get(
+        "/v1/segments/{segment_id}", openapi_extra=operation(answer=ANY_OBJECT, errors=(404,), role="admin")
+    )
+    async def segment(self, segment_id: str, request: Request) -> Response:
+        """One segment (see ``GET /v1/segments``)."""
+        self._require(request.headers.get("authorization"), "admin")
+        nc, client = await self._client()
+        report = await admin.segments(nc.jetstream(), client, self.config.catalog)
+        found = next((s for s in report["segments"] if s["id"] == segment_id), None)
+        if found is None:
+            raise ApiError(404, "not_found", f"no segment {segment_id!r}")
+        return JSONResponse({**found, "users": report["users"]})
+
+    @app.get(
+        "/v1/experiments/{experiment_id}/report",
+        openapi_extra=operation(answer=ANY_OBJECT, errors=(404,), role="admin"),
+    )
+    async def experiment(self, experiment_id: str, request: Request) -> Response:
+        """An experiment's results: per arm the users exposed, conversions, rate, lift with its
+        confidence interval and p-value (fixed horizon, after CUPED, and always-valid), the
+        sample-ratio check, guardrails, the primary metric over time, and a verdict."""
+        self._require(request.headers.get("authorization"), "admin")
+        exp = self.decider.experiments.by_id.get(experiment_id)
+        if exp is None:
+            raise ApiError(404, "not_found", f"no experiment {experiment_id!r} in the catalog")
+        _, client = await self._client()
+        return JSONResponse(await admin.experiment(client, exp))
+
+    @app.get("/v1/admin/policies", openapi_extra=operation(answer=ANY_OBJECT, errors=(503,), role="admin"))
+    async def policies(self, request: Request) -> Response:
+        """What the served policy learned, per decision point and arm: decisions credited
+        (weighted), their share, and the reward rate; from one shard (they all serve the same
+        merged statistics, up to the last merge)."""
+        self._require(request.headers.get("authorization"), "admin")
+        _, client = await self._client()
+        points = await admin.learned(client)
+        if points is None:
+            raise ApiError(503, "unavailable", "no shard answered")
+        return JSONResponse({"points": points})
+
+    @app.post(
+        "/v1/admin/scale",
+        openapi_extra=operation(answer=ANY_OBJECT, body=ScaleBody, errors=(503,), role="admin"),
+    )
+    async def scale(self, request: Request) -> Response:
+        """Move partitions to ``shards`` shards, live (what `headstart scale` does); answers with
+        the moves and their pauses once done."""
+        who = self._require(request.headers.get("authorization"), "admin")
+        body: ScaleBody = decode(self._scale_decoder, await request.body())
+        shards = int(body.shards)
+        nc, _ = await self._client()
+        try:
+            reply = await request_admin(nc, "scale", shards=shards)
+        except AdminError as exc:
+            raise ApiError(503, "unavailable", str(exc)) from exc
+        with contextlib.suppress(Exception):  # the move is done; its audit record is best effort
+            await audit(nc.jetstream(), "scale", who=who, shards=shards)
+        return _passthrough(reply)
+
+    @app.get(
+        "/metrics",
+        response_class=PlainTextResponse,
+        openapi_extra=operation(
+            answer={"type": "string", "description": "Prometheus text format"},
+            role="admin",
+            media_type="text/plain",
+        ),
+    )
+    async def metrics_endpoint(self, request: Request) -> Response:
+        """Prometheus text format (admin key; Prometheus sends it as a bearer token)."""
+        self._require(request.headers.get("authorization"), "admin")
+        nc, client = await self._client()
+        text = await admin.scrape(nc.jetstream(), client, self.metrics)
+        return Response(text, media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/openapi.json", include_in_schema=False)
+    async def openapi_route(self, request: Request) -> JSONResponse:
+        """The OpenAPI schema, for any key."""
+        self._require(request.headers.get("authorization"), None)
+        return JSONResponse(openapi_document(max_shards=min(256, self.config.partitions)))
+
+    # ------------------------------------------------------------------ pages and health
+
+    @app.get("/", include_in_schema=False)
+    async def demo_page(self) -> Response:
+        """The demo onboarding page (no key: it asks for one, kept in the URL's fragment)."""
+        return Response(_static("index.html"), media_type="text/html; charset=utf-8")
+
+    @app.get("/static/headstart.js", include_in_schema=False)
+    async def javascript_client(self) -> Response:
+        """The dependency-free JavaScript client the demo page uses."""
+        return Response(
+            _static("headstart.js"),
+            media_type="text/javascript; charset=utf-8",
+            headers={"Cache-Control": "max-age=300"},
+        )
+
+    @app.get("/v1/ruleset", openapi_extra=operation(answer=ANY_OBJECT, role="frontend"))
+    async def ruleset(self, request: Request) -> Response:
+        """Flags, tutorial targeting and welcome messages by segment, signed (ECDSA P-256): what
+        a page evaluates itself from a user's last known segments when Headstart is slow."""
+        self._require(request.headers.get("authorization"), "frontend")
+        return Response(self._ruleset, media_type="application/json", headers={"Cache-Control": "max-age=60"})
+
+    @app.get("/v1/ruleset/key", openapi_extra=operation(answer=ANY_OBJECT))
+    async def ruleset_key(self) -> Response:
+        """The public key (JWK) rulesets are signed with: pin it in the page (no API key needed)."""
+        return Response(self._ruleset_key, media_type="application/json")
+
+    @app.get("/healthz", openapi_extra=operation(answer=ANY_OBJECT))
+    async def healthz(self) -> dict[str, str]:
+        """Liveness: the ingress answers."""
+        return {"status": "ok"}
+
+    @app.get("/readyz", openapi_extra=operation(answer=ANY_OBJECT, errors=(503,)))
+    async def readyz(self) -> JSONResponse:
+        """Readiness: NATS is connected and every partition's shard answers."""
+        now = time.monotonic()
+        if now - self._ready_at > READY_CACHE_S:
+            self._ready_detail = await self._check_ready()
+            self._ready_at = now
+        detail = self._ready_detail
+        return JSONResponse(detail, status_code=200 if detail["ready"] else 503)
+
+    async def _check_ready(self) -> dict[str, Any]:
+        try:
+            nc, client = await asyncio.wait_for(self._client(), 2.0)
+        except Exception as exc:  # noqa: BLE001 - not ready is an answer, not an error
+            return {"ready": False, "nats": False, "reason": type(exc).__name__}
+        # The same pings that keep the coalescing owner map fresh: a partition is served when its
+        # owner answered.
+        await client.refresh_owners()
+        missing = [p for p, owner in enumerate(client.owners) if owner is None]
+        return {
+            "ready": not missing and nc.is_connected,
+            "nats": nc.is_connected,
+            "partitions_without_shard": missing,
+        }

@@ -1,0 +1,297 @@
+"""The HTTP API's bodies, each defined once as a msgspec Struct, and the OpenAPI document
+generated from them.
+
+The same Struct validates a request (msgspec decodes and checks the raw bytes in C, which is
+why ``/v1/decide`` can be answered before FastAPI's routing) and documents it: the document's
+``components.schemas`` come from :func:`msgspec.json.schema_components`, with the few rules a
+JSON Schema of the Struct cannot say by itself (exactly one of ``step`` or ``feature``, at least
+one consent purpose) added to the component.
+
+>>> decode(msgspec.json.Decoder(DecideBody), b'{"user_id": "u1"}').user_id
+'u1'
+>>> decode(msgspec.json.Decoder(DecideBody), b'{"user_id": ""}')
+Traceback (most recent call last):
+...
+actors.ingress.errors.ApiError: the request body is not valid
+>>> components()["ConsentBody"]["anyOf"][0]["required"]
+['analytics']
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import msgspec
+from msgspec import Meta
+
+from actors.ingress.errors import ApiError
+from engine.events import AnyEvent
+
+#: Events accepted in one ``/v1/events`` call.
+MAX_EVENTS_PER_BATCH = 1000
+
+# ---------------------------------------------------------------------- requests
+
+UserId = Annotated[str, Meta(min_length=1, max_length=256, description="the caller's raw user id")]
+ShortName = Annotated[str, Meta(max_length=64)]
+
+
+class RequestContext(msgspec.Struct, omit_defaults=True):
+    """Where the request comes from; fields beyond these are ignored."""
+
+    device_type: Annotated[str, Meta(max_length=64)] | None = None
+    os: Annotated[str, Meta(max_length=64)] | None = None
+    locale: Annotated[str, Meta(max_length=32)] | None = None
+    country: Annotated[str, Meta(max_length=8)] | None = None
+    referrer: Annotated[str, Meta(max_length=256)] | None = None
+    app_version: Annotated[str, Meta(max_length=64)] | None = None
+
+
+class DecideBody(msgspec.Struct, forbid_unknown_fields=True):
+    """Who is deciding, and from where (``/v1/decide`` and ``/v1/flags``)."""
+
+    user_id: UserId
+    context: RequestContext = msgspec.field(default_factory=RequestContext)
+
+
+class TutorialBody(msgspec.Struct, forbid_unknown_fields=True):
+    """The tutorial for a ``step`` or for a ``feature``: exactly one of the two."""
+
+    user_id: UserId
+    context: RequestContext = msgspec.field(default_factory=RequestContext)
+    step: ShortName | None = None
+    feature: ShortName | None = None
+
+
+class EventsBody(msgspec.Struct, forbid_unknown_fields=True):
+    """A batch of events; each is validated by the engine's event model (an invalid one refuses
+    the batch with its index), so the items are decoded as plain objects here."""
+
+    events: Annotated[list[dict[str, Any]], Meta(min_length=1, max_length=MAX_EVENTS_PER_BATCH)]
+
+
+class RewardBody(msgspec.Struct, forbid_unknown_fields=True):
+    """An explicit reward for a decision."""
+
+    decision_id: Annotated[str, Meta(min_length=1, max_length=64, description="from a /v1/decide answer")]
+    reward: Annotated[float, Meta(ge=0.0, le=1.0, description="how well the decision worked, in [0, 1]")]
+
+
+class ConsentBody(msgspec.Struct, forbid_unknown_fields=True):
+    """Consent per purpose; a purpose left out (or null) keeps what was recorded."""
+
+    analytics: Annotated[bool | None, Meta(description="keep the user's events and live state")] = None
+    personalization: Annotated[bool | None, Meta(description="personalize decisions and learn from them")] = (
+        None
+    )
+
+
+class ScaleBody(msgspec.Struct, forbid_unknown_fields=True):
+    """How many shards should own the partitions (at most the number of partitions)."""
+
+    # A number, not an int: JSON Schema's integers include 20.0, and so does this API.
+    shards: Annotated[float, Meta(ge=1, le=256, multiple_of=1)]
+
+
+# ---------------------------------------------------------------------- answers
+
+
+class Decision(msgspec.Struct):
+    """The answer of ``/v1/decide`` (documented here; the shard encodes it)."""
+
+    decision_id: str
+    step: dict[str, Any] | None
+    tutorial: dict[str, Any] | None
+    message: str
+    step_message: str
+    flags: dict[str, bool]
+    segments: list[str]
+    experiments: dict[str, Any]
+    completed_steps: list[str]
+    personalized: bool
+    explain: list[str]
+    activation_probability: Annotated[
+        float | None,
+        Meta(description="the activation model's probability that this user activates (personalized only)"),
+    ] = None
+    recommended_features: Annotated[
+        list[str], Meta(description="features this user has not tried, likeliest adopted first")
+    ] = msgspec.field(default_factory=list)
+
+
+class EventsAccepted(msgspec.Struct):
+    accepted: int
+    duplicates: int
+
+
+class RewardAccepted(msgspec.Struct):
+    #: False when the decision made no learned choice (nothing to learn) or the same reward
+    #: for it was already stored.
+    accepted: bool
+    detail: str
+
+
+class ConsentAccepted(msgspec.Struct):
+    accepted: bool
+    detail: str
+
+
+class ErrorDetail(msgspec.Struct, omit_defaults=True):
+    code: str
+    message: str
+    details: Any = None
+
+
+class ErrorBody(msgspec.Struct):
+    """Every 4xx and 5xx answer."""
+
+    error: ErrorDetail
+
+
+def decode(decoder: msgspec.json.Decoder[Any], body: bytes) -> Any:
+    """``body`` decoded and validated, or a 400 :class:`ApiError` saying why."""
+    try:
+        return decoder.decode(body)
+    except msgspec.ValidationError as exc:
+        raise ApiError(
+            400, "invalid_request", "the request body is not valid", [{"problem": str(exc)}]
+        ) from None
+    except msgspec.DecodeError as exc:
+        raise ApiError(
+            400, "invalid_request", "the request body is not JSON", [{"problem": str(exc)}]
+        ) from None
+
+
+# ---------------------------------------------------------------------- the OpenAPI document
+
+REF = "#/components/schemas/{name}"
+BODIES: tuple[type[msgspec.Struct], ...] = (
+    DecideBody,
+    TutorialBody,
+    EventsBody,
+    RewardBody,
+    ConsentBody,
+    ScaleBody,
+    Decision,
+    EventsAccepted,
+    RewardAccepted,
+    ConsentAccepted,
+    ErrorBody,
+)
+
+
+def _only(present: str, absent: str) -> dict[str, Any]:
+    return {"required": [present], "properties": {present: {"type": "string"}, absent: {"type": "null"}}}
+
+
+#: What a body's JSON Schema cannot say from its Struct alone (the server refuses these with 400).
+EXTRA_RULES: dict[str, dict[str, Any]] = {
+    "TutorialBody": {"oneOf": [_only("step", "feature"), _only("feature", "step")]},
+    # The route refuses other ids with its own code (invalid_decision_id), so the decoder
+    # does not check the pattern. A learned decision's id is the user's key (26 base32
+    # characters) and 16 hex digits; 32 hex digits name a decision without a learned choice.
+    "RewardBody": {"properties": {"decision_id": {"pattern": "^([a-z2-7]{26}[0-9a-f]{16}|[0-9a-f]{32})$"}}},
+    "ConsentBody": {
+        "anyOf": [
+            {"required": [purpose], "properties": {purpose: {"type": "boolean"}}}
+            for purpose in ("analytics", "personalization")
+        ]
+    },
+}
+
+
+def components() -> dict[str, Any]:
+    """The JSON Schemas of every body, and of the event model the batch's items must follow."""
+    (event_schema, *_), schemas = msgspec.json.schema_components([AnyEvent, *BODIES], ref_template=REF)
+    for name, extra in EXTRA_RULES.items():
+        for keyword, value in extra.items():
+            if keyword == "properties":
+                for field, rules in value.items():
+                    schemas[name]["properties"][field].update(rules)
+            else:
+                schemas[name][keyword] = value
+    schemas["EventsBody"]["properties"]["events"]["items"] = event_schema
+    for name in (t.__name__ for t in AnyEvent.__args__):  # type: ignore[attr-defined]
+        properties = schemas[name]["properties"]
+        # The ingress takes the raw user id and pseudonymizes it (any length); the engine's
+        # bound is on the key. The only schema version is 1 (others are refused).
+        properties["user_id"] = {"type": "string", "minLength": 1, "description": "the raw user id"}
+        properties["v"] = {"type": "integer", "enum": [1], "default": 1}
+    return schemas
+
+
+def _json(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"application/json": {"schema": schema}}
+
+
+def _ref(struct: type[msgspec.Struct]) -> dict[str, Any]:
+    return {"$ref": REF.format(name=struct.__name__)}
+
+
+#: Why each error status is answered.
+ERRORS = {
+    400: "the request is not valid (body, path or parameters)",
+    401: "missing or unknown API key",
+    403: "the key's role may not call this endpoint",
+    404: "not found",
+    413: "the body is over 1 MiB",
+    429: "the key is over its rate limit (see Retry-After)",
+    503: "the event stream or a shard is unavailable",
+}
+Role = Literal["frontend", "admin", "any", "basic"]
+
+
+def operation(
+    *,
+    ok: int = 200,
+    answer: type[msgspec.Struct] | dict[str, Any] | None = None,
+    body: type[msgspec.Struct] | None = None,
+    errors: tuple[int, ...] = (),
+    role: Role | None = None,
+    media_type: str = "application/json",
+) -> dict[str, Any]:
+    """The ``openapi_extra`` of a route: its body, every status it answers with its schema, and
+    the key it needs. A route with a key also answers 401, 403 (except ``any``) and 429."""
+    answered = set(errors)
+    if role is not None:
+        answered |= {401, 429} | ({403} if role != "any" else set())
+    if body is not None:
+        answered |= {400, 413}
+    schema = _ref(answer) if isinstance(answer, type) else (answer or {})
+    responses: dict[str, Any] = {
+        str(ok): {"description": "OK", "content": {media_type: {"schema": schema}}},
+    }
+    for status in sorted(answered):
+        responses[str(status)] = {"description": ERRORS[status], "content": _json(_ref(ErrorBody))}
+        if status == 429:
+            responses["429"]["headers"] = {"Retry-After": {"schema": {"type": "integer"}}}
+    extra: dict[str, Any] = {"responses": responses}
+    if body is not None:
+        extra["requestBody"] = {"required": True, "content": _json(_ref(body))}
+    if role is not None:
+        extra["security"] = [{"basic": []}, {"bearer": []}] if role == "basic" else [{"bearer": []}]
+    return extra
+
+
+SECURITY_SCHEMES = {
+    "bearer": {"type": "http", "scheme": "bearer", "description": "an API key: Bearer <key>"},
+    "basic": {"type": "http", "scheme": "basic", "description": "a frontend key as the user (Segment)"},
+}
+
+
+def finish_document(document: dict[str, Any], max_shards: int = 256) -> dict[str, Any]:
+    """FastAPI's document with the bodies' components and security schemes, and without its own
+    422 answers and validation schemas (the server answers 400, documented per route)."""
+    for operations in document.get("paths", {}).values():
+        for op in operations.values():
+            op.get("responses", {}).pop("422", None)
+    schemas = {
+        name: schema
+        for name, schema in document.get("components", {}).get("schemas", {}).items()
+        if name not in ("HTTPValidationError", "ValidationError")
+    }
+    schemas.update(components())
+    schemas["ScaleBody"]["properties"]["shards"]["maximum"] = max_shards
+    document["components"] = {**document.get("components", {}), "schemas": schemas}
+    document["components"]["securitySchemes"] = SECURITY_SCHEMES
+    return document
