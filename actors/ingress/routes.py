@@ -43,7 +43,6 @@ from actors.ingress.schemas import (
     ConsentAccepted,
     ConsentBody,
     DecideBody,
-    Decision,
     EventsAccepted,
     EventsBody,
     RewardAccepted,
@@ -56,7 +55,7 @@ from actors.ingress.schemas import (
 )
 from actors.ingress.segment import CALLS as SEGMENT_CALLS
 from actors.ingress.segment import MAX_SEGMENT_CALLS, SegmentIngest
-from engine.decision import Decider
+from engine.decision import Decider, DecisionAnswer, TutorialAnswer
 from engine.errors import InvalidEvent
 from engine.keys import Pseudonymizer, partition_of
 from engine.learning import RewardRecord, encode_record, user_key_of
@@ -285,7 +284,7 @@ class Ingress(DecisionService):
 
     # ------------------------------------------------------------------ decisions
 
-    @app.post("/v1/decide", openapi_extra=operation(answer=Decision, body=DecideBody, role="frontend"))
+    @app.post("/v1/decide", openapi_extra=operation(answer=DecisionAnswer, body=DecideBody, role="frontend"))
     async def decide(self, request: Request) -> Response:
         """The next onboarding step, tutorial variant, message, flags and segments for a user."""
         # Normally answered by the HotPath middleware before routing; this route documents it
@@ -330,7 +329,7 @@ class Ingress(DecisionService):
 
     @app.post(
         "/v1/tutorials/select",
-        openapi_extra=operation(answer=ANY_OBJECT, body=TutorialBody, errors=(404,), role="frontend"),
+        openapi_extra=operation(answer=TutorialAnswer, body=TutorialBody, errors=(404,), role="frontend"),
     )
     async def select_tutorial(self, request: Request) -> Response:
         """Which variant of the tutorial for a step (or a feature) this user should see."""

@@ -25,6 +25,7 @@ import msgspec
 from msgspec import Meta
 
 from actors.ingress.errors import ApiError
+from engine.decision import DecisionAnswer, TutorialAnswer
 from engine.events import AnyEvent
 
 #: Events accepted in one ``/v1/events`` call.
@@ -96,29 +97,6 @@ class ScaleBody(msgspec.Struct, forbid_unknown_fields=True):
 # ---------------------------------------------------------------------- answers
 
 
-class Decision(msgspec.Struct):
-    """The answer of ``/v1/decide`` (documented here; the shard encodes it)."""
-
-    decision_id: str
-    step: dict[str, Any] | None
-    tutorial: dict[str, Any] | None
-    message: str
-    step_message: str
-    flags: dict[str, bool]
-    segments: list[str]
-    experiments: dict[str, Any]
-    completed_steps: list[str]
-    personalized: bool
-    explain: list[str]
-    activation_probability: Annotated[
-        float | None,
-        Meta(description="the activation model's probability that this user activates (personalized only)"),
-    ] = None
-    recommended_features: Annotated[
-        list[str], Meta(description="features this user has not tried, likeliest adopted first")
-    ] = msgspec.field(default_factory=list)
-
-
 class EventsAccepted(msgspec.Struct):
     accepted: int
     duplicates: int
@@ -172,7 +150,8 @@ BODIES: tuple[type[msgspec.Struct], ...] = (
     RewardBody,
     ConsentBody,
     ScaleBody,
-    Decision,
+    DecisionAnswer,
+    TutorialAnswer,
     EventsAccepted,
     RewardAccepted,
     ConsentAccepted,
