@@ -119,6 +119,9 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--head", default="HEAD", help="the commit under test (default HEAD)")
     parser.add_argument("--bench", action="append", required=True, help="benchmark name (repeatable)")
     parser.add_argument("--rounds", type=int, default=1, help="runs per commit and benchmark")
+    parser.add_argument(
+        "--first", choices=["base", "head"], default="base", help="which commit runs first in round 1"
+    )
     args = parser.parse_args(argv)
     repo = Path(_git("rev-parse", "--show-toplevel", cwd=Path.cwd()))
     started = dt.datetime.now(dt.UTC)
@@ -130,6 +133,8 @@ def main(argv: list[str] | None = None) -> Path:
             for i, name in enumerate(args.bench):
                 # A B, then B A: neither commit always runs first.
                 order = ["base", "head"] if (round_ + i) % 2 == 0 else ["head", "base"]
+                if args.first == "head":
+                    order.reverse()
                 for side in order:
                     out = Path(tempfile.mkdtemp(prefix=f"hs-ab-{side}-"))
                     result = run_once(trees[side], name, out)
