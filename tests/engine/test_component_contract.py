@@ -24,11 +24,11 @@ from engine.component import PartitionComponent
 from engine.decision import Decider
 from engine.events import EventKind, encode_event, event_from_object
 from engine.experiments import ExperimentPlan, ExposureRecord, encode_exposure
-from engine.features import DIM, LAYOUT_VERSION
-from engine.learning import DecisionRecord, Learner, RewardRecord, encode_record
+from engine.learning import Learner, RewardRecord, encode_record
 from engine.partition import COMPONENTS, PartitionSetup, PartitionState
 from engine.profile import UserState, Vocabularies
 from engine.segments import SegmentIndex
+from tests.engine.test_learning import decision_record
 
 NAMES = list(COMPONENTS)
 NOW = 1_767_600_000.0
@@ -83,17 +83,7 @@ def reference_stream(long_keys: bool = False) -> list[Message]:
     def decision(name: str, ts: float, arm: str = "video") -> str:
         key = user(name)
         decision_id = f"{key}d{len(out):08d}"  # decision ids begin with the user's key
-        record = DecisionRecord(
-            decision_id=decision_id,
-            user_id=key,
-            ts=ts,
-            policy="linear_igw",
-            policy_version=1,
-            features_version=LAYOUT_VERSION,
-            context=[1.0] + [0.0] * (DIM - 1),
-            choices=[{"point": POINT, "arm": arm, "propensity": 0.5, "eligible": ["interactive", arm]}],  # type: ignore[list-item]
-        )
-        add(f"{key}-decision", encode_record(record))
+        add(f"{key}-decision", encode_record(decision_record(decision_id, key, ts, arm, POINT)))
         return decision_id
 
     def exposure(name: str, arm: str, ts: float, pre: float = 0.0) -> None:

@@ -40,6 +40,22 @@ def learner_for(catalog: Catalog | None = None, seed: int = 0) -> Learner:
     return Learner(catalog, Decider(catalog), seed=seed)
 
 
+def decision_record(
+    decision_id: str, key: str, ts: float, arm: str, point: str, context: list[float] | None = None
+) -> DecisionRecord:
+    """A linear_igw decision at ``point`` that chose ``arm`` (of ``interactive`` and ``arm``)."""
+    return DecisionRecord(
+        decision_id=decision_id,
+        user_id=key,
+        ts=ts,
+        policy="linear_igw",
+        policy_version=1,
+        features_version=LAYOUT_VERSION,
+        context=context if context is not None else [1.0] + [0.0] * (DIM - 1),
+        choices=[{"point": point, "arm": arm, "propensity": 0.5, "eligible": ["interactive", arm]}],  # type: ignore[list-item]
+    )
+
+
 class Log:
     """Messages of one partition, as the stream would hold them: (seq, subject tail, payload)."""
 
@@ -64,16 +80,7 @@ class Log:
         context = [1.0] + [0.0] * (DIM - 1)
         if context_slot is not None:
             context[context_slot] = 1.0
-        record = DecisionRecord(
-            decision_id=decision_id,
-            user_id=key,
-            ts=ts,
-            policy="linear_igw",
-            policy_version=1,
-            features_version=LAYOUT_VERSION,
-            context=context,
-            choices=[{"point": point, "arm": arm, "propensity": 0.5, "eligible": ["interactive", arm]}],  # type: ignore[list-item]
-        )
+        record = decision_record(decision_id, key, ts, arm, point, context)
         self.add(f"{key}-decision", encode_record(record))
         return decision_id
 
