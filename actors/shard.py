@@ -40,7 +40,7 @@ from engine.catalog import Catalog
 from engine.clusters import ClusterAssigner
 from engine.decision import Decider
 from engine.keys import partition_of
-from engine.learning import Learner, PartitionLearning
+from engine.learning import Learner
 from engine.partition import PartitionSetup, PartitionState
 from engine.pii import PiiSealer
 from engine.segments import SegmentIndex
@@ -133,7 +133,7 @@ class ShardActor:
             shard_id,
             self.state,
             self.answers,
-            self._consumed_partitions,
+            self.owned.consumed,
             self.stats,
             self.durability.snapshot_through,
             self.decision_log.publish,
@@ -192,7 +192,7 @@ class ShardActor:
                 if self.shard_id == CLUSTER_TRAINING_SHARD:
                     self.cluster_trainer = await ClusterTrainer.open(learn_kv, self.cluster_settings)
             self.change_publisher = ChangePublisher(js)
-            self.merger = PolicyMerger(learn_kv, self.learner, self._owned_learning, listeners)
+            self.merger = PolicyMerger(learn_kv, self.learner, self.owned.learning, listeners)
             self.handover.connect(self.nc, self.ctl, checkpoints, self.merger)
             self.decision_log.connect(js)
             # After a rescale the constructor's partitions are stale: the recorded assignment says
@@ -268,13 +268,6 @@ class ShardActor:
             if self.failure is not None:
                 raise ShardNotReady(f"shard {self.shard_id} failed to start: {self.failure}")
             raise ShardNotReady(f"shard {self.shard_id} is starting")
-
-    def _consumed_partitions(self) -> dict[int, PartitionState]:
-        return self.owned.consumed()
-
-    def _owned_learning(self) -> dict[int, PartitionLearning]:
-        """The learning state of the partitions this shard consumes (released ones are not ours)."""
-        return self.owned.learning()
 
     async def get_user(self, user_key: str, now: float | None = None) -> dict[str, Any] | None:
         """The live state of one user (by key), or None if this shard has never seen them."""
