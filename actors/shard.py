@@ -115,6 +115,7 @@ class ShardActor:
         self.segment_index = SegmentIndex(catalog) if catalog.membership.track else None
         self.membership = catalog.membership
         self.cluster_settings = catalog.clusters
+        self.schema = catalog.event_schema
         self.change_publisher: ChangePublisher | None = None
         self.cluster_trainer: ClusterTrainer | None = None
         #: Events only (the consumers' deliveries); everything else goes over ``ctl``.
@@ -160,6 +161,7 @@ class ShardActor:
             experiment_plan=self.decider.experiments,
             consent_by_default=self.personalize_by_default,
             sealer=self.sealer,
+            schema=self.schema,
         )
         return PartitionState.build(partition, snapshot, setup)
 

@@ -22,7 +22,15 @@ from typing import Annotated, Any, Literal
 
 import pystache
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from engine.errors import ConfigError
 from engine.experiments import (
@@ -33,6 +41,7 @@ from engine.experiments import (
     Holdout,
     check_layers,
 )
+from engine.schema import EventSchema, SchemaSection
 
 DEFAULT_CATALOG = Path(__file__).resolve().parent / "catalogs" / "default.yaml"
 
@@ -177,6 +186,26 @@ class JourneyReward(_Model):
     weight: float = Field(1.0, ge=0, le=1)
 
 
+class FeatureSpec(_Model):
+    """A declared field entering the policy's context vector (``learning.features``): a trait,
+    a context field (categorical: one-hot over ``values``, by default the declared ones;
+    numeric: ``log1p``-scaled) or a custom event type's per-user count (``log1p``)."""
+
+    trait: str | None = None
+    context: str | None = None
+    event_count: str | None = None
+    #: Categorical fields: the values that get a slot each (others: all zeros).
+    values: list[Annotated[str, Field(min_length=1, max_length=256)]] | None = Field(
+        None, min_length=1, max_length=64
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> FeatureSpec:
+        if sum(x is not None for x in (self.trait, self.context, self.event_count)) != 1:
+            raise ValueError("a feature names exactly one of 'trait', 'context' or 'event_count'")
+        return self
+
+
 class Learning(_Model):
     """What the policies learn from and how (issue 5)."""
 
@@ -198,6 +227,9 @@ class Learning(_Model):
     #: Users whose predicted activation probability is below this are in the built-in segment
     #: ``activation_low`` (e.g. to give them a simpler flow through a flag or step rule).
     activation_low_below: float = Field(0.2, ge=0, le=1)
+    #: Declared traits, context fields and event counts in the policy's context vector, after
+    #: the built-in features (docs/learning.md, "Features").
+    features: list[FeatureSpec] = Field(default_factory=list, max_length=64)
 
 
 class Clusters(_Model):
@@ -323,6 +355,18 @@ class Catalog(_Model):
     experiments: list[Experiment] = Field(default_factory=list)
     holdout: Holdout | None = None
     segment_api: SegmentApi = SegmentApi()
+    #: The product's own event types, traits and context fields (:mod:`engine.schema`).
+    schema_: SchemaSection = Field(SchemaSection(), alias="schema")
+    _event_schema: EventSchema | None = PrivateAttr(None)
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @property
+    def event_schema(self) -> EventSchema:
+        """The schema compiled: how this catalog's events decode (built once, on first use)."""
+        if self._event_schema is None:
+            self._event_schema = EventSchema(self.schema_)
+        return self._event_schema
 
     @property
     def cluster_segments(self) -> list[str]:
@@ -392,7 +436,8 @@ def is_known_segment(segment: str) -> bool:
 
 
 def _semantic_errors(catalog: Catalog) -> list[tuple[str, str]]:
-    errors: list[tuple[str, str]] = _rule_segment_errors(catalog.segments)
+    errors: list[tuple[str, str]] = catalog.schema_.clashes()
+    errors += _rule_segment_errors(catalog.segments)
     known = {s.id for s in catalog.segments} | set(catalog.cluster_segments)
     if catalog.clusters.enabled and not catalog.membership.track:
         errors.append(("clusters.enabled", "clusters need live membership (membership.track: true)"))

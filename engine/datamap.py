@@ -65,6 +65,12 @@ PROFILE_FIELDS: dict[str, tuple[str, str]] = {
     "consent": ("consent per purpose, as recorded", "legal record"),
     "segments": ("live segment membership", "personalization"),
     "cluster": ("behavioural cluster", "personalization"),
+    "custom": ("per custom event type (catalog schema): count, first and last time", "analytics"),
+    "custom_values": ("per count_by prop of a custom type: counts per value (bounded)", "analytics"),
+    "extras": (
+        "the custom traits and context fields the catalog declares (see their rows)",
+        "personalization",
+    ),
     "device_type": ("latest device type", "personalization"),
     "os": ("latest operating system", "personalization"),
     "locale": ("latest locale", "personalization"),

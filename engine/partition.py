@@ -23,11 +23,12 @@ import msgspec
 
 from engine.component import PartitionComponent
 from engine.errors import InvalidEvent
-from engine.events import ConsentUpdated, Event, decode_event
+from engine.events import ConsentUpdated, Event
 from engine.experiments import ExperimentPlan, PartitionExperiments, exposure_decoder
 from engine.learning import Learner, PartitionLearning, decision_decoder, reward_decoder
 from engine.pii import PiiSealer
 from engine.profile import UserState, Vocabularies, consent_allows, with_consent
+from engine.schema import BUILTIN_SCHEMA, EventSchema
 from engine.segments import PartitionSegments, SegmentIndex
 
 SNAPSHOT_VERSION = 1
@@ -37,6 +38,13 @@ SNAPSHOT_VERSION = 1
 CheckpointMark = tuple[int, int, int]
 
 _snapshot_encoder = msgspec.msgpack.Encoder()
+
+
+class _TypeOnly(msgspec.Struct):
+    type: str = ""
+
+
+_type_decoder = msgspec.msgpack.Decoder(_TypeOnly)
 
 
 class _SnapshotHead(msgspec.Struct):
@@ -78,6 +86,8 @@ class PartitionSetup:
     consent_by_default: bool = True
     #: Seals PII (a name) in snapshots; without one, snapshots leave it out.
     sealer: PiiSealer | None = None
+    #: The event types, traits and context fields the catalog declares (:mod:`engine.schema`).
+    schema: EventSchema = BUILTIN_SCHEMA
 
 
 def _learning(setup: PartitionSetup, partition: int) -> PartitionComponent | None:
@@ -120,8 +130,11 @@ class PartitionState:
         "consent_by_default",
         "last_seq",
         "partition",
+        "pii_fields",
         "records",
+        "retired",
         "revision",
+        "schema",
         "sealer",
         "users",
         "vocab",
@@ -135,7 +148,14 @@ class PartitionState:
         #: Seals PII (a name) in snapshots; without one, snapshots leave it out.
         self.sealer = setup.sealer
         self.users: dict[str, UserState] = {}
+        #: What the catalog declares: how events decode and which custom fields are kept.
+        self.schema = setup.schema
         self.vocab = Vocabularies()
+        #: The ids of the PII custom traits (sealed in snapshots, dropped with consent).
+        self.pii_fields: frozenset[int] = frozenset()
+        self._declare()
+        #: Stored events of custom types the catalog no longer declares, skipped, by type.
+        self.retired: dict[str, int] = {}
         #: Every message of this partition with a stream sequence at or below this one has been
         #: applied (or dead-lettered). Redeliveries at or below it change nothing.
         self.last_seq = 0
@@ -160,6 +180,14 @@ class PartitionState:
         #: Counts what changes this state without a stream message (profiles expired); see
         #: :meth:`checkpoint_mark`.
         self.revision = 0
+
+    def _declare(self) -> None:
+        # Every declared type gets its id now, so a type the catalog drops later is still
+        # known to this partition (its stored events are then skipped, see apply_message).
+        vocab, schema = self.vocab, self.schema
+        for name in schema.custom_types:
+            vocab.custom_types.id(name)
+        self.pii_fields = frozenset(vocab.custom_fields.id(name) for name in sorted(schema.pii_traits))
 
     # ------------------------------------------------------------------ components by type
 
@@ -199,25 +227,49 @@ class PartitionState:
             user_key, kind = user_key.split("-", 1)
             self._apply_record(seq, user_key, kind, data)
             return
-        event = decode_event(data)
+        try:
+            event = self.schema.decode(data)
+        except InvalidEvent as exc:
+            retired = self._retired_type(exc, data)
+            if retired is None:
+                raise
+            # Stored under an earlier schema that declared it: history, not a mistake.
+            self.retired[retired] = self.retired.get(retired, 0) + 1
+            return
         if event.user_id != user_key:
             raise InvalidEvent("key_mismatch", "payload user_id does not match the subject's user key")
         self.apply_event(user_key, event, seq)
+
+    def _retired_type(self, error: InvalidEvent, data: bytes) -> str | None:
+        """The type of an event whose type the catalog no longer declares but this partition
+        once held (None: any other invalid message)."""
+        if error.reason != "unknown_type":
+            return None
+        try:
+            name = _type_decoder.decode(data).type
+        except msgspec.DecodeError:
+            return None
+        return name if self.vocab.custom_types.find(name) is not None else None
 
     def apply_event(self, user_key: str, event: Event, seq: int = 0) -> None:
         user = self.users.get(user_key)
         if (user is None or isinstance(event, ConsentUpdated)) and not self._admit(
             user_key, user, event, seq
         ):
-            self.anonymous[event.kind.wire_name] = self.anonymous.get(event.kind.wire_name, 0) + 1
+            self.anonymous[event.type_name] = self.anonymous.get(event.type_name, 0) + 1
             return
         if user is None:
             user = self.users[user_key] = UserState.new(event.ts)
             user.consent = self.withheld.pop(user_key, 0)
-        changed = user.apply(event, self.vocab)
-        if user.name is not None and not user.consent_given("personalization", self.consent_by_default):
-            # The name is held for messages only, so only while personalization is granted.
+        changed = user.apply(event, self.vocab, self.schema)
+        if (user.name is not None or user.extras is not None) and not user.consent_given(
+            "personalization", self.consent_by_default
+        ):
+            # The name (and PII traits) are held for messages only, so only while
+            # personalization is granted.
             user.name = None
+            if self.pii_fields:
+                user.drop_extras(self.pii_fields)
         self.applied += 1
         self.watermark = max(self.watermark, event.ts)
         vocab = self.vocab
@@ -345,7 +397,7 @@ class PartitionState:
         user = self.users.get(user_key)
         if user is None:
             return None
-        view = user.view(self.vocab, now)
+        view = user.view(self.vocab, now, self.schema)
         segments = self.segments
         if segments is not None:
             # Live membership as of the last event or sweep (a decision works its own out now).
@@ -364,7 +416,9 @@ class PartitionState:
             "records": self.records,
             "watermark": self.watermark,
             "vocab": self.vocab.snapshot(),
-            "users": {key: user.snapshot(key, self.sealer) for key, user in self.users.items()},
+            "users": {
+                key: user.snapshot(key, self.sealer, self.pii_fields) for key, user in self.users.items()
+            },
         }
         # Every known component's key, None when left out: the layout does not depend on the setup.
         for name in COMPONENTS:
@@ -372,6 +426,8 @@ class PartitionState:
             snap[name] = component.snapshot() if component is not None else None
         snap["withheld"] = self.withheld
         snap["anonymous"] = self.anonymous
+        if self.retired:
+            snap["retired"] = self.retired
         return _snapshot_encoder.encode(snap)
 
     @classmethod
@@ -387,6 +443,8 @@ class PartitionState:
         part.records = snap.get("records", 0)
         part.watermark = snap["watermark"]
         part.vocab = Vocabularies(snap["vocab"])
+        part._declare()  # types declared since the snapshot; the ones it knew stay known
+        part.retired = dict(snap.get("retired") or {})
         part.users = {key: UserState.restore(value, key, part.sealer) for key, value in snap["users"].items()}
         for name, component in part.components.items():
             component.restore(snap.get(name), part.users)

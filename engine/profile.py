@@ -31,6 +31,7 @@ from typing import Any, Protocol
 from engine.events import (
     CONTEXT_FIELDS,
     ConsentUpdated,
+    CustomEvent,
     Event,
     EventKind,
     FeatureClicked,
@@ -40,6 +41,7 @@ from engine.events import (
     TutorialCompleted,
     TutorialStarted,
 )
+from engine.schema import BUILTIN_SCHEMA, EventSchema
 
 #: An inactivity gap after which the next event starts a new session (the common analytics
 #: convention, used by GA and Segment-style sessionization).
@@ -65,6 +67,8 @@ ENGAGEMENT_WEIGHTS: dict[EventKind, float] = {
     EventKind.TUTORIAL_COMPLETED: 3.0,
     EventKind.PROFILE_UPDATED: 1.0,
     EventKind.CONSENT_UPDATED: 0.0,
+    # The product's own events: as much as a click, whatever they are.
+    EventKind.CUSTOM: 1.5,
 }
 _WEIGHTS = [ENGAGEMENT_WEIGHTS[k] for k in EventKind]
 
@@ -88,6 +92,11 @@ _ZERO_COUNTERS = array("I", [0] * _N_COUNTERS)
 # a flat array beats a dict in both time and memory.
 _F_STRIDE = 3
 _T_STRIDE = 4
+# Custom event entries are quads (type id, count, first second, last second); counts by a
+# prop's value are triples (type-and-prop id, value id, count). Ids are the partition's
+# (Vocabularies.custom_*), so they outlive schema changes.
+_X_STRIDE = 4
+_V_STRIDE = 3
 
 TRAIT_FIELDS = ("name", "age_band", "role", "company_size")
 #: Profile fields that identify a person; logs and exports treat them as PII.
@@ -157,7 +166,16 @@ class Vocabulary:
 class Vocabularies:
     """The vocabularies one partition's users share."""
 
-    __slots__ = ("features", "steps", "tutorials", "variants")
+    __slots__ = (
+        "custom_fields",
+        "custom_keys",
+        "custom_types",
+        "custom_values",
+        "features",
+        "steps",
+        "tutorials",
+        "variants",
+    )
 
     def __init__(self, snapshot: dict[str, list[str]] | None = None) -> None:
         snap = snapshot or {}
@@ -166,9 +184,23 @@ class Vocabularies:
         self.steps = Vocabulary(snap.get("steps"), limit=256)
         self.tutorials = Vocabulary(snap.get("tutorials"))
         self.variants = Vocabulary(snap.get("variants"))
+        #: Every custom event type this partition ever held (a type the catalog later drops
+        #: is still known here: its stored events are skipped on replay, not dead-lettered).
+        self.custom_types = Vocabulary(snap.get("custom_types"))
+        #: Custom traits and context fields: a user's value of one sits at its id.
+        self.custom_fields = Vocabulary(snap.get("custom_fields"))
+        #: ``<type>.<prop>`` of the ``count_by`` props, and their values.
+        self.custom_keys = Vocabulary(snap.get("custom_keys"))
+        self.custom_values = Vocabulary(snap.get("custom_values"), limit=65_536)
 
     def snapshot(self) -> dict[str, list[str]]:
-        return {name: getattr(self, name).names for name in self.__slots__}
+        # The custom vocabularies only once used: a partition without custom events snapshots
+        # as it did before they existed.
+        return {
+            name: vocab.names
+            for name in self.__slots__
+            if len((vocab := getattr(self, name)).names) > 1 or not name.startswith("custom_")
+        }
 
 
 def _intern(value: str | None, current: str | None) -> str | None:
@@ -193,6 +225,9 @@ class UserState:
         "consent",
         "segments",
         "cluster",
+        "custom",
+        "custom_values",
+        "extras",
         *CONTEXT_FIELDS,
         *TRAIT_FIELDS,
     )
@@ -212,6 +247,13 @@ class UserState:
     segments: int
     #: The behavioural cluster the user was last assigned to (-1: none yet).
     cluster: int
+    #: Custom events: (type id, count, first second, last second) quads (None: none yet).
+    custom: array[int] | None
+    #: Counts by the value of ``count_by`` props: (key id, value id, count) triples.
+    custom_values: array[int] | None
+    #: Custom trait and context values (interned text, numbers, booleans), each at its field's
+    #: id in ``Vocabularies.custom_fields`` (None: none set).
+    extras: list[Any] | None
     device_type: str | None
     os: str | None
     locale: str | None
@@ -238,15 +280,18 @@ class UserState:
         user.consent = 0
         user.segments = 0
         user.cluster = -1
+        user.custom = None
+        user.custom_values = None
+        user.extras = None
         for field in CONTEXT_FIELDS + TRAIT_FIELDS:
             setattr(user, field, None)
         return user
 
     # ------------------------------------------------------------------ updates
 
-    def apply(self, event: Event, vocab: Vocabularies) -> int:
+    def apply(self, event: Event, vocab: Vocabularies, schema: EventSchema = BUILTIN_SCHEMA) -> int:
         """Fold one event into the state; what it changed as bits (:data:`FIRST_USE`,
-        :data:`NEW_SESSION`, ...)."""
+        :data:`NEW_SESSION`, ...). ``schema``: what the catalog declares beyond the built-ins."""
         ts = event.ts
         kind = event.kind
         c = self.counters
@@ -302,8 +347,13 @@ class UserState:
             if value is not None and value != self.app_version:
                 self.app_version = sys.intern(value)
                 changed |= CONTEXT_CHANGED
+            if schema.context and self._set_extras(ctx, schema.context, vocab):
+                changed |= CONTEXT_CHANGED
 
-        if kind is EventKind.FEATURE_CLICKED:
+        if kind is EventKind.CUSTOM:
+            assert isinstance(event, CustomEvent)
+            changed |= self._count_custom(event, seconds, vocab, schema)
+        elif kind is EventKind.FEATURE_CLICKED:
             assert isinstance(event, FeatureClicked)
             if self._count_feature(vocab.features.id(event.props.feature), bucket):
                 changed |= FIRST_USE
@@ -335,10 +385,85 @@ class UserState:
             self.company_size = _intern(traits.company_size, self.company_size)
             if (self.age_band, self.role, self.company_size) != before:
                 changed |= TRAITS_CHANGED
+            if schema.traits and self._set_extras(traits, schema.traits, vocab):
+                changed |= TRAITS_CHANGED
         elif kind is EventKind.CONSENT_UPDATED:
             assert isinstance(event, ConsentUpdated)
             self._set_consent(event.props.analytics, event.props.personalization)
         return changed
+
+    def _set_extras(self, source: Any, names: tuple[str, ...], vocab: Vocabularies) -> bool:
+        """Store the declared fields ``source`` (a context or traits struct) sets; whether any
+        took a new value."""
+        changed = False
+        for name in names:
+            value = getattr(source, name)
+            if value is None:
+                continue
+            slot = vocab.custom_fields.id(name)
+            extras = self.extras
+            if extras is None:
+                extras = self.extras = [None] * (slot + 1)
+            elif slot >= len(extras):
+                extras.extend([None] * (slot + 1 - len(extras)))
+            if extras[slot] != value:
+                extras[slot] = sys.intern(value) if isinstance(value, str) else value
+                changed = True
+        return changed
+
+    def _count_custom(
+        self, event: CustomEvent, seconds: int, vocab: Vocabularies, schema: EventSchema
+    ) -> int:
+        """Count a custom event (and its ``count_by`` props' values); FIRST_USE if it is the
+        user's first of its type."""
+        type_name = event.type_name
+        type_id = vocab.custom_types.id(type_name)
+        first = 0
+        x = self.custom
+        if x is None:
+            self.custom = array("I", (type_id, 1, seconds, seconds))
+            first = FIRST_USE
+        else:
+            for i in range(0, len(x), _X_STRIDE):
+                if x[i] == type_id:
+                    x[i + 1] += 1
+                    x[i + 2] = min(x[i + 2], seconds)
+                    x[i + 3] = max(x[i + 3], seconds)
+                    break
+            else:
+                x.extend((type_id, 1, seconds, seconds))
+                first = FIRST_USE
+        by = schema.count_by.get(type_name)
+        if by is not None:
+            props = event.props  # type: ignore[attr-defined]
+            for prop, max_values in by:
+                value = getattr(props, prop)
+                if value is not None:
+                    key_id = vocab.custom_keys.id(f"{type_name}.{prop}")
+                    self._count_value(key_id, vocab.custom_values.id(value), max_values)
+        return first
+
+    def _count_value(self, key_id: int, value_id: int, max_values: int) -> None:
+        v = self.custom_values
+        if v is None:
+            self.custom_values = array("I", (key_id, value_id, 1))
+            return
+        distinct = 0
+        other = -1
+        for i in range(0, len(v), _V_STRIDE):
+            if v[i] == key_id:
+                if v[i + 1] == value_id:
+                    v[i + 2] += 1
+                    return
+                distinct += 1
+                if v[i + 1] == 0:
+                    other = i
+        if distinct < max_values:
+            v.extend((key_id, value_id, 1))
+        elif other >= 0:  # bounded: values past the bound count together, as "(other)"
+            v[other + 2] += 1
+        else:
+            v.extend((key_id, 0, 1))
 
     def _count_in_window(self, bucket: int) -> None:
         c = self.counters
@@ -434,13 +559,53 @@ class UserState:
     def feature_count(self, feature_id: int | None) -> int:
         return feature_count(self.features, feature_id)
 
+    def custom_count(self, type_id: int | None) -> int:
+        """How many events of the custom type with this id the user sent."""
+        return custom_count(self.custom, type_id)
+
+    def custom_times(self, type_id: int | None) -> tuple[int, int] | None:
+        """(first, last) second the user sent the custom type with this id (None: never)."""
+        x = self.custom
+        if x is None or type_id is None:
+            return None
+        for i in range(0, len(x), _X_STRIDE):
+            if x[i] == type_id:
+                return x[i + 2], x[i + 3]
+        return None
+
+    def value_count(self, key_id: int | None, value_id: int | None) -> int:
+        """How many events of a ``count_by`` key (``<type>.<prop>``) had this value."""
+        return value_count(self.custom_values, key_id, value_id)
+
+    def extra(self, field_id: int | None) -> Any:
+        """The user's value of the custom trait or context field with this id (None: none)."""
+        extras = self.extras
+        if extras is None or field_id is None or field_id >= len(extras):
+            return None
+        return extras[field_id]
+
+    def drop_extras(self, field_ids: frozenset[int]) -> None:
+        """Forget these custom fields' values (PII traits when consent goes)."""
+        extras = self.extras
+        if extras is not None:
+            for slot in field_ids:
+                if slot < len(extras):
+                    extras[slot] = None
+
     def consent_given(self, purpose: str, default: bool) -> bool:
         """Whether the user granted ``purpose`` ("analytics" or "personalization")."""
         return consent_allows(self.consent, purpose, default)
 
-    def view(self, vocab: Vocabularies, now: float) -> dict[str, Any]:
-        """A JSON-ready picture of the state as of ``now``."""
+    def view(self, vocab: Vocabularies, now: float, schema: EventSchema = BUILTIN_SCHEMA) -> dict[str, Any]:
+        """A JSON-ready picture of the state as of ``now`` (custom traits and context fields
+        sorted by ``schema``: a field it no longer declares shows as a trait)."""
         c = self.counters
+        extras = {
+            vocab.custom_fields.name(i): value
+            for i, value in enumerate(self.extras or ())
+            if value is not None
+        }
+        context_extras = {k: v for k, v in extras.items() if k in schema.section.context}
         sessions = c[C_SESSIONS]
         f = self.features or array("I")
         t = self.tutorials or array("I")
@@ -452,7 +617,11 @@ class UserState:
             "avg_session_seconds": self.session_seconds / sessions if sessions else 0.0,
             "active_hours_utc": [h for h in range(24) if c[C_HOURS] >> h & 1],
             "active_weekdays": [d for d in range(7) if c[C_DAYS] >> d & 1],
-            "events_by_type": {k.wire_name: c[k] for k in EventKind if c[k]},
+            "events_by_type": {
+                **{k.wire_name: c[k] for k in EventKind if c[k] and k is not EventKind.CUSTOM},
+                **self._custom_counts(vocab),
+            },
+            "custom_events": self._custom_view(vocab),
             "events_total": self.events_total,
             "features": {vocab.features.name(f[i]): f[i + 1] for i in range(0, len(f), _F_STRIDE)},
             "steps_viewed": _mask_names(self.viewed_steps, vocab.steps),
@@ -469,8 +638,14 @@ class UserState:
             "engagement": self.engagement_at(now),
             "events_5m": self.events_in_window(now),
             "features_5m": self.features_in_window(now),
-            "context": {k: getattr(self, k) for k in CONTEXT_FIELDS if getattr(self, k) is not None},
-            "traits": {k: getattr(self, k) for k in TRAIT_FIELDS if getattr(self, k) is not None},
+            "context": {
+                **{k: getattr(self, k) for k in CONTEXT_FIELDS if getattr(self, k) is not None},
+                **context_extras,
+            },
+            "traits": {
+                **{k: getattr(self, k) for k in TRAIT_FIELDS if getattr(self, k) is not None},
+                **{k: v for k, v in extras.items() if k not in context_extras},
+            },
             "consent": {
                 purpose: (bool(self.consent & on) if self.consent & is_set else None)
                 for purpose, is_set, on in (
@@ -480,14 +655,49 @@ class UserState:
             },
         }
 
+    def _custom_counts(self, vocab: Vocabularies) -> dict[str, int]:
+        x = self.custom or array("I")
+        return {vocab.custom_types.name(x[i]): x[i + 1] for i in range(0, len(x), _X_STRIDE)}
+
+    def _custom_view(self, vocab: Vocabularies) -> dict[str, Any]:
+        x = self.custom or array("I")
+        out: dict[str, Any] = {}
+        for i in range(0, len(x), _X_STRIDE):
+            out[vocab.custom_types.name(x[i])] = {
+                "count": x[i + 1],
+                "first_seen": x[i + 2],
+                "last_seen": x[i + 3],
+            }
+        v = self.custom_values or array("I")
+        for i in range(0, len(v), _V_STRIDE):
+            type_name, prop = vocab.custom_keys.name(v[i]).split(".", 1)
+            entry = out.setdefault(type_name, {"count": 0})
+            entry.setdefault("by", {}).setdefault(prop, {})[vocab.custom_values.name(v[i + 1])] = v[i + 2]
+        return out
+
     # ------------------------------------------------------------------ snapshots
 
-    def snapshot(self, key: str = "", sealer: Sealer | None = None) -> list[Any]:
-        """A msgpack-ready list; :meth:`restore` is its inverse. PII (a name) is sealed for
-        ``key`` by ``sealer``, or left out without one (:mod:`engine.pii`)."""
+    def snapshot(
+        self, key: str = "", sealer: Sealer | None = None, pii_fields: frozenset[int] = frozenset()
+    ) -> list[Any]:
+        """A msgpack-ready list; :meth:`restore` is its inverse. PII (a name, the custom fields
+        whose ids are ``pii_fields``) is sealed for ``key`` by ``sealer``, or left out without
+        one (:mod:`engine.pii`)."""
         attrs: list[Any] = [getattr(self, k) for k in CONTEXT_FIELDS + TRAIT_FIELDS]
         if self.name is not None:
             attrs[_NAME_AT] = sealer.seal(key, self.name) if sealer is not None else None
+        custom: list[Any] | None = None
+        if self.custom is not None or self.custom_values is not None or self.extras is not None:
+            extras = list(self.extras) if self.extras is not None else None
+            if extras is not None:
+                for slot in pii_fields:
+                    if slot < len(extras) and extras[slot] is not None:
+                        extras[slot] = sealer.seal(key, extras[slot]) if sealer is not None else None
+            custom = [
+                self.custom.tobytes() if self.custom is not None else None,
+                self.custom_values.tobytes() if self.custom_values is not None else None,
+                extras,
+            ]
         return [
             self.counters.tobytes(),
             self.features.tobytes() if self.features is not None else None,
@@ -502,6 +712,8 @@ class UserState:
             attrs,
             _mask_bytes(self.segments),
             self.cluster,
+            # Only for users with custom data: the others' snapshots stay as short as before.
+            *((custom,) if custom is not None else ()),
         ]
 
     @classmethod
@@ -509,9 +721,10 @@ class UserState:
         user = cls.__new__(cls)
         counters, features, tutorials, viewed, completed, *scalars = data[:10]
         attrs = data[10]
-        user.counters = array("I", counters)
-        if len(user.counters) < _N_COUNTERS:  # from before the sums were kept: work them out
-            c = user.counters
+        user.counters = c = array("I", counters)
+        if len(c) < _N_COUNTERS:  # from before custom events: a zero count for them
+            c.insert(EventKind.CUSTOM, 0)
+        if len(c) < _N_COUNTERS:  # from before the sums were kept: work them out
             c.extend([sum(c[:_N_KINDS]), sum(c[C_WIN : C_WIN + WINDOW_BUCKETS])])
         user.features = array("I", features) if features is not None else None
         user.tutorials = array("I", tutorials) if tutorials is not None else None
@@ -521,6 +734,21 @@ class UserState:
         # Snapshots from before live membership have neither: evaluated again at the next event.
         user.segments = int.from_bytes(data[11], "little") if len(data) > 11 else 0
         user.cluster = data[12] if len(data) > 12 else -1
+        custom = data[13] if len(data) > 13 else None
+        user.custom = user.custom_values = user.extras = None
+        if custom is not None:
+            xs, values, extras = custom
+            user.custom = array("I", xs) if xs is not None else None
+            user.custom_values = array("I", values) if values is not None else None
+            if extras is not None:
+                user.extras = [
+                    (sealer.unseal(key, v) if sealer is not None else None)
+                    if isinstance(v, bytes)
+                    else sys.intern(v)
+                    if isinstance(v, str)
+                    else v
+                    for v in extras
+                ]
         for field, value in zip(CONTEXT_FIELDS + TRAIT_FIELDS, attrs, strict=False):
             setattr(
                 user, field, sys.intern(value) if value is not None and field not in PII_FIELDS else value
@@ -537,6 +765,26 @@ def feature_count(features: array[int] | None, feature_id: int | None) -> int:
     for i in range(0, len(features), _F_STRIDE):
         if features[i] == feature_id:
             return features[i + 1]
+    return 0
+
+
+def custom_count(custom: array[int] | None, type_id: int | None) -> int:
+    """How many events of the custom type ``type_id`` a user with these entries sent."""
+    if custom is None or type_id is None:
+        return 0
+    for i in range(0, len(custom), _X_STRIDE):
+        if custom[i] == type_id:
+            return custom[i + 1]
+    return 0
+
+
+def value_count(values: array[int] | None, key_id: int | None, value_id: int | None) -> int:
+    """How many of a user's events of a ``count_by`` key had the value ``value_id``."""
+    if values is None or key_id is None or value_id is None:
+        return 0
+    for i in range(0, len(values), _V_STRIDE):
+        if values[i] == key_id and values[i + 1] == value_id:
+            return values[i + 2]
     return 0
 
 
