@@ -161,12 +161,6 @@ class Decider:
         self._completion: dict[str, list[CompletionRule]] = {
             s.id: s.completed_by or [CompletionRule(type="step_completed")] for s in self.steps
         }
-        schema = catalog.schema_
-        used = variables_used(catalog)
-        #: Declared traits and context fields the templates name: (name, is a context field).
-        self._custom_variables = tuple(
-            (name, name in schema.context) for name in (*schema.traits, *schema.context) if name in used
-        )
         #: The catalog's rule segments, compiled (validated when the catalog loaded).
         self.rule_segments = [(s.id, parse_rule(s.rule)) for s in catalog.segments]
         rules = [rule for _, rule in self.rule_segments]
@@ -178,6 +172,12 @@ class Decider:
         #: The catalog's experiments and holdout (catalog validation keeps two experiments
         #: that change the same part of a decision in one layer, so at most one arm applies).
         self.experiments = ExperimentPlan(catalog.experiments, catalog.holdout)
+        schema = catalog.schema_
+        used = variables_used(catalog)
+        #: Declared traits and context fields the templates name: (name, is a context field).
+        self._custom_variables = tuple(
+            (name, name in schema.context) for name in (*schema.traits, *schema.context) if name in used
+        )
 
     # ------------------------------------------------------------------ segments
 
