@@ -33,14 +33,17 @@ from pydantic import (
 )
 
 from engine.errors import ConfigError
+from engine.event_refs import PropMatches, reference_problems
 from engine.experiments import (
     FIXED_POLICY,
+    METRIC_EVENTS,
     SURFACE_MESSAGE,
     SURFACE_POLICY,
     Experiment,
     Holdout,
     check_layers,
 )
+from engine.rules import FIELDS, FUNCTIONS, RuleError, parse_rule
 from engine.schema import EventSchema, SchemaSection
 
 DEFAULT_CATALOG = Path(__file__).resolve().parent / "catalogs" / "default.yaml"
@@ -84,10 +87,15 @@ def locale_segment(locale: str | None) -> str | None:
     return None
 
 
-#: Variables a message template may use; anything else renders empty.
+#: Variables a message template may use, besides the traits and context fields the catalog's
+#: ``schema:`` declares (by name); anything else renders empty.
 TEMPLATE_VARIABLES = frozenset(
     {"user_name", "device_type", "os", "locale", "country", "role", "company_size", "step_title", "product"}
 )
+#: Built-in events that can complete a step (a declared type can too).
+COMPLETION_EVENTS = ("step_completed", "feature_clicked", "tutorial_completed", "onboarding_completed")
+#: Built-in events that can mean activation for the journey reward (a declared type can too).
+JOURNEY_EVENTS = ("onboarding_completed", "tutorial_completed", "step_completed", "feature_clicked")
 
 
 class _Model(BaseModel):
@@ -95,11 +103,14 @@ class _Model(BaseModel):
 
 
 class CompletionRule(_Model):
-    """An event that completes a step: its own ``step_completed`` unless said otherwise."""
+    """An event that completes a step: its own ``step_completed`` unless said otherwise; one
+    of :data:`COMPLETION_EVENTS` or a declared type, whose listed ``props`` must all match
+    (``count_by`` props: the step's completion is read from live state)."""
 
-    type: Literal["step_completed", "feature_clicked", "tutorial_completed", "onboarding_completed"]
+    type: Annotated[str, Field(min_length=1, max_length=64)]
     feature: Name | None = None
     tutorial: Name | None = None
+    props: PropMatches = Field(default_factory=dict)
 
 
 class Step(_Model):
@@ -177,11 +188,12 @@ class JourneyReward(_Model):
     """Credit back to every decision on a user's path when the user activates within ``within_days``
     (reward 1), or when that time passes without (reward 0); ``weight`` 0 turns it off."""
 
-    event: Literal["onboarding_completed", "tutorial_completed", "step_completed", "feature_clicked"] = (
-        "onboarding_completed"
-    )
+    #: One of :data:`JOURNEY_EVENTS` or a declared event type.
+    event: Annotated[str, Field(min_length=1, max_length=64)] = "onboarding_completed"
     #: For ``feature_clicked`` / ``step_completed``: which feature or step means activation.
     name: Name | None = None
+    #: For a declared type: the ``count_by`` props the event must have (each equal).
+    props: PropMatches = Field(default_factory=dict)
     within_days: float = Field(14.0, gt=0, le=365)
     weight: float = Field(1.0, ge=0, le=1)
 
@@ -436,7 +448,8 @@ def is_known_segment(segment: str) -> bool:
 
 
 def _semantic_errors(catalog: Catalog) -> list[tuple[str, str]]:
-    errors: list[tuple[str, str]] = catalog.schema_.clashes()
+    schema = catalog.schema_
+    errors = _schema_errors(schema)
     errors += _rule_segment_errors(catalog.segments)
     known = {s.id for s in catalog.segments} | set(catalog.cluster_segments)
     if catalog.clusters.enabled and not catalog.membership.track:
@@ -461,12 +474,17 @@ def _semantic_errors(catalog: Catalog) -> list[tuple[str, str]]:
             elif req == step.id:
                 errors.append((f"{where}.requires[{j}]", "a step cannot require itself"))
         errors += _unknown_segments(step.segments, f"{where}.segments", known)
-        errors += _template_errors(step.message, f"{where}.message", catalog.default_locale)
+        errors += _template_errors(step.message, f"{where}.message", catalog.default_locale, schema)
         for j, rule in enumerate(step.completed_by):
+            at = f"{where}.completed_by[{j}]"
             if rule.type == "feature_clicked" and rule.feature is None:
-                errors.append((f"{where}.completed_by[{j}]", "feature_clicked needs 'feature'"))
+                errors.append((at, "feature_clicked needs 'feature'"))
             if rule.type == "tutorial_completed" and rule.tutorial is None:
-                errors.append((f"{where}.completed_by[{j}]", "tutorial_completed needs 'tutorial'"))
+                errors.append((at, "tutorial_completed needs 'tutorial'"))
+            if rule.type not in COMPLETION_EVENTS and (rule.feature or rule.tutorial):
+                errors.append((at, "'feature' and 'tutorial' apply to built-in types; use 'props'"))
+            problems = reference_problems(schema, rule.type, rule.props, COMPLETION_EVENTS, counted=True)
+            errors += [(f"{at}.{sub}", why) for sub, why in problems]
     cycle = _find_cycle({s.id: [r for r in s.requires if r in steps] for s in catalog.journey.steps})
     if cycle:
         errors.append(("journey.steps", f"prerequisites form a cycle: {' -> '.join(cycle)}"))
@@ -499,19 +517,38 @@ def _semantic_errors(catalog: Catalog) -> list[tuple[str, str]]:
             if completion.tutorial is not None and completion.tutorial not in tutorial_ids:
                 where = f"journey.steps[{i}].completed_by[{j}].tutorial"
                 errors.append((where, f"unknown tutorial {completion.tutorial!r}"))
-    errors += _learning_errors(catalog.learning)
+    errors += _learning_errors(catalog.learning, schema)
     errors += _experiment_errors(catalog, known)
-    errors += _template_errors(catalog.messages.welcome, "messages.welcome", catalog.default_locale)
+    errors += _template_errors(catalog.messages.welcome, "messages.welcome", catalog.default_locale, schema)
     for i, targeted in enumerate(catalog.messages.by_segment):
         where = f"messages.by_segment[{i}]"
         errors += _unknown_segments(targeted.segments, f"{where}.segments", known)
-        errors += _template_errors(targeted.welcome, f"{where}.welcome", catalog.default_locale)
+        errors += _template_errors(targeted.welcome, f"{where}.welcome", catalog.default_locale, schema)
     if not catalog.messages.welcome:
         errors.append(("messages.welcome", "a welcome message is required"))
     return errors
 
 
-def _learning_errors(learning: Learning) -> list[tuple[str, str]]:
+def _schema_errors(schema: SchemaSection) -> list[tuple[str, str]]:
+    """The schema's clashes with built-in names, and a declared trait or context field named
+    like a rule field or function or a template variable (one bare name, two meanings)."""
+    errors = schema.clashes()
+    reported = {where for where, _ in errors}
+    for section, names in (("traits", schema.traits), ("context", schema.context)):
+        for name in names:
+            where = f"schema.{section}.{name}"
+            if where in reported:
+                continue
+            if name in FIELDS:
+                errors.append((where, f"{name!r} is a rule field"))
+            elif name in FUNCTIONS:
+                errors.append((where, f"{name!r} is a rule function"))
+            elif name in TEMPLATE_VARIABLES:
+                errors.append((where, f"{name!r} is a message template variable"))
+    return errors
+
+
+def _learning_errors(learning: Learning, schema: SchemaSection) -> list[tuple[str, str]]:
     from policies import available  # policies are pure logic too; imported late to keep this light
 
     known = available()
@@ -528,8 +565,15 @@ def _learning_errors(learning: Learning) -> list[tuple[str, str]]:
             known[learning.policy](["a", "b"], dim=2, **params)
         except (TypeError, ValueError) as exc:
             errors.append(("learning.params", f"not accepted by {learning.policy}: {exc}"))
-    if learning.journey.event in ("feature_clicked", "step_completed") and learning.journey.name is None:
-        errors.append(("learning.journey.name", f"{learning.journey.event} needs the feature or step 'name'"))
+    journey = learning.journey
+    if journey.event in ("feature_clicked", "step_completed") and journey.name is None:
+        errors.append(("learning.journey.name", f"{journey.event} needs the feature or step 'name'"))
+    if journey.event not in JOURNEY_EVENTS and journey.name is not None:
+        errors.append(("learning.journey.name", "'name' applies to built-in types; use 'props'"))
+    problems = reference_problems(
+        schema, journey.event, journey.props, JOURNEY_EVENTS, counted=True, type_field="event"
+    )
+    errors += [(f"learning.journey.{sub}", why) for sub, why in problems]
     return errors
 
 
@@ -554,6 +598,15 @@ def _experiment_errors(catalog: Catalog, known_segments: set[str]) -> list[tuple
         for metric_where, metric in [("metric", exp.metric)] + [
             (f"guardrails[{j}]", g) for j, g in enumerate(exp.guardrails)
         ]:
+            at = f"{where}.{metric_where}"
+            problems = reference_problems(
+                catalog.schema_, metric.event, metric.props, METRIC_EVENTS, type_field="event"
+            )
+            errors += [(f"{at}.{sub}", why) for sub, why in problems]
+            if metric.event not in METRIC_EVENTS:
+                if metric.name is not None:
+                    errors.append((f"{at}.name", "'name' applies to built-in types; use 'props'"))
+                continue
             if metric.name is not None and metric.event.startswith("step_") and metric.name not in steps:
                 errors.append((f"{where}.{metric_where}.name", f"unknown step {metric.name!r}"))
             if (
@@ -579,7 +632,9 @@ def _experiment_errors(catalog: Catalog, known_segments: set[str]) -> list[tuple
                     if variant not in variants[tutorial]:
                         errors.append((f"{at}.tutorials.{tutorial}", f"unknown variant {variant!r}"))
             if arm.welcome is not None:
-                errors += _template_errors(arm.welcome, f"{at}.welcome", catalog.default_locale)
+                errors += _template_errors(
+                    arm.welcome, f"{at}.welcome", catalog.default_locale, catalog.schema_
+                )
             if arm.policy is not None and arm.policy not in policies:
                 errors.append(
                     (
@@ -620,8 +675,6 @@ def _unknown_segments(segments: list[str], where: str, defined: set[str]) -> lis
 
 
 def _rule_segment_errors(segments: list[RuleSegment]) -> list[tuple[str, str]]:
-    from engine.rules import RuleError, parse_rule
-
     errors: list[tuple[str, str]] = []
     seen: set[str] = set()
     for i, segment in enumerate(segments):
@@ -640,7 +693,9 @@ def _rule_segment_errors(segments: list[RuleSegment]) -> list[tuple[str, str]]:
 _TAG = re.compile(r"\{\{\s*([#^/]?)\s*([^}\s]*)\s*\}\}")
 
 
-def _template_errors(templates: dict[str, str], where: str, default_locale: str) -> list[tuple[str, str]]:
+def _template_errors(
+    templates: dict[str, str], where: str, default_locale: str, schema: SchemaSection
+) -> list[tuple[str, str]]:
     errors: list[tuple[str, str]] = []
     if (
         templates
@@ -649,15 +704,34 @@ def _template_errors(templates: dict[str, str], where: str, default_locale: str)
     ):
         errors.append((where, f"no text for the default locale {default_locale!r} to fall back on"))
     for locale, text in templates.items():
-        problem = template_problem(text)
+        problem = template_problem(text, schema)
         if problem:
             errors.append((f"{where}.{locale}", problem))
     return errors
 
 
-def template_problem(text: str) -> str | None:
+def template_variables(schema: SchemaSection | None = None) -> frozenset[str]:
+    """What a message template may use: :data:`TEMPLATE_VARIABLES` and the declared traits
+    and context fields."""
+    if schema is None:
+        return TEMPLATE_VARIABLES
+    return TEMPLATE_VARIABLES | set(schema.traits) | set(schema.context)
+
+
+def variables_used(catalog: Catalog) -> frozenset[str]:
+    """Every variable the catalog's templates name (messages, step titles and messages, arms'
+    welcome messages): what a decision needs to look up to render them."""
+    templates = [catalog.messages.welcome, *(m.welcome for m in catalog.messages.by_segment)]
+    templates += [t for s in catalog.journey.steps for t in (s.title, s.message)]
+    templates += [a.welcome for e in catalog.experiments for a in e.arms if a.welcome is not None]
+    return frozenset(name for t in templates for text in t.values() for _, name in _TAG.findall(text))
+
+
+def template_problem(text: str, schema: SchemaSection | None = None) -> str | None:
     """Why a Mustache template is broken, or None. pystache accepts some broken templates
-    (an unclosed section, a dangling ``{{``) silently, so these are checked here."""
+    (an unclosed section, a dangling ``{{``) silently, so these are checked here. Declared
+    traits and context fields of ``schema`` are variables too."""
+    known = template_variables(schema)
     if text.count("{{") != text.count("}}"):
         return "unbalanced '{{' and '}}'"
     open_sections: list[str] = []
@@ -666,8 +740,8 @@ def template_problem(text: str) -> str | None:
             open_sections.append(name)
         elif kind == "/" and (not open_sections or open_sections.pop() != name):
             return f"section end {{{{/{name}}}}} does not match an open section"
-        if name and name not in TEMPLATE_VARIABLES and not name.startswith("!"):
-            return f"unknown variable {name!r} (known: {', '.join(sorted(TEMPLATE_VARIABLES))})"
+        if name and name not in known and not name.startswith("!"):
+            return f"unknown variable {name!r} (known: {', '.join(sorted(known))})"
     if open_sections:
         return f"section {{{{#{open_sections[-1]}}}}} is never closed"
     try:

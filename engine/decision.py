@@ -39,8 +39,10 @@ from engine.catalog import (
     Tutorial,
     cluster_segment,
     locale_segment,
+    variables_used,
 )
 from engine.choices import POINT_STEP, Chooser, tutorial_point
+from engine.event_refs import seen
 from engine.events import EventKind
 from engine.experiments import (
     FIXED_POLICY,
@@ -170,6 +172,12 @@ class Decider:
         #: The catalog's experiments and holdout (catalog validation keeps two experiments
         #: that change the same part of a decision in one layer, so at most one arm applies).
         self.experiments = ExperimentPlan(catalog.experiments, catalog.holdout)
+        schema = catalog.schema_
+        used = variables_used(catalog)
+        #: Declared traits and context fields the templates name: (name, is a context field).
+        self._custom_variables = tuple(
+            (name, name in schema.context) for name in (*schema.traits, *schema.context) if name in used
+        )
 
     # ------------------------------------------------------------------ segments
 
@@ -222,7 +230,10 @@ class Decider:
             elif rule.type == "tutorial_completed":
                 if _tutorial_completions(user, vocab, rule.tutorial or "") > 0:
                     return True
-            elif rule.type == "onboarding_completed" and user.count(EventKind.ONBOARDING_COMPLETED):
+            elif rule.type == "onboarding_completed":
+                if user.count(EventKind.ONBOARDING_COMPLETED):
+                    return True
+            elif seen(user, vocab, rule.type, rule.props):  # a declared type
                 return True
         return False
 
@@ -368,7 +379,7 @@ class Decider:
             explain.append(f"step {step.id}: first eligible incomplete step in journey order")
         explain += why_not[:5]
         locale = context.get("locale") or (user.locale if user else None)
-        variables = self._variables(user, context, step, locale)
+        variables = self._variables(user, vocab, context, step, locale)
         tutorial = self.tutorial_for(step=step.id) if step else None
         tutorial_out: TutorialShown | None = None
         if tutorial is not None:
@@ -501,16 +512,31 @@ class Decider:
         return chooser.choose(tutorial_point(tutorial.id), variants)
 
     def _variables(
-        self, user: UserState | None, context: dict[str, Any], step: Step | None, locale: str | None
+        self,
+        user: UserState | None,
+        vocab: Vocabularies | None,
+        context: dict[str, Any],
+        step: Step | None,
+        locale: str | None,
     ) -> dict[str, Any]:
         variables: dict[str, Any] = {"product": self.catalog.product, "locale": locale}
         for field in ("device_type", "os", "country"):
             variables[field] = context.get(field) or (getattr(user, field) if user else None)
         if user is not None:
             variables.update(user_name=user.name, role=user.role, company_size=user.company_size)
+        # Declared traits and context fields, from the profile (the request's context wins for
+        # a context field). Without personalization there is no profile here (``decide``), so
+        # a PII trait renders only with consent, as the name does.
+        for name, is_context in self._custom_variables:
+            value = context.get(name) if is_context else None
+            if value is None and user is not None and vocab is not None:
+                value = user.extra(vocab.custom_fields.find(name))
+            # Numbers are kept as floats: 3.0 reads "3" in a message.
+            variables[name] = int(value) if isinstance(value, float) and value.is_integer() else value
         if step is not None:
             variables["step_title"] = self.render(step.title, locale, {}) if step.title else step.id
-        return variables
+        # A value not set is left out: pystache renders a missing tag empty, but None as "None".
+        return {name: value for name, value in variables.items() if value is not None}
 
 
 def _arms_by_surface(arms: list[tuple[Experiment, Arm]]) -> dict[str, tuple[Experiment, Arm]]:

@@ -40,7 +40,7 @@ import hashlib
 import itertools
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, Literal
+from typing import Any
 
 import msgspec
 import numpy as np
@@ -48,6 +48,7 @@ import polars as pl
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 from scipy import stats
 
+from engine.event_refs import PropMatches, props_match
 from engine.events import Event
 from engine.profile import UserState, Vocabularies
 
@@ -86,30 +87,34 @@ METRIC_EVENTS = {
 
 
 class Metric(BaseModel):
-    """A conversion: ``event`` (named ``name``, if given) within ``within_days`` of exposure."""
+    """A conversion: ``event`` (named ``name``, if given) within ``within_days`` of exposure.
+
+    ``event`` is one of :data:`METRIC_EVENTS` or a type the catalog's ``schema:`` declares,
+    whose listed ``props`` must all equal the event's:
+
+    >>> Metric(event="connected_integration", props={"integration": "slack"}).label
+    'connected_integration(integration=slack) within 7 days'
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    event: Literal[
-        "onboarding_completed",
-        "session_started",
-        "step_viewed",
-        "step_completed",
-        "feature_clicked",
-        "tutorial_started",
-        "tutorial_completed",
-    ] = "onboarding_completed"
+    event: str = Field("onboarding_completed", min_length=1, max_length=64)
     name: str | None = Field(None, pattern=r"^[a-z0-9][a-z0-9_\-]*$")
+    #: For a declared type: the props the event must have (each equal).
+    props: PropMatches = Field(default_factory=dict)
     within_days: float = Field(7.0, gt=0, le=365)
 
     @property
     def label(self) -> str:
-        return f"{self.event}{f'({self.name})' if self.name else ''} within {self.within_days:g} days"
+        which = self.name or ", ".join(f"{k}={v}" for k, v in self.props.items())
+        return f"{self.event}{f'({which})' if which else ''} within {self.within_days:g} days"
 
     def matches(self, event: Event) -> bool:
-        if event.kind.wire_name != self.event:
+        if event.type_name != self.event:
             return False
-        prop = METRIC_EVENTS[self.event]
+        if self.props:
+            return props_match(event, self.props)
+        prop = METRIC_EVENTS.get(self.event)
         props = getattr(event, "props", None)
         return self.name is None or prop is None or getattr(props, prop, None) == self.name
 

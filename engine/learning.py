@@ -46,6 +46,7 @@ from river import drift
 from engine.catalog import Catalog
 from engine.choices import POINT_STEP, TUTORIAL_POINT_PREFIX, StepRules, tutorial_point
 from engine.errors import InvalidEvent
+from engine.event_refs import props_match, seen
 from engine.events import Event, EventKind
 from engine.features import DIM, FEATURE_NAMES, LAYOUT_VERSION, context_vector
 from engine.keys import is_user_key
@@ -466,12 +467,16 @@ class Learner:
                 if ident is not None
                 else (name is None and user.completed_steps > 0)
             )
-        return user.count(EventKind.TUTORIAL_COMPLETED) > 0
+        if journey.event == "tutorial_completed":
+            return user.count(EventKind.TUTORIAL_COMPLETED) > 0
+        return seen(user, vocab, journey.event, journey.props)  # a declared type
 
     def is_activation(self, event: Event) -> bool:
         journey = self.settings.journey
-        if event.kind.wire_name != journey.event:
+        if event.type_name != journey.event:
             return False
+        if journey.props:  # a declared type's props
+            return props_match(event, journey.props)
         if journey.name is None:
             return True
         props = getattr(event, "props", None)
@@ -648,7 +653,8 @@ class PartitionLearning:
         if self.path and user_key in self.path and self.learner.is_activation(event):
             self._credit_path(user_key, 1.0)
             self.seq = seq
-        if changed & FIRST_USE:  # the user's first use of a feature
+        # The user's first use of a feature (FIRST_USE also marks a first custom event).
+        if changed & FIRST_USE and event.kind is EventKind.FEATURE_CLICKED:
             self._learn_adoption(user_key, user, event, vocab, seq)
 
     def advance(self, now: float, seq: int) -> None:

@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 
 from engine.catalog import DEFAULT_CATALOG, CatalogError, check_catalog_text, load_catalog, template_problem
+from tests.catalogs import CUSTOM_SCHEMA
 
 GOOD = """
 version: 1
@@ -160,3 +161,154 @@ def test_clusters_are_segments_flags_can_target() -> None:
     text = GOOD + "flags: [{id: f, rules: [{segments: [cluster_3], value: true}]}]\n"
     assert check_catalog_text(text) == []
     assert "unknown segment 'cluster_3'" in check_catalog_text(text + "clusters: {k: 3}\n")[0]
+
+
+# ---------------------------------------------------------------------- the custom schema in references
+
+CUSTOM = CUSTOM_SCHEMA.read_text()
+DECLARED = "declared: connected_integration, connected_slack, created_board, invited_teammate"
+#: (change to the contract catalog, the error it must give with its field path). The changes
+#: touch different lines, so all of them apply at once too (the CLI test below).
+CUSTOM_PROBLEMS: list[tuple[tuple[str, str], str]] = [
+    (
+        ("- {type: connected_slack}", "- {type: connected_slak}"),
+        f"journey.steps[2].completed_by[0].type: unknown event type 'connected_slak' ({DECLARED}; "
+        "built in: step_completed, feature_clicked, tutorial_completed, onboarding_completed)",
+    ),
+    (
+        (
+            "{type: connected_integration, props: {integration: slack}}",
+            "{type: connected_integration, props: {service: slack}}",
+        ),
+        "journey.steps[2].completed_by[1].props.service: 'connected_integration' has no prop "
+        "'service' (declared: integration)",
+    ),
+    (
+        (
+            "completed_by: [{type: created_board}]",
+            "completed_by: [{type: created_board, props: {template: trello}}]",
+        ),
+        "journey.steps[1].completed_by[0].props.template: 'trello' is not one of the declared values "
+        "(kanban, scrum, blank)",
+    ),
+    (
+        (
+            "completed_by: [{type: invited_teammate}]",
+            "completed_by: [{type: invited_teammate, props: {role: pm}}]",
+        ),
+        "journey.steps[3].completed_by[0].props.role: 'role' is not counted per value: declare it "
+        "with 'count_by: true'",
+    ),
+    (
+        (
+            'title: {en: "Welcome to Boards"}',
+            'title: {en: "Welcome to Boards"}\n      completed_by: [{type: session_started}]',
+        ),
+        "journey.steps[0].completed_by[0].type: 'session_started' cannot be used here",
+    ),
+    (
+        ("{{plan}} plan", "{{plann}} plan"),
+        "journey.steps[0].message.en: unknown variable 'plann' (known: app_theme, company_size, ",
+    ),
+    (
+        ("within_days: 7}\n\nlearning:", "within_days: 7}\n      - {event: created_bord}\n\nlearning:"),
+        f"experiments[0].guardrails[1].event: unknown event type 'created_bord' ({DECLARED}; built in: "
+        "onboarding_completed, session_started, step_viewed, step_completed, feature_clicked, "
+        "tutorial_started, tutorial_completed)",
+    ),
+    (
+        ("props: {template: kanban}", "props: {cards: many}"),
+        "experiments[0].metric.props.cards: 'cards' is a number; 'many' is a string",
+    ),
+    (
+        (
+            "- {event: connected_integration, props: {integration: slack}",
+            "- {event: connected_integration, props: {integration: true}",
+        ),
+        "experiments[0].guardrails[0].props.integration: 'integration' is a string; True is a boolean",
+    ),
+    (
+        ("journey: {event: invited_teammate,", "journey: {event: invited_teammates,"),
+        f"learning.journey.event: unknown event type 'invited_teammates' ({DECLARED}; built in: ",
+    ),
+    (
+        ("    seats: {type: number}\n", "    seats: {type: number}\n    session_count: {type: number}\n"),
+        "schema.traits.session_count: 'session_count' is a rule field",
+    ),
+    (
+        ("    industry: {type: string}\n", "    industry: {type: string}\n    user_name: {type: string}\n"),
+        "schema.traits.user_name: 'user_name' is a message template variable",
+    ),
+    (
+        (
+            "    app_theme: {type: string}\n",
+            "    app_theme: {type: string}\n    completed: {type: boolean}\n",
+        ),
+        "schema.context.completed: 'completed' is a rule function",
+    ),
+]
+
+
+def test_the_contract_catalog_is_valid() -> None:
+    assert check_catalog_text(CUSTOM) == []
+    steps = {s.id: s for s in load_catalog(CUSTOM_SCHEMA).journey.steps}
+    assert [(r.type, r.props) for r in steps["connect_slack"].completed_by] == [
+        ("connected_slack", {}),
+        ("connected_integration", {"integration": "slack"}),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"), CUSTOM_PROBLEMS, ids=[e.split(":")[0] for _, e in CUSTOM_PROBLEMS]
+)
+def test_references_to_the_custom_schema_are_checked(change: tuple[str, str], expected: str) -> None:
+    text = CUSTOM.replace(*change)
+    assert text != CUSTOM
+    errors = check_catalog_text(text, "boards.yaml")
+    assert len(errors) == 1 and errors[0].startswith(f"boards.yaml: {expected}"), errors
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        (
+            (
+                "completed_by: [{type: created_board}]",
+                "completed_by: [{type: step_completed, props: {step: x}}]",
+            ),
+            "journey.steps[1].completed_by[0].props: props apply to declared event types only",
+        ),
+        (
+            ("completed_by: [{type: created_board}]", "completed_by: [{type: created_board, feature: x}]"),
+            "journey.steps[1].completed_by[0]: 'feature' and 'tutorial' apply to built-in types",
+        ),
+        (
+            ("within_days: 7}\n    guardrails", "within_days: 7, name: x}\n    guardrails"),
+            "experiments[0].metric.name: 'name' applies to built-in types; use 'props'",
+        ),
+        (
+            (
+                "journey: {event: invited_teammate,",
+                "journey: {event: connected_integration, props: {integration: 4},",
+            ),
+            "learning.journey.props.integration: 'integration' is a string; 4.0 is a number",
+        ),
+    ],
+)
+def test_built_in_and_declared_forms_are_not_mixed(change: tuple[str, str], expected: str) -> None:
+    text = CUSTOM.replace(*change)
+    assert text != CUSTOM
+    errors = check_catalog_text(text)
+    assert len(errors) == 1 and errors[0].startswith(f"<text>: {expected}"), errors
+
+
+def test_declared_names_are_template_variables_only_where_declared() -> None:
+    assert check_catalog_text(GOOD.replace("Hi {{user_name}}", "Hi {{plan}}")) == [
+        "<text>: messages.welcome.en: unknown variable 'plan' (known: company_size, country, device_type, "
+        "locale, os, product, role, step_title, user_name)"
+    ]
+    assert template_problem("{{plann}}", load_catalog(CUSTOM_SCHEMA).schema_) == (
+        "unknown variable 'plann' (known: app_theme, company_size, country, device_type, industry, "
+        "locale, os, phone, plan, product, role, seats, step_title, user_name)"
+    )
+    assert template_problem("{{#plan}}On {{plan}}{{/plan}}", load_catalog(CUSTOM_SCHEMA).schema_) is None

@@ -8,6 +8,8 @@ from pathlib import Path
 from engine.catalog import DEFAULT_CATALOG
 from headstart.runtime.home import ensure_keys
 from headstart.web.auth import Authenticator, key_hashes
+from tests.catalogs import CUSTOM_SCHEMA
+from tests.engine.test_catalog import CUSTOM_PROBLEMS
 
 
 def check_config(path: Path) -> subprocess.CompletedProcess[str]:
@@ -38,6 +40,22 @@ def test_check_config_prints_every_error_with_its_place(tmp_path: Path) -> None:
     lines = [line for line in result.stdout.splitlines() if line.startswith(str(path))]
     assert any("journey.steps[1].requires[0]: unknown step 'wellcome'" in line for line in lines)
     assert any("flags[1].rules[0].segments[0]: unknown segment 'device_watch'" in line for line in lines)
+
+
+def test_check_config_checks_references_to_the_custom_schema(tmp_path: Path) -> None:
+    assert check_config(CUSTOM_SCHEMA).returncode == 0
+    text = CUSTOM_SCHEMA.read_text()
+    for old, new in (change for change, _ in CUSTOM_PROBLEMS):
+        assert old in text
+        text = text.replace(old, new)
+    path = tmp_path / "boards.yaml"
+    path.write_text(text)
+    result = check_config(path)
+    assert result.returncode == 1
+    lines = [line for line in result.stdout.splitlines() if line.startswith(f"{path}: ")]
+    assert len(lines) == len(CUSTOM_PROBLEMS), result.stdout
+    for _, expected in CUSTOM_PROBLEMS:
+        assert any(line.startswith(f"{path}: {expected}") for line in lines), expected
 
 
 def test_check_config_on_a_missing_file(tmp_path: Path) -> None:
