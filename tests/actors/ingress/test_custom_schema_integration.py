@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import shutil
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -353,6 +354,36 @@ def test_export_and_erasure_cover_custom_events_counts_and_traits(app: Any, nats
         and state["custom_events"]["created_board"]["count"] == 1
     )
     assert "plan" not in state["traits"] and "phone" not in state["traits"]
+
+
+def test_the_javascript_client_sends_declared_events_unchanged(app: Any) -> None:
+    """headstart.js in a real headless Chromium: a page tracks the product's own event with
+    a custom context field, and it reaches the profile (no client change was needed)."""
+    from playwright.sync_api import sync_playwright
+
+    client, group, _ = app
+    user = "js-user@boards.example"
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(
+            executable_path=shutil.which("chromium") or "/usr/bin/chromium", args=["--no-sandbox"]
+        )
+        try:
+            page = chromium.new_page()
+            page.goto(f"{client.base_url}/")  # the demo page loads /static/headstart.js
+            stored = page.evaluate(
+                """async ([key, user]) => {
+                    const hs = new Headstart({ baseUrl: location.origin, apiKey: key });
+                    hs.track(user, "created_board", { template: "kanban", cards: 2 }, { app_theme: "dark" });
+                    return await hs.flush();
+                }""",
+                [KEYS["frontend"], user],
+            )
+        finally:
+            chromium.close()
+    assert stored == 1
+    group.wait_caught_up(timeout=30)
+    state = profile(client, user)
+    assert state["custom_events"]["created_board"]["count"] == 1 and state["context"]["app_theme"] == "dark"
 
 
 # Last in this module: it replaces the app's shards by shards with a later catalog.
