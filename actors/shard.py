@@ -139,8 +139,10 @@ class ShardActor:
             self.durability.snapshot_through,
             self.decision_log.publish,
         )
+        # Dead letters redact the catalog's PII traits too, like a name.
+        pii_fields = (*settings.pii_fields, *sorted(self.schema.pii_traits))
         self.handover = HandOver(
-            settings,
+            settings.model_copy(update={"pii_fields": pii_fields}),
             self.owned,
             self.durability,
             self.background,
@@ -318,6 +320,7 @@ class ShardActor:
             segments=self._segment_stats(),
             events_without_consent=queries.events_without_consent(self.owned.consumed()),
             expired_profiles=durability.expired_profiles,
+            retired_events=queries.retired_events(self.owned.consumed()),
         )
 
     def _learning_stats(self) -> LearningStats:

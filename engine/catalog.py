@@ -20,6 +20,7 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import msgspec
 import pystache
 import yaml
 from pydantic import (
@@ -44,7 +45,7 @@ from engine.experiments import (
     check_layers,
 )
 from engine.rules import FIELDS, FUNCTIONS, RuleError, parse_rule
-from engine.schema import EventSchema, SchemaSection
+from engine.schema import BUILTIN_TRAITS, EventSchema, SchemaSection
 
 DEFAULT_CATALOG = Path(__file__).resolve().parent / "catalogs" / "default.yaml"
 
@@ -295,21 +296,27 @@ class Webhook(_Model):
     timeout_s: float = Field(5.0, gt=0, le=120)
 
 
+#: The built-in event types a Segment ``track`` call may become (profile and consent changes
+#: come from ``identify`` and the consent API).
+SEGMENT_TRACK_TYPES = (
+    "session_started",
+    "onboarding_started",
+    "onboarding_completed",
+    "step_viewed",
+    "step_completed",
+    "feature_clicked",
+    "tutorial_started",
+    "tutorial_completed",
+)
+
+
 class SegmentTrack(_Model):
-    """A Segment ``track`` call named ``event`` becomes a Headstart event of ``type``, its
-    ``props`` taken from the call's properties (Headstart prop -> Segment property)."""
+    """A Segment ``track`` call named ``event`` becomes a Headstart event of ``type`` (one of
+    :data:`SEGMENT_TRACK_TYPES` or a type the catalog's ``schema`` declares), its ``props``
+    taken from the call's properties (Headstart prop -> Segment property)."""
 
     event: str = Field(min_length=1, max_length=200)
-    type: Literal[
-        "session_started",
-        "onboarding_started",
-        "onboarding_completed",
-        "step_viewed",
-        "step_completed",
-        "feature_clicked",
-        "tutorial_started",
-        "tutorial_completed",
-    ]
+    type: str = Field(min_length=1, max_length=64)
     props: dict[str, str] = Field(default_factory=dict)
 
 
@@ -338,10 +345,9 @@ class SegmentApi(_Model):
     "Segment-compatible tracking"); calls nothing maps are counted and dropped."""
 
     track: list[SegmentTrack] = Field(default_factory=_default_tracks)
-    #: ``identify`` traits kept (as a ``profile_updated`` event); every other trait is dropped.
-    identify_traits: list[Literal["name", "age_band", "role", "company_size"]] = Field(
-        default_factory=lambda: ["name", "age_band", "role", "company_size"]  # type: ignore[arg-type]
-    )
+    #: ``identify`` traits kept (as a ``profile_updated`` event): built-in ones and those the
+    #: catalog's ``schema`` declares; every other trait is dropped.
+    identify_traits: list[str] = Field(default_factory=lambda: ["name", "age_band", "role", "company_size"])
     #: ``page`` and ``screen`` calls become ``step_viewed``, the step from this property (else
     #: the call's ``name``); false: dropped.
     pages_are_steps: bool = True
@@ -379,6 +385,15 @@ class Catalog(_Model):
         if self._event_schema is None:
             self._event_schema = EventSchema(self.schema_)
         return self._event_schema
+
+    def __getstate__(self) -> dict[Any, Any]:
+        # The compiled schema's classes are made at run time and do not pickle: a catalog sent
+        # to an actor compiles it again there, on first use.
+        state = super().__getstate__()
+        private = state.get("__pydantic_private__")
+        if private and private.get("_event_schema") is not None:
+            state = {**state, "__pydantic_private__": {**private, "_event_schema": None}}
+        return state
 
     @property
     def cluster_segments(self) -> list[str]:
@@ -518,6 +533,7 @@ def _semantic_errors(catalog: Catalog) -> list[tuple[str, str]]:
                 where = f"journey.steps[{i}].completed_by[{j}].tutorial"
                 errors.append((where, f"unknown tutorial {completion.tutorial!r}"))
     errors += _learning_errors(catalog.learning, schema)
+    errors += _segment_api_errors(catalog.segment_api, catalog.event_schema)
     errors += _experiment_errors(catalog, known)
     errors += _template_errors(catalog.messages.welcome, "messages.welcome", catalog.default_locale, schema)
     for i, targeted in enumerate(catalog.messages.by_segment):
@@ -545,6 +561,45 @@ def _schema_errors(schema: SchemaSection) -> list[tuple[str, str]]:
                 errors.append((where, f"{name!r} is a rule function"))
             elif name in TEMPLATE_VARIABLES:
                 errors.append((where, f"{name!r} is a message template variable"))
+    return errors
+
+
+def _props_of(schema: EventSchema, event_type: str) -> tuple[str, ...]:
+    """The props an event type (built-in or declared) carries."""
+    for field in msgspec.structs.fields(schema.classes[event_type]):
+        if field.name == "props":
+            return tuple(f.name for f in msgspec.structs.fields(field.type))
+    return ()
+
+
+def _segment_api_errors(api: SegmentApi, schema: EventSchema) -> list[tuple[str, str]]:
+    """Segment mappings to types, props and traits that exist (built-in or declared)."""
+    errors: list[tuple[str, str]] = []
+    allowed = (*SEGMENT_TRACK_TYPES, *schema.custom_types)
+    for i, track in enumerate(api.track):
+        where = f"segment_api.track[{i}]"
+        if track.type not in allowed:
+            errors.append(
+                (f"{where}.type", f"unknown event type {track.type!r} (allowed: {', '.join(allowed)})")
+            )
+            continue
+        props = _props_of(schema, track.type)
+        for name in track.props:
+            if name not in props:
+                known = ", ".join(props) or "none"
+                errors.append(
+                    (f"{where}.props.{name}", f"{track.type} has no prop {name!r} (its props: {known})")
+                )
+        for name in props:
+            spec = schema.prop(track.type, name)
+            if spec is not None and spec.required and name not in track.props:
+                errors.append((f"{where}.props", f"{track.type}'s required prop {name!r} is not mapped"))
+    traits = (*BUILTIN_TRAITS, *schema.traits)
+    for i, trait in enumerate(api.identify_traits):
+        if trait not in traits:
+            errors.append(
+                (f"segment_api.identify_traits[{i}]", f"unknown trait {trait!r} (known: {', '.join(traits)})")
+            )
     return errors
 
 

@@ -4,12 +4,19 @@ Generated from the code's own schema: the event types and their fields are read 
 typed events (:mod:`engine.events`), the profile's fields from :class:`engine.profile.UserState`.
 Every field must have an entry in :data:`EVENT_FIELDS` or :data:`PROFILE_FIELDS`;
 ``tests/engine/test_datamap.py`` fails when one is added without, so the map cannot drift
-from the code. ``headstart datamap`` prints it with the instance's retention settings.
+from the code. What a catalog declares (:mod:`engine.schema`: its event types and their
+props, traits, context fields) is listed from its schema, with the description it gives.
+``headstart datamap`` prints it with the instance's retention settings and catalog.
 
 >>> rows = datamap(Retention(events_days=30))
 >>> row = next(r for r in rows if r["field"] == "props.feature")
 >>> row["events"], row["purpose"], "profile" in row["kept_in"]
 (['feature_clicked'], 'analytics', True)
+>>> from engine.schema import EventSchema, SchemaSection
+>>> schema = EventSchema(SchemaSection.model_validate({"traits": {"phone": {"type": "string", "pii": True}}}))
+>>> row = next(r for r in datamap(Retention(), schema=schema) if r["field"] == "props.phone")
+>>> row["events"], row["purpose"], row["pii"], "redacted" in row["kept_in"]
+(['profile_updated'], 'personalization', True, True)
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ import msgspec
 
 from engine.events import EVENT_CLASSES, Context
 from engine.profile import PII_FIELDS, UserState
+from engine.schema import BUILTIN_SCHEMA, EventSchema
 
 #: What each event field is, what it becomes in the profile (None: nothing), and its purpose.
 EVENT_FIELDS: dict[str, tuple[str, str | None, str]] = {
@@ -101,6 +109,57 @@ def event_fields() -> dict[str, list[str]]:
     return out
 
 
+def _kind(spec: Any) -> str:
+    values = f": {', '.join(spec.values)}" if getattr(spec, "values", None) else ""
+    return f"{spec.type}{values}"
+
+
+def _row(
+    field: str, events: list[str], meaning: str, kept: list[str], purpose: str, pii: bool
+) -> dict[str, Any]:
+    return {
+        "field": field,
+        "events": events,
+        "meaning": meaning,
+        "kept_in": "; ".join(kept),
+        "purpose": purpose,
+        "pii": pii,
+    }
+
+
+def _declared_rows(
+    schema: EventSchema, stream: str, state: str, retention: Retention
+) -> list[dict[str, Any]]:
+    """The rows of what the catalog's schema declares: each custom type and its props, each
+    trait (a prop of ``profile_updated`` and a profile field), each context field."""
+    letters = f"dead letters HS_DLQ ({retention.dead_letters_days:g} days) if the event is invalid"
+    sealed = "; sealed (AES-GCM, the instance's key) in snapshots, dropped when personalization is withdrawn"
+    rows: list[dict[str, Any]] = []
+    for name, spec in schema.section.events.items():
+        meaning = spec.description or f"the product's own event {name!r} (catalog schema)"
+        kept = [stream, letters, "profile: custom (count, first and last time)"]
+        rows.append(_row("type", [name], meaning, kept, "analytics", False))
+        for prop, prop_spec in spec.props.items():
+            meaning = prop_spec.description or f"a prop of {name} ({_kind(prop_spec)})"
+            kept = [stream, letters]
+            if prop_spec.count_by:
+                kept.append(f"profile: custom_values (counts per value, at most {prop_spec.max_values})")
+            rows.append(_row(f"props.{prop}", [name], meaning, kept, "analytics", False))
+    for name, trait in schema.section.traits.items():
+        meaning = trait.description or f"a trait the catalog declares ({_kind(trait)})"
+        kept = [stream, letters + (", redacted" if trait.pii else ""), f"profile: {name} (traits)"]
+        rows.append(_row(f"props.{name}", ["profile_updated"], meaning, kept, "personalization", trait.pii))
+        kept = [state + (sealed if trait.pii else "")]
+        rows.append(_row(f"profile.{name}", [], meaning, kept, "personalization", trait.pii))
+    every_type = sorted(schema.event_types)
+    for name, field in schema.section.context.items():
+        meaning = field.description or f"a context field the catalog declares ({_kind(field)})"
+        kept = [stream, letters, f"profile: {name} (context)"]
+        rows.append(_row(f"context.{name}", every_type, meaning, kept, "personalization", False))
+        rows.append(_row(f"profile.{name}", [], meaning, [state], "personalization", False))
+    return rows
+
+
 @dataclass(frozen=True)
 class Retention:
     """How long each store keeps what it holds, in days (JetStream ``max_age`` for the streams).
@@ -130,9 +189,12 @@ def profile_fields() -> list[str]:
     return [slot for slot in UserState.__slots__ if slot != "__weakref__"]
 
 
-def datamap(retention: Retention, checkpoint_interval_s: float = 30.0) -> list[dict[str, Any]]:
+def datamap(
+    retention: Retention, checkpoint_interval_s: float = 30.0, schema: EventSchema = BUILTIN_SCHEMA
+) -> list[dict[str, Any]]:
     """One row per field: which events carry it or the profile holds it, where it is kept, how
-    long, and under which purpose. Raises ``KeyError`` for a field missing from the map."""
+    long, and under which purpose; the fields ``schema`` (the catalog's) declares too. Raises
+    ``KeyError`` for a built-in field missing from the map."""
     stream = f"events stream HS_EVENTS ({retention.events_days:g} days)"
     state = "profile (shard memory; snapshots in HS_SNAPSHOTS, the latest per partition, rewritten every "
     state += f"{checkpoint_interval_s:g} s) until erased, analytics consent is withdrawn, or "
@@ -155,6 +217,7 @@ def datamap(retention: Retention, checkpoint_interval_s: float = 30.0) -> list[d
                 "pii": pii,
             }
         )
+    rows += _declared_rows(schema, stream, state, retention)
     for slot in profile_fields():
         meaning, purpose = PROFILE_FIELDS[slot]
         rows.append(

@@ -137,6 +137,15 @@ def events_without_consent(parts: Partitions) -> dict[str, int]:
     return counts
 
 
+def retired_events(parts: Partitions) -> dict[str, int]:
+    """Stored events of custom types the catalog no longer declares over ``parts``, skipped, by type."""
+    counts: dict[str, int] = {}
+    for part in parts.values():
+        for kind, n in part.retired.items():
+            counts[kind] = counts.get(kind, 0) + n
+    return counts
+
+
 async def segment_sizes(
     parts: Partitions, decider: Decider, learner: Learner, now: float, shard: int
 ) -> SegmentSizes:

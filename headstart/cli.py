@@ -239,6 +239,12 @@ def status(
         f"stream {stream['name']}: {stream['messages']} events, last seq {stream['last_seq']}; "
         f"dead letters stored: {report['dead_letters']}"
     )
+    retired = report.get("retired_events") or {}
+    if retired:
+        console.print(
+            "events of types the catalog no longer declares, skipped: "
+            + ", ".join(f"{kind} {n}" for kind, n in retired.items())
+        )
     learning = report.get("learning") or {}
     if learning:
         counts = learning["attribution"]
@@ -749,14 +755,27 @@ def report_tutorials(
 @app.command()
 def datamap(
     home: HomeOption = None,
+    catalog: Annotated[
+        Path | None,
+        typer.Option(help="the catalog whose declared fields to list (default: the instance's)"),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
 ) -> None:
     """What Headstart collects, where each field is kept, for how long and under which consent
-    purpose (generated from the code's event and profile schema)."""
+    purpose (generated from the code's event and profile schema and the catalog's own fields)."""
+    from engine.catalog import DEFAULT_CATALOG, CatalogError, load_catalog
     from engine.datamap import datamap as build
+    from headstart.runtime.supervisor import instance_running
 
     settings = _settings(home)
-    rows = build(settings.retention(), settings.checkpoint_interval_s)
+    state = instance_running(DataHome(settings.home)) if catalog is None else None
+    try:
+        loaded = load_catalog(catalog or (state or {}).get("catalog") or settings.catalog or DEFAULT_CATALOG)
+    except CatalogError as exc:
+        for error in exc.errors:
+            print(error)
+        raise typer.Exit(1) from exc
+    rows = build(settings.retention(), settings.checkpoint_interval_s, loaded.event_schema)
     if as_json:
         print(json.dumps(rows, indent=2))
         return

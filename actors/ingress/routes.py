@@ -50,6 +50,7 @@ from actors.ingress.schemas import (
     ScaleBody,
     TutorialBody,
     decode,
+    event_components,
     finish_document,
     operation,
 )
@@ -57,8 +58,10 @@ from actors.ingress.segment import CALLS as SEGMENT_CALLS
 from actors.ingress.segment import MAX_SEGMENT_CALLS, SegmentIngest
 from engine.decision import Decider, DecisionAnswer, TutorialAnswer
 from engine.errors import InvalidEvent
+from engine.events import unknown_type_message
 from engine.keys import Pseudonymizer, partition_of
 from engine.learning import RewardRecord, encode_record, user_key_of
+from engine.schema import BUILTIN_SCHEMA, EventSchema
 from headstart import __version__
 from headstart.adapters.audit import audit
 from headstart.adapters.broker import connect_nats
@@ -93,17 +96,23 @@ app.add_middleware(BodyLimit)
 app.add_middleware(HotPath)  # outermost: it answers before BodyLimit and the router
 
 
-def openapi_document(max_shards: int = 256) -> dict[str, Any]:
-    """The OpenAPI document: FastAPI's routes with the bodies' schemas (:func:`finish_document`)."""
+def openapi_document(max_shards: int = 256, schema: EventSchema = BUILTIN_SCHEMA) -> dict[str, Any]:
+    """The OpenAPI document: FastAPI's routes with the bodies' schemas (:func:`finish_document`),
+    events as ``schema`` (the catalog's) validates them."""
     if app.openapi_schema is None:
         document = get_openapi(
             title=app.title, version=app.version, description=app.description, routes=app.routes
         )
         app.openapi_schema = finish_document(document)
-    if max_shards == 256:
+    if max_shards == 256 and schema.is_builtin:
         return app.openapi_schema
     document = copy.deepcopy(app.openapi_schema)
-    document["components"]["schemas"]["ScaleBody"]["properties"]["shards"]["maximum"] = max_shards
+    schemas = document["components"]["schemas"]
+    if not schema.is_builtin:
+        item, events = event_components(schema)
+        schemas.update(events)
+        schemas["EventsBody"]["properties"]["events"]["items"] = item
+    schemas["ScaleBody"]["properties"]["shards"]["maximum"] = max_shards
     return document
 
 
@@ -211,6 +220,9 @@ class Ingress(DecisionService):
         self.rate_limits = RateLimits(config.rate_limits)
         self.pseudonymizer = Pseudonymizer(config.secret)
         self.decider = Decider(config.catalog)
+        #: How events are validated at this edge: the built-in types and the catalog's own.
+        self.schema = config.catalog.event_schema
+        self._openapi: dict[str, Any] | None = None
         self.nc: NATS | None = None
         self._shards: ShardClient | None = None
         # Built here, not at import: Serve pickles this class by value and decoders don't pickle.
@@ -230,7 +242,11 @@ class Ingress(DecisionService):
         self._flag_descriptions = {flag.id: flag.description for flag in config.catalog.flags}
         HotPath.segment_prefix = config.segment_prefix
         self._segment = SegmentIngest(
-            config.catalog.segment_api, self.pseudonymizer, self.metrics, config.events_retention_days
+            config.catalog.segment_api,
+            self.pseudonymizer,
+            self.metrics,
+            config.events_retention_days,
+            self.schema,
         )
         # The ruleset changes only with the catalog: signed once per replica.
         signer = signing_key(config.secret)
@@ -398,7 +414,7 @@ class Ingress(DecisionService):
         self._require(authorization, "frontend")
         body: EventsBody = decode(self._events_decoder, raw_body)
         nc, _ = await self._client()
-        publisher = EventPublisher(nc.jetstream(), self.pseudonymizer)
+        publisher = EventPublisher(nc.jetstream(), self.pseudonymizer, self.schema)
         prepared, problems = [], []
         for i, event in enumerate(body.events):
             try:
@@ -407,9 +423,10 @@ class Ingress(DecisionService):
             except InvalidEvent as exc:
                 problems.append({"index": i, "reason": exc.reason, "problem": exc.detail})
         if problems:
-            raise ApiError(
-                400, "invalid_events", f"{len(problems)} of {len(body.events)} events are invalid", problems
-            )
+            message = f"{len(problems)} of {len(body.events)} events are invalid"
+            if any(p["reason"] == "unknown_type" for p in problems):
+                message += f"; {unknown_type_message(self.schema.event_types)}"
+            raise ApiError(400, "invalid_events", message, problems)
         try:
             acks = await publish_prepared(nc.jetstream(), prepared, retry_for=5.0)
         except Exception as exc:
@@ -480,7 +497,7 @@ class Ingress(DecisionService):
         if not props:
             raise ApiError(400, "invalid_body", "give 'analytics', 'personalization' or both")
         nc, _ = await self._client()
-        publisher = EventPublisher(nc.jetstream(), self.pseudonymizer)
+        publisher = EventPublisher(nc.jetstream(), self.pseudonymizer, self.schema)
         event = {
             "event_id": f"consent-{uuid.uuid4().hex}",
             "user_id": user_id,
@@ -639,7 +656,9 @@ class Ingress(DecisionService):
     async def openapi_route(self, request: Request) -> JSONResponse:
         """The OpenAPI schema, for any key."""
         self._require(request.headers.get("authorization"), None)
-        return JSONResponse(openapi_document(max_shards=min(256, self.config.partitions)))
+        if self._openapi is None:
+            self._openapi = openapi_document(min(256, self.config.partitions), self.schema)
+        return JSONResponse(self._openapi)
 
     # ------------------------------------------------------------------ pages and health
 

@@ -19,14 +19,15 @@ actors.ingress.errors.ApiError: the request body is not valid
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Union
 
 import msgspec
 from msgspec import Meta
 
 from actors.ingress.errors import ApiError
 from engine.decision import DecisionAnswer, TutorialAnswer
-from engine.events import AnyEvent
+from engine.events import EVENT_CLASSES
+from engine.schema import BUILTIN_SCHEMA, EventSchema
 
 #: Events accepted in one ``/v1/events`` call.
 MAX_EVENTS_PER_BATCH = 1000
@@ -179,9 +180,31 @@ EXTRA_RULES: dict[str, dict[str, Any]] = {
 }
 
 
-def components() -> dict[str, Any]:
-    """The JSON Schemas of every body, and of the event model the batch's items must follow."""
-    (event_schema, *_), schemas = msgspec.json.schema_components([AnyEvent, *BODIES], ref_template=REF)
+def event_components(schema: EventSchema = BUILTIN_SCHEMA) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The JSON Schema of one event of ``schema`` (built-in types and the catalog's own), and
+    the components it refers to."""
+    union: Any = Union[tuple(schema.classes.values())]  # noqa: UP007 - built from a runtime tuple
+    (item,), parts = msgspec.json.schema_components([union], ref_template=REF)
+    for cls in schema.classes.values():
+        properties = parts[cls.__name__]["properties"]
+        # The ingress takes the raw user id and pseudonymizes it (any length); the engine's
+        # bound is on the key. The only schema version is 1 (others are refused).
+        properties["user_id"] = {"type": "string", "minLength": 1, "description": "the raw user id"}
+        properties["v"] = {"type": "integer", "enum": [1], "default": 1}
+    declared = ", ".join(schema.custom_types) or "none"
+    item["description"] = (
+        f"One event. `type` is a built-in type ({', '.join(EVENT_CLASSES)}) or one the catalog's "
+        f"`schema.events` declares (here: {declared}), with the props it declares; custom traits "
+        "are props of `profile_updated`, custom context fields keys of `context`. Another type "
+        "refuses the batch with 400 `invalid_events`, whose message lists the declared types."
+    )
+    return item, parts
+
+
+def components(schema: EventSchema = BUILTIN_SCHEMA) -> dict[str, Any]:
+    """The JSON Schemas of every body, and of the event model (``schema``'s) the batch's items
+    must follow."""
+    _, schemas = msgspec.json.schema_components(BODIES, ref_template=REF)
     for name, extra in EXTRA_RULES.items():
         for keyword, value in extra.items():
             if keyword == "properties":
@@ -189,13 +212,9 @@ def components() -> dict[str, Any]:
                     schemas[name]["properties"][field].update(rules)
             else:
                 schemas[name][keyword] = value
-    schemas["EventsBody"]["properties"]["events"]["items"] = event_schema
-    for name in (t.__name__ for t in AnyEvent.__args__):  # type: ignore[attr-defined]
-        properties = schemas[name]["properties"]
-        # The ingress takes the raw user id and pseudonymizes it (any length); the engine's
-        # bound is on the key. The only schema version is 1 (others are refused).
-        properties["user_id"] = {"type": "string", "minLength": 1, "description": "the raw user id"}
-        properties["v"] = {"type": "integer", "enum": [1], "default": 1}
+    item, events = event_components(schema)
+    schemas.update(events)
+    schemas["EventsBody"]["properties"]["events"]["items"] = item
     return schemas
 
 
@@ -258,9 +277,12 @@ SECURITY_SCHEMES = {
 }
 
 
-def finish_document(document: dict[str, Any], max_shards: int = 256) -> dict[str, Any]:
-    """FastAPI's document with the bodies' components and security schemes, and without its own
-    422 answers and validation schemas (the server answers 400, documented per route)."""
+def finish_document(
+    document: dict[str, Any], max_shards: int = 256, schema: EventSchema = BUILTIN_SCHEMA
+) -> dict[str, Any]:
+    """FastAPI's document with the bodies' components (events: ``schema``'s) and security
+    schemes, and without its own 422 answers and validation schemas (the server answers 400,
+    documented per route)."""
     for operations in document.get("paths", {}).values():
         for op in operations.values():
             op.get("responses", {}).pop("422", None)
@@ -269,7 +291,7 @@ def finish_document(document: dict[str, Any], max_shards: int = 256) -> dict[str
         for name, schema in document.get("components", {}).get("schemas", {}).items()
         if name not in ("HTTPValidationError", "ValidationError")
     }
-    schemas.update(components())
+    schemas.update(components(schema))
     schemas["ScaleBody"]["properties"]["shards"]["maximum"] = max_shards
     document["components"] = {**document.get("components", {}), "schemas": schemas}
     document["components"]["securitySchemes"] = SECURITY_SCHEMES

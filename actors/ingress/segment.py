@@ -15,6 +15,7 @@ from actors.ingress.errors import ApiError
 from engine.catalog import SegmentApi
 from engine.errors import InvalidEvent
 from engine.keys import Pseudonymizer
+from engine.schema import BUILTIN_SCHEMA, EventSchema
 from headstart.adapters.streams import EventPublisher, open_bucket, publish_prepared
 from headstart.adapters.topology import ALIASES_BUCKET, DLQ_PREFIX
 from headstart.web.metrics import IngressMetrics
@@ -36,12 +37,19 @@ CALLS = ("batch", *SEGMENT_CALLS)
 
 class SegmentIngest:
     """One replica's Segment API: the mapper, the pseudonymizer and the alias store (opened on
-    first use, entries kept as long as the events)."""
+    first use, entries kept as long as the events); events are validated with ``schema`` (the
+    catalog's: tracks may map to its declared types, identify to its traits)."""
 
     def __init__(
-        self, api: SegmentApi, pseudonymizer: Pseudonymizer, metrics: IngressMetrics, retention_days: float
+        self,
+        api: SegmentApi,
+        pseudonymizer: Pseudonymizer,
+        metrics: IngressMetrics,
+        retention_days: float,
+        schema: EventSchema = BUILTIN_SCHEMA,
     ) -> None:
-        self.mapper = SegmentMapper(api)
+        self.schema = schema
+        self.mapper = SegmentMapper(api, schema)
         self.pseudonymizer = pseudonymizer
         self.metrics = metrics
         self.retention_days = retention_days
@@ -60,7 +68,7 @@ class SegmentIngest:
                 400, "invalid_request", f"{len(messages)} calls: at most {MAX_SEGMENT_CALLS} per batch"
             )
         aliases = await self._alias_store(js)
-        publisher = EventPublisher(js, self.pseudonymizer)
+        publisher = EventPublisher(js, self.pseudonymizer, self.schema)
         prepared, dead, counted = [], [], []
         key_of = self.pseudonymizer.key
         for message in messages:

@@ -51,6 +51,8 @@ from headstart.adapters.topology import (
 )
 
 log = logging.getLogger(__name__)
+#: A dead letter's ``Hs-Detail`` at most (headers travel with every message of the DLQ).
+MAX_DETAIL = 4000
 
 #: Called with (stream sequence, user key, payload); raises InvalidEvent to dead-letter the
 #: message.
@@ -372,7 +374,8 @@ class PartitionConsumer:
         headers = {
             "Nats-Msg-Id": f"dlq:{self._stream}:{seq}",
             "Hs-Reason": exc.reason,
-            "Hs-Detail": exc.detail[:500],
+            # Long enough for an unknown type's detail, which lists every declared type.
+            "Hs-Detail": exc.detail[:MAX_DETAIL],
             "Hs-Source-Stream": self._stream,
             "Hs-Source-Seq": str(seq),
             "Hs-Source-Subject": msg.subject,

@@ -92,6 +92,9 @@ class ShardStats(msgspec.Struct):
     #: Events of users without analytics consent, counted by type and dropped.
     events_without_consent: dict[str, int] = msgspec.field(default_factory=dict)
     expired_profiles: int = 0
+    #: Stored events of custom types the catalog no longer declares, skipped (not dead-lettered)
+    #: when replayed, by type.
+    retired_events: dict[str, int] = msgspec.field(default_factory=dict)
 
 
 _encode = msgspec.json.Encoder().encode

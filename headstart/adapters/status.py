@@ -117,6 +117,7 @@ async def collect_status(nats_url: str, auth: NatsAuth | None = None) -> dict[st
                 "last_seq": events.state.last_seq,
             },
             "dead_letters": dlq,
+            "retired_events": retired_summary(shards),
             "events_per_s": sum(s.events_per_s for s in shards),
             "lag": sum(lags),
             "learning": learning_summary(shards),
@@ -125,6 +126,15 @@ async def collect_status(nats_url: str, auth: NatsAuth | None = None) -> dict[st
         }
     finally:
         await nc.close()
+
+
+def retired_summary(shards: list[ShardStats]) -> dict[str, int]:
+    """Stored events of types the catalog no longer declares, skipped on replay, by type."""
+    counts: dict[str, int] = {}
+    for shard in shards:
+        for kind, n in shard.retired_events.items():
+            counts[kind] = counts.get(kind, 0) + n
+    return dict(sorted(counts.items()))
 
 
 def segments_summary(shards: list[ShardStats]) -> dict[str, Any]:

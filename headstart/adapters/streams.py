@@ -40,8 +40,9 @@ from nats.js.kv import KeyValue
 
 from engine.datamap import Retention
 from engine.errors import InvalidEvent
-from engine.events import Event, encode_event, event_from_object
+from engine.events import Event, encode_event
 from engine.keys import Pseudonymizer
+from engine.schema import BUILTIN_SCHEMA, EventSchema
 
 # Re-exported (``X as X``) while actors/ still imports them from here; their home is topology.
 from headstart.adapters.topology import (
@@ -138,21 +139,29 @@ class EventPublisher:
     """Publishes events for Python producers: pseudonymizes, validates, encodes, deduplicates.
 
     The raw ``user_id`` is replaced by its key before anything leaves the process; the
-    ``event_id`` becomes ``Nats-Msg-Id``, so a retried publish is stored once.
+    ``event_id`` becomes ``Nats-Msg-Id``, so a retried publish is stored once. Events are
+    validated against ``schema``: the built-in types only by default; a producer that sends
+    the product's own types passes its catalog's (``load_catalog(path).event_schema``), so an
+    event of an undeclared type, or with a wrong prop, is refused here rather than
+    dead-lettered by the shard.
 
     Example::
 
-        publisher = EventPublisher(js, Pseudonymizer(secret))
-        await publisher.publish({"event_id": "e1", "user_id": "alice", "type": "session_started",
-                                 "ts": 1700000000})
+        schema = load_catalog("catalog.yaml").event_schema
+        publisher = EventPublisher(js, Pseudonymizer(secret), schema)
+        await publisher.publish({"event_id": "e1", "user_id": "alice", "type": "created_board",
+                                 "ts": 1700000000, "props": {"template": "kanban"}})
     """
 
     #: How many publishes may await their JetStream ack at once in :meth:`publish_many`.
     WINDOW = 2000
 
-    def __init__(self, js: JetStreamContext, pseudonymizer: Pseudonymizer) -> None:
+    def __init__(
+        self, js: JetStreamContext, pseudonymizer: Pseudonymizer, schema: EventSchema = BUILTIN_SCHEMA
+    ) -> None:
         self._js = js
         self._pseudonymizer = pseudonymizer
+        self.schema = schema
 
     def prepare(
         self, event: Mapping[str, Any] | Event, user_key: str | None = None, strict: bool = False
@@ -160,16 +169,16 @@ class EventPublisher:
         """Validate one event and return (subject, payload, headers). Raises InvalidEvent.
         ``user_key``: the user's key when the caller already has it (an alias resolved to
         its user), instead of pseudonymizing the event's ``user_id``. ``strict``: as the HTTP
-        API documents events (no lax conversions, see :func:`event_from_object`)."""
+        API documents events (no lax conversions, see :meth:`EventSchema.from_object`)."""
         if user_key is not None and not isinstance(event, Event):
-            typed = event_from_object({**event, "user_id": user_key})
+            typed = self.schema.from_object({**event, "user_id": user_key}, strict)
         elif isinstance(event, Event):
             typed = msgspec.structs.replace(event, user_id=self._pseudonymizer.key(event.user_id))
         else:
             raw_id = event.get("user_id")
             if not isinstance(raw_id, str) or not raw_id:
                 raise InvalidEvent("missing_field", "user_id must be a non-empty string")
-            typed = event_from_object({**event, "user_id": self._pseudonymizer.key(raw_id)}, strict)
+            typed = self.schema.from_object({**event, "user_id": self._pseudonymizer.key(raw_id)}, strict)
         return (
             ingest_subject(typed.user_id),
             encode_event(typed),

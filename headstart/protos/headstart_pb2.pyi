@@ -7,20 +7,29 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Context(_message.Message):
-    __slots__ = ("device_type", "os", "locale", "country", "referrer", "app_version")
+    __slots__ = ("device_type", "os", "locale", "country", "referrer", "app_version", "custom")
+    class CustomEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     DEVICE_TYPE_FIELD_NUMBER: _ClassVar[int]
     OS_FIELD_NUMBER: _ClassVar[int]
     LOCALE_FIELD_NUMBER: _ClassVar[int]
     COUNTRY_FIELD_NUMBER: _ClassVar[int]
     REFERRER_FIELD_NUMBER: _ClassVar[int]
     APP_VERSION_FIELD_NUMBER: _ClassVar[int]
+    CUSTOM_FIELD_NUMBER: _ClassVar[int]
     device_type: str
     os: str
     locale: str
     country: str
     referrer: str
     app_version: str
-    def __init__(self, device_type: _Optional[str] = ..., os: _Optional[str] = ..., locale: _Optional[str] = ..., country: _Optional[str] = ..., referrer: _Optional[str] = ..., app_version: _Optional[str] = ...) -> None: ...
+    custom: _containers.ScalarMap[str, str]
+    def __init__(self, device_type: _Optional[str] = ..., os: _Optional[str] = ..., locale: _Optional[str] = ..., country: _Optional[str] = ..., referrer: _Optional[str] = ..., app_version: _Optional[str] = ..., custom: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class DecideRequest(_message.Message):
     __slots__ = ("user_id", "context")

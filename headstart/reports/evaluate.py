@@ -210,7 +210,9 @@ def replay_log(messages: Iterable[tuple[int, str, bytes]], catalog: Catalog) -> 
                 groups[record.decision_id] = record.groups
         part = partitions.get(int(partition))
         if part is None:
-            part = partitions[int(partition)] = PartitionState(int(partition), PartitionSetup(learner))
+            # The catalog's schema: its own events count (rewards, features) as the shards saw them.
+            setup = PartitionSetup(learner, schema=catalog.event_schema)
+            part = partitions[int(partition)] = PartitionState(int(partition), setup)
         with contextlib.suppress(InvalidEvent):  # dead-lettered by the shards too
             part.apply_message(seq, tail, data)
     columns: dict[str, Any] = {

@@ -47,7 +47,7 @@ from nats.js.errors import NotFoundError
 
 from engine.catalog import Catalog
 from engine.errors import InvalidEvent
-from engine.events import CONTEXT_FIELDS, decode_event
+from engine.events import CONTEXT_FIELDS
 from engine.experiments import exposure_decoder
 from engine.learning import decision_decoder
 from engine.segments import batch_decoder
@@ -265,6 +265,7 @@ async def collect(
         # behaviour table counts the events stored in the range.
         everything: list[tuple[int, str, bytes]] = []
         in_range: list[tuple[float, str, str]] = []
+        schema = catalog.event_schema  # the catalog's own types are behaviour too
         async for seq, stored_at, subject, data in _stream_messages(js, EVENTS_STREAM, None, until):
             everything.append((seq, subject, data))
             if len(everything) % 50_000 == 0:
@@ -273,8 +274,8 @@ async def collect(
             if "-" in tail or (since is not None and stored_at < since):
                 continue  # a record of the learning loop, or stored before the range
             with contextlib.suppress(InvalidEvent):
-                event = decode_event(data)
-                in_range.append((float(event.ts), tail, event.kind.wire_name))
+                event = schema.decode(data)
+                in_range.append((float(event.ts), tail, event.type_name))
         report("events", len(everything))
         tables["behaviour_daily"] = behaviour_daily(in_range)
 

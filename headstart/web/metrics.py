@@ -113,10 +113,17 @@ class _ShardCollector:
             "Events of users without analytics consent: counted by type, then dropped",
             labels=["shard", "type"],
         )
+        retired = CounterMetricFamily(
+            "hs_events_retired",
+            "Stored events of custom types the catalog no longer declares: skipped on replay",
+            labels=["shard", "type"],
+        )
         for stats in self.shards:
             for kind, count in stats.events_without_consent.items():
                 without_consent.add_metric([str(stats.shard), kind], count)
-        return (changes, queued, published, model, delivered, failed, given_up, without_consent)
+            for kind, count in stats.retired_events.items():
+                retired.add_metric([str(stats.shard), kind], count)
+        return (changes, queued, published, model, delivered, failed, given_up, without_consent, retired)
 
     def collect(self) -> Any:
         now = time.time()

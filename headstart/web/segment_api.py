@@ -6,8 +6,9 @@ Existing Segment or RudderStack instrumentation feeds Headstart by changing only
 optionally gzip-encoded, fields Headstart does not use ignored, 200 on success. This module is
 the mapping, pure logic; the ingress routes and publishes (:mod:`actors.ingress.segment`).
 
-- ``track`` calls named in the catalog's ``segment_api.track`` become that event type, props
-  from the call's properties; ``identify`` keeps the allowed traits as ``profile_updated``;
+- ``track`` calls named in the catalog's ``segment_api.track`` become that event type (a
+  built-in one or one the catalog's ``schema`` declares), props from the call's properties;
+  ``identify`` keeps the allowed traits (built-in or declared) as ``profile_updated``;
   ``page`` and ``screen`` become ``step_viewed``; anything else is counted and dropped.
 - ``messageId`` makes the event id (a retried call is stored once), ``userId`` else
   ``anonymousId`` the user (an anonymous id seen with a user id is an alias of it: later
@@ -25,6 +26,18 @@ the mapping, pure logic; the ingress routes and publishes (:mod:`actors.ingress.
 ('feature_clicked', {'feature': 'export'}, {'device_type': 'mobile', 'locale': 'de-DE'}, 'u1')
 >>> mapper.map({**call, "event": "Checkout"}).dropped
 'unmapped track "Checkout"'
+
+A declared type's props keep their JSON type (the catalog's schema validates them):
+
+>>> from engine.schema import EventSchema, SchemaSection
+>>> schema = EventSchema(SchemaSection.model_validate({"events": {"created_board": {"props": {
+...     "template": {"type": "string"}, "cards": {"type": "number"}}}}}))
+>>> settings = SegmentApi(track=[{"event": "Board Created", "type": "created_board",
+...                               "props": {"template": "kind", "cards": "cards"}}])
+>>> board = SegmentMapper(settings, schema).map(
+...     {**call, "event": "Board Created", "properties": {"kind": "kanban", "cards": 3}})
+>>> board.event["type"], board.event["props"]
+('created_board', {'template': 'kanban', 'cards': 3})
 """
 
 from __future__ import annotations
@@ -41,6 +54,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from engine.catalog import SegmentApi
+from engine.schema import BUILTIN_SCHEMA, EventSchema, PropSpec, TraitSpec
 
 #: The calls of the Segment HTTP Tracking API.
 CALL_TYPES = ("track", "identify", "page", "screen", "alias", "group")
@@ -157,11 +171,24 @@ def event_id_of(message_id: str) -> str:
     return "seg-" + hashlib.blake2b(message_id.encode(), digest_size=16).hexdigest()
 
 
-class SegmentMapper:
-    """Maps Segment calls with the catalog's ``segment_api`` settings."""
+def _value(value: Any, spec: PropSpec | TraitSpec | None, limit: int = 128) -> Any:
+    """A call's property or trait as an event's prop: text for strings (numbers as text, as
+    for built-in props); a declared number or boolean as sent, for the schema to check."""
+    if spec is None or spec.type == "string":
+        return _text(value, spec.max_length if spec is not None else limit)
+    return value if isinstance(value, str | int | float | bool) else None
 
-    def __init__(self, settings: SegmentApi) -> None:
+
+def _needed(spec: PropSpec | None) -> bool:
+    return spec is None or spec.required
+
+
+class SegmentMapper:
+    """Maps Segment calls with the catalog's ``segment_api`` settings and its ``schema``."""
+
+    def __init__(self, settings: SegmentApi, schema: EventSchema = BUILTIN_SCHEMA) -> None:
         self.settings = settings
+        self.schema = schema
         self.tracks = {t.event: t for t in settings.track}
 
     def map(self, message: Any) -> Mapped:
@@ -212,14 +239,19 @@ class SegmentMapper:
             track = self.tracks.get(name or "")
             if track is None:
                 return None, f"unmapped track {name!r}".replace("'", '"')
-            props = {ours: _text(properties.get(theirs)) for ours, theirs in track.props.items()}
-            missing = [ours for ours, value in props.items() if value is None]
+            specs = {ours: self.schema.prop(track.type, ours) for ours in track.props}
+            props = {
+                ours: _value(properties.get(theirs), specs[ours]) for ours, theirs in track.props.items()
+            }
+            # A built-in type's mapped props are all needed; a declared type's, its required ones.
+            missing = [ours for ours, value in props.items() if value is None and _needed(specs[ours])]
             if missing:
                 return None, f"track {name!r}: no {', '.join(missing)} in its properties".replace("'", '"')
-            return track.type, props
+            return track.type, {ours: value for ours, value in props.items() if value is not None}
         if kind == "identify":
             traits = _mapping(message.get("traits"))
-            kept = {t: _text(traits.get(t), 256) for t in self.settings.identify_traits}
+            declared = self.schema.section.traits
+            kept = {t: _value(traits.get(t), declared.get(t), 256) for t in self.settings.identify_traits}
             kept = {t: v for t, v in kept.items() if v is not None}
             if not kept:
                 return None, "identify without any allowed trait"

@@ -19,3 +19,30 @@ def test_the_map_says_where_how_long_and_why() -> None:
     )
     assert rows["props.analytics"]["events"] == ["consent_updated"]
     assert all(r["purpose"] in {"analytics", "personalization", "legal record"} for r in rows.values())
+
+
+def test_every_declared_field_is_in_the_map_with_its_purpose_and_pii_class() -> None:
+    from engine.catalog import load_catalog
+    from tests.catalogs import CUSTOM_SCHEMA
+
+    schema = load_catalog(CUSTOM_SCHEMA).event_schema
+    rows = datamap(Retention(), schema=schema)
+    by = {(r["field"], tuple(r["events"])): r for r in rows}
+    for name, spec in schema.section.events.items():
+        assert by[("type", (name,))]["purpose"] == "analytics"
+        for prop in spec.props:
+            assert by[(f"props.{prop}", (name,))]["pii"] is False
+    assert "custom_values" in by[("props.integration", ("connected_integration",))]["kept_in"]
+    assert "kanban, scrum, blank" in by[("props.template", ("created_board",))]["meaning"]
+    for trait in schema.traits:
+        carried, kept = by[(f"props.{trait}", ("profile_updated",))], by[(f"profile.{trait}", ())]
+        assert carried["purpose"] == kept["purpose"] == "personalization"
+        assert carried["pii"] is kept["pii"] is (trait == "phone")
+    phone = by[("props.phone", ("profile_updated",))]
+    assert "redacted" in phone["kept_in"] and "sealed" in by[("profile.phone", ())]["kept_in"]
+    assert "redacted" not in by[("props.plan", ("profile_updated",))]["kept_in"]
+    theme = by[("context.app_theme", tuple(sorted(schema.event_types)))]
+    assert theme["purpose"] == "personalization" and by[("profile.app_theme", ())]["pii"] is False
+    # The built-in rows are all still there, unchanged.
+    builtin = datamap(Retention())
+    assert all(row in rows for row in builtin)

@@ -16,6 +16,7 @@ import pytest
 from engine.catalog import DEFAULT_CATALOG
 from engine.features import DIM
 from headstart.adapters.broker import free_port
+from tests.catalogs import CUSTOM_SCHEMA
 
 pytestmark = pytest.mark.integration
 
@@ -359,3 +360,10 @@ def test_datamap_lists_every_field_with_where_and_why(tmp_path: Path) -> None:
         and rows["profile.consent"]["purpose"] == "legal record"
     )
     assert "HS_EVENTS" in rows["user_id"]["kept_in"]
+    # A catalog's own fields, with their purpose and PII class.
+    shown = headstart("datamap", "--json", "--catalog", str(CUSTOM_SCHEMA), home=tmp_path)
+    assert shown.returncode == 0, shown.stderr
+    declared = {(r["field"], tuple(r["events"])): r for r in json.loads(shown.stdout)}
+    assert declared[("props.integration", ("connected_integration",))]["purpose"] == "analytics"
+    assert declared[("props.phone", ("profile_updated",))]["pii"] is True
+    assert declared[("profile.plan", ())]["pii"] is False

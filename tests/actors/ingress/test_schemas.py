@@ -102,3 +102,38 @@ def test_the_structs_decode_what_the_document_allows() -> None:
         (EventsBody, {"events": [{"anything": 1}]}),
     ):
         msgspec.convert(body, struct)
+
+
+def test_the_document_of_a_catalog_with_a_schema_has_its_declared_types() -> None:
+    from actors.ingress.routes import openapi_document
+    from engine.catalog import load_catalog
+    from tests.catalogs import CUSTOM_SCHEMA
+
+    document = openapi_document(8, load_catalog(CUSTOM_SCHEMA).event_schema)
+    schemas = document["components"]["schemas"]
+    items = schemas["EventsBody"]["properties"]["events"]["items"]
+    assert "here: created_board, connected_integration" in items["description"]
+    assert schemas["ScaleBody"]["properties"]["shards"]["maximum"] == 8
+
+    def ok(event: dict[str, Any]) -> bool:
+        try:
+            jsonschema.validate(
+                {"events": [event]}, {**schemas["EventsBody"], "components": document["components"]}
+            )
+        except jsonschema.ValidationError:
+            return False
+        return True
+
+    board = {
+        "event_id": "e",
+        "user_id": "u",
+        "type": "created_board",
+        "ts": 1,
+        "props": {"template": "kanban"},
+    }
+    assert ok(board) and ok({**board, "context": {"app_theme": "dark"}})
+    assert not ok({**board, "props": {"template": "gantt"}}) and not ok({**board, "type": "created_bord"})
+    assert ok({"event_id": "e", "user_id": "u", "type": "profile_updated", "ts": 1, "props": {"seats": 3}})
+    # The default document is left as it was: built-in types only.
+    assert "here: none" in SCHEMAS["EventsBody"]["properties"]["events"]["items"]["description"]
+    assert "created_board" not in SCHEMAS

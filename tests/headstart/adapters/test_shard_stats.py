@@ -11,7 +11,7 @@ from headstart.adapters.shard_stats import (
     decode_shard_stats,
     encode_shard_stats,
 )
-from headstart.adapters.status import learning_summary, segments_summary
+from headstart.adapters.status import learning_summary, retired_summary, segments_summary
 
 #: The keys of a shard's stats as `headstart status --json` and `/metrics` have always read them.
 KEYS = [
@@ -19,7 +19,7 @@ KEYS = [
     "events_per_s", "handled", "dead_lettered", "restarts", "first_handled_at", "last_handled_at",
     "first_handled_cpu", "last_handled_cpu", "positions", "consumers", "restored_partitions",
     "restored_through", "checkpoints", "checkpoint_max_pause_s", "last_checkpoint_at", "learning",
-    "segments", "events_without_consent", "expired_profiles",
+    "segments", "events_without_consent", "expired_profiles", "retired_events",
 ]  # fmt: skip
 LEARNING_KEYS = [
     "policy", "policy_version", "shadow", "decisions_logged", "decision_log_failures",
@@ -45,6 +45,7 @@ def full() -> ShardStats:
         learning=LearningStats(policy="linear_igw", drifts={"step": 1}, partitions={"rewards": 3}),
         segments=SegmentStats(changes={"dormant": [2, 1]}, queued=4),
         events_without_consent={"feature_clicked": 2},
+        retired_events={"created_board": 3},
     )
 
 
@@ -82,3 +83,5 @@ def test_summaries_read_typed_stats() -> None:
     learning = learning_summary([full(), other])
     assert learning["policy"] == "linear_igw" and learning["drifts"] == {"step": 3}
     assert learning["attribution"] == {"rewards": 4} and learning_summary([]) == {}
+    other.retired_events["connected_slack"] = 1
+    assert retired_summary([full(), other]) == {"connected_slack": 1, "created_board": 3}

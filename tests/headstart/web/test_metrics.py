@@ -42,3 +42,10 @@ def test_segment_changes_cluster_model_and_webhook_deliveries_are_exported() -> 
     assert got[("hs_webhook_attempts_failed_total", (("webhook", "crm"),))] == 2
     assert got[("hs_webhook_changes_given_up_total", (("webhook", "crm"),))] == 1
     assert got[("hs_consumer_lag", (("partition", "0"),))] == 3
+
+
+def test_retired_events_are_exported_by_shard_and_type() -> None:
+    shards = [ShardStats(shard=1, retired_events={"created_board": 4}), ShardStats(shard=2)]
+    got = samples(render(IngressMetrics(), shards, {}, []))
+    assert got[("hs_events_retired_total", (("shard", "1"), ("type", "created_board")))] == 4
+    assert not any(name == "hs_events_retired_total" and ("shard", "2") in labels for name, labels in got)
