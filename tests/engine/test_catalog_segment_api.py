@@ -63,8 +63,9 @@ def test_without_a_schema_a_track_to_a_custom_type_is_an_unknown_type() -> None:
     text = BASE[: BASE.index("\nschema:")] + BASE[BASE.index("\njourney:") :]
     text = text[: text.index("\nlearning:")] + "\n"  # its features name the schema's fields
     errors = check_catalog_text(text + 'segment_api: {track: [{event: "B", type: created_board}]}\n')
-    assert errors == [
+    # (The catalog's other references to declared types fail too; this is the mapping's error.)
+    assert (
         "<text>: segment_api.track[0].type: unknown event type 'created_board' (allowed: session_started, "
         "onboarding_started, onboarding_completed, step_viewed, step_completed, feature_clicked, "
         "tutorial_started, tutorial_completed)"
-    ]
+    ) in errors
