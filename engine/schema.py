@@ -196,6 +196,8 @@ class EventSchema:
             for name, spec in section.events.items()
         }
         self.count_by = {name: props for name, props in self.count_by.items() if props}
+        #: The context struct events decode into: the built-in fields and the declared ones.
+        self.context_type: type[Context] = Context
         if not (section.events or section.traits or section.context):
             self.classes: dict[str, type[Event]] = dict(EVENT_CLASSES)
             self._union: Any = AnyEvent
@@ -211,6 +213,7 @@ class EventSchema:
                 forbid_unknown_fields=False,
                 module=__name__,
             )
+            self.context_type = context_type
         classes: dict[str, type[Event]] = {}
         for tag, builtin in EVENT_CLASSES.items():
             extra: list[Any] = []

@@ -53,6 +53,7 @@ from actors.ingress.schemas import (
     event_components,
     finish_document,
     operation,
+    request_bodies,
 )
 from actors.ingress.segment import CALLS as SEGMENT_CALLS
 from actors.ingress.segment import MAX_SEGMENT_CALLS, SegmentIngest
@@ -226,8 +227,9 @@ class Ingress(DecisionService):
         self.nc: NATS | None = None
         self._shards: ShardClient | None = None
         # Built here, not at import: Serve pickles this class by value and decoders don't pickle.
-        self._decide_decoder = msgspec.json.Decoder(DecideBody)
-        self._tutorial_decoder = msgspec.json.Decoder(TutorialBody)
+        decide_body, tutorial_body = request_bodies(self.schema)  # context: the declared fields too
+        self._decide_decoder = msgspec.json.Decoder(decide_body)
+        self._tutorial_decoder = msgspec.json.Decoder(tutorial_body)
         self._events_decoder = msgspec.json.Decoder(EventsBody)
         self._reward_decoder = msgspec.json.Decoder(RewardBody)
         self._consent_decoder = msgspec.json.Decoder(ConsentBody)

@@ -49,6 +49,37 @@ class RequestContext(msgspec.Struct, omit_defaults=True):
     app_version: Annotated[str, Meta(max_length=64)] | None = None
 
 
+def request_bodies(schema: EventSchema = BUILTIN_SCHEMA) -> tuple[type[DecideBody], type[TutorialBody]]:
+    """The decide and tutorial bodies whose ``context`` also takes the catalog's declared
+    context fields, typed as declared (rules, templates and the policy read them).
+
+    >>> from engine.schema import SchemaSection
+    >>> section = SchemaSection.model_validate({"context": {"app_theme": {"type": "string"}}})
+    >>> decide_body, _ = request_bodies(EventSchema(section))
+    >>> body = b'{"user_id": "u", "context": {"app_theme": "dark", "os": "ios"}}'
+    >>> msgspec.structs.asdict(msgspec.json.decode(body, type=decide_body).context)["app_theme"]
+    'dark'
+    """
+    if not schema.context:
+        return DecideBody, TutorialBody
+    declared = [
+        (f.name, f.type, None)
+        for f in msgspec.structs.fields(schema.context_type)
+        if f.name in schema.context
+    ]
+    context = msgspec.defstruct(
+        "RequestContext", declared, bases=(RequestContext,), omit_defaults=True, module=__name__
+    )
+    field = msgspec.field(default_factory=context)
+    decide = msgspec.defstruct(
+        "DecideBody", [("context", context, field)], bases=(DecideBody,), module=__name__
+    )
+    tutorial = msgspec.defstruct(
+        "TutorialBody", [("context", context, field)], bases=(TutorialBody,), module=__name__
+    )
+    return decide, tutorial  # type: ignore[return-value]
+
+
 class DecideBody(msgspec.Struct, forbid_unknown_fields=True):
     """Who is deciding, and from where (``/v1/decide`` and ``/v1/flags``)."""
 

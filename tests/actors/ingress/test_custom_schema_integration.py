@@ -150,6 +150,26 @@ def test_declared_events_traits_and_context_over_http_reach_the_live_profile(app
     assert state["context"]["app_theme"] == "dark" and state["context"]["locale"] == "de-DE"
 
 
+def test_a_decision_reads_declared_context_from_the_request_and_traits_from_the_profile(app: Any) -> None:
+    client, group, _ = app
+    user = "grace@boards.example"
+    batch = [event(user, "profile_updated", context={"app_theme": "dark"}, plan="enterprise")]
+    assert client.post("/v1/events", json={"events": batch}, headers=FRONTEND).status_code == 200
+    group.wait_caught_up(timeout=30)
+    # The request's declared context field wins over the profile's (this visit), as built-ins do.
+    body = {"user_id": user, "context": {"app_theme": "light", "locale": "en-US"}}
+    answer = client.post("/v1/decide", json=body, headers=FRONTEND)
+    assert answer.status_code == 200, answer.text
+    decided = answer.json()
+    assert decided["step"]["id"] == "welcome"
+    assert decided["step_message"] == "You are on the enterprise plan (light theme)."
+    without = client.post("/v1/decide", json={"user_id": user}, headers=FRONTEND).json()
+    assert without["step_message"] == "You are on the enterprise plan (dark theme)."
+    # A declared context field of the wrong type is the caller's mistake: a 400 that says where.
+    wrong = client.post("/v1/decide", json={"user_id": user, "context": {"app_theme": 3}}, headers=FRONTEND)
+    assert wrong.status_code == 400 and "app_theme" in wrong.text, wrong.text
+
+
 def test_an_undeclared_type_or_prop_value_is_refused_with_the_declared_types(app: Any) -> None:
     client, _, _ = app
     user = "typo@boards.example"
