@@ -12,7 +12,7 @@ import polars as pl
 import pytest
 
 from engine.errors import ConfigError
-from engine.features import DIM
+from engine.features import BUILTIN_LAYOUT
 from headstart.reports.evaluate import evaluate_policy, read_log
 
 
@@ -117,7 +117,7 @@ def test_the_instances_log_replays_into_logged_decisions_per_point() -> None:
     assert frame["propensity"].to_list() == [0.5] * 120
     assert frame.filter(frame["action"] == "video")["reward"].mean() > 0.6  # type: ignore[operator]
     logged = frame_to_log(frame, "log", point="tutorial:first_project")
-    assert logged.x.shape == (120, DIM) and logged.x[:, 0].tolist() == [1.0] * 120
+    assert logged.x.shape == (120, BUILTIN_LAYOUT.dim) and logged.x[:, 0].tolist() == [1.0] * 120
     report = evaluate_logged("linear_igw", frame, catalog)
     estimates = report["points"]["tutorial:first_project"]["estimates"]
     assert set(estimates) == {"ips", "snips", "dr"}
