@@ -757,7 +757,9 @@ class PartitionLearning:
         if self.path and user_key in self.path and self.learner.is_activation(event):
             self._credit_path(user_key, 1.0)
             self.seq = seq
-        if changed & FIRST_USE:  # the user's first use of a feature
+        # The user's first use of a feature (a first event of a custom type is a FIRST_USE too,
+        # but not an adoption the recommender ranks).
+        if changed & FIRST_USE and event.kind is EventKind.FEATURE_CLICKED:
             self._learn_adoption(user_key, user, event, vocab, seq)
 
     def advance(self, now: float, seq: int) -> None:

@@ -25,7 +25,6 @@ from collections.abc import Callable, Mapping
 
 import msgspec
 from nats.js import JetStreamContext
-from nats.js.errors import NoKeysError
 from nats.js.kv import KeyValue
 
 from engine.features import FeatureLayout
@@ -54,15 +53,18 @@ async def register_layout(kv: KeyValue, layout: FeatureLayout) -> None:
 
 async def known_layouts(kv: KeyValue) -> dict[str, tuple[str, ...]]:
     """Every registered layout: feature names by layout id."""
+    layouts: dict[str, tuple[str, ...]] = {}
+    # A watcher delivers every current value of the keys it watches, then None.
+    watcher = await kv.watch(f"{LAYOUT_PREFIX}>", ignore_deletes=True)
     try:
-        keys = await kv.keys(filters=[f"{LAYOUT_PREFIX}>"])
-    except NoKeysError:
-        return {}
-    layouts = {}
-    for key in keys:
-        entry = await kv.get(key)
-        if entry.value:
-            layouts[key.removeprefix(LAYOUT_PREFIX)] = tuple(msgspec.json.decode(entry.value, type=list[str]))
+        async for entry in watcher:
+            if entry is None:
+                break
+            if entry.value:
+                names = msgspec.json.decode(entry.value, type=list[str])
+                layouts[entry.key.removeprefix(LAYOUT_PREFIX)] = tuple(names)
+    finally:
+        await watcher.stop()  # type: ignore[no-untyped-call]
     return layouts
 
 

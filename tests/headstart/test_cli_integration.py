@@ -141,7 +141,9 @@ def test_the_audits_and_evaluation_read_the_instances_decisions_log(
     signals = headstart("report", "signals", "--json", home=home)
     assert signals.returncode == 0, signals.stdout + signals.stderr
     report = json.loads(signals.stdout)
-    assert report["decisions"] > 0 and len(report["signals"]) == BUILTIN_LAYOUT.dim - 1  # the context vector less its bias
+    assert (
+        report["decisions"] > 0 and len(report["signals"]) == BUILTIN_LAYOUT.dim - 1
+    )  # the context vector less its bias
     fairness = headstart("report", "fairness", "--json", "--min-group", "1", home=home)
     assert fairness.returncode == 0, fairness.stdout + fairness.stderr
     assert json.loads(fairness.stdout)["points"]
