@@ -34,8 +34,9 @@ from scipy import stats as scistats
 
 from bench.common import write_result
 from engine import ope
+from engine.catalog import DEFAULT_CATALOG, load_catalog
 from engine.events import event_from_object
-from engine.features import DIM, FEATURE_NAMES, context_vector
+from engine.features import FeatureLayout
 from engine.profile import UserState, Vocabularies
 from policies import create
 from policies.base import Policy
@@ -49,16 +50,26 @@ ROLES = ["engineer", "designer", "manager", "founder", "analyst"]
 SIZES = ["1-10", "11-50", "51-200", "201-1000", "1000+"]
 NOW = 1_767_571_200.0 + 30 * 86400
 SEED = 5
+#: The context vector as the engine builds it for the default catalog (its built-in features).
+LAYOUT = FeatureLayout.from_catalog(load_catalog(DEFAULT_CATALOG))
+DIM = LAYOUT.dim
 
 
 # ---------------------------------------------------------------------- the simulated world
 
 
 class User:
-    __slots__ = ("hidden", "request", "state")
+    __slots__ = ("hidden", "request", "state", "vocab")
 
-    def __init__(self, state: UserState, request: dict[str, str], hidden: np.ndarray) -> None:
-        self.state, self.request, self.hidden = state, request, hidden
+    def __init__(
+        self, state: UserState, vocab: Vocabularies, request: dict[str, str], hidden: np.ndarray
+    ) -> None:
+        self.state, self.vocab, self.request, self.hidden = state, vocab, request, hidden
+
+
+def context_vector(user: User) -> np.ndarray:
+    """The user's context, as a shard builds it for a decision."""
+    return LAYOUT.vector(user.state, user.vocab, user.request, NOW)
 
 
 def population(n: int, rng: np.random.Generator) -> list[User]:
@@ -131,7 +142,7 @@ def population(n: int, rng: np.random.Generator) -> list[User]:
             ],
             dtype=float,
         )
-        users.append(User(state, {"device_type": device, "locale": locale}, hidden))
+        users.append(User(state, vocab, {"device_type": device, "locale": locale}, hidden))
     return users
 
 
@@ -201,7 +212,7 @@ def river_linucb(seed: int) -> Contestant:
     from river import bandit
 
     model = bandit.LinUCBDisjoint(alpha=1.0, beta=1.0, seed=seed)
-    names = list(FEATURE_NAMES)
+    names = list(LAYOUT.names)
 
     def as_dict(x: np.ndarray) -> dict[str, float]:
         return dict(zip(names, x.tolist(), strict=True))
@@ -342,7 +353,7 @@ def run(quick: bool = False, out_dir: Path | None = None) -> Path:
         "decisions": n_decisions,
         "drift_at_decision": drift_at,
         "arms": ARMS,
-        "context_features": list(FEATURE_NAMES),
+        "context_features": list(LAYOUT.names),
         "users": len(users),
         "ope_logged_decisions": n_logged,
         "ope_truth_users": n_truth,
@@ -385,7 +396,7 @@ def _learn(
             phase["drifted"] = True
         user = users[i]
         t0 = perf()
-        x = context_vector(user.state, user.request, NOW)
+        x = context_vector(user)
         arm, propensity = contestant.select(x, user)
         t1 = perf()
         p = truth(user, phase["drifted"])
@@ -416,20 +427,13 @@ def _uniform_log(
         user = users[i]
         arm = int(rng.integers(K))
         reward = 1.0 if rng.random() < truth(user, True)[arm] else 0.0
-        log.append((user, context_vector(user.state, user.request, NOW), arm, reward))
+        log.append((user, context_vector(user), arm, reward))
     return log
 
 
 def _true_value(contestant: Contestant, users: Sequence[User]) -> float:
     """Expected reward of the frozen policy on fresh users under the true (drifted) world."""
-    return float(
-        np.mean(
-            [
-                contestant.probabilities(context_vector(u.state, u.request, NOW), u) @ truth(u, True)
-                for u in users
-            ]
-        )
-    )
+    return float(np.mean([contestant.probabilities(context_vector(u), u) @ truth(u, True) for u in users]))
 
 
 def _off_policy(
@@ -457,7 +461,7 @@ def _activation_lift(
         activated = np.zeros(n)
         for j, i in enumerate(rng.integers(len(users), size=n).tolist()):
             user = users[i]
-            x = context_vector(user.state, user.request, NOW)
+            x = context_vector(user)
             completions = 0
             for _ in range(3):
                 arm, propensity = contestant.select(x, user)

@@ -97,7 +97,7 @@ class Answers:
         """The learning policy's session for this request (keeping the user's open decisions)."""
         learning = part.learning
         open_arms = learning.open_arms(key) if learning is not None else {}
-        return self.learner.session(key, user, context, now, open_arms)
+        return self.learner.session(key, user, context, now, open_arms, part.vocab)
 
     def decide(
         self, part: PartitionState, key: str, context: dict[str, Any] | None, now: float
@@ -171,7 +171,7 @@ class Answers:
         view = part.view(key, now)
         if view is not None and part.learning is not None:
             user = part.users[key]
-            session = self.learner.session(key, user, None, now, {})
+            session = self.learner.session(key, user, None, now, {}, part.vocab)
             view.update(part.learning.insights(key, user, part.vocab, session))
         return view
 

@@ -199,6 +199,52 @@ class JourneyReward(_Model):
     weight: float = Field(1.0, ge=0, le=1)
 
 
+class BuiltinFeatures(_Model):
+    """The categories of the built-in context features (``learning.builtin_features``); the
+    defaults are the lists the vector was built with before they moved to the catalog, so a
+    catalog that says nothing gets that vector (and the policy state learned with it)."""
+
+    #: ``lang=<xx>``: one slot per language (a locale's first two letters).
+    languages: list[Annotated[str, Field(pattern=r"^[a-z]{2}$")]] = Field(
+        default_factory=lambda: ["en", "de", "fr", "es"], max_length=32
+    )
+    #: ``referrer=<group>``: referrers grouped by intent, one slot per group.
+    referrer_groups: dict[Name, list[Annotated[str, Field(min_length=1, max_length=200)]]] = Field(
+        default_factory=lambda: {
+            "search": ["google", "bing"],
+            "community": ["producthunt", "linkedin", "twitter"],
+            "owned": ["newsletter", "partner"],
+        },
+        max_length=32,
+    )
+    #: ``role_technical``: the user's role is one of these.
+    technical_roles: list[str] = Field(
+        default_factory=lambda: ["engineer", "developer", "analyst", "data"], max_length=256
+    )
+    #: ``company_large``: the user's company size is one of these.
+    large_company_sizes: list[str] = Field(default_factory=lambda: ["201-1000", "1000+"], max_length=64)
+
+    @model_validator(mode="after")
+    def _distinct(self) -> BuiltinFeatures:
+        if len(set(self.languages)) != len(self.languages):
+            raise ValueError("a language is listed twice")
+        seen: dict[str, str] = {}
+        for group, referrers in self.referrer_groups.items():
+            for referrer in referrers:
+                if referrer.lower() in seen:
+                    raise ValueError(
+                        f"referrer {referrer!r} is in groups {seen[referrer.lower()]!r} and {group!r}"
+                    )
+                seen[referrer.lower()] = group
+        return self
+
+
+#: Slots the declared features may add to the context vector, in all. A linear policy's choice
+#: and update cost O(d²) in the vector's length d (24 built-in slots: ~25 µs select+update in
+#: bench learn); 64 more keeps a choice well under a millisecond.
+MAX_DECLARED_SLOTS = 64
+
+
 class FeatureSpec(_Model):
     """A declared field entering the policy's context vector (``learning.features``): a trait,
     a context field (categorical: one-hot over ``values``, by default the declared ones;
@@ -217,6 +263,16 @@ class FeatureSpec(_Model):
         if sum(x is not None for x in (self.trait, self.context, self.event_count)) != 1:
             raise ValueError("a feature names exactly one of 'trait', 'context' or 'event_count'")
         return self
+
+    @property
+    def source(self) -> tuple[Literal["trait", "context", "event_count"], str]:
+        """What the feature reads: ``("trait", "plan")``, ``("event_count", "created_board")``..."""
+        if self.trait is not None:
+            return "trait", self.trait
+        if self.context is not None:
+            return "context", self.context
+        assert self.event_count is not None
+        return "event_count", self.event_count
 
 
 class Learning(_Model):
@@ -240,6 +296,8 @@ class Learning(_Model):
     #: Users whose predicted activation probability is below this are in the built-in segment
     #: ``activation_low`` (e.g. to give them a simpler flow through a flag or step rule).
     activation_low_below: float = Field(0.2, ge=0, le=1)
+    #: The built-in context features' categories (languages, referrer groups, ...).
+    builtin_features: BuiltinFeatures = BuiltinFeatures()
     #: Declared traits, context fields and event counts in the policy's context vector, after
     #: the built-in features (docs/learning.md, "Features").
     features: list[FeatureSpec] = Field(default_factory=list, max_length=64)
@@ -534,6 +592,7 @@ def _semantic_errors(catalog: Catalog) -> list[tuple[str, str]]:
                 errors.append((where, f"unknown tutorial {completion.tutorial!r}"))
     errors += _learning_errors(catalog.learning, schema)
     errors += _segment_api_errors(catalog.segment_api, catalog.event_schema)
+    errors += _feature_errors(catalog.learning.features, catalog.event_schema)
     errors += _experiment_errors(catalog, known)
     errors += _template_errors(catalog.messages.welcome, "messages.welcome", catalog.default_locale, schema)
     for i, targeted in enumerate(catalog.messages.by_segment):
@@ -629,6 +688,78 @@ def _learning_errors(learning: Learning, schema: SchemaSection) -> list[tuple[st
         schema, journey.event, journey.props, JOURNEY_EVENTS, counted=True, type_field="event"
     )
     errors += [(f"learning.journey.{sub}", why) for sub, why in problems]
+    return errors
+
+
+def _feature_errors(features: list[FeatureSpec], schema: EventSchema) -> list[tuple[str, str]]:
+    """What is wrong with ``learning.features``: undeclared names, a string field without
+    values, values on a number or boolean, duplicates, PII, too many slots."""
+    errors: list[tuple[str, str]] = []
+    first: dict[tuple[str, str], int] = {}
+    slots = 0
+    for i, spec in enumerate(features):
+        where = f"learning.features[{i}]"
+        source, name = spec.source
+        if (source, name) in first:
+            errors.append(
+                (where, f"{source} {name!r} is listed twice (also learning.features[{first[source, name]}])")
+            )
+            continue
+        first[source, name] = i
+        if source == "event_count":
+            if name not in schema.custom_types:
+                declared = ", ".join(schema.custom_types) or "none"
+                errors.append((f"{where}.event_count", f"unknown event type {name!r} (declared: {declared})"))
+            elif spec.values is not None:
+                errors.append((f"{where}.values", "'values' applies to string traits and context fields"))
+            slots += 1
+            continue
+        section = "traits" if source == "trait" else "context"
+        declared_fields = schema.section.traits if source == "trait" else schema.section.context
+        field = declared_fields.get(name)
+        if field is None:
+            known = ", ".join(declared_fields) or "none"
+            noun = "trait" if source == "trait" else "context field"
+            errors.append((f"{where}.{source}", f"unknown {noun} {name!r} (declared: {known})"))
+            continue
+        if name in schema.pii_traits:
+            errors.append(
+                (f"{where}.{source}", f"{name!r} is PII: it may not enter the logged context vector")
+            )
+        if field.type != "string":
+            if spec.values is not None:
+                errors.append((f"{where}.values", f"'values' applies to strings; {name!r} is a {field.type}"))
+            slots += 1
+            continue
+        values = spec.values if spec.values is not None else field.values
+        if values is None:
+            errors.append(
+                (
+                    f"{where}.{source}",
+                    f"string field {name!r} needs 'values' (here or in schema.{section}.{name})",
+                )
+            )
+            continue
+        if len(set(values)) != len(values):
+            errors.append((f"{where}.values", "a value is listed twice"))
+        for j, value in enumerate(spec.values or []):
+            if field.values is not None and value not in field.values:
+                errors.append(
+                    (
+                        f"{where}.values[{j}]",
+                        f"{value!r} is not a declared value of {name!r} "
+                        f"(declared: {', '.join(field.values)})",
+                    )
+                )
+        slots += len(values)
+    if slots > MAX_DECLARED_SLOTS:
+        errors.append(
+            (
+                "learning.features",
+                f"{slots} slots in the context vector (one per value of a categorical feature); "
+                f"at most {MAX_DECLARED_SLOTS}",
+            )
+        )
     return errors
 
 

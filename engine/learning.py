@@ -28,16 +28,17 @@ Where each piece lives, and why that makes learning exactly-once:
 ['step', 'tutorial:collaboration', 'tutorial:connect_data', 'tutorial:first_project']
 >>> session = learner.session("k" * 26, None, {"device_type": "desktop"}, now=0.0, open_arms={})
 >>> arm, why = session.choose("tutorial:first_project", ["interactive", "video"])
->>> arm in ("interactive", "video"), session.record().choices[0].point
-(True, 'tutorial:first_project')
+>>> record = session.record()
+>>> arm in ("interactive", "video"), record.choices[0].point, record.layout == learner.layout.layout_id
+(True, 'tutorial:first_project', True)
 """
 
 from __future__ import annotations
 
 import heapq
 import secrets
-from collections.abc import Callable, Iterable, Mapping
-from typing import Annotated, Any
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Annotated, Any, TypeVar
 
 import msgspec
 import numpy as np
@@ -48,7 +49,15 @@ from engine.choices import POINT_STEP, TUTORIAL_POINT_PREFIX, StepRules, tutoria
 from engine.errors import InvalidEvent
 from engine.event_refs import props_match, seen
 from engine.events import Event, EventKind
-from engine.features import DIM, FEATURE_NAMES, LAYOUT_VERSION, context_vector
+from engine.features import (
+    BUILTIN_LAYOUT,
+    LAYOUT_VERSION,
+    FeatureLayout,
+    layout_id,
+    record_names,
+    remap,
+    remap_index,
+)
 from engine.keys import is_user_key
 from engine.models import ActivationModel, FeatureRecommender, MergedActivation
 from engine.profile import FIRST_USE, UserState, Vocabularies
@@ -118,6 +127,11 @@ class DecisionRecord(msgspec.Struct, omit_defaults=True):
     #: Coarse audience of the decision (device_type, country, locale) for the bias audit
     #: (``headstart report fairness``): the request's, else the profile's.
     groups: dict[str, str] = msgspec.field(default_factory=dict)
+    #: The id of the layout ``context`` is in (:class:`engine.features.FeatureLayout`); its
+    #: feature names are registered once per layout (``HS_LEARN``, ``layout.<id>``), not
+    #: repeated in every decision. None: a record from before layouts had ids, in the
+    #: layout its ``features_version`` names (:data:`engine.features.LEGACY_NAMES`).
+    layout: str | None = None
 
 
 class RewardRecord(msgspec.Struct):
@@ -152,10 +166,12 @@ class ChoiceSession:
         context: Mapping[str, Any] | None,
         now: float,
         open_arms: Mapping[str, tuple[str, str]],
+        vocab: Vocabularies | None = None,
     ) -> None:
         self._learner = learner
         self._key = user_key
         self.user = user
+        self.vocab = vocab
         self.context = context or {}
         self._vector: np.ndarray | None = None
         self.now = now
@@ -182,7 +198,7 @@ class ChoiceSession:
         """The context vector the choices are made in: built on first use (a request that only
         keeps open decisions and hits the insights cache needs none)."""
         if self._vector is None:
-            self._vector = context_vector(self.user, self.context, self.now)
+            self._vector = self._learner.layout.vector(self.user, self.vocab, self.context, self.now)
         return self._vector
 
     def choose(self, point: str, eligible: list[str]) -> tuple[str, str]:
@@ -234,6 +250,7 @@ class ChoiceSession:
             choices=self._choices,
             shadow_policy=learner.shadow_name if self._shadows else None,
             groups=self._groups(),
+            layout=learner.layout.layout_id,
         )
 
     def _groups(self) -> dict[str, str]:
@@ -256,6 +273,16 @@ class Learner:
     def __init__(self, catalog: Catalog, decider: StepRules, seed: int = 0) -> None:
         self.settings = catalog.learning
         self.decider = decider
+        #: The context vector the policies choose in (the catalog's built-in and declared features).
+        self.layout = FeatureLayout.from_catalog(catalog)
+        #: Feature names by layout id: ours, the built-in one, and every layout registered
+        #: (:meth:`register_layout`), so a record or state of another layout is read by name.
+        self.layouts: dict[str, tuple[str, ...]] = {
+            BUILTIN_LAYOUT.layout_id: BUILTIN_LAYOUT.names,
+            self.layout.layout_id: self.layout.names,
+        }
+        self._remaps: dict[tuple[str, ...], np.ndarray] = {}
+        self._drift_slots = tuple((name, self.layout.index(name)) for name in DRIFT_FEATURES)
         self.steps = {s.id: s for s in catalog.journey.steps}
         self.points: dict[str, list[str]] = {}
         if self.settings.steps:
@@ -282,7 +309,7 @@ class Learner:
         #: Each partition's activation model as last published (raw-space weights, examples).
         self.activation_views: dict[int, tuple[np.ndarray, int]] = {}
         #: Activation probability every shard serves: all partitions' River models, averaged.
-        self.activation = MergedActivation()
+        self.activation = MergedActivation(self.layout.dim)
         #: Statistics forgotten after drifts (subtracted from the sum), and the partition
         #: sequences they were computed at: applied once every view has caught up with them.
         self.forgotten: Contributions = {}
@@ -294,8 +321,9 @@ class Learner:
         #: replay in ``headstart evaluate``): decision id, point, arm, context, reward, logged
         #: propensity.
         self.on_close: Callable[[str, str, int, np.ndarray, float, float], None] | None = None
-        #: Called with every activation outcome the activation model learns: context, activated.
-        self.on_outcome: Callable[[np.ndarray, bool], None] | None = None
+        #: Called with every activation outcome the activation model learns: decision id,
+        #: context, activated.
+        self.on_outcome: Callable[[str, np.ndarray, bool], None] | None = None
         self.rewards = 0
         self.reward_sum = 0.0
         self._feature_detectors: dict[str, dict[str, drift.ADWIN]] = {}
@@ -303,12 +331,75 @@ class Learner:
         self.feature_drifts: dict[str, int] = {}
 
     def _make(self, name: str, point: str, seed: int) -> Policy:
-        dim = DIM if available()[name].contextual else 0
+        dim = self.layout.dim if available()[name].contextual else 0
         return create(name, self.points[point], dim=dim, seed=seed, **self.settings.params)
 
     def policies_by_name(self) -> dict[str, dict[str, Policy]]:
         """The served and the shadow policies by policy name (built once: they never change)."""
         return self._by_name
+
+    # ------------------------------------------------------------------ feature layouts
+
+    def register_layout(self, names: Sequence[str]) -> str:
+        """Know the layout of these feature names (another catalog's); its id."""
+        names = tuple(names)
+        ident = layout_id(names)
+        self.layouts[ident] = names
+        return ident
+
+    def remap_from(self, names: Sequence[str]) -> np.ndarray | None:
+        """How to read a vector of the layout ``names`` in ours (:func:`engine.features.remap`);
+        None: it is ours."""
+        names = tuple(names)
+        if names == self.layout.names:
+            return None
+        index = self._remaps.get(names)
+        if index is None:
+            index = self._remaps[names] = remap_index(names, self.layout.names)
+        return index
+
+    def context_of(self, record: DecisionRecord) -> np.ndarray | None:
+        """A logged decision's context in our layout, read by feature name; None when its
+        layout is not known here (nothing can be learned from it)."""
+        names = record_names(record.layout, record.features_version, self.layouts)
+        if names is None or len(names) != len(record.context):
+            return None
+        x = np.asarray(record.context, dtype=float)
+        index = self.remap_from(names)
+        return x if index is None else remap(x, index)
+
+    def in_layout(self, contributions: Contributions, names: Sequence[str]) -> Contributions:
+        """Statistics learned with the layout ``names``, read in ours by feature name.
+
+        A policy's statistics are only valid with the layout they were learned on. Linear
+        statistics (Σ x xᵀ, Σ r·x) remap exactly (see :func:`engine.features.remap`), so a
+        catalog change that adds, drops or reorders features keeps what was learned about the
+        features both layouts share; statistics without feature axes (counts) are the same in
+        every layout. Statistics whose size does not match ``names`` are left as they are, and
+        a merge or restore skips them for their shape (they start fresh).
+        """
+        index = self.remap_from(names)
+        if index is None:
+            return contributions
+        policies = available()
+        out: Contributions = {}
+        for name, points in contributions.items():
+            axes = policies[name].feature_axes if name in policies else {}
+            out[name] = {}
+            for point, stats in points.items():
+                if any(
+                    stats[k].shape[a] != len(names) for k, along in axes.items() if k in stats for a in along
+                ):
+                    out[name][point] = stats
+                    continue
+                out[name][point] = {k: remap(v, index, axes[k]) if k in axes else v for k, v in stats.items()}
+        return out
+
+    def _activation_in_layout(self, weights: np.ndarray, names: Sequence[str]) -> np.ndarray | None:
+        if len(weights) != len(names):
+            return None
+        index = self.remap_from(names)
+        return weights if index is None else remap(weights, index)
 
     # ------------------------------------------------------------------ deciding
 
@@ -319,8 +410,11 @@ class Learner:
         context: Mapping[str, Any] | None,
         now: float,
         open_arms: Mapping[str, tuple[str, str]],
+        vocab: Vocabularies | None = None,
     ) -> ChoiceSession:
-        return ChoiceSession(self, user_key, user, context, now, open_arms)
+        """The choices of one request; ``vocab``: the user's partition's vocabularies (the
+        declared features read the user's custom fields and counts through them)."""
+        return ChoiceSession(self, user_key, user, context, now, open_arms, vocab)
 
     # ------------------------------------------------------------------ learning
 
@@ -401,25 +495,26 @@ class Learner:
         self.drifted.clear()
         self.forgotten, self.forgotten_seqs = forgotten, seqs
         self._pending_forgotten = None
-        return encode_contributions(seqs, forgotten)
+        return encode_contributions(seqs, forgotten, layout=self.layout.names)
 
     def load_forgotten(self, data: bytes) -> None:
         """A ``forgotten`` record shared by any shard: applied at the next rebuild that has
         seen every partition as far as the record did."""
-        seqs, forgotten = decode_contributions(data)
-        self._pending_forgotten = (forgotten, seqs)
+        seqs, forgotten, names = decode_contributions(data)
+        self._pending_forgotten = (self.in_layout(forgotten, names), seqs)
 
     def set_view(self, partition: int, data: bytes) -> None:
-        seqs, contributions = decode_contributions(data)
+        seqs, contributions, names = decode_contributions(data)
         seq = seqs.get(partition, 0)
         if partition not in self.views or self.views[partition][0] <= seq:
-            self.views[partition] = (seq, contributions)
+            self.views[partition] = (seq, self.in_layout(contributions, names))
             activation = msgspec.msgpack.decode(data).get("activation")
             if activation:
-                self.activation_views[partition] = (
-                    np.frombuffer(activation[0], dtype=float).copy(),
-                    activation[1],
-                )
+                weights = self._activation_in_layout(np.frombuffer(activation[0], dtype=float).copy(), names)
+                if weights is not None:
+                    self.activation_views[partition] = (weights, activation[1])
+                else:
+                    self.activation_views.pop(partition, None)
 
     def drift_counts(self) -> dict[str, int]:
         return {point: policy.drifts for point, policy in self.served.items()}
@@ -436,8 +531,9 @@ class Learner:
                 name: drift.ADWIN(delta=FEATURE_DRIFT_DELTA)  # type: ignore[no-untyped-call]
                 for name in DRIFT_FEATURES
             }
-        for name, detector in detectors.items():
-            detector.update(float(x[FEATURE_NAMES.index(name)]))  # type: ignore[no-untyped-call]
+        for name, slot in self._drift_slots:
+            detector = detectors[name]
+            detector.update(float(x[slot]))  # type: ignore[no-untyped-call]
             if detector.drift_detected:
                 key = f"{point}/{name}"
                 self.feature_drifts[key] = self.feature_drifts.get(key, 0) + 1
@@ -484,27 +580,36 @@ class Learner:
 
 
 def encode_contributions(
-    seqs: Mapping[int, int], contributions: Contributions, activation: tuple[np.ndarray, int] | None = None
+    seqs: Mapping[int, int],
+    contributions: Contributions,
+    activation: tuple[np.ndarray, int] | None = None,
+    layout: Sequence[str] = BUILTIN_LAYOUT.names,
 ) -> bytes:
-    return _encoder.encode(
-        {
-            "seqs": {str(p): s for p, s in seqs.items()},
-            "activation": [activation[0].tobytes(), activation[1]] if activation is not None else None,
-            # Points nothing was learned at are left out (a partition's contribution to a linear
-            # policy is ~14 KB per point even when all zeros); missing points read as zeros.
-            "policies": {
-                name: {
-                    point: pack_stats(stats)
-                    for point, stats in points.items()
-                    if any(v.any() for v in stats.values())
-                }
-                for name, points in contributions.items()
-            },
-        }
-    )
+    """Statistics (and activation weights) as published and snapshotted, with the feature names
+    they were learned with (``layout``)."""
+    body: dict[str, Any] = {
+        "seqs": {str(p): s for p, s in seqs.items()},
+        "activation": [activation[0].tobytes(), activation[1]] if activation is not None else None,
+        # Points nothing was learned at are left out (a partition's contribution to a linear
+        # policy is ~14 KB per point even when all zeros); missing points read as zeros.
+        "policies": {
+            name: {
+                point: pack_stats(stats)
+                for point, stats in points.items()
+                if any(v.any() for v in stats.values())
+            }
+            for name, points in contributions.items()
+        },
+    }
+    # The built-in layout's names are left out: what was written before layouts were named
+    # holds it, so the default catalog's state keeps its bytes.
+    if tuple(layout) != BUILTIN_LAYOUT.names:
+        body["layout"] = list(layout)
+    return _encoder.encode(body)
 
 
-def decode_contributions(data: bytes) -> tuple[dict[int, int], Contributions]:
+def decode_contributions(data: bytes) -> tuple[dict[int, int], Contributions, tuple[str, ...]]:
+    """Sequences, statistics and the feature names they were learned with."""
     raw = msgspec.msgpack.decode(data)
     return (
         {int(p): s for p, s in raw["seqs"].items()},
@@ -512,6 +617,7 @@ def decode_contributions(data: bytes) -> tuple[dict[int, int], Contributions]:
             name: {point: unpack_stats(packed) for point, packed in points.items()}
             for name, points in raw["policies"].items()
         },
+        tuple(raw.get("layout") or BUILTIN_LAYOUT.names),
     )
 
 
@@ -534,6 +640,9 @@ class PathEntry(msgspec.Struct, array_like=True):
     arm: int
     x: bytes
     deadline: float
+
+
+_E = TypeVar("_E", OpenDecision, PathEntry)
 
 
 class PartitionLearning:
@@ -565,7 +674,7 @@ class PartitionLearning:
         self._closed: dict[str, None] = {}
         #: The partition's last applied sequence when this was last changed (for merges).
         self.seq = 0
-        self.activation = ActivationModel()
+        self.activation = ActivationModel(learner.layout.names)
         self.recommender = FeatureRecommender()
         self._insights: dict[str, tuple[tuple[Any, ...], float, dict[str, Any]]] = {}
         self.counts = {"decisions": 0, "rewards": 0, "explicit": 0, "defaulted": 0, "late": 0, "unknown": 0}
@@ -574,9 +683,9 @@ class PartitionLearning:
 
     def on_decision(self, user_key: str, record: DecisionRecord, seq: int) -> None:
         learner = self.learner
-        x = np.asarray(record.context, dtype=float)
-        if len(x) != DIM:
-            return  # another feature layout: nothing this build's policies can learn from
+        x = learner.context_of(record)
+        if x is None:
+            return  # a layout not known here: nothing these policies can learn from
         xb = x.tobytes()
         window = learner.settings.reward_window_s
         horizon = learner.settings.journey.within_days * 86400.0
@@ -653,7 +762,8 @@ class PartitionLearning:
         if self.path and user_key in self.path and self.learner.is_activation(event):
             self._credit_path(user_key, 1.0)
             self.seq = seq
-        # The user's first use of a feature (FIRST_USE also marks a first custom event).
+        # The user's first use of a feature (a first event of a custom type is a FIRST_USE too,
+        # but not an adoption the recommender ranks).
         if changed & FIRST_USE and event.kind is EventKind.FEATURE_CLICKED:
             self._learn_adoption(user_key, user, event, vocab, seq)
 
@@ -716,7 +826,7 @@ class PartitionLearning:
         x = np.frombuffer(entry.x, dtype=float)
         self.activation.learn(x, activated)
         if self.learner.on_outcome is not None:
-            self.learner.on_outcome(x, activated)
+            self.learner.on_outcome(entry.decision_id, x, activated)
 
     def _learn_adoption(
         self, user_key: str, user: UserState, event: Event, vocab: Vocabularies, seq: int
@@ -751,9 +861,7 @@ class PartitionLearning:
             user.last_seen if user is not None else 0.0,
             self.recommender.adoptions,
             self.learner.activation.examples,
-            context.get("device_type"),
-            context.get("locale"),
-            context.get("referrer"),
+            *map(context.get, self.learner.layout.request_fields),
         )
         cached = self._insights.get(user_key)
         now = session.now
@@ -819,12 +927,15 @@ class PartitionLearning:
 
     def published(self, partition: int) -> bytes:
         """The contribution as every shard loads it (:meth:`Learner.set_view`)."""
-        return encode_contributions({partition: self.seq}, self.contributions, self.activation.raw_params())
+        return encode_contributions(
+            {partition: self.seq}, self.contributions, self.activation.raw_params(), self.learner.layout.names
+        )
 
     def snapshot(self) -> dict[str, Any]:
-        return {
+        names = self.learner.layout.names
+        snap = {
             "seq": self.seq,
-            "contributions": encode_contributions({}, self.contributions),
+            "contributions": encode_contributions({}, self.contributions, layout=names),
             "open": {k: [msgspec.to_builtins(d) for d in v] for k, v in self.open.items()},
             "path": {k: [msgspec.to_builtins(e) for e in v] for k, v in self.path.items()},
             "closed": list(self._closed),
@@ -832,26 +943,66 @@ class PartitionLearning:
             "activation": self.activation.snapshot(),
             "recommender": self.recommender.snapshot(),
         }
+        if names != BUILTIN_LAYOUT.names:  # as in encode_contributions: absent, the built-in layout
+            snap["layout"] = list(names)
+        return snap
 
     def restore(self, snap: dict[str, Any] | None, users: Mapping[str, UserState] | None = None) -> None:
         """Load a :meth:`snapshot` into this fresh state (None: nothing to load); statistics of
-        a point or policy whose shape changed since are left out."""
+        a point or policy whose shape changed since are left out.
+
+        State of another feature layout (the catalog's features changed) is read by feature
+        name: the policies' statistics and the open decisions' contexts are remapped (a feature
+        new to the layout reads 0), the activation model keys its weights by name already.
+        """
         if not snap:
             return
+        learner = self.learner
         self.seq = snap["seq"]
-        _, contributions = decode_contributions(snap["contributions"])
-        for name, points in contributions.items():
+        _, contributions, names = decode_contributions(snap["contributions"])
+        for name, points in learner.in_layout(contributions, names).items():
             for point, stats in points.items():
                 current = self.contributions.get(name, {}).get(point)
                 if current is not None and all(current[k].shape == v.shape for k, v in stats.items()):
                     self.contributions[name][point] = stats
         self.open = {k: [msgspec.convert(d, OpenDecision) for d in v] for k, v in snap["open"].items()}
         self.path = {k: [msgspec.convert(e, PathEntry) for e in v] for k, v in snap["path"].items()}
+        names = tuple(snap.get("layout") or BUILTIN_LAYOUT.names)
+        index = learner.remap_from(names)
+        if index is not None:
+            self._remap_contexts(names, index)
         self._windows = [(d.deadline, d.decision_id, k) for k, v in self.open.items() for d in v]
         self._journeys = [(e.deadline, e.decision_id, k) for k, v in self.path.items() for e in v]
         heapq.heapify(self._windows)
         heapq.heapify(self._journeys)
         self._closed = dict.fromkeys(snap["closed"])
         self.counts.update(snap["counts"])
-        self.activation = ActivationModel.restore(snap["activation"])
+        self.activation = ActivationModel.restore(snap["activation"], learner.layout.names)
         self.recommender = FeatureRecommender.restore(snap["recommender"])
+
+    def _remap_contexts(self, names: tuple[str, ...], index: np.ndarray) -> None:
+        """The open decisions' and paths' contexts, of the layout ``names``, in ours; a context
+        of another length than ``names`` (nothing can read it) goes with its entry."""
+
+        def mapped(xb: bytes) -> bytes | None:
+            x = np.frombuffer(xb, dtype=float)
+            return remap(x, index).tobytes() if len(x) == len(names) else None
+
+        self.open = _with_contexts(self.open, mapped)
+        self.path = _with_contexts(self.path, mapped)
+
+
+def _with_contexts(
+    entries: dict[str, list[_E]], mapped: Callable[[bytes], bytes | None]
+) -> dict[str, list[_E]]:
+    out: dict[str, list[_E]] = {}
+    for key, items in entries.items():
+        kept = []
+        for item in items:
+            x = mapped(item.x)
+            if x is not None:
+                item.x = x
+                kept.append(item)
+        if kept:
+            out[key] = kept
+    return out

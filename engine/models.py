@@ -26,14 +26,14 @@ the partition.
   counted) rather than slowing events down.
 
 >>> import numpy as np
->>> from engine.features import DIM
->>> model = ActivationModel()
+>>> from engine.features import BUILTIN_LAYOUT
+>>> model, dim = ActivationModel(BUILTIN_LAYOUT.names), BUILTIN_LAYOUT.dim
 >>> for i in range(200):
-...     x = np.zeros(DIM); x[0] = 1.0; x[1] = float(i % 2)
+...     x = np.zeros(dim); x[0] = 1.0; x[1] = float(i % 2)
 ...     model.learn(x, bool(i % 2))
->>> merged = MergedActivation()
+>>> merged = MergedActivation(dim)
 >>> merged.load([model.raw_params()])
->>> mobile, desktop = np.eye(DIM)[0] + np.eye(DIM)[1], np.eye(DIM)[0]
+>>> mobile, desktop = np.eye(dim)[0] + np.eye(dim)[1], np.eye(dim)[0]
 >>> merged.predict(mobile) > 0.5 > merged.predict(desktop)
 True
 """
@@ -48,19 +48,11 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 from river import compose, linear_model, optim, preprocessing, reco
 
-from engine.features import DIM, FEATURE_NAMES
-
-#: The bias is the logistic regression's intercept; the other features are the model's inputs.
-_INPUTS = FEATURE_NAMES[1:]
 #: SGD step: River's default (0.01) needs tens of thousands of outcomes to move.
 ACTIVATION_LR = 0.05
 RECO_FACTORS = 8
 #: Adoptions waiting to be learned, per partition, beyond which the oldest are dropped.
 MAX_QUEUED = 20_000
-
-
-def _as_dict(x: np.ndarray) -> dict[str, float]:
-    return dict(zip(_INPUTS, x[1:].tolist(), strict=True))
 
 
 def activation_pipeline() -> compose.Pipeline:
@@ -89,14 +81,21 @@ def raw_coefficients(pipeline: compose.Pipeline) -> tuple[dict[str, float], floa
 
 
 class ActivationModel:
-    """One partition's River pipeline ``StandardScaler | LogisticRegression``."""
+    """One partition's River pipeline ``StandardScaler | LogisticRegression`` over the context
+    vector's features (``names``: its layout's feature names, the bias first).
 
-    def __init__(self) -> None:
+    River keys weights by feature name, so a model restored under another layout (the catalog's
+    features changed) keeps what it learned about the features both share.
+    """
+
+    def __init__(self, names: Sequence[str]) -> None:
         self.pipeline = activation_pipeline()
         self.examples = 0
+        #: The bias is the logistic regression's intercept; the other features are its inputs.
+        self.inputs = tuple(names[1:])
 
     def learn(self, x: np.ndarray, activated: bool) -> None:
-        self.pipeline.learn_one(_as_dict(x), activated)
+        self.pipeline.learn_one(dict(zip(self.inputs, x[1:].tolist(), strict=True)), activated)
         self.examples += 1
 
     def raw_params(self) -> tuple[np.ndarray, int]:
@@ -105,9 +104,9 @@ class ActivationModel:
         scaler = self.pipeline["StandardScaler"]
         logistic = self.pipeline["LogisticRegression"]
         weights = logistic._weights
-        w = np.zeros(DIM)
+        w = np.zeros(len(self.inputs) + 1)
         intercept = float(logistic.intercept)
-        for i, name in enumerate(_INPUTS, start=1):
+        for i, name in enumerate(self.inputs, start=1):
             coefficient = float(weights.get(name, 0.0))
             sd = math.sqrt(scaler.vars.get(name, 0.0))
             if coefficient == 0.0 or sd == 0.0:
@@ -122,26 +121,28 @@ class ActivationModel:
         return pickle.dumps((self.pipeline, self.examples))
 
     @classmethod
-    def restore(cls, data: bytes) -> ActivationModel:
-        model = cls()
+    def restore(cls, data: bytes, names: Sequence[str]) -> ActivationModel:
+        model = cls(names)
         model.pipeline, model.examples = pickle.loads(data)
         return model
 
 
 class MergedActivation:
-    """What shards serve: the example-weighted average of partitions' models (raw space)."""
+    """What shards serve: the example-weighted average of partitions' models (raw space, in
+    a context vector of ``dim`` features)."""
 
-    def __init__(self) -> None:
-        self.w = np.zeros(DIM)
+    def __init__(self, dim: int) -> None:
+        self.dim = dim
+        self.w = np.zeros(dim)
         self.examples = 0
 
     def load(self, params: Iterable[tuple[np.ndarray, int]]) -> None:
-        total, weighted = 0, np.zeros(DIM)
+        total, weighted = 0, np.zeros(self.dim)
         for w, n in params:
-            if n > 0:
+            if n > 0 and len(w) == self.dim:
                 weighted += n * w
                 total += n
-        self.w = weighted / total if total else np.zeros(DIM)
+        self.w = weighted / total if total else np.zeros(self.dim)
         self.examples = total
 
     def predict(self, x: np.ndarray) -> float | None:

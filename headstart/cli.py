@@ -412,7 +412,7 @@ def evaluate(
 def _instance_replay(home: Path | None) -> tuple[Any, Any]:
     """The running instance's stream replayed through the attribution rules, and its catalog."""
     from engine.catalog import DEFAULT_CATALOG, load_catalog
-    from headstart.reports.evaluate import read_events_stream, replay_log
+    from headstart.reports.evaluate import read_events_stream, read_layouts, replay_log
     from headstart.runtime.supervisor import instance_running
 
     settings = _settings(home)
@@ -421,7 +421,9 @@ def _instance_replay(home: Path | None) -> tuple[Any, Any]:
     if not url:
         raise ConfigError("no running instance for this home (`headstart up`), and no --data file")
     catalog = load_catalog((state or {}).get("catalog") or settings.catalog or DEFAULT_CATALOG)
-    return replay_log(asyncio.run(read_events_stream(url, auth=settings.nats_auth())), catalog), catalog
+    messages = asyncio.run(read_events_stream(url, auth=settings.nats_auth()))
+    layouts = asyncio.run(read_layouts(url, auth=settings.nats_auth()))
+    return replay_log(messages, catalog, layouts), catalog
 
 
 report_app = typer.Typer(

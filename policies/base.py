@@ -54,6 +54,10 @@ class Policy(abc.ABC):
     version: ClassVar[int] = 1
     #: Whether the policy uses the context vector.
     contextual: ClassVar[bool] = False
+    #: The axes of each statistic that run over the context vector's features: statistics
+    #: learned with another feature layout are read by feature name along them
+    #: (:func:`engine.features.remap`).
+    feature_axes: ClassVar[dict[str, tuple[int, ...]]] = {}
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

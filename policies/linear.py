@@ -8,7 +8,7 @@ so shards merge exactly; the inverse of ``λI + A`` is kept up to date by Sherma
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 from scipy.linalg.blas import daxpy, dger
@@ -20,6 +20,7 @@ class LinearPolicy(Policy):
     """Abstract: per-arm ridge estimates ``theta[a] = (λI + A_a)⁻¹ b_a``."""
 
     contextual = True
+    feature_axes: ClassVar[dict[str, tuple[int, ...]]] = {"A": (1, 2), "b": (1,)}
 
     def __init__(
         self, arms: Sequence[str], dim: int = 0, seed: int = 0, ridge: float = 1.0, **common: Any

@@ -6,6 +6,14 @@ owner, and ``forgotten`` (what drifts made the policies forget). Each shard watc
 and, every ``learning.merge_interval_s``, publishes its changed partitions and rebuilds its
 policies from the sum (:meth:`engine.learning.Learner.rebuild`). A new or restarted shard reads
 the bucket first, so it starts from the merged policy.
+
+It also holds the registry of feature layouts (``layout.<id>``: the feature names of a context
+vector layout, :class:`engine.features.FeatureLayout`): a logged decision names its layout by id
+only, and whoever reads it (a shard replaying the stream after a catalog change, ``evaluate``,
+the signal report) finds the names here. Every shard registers its catalog's layout before it
+takes a partition, so every layout a decision was logged with is registered. The registry
+lives beside the statistics, not in the events stream, because the stream's retention would
+drop a layout's first record before the decisions that need it.
 """
 
 from __future__ import annotations
@@ -15,9 +23,11 @@ import contextlib
 import logging
 from collections.abc import Callable, Mapping
 
+import msgspec
 from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
+from engine.features import FeatureLayout
 from engine.learning import Learner, PartitionLearning
 from headstart.adapters.streams import file_bucket
 from headstart.adapters.topology import LEARN_BUCKET
@@ -25,10 +35,37 @@ from headstart.adapters.topology import LEARN_BUCKET
 log = logging.getLogger(__name__)
 
 FORGOTTEN_KEY = "forgotten"
+LAYOUT_PREFIX = "layout."
 
 
 def contribution_key(partition: int) -> str:
     return f"c.{partition}"
+
+
+def layout_key(layout_id: str) -> str:
+    return f"{LAYOUT_PREFIX}{layout_id}"
+
+
+async def register_layout(kv: KeyValue, layout: FeatureLayout) -> None:
+    """Record a layout's feature names under its id (the same value every time: idempotent)."""
+    await kv.put(layout_key(layout.layout_id), msgspec.json.encode(layout.names))
+
+
+async def known_layouts(kv: KeyValue) -> dict[str, tuple[str, ...]]:
+    """Every registered layout: feature names by layout id."""
+    layouts: dict[str, tuple[str, ...]] = {}
+    # A watcher delivers every current value of the keys it watches, then None.
+    watcher = await kv.watch(f"{LAYOUT_PREFIX}>", ignore_deletes=True)
+    try:
+        async for entry in watcher:
+            if entry is None:
+                break
+            if entry.value:
+                names = msgspec.json.decode(entry.value, type=list[str])
+                layouts[entry.key.removeprefix(LAYOUT_PREFIX)] = tuple(names)
+    finally:
+        await watcher.stop()  # type: ignore[no-untyped-call]
+    return layouts
 
 
 async def learn_bucket(js: JetStreamContext, replicas: int = 1) -> KeyValue:
@@ -66,6 +103,8 @@ class PolicyMerger:
         self.drifts_shared = 0
 
     async def start(self, interval_s: float) -> None:
+        # Before any decision is logged with it.
+        await register_layout(self.kv, self.learner.layout)
         self._watcher = await self.kv.watchall()
         # The watcher first delivers every current value, then None, then updates.
         async for entry in self._watcher:
@@ -88,7 +127,9 @@ class PolicyMerger:
                 self.learner.load_forgotten(entry.value)
             elif entry.key.startswith("c."):
                 self.learner.set_view(int(entry.key[2:]), entry.value)
-        except (ValueError, KeyError) as exc:
+            elif entry.key.startswith(LAYOUT_PREFIX):
+                self.learner.register_layout(msgspec.json.decode(entry.value, type=list[str]))
+        except (ValueError, KeyError, msgspec.DecodeError) as exc:
             log.warning("ignoring unreadable %s entry %s: %s", LEARN_BUCKET, entry.key, exc)
 
     async def _watch(self) -> None:

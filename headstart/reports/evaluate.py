@@ -24,13 +24,16 @@ those rewards) and is then frozen and evaluated on the rest by IPS, SNIPS and DR
 Without ``--data``, the log is the running instance's own: its events stream (events,
 decisions, explicit rewards) replayed through the engine's attribution rules
 (:func:`logged_decisions`), which gives each logged decision exactly the reward the policies
-learned from, with its propensity and the context vector it was chosen in.
+learned from, with its propensity and the context vector it was chosen in. Each decision's
+context is read with the feature names of the layout it was logged with (its layout id, the
+names registered in ``HS_LEARN``): after a catalog change, the columns are every layout's
+features by name, empty (null) where a decision's layout had no such feature.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,20 +41,24 @@ from typing import Any
 import msgspec
 import numpy as np
 import polars as pl
+from nats.js.errors import BucketNotFoundError
 
 from engine import ope
 from engine.catalog import Catalog
 from engine.decision import Decider
 from engine.errors import ConfigError, InvalidEvent
-from engine.features import DIM, FEATURE_NAMES
+from engine.features import record_names
 from engine.learning import AUDIENCE_FIELDS, Learner, decision_decoder
 from engine.partition import PartitionSetup, PartitionState
-from headstart.adapters.broker import NatsAuth
-from headstart.adapters.topology import EVENTS_PREFIX, EVENTS_STREAM
+from headstart.adapters.broker import NatsAuth, connect_nats
+from headstart.adapters.merge import known_layouts
+from headstart.adapters.topology import EVENTS_PREFIX, EVENTS_STREAM, LEARN_BUCKET
 from policies import available, create
 
 REQUIRED = ("action", "reward", "propensity")
 POINT = "point"
+#: A logged context: its layout's feature names and its values.
+Context = tuple[tuple[str, ...], np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -168,11 +175,16 @@ def evaluate_policy(
 # ---------------------------------------------------------------------- the instance's own log
 
 
-def logged_decisions(messages: Iterable[tuple[int, str, bytes]], catalog: Catalog) -> pl.DataFrame:
+def logged_decisions(
+    messages: Iterable[tuple[int, str, bytes]],
+    catalog: Catalog,
+    layouts: Mapping[str, Sequence[str]] | None = None,
+) -> pl.DataFrame:
     """Replay the events stream's messages (sequence, subject, payload) through the engine's
     attribution rules: one row per decision closed by its immediate reward, in the layout
-    :func:`frame_to_log` reads, with the context vector as ``x<i>_<feature>`` columns."""
-    return replay_log(messages, catalog).decisions
+    :func:`frame_to_log` reads, with the context vector as ``x<i>_<feature>`` columns
+    (``layouts``: feature names of other layouts by id, as :func:`read_layouts` reads them)."""
+    return replay_log(messages, catalog, layouts).decisions
 
 
 @dataclass(frozen=True)
@@ -186,21 +198,42 @@ class ReplayedLog:
     rewards: dict[tuple[str, str], float]
 
 
-def replay_log(messages: Iterable[tuple[int, str, bytes]], catalog: Catalog) -> ReplayedLog:
+def replay_log(
+    messages: Iterable[tuple[int, str, bytes]],
+    catalog: Catalog,
+    layouts: Mapping[str, Sequence[str]] | None = None,
+) -> ReplayedLog:
     """Replay the events stream (sequence, subject, payload) through the engine's attribution
-    rules: what every decision earned, and every activation outcome."""
+    rules: what every decision earned, and every activation outcome. ``layouts``: the feature
+    names of the layouts decisions may have been logged with, by layout id (the catalog's own
+    and the built-in one are always known)."""
     learner = Learner(catalog, Decider(catalog))
-    rows: list[tuple[str, str, str, float, float, np.ndarray]] = []
-    outcomes: list[tuple[np.ndarray, bool]] = []
+    for known in (layouts or {}).values():
+        learner.register_layout(known)
+    rows: list[tuple[str, str, str, float, float]] = []
+    contexts: list[Context] = []
+    outcomes: list[tuple[Context, bool]] = []
     groups: dict[str, dict[str, str]] = {}
+    # The contexts of decisions logged with another layout than the catalog's, as logged, with
+    # their layout's names: columns are read by name, so decisions of several layouts (a catalog
+    # change) line up feature by feature. (The learner reads them in the catalog's layout, where
+    # a feature the decision's layout lacked would read 0, not "unknown".)
+    logged: dict[str, Context] = {}
+    own = learner.layout.names
+
+    def by_name(decision_id: str, x: np.ndarray) -> Context:
+        return logged.get(decision_id) or (own, x.copy())
 
     def closed(
         decision_id: str, point: str, arm: int, x: np.ndarray, reward: float, propensity: float
     ) -> None:
-        rows.append((decision_id, point, learner.points[point][arm], reward, propensity, x.copy()))
+        rows.append((decision_id, point, learner.points[point][arm], reward, propensity))
+        contexts.append(by_name(decision_id, x))
 
     learner.on_close = closed
-    learner.on_outcome = lambda x, activated: outcomes.append((x.copy(), activated))
+    learner.on_outcome = lambda decision_id, x, activated: outcomes.append(
+        (by_name(decision_id, x), activated)
+    )
     partitions: dict[int, PartitionState] = {}
     for seq, subject, data in messages:
         _, _, partition, tail = subject.split(".", 3)
@@ -208,6 +241,9 @@ def replay_log(messages: Iterable[tuple[int, str, bytes]], catalog: Catalog) -> 
             with contextlib.suppress(msgspec.DecodeError):
                 record = decision_decoder.decode(data)
                 groups[record.decision_id] = record.groups
+                found = record_names(record.layout, record.features_version, learner.layouts)
+                if found is not None and found != own and len(found) == len(record.context):
+                    logged[record.decision_id] = (found, np.array(record.context))
         part = partitions.get(int(partition))
         if part is None:
             # The catalog's schema: its own events count (rewards, features) as the shards saw them.
@@ -215,38 +251,67 @@ def replay_log(messages: Iterable[tuple[int, str, bytes]], catalog: Catalog) -> 
             part = partitions[int(partition)] = PartitionState(int(partition), setup)
         with contextlib.suppress(InvalidEvent):  # dead-lettered by the shards too
             part.apply_message(seq, tail, data)
+    # The catalog's features first, in its order, then those only other layouts had.
+    features = list(own)
+    for names in {names: None for names, _ in (*contexts, *(c for c, _ in outcomes))}:
+        features += [name for name in names if name not in features]
     columns: dict[str, Any] = {
         POINT: [r[1] for r in rows],
         "action": [r[2] for r in rows],
         "reward": [r[3] for r in rows],
         "propensity": [r[4] for r in rows],
-        **_context_columns([r[5] for r in rows]),
+        **_context_columns(contexts, features),
     }
     for field in AUDIENCE_FIELDS:
         columns[f"group_{field}"] = [groups.get(r[0], {}).get(field) for r in rows]
     outcome_columns = {
-        **_context_columns([x for x, _ in outcomes]),
+        **_context_columns([c for c, _ in outcomes], features),
         "activated": [activated for _, activated in outcomes],
     }
     return ReplayedLog(
         pl.DataFrame(columns, schema_overrides={f"group_{f}": pl.String for f in AUDIENCE_FIELDS}),
-        pl.DataFrame(outcome_columns),
+        pl.DataFrame(outcome_columns, schema_overrides=dict.fromkeys(_names(features), pl.Float64)),
         {(r[0], r[1]): r[3] for r in rows},
     )
 
 
-def _context_columns(vectors: list[np.ndarray]) -> dict[str, np.ndarray]:
-    contexts = np.array(vectors).reshape(len(vectors), DIM)
+def _names(features: list[str]) -> list[str]:
     # The bias (always 1) is left out: reading a log adds it back.
-    return {f"x{i}_{name}": contexts[:, i] for i, name in enumerate(FEATURE_NAMES[1:], start=1)}
+    return [f"x{i}_{name}" for i, name in enumerate(features[1:], start=1)]
+
+
+def _context_columns(contexts: list[Context], features: list[str]) -> dict[str, pl.Series]:
+    """One column per feature, by name; null where a decision's layout had no such feature."""
+    slots = {names: {name: i for i, name in enumerate(names)} for names, _ in contexts}
+    columns = {}
+    for column, name in zip(_names(features), features[1:], strict=True):
+        values = []
+        for names, x in contexts:
+            slot = slots[names].get(name)
+            values.append(None if slot is None else float(x[slot]))
+        columns[column] = pl.Series(column, values, dtype=pl.Float64)
+    return columns
+
+
+async def read_layouts(
+    nats_url: str, timeout: float = 5.0, auth: NatsAuth | None = None
+) -> dict[str, tuple[str, ...]]:
+    """The feature layouts registered by the instance's shards: names by layout id."""
+    nc = await connect_nats(nats_url, auth, connect_timeout=timeout, max_reconnect_attempts=1)
+    try:
+        try:
+            kv = await nc.jetstream().key_value(LEARN_BUCKET)
+        except BucketNotFoundError:
+            return {}  # no shard ever ran
+        return await known_layouts(kv)
+    finally:
+        await nc.close()
 
 
 async def read_events_stream(
     nats_url: str, timeout: float = 5.0, auth: NatsAuth | None = None
 ) -> list[tuple[int, str, bytes]]:
     """Every message of the events stream, in order (an ordered consumer; nothing is acked)."""
-    from headstart.adapters.broker import connect_nats
-
     nc = await connect_nats(nats_url, auth, connect_timeout=timeout, max_reconnect_attempts=1)
     try:
         js = nc.jetstream()

@@ -43,7 +43,7 @@ import msgspec
 import polars as pl
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy
-from nats.js.errors import NotFoundError
+from nats.js.errors import BucketNotFoundError, NotFoundError
 
 from engine.catalog import Catalog
 from engine.errors import InvalidEvent
@@ -52,8 +52,15 @@ from engine.experiments import exposure_decoder
 from engine.learning import decision_decoder
 from engine.segments import batch_decoder
 from headstart.adapters.broker import NatsAuth, connect_nats
+from headstart.adapters.merge import known_layouts
 from headstart.adapters.rpc import ProfilesRequest, ShardClient, ShardUnavailable, is_error
-from headstart.adapters.topology import DECISIONS_STREAM, EVENTS_STREAM, EXPOSURES_STREAM, SEGMENTS_STREAM
+from headstart.adapters.topology import (
+    DECISIONS_STREAM,
+    EVENTS_STREAM,
+    EXPOSURES_STREAM,
+    LEARN_BUCKET,
+    SEGMENTS_STREAM,
+)
 
 Progress = Callable[[str, int], None]
 #: The traits exported (a name never is: PII stays in the engine).
@@ -279,7 +286,11 @@ async def collect(
         report("events", len(everything))
         tables["behaviour_daily"] = behaviour_daily(in_range)
 
-        rewards = replay_log(everything, catalog).rewards
+        try:
+            layouts = await known_layouts(await js.key_value(LEARN_BUCKET))
+        except BucketNotFoundError:
+            layouts = {}
+        rewards = replay_log(everything, catalog, layouts).rewards
         decisions = []
         async for *_, data in _stream_messages(js, DECISIONS_STREAM, since, until):
             with contextlib.suppress(msgspec.DecodeError):

@@ -8,7 +8,9 @@ the policies and the activation model learned from.
   activation: mutual information (bits; continuous features in quantile bins), and the
   activation model's standardized weight (River's scaled logistic regression, fitted on the
   same outcomes in stream order). Features that tell little about either are flagged as
-  candidates to drop.
+  candidates to drop. Columns are features by name (the replay reads each decision with its own
+  layout's names); a feature a decision's layout lacked is null there, and each feature is
+  judged on the decisions that had it.
 - **fairness**: per decision point and audience field (device type, country, locale), each
   group's exposure share of every arm and its outcome rate, and the disparity ratio (the
   smallest group's value over the largest's). Ratios below ``--ratio`` (default 0.8, the
@@ -65,10 +67,16 @@ def signals_report(decisions: pl.DataFrame, outcomes: pl.DataFrame) -> dict[str,
     weights = _standardized_weights(outcomes, features)
     rows: list[dict[str, Any]] = []
     for column in features:
-        reward = (
-            mutual_information(decisions[column], decisions["reward"] >= 0.5) if decisions.height else 0.0
+        had = (
+            decisions.filter(pl.col(column).is_not_null())
+            if column in decisions.columns
+            else decisions.clear()
         )
-        activation = mutual_information(outcomes[column], outcomes["activated"]) if outcomes.height else 0.0
+        reward = mutual_information(had[column], had["reward"] >= 0.5) if had.height else 0.0
+        had = (
+            outcomes.filter(pl.col(column).is_not_null()) if column in outcomes.columns else outcomes.clear()
+        )
+        activation = mutual_information(had[column], had["activated"]) if had.height else 0.0
         rows.append(
             {
                 "feature": column.split("_", 1)[1],
@@ -91,7 +99,8 @@ def _standardized_weights(outcomes: pl.DataFrame, features: list[str]) -> dict[s
     for row, activated in zip(
         outcomes.select(features).iter_rows(named=True), outcomes["activated"], strict=True
     ):
-        pipeline.learn_one(row, bool(activated))
+        # A feature the decision's layout lacked is left out (River's models are sparse).
+        pipeline.learn_one({k: v for k, v in row.items() if v is not None}, bool(activated))
     raw, _ = raw_coefficients(pipeline)
     sd = outcomes.select(pl.col(features).std()).row(0, named=True)
     return {column: raw.get(column, 0.0) * (sd[column] or 0.0) for column in features}

@@ -11,7 +11,7 @@ import pytest
 from engine.catalog import DEFAULT_CATALOG, Catalog, load_catalog
 from engine.decision import Decider
 from engine.events import encode_event
-from engine.features import DIM, LAYOUT_VERSION
+from engine.features import BUILTIN_LAYOUT, LAYOUT_VERSION
 from engine.keys import Pseudonymizer, partition_of
 from engine.learning import (
     POINT_STEP,
@@ -40,10 +40,20 @@ def learner_for(catalog: Catalog | None = None, seed: int = 0) -> Learner:
     return Learner(catalog, Decider(catalog), seed=seed)
 
 
+DIM = BUILTIN_LAYOUT.dim
+
+
 def decision_record(
-    decision_id: str, key: str, ts: float, arm: str, point: str, context: list[float] | None = None
+    decision_id: str,
+    key: str,
+    ts: float,
+    arm: str,
+    point: str,
+    context: list[float] | None = None,
+    layout: str = BUILTIN_LAYOUT.layout_id,
 ) -> DecisionRecord:
-    """A linear_igw decision at ``point`` that chose ``arm`` (of ``interactive`` and ``arm``)."""
+    """A linear_igw decision at ``point`` that chose ``arm`` (of ``interactive`` and ``arm``),
+    its ``context`` in the layout ``layout`` (default: the built-in one, all zeros but the bias)."""
     return DecisionRecord(
         decision_id=decision_id,
         user_id=key,
@@ -53,6 +63,7 @@ def decision_record(
         features_version=LAYOUT_VERSION,
         context=context if context is not None else [1.0] + [0.0] * (DIM - 1),
         choices=[{"point": point, "arm": arm, "propensity": 0.5, "eligible": ["interactive", arm]}],  # type: ignore[list-item]
+        layout=layout,
     )
 
 
@@ -294,12 +305,10 @@ def test_a_drift_is_forgotten_on_every_shard_and_stays_forgotten_after_merges() 
 
 
 def test_the_activation_model_learns_who_activates_and_every_shard_serves_the_average() -> None:
-    from engine.features import FEATURE_NAMES
-
     catalog = catalog_with(journey={"event": "onboarding_completed", "within_days": 1, "weight": 1.0})
     learner, log = learner_for(catalog), Log()
     part = PartitionState(0, PartitionSetup(learner))
-    mobile_slot = FEATURE_NAMES.index("device=mobile")
+    mobile_slot = BUILTIN_LAYOUT.index("device=mobile")
     rng = np.random.default_rng(3)
     for i in range(600):
         key = PSEUDO.key(f"a{i}")

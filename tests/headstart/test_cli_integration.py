@@ -14,7 +14,7 @@ import psutil
 import pytest
 
 from engine.catalog import DEFAULT_CATALOG
-from engine.features import DIM
+from engine.features import BUILTIN_LAYOUT
 from headstart.adapters.broker import free_port
 from tests.catalogs import CUSTOM_SCHEMA
 
@@ -142,7 +142,9 @@ def test_the_audits_and_evaluation_read_the_instances_decisions_log(
     signals = headstart("report", "signals", "--json", home=home)
     assert signals.returncode == 0, signals.stdout + signals.stderr
     report = json.loads(signals.stdout)
-    assert report["decisions"] > 0 and len(report["signals"]) == DIM - 1  # the context vector less its bias
+    assert (
+        report["decisions"] > 0 and len(report["signals"]) == BUILTIN_LAYOUT.dim - 1
+    )  # the context vector less its bias
     fairness = headstart("report", "fairness", "--json", "--min-group", "1", home=home)
     assert fairness.returncode == 0, fairness.stdout + fairness.stderr
     assert json.loads(fairness.stdout)["points"]

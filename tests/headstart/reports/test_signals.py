@@ -69,3 +69,18 @@ def test_fairness_flags_outcome_gaps_between_groups_and_not_balanced_exposure() 
     assert any("device_type / outcome_rate" in flag for flag in report["flagged"])
     with pytest.raises(ValueError, match="ratio"):
         fairness_report(decisions, ratio=0)
+
+
+def test_a_feature_only_some_decisions_had_is_judged_on_those() -> None:
+    """After a catalog change, a feature the older layout lacked is null on its decisions."""
+    decisions, outcomes = synthetic()
+    n = decisions.height
+    had = np.arange(n) % 2 == 0
+    plan = (decisions["reward"].to_numpy() > 0.5).astype(float)  # predicts reward exactly
+    column = pl.Series("x4_trait:plan=pro", np.where(had, plan, np.nan)).fill_nan(None)
+    decisions = decisions.with_columns(column)
+    outcomes = outcomes.with_columns(column)
+    report = signals_report(decisions, outcomes)
+    row = next(r for r in report["signals"] if r["feature"] == "trait:plan=pro")
+    assert row["mi_reward_bits"] > 0.8  # the full entropy of the reward, on the decisions that had it
+    assert row["activation_weight"] is not None
