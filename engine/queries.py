@@ -34,7 +34,7 @@ from engine.experiments import ExperimentPlan, ExposedUser, Moments, cumulative_
 from engine.learning import Learner
 from engine.partition import PartitionState
 from engine.profile import UserState
-from engine.rules import FIELDS, rule_input
+from engine.rules import FIELDS, RuleReads, rule_input
 from engine.segments import user_segments
 
 #: Users a report walks between two turns given to the event loop (each user costs a few µs:
@@ -203,7 +203,7 @@ def profile_sample(parts: Partitions, size: int, now: float, shard: int, seed: i
     rows = []
     for p, key in chosen:
         part = parts[p]
-        facts = rule_input(part.users[key], part.vocab, now, needed=numeric)
+        facts = rule_input(part.users[key], part.vocab, now, reads=RuleReads(fields=numeric))
         rows.append({name: facts.fields.get(name) for name in sorted(numeric)})
     return ProfileSample(shard, len(keys), rows)
 
