@@ -49,7 +49,10 @@ def event(n: int, kind: str, ts: float = NOW, **extra: Any) -> Any:
         ('phone == "+4930123"', "'phone' identifies a person (pii: true)"),
         ('event_count("created_bord") > 0', "unknown event type 'created_bord' (declared: created_board, "),
         ("event_count(created_board) > 0", "takes an event type in quotes"),
-        ('event_count("created_board") == "2"', "event_count('created_board') (number) cannot be compared with a text"),
+        (
+            'event_count("created_board") == "2"',
+            "event_count('created_board') (number) cannot be compared with a text",
+        ),
         (
             'event_count("connected_integration", integration="slack", other="x") > 0',
             "at most one prop",
@@ -302,3 +305,23 @@ def test_per_user_compiled_and_polars_evaluations_agree_over_declared_fields(
         at_last = rule_input(user, vocab, user.last_seen, schema=SCHEMA)
         bits = fresh(user, user.last_seen, vocab)
         assert [bool(bits >> i & 1) for i in range(len(rules))] == [r.matches(at_last) for r in rules]
+
+
+def test_check_config_reports_rules_over_undeclared_fields_with_file_and_field_path() -> None:
+    from engine.catalog import check_catalog_text
+
+    text = CUSTOM_SCHEMA.read_text()
+    assert check_catalog_text(text, "boards.yaml") == []
+    broken = (
+        text.replace("rule: 'plan == \"pro\"'", "rule: 'plann == \"pro\"'")
+        .replace('integration="slack"', 'integration="slack", template="x"')
+        .replace('event_count("created_board")', 'event_count("created_bord")')
+    )
+    errors = check_catalog_text(broken, "boards.yaml")
+    assert len(errors) == 3
+    assert errors[0].startswith("boards.yaml: segments[0].rule: column 1: unknown event type 'created_bord'")
+    assert errors[1].startswith("boards.yaml: segments[1].rule: column 1: event_count() takes an event type")
+    assert errors[2].startswith(
+        "boards.yaml: segments[2].rule: column 1: unknown field 'plann' (known: age_band, app_theme, "
+    )
+    assert "industry" in errors[2] and "plan," in errors[2] and "phone" not in errors[2]
