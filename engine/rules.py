@@ -368,9 +368,9 @@ def _check_event_count(node: ast.Call, schema: EventSchema) -> EventCount:
         what = (
             f"{event_type!r} has no prop {prop!r}"
             if spec is None
-            else f"{prop!r} of {event_type!r} is not counted by value (declare it count_by: true)"
+            else f"{prop!r} of {event_type!r} is not declared count_by: true"
         )
-        raise RuleError(f"{_where(keyword)}: {what} (counted by value: {', '.join(counted) or 'none'})")
+        raise RuleError(f"{_where(keyword)}: {what} (props counted by value: {', '.join(counted) or 'none'})")
     if spec.values is not None and value not in spec.values:
         raise RuleError(
             f"{_where(keyword.value)}: {value!r} is not a value of {event_type}.{prop} "

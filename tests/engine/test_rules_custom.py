@@ -60,7 +60,7 @@ def event(n: int, kind: str, ts: float = NOW, **extra: Any) -> Any:
         ('event_count("connected_integration", integation="slack") > 0', "has no prop 'integation'"),
         (
             'event_count("created_board", template="kanban") > 0',
-            "'template' of 'created_board' is not counted by value (declare it count_by: true)",
+            "'template' of 'created_board' is not declared count_by: true (props counted by value: none)",
         ),
         ('event_count("feature_clicked", feature="export") > 0', "'feature_clicked' has no prop"),
         ('event_count("shared_board", channel="fax") > 0', "'fax' is not a value of shared_board.channel"),
