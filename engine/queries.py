@@ -35,6 +35,7 @@ from engine.learning import Learner
 from engine.partition import PartitionState
 from engine.profile import UserState
 from engine.rules import FIELDS, EventCount, RuleReads, declared_fields, rule_input
+from engine.schema import BUILTIN_SCHEMA
 from engine.segments import user_segments
 
 #: Users a report walks between two turns given to the event loop (each user costs a few µs:
@@ -201,17 +202,22 @@ def profile_sample(parts: Partitions, size: int, now: float, shard: int, seed: i
     name a rule reads it by (``seats``, ``event_count("created_board")``)."""
     keys = [(p, k) for p, part in parts.items() for k in part.users]
     chosen = random.Random(seed).sample(keys, min(size, len(keys)))
+    numeric = sorted(name for name, kind in FIELDS.items() if kind == "number")
+    schema = next(iter(parts.values())).schema if parts else BUILTIN_SCHEMA  # a shard's catalog
+    declared = [name for name in declared_fields(schema) if schema.field_type(name) == "number"]
+    counts: list[EventCount] = [(event_type, None, None) for event_type in schema.custom_types]
+    reads = RuleReads(fields=frozenset(numeric + declared), event_counts=frozenset(counts))
     rows = []
     for p, key in chosen:
         part = parts[p]
-        schema = part.schema
-        numeric = sorted(name for name, kind in FIELDS.items() if kind == "number")
-        declared = [name for name in declared_fields(schema) if schema.field_type(name) == "number"]
-        counts: list[EventCount] = [(event_type, None, None) for event_type in schema.custom_types]
-        reads = RuleReads(fields=frozenset(numeric + declared), event_counts=frozenset(counts))
         facts = rule_input(part.users[key], part.vocab, now, reads=reads, schema=schema)
         row = {name: facts.fields.get(name) for name in numeric + declared}
-        row.update({f'event_count("{count[0]}")': facts.counts[count] for count in counts})
+        row.update(
+            {
+                f'event_count("{event_type}")': facts.counts[event_type, None, None]
+                for event_type, _, _ in counts
+            }
+        )
         rows.append(row)
     return ProfileSample(shard, len(keys), rows)
 

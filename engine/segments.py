@@ -90,7 +90,7 @@ _FEATURE_CLICKED = EventKind.FEATURE_CLICKED
 _CUSTOM = EventKind.CUSTOM
 
 
-def counted(event_type: str) -> str:
+def _counted(event_type: str) -> str:
     """What a rule reading ``event_count(event_type, ...)`` reads, among the names of fields
     that events change (see :meth:`SegmentIndex.evaluator`)."""
     return f"event_count:{event_type}"
@@ -192,7 +192,7 @@ class SegmentIndex:
             rule.fields
             | ({"feature_count"} if rule.features else set())
             | ({"completed"} if rule.steps else set())
-            | {counted(event_type) for event_type, _, _ in rule.event_counts}
+            | {_counted(event_type) for event_type, _, _ in rule.event_counts}
             for rule in self.rules
         ]
         #: What a flag of ``apply`` says moved: the built-in fields and the declared ones.
@@ -264,9 +264,9 @@ class SegmentIndex:
         if kind is _CUSTOM:
             event_type = self._counted_names.get(key >> COUNTED_SHIFT)
             if event_type is not None:
-                changed.add(counted(event_type))
+                changed.add(_counted(event_type))
         else:  # event_count() of a built-in type reads that kind's counter
-            changed.add(counted(kind.wire_name))
+            changed.add(_counted(kind.wire_name))
         if kind is EventKind.FEATURE_CLICKED:
             changed |= {"features_5m", "feature_count"} if key & FEATURE_READ else {"features_5m"}
         elif kind is EventKind.TUTORIAL_COMPLETED:
