@@ -523,7 +523,7 @@ def is_known_segment(segment: str) -> bool:
 def _semantic_errors(catalog: Catalog) -> list[tuple[str, str]]:
     schema = catalog.schema_
     errors = _schema_errors(schema)
-    errors += _rule_segment_errors(catalog.segments)
+    errors += _rule_segment_errors(catalog.segments, catalog.event_schema)
     known = {s.id for s in catalog.segments} | set(catalog.cluster_segments)
     if catalog.clusters.enabled and not catalog.membership.track:
         errors.append(("clusters.enabled", "clusters need live membership (membership.track: true)"))
@@ -860,7 +860,9 @@ def _unknown_segments(segments: list[str], where: str, defined: set[str]) -> lis
     ]
 
 
-def _rule_segment_errors(segments: list[RuleSegment]) -> list[tuple[str, str]]:
+def _rule_segment_errors(segments: list[RuleSegment], schema: EventSchema) -> list[tuple[str, str]]:
+    """Duplicate or built-in ids, and rules that do not parse over the built-in fields and what
+    ``schema`` declares."""
     errors: list[tuple[str, str]] = []
     seen: set[str] = set()
     for i, segment in enumerate(segments):
@@ -870,7 +872,7 @@ def _rule_segment_errors(segments: list[RuleSegment]) -> list[tuple[str, str]]:
             errors.append((f"segments[{i}].id", f"{segment.id!r} is a built-in segment"))
         seen.add(segment.id)
         try:
-            parse_rule(segment.rule)
+            parse_rule(segment.rule, schema)
         except RuleError as exc:
             errors.append((f"segments[{i}].rule", str(exc)))
     return errors

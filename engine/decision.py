@@ -54,7 +54,7 @@ from engine.experiments import (
     ExperimentPlan,
 )
 from engine.profile import UserState, Vocabularies
-from engine.rules import parse_rule, rule_input
+from engine.rules import RuleReads, parse_rule, rule_input
 
 #: Rendered messages kept per decider; cleared when full (simple and bounded, and a refill is cheap).
 RENDER_CACHE_SIZE = 50_000
@@ -162,13 +162,8 @@ class Decider:
             s.id: s.completed_by or [CompletionRule(type="step_completed")] for s in self.steps
         }
         #: The catalog's rule segments, compiled (validated when the catalog loaded).
-        self.rule_segments = [(s.id, parse_rule(s.rule)) for s in catalog.segments]
-        rules = [rule for _, rule in self.rule_segments]
-        self._rule_fields = frozenset(f for rule in rules for f in rule.fields)
-        self._rule_reads = (
-            frozenset(f for rule in rules for f in rule.features),
-            frozenset(s for rule in rules for s in rule.steps),
-        )
+        self.rule_segments = [(s.id, parse_rule(s.rule, catalog.event_schema)) for s in catalog.segments]
+        self._rule_reads = RuleReads.of([rule for _, rule in self.rule_segments])
         #: The catalog's experiments and holdout (catalog validation keeps two experiments
         #: that change the same part of a decision in one layer, so at most one arm applies).
         self.experiments = ExperimentPlan(catalog.experiments, catalog.holdout)
@@ -210,7 +205,7 @@ class Decider:
         if user is not None and user.cluster >= 0 and self.catalog.clusters.enabled:
             out.append(cluster_segment(user.cluster))
         if self.rule_segments:
-            facts = rule_input(user, vocab, now, context, self._rule_fields, self._rule_reads)
+            facts = rule_input(user, vocab, now, context, self._rule_reads, self.catalog.event_schema)
             out += [segment for segment, rule in self.rule_segments if rule.matches(facts)]
         return out
 

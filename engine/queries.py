@@ -34,7 +34,8 @@ from engine.experiments import ExperimentPlan, ExposedUser, Moments, cumulative_
 from engine.learning import Learner
 from engine.partition import PartitionState
 from engine.profile import UserState
-from engine.rules import FIELDS, rule_input
+from engine.rules import FIELDS, EventCount, RuleReads, declared_fields, rule_input
+from engine.schema import BUILTIN_SCHEMA
 from engine.segments import user_segments
 
 #: Users a report walks between two turns given to the event loop (each user costs a few µs:
@@ -205,15 +206,28 @@ async def tutorial_stats(parts: Partitions, shard: int) -> TutorialStats:
 
 
 def profile_sample(parts: Partitions, size: int, now: float, shard: int, seed: int = 0) -> ProfileSample:
-    """Up to ``size`` users drawn at random: their numeric rule fields (for clustering)."""
+    """Up to ``size`` users drawn at random: their numeric rule fields (for clustering), the
+    built-in ones, then those the catalog declares and its custom event counts, each under the
+    name a rule reads it by (``seats``, ``event_count("created_board")``)."""
     keys = [(p, k) for p, part in parts.items() for k in part.users]
     chosen = random.Random(seed).sample(keys, min(size, len(keys)))
-    numeric = frozenset(name for name, kind in FIELDS.items() if kind == "number")
+    numeric = sorted(name for name, kind in FIELDS.items() if kind == "number")
+    schema = next(iter(parts.values())).schema if parts else BUILTIN_SCHEMA  # a shard's catalog
+    declared = [name for name in declared_fields(schema) if schema.field_type(name) == "number"]
+    counts: list[EventCount] = [(event_type, None, None) for event_type in schema.custom_types]
+    reads = RuleReads(fields=frozenset(numeric + declared), event_counts=frozenset(counts))
     rows = []
     for p, key in chosen:
         part = parts[p]
-        facts = rule_input(part.users[key], part.vocab, now, needed=numeric)
-        rows.append({name: facts.fields.get(name) for name in sorted(numeric)})
+        facts = rule_input(part.users[key], part.vocab, now, reads=reads, schema=schema)
+        row = {name: facts.fields.get(name) for name in numeric + declared}
+        row.update(
+            {
+                f'event_count("{event_type}")': facts.counts[event_type, None, None]
+                for event_type, _, _ in counts
+            }
+        )
+        rows.append(row)
     return ProfileSample(shard, len(keys), rows)
 
 
@@ -221,14 +235,15 @@ def profiles_page(
     part: PartitionState, after: str, limit: int, now: float, decider: Decider, learner: Learner
 ) -> ProfilesPage:
     """A page of a partition's user profiles for the warehouse export, in key order after
-    ``after`` (no name: PII is not exported)."""
+    ``after`` (no name, no PII trait: PII is not exported)."""
     keys = sorted(k for k in part.users if k > after)[: max(1, min(limit, MAX_PAGE))]
     rows = []
     for key in keys:
         user = part.users[key]
-        view = user.view(part.vocab, now)
+        view = user.view(part.vocab, now, part.schema)
         view.pop("features", None)
-        view["traits"].pop("name", None)
+        for pii in ("name", *part.schema.pii_traits):
+            view["traits"].pop(pii, None)
         view["user_key"] = key
         view["activated"] = learner.has_activated(user, part.vocab)
         view["segments"] = segments_of(part, user, decider, now)

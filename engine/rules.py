@@ -1,17 +1,23 @@
 """Rule segments: a small expression language over a user's live state.
 
 ``session_count < 3 and device_type == "mobile"``, ``country in ("DE", "FR")``,
-``events_5m >= 10 or feature_count("export") > 0``, ``not completed("profile")``.
+``events_5m >= 10 or feature_count("export") > 0``, ``not completed("profile")``; and over
+what the catalog's ``schema:`` declares (:mod:`engine.schema`): a custom trait or context field
+by its bare name (``plan == "pro"``), the per-user count of an event type
+(``event_count("created_board") >= 2``) and of one value of a ``count_by`` prop
+(``event_count("connected_integration", integration="slack") > 0``).
 
 Why Python's own parser: the grammar is a subset of Python's expressions, so :mod:`ast` parses
 it (``mode="eval"``: one expression, no statements) and this module accepts only the node types
 listed in :func:`_check`; the rule's text is never evaluated, only a function compiled from
-the checked tree. A rule is type-checked
-against :data:`FIELDS` when the catalog loads (an unknown field, a string compared with a
-number, a function called wrong: each an error with its column), then compiled twice from the
-same tree: to a Python function over one user (:meth:`Rule.matches`, microseconds) and to a
-polars expression over a profile table (:meth:`Rule.polars`, batch reports). Both read a
-missing value (a user without a country) the same way: every comparison with it is false.
+the checked tree. A rule is type-checked against :data:`FIELDS` and the catalog's schema when
+the catalog loads (an unknown field, a string compared with a number, a function called wrong:
+each an error with its column), then compiled from the same tree: to a Python function over one
+user's :class:`RuleInput` (:meth:`Rule.matches`, microseconds), to one function over a user's
+live state for several rules at once (:func:`compile_mask`, live membership) and to a polars
+expression over a profile table (:meth:`Rule.polars`, batch reports). All read a missing value
+(a user without a country, a declared trait never set) the same way: every comparison with it
+is false.
 
 >>> rule = parse_rule('session_count < 3 and device_type == "mobile"')
 >>> sorted(rule.fields)
@@ -21,20 +27,28 @@ True
 >>> parse_rule('country == 3')
 Traceback (most recent call last):
 engine.rules.RuleError: column 1: 'country' is text; it cannot be compared with a number
+>>> from engine.schema import EventSchema, SchemaSection
+>>> schema = EventSchema(SchemaSection.model_validate({
+...     "events": {"created_board": {}}, "traits": {"plan": {"type": "string"}}}))
+>>> rule = parse_rule('plan == "pro" and event_count("created_board") >= 2', schema)
+>>> sorted(rule.fields), sorted(rule.event_counts)
+(['plan'], [('created_board', None, None)])
+>>> rule.matches(RuleInput(fields={"plan": "pro"}, counts={("created_board", None, None): 3}))
+True
 """
 
 from __future__ import annotations
 
 import ast
 import operator
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import polars as pl
 
 from engine.errors import ConfigError
-from engine.events import CONTEXT_FIELDS, EventKind
+from engine.events import BUILTIN_KINDS, CONTEXT_FIELDS, EventKind
 from engine.profile import (
     C_EVENTS,
     C_SESSIONS,
@@ -43,8 +57,11 @@ from engine.profile import (
     WINDOW_BUCKET_S,
     UserState,
     Vocabularies,
+    custom_count,
     feature_count,
+    value_count,
 )
+from engine.schema import BUILTIN_SCHEMA, EventSchema
 
 Kind = Literal["number", "text", "bool"]
 
@@ -76,8 +93,16 @@ NULLABLE_FIELDS = frozenset({name for name, kind in FIELDS.items() if kind == "t
 #: Fields that change with time alone, not only with events: rules reading them are
 #: re-evaluated as time passes.
 TIME_FIELDS = frozenset({"days_since_first_seen", "days_inactive", "events_5m", "features_5m", "engagement"})
-#: Functions a rule can call, with their result type; each takes one text constant.
-FUNCTIONS: dict[str, Kind] = {"feature_count": "number", "completed": "bool"}
+#: Functions a rule can call, with their result type; each takes one text constant
+#: (``event_count`` also one ``prop="value"`` of a ``count_by`` prop).
+FUNCTIONS: dict[str, Kind] = {"feature_count": "number", "completed": "bool", "event_count": "number"}
+#: How a declared trait's or context field's type reads in a rule.
+DECLARED_KINDS: dict[str, Kind] = {"string": "text", "number": "number", "boolean": "bool"}
+#: Built-in event types ``event_count`` reads from the user's per-kind counters.
+BUILTIN_TYPES: dict[str, EventKind] = {kind.wire_name: kind for kind in BUILTIN_KINDS}
+#: An event count a rule reads: (event type, prop, value), prop and value None for the type's
+#: total (``event_count("created_board")``).
+EventCount = tuple[str, str | None, str | None]
 
 _COMPARE = {
     ast.Lt: "<",
@@ -107,11 +132,32 @@ class RuleError(ConfigError):
 
 @dataclass
 class RuleInput:
-    """What a rule reads: field values (None: missing), feature counts and completed steps."""
+    """What a rule reads: field values (None: missing; built-in and declared fields by name),
+    feature counts, completed steps and event counts (by :data:`EventCount`; absent: 0)."""
 
     fields: Mapping[str, Any]
     features: Mapping[str, int] = field(default_factory=dict)
     completed: frozenset[str] = frozenset()
+    counts: Mapping[EventCount, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RuleReads:
+    """What some rules read, to narrow :func:`rule_input` to it (None: every field)."""
+
+    fields: frozenset[str] | None = None
+    features: frozenset[str] = frozenset()
+    steps: frozenset[str] = frozenset()
+    event_counts: frozenset[EventCount] = frozenset()
+
+    @classmethod
+    def of(cls, rules: Sequence[Rule]) -> RuleReads:
+        return cls(
+            fields=frozenset(f for rule in rules for f in rule.fields),
+            features=frozenset(f for rule in rules for f in rule.features),
+            steps=frozenset(s for rule in rules for s in rule.steps),
+            event_counts=frozenset(c for rule in rules for c in rule.event_counts),
+        )
 
 
 @dataclass(frozen=True)
@@ -120,13 +166,21 @@ class Rule:
 
     source: str
     tree: ast.Expression
+    #: The fields read, built-in and declared (:attr:`declared`).
     fields: frozenset[str]
     features: frozenset[str]
     steps: frozenset[str]
     _matches: Callable[[RuleInput], bool]
+    #: The event counts read (live membership re-evaluates the rule on events of their types).
+    event_counts: frozenset[EventCount] = frozenset()
 
     def matches(self, data: RuleInput) -> bool:
         return self._matches(data)
+
+    @property
+    def declared(self) -> frozenset[str]:
+        """The custom traits and context fields read (declared in the catalog's schema)."""
+        return self.fields - FIELDS.keys()
 
     @property
     def time_based(self) -> bool:
@@ -135,19 +189,31 @@ class Rule:
 
     def polars(self) -> pl.Expr:
         """The rule over a profile table: a column per field, ``feature:<name>`` per feature
-        count and ``completed:<step>`` per step, as :func:`profile_table` builds it."""
-        return _to_polars(self.tree.body)
+        count, ``completed:<step>`` per step and :func:`count_column` per event count, as
+        :func:`profile_table` builds it."""
+        return _to_condition_polars(self.tree.body)
 
 
-def parse_rule(source: str) -> Rule:
-    """Parse, type-check and compile a rule; :class:`RuleError` says what is wrong and where."""
+def count_column(count: EventCount) -> str:
+    """The profile table's column of an event count.
+
+    >>> count_column(("created_board", None, None)), count_column(("connected", "via", "slack"))
+    ('event_count:created_board', 'event_count:connected.via=slack')
+    """
+    event_type, prop, value = count
+    return f"event_count:{event_type}" if prop is None else f"event_count:{event_type}.{prop}={value}"
+
+
+def parse_rule(source: str, schema: EventSchema = BUILTIN_SCHEMA) -> Rule:
+    """Parse, type-check and compile a rule over the built-in fields and what ``schema`` (the
+    catalog's) declares; :class:`RuleError` says what is wrong and where."""
     if len(source) > MAX_RULE_LENGTH:
         raise RuleError(f"a rule is at most {MAX_RULE_LENGTH} characters")
     try:
         tree = ast.parse(source.strip(), mode="eval")
     except SyntaxError as exc:
         raise RuleError(f"column {exc.offset or 0}: not a valid rule ({exc.msg})") from None
-    used: dict[str, set[str]] = {"fields": set(), "features": set(), "steps": set()}
+    used = _Used(schema)
     kind = _check(tree.body, used)
     if kind != "bool":
         raise RuleError(f"column 1: a rule must be true or false, not a {kind}")
@@ -158,7 +224,7 @@ def parse_rule(source: str) -> Rule:
             args=ast.arguments(
                 posonlyargs=[], args=[ast.arg("d")], kwonlyargs=[], kw_defaults=[], defaults=[]
             ),
-            body=_to_python(tree.body),
+            body=_condition(tree.body, _input_leaf, _any_name),
         )
     )
     code = compile(ast.fix_missing_locations(function_tree), "<rule>", "eval")
@@ -166,21 +232,43 @@ def parse_rule(source: str) -> Rule:
     return Rule(
         source=source,
         tree=tree,
-        fields=frozenset(used["fields"]),
-        features=frozenset(used["features"]),
-        steps=frozenset(used["steps"]),
+        fields=frozenset(used.fields),
+        features=frozenset(used.features),
+        steps=frozenset(used.steps),
         _matches=function,
+        event_counts=frozenset(used.counts),
     )
 
 
 # ---------------------------------------------------------------------- type-checking
 
 
+class _Used:
+    """What a rule reads, gathered while checking it against ``schema``."""
+
+    def __init__(self, schema: EventSchema) -> None:
+        self.schema = schema
+        self.fields: set[str] = set()
+        self.features: set[str] = set()
+        self.steps: set[str] = set()
+        self.counts: set[EventCount] = set()
+
+    def field_kind(self, name: str) -> Kind | None:
+        kind = FIELDS.get(name)
+        if kind is not None:
+            return kind
+        declared = self.schema.field_type(name)
+        return DECLARED_KINDS[declared] if declared is not None else None
+
+    def known_fields(self) -> str:
+        return ", ".join(sorted([*FIELDS, *declared_fields(self.schema)]))
+
+
 def _where(node: ast.AST) -> str:
     return f"column {getattr(node, 'col_offset', 0) + 1}"
 
 
-def _check(node: ast.expr, used: dict[str, set[str]]) -> Kind:
+def _check(node: ast.expr, used: _Used) -> Kind:
     if isinstance(node, ast.BoolOp):
         for value in node.values:
             if _check(value, used) != "bool":
@@ -211,21 +299,31 @@ def _check(node: ast.expr, used: dict[str, set[str]]) -> Kind:
             raise RuleError(f"{_where(node)}: {_describe(node.left, left)} cannot be compared with a {right}")
         if left == "text" and op not in (ast.Eq, ast.NotEq):
             raise RuleError(f"{_where(node)}: text compares with == or != only")
+        if left == "bool" and op not in (ast.Eq, ast.NotEq):
+            raise RuleError(f"{_where(node)}: true or false compares with == or != only")
         return "bool"
     if isinstance(node, ast.Name):
-        kind = FIELDS.get(node.id)
+        if node.id in used.schema.pii_traits:
+            # As a name is no rule field: membership, published and exported, would reveal it.
+            raise RuleError(
+                f"{_where(node)}: {node.id!r} identifies a person (pii: true); rules cannot read it"
+            )
+        kind = used.field_kind(node.id)
         if kind is None:
-            raise RuleError(f"{_where(node)}: unknown field {node.id!r} (known: {', '.join(sorted(FIELDS))})")
-        used["fields"].add(node.id)
+            raise RuleError(f"{_where(node)}: unknown field {node.id!r} (known: {used.known_fields()})")
+        used.fields.add(node.id)
         return kind
     if isinstance(node, ast.Call):
         name = node.func.id if isinstance(node.func, ast.Name) else None
         if name not in FUNCTIONS:
             raise RuleError(f"{_where(node)}: unknown function (known: {', '.join(sorted(FUNCTIONS))})")
+        if name == "event_count":
+            used.counts.add(_check_event_count(node, used.schema))
+            return "number"
         if node.keywords or len(node.args) != 1 or not _is_text(node.args[0]):
             raise RuleError(f'{_where(node)}: {name}() takes one name in quotes, e.g. {name}("export")')
         value = node.args[0].value  # type: ignore[attr-defined]
-        used["features" if name == "feature_count" else "steps"].add(value)
+        (used.features if name == "feature_count" else used.steps).add(value)
         return FUNCTIONS[name]
     if (
         isinstance(node, ast.Constant)
@@ -236,6 +334,49 @@ def _check(node: ast.expr, used: dict[str, set[str]]) -> Kind:
             return "bool"
         return "number" if isinstance(node.value, (int, float)) else "text"
     raise RuleError(f"{_where(node)}: not allowed in a rule ({type(node).__name__})")
+
+
+def _check_event_count(node: ast.Call, schema: EventSchema) -> EventCount:
+    """``event_count("type")`` or ``event_count("type", prop="value")`` over a declared (or
+    built-in) type and one of its ``count_by`` props."""
+    where = _where(node)
+    if (
+        len(node.args) != 1
+        or not _is_text(node.args[0])
+        or len(node.keywords) > 1
+        or any(k.arg is None or not _is_text(k.value) for k in node.keywords)
+    ):
+        raise RuleError(
+            f'{where}: event_count() takes an event type in quotes and at most one prop="value", '
+            f'e.g. event_count("created_board") or event_count("connected_integration", integration="slack")'
+        )
+    event_type: str = node.args[0].value  # type: ignore[attr-defined]
+    if event_type not in schema.custom_types and event_type not in BUILTIN_TYPES:
+        declared = ", ".join(schema.custom_types) or "none"
+        raise RuleError(
+            f"{where}: unknown event type {event_type!r} (declared: {declared}; "
+            f"built in: {', '.join(BUILTIN_TYPES)})"
+        )
+    if not node.keywords:
+        return (event_type, None, None)
+    keyword = node.keywords[0]
+    prop, value = keyword.arg, keyword.value.value  # type: ignore[attr-defined]
+    assert prop is not None
+    counted = [p for p, _ in schema.count_by.get(event_type, ())]
+    spec = schema.prop(event_type, prop)
+    if spec is None or not spec.count_by:
+        what = (
+            f"{event_type!r} has no prop {prop!r}"
+            if spec is None
+            else f"{prop!r} of {event_type!r} is not declared count_by: true"
+        )
+        raise RuleError(f"{_where(keyword)}: {what} (props counted by value: {', '.join(counted) or 'none'})")
+    if spec.values is not None and value not in spec.values:
+        raise RuleError(
+            f"{_where(keyword.value)}: {value!r} is not a value of {event_type}.{prop} "
+            f"(declared: {', '.join(spec.values)})"
+        )
+    return (event_type, prop, value)
 
 
 def _check_constant(element: ast.expr, kind: Kind, subject: ast.expr) -> None:
@@ -271,21 +412,30 @@ def _describe(node: ast.expr, kind: Kind) -> str:
 Leaf = Callable[[ast.expr], ast.expr]
 
 
-def _to_python(
-    node: ast.expr, leaf: Leaf | None = None, nullable: Callable[[ast.expr], bool] | None = None
-) -> ast.expr:
+def _any_name(node: ast.expr) -> bool:
+    return isinstance(node, ast.Name)
+
+
+def _condition(node: ast.expr, leaf: Leaf, nullable: Callable[[ast.expr], bool]) -> ast.expr:
+    """A condition of the checked tree as Python: as :func:`_to_python`, and a true-or-false
+    field standing alone (``trial and plan == "pro"``) holds only when it is true, not when
+    it is missing (``not trial`` then holds, as ``not (plan == "pro")`` does)."""
+    if isinstance(node, ast.Name):
+        return ast.Compare(left=leaf(node), ops=[ast.Is()], comparators=[ast.Constant(True)])
+    return _to_python(node, leaf, nullable)
+
+
+def _to_python(node: ast.expr, leaf: Leaf, nullable: Callable[[ast.expr], bool]) -> ast.expr:
     """The checked tree as Python; comparisons with a missing value are false.
 
-    ``leaf`` turns a field or function call into the expression that reads it (by default from
-    ``d``, a :class:`RuleInput`); ``nullable`` says which of them may be missing (by default all
-    fields), so the guards are only where a value can be None.
+    ``leaf`` turns a field or function call into the expression that reads it (for
+    :meth:`Rule.matches`, from ``d``, a :class:`RuleInput`); ``nullable`` says which of them
+    may be missing, so the guards are only where a value can be None.
     """
-    leaf = leaf or _input_leaf
-    nullable = nullable or (lambda n: isinstance(n, ast.Name))
     if isinstance(node, ast.BoolOp):
-        return ast.BoolOp(op=node.op, values=[_to_python(v, leaf, nullable) for v in node.values])
+        return ast.BoolOp(op=node.op, values=[_condition(v, leaf, nullable) for v in node.values])
     if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.Not):
-        return ast.UnaryOp(op=ast.Not(), operand=_to_python(node.operand, leaf, nullable))
+        return ast.UnaryOp(op=ast.Not(), operand=_condition(node.operand, leaf, nullable))
     if isinstance(node, ast.Compare):
         right = node.comparators[0]
         if isinstance(right, (ast.Tuple, ast.List)):
@@ -311,11 +461,22 @@ def _to_python(
     return node  # constants
 
 
+def _count_of(node: ast.AST) -> EventCount:
+    """The event count an ``event_count(...)`` call (checked) reads."""
+    event_type = node.args[0].value  # type: ignore[attr-defined]
+    keywords = node.keywords  # type: ignore[attr-defined]
+    if not keywords:
+        return (event_type, None, None)
+    return (event_type, keywords[0].arg, keywords[0].value.value)
+
+
 def _input_leaf(node: ast.expr) -> ast.expr:
     """A field or function read from ``d``, a :class:`RuleInput`."""
     if isinstance(node, ast.Name):
         return _lookup("fields", node.id)
     name = node.func.id  # type: ignore[attr-defined]
+    if name == "event_count":
+        return _lookup("counts", _count_of(node), default=0)
     arg = node.args[0].value  # type: ignore[attr-defined]
     if name == "feature_count":
         return _lookup("features", arg, default=0)
@@ -326,7 +487,7 @@ def _input_leaf(node: ast.expr) -> ast.expr:
     )
 
 
-def _lookup(table: str, key: str, default: Any = None) -> ast.expr:
+def _lookup(table: str, key: Any, default: Any = None) -> ast.expr:
     """``d.<table>.get(key[, default])``."""
     args: list[ast.expr] = [ast.Constant(key)]
     if default is not None:
@@ -335,15 +496,22 @@ def _lookup(table: str, key: str, default: Any = None) -> ast.expr:
     return ast.Call(func=ast.Attribute(value=mapping, attr="get", ctx=ast.Load()), args=args, keywords=[])
 
 
+def _to_condition_polars(node: ast.expr) -> pl.Expr:
+    """A condition as polars: a true-or-false field alone holds when true (see :func:`_condition`)."""
+    if isinstance(node, ast.Name):
+        return pl.col(node.id).fill_null(False)
+    return _to_polars(node)
+
+
 def _to_polars(node: ast.expr) -> pl.Expr:
     if isinstance(node, ast.BoolOp):
-        parts = [_to_polars(v) for v in node.values]
+        parts = [_to_condition_polars(v) for v in node.values]
         out = parts[0]
         for part in parts[1:]:
             out = (out & part) if isinstance(node.op, ast.And) else (out | part)
         return out
     if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.Not):
-        return ~_to_polars(node.operand)
+        return ~_to_condition_polars(node.operand)
     if isinstance(node, ast.Compare):
         left = _value(node.left)
         right = node.comparators[0]
@@ -368,8 +536,12 @@ def _value(node: ast.expr) -> pl.Expr:
         return pl.col(node.id)
     if isinstance(node, ast.Call) and node.func.id == "feature_count":  # type: ignore[attr-defined]
         return pl.col(f"feature:{node.args[0].value}").fill_null(0)  # type: ignore[attr-defined]
-    if isinstance(node, ast.Call):
-        return _to_polars(node)
+    if isinstance(node, ast.Call) and node.func.id == "event_count":  # type: ignore[attr-defined]
+        return pl.col(count_column(_count_of(node))).fill_null(0)
+    if isinstance(node, (ast.Call, ast.Compare, ast.BoolOp)) or (
+        isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.Not)
+    ):
+        return _to_polars(node)  # a condition compared with true or false
     return pl.lit(_literal(node))
 
 
@@ -432,14 +604,17 @@ def rule_input(
     vocab: Vocabularies | None,
     now: float,
     context: Mapping[str, Any] | None = None,
-    needed: frozenset[str] | None = None,
-    reads: tuple[frozenset[str], frozenset[str]] | None = None,
+    reads: RuleReads | None = None,
+    schema: EventSchema = BUILTIN_SCHEMA,
 ) -> RuleInput:
-    """What rules read from a user's live state as of ``now`` (``needed``: only these fields;
-    ``reads``: only these feature counts and steps; a user never seen has zero counts).
-    The request's context fields, where given, win over the profile's (as for the built-in
-    segments). On the decision path, hence the narrowing."""
-    wanted = FIELDS.keys() if needed is None else needed
+    """What rules read from a user's live state as of ``now``: every field (built-in and
+    declared in ``schema``), feature count, completed step and event count, or only ``reads``
+    (on the decision path, hence the narrowing). A user never seen has zero counts. The
+    request's context fields, where given, win over the profile's (as for the built-in
+    segments); a declared one only with a value of its declared type."""
+    wanted: Collection[str] = (
+        {*FIELDS, *declared_fields(schema)} if reads is None or reads.fields is None else reads.fields
+    )
     fields: dict[str, Any] = {}
     for name in wanted:
         number = _NUMBERS.get(name)
@@ -447,12 +622,20 @@ def rule_input(
             fields[name] = number(user, now) if user is not None else 0
         elif name == "cluster":
             fields[name] = user.cluster if user is not None and user.cluster >= 0 else None
-        elif user is not None:
+        elif user is None:
+            continue
+        elif name in FIELDS:
             fields[name] = getattr(user, name)
+        elif vocab is not None:
+            fields[name] = user.extra(vocab.custom_fields.find(name))
     if context:
-        for name in CONTEXT_FIELDS:
+        for name in (*CONTEXT_FIELDS, *schema.context):
             value = context.get(name)
             if value is not None and name in wanted:
+                if name not in CONTEXT_FIELDS:
+                    value = _of_type(value, schema.field_type(name))
+                    if value is None:
+                        continue
                 fields[name] = value
     if user is None or vocab is None:
         return RuleInput(fields=fields)
@@ -462,23 +645,72 @@ def rule_input(
         steps = vocab.steps.names
         mask = user.completed_steps
         completed = frozenset(steps[i] for i in range(len(steps)) if mask >> i & 1)
-        return RuleInput(fields=fields, features=features, completed=completed)
-    wanted_features, wanted_steps = reads
-    features = {f: user.feature_count(vocab.features.find(f)) for f in wanted_features}
+        return RuleInput(
+            fields=fields, features=features, completed=completed, counts=_all_counts(user, vocab)
+        )
+    features = {f: user.feature_count(vocab.features.find(f)) for f in reads.features}
     done = set()
-    for step in wanted_steps:
+    for step in reads.steps:
         ident = vocab.steps.find(step)
         if ident is not None and user.completed_steps >> ident & 1:
             done.add(step)
-    return RuleInput(fields=fields, features=features, completed=frozenset(done))
+    counts = {count: _event_count(user, vocab, count) for count in reads.event_counts}
+    return RuleInput(fields=fields, features=features, completed=frozenset(done), counts=counts)
 
 
-def profile_table(inputs: list[RuleInput], rules: list[Rule]) -> pl.DataFrame:
-    """Rule inputs as the table :meth:`Rule.polars` reads: a column per field, and one per
-    feature count and completed step the rules use."""
+def declared_fields(schema: EventSchema) -> tuple[str, ...]:
+    """The declared traits and context fields rules can read: all but PII traits."""
+    return tuple(n for n in (*schema.traits, *schema.context) if n not in schema.pii_traits)
+
+
+def _of_type(value: Any, declared: str | None) -> Any:
+    """A request's value of a declared context field, if it has the declared type (else None:
+    a request cannot make a rule compare text with a number)."""
+    if declared == "number":
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        return float(value) if ok else None
+    if declared == "boolean":
+        return value if isinstance(value, bool) else None
+    return value if isinstance(value, str) else None
+
+
+def _event_count(user: UserState, vocab: Vocabularies, count: EventCount) -> int:
+    event_type, prop, value = count
+    kind = BUILTIN_TYPES.get(event_type)
+    if kind is not None:
+        return user.counters[kind]
+    if prop is None:
+        return user.custom_count(vocab.custom_types.find(event_type))
+    return user.value_count(
+        vocab.custom_keys.find(f"{event_type}.{prop}"), vocab.custom_values.find(value or "")
+    )
+
+
+def _all_counts(user: UserState, vocab: Vocabularies) -> dict[EventCount, int]:
+    """Every event count of a user: per built-in type, per custom type, per counted value."""
+    counts: dict[EventCount, int] = {(k.wire_name, None, None): user.counters[k] for k in BUILTIN_KINDS}
+    x = user.custom or ()  # (type id, count, first, last) quads
+    for i in range(0, len(x), 4):
+        counts[vocab.custom_types.name(x[i]), None, None] = x[i + 1]
+    v = user.custom_values or ()  # (key id, value id, count) triples
+    for i in range(0, len(v), 3):
+        event_type, prop = vocab.custom_keys.name(v[i]).split(".", 1)
+        counts[event_type, prop, vocab.custom_values.name(v[i + 1])] = v[i + 2]
+    return counts
+
+
+def profile_table(
+    inputs: list[RuleInput], rules: list[Rule], schema: EventSchema = BUILTIN_SCHEMA
+) -> pl.DataFrame:
+    """Rule inputs as the table :meth:`Rule.polars` reads: a column per field (built-in, and
+    typed as declared in ``schema``), and one per feature count, completed step and event
+    count the rules use."""
     columns: dict[str, Any] = {}
     for name, kind in FIELDS.items():
         dtype = pl.Float64 if kind == "number" else pl.String
+        columns[name] = pl.Series(name, [i.fields.get(name) for i in inputs], dtype=dtype)
+    for name in declared_fields(schema):
+        dtype = _DTYPES[DECLARED_KINDS[schema.field_type(name) or "string"]]
         columns[name] = pl.Series(name, [i.fields.get(name) for i in inputs], dtype=dtype)
     for feature in sorted({f for r in rules for f in r.features}):
         columns[f"feature:{feature}"] = pl.Series(
@@ -486,7 +718,12 @@ def profile_table(inputs: list[RuleInput], rules: list[Rule]) -> pl.DataFrame:
         )
     for step in sorted({s for r in rules for s in r.steps}):
         columns[f"completed:{step}"] = pl.Series([step in i.completed for i in inputs], dtype=pl.Boolean)
+    for count in sorted({c for r in rules for c in r.event_counts}, key=count_column):
+        columns[count_column(count)] = pl.Series([i.counts.get(count, 0) for i in inputs], dtype=pl.Int64)
     return pl.DataFrame(columns)
+
+
+_DTYPES: dict[Kind, Any] = {"number": pl.Float64, "text": pl.String, "bool": pl.Boolean}
 
 
 # ---------------------------------------------------------------------- membership
@@ -505,7 +742,8 @@ def compile_mask(rules: Sequence[tuple[int, Rule]], fresh: bool = False) -> Mask
     one call that reads each field once (into a local) and tests every rule costs a fraction
     of a call per rule over a :class:`RuleInput` (see ``headstart bench ingest``). Built from
     the same checked trees as :meth:`Rule.matches`, with the same answers: a seen user's
-    numbers are never missing, text fields and the cluster may be.
+    numbers are never missing, text fields, declared fields and the cluster may be. Declared
+    fields and custom event counts are read by the partition's ids (``vocab.custom_*``).
 
     >>> mask = compile_mask([(0, parse_rule("session_count >= 1")), (3, parse_rule('os == "ios"'))])
     >>> from engine.profile import UserState, Vocabularies
@@ -518,8 +756,10 @@ def compile_mask(rules: Sequence[tuple[int, Rule]], fresh: bool = False) -> Mask
     fields = sorted({f for _, rule in rules for f in rule.fields})
     features = sorted({f for _, rule in rules for f in rule.features})
     steps = sorted({s for _, rule in rules for s in rule.steps})
+    counts = sorted({c for _, rule in rules for c in rule.event_counts}, key=count_column)
     feature_var = {name: f"f_{i}" for i, name in enumerate(features)}
     step_var = {name: f"c_{i}" for i, name in enumerate(steps)}
+    count_var = {count: f"n_{i}" for i, count in enumerate(counts)}
 
     def load(name: str) -> ast.Name:
         return ast.Name(name, ast.Load())
@@ -527,31 +767,49 @@ def compile_mask(rules: Sequence[tuple[int, Rule]], fresh: bool = False) -> Mask
     def call(function: ast.expr, *args: ast.expr) -> ast.Call:
         return ast.Call(func=function, args=list(args), keywords=[])
 
+    def attribute(value: ast.expr, *names: str) -> ast.expr:
+        for name in names:
+            value = ast.Attribute(value=value, attr=name, ctx=ast.Load())
+        return value
+
+    def vocab_id(vocabulary: str, name: str) -> ast.expr:
+        """``vocab.<vocabulary>.ids.get(name)``: the partition's id of ``name`` (None: unseen)."""
+        return call(attribute(load("vocab"), vocabulary, "ids", "get"), ast.Constant(name))
+
+    def var_of(node: ast.AST) -> str | None:
+        if isinstance(node, ast.Name):
+            return f"v_{node.id}"  # declared names are identifiers that no built-in field takes
+        if isinstance(node, ast.Call):
+            name = node.func.id  # type: ignore[attr-defined]
+            if name == "event_count":
+                return count_var[_count_of(node)]
+            arg = node.args[0].value  # type: ignore[attr-defined]
+            return feature_var[arg] if name == "feature_count" else step_var[arg]
+        return None
+
     # Costly reads (a scan of the user's features, a sum, a lookup by name) are made on first
     # use: a rule's "and"/"or" often decides before reaching them ("engagement >= 20 and
     # features_5m >= 3" for a user below 20), and a read shared by rules is still made once.
     lazy: dict[str, ast.expr] = {}
+    # Lazy reads that may be None (declared fields): "read yet?" compares with a sentinel.
+    maybe_none: set[str] = set()
     # How many times the rules read each variable: one read needs no "read yet?" check.
     reads: dict[str, int] = {}
     for _, rule in rules:
         for node in ast.walk(rule.tree.body):
-            if isinstance(node, ast.Name) and node.id in FIELDS:
-                var = f"v_{node.id}"
-            elif isinstance(node, ast.Call):
-                arg = node.args[0].value  # type: ignore[attr-defined]
-                var = feature_var[arg] if node.func.id == "feature_count" else step_var[arg]  # type: ignore[attr-defined]
-            else:
-                continue
-            reads[var] = reads.get(var, 0) + 1
+            var = var_of(node)
+            if var is not None:
+                reads[var] = reads.get(var, 0) + 1
 
     def read(var: str) -> ast.expr:
         if var not in lazy:
             return load(var)
         if reads[var] == 1:
             return lazy[var]
-        # (var if var is not None else (var := <read>))
+        # (var if var is not <unread> else (var := <read>))
+        unread = load("unread") if var in maybe_none else ast.Constant(None)
         compute = ast.NamedExpr(target=ast.Name(var, ast.Store()), value=lazy[var])
-        is_set = ast.Compare(left=load(var), ops=[ast.IsNot()], comparators=[ast.Constant(None)])
+        is_set = ast.Compare(left=load(var), ops=[ast.IsNot()], comparators=[unread])
         return ast.IfExp(test=is_set, body=load(var), orelse=compute)
 
     numbers = _FRESH_NUMBERS if fresh else _INLINE_NUMBERS
@@ -561,22 +819,24 @@ def compile_mask(rules: Sequence[tuple[int, Rule]], fresh: bool = False) -> Mask
             value = numbers.get(node.id)
             if isinstance(value, ast.Constant):
                 return value  # known without reading the user: folded below
-            return read(f"v_{node.id}")
-        arg = node.args[0].value  # type: ignore[attr-defined]
-        return read(feature_var[arg] if node.func.id == "feature_count" else step_var[arg])  # type: ignore[attr-defined]
+        var = var_of(node)
+        assert var is not None
+        return read(var)
 
     def nullable(node: ast.expr) -> bool:
-        return isinstance(node, ast.Name) and node.id in NULLABLE_FIELDS
+        return isinstance(node, ast.Name) and (node.id in NULLABLE_FIELDS or node.id not in FIELDS)
 
     body: list[ast.stmt] = []
 
     def assign(name: str, value: ast.expr) -> None:
         body.append(ast.Assign(targets=[ast.Name(name, ast.Store())], value=value))
 
-    def deferred(var: str, value: ast.expr) -> None:
+    def deferred(var: str, value: ast.expr, may_be_none: bool = False) -> None:
         lazy[var] = value
+        if may_be_none:
+            maybe_none.add(var)
         if reads[var] > 1:
-            assign(var, ast.Constant(None))
+            assign(var, load("unread") if may_be_none else ast.Constant(None))
 
     for name in fields:
         if isinstance(numbers.get(name), ast.Constant):
@@ -587,24 +847,45 @@ def compile_mask(rules: Sequence[tuple[int, Rule]], fresh: bool = False) -> Mask
             assign(f"v_{name}", numbers[name])
         elif name == "cluster":
             assign("v_cluster", call(load("cluster_of"), load("u")))
-        else:
-            assign(f"v_{name}", ast.Attribute(value=load("u"), attr=name, ctx=ast.Load()))
+        elif name in FIELDS:
+            assign(f"v_{name}", attribute(load("u"), name))
+        else:  # declared: u.extra(vocab.custom_fields.ids.get(name))
+            deferred(f"v_{name}", call(attribute(load("u"), "extra"), vocab_id("custom_fields", name)), True)
     for name, var in feature_var.items():
         # count_of(u.features, vocab.features.ids.get(name)): one call
-        ids = ast.Attribute(
-            value=ast.Attribute(value=load("vocab"), attr="features", ctx=ast.Load()),
-            attr="ids",
-            ctx=ast.Load(),
-        )
-        ident = call(ast.Attribute(value=ids, attr="get", ctx=ast.Load()), ast.Constant(name))
-        user_features = ast.Attribute(value=load("u"), attr="features", ctx=ast.Load())
-        deferred(var, call(load("count_of"), user_features, ident))
+        deferred(var, call(load("count_of"), attribute(load("u"), "features"), vocab_id("features", name)))
     for name, var in step_var.items():
         deferred(var, call(load("step_done"), load("u"), load("vocab"), ast.Constant(name)))
+    for (event_type, prop, value), var in count_var.items():
+        kind = BUILTIN_TYPES.get(event_type)
+        if kind is not None:  # u.counters[kind]: cheaper than any check
+            assign(
+                var,
+                ast.Subscript(
+                    value=attribute(load("u"), "counters"), slice=ast.Constant(int(kind)), ctx=ast.Load()
+                ),
+            )
+        elif prop is None:  # custom_count(u.custom, vocab.custom_types.ids.get(type))
+            deferred(
+                var,
+                call(
+                    load("custom_count"), attribute(load("u"), "custom"), vocab_id("custom_types", event_type)
+                ),
+            )
+        else:  # value_count(u.custom_values, <id of "type.prop">, <id of value>)
+            deferred(
+                var,
+                call(
+                    load("value_count"),
+                    attribute(load("u"), "custom_values"),
+                    vocab_id("custom_keys", f"{event_type}.{prop}"),
+                    vocab_id("custom_values", value or ""),
+                ),
+            )
     result: ast.expr = ast.Constant(0)
     constant = 0  # the bits of rules folded to true
     for bit, rule in rules:
-        test = _fold(_to_python(rule.tree.body, leaf, nullable))
+        test = _fold(_condition(rule.tree.body, leaf, nullable))
         if isinstance(test, ast.Constant):
             constant |= (1 << bit) if test.value else 0
             continue
@@ -630,9 +911,16 @@ def compile_mask(rules: Sequence[tuple[int, Rule]], fresh: bool = False) -> Mask
         "cluster_of": _cluster_of,
         "step_done": _step_done,
         "count_of": feature_count,
+        "custom_count": custom_count,
+        "value_count": value_count,
+        "unread": _UNREAD,
     }
     exec(compile(module, "<segments>", "exec"), namespace)
     return namespace["mask"]  # type: ignore[no-any-return]
+
+
+#: What a lazily read declared field holds before it is read (None is a value there: missing).
+_UNREAD = object()
 
 
 def _fold(node: ast.expr) -> ast.expr:
@@ -640,7 +928,7 @@ def _fold(node: ast.expr) -> ast.expr:
     results simplified (a rule over a field known to be constant, see ``fresh``)."""
     if isinstance(node, ast.Compare):
         left, right = _fold(node.left), _fold(node.comparators[0])
-        compare = _OPERATORS.get(_COMPARE[type(node.ops[0])])
+        compare = _OPERATORS.get(_COMPARE.get(type(node.ops[0]), ""))
         if isinstance(left, ast.Constant) and isinstance(right, ast.Constant) and compare is not None:
             return ast.Constant(compare(left.value, right.value))
         return ast.Compare(left=left, ops=node.ops, comparators=[right])

@@ -60,7 +60,20 @@ BUILTIN_TRAITS: tuple[str, ...] = ProfileTraits.__struct_fields__
 #: Names no declared field may take: the event envelope's own keys and words a rule cannot
 #: use as a bare name.
 RESERVED = frozenset(
-    {"type", "props", "context", "event_id", "user_id", "ts", "v", "true", "false", "none", "null"}
+    {
+        "type",
+        "props",
+        "context",
+        "event_id",
+        "user_id",
+        "user_key",
+        "ts",
+        "v",
+        "true",
+        "false",
+        "none",
+        "null",
+    }
     | {k.lower() for k in keyword.kwlist}
 )
 #: Values a ``count_by`` prop may take per user before further values count as "(other)".

@@ -9,9 +9,11 @@ re-evaluates only the segments whose fields that change moved:
 - every event moves time, counts and engagement, so segments reading ``events_total`` or a
   time field (``events_5m``, ``engagement``, ``days_inactive``...);
 - what :meth:`UserState.apply <engine.profile.UserState.apply>` reports it changed: a new
-  session ``session_count``, a context or trait value that differs from the user's its field,
-  a step completed for the first time the steps; a feature click also feature counts, a new
-  cluster assignment ``cluster``;
+  session ``session_count``, a context or trait value that differs from the user's its field
+  (built-in or declared in the catalog's ``schema:``), a step completed for the first time the
+  steps; a feature click also feature counts, a new cluster assignment ``cluster``;
+- an event of a type some rule counts (``event_count("created_board")``) the rules counting
+  that type, and only those: each counted custom type has its own evaluators;
 - right after the user's newest event, nothing has decayed and the user has been inactive for
   no time: those evaluators read less and fold ``days_inactive`` away;
 - a sweep (:meth:`PartitionSegments.sweep`) re-evaluates the time-based segments of every user
@@ -57,7 +59,7 @@ from engine.profile import (
     UserState,
     Vocabularies,
 )
-from engine.rules import TIME_FIELDS, MaskFunction, Rule, compile_mask, parse_rule
+from engine.rules import BUILTIN_TYPES, TIME_FIELDS, MaskFunction, Rule, compile_mask, parse_rule
 
 if TYPE_CHECKING:
     from engine.clusters import ClusterAssigner
@@ -76,11 +78,24 @@ CHANGED_BY_FLAG: dict[int, frozenset[str]] = {
 }
 #: The bits of an evaluator's key (see :meth:`SegmentIndex.evaluator`): what ``apply`` reported,
 #: then whether the evaluation is right after the user's newest event, the cluster changed, and
-#: a feature click was of a feature some rule counts; the event's kind above them.
+#: a feature click was of a feature some rule counts; the event's kind above them (5 bits),
+#: and above it, for a custom event of a type some rule counts, that type's number
+#: (:attr:`SegmentIndex.counted_types`).
 MOVED = NEW_SESSION | CONTEXT_CHANGED | NEW_STEP | TRAITS_CHANGED
 FRESH, CLUSTER_CHANGED, FEATURE_READ = 1 << 5, 1 << 6, 1 << 7
 KIND_SHIFT = 8
+KIND_MASK = 0b11111
+COUNTED_SHIFT = KIND_SHIFT + 5
 _FEATURE_CLICKED = EventKind.FEATURE_CLICKED
+_CUSTOM = EventKind.CUSTOM
+
+
+def _counted(event_type: str) -> str:
+    """What a rule reading ``event_count(event_type, ...)`` reads, among the names of fields
+    that events change (see :meth:`SegmentIndex.evaluator`)."""
+    return f"event_count:{event_type}"
+
+
 #: Events after which a user's cluster is assigned again: a new session (what the previous one
 #: did is in the vector by then) and finishing onboarding, not every click (assigning costs a
 #: few microseconds); sweeps assign everyone again when a new model is published.
@@ -166,9 +181,10 @@ class SegmentIndex:
 
     def __init__(self, catalog: Catalog) -> None:
         definitions = builtin_rules(catalog) + [(s.id, s.rule) for s in catalog.segments]
+        schema = catalog.event_schema
         self.ids: list[str] = [segment for segment, _ in definitions]
         self.bit: dict[str, int] = {segment: i for i, segment in enumerate(self.ids)}
-        self.rules: list[Rule] = [parse_rule(rule) for _, rule in definitions]
+        self.rules: list[Rule] = [parse_rule(rule, schema) for _, rule in definitions]
         self.sweep_clock = catalog.membership.clock
         self.sample_every = catalog.clusters.sample_every
         self.assigner: ClusterAssigner | None = None
@@ -176,8 +192,25 @@ class SegmentIndex:
             rule.fields
             | ({"feature_count"} if rule.features else set())
             | ({"completed"} if rule.steps else set())
+            | {_counted(event_type) for event_type, _, _ in rule.event_counts}
             for rule in self.rules
         ]
+        #: What a flag of ``apply`` says moved: the built-in fields and the declared ones.
+        self.changed_by_flag = {
+            **CHANGED_BY_FLAG,
+            CONTEXT_CHANGED: CHANGED_BY_FLAG[CONTEXT_CHANGED] | set(schema.context),
+            TRAITS_CHANGED: CHANGED_BY_FLAG[TRAITS_CHANGED] | set(schema.traits),
+        }
+        #: The custom types some rule counts, numbered from 1 (their number is in the evaluator's
+        #: key): an event of another custom type changes no count a rule reads.
+        self.counted_types: dict[str, int] = {
+            event_type: i
+            for i, event_type in enumerate(
+                sorted({t for rule in self.rules for t, _, _ in rule.event_counts} - BUILTIN_TYPES.keys()),
+                start=1,
+            )
+        }
+        self._counted_names = {i: event_type for event_type, i in self.counted_types.items()}
         self._evaluators: dict[tuple[frozenset[str], bool], tuple[int, MaskFunction]] = {}
         #: :meth:`transition`'s answers by key.
         self.transitions: dict[int, Transition] = {}
@@ -201,13 +234,16 @@ class SegmentIndex:
         fresh: bool = False,
         cluster: bool = False,
         feature_read: bool = False,
+        counted_type: int = 0,
     ) -> int:
         """The key of :meth:`evaluator` for an event of ``kind`` after which ``apply`` reported
         ``changed``; ``fresh``: evaluated at the time of the user's newest event (nothing has
         decayed yet); ``cluster``: the user's cluster changed; ``feature_read``: a click of a
-        feature some rule counts."""
+        feature some rule counts; ``counted_type``: a custom event of this type number of
+        :attr:`counted_types`."""
         return (
-            kind << KIND_SHIFT
+            counted_type << COUNTED_SHIFT
+            | kind << KIND_SHIFT
             | changed & MOVED
             | (FRESH if fresh else 0)
             | (CLUSTER_CHANGED if cluster else 0)
@@ -221,10 +257,16 @@ class SegmentIndex:
         if found is not None:
             return found
         changed = set(EVERY_EVENT)
-        for flag, fields in CHANGED_BY_FLAG.items():
+        for flag, fields in self.changed_by_flag.items():
             if key & flag:
                 changed |= fields
-        kind = EventKind(key >> KIND_SHIFT)
+        kind = EventKind(key >> KIND_SHIFT & KIND_MASK)
+        if kind is _CUSTOM:
+            event_type = self._counted_names.get(key >> COUNTED_SHIFT)
+            if event_type is not None:
+                changed.add(_counted(event_type))
+        else:  # event_count() of a built-in type reads that kind's counter
+            changed.add(_counted(kind.wire_name))
         if kind is EventKind.FEATURE_CLICKED:
             changed |= {"features_5m", "feature_count"} if key & FEATURE_READ else {"features_5m"}
         elif kind is EventKind.TUTORIAL_COMPLETED:
@@ -354,6 +396,8 @@ class PartitionSegments:
             key |= CLUSTER_CHANGED
         if kind is _FEATURE_CLICKED and event.props.feature in index.rule_features:  # type: ignore[attr-defined]
             key |= FEATURE_READ
+        elif kind is _CUSTOM and index.counted_types:
+            key |= index.counted_types.get(event.type_name, 0) << COUNTED_SHIFT
         found = index.by_key.get(key)
         decides, evaluate = found if found is not None else index.evaluator(key)
         old = user.segments

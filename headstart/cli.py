@@ -679,7 +679,9 @@ def report_segments(
 
     sizes, samples, clusters = asyncio.run(gather())
     report = segment_report(sizes, catalog, clusters)
-    report["suggestions"] = suggest_segments([r for s in samples for r in s["rows"]], groups=groups)
+    report["suggestions"] = suggest_segments(
+        [r for s in samples for r in s["rows"]], groups=groups, schema=catalog.event_schema
+    )
     if as_json:
         print(json.dumps(report, indent=2))
         return

@@ -6,9 +6,16 @@ table                      rows
 ``user_profiles``          fact: one per user the shards hold now, keyed by ``user_key`` (the
                            pseudonymized id): first/last seen, sessions, events, engagement,
                            steps completed, activated, segments, cluster, consent
-``dim_demographics``       one per user: role, company size, age band (never a name: PII stays)
-``dim_context``            one per user: device type, OS, locale, country, referrer, app version
-``behaviour_daily``        one per user, UTC day and event type: events (from ``HS_EVENTS``)
+``dim_demographics``       one per user: role, company size, age band, and a column per trait
+                           the catalog's ``schema:`` declares (never a name nor a ``pii: true``
+                           trait: PII stays)
+``dim_context``            one per user: device type, OS, locale, country, referrer, app
+                           version, and a column per declared context field
+``dim_custom_events``      one per user and custom event type the user sent: count, first and
+                           last time
+``dim_custom_values``      one per user, custom event type, ``count_by`` prop and value: count
+``behaviour_daily``        one per user, UTC day and event type: events (from ``HS_EVENTS``),
+                           custom types too
 ``segment_history``        one per segment enter/exit (from ``HS_SEGMENTS``)
 ``decisions``              one per decision point of a logged decision (``HS_DECISIONS``): arm,
                            propensity, policy; and the reward it earned under the engine's own
@@ -17,7 +24,8 @@ table                      rows
 ``exposures``              one per user and experiment: arm, when (``HS_EXPOSURES``)
 =========================  ==========================================================================
 
-Every table is written, empty ones too, so a load job never misses a file. ``--since`` and
+Every table is written, empty ones too, so a load job never misses a file; the declared columns
+are typed as declared (string, number: double, boolean), so they follow the catalog. ``--since`` and
 ``--until`` (ISO 8601 or epoch seconds) export the rows stored in that time range (profiles are
 always the current ones), so a daily job exports each day once; ``_manifest.json`` records the
 range and row counts. Parquet from polars loads into DuckDB (``read_parquet('DIR/*.parquet')``),
@@ -50,6 +58,7 @@ from engine.errors import InvalidEvent
 from engine.events import CONTEXT_FIELDS
 from engine.experiments import exposure_decoder
 from engine.learning import decision_decoder
+from engine.schema import BUILTIN_SCHEMA, EventSchema
 from engine.segments import batch_decoder
 from headstart.adapters.broker import NatsAuth, connect_nats
 from headstart.adapters.merge import known_layouts
@@ -89,6 +98,20 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         "age_band": pl.String,
     },
     "dim_context": {"user_key": pl.String, **dict.fromkeys(CONTEXT_FIELDS, pl.String)},
+    "dim_custom_events": {
+        "user_key": pl.String,
+        "event_type": pl.String,
+        "count": pl.Int64,
+        "first_seen": pl.Datetime("ms", "UTC"),
+        "last_seen": pl.Datetime("ms", "UTC"),
+    },
+    "dim_custom_values": {
+        "user_key": pl.String,
+        "event_type": pl.String,
+        "prop": pl.String,
+        "value": pl.String,
+        "count": pl.Int64,
+    },
     "behaviour_daily": {
         "user_key": pl.String,
         "day": pl.Date,
@@ -140,9 +163,36 @@ def _ms(ts: float) -> int:
     return int(ts * 1000)
 
 
-def profile_tables(rows: list[dict[str, Any]]) -> dict[str, pl.DataFrame]:
-    """The fact table and the demographics and context dimensions from the shards' profiles."""
-    fact, demographics, context = [], [], []
+#: How a declared field's type is exported.
+DECLARED_DTYPES: dict[str, Any] = {"string": pl.String, "number": pl.Float64, "boolean": pl.Boolean}
+
+
+def table_schemas(schema: EventSchema = BUILTIN_SCHEMA) -> dict[str, dict[str, Any]]:
+    """Every table's columns and types: :data:`SCHEMAS`, with a column per trait (but PII) and
+    context field ``schema`` (the catalog's) declares."""
+    traits = [name for name in schema.traits if name not in schema.pii_traits]
+    return {
+        **SCHEMAS,
+        "dim_demographics": {
+            **SCHEMAS["dim_demographics"],
+            **{name: DECLARED_DTYPES[schema.field_type(name) or "string"] for name in traits},
+        },
+        "dim_context": {
+            **SCHEMAS["dim_context"],
+            **{name: DECLARED_DTYPES[schema.field_type(name) or "string"] for name in schema.context},
+        },
+    }
+
+
+def profile_tables(
+    rows: list[dict[str, Any]], schema: EventSchema = BUILTIN_SCHEMA
+) -> dict[str, pl.DataFrame]:
+    """The fact table and the demographics, context and custom event dimensions from the
+    shards' profiles (:func:`engine.queries.profiles_page`'s rows)."""
+    schemas = table_schemas(schema)
+    trait_columns = [c for c in schemas["dim_demographics"] if c != "user_key"]
+    context_columns = [c for c in schemas["dim_context"] if c != "user_key"]
+    fact, demographics, context, custom, values = [], [], [], [], []
     for row in rows:
         key, consent, traits = row["user_key"], row.get("consent") or {}, row.get("traits") or {}
         fact.append(
@@ -162,14 +212,30 @@ def profile_tables(rows: list[dict[str, Any]]) -> dict[str, pl.DataFrame]:
                 "consent_personalization": consent.get("personalization"),
             }
         )
-        demographics.append(
-            {"user_key": key, **{f: traits.get(f) for f in ("role", "company_size", "age_band")}}
-        )
-        context.append({"user_key": key, **{f: (row.get("context") or {}).get(f) for f in CONTEXT_FIELDS}})
+        demographics.append({"user_key": key, **{f: traits.get(f) for f in trait_columns}})
+        context.append({"user_key": key, **{f: (row.get("context") or {}).get(f) for f in context_columns}})
+        for event_type, entry in (row.get("custom_events") or {}).items():
+            if "first_seen" in entry:  # a type only counted by value has no entry of its own
+                custom.append(
+                    {
+                        "user_key": key,
+                        "event_type": event_type,
+                        "count": entry["count"],
+                        "first_seen": _ms(entry["first_seen"]),
+                        "last_seen": _ms(entry["last_seen"]),
+                    }
+                )
+            for prop, counts in (entry.get("by") or {}).items():
+                values += [
+                    {"user_key": key, "event_type": event_type, "prop": prop, "value": value, "count": n}
+                    for value, n in counts.items()
+                ]
     return {
         "user_profiles": _timed_frame("user_profiles", fact),
-        "dim_demographics": _timed_frame("dim_demographics", demographics),
-        "dim_context": _timed_frame("dim_context", context),
+        "dim_demographics": _timed_frame("dim_demographics", demographics, schemas),
+        "dim_context": _timed_frame("dim_context", context, schemas),
+        "dim_custom_events": _timed_frame("dim_custom_events", custom),
+        "dim_custom_values": _timed_frame("dim_custom_values", values),
     }
 
 
@@ -266,7 +332,8 @@ async def collect(
     try:
         js = nc.jetstream()
         shards = ShardClient(nc, partitions, timeout=30.0)
-        tables = profile_tables(await _profiles(shards, partitions, report))
+        schema = catalog.event_schema
+        tables = profile_tables(await _profiles(shards, partitions, report), schema)
 
         # The events stream whole: the replay needs every message to attribute rewards; the
         # behaviour table counts the events stored in the range.
@@ -280,7 +347,7 @@ async def collect(
             tail = subject.rsplit(".", 1)[1]
             if "-" in tail or (since is not None and stored_at < since):
                 continue  # a record of the learning loop, or stored before the range
-            with contextlib.suppress(InvalidEvent):
+            with contextlib.suppress(InvalidEvent):  # a custom type since removed from the catalog
                 event = schema.decode(data)
                 in_range.append((float(event.ts), tail, event.type_name))
         report("events", len(everything))
@@ -349,8 +416,10 @@ async def collect(
         await nc.close()
 
 
-def _timed_frame(table: str, rows: list[dict[str, Any]]) -> pl.DataFrame:
-    schema = SCHEMAS[table]
+def _timed_frame(
+    table: str, rows: list[dict[str, Any]], schemas: dict[str, dict[str, Any]] = SCHEMAS
+) -> pl.DataFrame:
+    schema = schemas[table]
     if not rows:
         return pl.DataFrame(schema=schema)
     plain = {c: (pl.Int64 if t == pl.Datetime("ms", "UTC") else t) for c, t in schema.items()}
@@ -362,12 +431,17 @@ def _timed_frame(table: str, rows: list[dict[str, Any]]) -> pl.DataFrame:
 
 
 def write(
-    tables: dict[str, pl.DataFrame], out: Path, since: float | None, until: float | None
+    tables: dict[str, pl.DataFrame],
+    out: Path,
+    since: float | None,
+    until: float | None,
+    schemas: dict[str, dict[str, Any]] = SCHEMAS,
 ) -> dict[str, int]:
-    """Write every table (empty ones too) as ``<table>.parquet`` and ``_manifest.json``."""
+    """Write every table of ``schemas`` (:func:`table_schemas`; empty ones too) as
+    ``<table>.parquet`` and ``_manifest.json``."""
     out.mkdir(parents=True, exist_ok=True)
     counts = {}
-    for table, schema in SCHEMAS.items():
+    for table, schema in schemas.items():
         frame = tables.get(table, pl.DataFrame(schema=schema))
         frame.write_parquet(out / f"{table}.parquet")
         counts[table] = frame.height
@@ -376,7 +450,7 @@ def write(
         "since": since,
         "until": until,
         "rows": counts,
-        "tables": {t: {c: str(ty) for c, ty in s.items()} for t, s in SCHEMAS.items()},
+        "tables": {t: {c: str(ty) for c, ty in s.items()} for t, s in schemas.items()},
     }
     (out / "_manifest.json").write_text(json.dumps(manifest, indent=2))
     return counts
@@ -393,4 +467,4 @@ def export(
     progress: Progress | None = None,
 ) -> dict[str, int]:
     tables = asyncio.run(collect(nats_url, partitions, catalog, since, until, auth, progress))
-    return write(tables, out, since, until)
+    return write(tables, out, since, until, table_schemas(catalog.event_schema))

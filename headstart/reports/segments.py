@@ -7,9 +7,10 @@ Shards count exactly over the users they own (:meth:`actors.shard.ShardActor.seg
   rate (the journey's activation, ``learning.journey``), entries and exits and their rates per
   day over the tracked period (event time), and for clusters what distinguishes them;
 - **suggestions**: a hierarchical clustering (scipy, Ward linkage on standardized fields) of a
-  random sample of users' numeric fields, cut into groups; each group is described by the
+  random sample of users' numeric fields (built-in, declared in the catalog's ``schema:``, and
+  the counts of its custom event types), cut into groups; each group is described by the
   fields where it differs most from everyone, with a rule over them that can be pasted into the
-  catalog (checked by the rule parser);
+  catalog (checked by the rule parser against the catalog's schema);
 - **tutorials**: per tutorial, variant and segment, users who started and completed it: start
   rate (of the segment's users) and completion rate (of those who started).
 
@@ -31,6 +32,7 @@ from scipy.cluster.hierarchy import fcluster, linkage
 from engine.catalog import BUILTIN_SEGMENTS, Catalog
 from engine.clusters import describe_export
 from engine.rules import RuleError, parse_rule
+from engine.schema import BUILTIN_SCHEMA, EventSchema
 
 DAY_S = 86400.0
 
@@ -112,9 +114,11 @@ def segment_report(
 
 
 def suggest_segments(
-    rows: list[dict[str, Any]], groups: int = 4, seed_rows: int = 2000
+    rows: list[dict[str, Any]], groups: int = 4, seed_rows: int = 2000, schema: EventSchema = BUILTIN_SCHEMA
 ) -> list[dict[str, Any]]:
-    """Natural groupings of users from their numeric fields (Ward linkage on z-scores)."""
+    """Natural groupings of users from their numeric fields (Ward linkage on z-scores); the
+    rules suggested read the fields as named in ``rows`` (``schema``: the catalog's, for the
+    declared ones)."""
     frame = pl.DataFrame(rows[:seed_rows]).drop("cluster", strict=False)
     frame = frame.select(
         [c for c in frame.columns if frame[c].null_count() == 0 and frame[c].std() not in (None, 0.0)]
@@ -145,14 +149,14 @@ def suggest_segments(
                 "size": int(members.sum()),
                 "share": float(members.mean()),
                 "distinguishing": features,
-                "rule": _suggested_rule(values[members], values[~members], frame.columns, order),
+                "rule": _suggested_rule(values[members], values[~members], frame.columns, order, schema),
             }
         )
     return sorted(out, key=lambda g: -g["size"])
 
 
 def _suggested_rule(
-    inside: np.ndarray, outside: np.ndarray, columns: list[str], order: np.ndarray
+    inside: np.ndarray, outside: np.ndarray, columns: list[str], order: np.ndarray, schema: EventSchema
 ) -> str | None:
     """A threshold per distinguishing field, halfway between the group's mean and the rest's."""
     if not len(outside):
@@ -164,7 +168,7 @@ def _suggested_rule(
         parts.append(f"{columns[i]} {'>=' if inner > outer else '<'} {threshold}")
     rule = " and ".join(parts)
     try:
-        parse_rule(rule)
+        parse_rule(rule, schema)
     except RuleError:
         return None
     return rule

@@ -166,3 +166,28 @@ def test_a_welcome_message_can_target_segments() -> None:
     back = decider.decide("k", user, vocab, {"locale": "de-DE"}, now=1_700_000_000.0 + 4 * 86400).answer
     assert "dormant" not in fresh.segments and fresh.message.startswith("Willkommen bei")
     assert "dormant" in back.segments and back.message.startswith("Willkommen zurück")
+
+
+def test_flags_target_rule_segments_over_declared_traits_context_and_events() -> None:
+    """The contract catalog: ``pro_tips`` is on for the ``pro_plan`` segment (``plan == "pro"``);
+    the request's declared context field counts for rules as the built-in ones do."""
+    from tests.catalogs import CUSTOM_SCHEMA
+
+    catalog = load_catalog(CUSTOM_SCHEMA)
+    schema, decider = catalog.event_schema, Decider(catalog)
+    vocab, user = Vocabularies(), UserState.new(NOW)
+    for i, body in enumerate(
+        [
+            {"type": "profile_updated", "props": {"plan": "pro", "seats": 9}},
+            {"type": "created_board", "props": {"template": "kanban"}},
+            {"type": "created_board", "props": {"template": "scrum"}},
+        ]
+    ):
+        user.apply(schema.from_object({"event_id": str(i), "user_id": "k", "ts": NOW, **body}), vocab, schema)
+    d = decider.decide("k", user, vocab, {"app_theme": "dark"}, NOW).answer
+    assert {"pro_plan", "board_maker", "dark_team"} <= set(d.segments)
+    assert "slack_connected" not in d.segments and d.flags["pro_tips"] is True
+    light = decider.decide("k", user, vocab, {"app_theme": "light"}, NOW).answer
+    assert "dark_team" not in light.segments and light.flags["pro_tips"] is True
+    cold = decider.decide("k" * 26, None, None, {"app_theme": "dark"}, NOW).answer
+    assert not {"pro_plan", "dark_team"} & set(cold.segments) and cold.flags["pro_tips"] is False

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from engine.events import event_from_object
 from engine.profile import UserState, Vocabularies
-from engine.rules import FIELDS, RuleError, RuleInput, parse_rule, profile_table, rule_input
+from engine.rules import FIELDS, RuleError, RuleInput, RuleReads, parse_rule, profile_table, rule_input
 
 NOW = 1_767_600_000.0
 
@@ -166,8 +166,7 @@ def test_narrowed_inputs_give_the_same_answers() -> None:
         parse_rule("session_count >= 1"),
     ]
     full = rule_input(user, vocab, NOW)
-    reads = (frozenset(f for r in rules for f in r.features), frozenset(s for r in rules for s in r.steps))
-    narrow = rule_input(user, vocab, NOW, None, frozenset(f for r in rules for f in r.fields), reads)
+    narrow = rule_input(user, vocab, NOW, None, RuleReads.of(rules))
     assert [r.matches(full) for r in rules] == [r.matches(narrow) for r in rules] == [True, True, True]
 
 
