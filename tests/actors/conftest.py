@@ -19,15 +19,22 @@ from headstart.web.auth import key_hashes
 from tests.conftest import TEST_PARTITIONS, TEST_SECRET, reset_streams
 
 
-@pytest.fixture
-def group(ray_local: None, fresh_streams: str) -> Iterator[ShardGroup]:
+@contextlib.contextmanager
+def two_shards(nats_url: str, catalog: Catalog | None = None) -> Iterator[ShardGroup]:
+    """Two small shards on ``nats_url`` with ``catalog`` (None: the default), ready, then stopped."""
     settings = Settings(partitions=TEST_PARTITIONS, shards=2, shard_num_cpus=0.25, fetch_batch=64)
-    shards = ShardGroup(settings, fresh_streams).start()
+    shards = ShardGroup(settings, nats_url, catalog).start()
     shards.wait_ready()
     try:
         yield shards
     finally:
         shards.stop()
+
+
+@pytest.fixture
+def group(ray_local: None, fresh_streams: str) -> Iterator[ShardGroup]:
+    with two_shards(fresh_streams) as shards:
+        yield shards
 
 
 @contextlib.contextmanager

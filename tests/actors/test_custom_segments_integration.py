@@ -19,9 +19,8 @@ from engine.keys import Pseudonymizer
 from engine.segments import batch_decoder
 from headstart.adapters.streams import publish_prepared
 from headstart.adapters.topology import SEGMENTS_STREAM, ingest_subject
-from headstart.settings import Settings
+from tests.actors.conftest import two_shards
 from tests.catalogs import CUSTOM_SCHEMA
-from tests.conftest import TEST_PARTITIONS
 
 pytestmark = pytest.mark.integration
 
@@ -36,13 +35,8 @@ def boards_catalog() -> Catalog:
 
 @pytest.fixture
 def boards_group(ray_local: None, fresh_streams: str) -> Iterator[ShardGroup]:
-    settings = Settings(partitions=TEST_PARTITIONS, shards=2, shard_num_cpus=0.25, fetch_batch=64)
-    shards = ShardGroup(settings, fresh_streams, boards_catalog()).start()
-    shards.wait_ready()
-    try:
+    with two_shards(fresh_streams, boards_catalog()) as shards:
         yield shards
-    finally:
-        shards.stop()
 
 
 async def store(url: str, pseudonymizer: Pseudonymizer, events: list[dict[str, Any]]) -> None:

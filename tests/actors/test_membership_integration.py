@@ -22,7 +22,7 @@ from engine.keys import Pseudonymizer, partition_of
 from engine.segments import batch_decoder
 from headstart.adapters.shard_stats import SegmentStats
 from headstart.adapters.topology import SEGMENTS_STREAM
-from headstart.settings import Settings
+from tests.actors.conftest import two_shards
 from tests.conftest import TEST_PARTITIONS
 from tests.conftest import publish_events as publish
 
@@ -44,13 +44,8 @@ def membership_catalog() -> Catalog:
 
 @pytest.fixture
 def tracked_group(ray_local: None, fresh_streams: str) -> Iterator[ShardGroup]:
-    settings = Settings(partitions=TEST_PARTITIONS, shards=2, shard_num_cpus=0.25, fetch_batch=64)
-    shards = ShardGroup(settings, fresh_streams, membership_catalog()).start()
-    shards.wait_ready()
-    try:
+    with two_shards(fresh_streams, membership_catalog()) as shards:
         yield shards
-    finally:
-        shards.stop()
 
 
 async def read_changes(url: str) -> list[Any]:
