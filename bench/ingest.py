@@ -10,13 +10,19 @@
 4. Segmentation: the 2-shard drain again with 20 rule segments and the behavioural clusters
    tracked live (:data:`SEGMENT_RULES`), against the plain drains (no live membership) of the
    same run: ``events_per_s_with_segments`` and ``segmentation_cost``.
-5. Memory: the same engine code applies events for 100,000 users in this process under
+5. A product's own schema: the plain 2-shard drain again, with :data:`CUSTOM_SCHEMA` laid over
+   the catalog (10 custom event types, 5 traits, 2 context fields, 3 policy features) and, from
+   a second broker, as many events, half of them of the custom types
+   (:func:`bench.population.custom_schema_events`): ``events_per_s_custom_schema`` and
+   ``custom_schema_ratio`` (against the plain drain next to it).
+6. Memory: the same engine code applies events for 100,000 users in this process under
    tracemalloc; ``bytes_per_user`` is the retained state divided by users, with the learning
    loop's state as a shard holds it (the feature recommender's queue fully learned);
-   ``bytes_per_user_state_only`` without it.
-6. In this process, the drains' events applied with and without the segments: the shard's
-   own CPU per event (``apply_us_per_event``, ``..._with_segments``, ``segments_us_per_event``),
-   steadier than drains on a shared machine.
+   ``bytes_per_user_state_only`` without it; ``bytes_per_user_custom_schema`` the same with the
+   custom schema and its events (users with custom counts, traits and context).
+7. In this process, the drains' events applied with and without the segments, and the custom
+   schema's: the shard's own CPU per event (``apply_us_per_event``, ``..._with_segments``,
+   ``segments_us_per_event``, ``..._custom_schema``), steadier than drains on a shared machine.
 """
 
 from __future__ import annotations
@@ -29,26 +35,30 @@ import gc
 import statistics
 import time
 import tracemalloc
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import nats
+import yaml
 from nats.js.errors import NotFoundError
 
 from bench.common import cpu_seconds, embedded_broker, local_ray, write_result
-from bench.population import onboarding_events
+from bench.population import custom_schema_events, onboarding_events
 from bench.traffic import lost_and_duplicated, read_back
-from engine.catalog import DEFAULT_CATALOG, Catalog, load_catalog
+from engine.catalog import DEFAULT_CATALOG, Catalog, CatalogError, check_catalog_text, load_catalog
 from engine.clusters import ClusterAssigner, ClusterModel, behaviour
 from engine.decision import Decider
+from engine.events import encode_event
 from engine.keys import Pseudonymizer, partition_of
 from engine.learning import Learner
 from engine.partition import PartitionSetup
+from engine.schema import BUILTIN_SCHEMA, EventSchema
 from engine.segments import SegmentIndex
 from engine.shard import ShardState
 from headstart.adapters.broker import EmbeddedNats
 from headstart.adapters.provision import ensure_streams
-from headstart.adapters.streams import EventPublisher, publish_prepared
+from headstart.adapters.streams import publish_prepared
 from headstart.adapters.topology import DLQ_STREAM, SNAPSHOT_BUCKET, ingest_subject
 from headstart.settings import Settings
 
@@ -60,6 +70,12 @@ REPETITIONS = 5
 MALFORMED = 10
 
 Expected = dict[str, collections.Counter[str]]
+#: A stream message as a shard receives it: (partition, user key, payload).
+Message = tuple[int, str, bytes]
+
+#: What the custom-schema drain's product declares beyond the default catalog: its ``schema:``
+#: section and ``learning.features`` (:func:`custom_schema_catalog` lays them over a catalog).
+CUSTOM_SCHEMA = Path(__file__).resolve().parent / "catalogs" / "custom_schema.yaml"
 
 #: Twenty segments a product team might define, reading every kind of field: counts, windows,
 #: engagement, inactivity, context, traits, features, steps and the cluster.
@@ -103,7 +119,24 @@ def bench_catalogs() -> dict[str, Catalog]:
     # Clusters: a model as soon as one can be trained, so the drain assigns users with it.
     data.update(segments=segments, membership={"track": True, "clock": "event"})
     data["clusters"] = {**data["clusters"], "enabled": True, "publish_interval_s": 1.0}
-    return {"plain": plain, "segments": Catalog.model_validate(data)}
+    return {
+        "plain": plain,
+        "segments": Catalog.model_validate(data),
+        "custom_schema": custom_schema_catalog(plain),
+    }
+
+
+def custom_schema_catalog(base: Catalog) -> Catalog:
+    """``base`` with the ``schema:`` section and ``learning.features`` of :data:`CUSTOM_SCHEMA`,
+    checked as ``headstart check-config`` checks a file (:class:`CatalogError` if not valid)."""
+    overlay = yaml.safe_load(CUSTOM_SCHEMA.read_text())
+    data = base.model_dump(mode="json", by_alias=True)
+    data["schema"] = overlay["schema"]
+    data["learning"] = {**data["learning"], **overlay["learning"]}
+    errors = check_catalog_text(yaml.safe_dump(data, sort_keys=False), str(CUSTOM_SCHEMA))
+    if errors:
+        raise CatalogError(errors)
+    return Catalog.model_validate(data)
 
 
 def run(quick: bool = False, out_dir: Path | None = None) -> Path:
@@ -113,33 +146,51 @@ def run(quick: bool = False, out_dir: Path | None = None) -> Path:
     pseudonymizer = Pseudonymizer(SECRET)
     metrics: dict[str, Any] = {}
     reps = 1 if quick else REPETITIONS
-    with embedded_broker() as broker:
+    catalogs = bench_catalogs()
+    custom_schema = EventSchema(catalogs["custom_schema"].schema_)
+    # The custom-schema drain reads its own stream, from a broker of its own (stream names are
+    # fixed), idle while the others drain.
+    with embedded_broker() as broker, embedded_broker() as custom_broker:
         url = broker.url
-        expected, publish_s = asyncio.run(_publish(url, pseudonymizer, n_events, n_users))
+        default_events = list(onboarding_events(users=n_users, events=n_events))
+        expected, publish_s = asyncio.run(_publish(url, pseudonymizer, default_events, BUILTIN_SCHEMA))
+        custom_events = list(custom_schema_events(users=n_users, events=n_events))
+        expected_custom, _ = asyncio.run(
+            _publish(custom_broker.url, pseudonymizer, custom_events, custom_schema)
+        )
+        del default_events, custom_events
         metrics["publish_events_per_s"] = n_events / publish_s
-        runs: dict[int | str, list[dict[str, Any]]] = {1: [], 2: [], "2_segments": []}
-        catalogs = bench_catalogs()
+        runs: dict[int | str, list[dict[str, Any]]] = {1: [], 2: [], "2_segments": [], "2_custom_schema": []}
         with local_ray(num_cpus=2):
             for rep in range(reps):
                 runs[1].append(_drain(broker, 1, expected, n_events, catalogs["plain"]))
-                # The pair compared, in alternating order: a machine speeding up or slowing down
-                # over a repetition favours neither.
-                pair: list[tuple[int | str, str]] = [(2, "plain"), ("2_segments", "segments")]
-                for name, catalog in pair if rep % 2 == 0 else pair[::-1]:
-                    runs[name].append(_drain(broker, 2, expected, n_events, catalogs[catalog]))
+                # The drains compared, in alternating order: a machine speeding up or slowing
+                # down over a repetition favours none.
+                drains: list[tuple[int | str, EmbeddedNats, Expected, str]] = [
+                    (2, broker, expected, "plain"),
+                    ("2_segments", broker, expected, "segments"),
+                    ("2_custom_schema", custom_broker, expected_custom, "custom_schema"),
+                ]
+                for name, source, counts, catalog in drains if rep % 2 == 0 else drains[::-1]:
+                    runs[name].append(_drain(source, 2, counts, n_events, catalogs[catalog]))
         metrics["dead_letters"] = asyncio.run(_dead_letters(url))
+        metrics["dead_letters_custom_schema"] = asyncio.run(_dead_letters(custom_broker.url))
     rate = {k: statistics.median(r["events_per_s"] for r in v) for k, v in runs.items()}
     metrics["events_per_s"] = rate[2]
     metrics["events_per_s_1_shard"] = rate[1]
     metrics["scaling_2_vs_1"] = rate[2] / rate[1]
     metrics["events_per_s_with_segments"] = rate["2_segments"]
-    # Per repetition, each against the plain 2-shard drain next to it (same noise).
+    # Per repetition, each against the plain 2-shard drain of that repetition (same noise).
     costs = [
         1 - s["events_per_s"] / p["events_per_s"] for p, s in zip(runs[2], runs["2_segments"], strict=True)
     ]
     metrics["segmentation_cost"] = statistics.median(costs)
     metrics["segment_rules"] = len(SEGMENT_RULES)
-    all_runs = runs[1] + runs[2] + runs["2_segments"]
+    metrics["events_per_s_custom_schema"] = rate["2_custom_schema"]
+    metrics["custom_schema_ratio"] = statistics.median(
+        c["events_per_s"] / p["events_per_s"] for p, c in zip(runs[2], runs["2_custom_schema"], strict=True)
+    )
+    all_runs = [r for v in runs.values() for r in v]
     metrics["lost"] = sum(r["lost"] for r in all_runs)
     metrics["duplicated"] = sum(r["duplicated"] for r in all_runs)
     metrics["runs"] = {str(k): v for k, v in runs.items()}
@@ -154,23 +205,32 @@ def run(quick: bool = False, out_dir: Path | None = None) -> Path:
         "memory_users": mem_users,
         "repetitions": reps,
         "statistic": "median over repetitions",
+        "custom_schema": str(CUSTOM_SCHEMA.relative_to(CUSTOM_SCHEMA.parents[2])),
+        "custom_schema_share": 0.5,
         "quick": quick,
     }
     return write_result("ingest", params, metrics, out_dir=out_dir, started_at=started)
 
 
+def _prepare(
+    schema: EventSchema, pseudonymizer: Pseudonymizer, event: dict[str, Any]
+) -> tuple[str, bytes, dict[str, str]]:
+    """(subject, payload, headers) of one event, validated by ``schema``: what
+    :meth:`~headstart.adapters.streams.EventPublisher.prepare` makes, for any schema."""
+    typed = schema.from_object({**event, "user_id": pseudonymizer.key(event["user_id"])})
+    return ingest_subject(typed.user_id), encode_event(typed), {"Nats-Msg-Id": typed.event_id}
+
+
 async def _publish(
-    url: str, pseudonymizer: Pseudonymizer, n_events: int, n_users: int
+    url: str, pseudonymizer: Pseudonymizer, events: list[dict[str, Any]], schema: EventSchema
 ) -> tuple[Expected, float]:
     nc = await nats.connect(url)
     js = nc.jetstream()
     await ensure_streams(js, PARTITIONS)
-    publisher = EventPublisher(js, pseudonymizer)
-    events = list(onboarding_events(users=n_users, events=n_events))
     expected: Expected = collections.defaultdict(collections.Counter)
     prepared = []
     for event in events:
-        subject, payload, headers = publisher.prepare(event)
+        subject, payload, headers = _prepare(schema, pseudonymizer, event)
         prepared.append((subject, payload, headers))
         expected[subject.rsplit(".", 1)[1]][event["type"]] += 1
     # Retries: the same event ids again. JetStream's duplicate window must drop every one.
@@ -278,14 +338,12 @@ async def _dead_letters(url: str) -> int:
 
 
 def _messages(
-    pseudonymizer: Pseudonymizer, users: int, events: int, **population: Any
-) -> list[tuple[int, str, bytes]]:
-    """The population's events (``population``: its other parameters) as a shard receives
-    them: (partition, user key, payload)."""
-    publisher = EventPublisher(None, pseudonymizer)  # type: ignore[arg-type]  # prepare() only
+    pseudonymizer: Pseudonymizer, events: Iterable[dict[str, Any]], schema: EventSchema = BUILTIN_SCHEMA
+) -> list[Message]:
+    """``events`` as a shard receives them."""
     messages = []
-    for event in onboarding_events(users=users, events=events, **population):
-        subject, payload, _ = publisher.prepare(event)
+    for event in events:
+        subject, payload, _ = _prepare(schema, pseudonymizer, event)
         key = subject.rsplit(".", 1)[1]
         messages.append((partition_of(key, PARTITIONS), key, payload))
     return messages
@@ -293,7 +351,7 @@ def _messages(
 
 def _memory(pseudonymizer: Pseudonymizer, users: int) -> dict[str, Any]:
     """Retained bytes of shard state per user, by tracemalloc, on ``users`` users."""
-    messages = _messages(pseudonymizer, users, users * 10, seed=11)
+    messages = _messages(pseudonymizer, onboarding_events(users, users * 10, seed=11))
     catalog = load_catalog(DEFAULT_CATALOG)
     out: dict[str, Any] = {"memory_users": 0, "memory_events_per_user": 10}
     # As a shard holds it (with the learning loop's state: open decisions, contributions, the
@@ -302,25 +360,36 @@ def _memory(pseudonymizer: Pseudonymizer, users: int) -> dict[str, Any]:
         ("bytes_per_user", Learner(catalog, Decider(catalog)), SegmentIndex(catalog)),
         ("bytes_per_user_state_only", None, None),
     ):
-        gc.collect()
-        tracemalloc.start()
-        before, _ = tracemalloc.get_traced_memory()
-        state = ShardState.build(dict.fromkeys(range(PARTITIONS)), PartitionSetup(learner, index))
-        for seq, (partition, key, payload) in enumerate(messages, 1):
-            state.apply(seq, partition, key, payload)
-        for part in state.partitions.values():
-            if part.learning is not None:
-                part.learning.recommender.train(len(messages))
-            if part.segments is not None:
-                part.segments.take(10**9)  # published within ~2 s by a shard
-        gc.collect()
-        after, _ = tracemalloc.get_traced_memory()
-        tracemalloc.stop()
-        out[name] = (after - before) / state.users
-        out["memory_users"] = state.users
-        del state
+        out[name], out["memory_users"] = _retained(messages, PartitionSetup(learner, index))
     out.update(_sweep_cost(messages))
+    del messages
+    # The same, as a shard of a product with its own schema holds it: half the events custom,
+    # users with custom counts, counts by value, traits (one PII) and context fields.
+    custom = custom_schema_catalog(catalog)
+    schema = EventSchema(custom.schema_)
+    messages = _messages(pseudonymizer, custom_schema_events(users, users * 10, seed=11), schema)
+    setup = PartitionSetup(Learner(custom, Decider(custom)), SegmentIndex(custom), schema=schema)
+    out["bytes_per_user_custom_schema"], _ = _retained(messages, setup)
     return out
+
+
+def _retained(messages: list[Message], setup: PartitionSetup) -> tuple[float, int]:
+    """Bytes per user a shard state retains once it applied ``messages``, and its users."""
+    gc.collect()
+    tracemalloc.start()
+    before, _ = tracemalloc.get_traced_memory()
+    state = ShardState.build(dict.fromkeys(range(PARTITIONS)), setup)
+    for seq, (partition, key, payload) in enumerate(messages, 1):
+        state.apply(seq, partition, key, payload)
+    for part in state.partitions.values():
+        if part.learning is not None:
+            part.learning.recommender.train(len(messages))
+        if part.segments is not None:
+            part.segments.take(10**9)  # published within ~2 s by a shard
+    gc.collect()
+    after, _ = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    return (after - before) / state.users, state.users
 
 
 def _sweep_cost(messages: list[tuple[int, str, bytes]]) -> dict[str, Any]:
@@ -355,11 +424,14 @@ def _served_clusters(state: ShardState, catalog: Catalog) -> ClusterAssigner:
 def _apply_cost(pseudonymizer: Pseudonymizer, n_events: int, n_users: int) -> dict[str, Any]:
     """A shard's own work per event in this process, without broker, Ray or acks: the drains'
     events applied with no live membership, then with the 20 segments and clusters (a served
-    model; the changes taken for publishing every 2,000 events, as a publisher would): CPU per
-    event, the fastest of 3 each, alternated. Steadier than the drains on a shared machine;
-    a shard also spends CPU on fetching, acknowledging and checkpointing, the same either way."""
-    messages = _messages(pseudonymizer, n_users, n_events)
+    model; the changes taken for publishing every 2,000 events, as a publisher would), then the
+    custom-schema drain's events with its schema (no live membership): CPU per event, the
+    fastest of 3 each, alternated. Steadier than the drains on a shared machine; a shard also
+    spends CPU on fetching, acknowledging and checkpointing, the same either way."""
+    messages = _messages(pseudonymizer, onboarding_events(users=n_users, events=n_events))
     catalogs = bench_catalogs()
+    schema = EventSchema(catalogs["custom_schema"].schema_)
+    custom_messages = _messages(pseudonymizer, custom_schema_events(users=n_users, events=n_events), schema)
     warm = ShardState.build(
         dict.fromkeys(range(PARTITIONS)), PartitionSetup(segment_index=SegmentIndex(catalogs["segments"]))
     )
@@ -367,28 +439,35 @@ def _apply_cost(pseudonymizer: Pseudonymizer, n_events: int, n_users: int) -> di
         warm.apply(seq, partition, key, payload)
     assigner = _served_clusters(warm, catalogs["segments"])
     del warm
-    timings: dict[str, list[float]] = {"plain": [], "segments": []}
+    timings: dict[str, list[float]] = {"plain": [], "segments": [], "custom_schema": []}
     for _ in range(3):
         for name, times in timings.items():
             index = SegmentIndex(catalogs[name]) if name == "segments" else None
             if index is not None:
                 index.assigner = assigner
-            state = ShardState.build(dict.fromkeys(range(PARTITIONS)), PartitionSetup(segment_index=index))
+            setup = PartitionSetup(segment_index=index)
+            applied = messages
+            if name == "custom_schema":
+                setup, applied = PartitionSetup(schema=schema), custom_messages
+            state = ShardState.build(dict.fromkeys(range(PARTITIONS)), setup)
             segments = [p.segments for p in state.partitions.values() if p.segments is not None]
             gc.collect()
             started = time.process_time()
-            for seq, (partition, key, payload) in enumerate(messages, 1):
+            for seq, (partition, key, payload) in enumerate(applied, 1):
                 state.apply(seq, partition, key, payload)
                 if seq % 2000 == 0:
                     for queue in segments:
                         queue.take(1_000_000)
             for queue in segments:
                 queue.take(1_000_000)
-            times.append((time.process_time() - started) / len(messages) * 1e6)
+            times.append((time.process_time() - started) / len(applied) * 1e6)
             del state, segments
     plain, with_segments = min(timings["plain"]), min(timings["segments"])
+    custom = min(timings["custom_schema"])
     return {
         "apply_us_per_event": plain,
         "apply_us_per_event_with_segments": with_segments,
         "segments_us_per_event": with_segments - plain,
+        "apply_us_per_event_custom_schema": custom,
+        "custom_schema_apply_ratio": plain / custom,
     }

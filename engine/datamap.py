@@ -27,7 +27,7 @@ from typing import Any
 import msgspec
 
 from engine.events import EVENT_CLASSES, Context
-from engine.profile import PII_FIELDS, UserState
+from engine.profile import CUSTOM_FIELDS, PII_FIELDS, UserState
 from engine.schema import BUILTIN_SCHEMA, EventSchema
 
 #: What each event field is, what it becomes in the profile (None: nothing), and its purpose.
@@ -186,7 +186,9 @@ class Retention:
 
 
 def profile_fields() -> list[str]:
-    return [slot for slot in UserState.__slots__ if slot != "__weakref__"]
+    # What the catalog's schema adds sits in one slot, read as three fields.
+    slots = [slot for slot in UserState.__slots__ if slot not in ("__weakref__", "custom_data")]
+    return slots + list(CUSTOM_FIELDS)
 
 
 def datamap(

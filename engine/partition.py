@@ -262,9 +262,9 @@ class PartitionState:
             user = self.users[user_key] = UserState.new(event.ts)
             user.consent = self.withheld.pop(user_key, 0)
         changed = user.apply(event, self.vocab, self.schema)
-        if (user.name is not None or user.extras is not None) and not user.consent_given(
-            "personalization", self.consent_by_default
-        ):
+        if (
+            user.name is not None or (self.pii_fields and user.custom_data is not None)
+        ) and not user.consent_given("personalization", self.consent_by_default):
             # The name (and PII traits) are held for messages only, so only while
             # personalization is granted.
             user.name = None

@@ -166,7 +166,7 @@ class Vocabulary:
 class Vocabularies:
     """The vocabularies one partition's users share."""
 
-    __slots__ = (
+    NAMES = (
         "custom_fields",
         "custom_keys",
         "custom_types",
@@ -176,6 +176,7 @@ class Vocabularies:
         "tutorials",
         "variants",
     )
+    __slots__ = (*NAMES, "schema_ids")
 
     def __init__(self, snapshot: dict[str, list[str]] | None = None) -> None:
         snap = snapshot or {}
@@ -192,15 +193,70 @@ class Vocabularies:
         #: ``<type>.<prop>`` of the ``count_by`` props, and their values.
         self.custom_keys = Vocabulary(snap.get("custom_keys"))
         self.custom_values = Vocabulary(snap.get("custom_values"), limit=65_536)
+        #: The ids of what the last schema applied declares (:func:`schema_ids`; not kept).
+        self.schema_ids: SchemaIds | None = None
 
     def snapshot(self) -> dict[str, list[str]]:
         # The custom vocabularies only once used: a partition without custom events snapshots
         # as it did before they existed.
         return {
             name: vocab.names
-            for name in self.__slots__
+            for name in self.NAMES
             if len((vocab := getattr(self, name)).names) > 1 or not name.startswith("custom_")
         }
+
+
+class SchemaIds:
+    """What one schema declares, as one partition's ids, looked up once rather than per event
+    (each id is still given on first use, as :class:`Vocabulary` does: a snapshot holds the
+    names used, in the order used). Kept by :func:`schema_ids`."""
+
+    __slots__ = ("context", "schema", "traits", "types")
+
+    def __init__(self, schema: EventSchema) -> None:
+        self.schema = schema
+        #: [field name, field id (None until a value comes), whether its text is interned] of
+        #: the declared context fields and traits. A PII trait's value is one person's: it is
+        #: shared by no one, so interning it would only add an entry to the interned table.
+        self.context: list[list[Any]] = [[name, None, True] for name in schema.context]
+        self.traits: list[list[Any]] = [[name, None, name not in schema.pii_traits] for name in schema.traits]
+        #: Per custom event class: its type id and its ``count_by`` props as
+        #: [prop, "<type>.<prop>", max values, key id (None until a value comes)].
+        self.types: dict[type, tuple[int, list[list[Any]]]] = {}
+
+    def of_type(self, event: CustomEvent, vocab: Vocabularies) -> tuple[int, list[list[Any]]]:
+        found = self.types.get(type(event))
+        if found is None:
+            name = event.type_name
+            by = [[prop, f"{name}.{prop}", most, None] for prop, most in self.schema.count_by.get(name, ())]
+            found = self.types[type(event)] = (vocab.custom_types.id(name), by)
+        return found
+
+
+def schema_ids(vocab: Vocabularies, schema: EventSchema) -> SchemaIds:
+    """The partition's ids of what ``schema`` declares (built again when the schema changes)."""
+    ids = vocab.schema_ids
+    if ids is None or ids.schema is not schema:
+        ids = vocab.schema_ids = SchemaIds(schema)
+    return ids
+
+
+#: What a user holds of the catalog's schema, read as these attributes of :class:`UserState`
+#: and kept in its one slot ``custom_data``: a tuple (custom, custom_values, *extras), the
+#: value of the declared field with id ``i`` at ``_FIELDS_AT + i``. One slot and one tuple:
+#: a user of a catalog declaring nothing pays 8 bytes for them, a user with custom data no
+#: holder object and no list besides (the bench's custom-schema users: 1,200 bytes at most).
+CUSTOM_FIELDS = ("custom", "custom_values", "extras")
+_FIELDS_AT = 2
+_NO_CUSTOM: tuple[Any, ...] = (None, None)
+
+
+def _with(data: tuple[Any, ...] | None, at: int, value: Any) -> tuple[Any, ...]:
+    """``data`` (a ``custom_data`` tuple) with ``value`` at ``at``, grown if need be."""
+    data = data or _NO_CUSTOM
+    if at >= len(data):
+        data += (None,) * (at + 1 - len(data))
+    return (*data[:at], value, *data[at + 1 :])
 
 
 def _intern(value: str | None, current: str | None) -> str | None:
@@ -225,9 +281,7 @@ class UserState:
         "consent",
         "segments",
         "cluster",
-        "custom",
-        "custom_values",
-        "extras",
+        "custom_data",
         *CONTEXT_FIELDS,
         *TRAIT_FIELDS,
     )
@@ -247,13 +301,9 @@ class UserState:
     segments: int
     #: The behavioural cluster the user was last assigned to (-1: none yet).
     cluster: int
-    #: Custom events: (type id, count, first second, last second) quads (None: none yet).
-    custom: array[int] | None
-    #: Counts by the value of ``count_by`` props: (key id, value id, count) triples.
-    custom_values: array[int] | None
-    #: Custom trait and context values (interned text, numbers, booleans), each at its field's
-    #: id in ``Vocabularies.custom_fields`` (None: none set).
-    extras: list[Any] | None
+    #: What the catalog's schema adds (None: nothing yet; see :data:`CUSTOM_FIELDS`), read
+    #: through :attr:`custom`, :attr:`custom_values`, :attr:`extras` and :meth:`extra`.
+    custom_data: tuple[Any, ...] | None
     device_type: str | None
     os: str | None
     locale: str | None
@@ -280,12 +330,44 @@ class UserState:
         user.consent = 0
         user.segments = 0
         user.cluster = -1
-        user.custom = None
-        user.custom_values = None
-        user.extras = None
+        user.custom_data = None
         for field in CONTEXT_FIELDS + TRAIT_FIELDS:
             setattr(user, field, None)
         return user
+
+    @property
+    def custom(self) -> array[int] | None:
+        """Custom events: (type id, count, first second, last second) quads (None: none yet)."""
+        data = self.custom_data
+        return data[0] if data is not None else None
+
+    @custom.setter
+    def custom(self, value: array[int] | None) -> None:
+        self._store(_with(self.custom_data, 0, value))
+
+    @property
+    def custom_values(self) -> array[int] | None:
+        """Counts by the value of ``count_by`` props: (key id, value id, count) triples."""
+        data = self.custom_data
+        return data[1] if data is not None else None
+
+    @custom_values.setter
+    def custom_values(self, value: array[int] | None) -> None:
+        self._store(_with(self.custom_data, 1, value))
+
+    @property
+    def extras(self) -> list[Any] | None:
+        """Custom trait and context values (interned text, numbers, booleans), each at its
+        field's id in ``Vocabularies.custom_fields`` (None: none set); a copy."""
+        data = self.custom_data
+        return list(data[_FIELDS_AT:]) if data is not None and len(data) > _FIELDS_AT else None
+
+    @extras.setter
+    def extras(self, value: list[Any] | None) -> None:
+        self._store((self.custom_data or _NO_CUSTOM)[:_FIELDS_AT] + tuple(value or ()))
+
+    def _store(self, data: tuple[Any, ...]) -> None:
+        self.custom_data = None if data == _NO_CUSTOM else data
 
     # ------------------------------------------------------------------ updates
 
@@ -347,12 +429,12 @@ class UserState:
             if value is not None and value != self.app_version:
                 self.app_version = sys.intern(value)
                 changed |= CONTEXT_CHANGED
-            if schema.context and self._set_extras(ctx, schema.context, vocab):
+            if schema.context and self._set_extras(ctx, schema_ids(vocab, schema).context, vocab):
                 changed |= CONTEXT_CHANGED
 
         if kind is EventKind.CUSTOM:
             assert isinstance(event, CustomEvent)
-            changed |= self._count_custom(event, seconds, vocab, schema)
+            changed |= self._count_custom(event, seconds, vocab, schema_ids(vocab, schema))
         elif kind is EventKind.FEATURE_CLICKED:
             assert isinstance(event, FeatureClicked)
             if self._count_feature(vocab.features.id(event.props.feature), bucket):
@@ -385,85 +467,67 @@ class UserState:
             self.company_size = _intern(traits.company_size, self.company_size)
             if (self.age_band, self.role, self.company_size) != before:
                 changed |= TRAITS_CHANGED
-            if schema.traits and self._set_extras(traits, schema.traits, vocab):
+            if schema.traits and self._set_extras(traits, schema_ids(vocab, schema).traits, vocab):
                 changed |= TRAITS_CHANGED
         elif kind is EventKind.CONSENT_UPDATED:
             assert isinstance(event, ConsentUpdated)
             self._set_consent(event.props.analytics, event.props.personalization)
         return changed
 
-    def _set_extras(self, source: Any, names: tuple[str, ...], vocab: Vocabularies) -> bool:
+    def _set_extras(self, source: Any, fields: list[list[Any]], vocab: Vocabularies) -> bool:
         """Store the declared fields ``source`` (a context or traits struct) sets; whether any
-        took a new value."""
+        took a new value. ``fields``: :attr:`SchemaIds.context` or ``.traits``."""
+        data = self.custom_data
         changed = False
-        for name in names:
-            value = getattr(source, name)
+        for field in fields:
+            value = getattr(source, field[0])
             if value is None:
                 continue
-            slot = vocab.custom_fields.id(name)
-            extras = self.extras
-            if extras is None:
-                extras = self.extras = [None] * (slot + 1)
-            elif slot >= len(extras):
-                extras.extend([None] * (slot + 1 - len(extras)))
-            if extras[slot] != value:
-                extras[slot] = sys.intern(value) if isinstance(value, str) else value
-                changed = True
+            slot = field[1]
+            if slot is None:
+                slot = field[1] = vocab.custom_fields.id(field[0])
+            at = _FIELDS_AT + slot
+            if data is not None and at < len(data) and data[at] == value:
+                continue  # the usual case: the value the user has
+            data = _with(data, at, sys.intern(value) if field[2] and type(value) is str else value)
+            changed = True
+        if changed:
+            self.custom_data = data
         return changed
 
-    def _count_custom(
-        self, event: CustomEvent, seconds: int, vocab: Vocabularies, schema: EventSchema
-    ) -> int:
+    def _count_custom(self, event: CustomEvent, seconds: int, vocab: Vocabularies, ids: SchemaIds) -> int:
         """Count a custom event (and its ``count_by`` props' values); FIRST_USE if it is the
         user's first of its type."""
-        type_name = event.type_name
-        type_id = vocab.custom_types.id(type_name)
-        first = 0
-        x = self.custom
-        if x is None:
-            self.custom = array("I", (type_id, 1, seconds, seconds))
-            first = FIRST_USE
-        else:
+        type_id, by = ids.of_type(event, vocab)
+        data = self.custom_data or _NO_CUSTOM
+        x = data[0]
+        first = FIRST_USE
+        if x is not None:
             for i in range(0, len(x), _X_STRIDE):
                 if x[i] == type_id:
                     x[i + 1] += 1
                     x[i + 2] = min(x[i + 2], seconds)
                     x[i + 3] = max(x[i + 3], seconds)
+                    first = 0
                     break
-            else:
-                x.extend((type_id, 1, seconds, seconds))
-                first = FIRST_USE
-        by = schema.count_by.get(type_name)
-        if by is not None:
+        if first:
+            # A new array of the exact size (extend() would keep room for more, per user).
+            entry = array("I", (type_id, 1, seconds, seconds))
+            data = _with(data, 0, x + entry if x is not None else entry)
+        if by:
             props = event.props  # type: ignore[attr-defined]
-            for prop, max_values in by:
-                value = getattr(props, prop)
+            for key in by:
+                value = getattr(props, key[0])
                 if value is not None:
-                    key_id = vocab.custom_keys.id(f"{type_name}.{prop}")
-                    self._count_value(key_id, vocab.custom_values.id(value), max_values)
+                    key_id = key[3]
+                    if key_id is None:
+                        key_id = key[3] = vocab.custom_keys.id(key[1])
+                    grown = _count_value(data[1], key_id, vocab.custom_values.id(value), key[2])
+                    if grown is not None:
+                        data = _with(data, 1, grown)
+        if data is not self.custom_data:
+            self.custom_data = data
         return first
-
-    def _count_value(self, key_id: int, value_id: int, max_values: int) -> None:
-        v = self.custom_values
-        if v is None:
-            self.custom_values = array("I", (key_id, value_id, 1))
-            return
-        distinct = 0
-        other = -1
-        for i in range(0, len(v), _V_STRIDE):
-            if v[i] == key_id:
-                if v[i + 1] == value_id:
-                    v[i + 2] += 1
-                    return
-                distinct += 1
-                if v[i + 1] == 0:
-                    other = i
-        if distinct < max_values:
-            v.extend((key_id, value_id, 1))
-        elif other >= 0:  # bounded: values past the bound count together, as "(other)"
-            v[other + 2] += 1
-        else:
-            v.extend((key_id, 0, 1))
 
     def _count_in_window(self, bucket: int) -> None:
         c = self.counters
@@ -579,18 +643,19 @@ class UserState:
 
     def extra(self, field_id: int | None) -> Any:
         """The user's value of the custom trait or context field with this id (None: none)."""
-        extras = self.extras
-        if extras is None or field_id is None or field_id >= len(extras):
+        data = self.custom_data
+        if data is None or field_id is None or _FIELDS_AT + field_id >= len(data):
             return None
-        return extras[field_id]
+        return data[_FIELDS_AT + field_id]
 
     def drop_extras(self, field_ids: frozenset[int]) -> None:
         """Forget these custom fields' values (PII traits when consent goes)."""
-        extras = self.extras
-        if extras is not None:
+        data = self.custom_data
+        if data is not None:
             for slot in field_ids:
-                if slot < len(extras):
-                    extras[slot] = None
+                if _FIELDS_AT + slot < len(data) and data[_FIELDS_AT + slot] is not None:
+                    data = _with(data, _FIELDS_AT + slot, None)
+            self.custom_data = data
 
     def consent_given(self, purpose: str, default: bool) -> bool:
         """Whether the user granted ``purpose`` ("analytics" or "personalization")."""
@@ -602,7 +667,7 @@ class UserState:
         c = self.counters
         extras = {
             vocab.custom_fields.name(i): value
-            for i, value in enumerate(self.extras or ())
+            for i, value in enumerate((self.custom_data or _NO_CUSTOM)[_FIELDS_AT:])
             if value is not None
         }
         context_extras = {k: v for k, v in extras.items() if k in schema.section.context}
@@ -687,15 +752,17 @@ class UserState:
         if self.name is not None:
             attrs[_NAME_AT] = sealer.seal(key, self.name) if sealer is not None else None
         custom: list[Any] | None = None
-        if self.custom is not None or self.custom_values is not None or self.extras is not None:
-            extras = list(self.extras) if self.extras is not None else None
+        data = self.custom_data
+        if data is not None:
+            xs, values = data[:_FIELDS_AT]
+            extras = list(data[_FIELDS_AT:]) if len(data) > _FIELDS_AT else None
             if extras is not None:
                 for slot in pii_fields:
                     if slot < len(extras) and extras[slot] is not None:
                         extras[slot] = sealer.seal(key, extras[slot]) if sealer is not None else None
             custom = [
-                self.custom.tobytes() if self.custom is not None else None,
-                self.custom_values.tobytes() if self.custom_values is not None else None,
+                xs.tobytes() if xs is not None else None,
+                values.tobytes() if values is not None else None,
                 extras,
             ]
         return [
@@ -735,20 +802,23 @@ class UserState:
         user.segments = int.from_bytes(data[11], "little") if len(data) > 11 else 0
         user.cluster = data[12] if len(data) > 12 else -1
         custom = data[13] if len(data) > 13 else None
-        user.custom = user.custom_values = user.extras = None
+        user.custom_data = None
         if custom is not None:
             xs, values, extras = custom
-            user.custom = array("I", xs) if xs is not None else None
-            user.custom_values = array("I", values) if values is not None else None
-            if extras is not None:
-                user.extras = [
-                    (sealer.unseal(key, v) if sealer is not None else None)
-                    if isinstance(v, bytes)
-                    else sys.intern(v)
-                    if isinstance(v, str)
-                    else v
-                    for v in extras
-                ]
+            user._store(
+                (
+                    array("I", xs) if xs is not None else None,
+                    array("I", values) if values is not None else None,
+                    *(
+                        (sealer.unseal(key, v) if sealer is not None else None)
+                        if isinstance(v, bytes)
+                        else sys.intern(v)
+                        if isinstance(v, str)
+                        else v
+                        for v in extras or ()
+                    ),
+                )
+            )
         for field, value in zip(CONTEXT_FIELDS + TRAIT_FIELDS, attrs, strict=False):
             setattr(
                 user, field, sys.intern(value) if value is not None and field not in PII_FIELDS else value
@@ -786,6 +856,29 @@ def value_count(values: array[int] | None, key_id: int | None, value_id: int | N
         if values[i] == key_id and values[i + 1] == value_id:
             return values[i + 2]
     return 0
+
+
+def _count_value(values: array[int] | None, key_id: int, value_id: int, max_values: int) -> array[int] | None:
+    """Count a value of a ``count_by`` key in ``values`` (in place); the new array when it
+    takes a new entry (of the exact size: extend() would keep room for more, per user)."""
+    if values is not None:
+        distinct = 0
+        other = -1
+        for i in range(0, len(values), _V_STRIDE):
+            if values[i] == key_id:
+                if values[i + 1] == value_id:
+                    values[i + 2] += 1
+                    return None
+                distinct += 1
+                if values[i + 1] == 0:
+                    other = i
+        if distinct >= max_values:  # bounded: values past the bound count together, as "(other)"
+            if other >= 0:
+                values[other + 2] += 1
+                return None
+            value_id = 0
+    entry = array("I", (key_id, value_id, 1))
+    return values + entry if values is not None else entry
 
 
 def with_consent(bits: int, analytics: bool | None, personalization: bool | None) -> int:
