@@ -26,6 +26,7 @@ from __future__ import annotations
 import math
 import sys
 from array import array
+from operator import attrgetter, itemgetter
 from typing import Any, Protocol
 
 from engine.events import (
@@ -211,7 +212,7 @@ class SchemaIds:
     (each id is still given on first use, as :class:`Vocabulary` does: a snapshot holds the
     names used, in the order used). Kept by :func:`schema_ids`."""
 
-    __slots__ = ("context", "schema", "traits", "types")
+    __slots__ = ("context", "context_at", "context_end", "context_of", "schema", "traits", "types")
 
     def __init__(self, schema: EventSchema) -> None:
         self.schema = schema
@@ -223,6 +224,18 @@ class SchemaIds:
         #: Per custom event class: its type id and its ``count_by`` props as
         #: [prop, "<type>.<prop>", max values, key id (None until a value comes)].
         self.types: dict[type, tuple[int, list[list[Any]]]] = {}
+        # Every event's context is compared with the user's values in two C calls: the
+        # declared fields of the context, the user's values at their places in custom_data
+        # (once each has an id). Equal is the usual case; else _set_extras, field by field.
+        self.context_of: Any = attrgetter(*schema.context) if schema.context else None
+        self.context_at: Any = None
+        self.context_end = 0
+
+    def placed(self) -> None:
+        """Note the context fields' places in ``custom_data``, once every one has an id."""
+        if self.context_at is None and all(field[1] is not None for field in self.context):
+            places = [_FIELDS_AT + field[1] for field in self.context]
+            self.context_at, self.context_end = itemgetter(*places), max(places)
 
     def of_type(self, event: CustomEvent, vocab: Vocabularies) -> tuple[int, list[list[Any]]]:
         found = self.types.get(type(event))
@@ -429,12 +442,26 @@ class UserState:
             if value is not None and value != self.app_version:
                 self.app_version = sys.intern(value)
                 changed |= CONTEXT_CHANGED
-            if schema.context and self._set_extras(ctx, schema_ids(vocab, schema).context, vocab):
-                changed |= CONTEXT_CHANGED
+            if schema.context:
+                ids = vocab.schema_ids
+                if ids is None or ids.schema is not schema:
+                    ids = schema_ids(vocab, schema)
+                data = self.custom_data
+                at = ids.context_at
+                if (
+                    at is None
+                    or data is None
+                    or len(data) <= ids.context_end
+                    or at(data) != ids.context_of(ctx)
+                ) and self._set_extras(ctx, ids.context, vocab):
+                    changed |= CONTEXT_CHANGED
 
         if kind is EventKind.CUSTOM:
             assert isinstance(event, CustomEvent)
-            changed |= self._count_custom(event, seconds, vocab, schema_ids(vocab, schema))
+            ids = vocab.schema_ids
+            if ids is None or ids.schema is not schema:
+                ids = schema_ids(vocab, schema)
+            changed |= self._count_custom(event, seconds, vocab, ids)
         elif kind is EventKind.FEATURE_CLICKED:
             assert isinstance(event, FeatureClicked)
             if self._count_feature(vocab.features.id(event.props.feature), bucket):
@@ -486,6 +513,7 @@ class UserState:
             slot = field[1]
             if slot is None:
                 slot = field[1] = vocab.custom_fields.id(field[0])
+                vocab.schema_ids.placed()  # type: ignore[union-attr]  # fields come from it
             at = _FIELDS_AT + slot
             if data is not None and at < len(data) and data[at] == value:
                 continue  # the usual case: the value the user has
@@ -498,22 +526,25 @@ class UserState:
     def _count_custom(self, event: CustomEvent, seconds: int, vocab: Vocabularies, ids: SchemaIds) -> int:
         """Count a custom event (and its ``count_by`` props' values); FIRST_USE if it is the
         user's first of its type."""
-        type_id, by = ids.of_type(event, vocab)
+        known = ids.types.get(type(event))
+        type_id, by = known if known is not None else ids.of_type(event, vocab)
         data = self.custom_data or _NO_CUSTOM
         x = data[0]
-        first = FIRST_USE
-        if x is not None:
-            for i in range(0, len(x), _X_STRIDE):
-                if x[i] == type_id:
-                    x[i + 1] += 1
-                    x[i + 2] = min(x[i + 2], seconds)
-                    x[i + 3] = max(x[i + 3], seconds)
-                    first = 0
-                    break
-        if first:
+        # The type's entry found in C (a strided slice, then index), not by a Python loop.
+        types = x[::_X_STRIDE] if x is not None else ()
+        if type_id in types:
+            i = types.index(type_id) * _X_STRIDE
+            x[i + 1] += 1
+            if seconds > x[i + 3]:
+                x[i + 3] = seconds
+            elif seconds < x[i + 2]:  # a late event
+                x[i + 2] = seconds
+            first = 0
+        else:
             # A new array of the exact size (extend() would keep room for more, per user).
             entry = array("I", (type_id, 1, seconds, seconds))
-            data = _with(data, 0, x + entry if x is not None else entry)
+            data = (x + entry if x is not None else entry, *data[1:])
+            first = FIRST_USE
         if by:
             props = event.props  # type: ignore[attr-defined]
             for key in by:
@@ -524,7 +555,7 @@ class UserState:
                         key_id = key[3] = vocab.custom_keys.id(key[1])
                     grown = _count_value(data[1], key_id, vocab.custom_values.id(value), key[2])
                     if grown is not None:
-                        data = _with(data, 1, grown)
+                        data = (data[0], grown, *data[_FIELDS_AT:])
         if data is not self.custom_data:
             self.custom_data = data
         return first
