@@ -22,7 +22,7 @@ from nats.js.kv import KeyValue
 from headstart.adapters.broker import NatsAuth, connect_nats
 from headstart.adapters.rpc import Request, ShardClient, ShardUnavailable, StatsRequest
 from headstart.adapters.shard_stats import ShardStats, decode_shard_stats
-from headstart.adapters.streams import open_bucket
+from headstart.adapters.streams import bucket_keys, open_bucket
 from headstart.adapters.topology import DLQ_STREAM, EVENTS_STREAM, STATUS_BUCKET
 
 #: A shard that has not reported for this long is gone; its entry expires.
@@ -38,19 +38,19 @@ async def ensure_status_bucket(js: JetStreamContext) -> KeyValue:
     )
 
 
-async def status_entries(kv: KeyValue, wait_s: float = 10.0) -> dict[str, bytes]:
+async def status_entries(js: JetStreamContext, wait_s: float = 10.0) -> dict[str, bytes]:
     """Every entry of the status bucket now. An empty bucket is asked again for up to
     ``wait_s`` (shards starting, or a shard between deleting and writing its entry), and an
     entry gone between the listing and its read (stopped, expired) is left out, not an error."""
     deadline = time.monotonic() + wait_s
     while True:
-        try:
-            keys = await kv.keys()
+        keys = await bucket_keys(js, STATUS_BUCKET)
+        if keys:
             break
-        except nats.js.errors.NoKeysError:
-            if time.monotonic() > deadline:
-                return {}
-            await asyncio.sleep(0.5)
+        if time.monotonic() > deadline:
+            return {}
+        await asyncio.sleep(0.5)
+    kv = await js.key_value(STATUS_BUCKET)
     entries = {}
     for key in keys:
         try:
@@ -69,7 +69,7 @@ async def collect_status(nats_url: str, auth: NatsAuth | None = None) -> dict[st
         shards: list[ShardStats] = []
         webhooks: list[dict[str, Any]] = []
         try:
-            entries = await status_entries(await js.key_value(STATUS_BUCKET))
+            entries = await status_entries(js)
         except (BucketNotFoundError, NotFoundError):
             entries = {}
         for key, value in entries.items():
@@ -195,7 +195,7 @@ async def ask_every_shard(
     """``request`` asked of every running shard once, over NATS (for reports from the CLI)."""
     nc = await connect_nats(nats_url, auth, connect_timeout=5, max_reconnect_attempts=1)
     try:
-        entries = await status_entries(await nc.jetstream().key_value(STATUS_BUCKET))
+        entries = await status_entries(nc.jetstream())
         shards = [decode_shard_stats(value) for key, value in entries.items() if key.startswith("shard-")]
         via = _first_partitions(shards)
         each = await _client(nc, via).ask_each_shard(request, timeout, via=via, wait=False)

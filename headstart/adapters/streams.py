@@ -79,6 +79,29 @@ async def file_bucket(
     return await open_bucket(js, config)
 
 
+async def bucket_keys(js: JetStreamContext, bucket: str) -> list[str]:
+    """The keys that hold a value in ``bucket`` now (deleted or purged ones left out).
+
+    Read from the bucket stream's per-subject state and each key's last entry, not with
+    ``KeyValue.keys()``: nats-py's watcher can signal "no more keys" before it received the
+    messages the server already sent (consumer info says nothing pending, none delivered
+    yet), and then answers that a bucket with keys has none.
+    """
+    stream = f"KV_{bucket}"
+    info = await js.stream_info(stream, subjects_filter=f"$KV.{bucket}.>")
+    subjects = info.state.subjects or {}
+    keys = []
+    for subject in sorted(subjects):
+        try:
+            last = await js.get_last_msg(stream, subject)
+        except NotFoundError:
+            continue  # purged meanwhile
+        operation = (last.headers or {}).get("KV-Operation")
+        if operation not in ("DEL", "PURGE"):
+            keys.append(subject[len(f"$KV.{bucket}.") :])
+    return keys
+
+
 def events_stream_config(partitions: int, retention_days: float, replicas: int = 1) -> StreamConfig:
     return StreamConfig(
         name=EVENTS_STREAM,

@@ -34,7 +34,7 @@ from nats.js.kv import KeyValue
 from engine.keys import partition_of
 from headstart.adapters.audit import audit
 from headstart.adapters.rpc import ShardClient, ShardUnavailable, SnapshotThroughRequest, is_error
-from headstart.adapters.streams import file_bucket, publish_prepared
+from headstart.adapters.streams import bucket_keys, file_bucket, publish_prepared
 from headstart.adapters.topology import (
     ALIASES_BUCKET,
     ERASURE_BUCKET,
@@ -103,12 +103,8 @@ class Eraser:
     async def resume(self) -> list[str]:
         """Finish every erasure a crash interrupted; returns the keys finished."""
         kv = await erasure_bucket(self.js, self.replicas)
-        try:
-            keys = await kv.keys()
-        except Exception:  # noqa: BLE001 - no keys (NoKeysError) or an empty bucket
-            return []
         done = []
-        for key in keys:
+        for key in await bucket_keys(self.js, ERASURE_BUCKET):
             try:
                 entry = await kv.get(key)
             except (KeyNotFoundError, KeyDeletedError):

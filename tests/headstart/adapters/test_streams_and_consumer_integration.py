@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 
 import msgspec
@@ -18,7 +19,7 @@ from engine.keys import Pseudonymizer, partition_of
 from engine.partition import PartitionState
 from headstart.adapters.consumer import PartitionConsumer
 from headstart.adapters.provision import ensure_streams
-from headstart.adapters.streams import EventPublisher
+from headstart.adapters.streams import EventPublisher, bucket_keys, file_bucket
 from headstart.adapters.topology import DLQ_STREAM, EVENTS_STREAM
 from tests.conftest import TEST_PARTITIONS, reset_streams
 
@@ -306,3 +307,24 @@ def test_fuzzed_messages_never_stop_the_consumer_and_none_is_lost(
             await conn.close()
 
     asyncio.run(scenario())
+
+
+async def test_bucket_keys_lists_live_keys_every_time(nc: NATS) -> None:
+    # nats-py's KeyValue.keys() can answer "no keys" for a bucket whose first entry is a
+    # delete marker (its watcher signals the end before it received what the server sent);
+    # bucket_keys() reads the stream's state instead, so it never misses a live key.
+    js = nc.jetstream()
+    bucket = "hs_test_bucket_keys"
+    with contextlib.suppress(nats.js.errors.NotFoundError):
+        await js.delete_key_value(bucket)
+    kv = await file_bucket(js, bucket, "bucket_keys test")
+    assert await bucket_keys(js, bucket) == []
+    for round_ in range(30):
+        await kv.put("gone", b"x")
+        await kv.delete("gone")
+        await kv.put(f"live-{round_}", b"y")
+        await kv.put("purged", b"z")
+        await kv.purge("purged")
+        assert await bucket_keys(js, bucket) == [f"live-{round_}"]
+        await kv.delete(f"live-{round_}")
+    await js.delete_key_value(bucket)
