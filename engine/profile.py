@@ -221,7 +221,16 @@ class SchemaIds:
     (each id is still given on first use, as :class:`Vocabulary` does: a snapshot holds the
     names used, in the order used). Kept by :func:`schema_ids`."""
 
-    __slots__ = ("context", "context_at", "context_end", "context_of", "schema", "traits", "types")
+    __slots__ = (
+        "context",
+        "context_at",
+        "context_end",
+        "context_none",
+        "context_of",
+        "schema",
+        "traits",
+        "types",
+    )
 
     def __init__(self, schema: EventSchema) -> None:
         self.schema = schema
@@ -235,8 +244,10 @@ class SchemaIds:
         self.types: dict[type, tuple[int, list[list[Any]]]] = {}
         # Every event's context is compared with the user's values in two C calls: the
         # declared fields of the context, the user's values at their places in extras (once
-        # each has an id). Equal is the usual case; else _set_extras, field by field.
+        # each has an id). Equal, or none of them sent, is the usual case; else _set_extras,
+        # field by field.
         self.context_of: Any = attrgetter(*schema.context) if schema.context else None
+        self.context_none: Any = (None,) * len(schema.context) if len(schema.context) > 1 else None
         self.context_at: Any = None
         self.context_end = 0
 
@@ -451,12 +462,12 @@ class UserState:
                     ids = schema_ids(vocab, schema)
                 data = self.extras
                 at = ids.context_at
+                sent = ids.context_of(ctx)
                 if (
-                    at is None
-                    or data is None
-                    or len(data) <= ids.context_end
-                    or at(data) != ids.context_of(ctx)
-                ) and self._set_extras(ctx, ids.context, vocab):
+                    sent != ids.context_none
+                    and (at is None or data is None or len(data) <= ids.context_end or at(data) != sent)
+                    and self._set_extras(ctx, ids.context, vocab)
+                ):
                     changed |= CONTEXT_CHANGED
 
         if kind is EventKind.CUSTOM:
