@@ -5,8 +5,8 @@ draws them again from the JSON files present (for a result written before a plot
 its JSON holds is drawn).
 
 - **decide**: latency by percentile at each concurrency, the engine against the no-op floor;
-- **ingest**: events handled per second over each drain (plain, 1 and 2 shards, and with
-  segments);
+- **ingest**: events handled per second over each drain (plain, 1 and 2 shards, with
+  segments, with a custom schema);
 - **learn**: cumulative regret over the decisions, per policy (the learning curves);
 - **recover**: each recovery's timeline (fault, process started, take-over steps, serving
   again, caught up);
@@ -68,7 +68,12 @@ def _key(pct: dict[str, Any], q: float) -> str:
 
 def _ingest(doc: dict[str, Any], fig: Any) -> None:
     ax = fig.add_subplot(1, 1, 1)
-    labels = {"1": "1 shard", "2": "2 shards", "2_segments": "2 shards, 20 segments + clusters"}
+    labels = {
+        "1": "1 shard",
+        "2": "2 shards",
+        "2_segments": "2 shards, 20 segments + clusters",
+        "2_custom_schema": "2 shards, custom schema (half the events custom)",
+    }
     for kind, runs in doc["metrics"].get("runs", {}).items():
         for i, run in enumerate(runs):
             series = run.get("series")
@@ -85,7 +90,12 @@ def _ingest(doc: dict[str, Any], fig: Any) -> None:
                 smooth,
                 label=f"{labels.get(kind, kind)}" if i == 0 else None,
                 alpha=0.8,
-                color={"1": "tab:blue", "2": "tab:green", "2_segments": "tab:orange"}.get(kind),
+                color={
+                    "1": "tab:blue",
+                    "2": "tab:green",
+                    "2_segments": "tab:orange",
+                    "2_custom_schema": "tab:purple",
+                }.get(kind),
             )
     if not ax.lines:  # a result from before the series were recorded: the medians
         rates = {

@@ -27,7 +27,7 @@ from typing import Any
 import msgspec
 
 from engine.events import EVENT_CLASSES, Context
-from engine.profile import CUSTOM_FIELDS, PII_FIELDS, UserState
+from engine.profile import COUNTER_FIELDS, PII_FIELDS, UserState
 from engine.schema import BUILTIN_SCHEMA, EventSchema
 
 #: What each event field is, what it becomes in the profile (None: nothing), and its purpose.
@@ -186,9 +186,8 @@ class Retention:
 
 
 def profile_fields() -> list[str]:
-    # What the catalog's schema adds sits in one slot, read as three fields.
-    slots = [slot for slot in UserState.__slots__ if slot not in ("__weakref__", "custom_data")]
-    return slots + list(CUSTOM_FIELDS)
+    # Custom events and counts by value sit in the counters array, read as two fields.
+    return [slot for slot in UserState.__slots__ if slot != "__weakref__"] + list(COUNTER_FIELDS)
 
 
 def datamap(

@@ -27,7 +27,7 @@ from engine.events import ConsentUpdated, Event
 from engine.experiments import ExperimentPlan, PartitionExperiments, exposure_decoder
 from engine.learning import Learner, PartitionLearning, decision_decoder, reward_decoder
 from engine.pii import PiiSealer
-from engine.profile import UserState, Vocabularies, consent_allows, with_consent
+from engine.profile import PERSONALIZATION_BITS, UserState, Vocabularies, consent_allows, with_consent
 from engine.schema import BUILTIN_SCHEMA, EventSchema
 from engine.segments import PartitionSegments, SegmentIndex
 
@@ -38,6 +38,7 @@ SNAPSHOT_VERSION = 1
 CheckpointMark = tuple[int, int, int]
 
 _snapshot_encoder = msgspec.msgpack.Encoder()
+_PERSONAL_SET, _PERSONAL_ON = PERSONALIZATION_BITS
 
 
 class _TypeOnly(msgspec.Struct):
@@ -262,9 +263,12 @@ class PartitionState:
             user = self.users[user_key] = UserState.new(event.ts)
             user.consent = self.withheld.pop(user_key, 0)
         changed = user.apply(event, self.vocab, self.schema)
-        if (
-            user.name is not None or (self.pii_fields and user.custom_data is not None)
-        ) and not user.consent_given("personalization", self.consent_by_default):
+        # Personalization consent, tested inline: this runs for every event of a user holding a
+        # name or declared traits (a call here cost ~4% of a custom event's apply).
+        bits = user.consent
+        if (user.name is not None or (self.pii_fields and user.extras is not None)) and not (
+            bits & _PERSONAL_ON if bits & _PERSONAL_SET else self.consent_by_default
+        ):
             # The name (and PII traits) are held for messages only, so only while
             # personalization is granted.
             user.name = None

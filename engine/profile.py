@@ -87,6 +87,12 @@ C_EVENTS = C_WIN + WINDOW_BUCKETS
 C_WIN_EVENTS = C_EVENTS + 1
 _N_COUNTERS = C_WIN_EVENTS + 1
 _ZERO_COUNTERS = array("I", [0] * _N_COUNTERS)
+# A user's custom events and counts by value follow, in the same array (an array costs 64
+# bytes before its first item): C_X_TYPES holds how many custom types the user sent, then a
+# quad per type from _X_AT, then a triple per counted value to the end. Users without custom
+# events have none of it; snapshots keep the fixed counters and the rest apart, as before.
+C_X_TYPES = _N_COUNTERS
+_X_AT = _N_COUNTERS + 1
 
 # Feature entries are triples (feature id, count, last bucket); tutorial entries are quads
 # (tutorial id, variant id, starts, completions). Users touch few of each, so a linear scan of
@@ -94,8 +100,9 @@ _ZERO_COUNTERS = array("I", [0] * _N_COUNTERS)
 _F_STRIDE = 3
 _T_STRIDE = 4
 # Custom event entries are quads (type id, count, first second, last second); counts by a
-# prop's value are triples (type-and-prop id, value id, count). Ids are the partition's
-# (Vocabularies.custom_*), so they outlive schema changes.
+# prop's value are triples (type-and-prop id, value id, count), both in UserState.counters past
+# the fixed counters. Ids are the partition's (Vocabularies.custom_*), so they outlive schema
+# changes.
 _X_STRIDE = 4
 _V_STRIDE = 3
 
@@ -127,6 +134,8 @@ TRAITS_CHANGED = 16  # a trait (role, company size, age band) took a new value
 
 # Consent bits: recorded and granted, per purpose.
 _ANALYTICS_SET, _ANALYTICS_ON, _PERSONAL_SET, _PERSONAL_ON = 1, 2, 4, 8
+#: The personalization bits (recorded, granted), for a check on every event without a call.
+PERSONALIZATION_BITS = (_PERSONAL_SET, _PERSONAL_ON)
 
 
 class Vocabulary:
@@ -212,7 +221,16 @@ class SchemaIds:
     (each id is still given on first use, as :class:`Vocabulary` does: a snapshot holds the
     names used, in the order used). Kept by :func:`schema_ids`."""
 
-    __slots__ = ("context", "context_at", "context_end", "context_of", "schema", "traits", "types")
+    __slots__ = (
+        "context",
+        "context_at",
+        "context_end",
+        "context_none",
+        "context_of",
+        "schema",
+        "traits",
+        "types",
+    )
 
     def __init__(self, schema: EventSchema) -> None:
         self.schema = schema
@@ -225,16 +243,18 @@ class SchemaIds:
         #: [prop, "<type>.<prop>", max values, key id (None until a value comes)].
         self.types: dict[type, tuple[int, list[list[Any]]]] = {}
         # Every event's context is compared with the user's values in two C calls: the
-        # declared fields of the context, the user's values at their places in custom_data
-        # (once each has an id). Equal is the usual case; else _set_extras, field by field.
+        # declared fields of the context, the user's values at their places in extras (once
+        # each has an id). Equal, or none of them sent, is the usual case; else _set_extras,
+        # field by field.
         self.context_of: Any = attrgetter(*schema.context) if schema.context else None
+        self.context_none: Any = (None,) * len(schema.context) if len(schema.context) > 1 else None
         self.context_at: Any = None
         self.context_end = 0
 
     def placed(self) -> None:
-        """Note the context fields' places in ``custom_data``, once every one has an id."""
+        """Note the context fields' places in a user's extras, once every one has an id."""
         if self.context_at is None and all(field[1] is not None for field in self.context):
-            places = [_FIELDS_AT + field[1] for field in self.context]
+            places = [field[1] for field in self.context]
             self.context_at, self.context_end = itemgetter(*places), max(places)
 
     def of_type(self, event: CustomEvent, vocab: Vocabularies) -> tuple[int, list[list[Any]]]:
@@ -254,19 +274,13 @@ def schema_ids(vocab: Vocabularies, schema: EventSchema) -> SchemaIds:
     return ids
 
 
-#: What a user holds of the catalog's schema, read as these attributes of :class:`UserState`
-#: and kept in its one slot ``custom_data``: a tuple (custom, custom_values, *extras), the
-#: value of the declared field with id ``i`` at ``_FIELDS_AT + i``. One slot and one tuple:
-#: a user of a catalog declaring nothing pays 8 bytes for them, a user with custom data no
-#: holder object and no list besides (the bench's custom-schema users: 1,200 bytes at most).
-CUSTOM_FIELDS = ("custom", "custom_values", "extras")
-_FIELDS_AT = 2
-_NO_CUSTOM: tuple[Any, ...] = (None, None)
+#: Profile fields held in :attr:`UserState.counters` past the fixed counters, read as attributes.
+COUNTER_FIELDS = ("custom", "custom_values")
 
 
 def _with(data: tuple[Any, ...] | None, at: int, value: Any) -> tuple[Any, ...]:
-    """``data`` (a ``custom_data`` tuple) with ``value`` at ``at``, grown if need be."""
-    data = data or _NO_CUSTOM
+    """``data`` (a user's extras) with ``value`` at ``at``, grown if need be."""
+    data = data or ()
     if at >= len(data):
         data += (None,) * (at + 1 - len(data))
     return (*data[:at], value, *data[at + 1 :])
@@ -294,7 +308,7 @@ class UserState:
         "consent",
         "segments",
         "cluster",
-        "custom_data",
+        "extras",
         *CONTEXT_FIELDS,
         *TRAIT_FIELDS,
     )
@@ -314,9 +328,9 @@ class UserState:
     segments: int
     #: The behavioural cluster the user was last assigned to (-1: none yet).
     cluster: int
-    #: What the catalog's schema adds (None: nothing yet; see :data:`CUSTOM_FIELDS`), read
-    #: through :attr:`custom`, :attr:`custom_values`, :attr:`extras` and :meth:`extra`.
-    custom_data: tuple[Any, ...] | None
+    #: Custom trait and context values (interned text, numbers, booleans), each at its field's
+    #: id in ``Vocabularies.custom_fields`` (None: none set). A tuple: no room kept for more.
+    extras: tuple[Any, ...] | None
     device_type: str | None
     os: str | None
     locale: str | None
@@ -343,44 +357,44 @@ class UserState:
         user.consent = 0
         user.segments = 0
         user.cluster = -1
-        user.custom_data = None
+        user.extras = None
         for field in CONTEXT_FIELDS + TRAIT_FIELDS:
             setattr(user, field, None)
         return user
 
     @property
     def custom(self) -> array[int] | None:
-        """Custom events: (type id, count, first second, last second) quads (None: none yet)."""
-        data = self.custom_data
-        return data[0] if data is not None else None
+        """Custom events: (type id, count, first second, last second) quads (None: none yet);
+        a copy."""
+        c = self.counters
+        if len(c) <= _N_COUNTERS:
+            return None
+        return c[_X_AT : _X_AT + _X_STRIDE * c[C_X_TYPES]] or None
 
     @custom.setter
     def custom(self, value: array[int] | None) -> None:
-        self._store(_with(self.custom_data, 0, value))
+        self._set_custom(value, self.custom_values)
 
     @property
     def custom_values(self) -> array[int] | None:
-        """Counts by the value of ``count_by`` props: (key id, value id, count) triples."""
-        data = self.custom_data
-        return data[1] if data is not None else None
+        """Counts by the value of ``count_by`` props: (key id, value id, count) triples (None:
+        none yet); a copy."""
+        c = self.counters
+        if len(c) <= _N_COUNTERS:
+            return None
+        return c[_X_AT + _X_STRIDE * c[C_X_TYPES] :] or None
 
     @custom_values.setter
     def custom_values(self, value: array[int] | None) -> None:
-        self._store(_with(self.custom_data, 1, value))
+        self._set_custom(self.custom, value)
 
-    @property
-    def extras(self) -> list[Any] | None:
-        """Custom trait and context values (interned text, numbers, booleans), each at its
-        field's id in ``Vocabularies.custom_fields`` (None: none set); a copy."""
-        data = self.custom_data
-        return list(data[_FIELDS_AT:]) if data is not None and len(data) > _FIELDS_AT else None
-
-    @extras.setter
-    def extras(self, value: list[Any] | None) -> None:
-        self._store((self.custom_data or _NO_CUSTOM)[:_FIELDS_AT] + tuple(value or ()))
-
-    def _store(self, data: tuple[Any, ...]) -> None:
-        self.custom_data = None if data == _NO_CUSTOM else data
+    def _set_custom(self, quads: array[int] | None, values: array[int] | None) -> None:
+        fixed = self.counters[:_N_COUNTERS]
+        if not quads and not values:
+            self.counters = fixed
+            return
+        types = array("I", (len(quads) // _X_STRIDE if quads else 0,))
+        self.counters = fixed + types + (quads or array("I")) + (values or array("I"))
 
     # ------------------------------------------------------------------ updates
 
@@ -446,14 +460,14 @@ class UserState:
                 ids = vocab.schema_ids
                 if ids is None or ids.schema is not schema:
                     ids = schema_ids(vocab, schema)
-                data = self.custom_data
+                data = self.extras
                 at = ids.context_at
+                sent = ids.context_of(ctx)
                 if (
-                    at is None
-                    or data is None
-                    or len(data) <= ids.context_end
-                    or at(data) != ids.context_of(ctx)
-                ) and self._set_extras(ctx, ids.context, vocab):
+                    sent != ids.context_none
+                    and (at is None or data is None or len(data) <= ids.context_end or at(data) != sent)
+                    and self._set_extras(ctx, ids.context, vocab)
+                ):
                     changed |= CONTEXT_CHANGED
 
         if kind is EventKind.CUSTOM:
@@ -504,46 +518,56 @@ class UserState:
     def _set_extras(self, source: Any, fields: list[list[Any]], vocab: Vocabularies) -> bool:
         """Store the declared fields ``source`` (a context or traits struct) sets; whether any
         took a new value. ``fields``: :attr:`SchemaIds.context` or ``.traits``."""
-        data = self.custom_data
-        changed = False
+        data = self.extras or ()
+        new: list[Any] | None = None  # data as a list, once a field changes (one tuple made)
         for field in fields:
             value = getattr(source, field[0])
             if value is None:
                 continue
-            slot = field[1]
-            if slot is None:
-                slot = field[1] = vocab.custom_fields.id(field[0])
+            at = field[1]
+            if at is None:
+                at = field[1] = vocab.custom_fields.id(field[0])
                 vocab.schema_ids.placed()  # type: ignore[union-attr]  # fields come from it
-            at = _FIELDS_AT + slot
-            if data is not None and at < len(data) and data[at] == value:
+            held = data if new is None else new
+            if at < len(held) and held[at] == value:
                 continue  # the usual case: the value the user has
-            data = _with(data, at, sys.intern(value) if field[2] and type(value) is str else value)
-            changed = True
-        if changed:
-            self.custom_data = data
-        return changed
+            if new is None:
+                new = list(data)
+            if at >= len(new):
+                new += [None] * (at + 1 - len(new))
+            new[at] = sys.intern(value) if field[2] and type(value) is str else value
+        if new is None:
+            return False
+        self.extras = tuple(new)
+        return True
 
     def _count_custom(self, event: CustomEvent, seconds: int, vocab: Vocabularies, ids: SchemaIds) -> int:
         """Count a custom event (and its ``count_by`` props' values); FIRST_USE if it is the
         user's first of its type."""
         known = ids.types.get(type(event))
         type_id, by = known if known is not None else ids.of_type(event, vocab)
-        data = self.custom_data or _NO_CUSTOM
-        x = data[0]
-        # The type's entry found in C (a strided slice, then index), not by a Python loop.
-        types = x[::_X_STRIDE] if x is not None else ()
-        if type_id in types:
-            i = types.index(type_id) * _X_STRIDE
-            x[i + 1] += 1
-            if seconds > x[i + 3]:
-                x[i + 3] = seconds
-            elif seconds < x[i + 2]:  # a late event
-                x[i + 2] = seconds
-            first = 0
+        c = self.counters
+        if len(c) > _N_COUNTERS:
+            end = _X_AT + _X_STRIDE * c[C_X_TYPES]  # where the counts by value start
+            # The type's entry found in C (a strided slice, then index), not by a Python loop.
+            types = c[_X_AT:end:_X_STRIDE]
+            if type_id in types:
+                i = _X_AT + types.index(type_id) * _X_STRIDE
+                c[i + 1] += 1
+                if seconds > c[i + 3]:
+                    c[i + 3] = seconds
+                elif seconds < c[i + 2]:  # a late event
+                    c[i + 2] = seconds
+                first = 0
+            else:
+                # A new array of the exact size (in place, the array would keep room for more).
+                c = self.counters = c[:end] + array("I", (type_id, 1, seconds, seconds)) + c[end:]
+                c[C_X_TYPES] += 1
+                end += _X_STRIDE
+                first = FIRST_USE
         else:
-            # A new array of the exact size (extend() would keep room for more, per user).
-            entry = array("I", (type_id, 1, seconds, seconds))
-            data = (x + entry if x is not None else entry, *data[1:])
+            c = self.counters = c + array("I", (1, type_id, 1, seconds, seconds))
+            end = len(c)
             first = FIRST_USE
         if by:
             props = event.props  # type: ignore[attr-defined]
@@ -553,11 +577,9 @@ class UserState:
                     key_id = key[3]
                     if key_id is None:
                         key_id = key[3] = vocab.custom_keys.id(key[1])
-                    grown = _count_value(data[1], key_id, vocab.custom_values.id(value), key[2])
+                    grown = _count_value(c, end, key_id, vocab.custom_values.id(value), key[2])
                     if grown is not None:
-                        data = (data[0], grown, *data[_FIELDS_AT:])
-        if data is not self.custom_data:
-            self.custom_data = data
+                        c = self.counters = grown
         return first
 
     def _count_in_window(self, bucket: int) -> None:
@@ -654,19 +676,25 @@ class UserState:
     def feature_count(self, feature_id: int | None) -> int:
         return feature_count(self.features, feature_id)
 
+    def _custom_at(self, type_id: int | None) -> int:
+        """Where the custom type's quad starts in the counters (-1: the user never sent it)."""
+        c = self.counters
+        if type_id is None or len(c) <= _N_COUNTERS:
+            return -1
+        for i in range(_X_AT, _X_AT + _X_STRIDE * c[C_X_TYPES], _X_STRIDE):
+            if c[i] == type_id:
+                return i
+        return -1
+
     def custom_count(self, type_id: int | None) -> int:
         """How many events of the custom type with this id the user sent."""
-        return custom_count(self.custom, type_id)
+        i = self._custom_at(type_id)
+        return self.counters[i + 1] if i >= 0 else 0
 
     def custom_times(self, type_id: int | None) -> tuple[int, int] | None:
         """(first, last) second the user sent the custom type with this id (None: never)."""
-        x = self.custom
-        if x is None or type_id is None:
-            return None
-        for i in range(0, len(x), _X_STRIDE):
-            if x[i] == type_id:
-                return x[i + 2], x[i + 3]
-        return None
+        i = self._custom_at(type_id)
+        return (self.counters[i + 2], self.counters[i + 3]) if i >= 0 else None
 
     def value_count(self, key_id: int | None, value_id: int | None) -> int:
         """How many events of a ``count_by`` key (``<type>.<prop>``) had this value."""
@@ -674,19 +702,19 @@ class UserState:
 
     def extra(self, field_id: int | None) -> Any:
         """The user's value of the custom trait or context field with this id (None: none)."""
-        data = self.custom_data
-        if data is None or field_id is None or _FIELDS_AT + field_id >= len(data):
+        extras = self.extras
+        if extras is None or field_id is None or field_id >= len(extras):
             return None
-        return data[_FIELDS_AT + field_id]
+        return extras[field_id]
 
     def drop_extras(self, field_ids: frozenset[int]) -> None:
         """Forget these custom fields' values (PII traits when consent goes)."""
-        data = self.custom_data
-        if data is not None:
+        extras = self.extras
+        if extras is not None:
             for slot in field_ids:
-                if _FIELDS_AT + slot < len(data) and data[_FIELDS_AT + slot] is not None:
-                    data = _with(data, _FIELDS_AT + slot, None)
-            self.custom_data = data
+                if slot < len(extras) and extras[slot] is not None:
+                    extras = _with(extras, slot, None)
+            self.extras = extras
 
     def consent_given(self, purpose: str, default: bool) -> bool:
         """Whether the user granted ``purpose`` ("analytics" or "personalization")."""
@@ -698,7 +726,7 @@ class UserState:
         c = self.counters
         extras = {
             vocab.custom_fields.name(i): value
-            for i, value in enumerate((self.custom_data or _NO_CUSTOM)[_FIELDS_AT:])
+            for i, value in enumerate(self.extras or ())
             if value is not None
         }
         context_extras = {k: v for k, v in extras.items() if k in schema.section.context}
@@ -783,10 +811,9 @@ class UserState:
         if self.name is not None:
             attrs[_NAME_AT] = sealer.seal(key, self.name) if sealer is not None else None
         custom: list[Any] | None = None
-        data = self.custom_data
-        if data is not None:
-            xs, values = data[:_FIELDS_AT]
-            extras = list(data[_FIELDS_AT:]) if len(data) > _FIELDS_AT else None
+        xs, values = self.custom, self.custom_values
+        if xs is not None or values is not None or self.extras is not None:
+            extras = list(self.extras) if self.extras is not None else None
             if extras is not None:
                 for slot in pii_fields:
                     if slot < len(extras) and extras[slot] is not None:
@@ -797,7 +824,7 @@ class UserState:
                 extras,
             ]
         return [
-            self.counters.tobytes(),
+            self.counters[:_N_COUNTERS].tobytes(),
             self.features.tobytes() if self.features is not None else None,
             self.tutorials.tobytes() if self.tutorials is not None else None,
             _mask_bytes(self.viewed_steps),
@@ -833,23 +860,23 @@ class UserState:
         user.segments = int.from_bytes(data[11], "little") if len(data) > 11 else 0
         user.cluster = data[12] if len(data) > 12 else -1
         custom = data[13] if len(data) > 13 else None
-        user.custom_data = None
+        user.extras = None
         if custom is not None:
             xs, values, extras = custom
-            user._store(
-                (
+            if xs is not None or values is not None:
+                user._set_custom(
                     array("I", xs) if xs is not None else None,
                     array("I", values) if values is not None else None,
-                    *(
-                        (sealer.unseal(key, v) if sealer is not None else None)
-                        if isinstance(v, bytes)
-                        else sys.intern(v)
-                        if isinstance(v, str)
-                        else v
-                        for v in extras or ()
-                    ),
                 )
-            )
+            if extras is not None:
+                user.extras = tuple(
+                    (sealer.unseal(key, v) if sealer is not None else None)
+                    if isinstance(v, bytes)
+                    else sys.intern(v)
+                    if isinstance(v, str)
+                    else v
+                    for v in extras
+                )
         for field, value in zip(CONTEXT_FIELDS + TRAIT_FIELDS, attrs, strict=False):
             setattr(
                 user, field, sys.intern(value) if value is not None and field not in PII_FIELDS else value
@@ -889,27 +916,25 @@ def value_count(values: array[int] | None, key_id: int | None, value_id: int | N
     return 0
 
 
-def _count_value(values: array[int] | None, key_id: int, value_id: int, max_values: int) -> array[int] | None:
-    """Count a value of a ``count_by`` key in ``values`` (in place); the new array when it
-    takes a new entry (of the exact size: extend() would keep room for more, per user)."""
-    if values is not None:
-        distinct = 0
-        other = -1
-        for i in range(0, len(values), _V_STRIDE):
-            if values[i] == key_id:
-                if values[i + 1] == value_id:
-                    values[i + 2] += 1
-                    return None
-                distinct += 1
-                if values[i + 1] == 0:
-                    other = i
-        if distinct >= max_values:  # bounded: values past the bound count together, as "(other)"
-            if other >= 0:
-                values[other + 2] += 1
+def _count_value(c: array[int], start: int, key_id: int, value_id: int, max_values: int) -> array[int] | None:
+    """Count a value of a ``count_by`` key among the triples of ``c`` from ``start`` (in
+    place); the new array when it takes a new entry (of the exact size)."""
+    distinct = 0
+    other = -1
+    for i in range(start, len(c), _V_STRIDE):
+        if c[i] == key_id:
+            if c[i + 1] == value_id:
+                c[i + 2] += 1
                 return None
-            value_id = 0
-    entry = array("I", (key_id, value_id, 1))
-    return values + entry if values is not None else entry
+            distinct += 1
+            if c[i + 1] == 0:
+                other = i
+    if distinct >= max_values:  # bounded: values past the bound count together, as "(other)"
+        if other >= 0:
+            c[other + 2] += 1
+            return None
+        value_id = 0
+    return c + array("I", (key_id, value_id, 1))
 
 
 def with_consent(bits: int, analytics: bool | None, personalization: bool | None) -> int:

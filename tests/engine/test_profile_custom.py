@@ -7,10 +7,12 @@ import collections
 from array import array
 from typing import Any
 
+import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from engine.events import Event
+from engine.partition import PartitionSetup, PartitionState
 from engine.profile import (
     CONTEXT_CHANGED,
     FIRST_USE,
@@ -216,13 +218,17 @@ def test_snapshot_restore_mid_stream_equals_uninterrupted(stream: list[Any], cut
 def test_a_user_without_custom_data_holds_none_of_it() -> None:
     events = events_of([({"type": "feature_clicked", "props": {"feature": "a"}}, 0.0, None)])
     user, _, _ = play(events)
-    assert user.custom_data is None
     assert (user.custom, user.custom_values, user.extras) == (None, None, None)
-    user.extras = None  # nothing to hold: still nothing
-    assert user.custom_data is None
+    assert len(user.counters) == len(UserState.new(0).counters)  # no room for custom events
     user.custom = array("I", (1, 2, 3, 4))
-    assert user.custom_data is not None and user.custom_count(1) == 2
+    assert user.custom_count(1) == 2 and user.custom_times(1) == (3, 4)
     assert user.snapshot()[13] == [array("I", (1, 2, 3, 4)).tobytes(), None, None]
+    user.custom_values = array("I", (5, 6, 7))
+    assert user.value_count(5, 6) == 7 and user.custom_count(1) == 2
+    user.custom = None
+    assert user.custom is None and user.value_count(5, 6) == 7
+    user.custom_values = None
+    assert len(user.counters) == len(UserState.new(0).counters)
 
 
 def test_ids_are_given_on_first_use_and_a_new_schema_gets_its_own() -> None:
@@ -244,3 +250,24 @@ def test_ids_are_given_on_first_use_and_a_new_schema_gets_its_own() -> None:
     assert user.apply(event, vocab, other) & CONTEXT_CHANGED
     assert user.extra(vocab.custom_fields.find("tier")) == "x"
     assert user.extra(vocab.custom_fields.find("region")) == "eu"
+
+
+@pytest.mark.parametrize("opt_out", [True, False])
+def test_a_pii_trait_is_held_only_while_personalization_is_granted(opt_out: bool) -> None:
+    part = PartitionState(0, PartitionSetup(schema=SCHEMA, consent_by_default=opt_out))
+
+    def send(n: int, kind: str, **props: Any) -> None:
+        body = {"event_id": f"e{n}", "user_id": "k", "type": kind, "ts": T0 + n, "props": props}
+        part.apply_event("k", SCHEMA.from_object(body))
+
+    if not opt_out:  # kept only once analytics is granted; nothing personal before a grant
+        send(0, "consent_updated", analytics=True)
+    send(1, "profile_updated", phone="+1", plan="pro")
+    phone, plan = (part.vocab.custom_fields.find(name) for name in ("phone", "plan"))
+    user = part.users["k"]
+    assert user.extra(phone) == ("+1" if opt_out else None) and user.extra(plan) == "pro"
+    send(2, "consent_updated", personalization=True)
+    send(3, "profile_updated", phone="+1")
+    assert user.extra(phone) == "+1"
+    send(4, "consent_updated", personalization=False)
+    assert user.extra(phone) is None and user.extra(plan) == "pro"
