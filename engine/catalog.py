@@ -498,6 +498,17 @@ def _parse(text: str, source: str) -> tuple[Catalog | None, list[str]]:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "YAML"
         return None, [f"{source}: {where}: not valid YAML: {getattr(exc, 'problem', exc)}"]
+    return parse_catalog_document(data, source)
+
+
+def parse_catalog_document(data: Any, source: str = "<catalog>") -> tuple[Catalog | None, list[str]]:
+    """A catalog from its structure (a YAML file's or a JSON body's) and every problem, each
+    as 'source: place: why' (the messages of ``check-config``); valid: an empty list.
+
+    >>> catalog, errors = parse_catalog_document({"version": 1, "product": "x"}, "body")
+    >>> catalog is None, errors
+    (True, ['body: journey: Field required'])
+    """
     if not isinstance(data, dict):
         return None, [f"{source}: (top level): must be a mapping"]
     try:

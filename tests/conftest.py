@@ -19,6 +19,7 @@ from headstart.adapters.broker import EmbeddedNats
 from headstart.adapters.provision import ensure_streams
 from headstart.adapters.topology import (
     ALIASES_BUCKET,
+    CATALOG_STREAM,
     CONTROL_BUCKET,
     ERASURE_BUCKET,
     LEARN_BUCKET,
@@ -77,6 +78,7 @@ async def reset_streams(url: str, partitions: int = TEST_PARTITIONS) -> None:
     # Every stream and every bucket but HS_STATUS (in memory; its entries expire).
     for name in (
         *STREAMS,
+        CATALOG_STREAM,
         kv_stream(ERASURE_BUCKET),
         object_stream(SNAPSHOT_BUCKET),
         kv_stream(CONTROL_BUCKET),

@@ -56,6 +56,11 @@ RECORD_KINDS: Final[dict[str, tuple[str, str]]] = {
     "exposure": (EXPOSURES_STREAM, EXPOSURES_PREFIX),
 }
 
+#: Every version of the catalog, one message each, its sequence the version number
+#: (:mod:`headstart.adapters.catalog_store`).
+CATALOG_STREAM: Final = "HS_CATALOG"
+CATALOG_SUBJECT: Final = "hs.catalog.versions"
+
 #: Every stream Headstart creates (:func:`headstart.adapters.provision.ensure_streams`).
 STREAMS: Final = (
     EVENTS_STREAM,

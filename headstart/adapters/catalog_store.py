@@ -1,0 +1,348 @@
+"""The live catalog: every version stored in JetStream, numbered, immutable, with who and why.
+
+Versions are the messages of the stream ``HS_CATALOG`` (subject ``hs.catalog.versions``); a
+version's number is its stream sequence. The stream refuses deletes and purges, so numbers
+never skip and a stored version never changes. Storing is a compare-and-set on the stream's
+last sequence (``Nats-Expected-Last-Sequence``): a push that names version N as the one it
+replaces fails with :class:`VersionConflict` if N is no longer the latest, which is what
+``PUT /v1/catalog`` answers with 412.
+
+Every stored version is validated first (the messages of ``check-config``), and audited on
+``hs.audit.catalog`` (who: the key's id, never the key).
+
+Example::
+
+    store = await CatalogStore.open(js)
+    latest = await store.latest()
+    result = await store.push(document, who="admin:3f2a...", expected=latest.version if latest else 0)
+    watch = await store.watch(after=result.version, on_version=serve)   # every newer version
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import msgspec
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import DeliverPolicy, DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
+from nats.js.errors import APIError, NotFoundError
+
+from engine.catalog import Catalog, parse_catalog_document
+from engine.catalog_changes import experiment_conflicts, fingerprint, summarize
+from headstart.adapters.audit import audit
+from headstart.adapters.topology import CATALOG_STREAM, CATALOG_SUBJECT
+
+log = logging.getLogger(__name__)
+
+#: JetStream's error code for a publish whose expected last sequence is not the stream's.
+WRONG_LAST_SEQUENCE = 10071
+
+
+class StoredVersion(msgspec.Struct, frozen=True, kw_only=True):
+    """One stored version of the catalog (the stream message's body, plus its number)."""
+
+    #: 1, 2, ...: the stream sequence it was stored at (0: not stored, a dry run's).
+    version: int = 0
+    #: The catalog as its YAML/JSON structure (see :mod:`engine.catalog_changes`).
+    document: dict[str, Any]
+    #: Who stored it: ``<role>:<key id>`` or ``cli:<key id>`` (never key material).
+    who: str
+    #: When (Unix seconds).
+    at: float
+    #: What changed from the version before (:func:`engine.catalog_changes.summarize`).
+    summary: str
+    fingerprint: str
+    #: For a rollback: the version whose content this one repeats.
+    rollback_of: int | None = None
+    #: Stored over refused experiment changes (``--force``).
+    forced: bool = False
+
+    def catalog(self) -> Catalog:
+        """The validated catalog (every stored version was valid when stored)."""
+        catalog, errors = parse_catalog_document(self.document, f"catalog version {self.version}")
+        if catalog is None or errors:
+            raise ValueError("; ".join(errors))
+        return catalog
+
+    def info(self) -> VersionInfo:
+        return VersionInfo(
+            version=self.version,
+            who=self.who,
+            at=self.at,
+            summary=self.summary,
+            fingerprint=self.fingerprint,
+            rollback_of=self.rollback_of,
+            forced=self.forced,
+        )
+
+
+class VersionInfo(msgspec.Struct, frozen=True, kw_only=True):
+    """A version without its content: one line of ``catalog history``."""
+
+    version: int
+    who: str
+    at: float
+    summary: str
+    fingerprint: str
+    rollback_of: int | None = None
+    forced: bool = False
+
+
+class PushResult(msgspec.Struct, frozen=True, kw_only=True):
+    """What a push did: the version stored (or that would be, for a dry run) and its change."""
+
+    stored: StoredVersion
+    #: The version it replaced (None: the first).
+    previous: StoredVersion | None
+    #: False for a dry run, and when the content equals the latest version's (nothing stored).
+    changed: bool
+    dry_run: bool = False
+
+
+class CatalogInvalid(ValueError):
+    """A catalog that cannot be stored: every problem, each as 'source: place: why'."""
+
+    def __init__(self, errors: list[str]) -> None:
+        super().__init__("\n".join(errors))
+        self.errors = errors
+
+
+class VersionConflict(RuntimeError):
+    """Another version was stored since the one a push named (``latest``: the newest now)."""
+
+    def __init__(self, expected: int, latest: int) -> None:
+        super().__init__(
+            f"the catalog is at version {latest}, not {expected}: another version was stored meanwhile"
+        )
+        self.expected = expected
+        self.latest = latest
+
+
+class VersionNotFound(LookupError):
+    """No stored version with that number."""
+
+
+_version_decoder = msgspec.json.Decoder(StoredVersion)
+_encoder = msgspec.json.Encoder()
+
+
+def catalog_stream_config(replicas: int = 1) -> StreamConfig:
+    return StreamConfig(
+        name=CATALOG_STREAM,
+        description="Headstart: every version of the catalog (sequence = version)",
+        subjects=[CATALOG_SUBJECT],
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        discard=DiscardPolicy.NEW,
+        # Immutable history: no version is ever removed, so numbers never skip.
+        deny_delete=True,
+        deny_purge=True,
+        num_replicas=replicas,
+    )
+
+
+class Watch:
+    """A running watch (:meth:`CatalogStore.watch`); :meth:`stop` ends it."""
+
+    def __init__(self, task: asyncio.Task[None]) -> None:
+        self._task = task
+
+    async def stop(self) -> None:
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await self._task
+
+
+class CatalogStore:
+    """The stored versions of the catalog (see the module's docstring)."""
+
+    def __init__(self, js: JetStreamContext, replicas: int = 1) -> None:
+        self.js = js
+        self.replicas = replicas
+
+    @classmethod
+    async def open(cls, js: JetStreamContext, replicas: int = 1) -> CatalogStore:
+        """The store, its stream created if missing."""
+        try:
+            await js.stream_info(CATALOG_STREAM)
+        except NotFoundError:
+            await js.add_stream(catalog_stream_config(replicas))
+        return cls(js, replicas)
+
+    # ------------------------------------------------------------------ reading
+
+    async def latest_number(self) -> int:
+        """The latest version's number (0: none stored)."""
+        info = await self.js.stream_info(CATALOG_STREAM)
+        return int(info.state.last_seq or 0)
+
+    async def latest(self) -> StoredVersion | None:
+        """The latest version (None: none stored yet)."""
+        try:
+            msg = await self.js.get_last_msg(CATALOG_STREAM, CATALOG_SUBJECT)
+        except NotFoundError:
+            return None
+        assert msg.seq is not None and msg.data is not None
+        return _decode(msg.seq, msg.data)
+
+    async def get(self, version: int) -> StoredVersion:
+        """Version ``version``; :class:`VersionNotFound` if there is none."""
+        if version < 1:
+            raise VersionNotFound(f"no catalog version {version}: versions start at 1")
+        try:
+            msg = await self.js.get_msg(CATALOG_STREAM, version)
+        except NotFoundError:
+            raise VersionNotFound(f"no catalog version {version}") from None
+        assert msg.data is not None
+        return _decode(version, msg.data)
+
+    async def history(self) -> list[VersionInfo]:
+        """Every version, oldest first, without content."""
+        latest = await self.latest_number()
+        return [(await self.get(n)).info() for n in range(1, latest + 1)]
+
+    # ------------------------------------------------------------------ storing
+
+    async def push(
+        self,
+        document: dict[str, Any],
+        who: str,
+        expected: int | None = None,
+        *,
+        force: bool = False,
+        dry_run: bool = False,
+        rollback_of: int | None = None,
+        source: str = "catalog",
+    ) -> PushResult:
+        """Validate ``document`` and store it as the next version.
+
+        ``expected``: the version it replaces (None: whatever is latest now; the store still
+        refuses a version stored between that read and this write). Raises
+        :class:`CatalogInvalid` with every problem, :class:`CatalogInvalid` too for a change to
+        a running experiment unless ``force``, :class:`VersionConflict` if ``expected`` is not
+        the latest. A document equal to the latest version's is not stored again
+        (``changed`` False). Nothing is stored with ``dry_run``.
+        """
+        catalog, errors = parse_catalog_document(document, source)
+        if catalog is None or errors:
+            raise CatalogInvalid(errors)
+        previous = await self.latest()
+        latest = previous.version if previous is not None else 0
+        if expected is not None and expected != latest:
+            raise VersionConflict(expected, latest)
+        conflicts = experiment_conflicts(previous.catalog() if previous else None, catalog, time.time())
+        if conflicts and not force:
+            raise CatalogInvalid([f"{source}: {problem}" for problem in conflicts])
+        stored = StoredVersion(
+            version=0,
+            document=document,
+            who=who,
+            at=time.time(),
+            summary=summarize(previous.document if previous else None, document),
+            fingerprint=fingerprint(document),
+            rollback_of=rollback_of,
+            forced=bool(conflicts),
+        )
+        if previous is not None and previous.fingerprint == stored.fingerprint:
+            return PushResult(stored=previous, previous=previous, changed=False, dry_run=dry_run)
+        if dry_run:
+            return PushResult(stored=stored, previous=previous, changed=False, dry_run=True)
+        version = await self._append(stored, latest)
+        stored = msgspec.structs.replace(stored, version=version)
+        await audit(
+            self.js,
+            "catalog",
+            who=who,
+            msg_id=f"audit-catalog:{version}",
+            version=version,
+            summary=stored.summary,
+            fingerprint=stored.fingerprint,
+            rollback_of=rollback_of,
+            forced=stored.forced,
+        )
+        return PushResult(stored=stored, previous=previous, changed=True)
+
+    async def rollback(
+        self, version: int, who: str, expected: int | None = None, force: bool = False
+    ) -> PushResult:
+        """Store version ``version``'s content as a new version."""
+        old = await self.get(version)
+        return await self.push(
+            old.document, who, expected, force=force, rollback_of=version, source=f"version {version}"
+        )
+
+    async def _append(self, stored: StoredVersion, latest: int) -> int:
+        payload = _encoder.encode(stored)
+        headers = {"Nats-Expected-Last-Sequence": str(latest)}
+        try:
+            ack = await self.js.publish(CATALOG_SUBJECT, payload, stream=CATALOG_STREAM, headers=headers)
+        except APIError as exc:
+            if exc.err_code != WRONG_LAST_SEQUENCE:
+                raise
+            now = await self.latest()
+            # Our own write, whose ack was lost and which the client sent again: stored once.
+            if now is not None and now.version == latest + 1 and now.fingerprint == stored.fingerprint:
+                return now.version
+            raise VersionConflict(latest, now.version if now is not None else 0) from None
+        return int(ack.seq)
+
+    # ------------------------------------------------------------------ following
+
+    async def watch(
+        self,
+        after: int,
+        on_version: Callable[[StoredVersion], Awaitable[None]],
+        poll_s: float = 5.0,
+    ) -> Watch:
+        """Call ``on_version`` with the newest version whenever one newer than ``after`` (or than
+        the last one given) is stored; versions stored in a burst may be skipped to the last.
+
+        An ordered push consumer delivers each new version within milliseconds; a poll of the
+        stream every ``poll_s`` seconds catches anything a reconnect lost. A failing callback is
+        logged and tried again with the next delivery or poll.
+        """
+        state = {"served": after}
+        wake = asyncio.Event()
+
+        async def deliver(msg: Msg) -> None:
+            wake.set()
+
+        sub = await self.js.subscribe(
+            CATALOG_SUBJECT,
+            stream=CATALOG_STREAM,
+            cb=deliver,
+            ordered_consumer=True,
+            deliver_policy=DeliverPolicy.NEW,
+            headers_only=True,
+        )
+
+        async def follow() -> None:
+            try:
+                while True:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(wake.wait(), poll_s)
+                    wake.clear()
+                    try:
+                        # Each version is a whole catalog: only the newest needs serving.
+                        if await self.latest_number() > state["served"]:
+                            version = await self.latest()
+                            assert version is not None
+                            await on_version(version)
+                            state["served"] = version.version
+                    except Exception as exc:  # noqa: BLE001 - the next delivery or poll retries
+                        log.warning("catalog watch: %s", exc)
+            finally:
+                with contextlib.suppress(Exception):
+                    await sub.unsubscribe()
+
+        return Watch(asyncio.get_running_loop().create_task(follow()))
+
+
+def _decode(version: int, data: bytes) -> StoredVersion:
+    return msgspec.structs.replace(_version_decoder.decode(data), version=version)
