@@ -249,7 +249,9 @@ def _estimate(
     observed = float(usable["reward"].mean()) if usable.height else None  # type: ignore[arg-type]
     base = PointPreview(point, status, what, usable.height, observed, unsupported=unsupported)
     if not usable.height:
-        return replace(base, note=NO_LOGS if not rows.height else "no logged decision has a propensity above 0")
+        return replace(
+            base, note=NO_LOGS if not rows.height else "no logged decision has a propensity above 0"
+        )
     if usable.height < MIN_DECISIONS:
         return replace(base, note=f"{usable.height} logged decisions; {MIN_DECISIONS} are needed")
     try:
