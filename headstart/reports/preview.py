@@ -380,7 +380,7 @@ def _interval(e: tuple[float, float, float]) -> str:
 def _render(report: PreviewReport) -> str:
     changed = len(report.changed)
     lines = [
-        f"preview: {changed} decision point{'s' if changed != 1 else ''} change, "
+        f"preview: {changed} decision point{' changes' if changed == 1 else 's change'}, "
         f"from {report.decisions} logged decisions (nothing is stored)"
     ]
     for p in report.points:
@@ -408,7 +408,7 @@ def _render(report: PreviewReport) -> str:
                 f"  (95% intervals; learned from {p.new.trained_on}, evaluated on {p.new.evaluated_on}, "
                 f"where the logged decisions earned {p.new.logged_value:.4f})"
             )
-        if p.unsupported:
+        if p.unsupported and p.logged:  # without logs every arm is: the note says it once
             arms = ", ".join(f"{u.arm} ({u.why})" for u in p.unsupported)
             lines.append(f"  the log cannot judge: {arms}")
             share = p.unsupported_share
