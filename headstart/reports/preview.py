@@ -403,7 +403,9 @@ def _render(report: PreviewReport) -> str:
                     )
                 )
             widths = [max(len(r[i]) for r in rows) for i in range(3)]
-            lines += ["  " + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
+            lines += [
+                ("  " + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True))).rstrip() for r in rows
+            ]
             lines.append(
                 f"  (95% intervals; learned from {p.new.trained_on}, evaluated on {p.new.evaluated_on}, "
                 f"where the logged decisions earned {p.new.logged_value:.4f})"
