@@ -41,6 +41,7 @@ from typing import Any
 import msgspec
 import numpy as np
 import polars as pl
+from nats.js import JetStreamContext
 from nats.js.errors import BucketNotFoundError
 
 from engine import ope
@@ -57,6 +58,9 @@ from policies import available, create
 
 REQUIRED = ("action", "reward", "propensity")
 POINT = "point"
+#: Logged decisions a decision point needs before it is evaluated: below that, half of them
+#: (the other half trains the candidate) gives intervals too wide to say anything.
+MIN_DECISIONS = 20
 #: A logged context: its layout's feature names and its values.
 Context = tuple[tuple[str, ...], np.ndarray]
 
@@ -138,9 +142,21 @@ def frame_to_log(
 
 
 def evaluate_policy(
-    name: str, log: LoggedData, train_share: float = 0.5, seed: int = 0, **params: Any
+    name: str,
+    log: LoggedData,
+    train_share: float = 0.5,
+    seed: int = 0,
+    *,
+    eligible: Sequence[str] | None = None,
+    **params: Any,
 ) -> dict[str, Any]:
-    """Train ``name`` on the first ``train_share`` of the log, estimate its value on the rest."""
+    """Train ``name`` on the first ``train_share`` of the log, estimate its value on the rest.
+
+    ``eligible``: the arms the candidate may choose (default: every arm of the log); the
+    others, e.g. a variant a catalog change removes, keep probability 0 but are learned from.
+    ``arm_shares`` in the answer: how often the candidate would choose each arm in the
+    evaluated contexts.
+    """
     if not 0.0 <= train_share < 1.0:
         raise ConfigError(f"train_share: {train_share} is not in [0, 1)")
     policies = available()
@@ -154,10 +170,13 @@ def evaluate_policy(
         raise ConfigError("too few logged decisions left to evaluate on; lower --train-share")
     for i in range(split):
         policy.update(log.x[i] if contextual else None, int(log.actions[i]), float(log.rewards[i]))
-    eligible = list(range(len(log.arms)))
-    target = np.array(
-        [policy.probabilities(log.x[i] if contextual else None, eligible) for i in range(split, n)]
-    )
+    unknown = sorted(set(eligible or ()) - set(log.arms))
+    if unknown:
+        raise ConfigError(f"eligible arms {unknown} are not among the log's arms {log.arms}")
+    allowed = list(range(len(log.arms))) if eligible is None else [log.arms.index(a) for a in eligible]
+    target = np.zeros((n - split, len(log.arms)))
+    for row, i in enumerate(range(split, n)):
+        target[row, allowed] = policy.probabilities(log.x[i] if contextual else None, allowed)
     estimates = ope.evaluate(
         target, log.x[split:], log.actions[split:], log.rewards[split:], log.propensities[split:]
     )
@@ -169,6 +188,7 @@ def evaluate_policy(
         "evaluated_on": n - split,
         "logging_policy_value": float(log.rewards[split:].mean()),
         "estimates": {k: v._asdict() for k, v in estimates.items()},
+        "arm_shares": {arm: float(target[:, j].mean()) for j, arm in enumerate(log.arms)},
     }
 
 
@@ -299,13 +319,18 @@ async def read_layouts(
     """The feature layouts registered by the instance's shards: names by layout id."""
     nc = await connect_nats(nats_url, auth, connect_timeout=timeout, max_reconnect_attempts=1)
     try:
-        try:
-            kv = await nc.jetstream().key_value(LEARN_BUCKET)
-        except BucketNotFoundError:
-            return {}  # no shard ever ran
-        return await known_layouts(kv)
+        return await layouts_of(nc.jetstream())
     finally:
         await nc.close()
+
+
+async def layouts_of(js: JetStreamContext) -> dict[str, tuple[str, ...]]:
+    """:func:`read_layouts` over an open connection."""
+    try:
+        kv = await js.key_value(LEARN_BUCKET)
+    except BucketNotFoundError:
+        return {}  # no shard ever ran
+    return await known_layouts(kv)
 
 
 async def read_events_stream(
@@ -314,24 +339,28 @@ async def read_events_stream(
     """Every message of the events stream, in order (an ordered consumer; nothing is acked)."""
     nc = await connect_nats(nats_url, auth, connect_timeout=timeout, max_reconnect_attempts=1)
     try:
-        js = nc.jetstream()
-        info = await js.stream_info(EVENTS_STREAM)
-        last = info.state.last_seq
-        out: list[tuple[int, str, bytes]] = []
-        if not info.state.messages:
-            return out
-        sub = await js.subscribe(f"{EVENTS_PREFIX}.>", ordered_consumer=True, stream=EVENTS_STREAM)
-        try:
-            while True:
-                msg = await sub.next_msg(timeout=timeout)
-                seq = msg.metadata.sequence.stream
-                out.append((seq, msg.subject, msg.data))
-                if seq >= last:
-                    return out
-        finally:
-            await sub.unsubscribe()
+        return await events_of(nc.jetstream(), timeout)
     finally:
         await nc.close()
+
+
+async def events_of(js: JetStreamContext, timeout: float = 5.0) -> list[tuple[int, str, bytes]]:
+    """:func:`read_events_stream` over an open connection."""
+    info = await js.stream_info(EVENTS_STREAM)
+    last = info.state.last_seq
+    out: list[tuple[int, str, bytes]] = []
+    if not info.state.messages:
+        return out
+    sub = await js.subscribe(f"{EVENTS_PREFIX}.>", ordered_consumer=True, stream=EVENTS_STREAM)
+    try:
+        while True:
+            msg = await sub.next_msg(timeout=timeout)
+            seq = msg.metadata.sequence.stream
+            out.append((seq, msg.subject, msg.data))
+            if seq >= last:
+                return out
+    finally:
+        await sub.unsubscribe()
 
 
 def evaluate_logged(
@@ -342,8 +371,8 @@ def evaluate_logged(
     report: dict[str, Any] = {"policy": name, "points": {}, "skipped": {}}
     for point in sorted(frame[POINT].unique().to_list()) if frame.height else []:
         rows = frame.filter(pl.col(POINT) == point)
-        if rows.height < 20:
-            report["skipped"][point] = f"{rows.height} logged decisions; 20 are needed"
+        if rows.height < MIN_DECISIONS:
+            report["skipped"][point] = f"{rows.height} logged decisions; {MIN_DECISIONS} are needed"
             continue
         log = frame_to_log(rows, "decisions log", learner.points.get(point), point)
         report["points"][point] = evaluate_policy(name, log, train_share=train_share, seed=seed)
