@@ -62,7 +62,7 @@ _MARKER = re.compile(rb"\[v(\d+)\]")
 
 class Versions:
     """Per request (``--versions``): wall-clock start, status, the answer's catalog version and
-    its message's marker version (-1: absent)."""
+    the version its ``[vN]`` markers name (-1: none, -2: markers of different versions)."""
 
     def __init__(self) -> None:
         self.started: array[float] = array("d")
@@ -71,11 +71,13 @@ class Versions:
         self.marker: array[int] = array("i")
 
     def add(self, started: float, status: int, body: bytes) -> None:
-        version, marker = _VERSION.search(body), _MARKER.search(body)
+        version = _VERSION.search(body)
+        markers = set(_MARKER.findall(body))
         self.started.append(started)
         self.status.append(status)
         self.version.append(int(version.group(1)) if version else -1)
-        self.marker.append(int(marker.group(1)) if marker else -1)
+        # Every marker in the answer (title, message...) must name one version: -2 if not.
+        self.marker.append(int(markers.pop()) if len(markers) == 1 else -2 if markers else -1)
 
 
 async def _worker(
