@@ -220,7 +220,7 @@ class ShardActor:
                 # New or changed segments were evaluated: like a sweep's, their changes cannot be
                 # made again by replaying the stream, so they wait for a snapshot that holds them
                 # (a crash before it re-evaluates from the old snapshot: same changes, same ids).
-                self.durability.holds.until(p, part.checkpoint_mark())
+                self.durability.holds.at_least(p, part.checkpoint_mark())
         self.runtime = runtime
         self.rpc.answers = runtime.answers
         if self.merger is not None:
@@ -264,7 +264,13 @@ class ShardActor:
         assert self._catalog_store is not None
         latest = await self._catalog_store.latest()
         if latest is not None and latest.version > self.runtime.version:
-            self._switch(latest.catalog(), latest.version)
+            try:
+                catalog = latest.catalog()
+            except ValueError:
+                # Stored valid, unreadable here (a newer Headstart's?): keep serving, say so.
+                log.exception("shard %d cannot read catalog version %d", self.shard_id, latest.version)
+                return
+            self._switch(catalog, latest.version)
 
     async def _on_catalog_version(self, version: StoredVersion) -> None:
         """A newer version stored (the store's watch): switch to it."""
@@ -315,6 +321,9 @@ class ShardActor:
             await self.acquire(partitions)
             self._batch_sub = await self.ctl.subscribe(batch_subject(self.shard_id), cb=self._on_batch)
             self.ready.set()
+            # Partitions restored under a newer catalog than their snapshots (segments evaluated
+            # on restore) hold their changes until stored: now, not at the first interval.
+            self.background.spawn(self.durability.checkpoint_logged())
             self.background.start(
                 report=self._report,
                 applied=lambda: self.state.applied,
@@ -495,10 +504,10 @@ class ShardActor:
 
     def _serve_clusters(self, data: dict[str, Any]) -> None:
         """A published cluster model: assign users with it from now on."""
-        clusters = self.cluster_settings
-        if not clusters.enabled or data.get("k") != clusters.k or self.segment_index is None:
+        clusters, index = self.cluster_settings, self.segment_index
+        if not clusters.enabled or data.get("k") != clusters.k or index is None:
             return  # published under another catalog; the trainer replaces it
-        self.segment_index.assigner = ClusterAssigner.from_export(data)
+        index.assigner = ClusterAssigner.from_export(data)
 
     def _segment_stats(self) -> SegmentStats:
         tracked = [p.segments for p in self.owned.consumed().values() if p.segments is not None]

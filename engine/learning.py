@@ -1072,7 +1072,10 @@ class PartitionLearning:
 
         State of another feature layout (the catalog's features changed) is read by feature
         name: the policies' statistics and the open decisions' contexts are remapped (a feature
-        new to the layout reads 0), the activation model keys its weights by name already.
+        new to the layout reads 0), the activation model keys its weights by name already. State
+        recorded with its arms' names (the catalog's steps or variants changed) is read by arm
+        name: statistics of a kept arm stay, a new arm starts at zero, a removed arm's go, and an
+        open decision or path entry keeps its arm (or goes with it, or with its point).
         """
         if not snap:
             return

@@ -130,7 +130,8 @@ class SegmentChange(msgspec.Struct, frozen=True, array_like=True):
     ts: float
     #: What caused it: the stream sequence of the event, ``"t<time>"`` for a sweep
     #: (``"t<time>.m<version>"`` when it assigned clusters with that model version), or
-    #: ``"x<time>"`` for profiles expired at that (event) time.
+    #: ``"x<time>"`` for profiles expired at that (event) time, or ``"catalog:<fingerprint>"``
+    #: for segments a new catalog version added or changed, evaluated for every user.
     origin: int | str
     partition: int
 

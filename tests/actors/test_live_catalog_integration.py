@@ -182,7 +182,22 @@ def test_a_shard_killed_while_a_version_is_pushed_comes_back_on_the_latest(
 def test_statistics_survive_a_change_to_an_unrelated_message(
     live: ShardGroup, nats_url: str, pseudonymizer: Pseudonymizer
 ) -> None:
-    users = [pseudonymizer.key(f"learner-{i}") for i in range(12)]
+    names = [f"learner-{i}" for i in range(12)]
+    users = [pseudonymizer.key(name) for name in names]
+    # Past the first two steps: the next step is chosen among two (a decision to learn from).
+    done = [
+        {
+            "event_id": f"{name}-{step}",
+            "user_id": name,
+            "type": "step_completed",
+            "ts": time.time(),
+            "props": {"step": step},
+        }  # fmt: skip
+        for name in names
+        for step in ("welcome", "profile")
+    ]
+    asyncio.run(publish_events(nats_url, pseudonymizer, done))
+    live.wait_caught_up(timeout=60)
 
     async def decide_and_reward() -> None:
         conn = await nats.connect(nats_url)

@@ -134,8 +134,11 @@ def test_answers_and_logged_decisions_name_their_catalog_version() -> None:
     key = PSEUDO.key("someone new")
     decided = second.answers.decide(part, key, {"device_type": "desktop"}, NOW + 30)
     assert decided.answer.catalog_version == 7
-    assert decided.logs.decision is not None and decided.logs.decision.catalog_version == 7
     assert msgspec.json.decode(msgspec.json.encode(decided.answer))["catalog_version"] == 7
+    # A choice among the first_project tutorial's variants: logged with its version.
+    chosen = second.answers.tutorial(part, key, {"device_type": "desktop"}, NOW + 30, step="first_project")
+    assert chosen.answer is not None and chosen.answer.catalog_version == 7
+    assert chosen.logs.decision is not None and chosen.logs.decision.catalog_version == 7
     static = CatalogRuntime.build(load_catalog(DEFAULT_CATALOG))
     assert static.answers.decide(part, key, None, NOW + 30).answer.catalog_version == 0
 
