@@ -192,7 +192,7 @@ def test_statistics_survive_a_change_to_an_unrelated_message(
             "type": "step_completed",
             "ts": time.time(),
             "props": {"step": step},
-        }  # fmt: skip
+        }
         for name in names
         for step in ("welcome", "profile")
     ]

@@ -148,8 +148,13 @@ def segment_partition(runtime: CatalogRuntime, users: int = 6) -> PartitionState
     for i in range(users):
         key = PSEUDO.key(f"user{i}")
         device = "desktop" if i % 2 else "mobile"
-        event = {"event_id": f"e{i}", "user_id": key, "type": "session_started", "ts": NOW + i,
-                 "context": {"device_type": device}}  # fmt: skip
+        event = {
+            "event_id": f"e{i}",
+            "user_id": key,
+            "type": "session_started",
+            "ts": NOW + i,
+            "context": {"device_type": device},
+        }
         part.apply_message(i + 1, key, encode_event(event))
     assert part.segments is not None
     part.segments.take(100_000)  # the first version's changes, published
@@ -238,8 +243,13 @@ def test_the_schema_follows_the_new_version() -> None:
     first = CatalogRuntime.build(load_catalog(DEFAULT_CATALOG), 1)
     part, keys = learned_partition(first)
     key = keys["rewarded"]
-    board = {"event_id": "b1", "user_id": key, "type": "created_board", "ts": NOW + 40,
-             "props": {"template": "kanban"}}  # fmt: skip
+    board = {
+        "event_id": "b1",
+        "user_id": key,
+        "type": "created_board",
+        "ts": NOW + 40,
+        "props": {"template": "kanban"},
+    }
     second = CatalogRuntime.build(custom_catalog(), 2, previous=first)
     second.serve({0: part}, lambda: {0: learning_of(part)})
     part.apply_message(100, key, encode_event(board))
