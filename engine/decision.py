@@ -113,11 +113,12 @@ class DecisionAnswer(msgspec.Struct, kw_only=True):
     completed_steps: list[str]
     personalized: bool
     explain: list[str]
-    #: The stored catalog version the answer was made from (0: a catalog given directly, not
-    #: stored); a decision is made from exactly one version.
-    catalog_version: int = 0
     activation_probability: float | UnsetType | None = UNSET
     recommended_features: list[str] | UnsetType = UNSET
+    #: The stored catalog version the answer was made from (0: a catalog given directly, not
+    #: stored); a decision is made from exactly one version. Last: the keys before keep their
+    #: places.
+    catalog_version: int = 0
 
 
 class Decision(msgspec.Struct):

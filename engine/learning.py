@@ -1055,8 +1055,9 @@ class PartitionLearning:
             "contributions": encode_contributions(
                 {}, self.contributions, layout=names, arms=self.learner.points
             ),
-            "open": {k: [msgspec.to_builtins(d) for d in v] for k, v in self.open.items()},
-            "path": {k: [msgspec.to_builtins(e) for e in v] for k, v in self.path.items()},
+            # One call each (not one per entry): a catalog switch snapshots every partition.
+            "open": msgspec.to_builtins(self.open),
+            "path": msgspec.to_builtins(self.path),
             "closed": list(self._closed),
             "counts": self.counts,
             "activation": self.activation.snapshot(),
@@ -1087,9 +1088,9 @@ class PartitionLearning:
                 current = self.contributions.get(name, {}).get(point)
                 if current is not None and all(current[k].shape == v.shape for k, v in stats.items()):
                     self.contributions[name][point] = stats
-        self.open = {k: [msgspec.convert(d, OpenDecision) for d in v] for k, v in snap["open"].items()}
-        self.path = {k: [msgspec.convert(e, PathEntry) for e in v] for k, v in snap["path"].items()}
-        if arms:  # recorded with their arm names: kept by name, dropped with their arm or point
+        self.open = msgspec.convert(snap["open"], dict[str, list[OpenDecision]])
+        self.path = msgspec.convert(snap["path"], dict[str, list[PathEntry]])
+        if arms and arms != learner.points:  # recorded with other arms: by name, or dropped
             self.open = _with_arms(self.open, arms, learner.arm_index)
             self.path = _with_arms(self.path, arms, learner.arm_index)
         names = tuple(snap.get("layout") or BUILTIN_LAYOUT.names)

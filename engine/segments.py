@@ -580,8 +580,14 @@ class PartitionSegments:
         in_flight = snap.get("in_flight")
         self.in_flight = [tuple(row) for row in in_flight] if in_flight else None  # type: ignore[misc]
         if recorded != index.ids:  # the catalog's segments changed since the snapshot
+            # Users share a few hundred masks: each is moved once.
+            moved: dict[int, int] = {}
             for user in users.values():
-                user.segments = index.remap(user.segments, recorded)
+                mask = user.segments
+                found = moved.get(mask)
+                if found is None:
+                    found = moved[mask] = index.remap(mask, recorded)
+                user.segments = found
         # Segments new since the snapshot, or whose rule changed (a snapshot from before rules
         # were recorded: the new ones only), are evaluated for every user (evaluate_stale).
         rules = snap.get("rules")

@@ -255,19 +255,22 @@ def test_a_new_rule_segment_is_entered_by_every_matching_user_once(
     doc["segments"] = segments
     assert asyncio.run(push(nats_url, doc)) == 2
     wait_served(live, 2)
-    # A shard restarted after the switch (its snapshot may predate it) publishes nothing again.
+    expected = sorted(pseudonymizer.key(u) for i, u in enumerate(users) if i % 2)
+
+    def entered() -> list[Any]:
+        return [c for c in asyncio.run(published_changes(nats_url)) if c.segment == "desktop_user"]
+
+    # Published once a snapshot holds them (a crash before would evaluate them again, same ids).
+    deadline = time.monotonic() + 30
+    while len(changes := entered()) < len(expected):
+        assert time.monotonic() < deadline, changes
+        time.sleep(0.3)
+    # A shard restarted afterwards restores the snapshot that holds them: nothing again.
     victim = live.shards[1]
     os.kill(ray.get(victim.stats.remote()).pid, signal.SIGKILL)
     ray.get(victim.wait_ready.remote(), timeout=60)
-    expected = sorted(pseudonymizer.key(u) for i, u in enumerate(users) if i % 2)
-    deadline = time.monotonic() + 30
-    while True:
-        changes = [c for c in asyncio.run(published_changes(nats_url)) if c.segment == "desktop_user"]
-        if len(changes) >= len(expected):
-            break
-        assert time.monotonic() < deadline, changes
-        time.sleep(0.3)
+    live.wait_caught_up(timeout=60)
     time.sleep(1.0)  # anything published twice would be in by now
-    changes = [c for c in asyncio.run(published_changes(nats_url)) if c.segment == "desktop_user"]
-    assert sorted(c.user_id for c in changes if c.change == "enter") == expected
-    assert all(str(c.origin).startswith("catalog:") for c in changes)
+    changes = entered()
+    assert sorted(c.user_id for c in changes) == expected
+    assert all(c.change == "enter" and str(c.origin).startswith("catalog:") for c in changes)

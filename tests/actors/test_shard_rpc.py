@@ -188,6 +188,7 @@ def test_a_decision_answer_keeps_its_keys_and_logs_its_exposures_once(shard: Sha
         "explain",
         "activation_probability",
         "recommended_features",
+        "catalog_version",
     ]
     assert answer["step"]["id"] == "profile" and answer["personalized"] is True
     first = shard.logged[-1]
@@ -209,6 +210,7 @@ def test_a_tutorial_without_a_variant_answers_without_a_decision(shard: Shard) -
         "segments",
         "experiments",
         "explain",
+        "catalog_version",
     ]
 
 
