@@ -50,7 +50,7 @@ async def push(url: str, doc: dict[str, Any]) -> int:
     conn = await nats.connect(url)
     try:
         result = await (await CatalogStore.open(conn.jetstream())).push(doc, "test")
-        return result.version
+        return result.stored.version
     finally:
         await conn.close()
 
