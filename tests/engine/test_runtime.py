@@ -14,10 +14,12 @@ import numpy as np
 from engine import queries
 from engine.catalog import DEFAULT_CATALOG, Catalog, load_catalog
 from engine.events import encode_event
+from engine.experiments import ExposureRecord
 from engine.learning import decode_contributions, encode_contributions
 from engine.partition import PartitionState
 from engine.runtime import CatalogRuntime
 from engine.segments import change_id
+from tests.engine.test_experiment_arms import experiment_catalog
 from tests.engine.test_learning import NOW, POINT, PSEUDO, Log
 from tests.engine.test_learning_layouts import custom_catalog
 
@@ -259,3 +261,50 @@ def test_the_schema_follows_the_new_version() -> None:
     third.serve({0: part}, lambda: {0: learning_of(part)})
     part.apply_message(101, key, encode_event({**board, "event_id": "b2"}))
     assert part.retired == {"created_board": 1}
+
+
+def test_experiments_follow_the_plan_and_exposures_stay() -> None:
+    both = experiment_catalog(holdout=None)
+    first = CatalogRuntime.build(both, 1)
+    part = PartitionState.build(0, None, first.setup)
+    key = PSEUDO.key("exposed")
+    part.apply_message(
+        1, key, encode_event({"event_id": "s", "user_id": key, "type": "session_started", "ts": NOW})
+    )
+    record = ExposureRecord(experiment="welcome_copy", arm="control", user_id=key, ts=NOW, pre=0.0)
+    assert part.experiments is not None and part.experiments.on_exposure(key, record)
+    assert set(first.answers.decide(part, key, None, NOW).answer.experiments) == {
+        "welcome_copy",
+        "tutorial_format",
+    }
+    # Version 2 removes welcome_copy and adds another: it assigns; the removed one does not.
+    data = both.model_dump()
+    data["experiments"] = [e for e in data["experiments"] if e["id"] != "welcome_copy"] + [
+        {"id": "new_one", "salt": "n-1", "arms": [{"id": "control"}, {"id": "other"}]}
+    ]
+    second = CatalogRuntime.build(Catalog.model_validate(data), 2, previous=first)
+    second.serve({0: part}, lambda: {0: learning_of(part)})
+    assert set(second.answers.decide(part, key, None, NOW).answer.experiments) == {
+        "tutorial_format",
+        "new_one",
+    }
+    assert part.experiments is not None and part.experiments.is_exposed(key, "welcome_copy")
+
+
+def test_the_cluster_model_is_kept_only_while_the_clusters_section_is_unchanged() -> None:
+    first = CatalogRuntime.build(load_catalog(DEFAULT_CATALOG), 1)
+    assert first.segment_index is not None
+    first.segment_index.assigner = object()  # type: ignore[assignment]  # a served model
+
+    def message(data: dict[str, Any]) -> None:
+        data["messages"]["welcome"]["en"] = "v2"
+
+    same = CatalogRuntime.build(catalog_with(message), 2, previous=first)
+    assert same.segment_index is not None and same.segment_index.assigner is first.segment_index.assigner
+
+    def more_clusters(data: dict[str, Any]) -> None:
+        data["clusters"]["k"] = 3
+
+    other = CatalogRuntime.build(catalog_with(more_clusters), 3, previous=same)
+    # A model of another k is not served: the training shard trains one for the new k.
+    assert other.segment_index is not None and other.segment_index.assigner is None
