@@ -167,7 +167,7 @@ class ShardRpc:
     # ------------------------------------------------------------------ the shard
 
     async def _ping(self, part: PartitionState, request: Request, now: float) -> Any:
-        return Ping(self.shard_id, part.partition)
+        return Ping(self.shard_id, part.partition, self.decider.version)
 
     async def _stats_of(self, part: PartitionState, request: Request, now: float) -> Any:
         return await self._stats()
