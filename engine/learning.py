@@ -791,6 +791,24 @@ class PartitionLearning:
         self._insights: dict[str, tuple[tuple[Any, ...], float, dict[str, Any]]] = {}
         self.counts = {"decisions": 0, "rewards": 0, "explicit": 0, "defaulted": 0, "late": 0, "unknown": 0}
 
+    def adopt(self, old: object) -> bool:
+        """Take ``old``'s state as it is when its statistics have this learner's shape: the
+        same decision points and arms, feature layout and policies (a catalog version that
+        changed none of them: messages, flags, segments...)."""
+        if not isinstance(old, PartitionLearning):
+            return False
+        before, now = old.learner, self.learner
+        if (
+            before.points != now.points
+            or before.layout.names != now.layout.names
+            or before.policies_by_name().keys() != now.policies_by_name().keys()
+        ):
+            return False
+        for name in self.__slots__:
+            if name != "learner":
+                setattr(self, name, getattr(old, name))
+        return True
+
     # ------------------------------------------------------------------ inputs, in stream order
 
     def on_decision(self, user_key: str, record: DecisionRecord, seq: int) -> None:

@@ -15,7 +15,7 @@ its components (:mod:`engine.component`), built from one :class:`PartitionSetup`
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -187,11 +187,14 @@ class PartitionState:
                 self.components[name] = component
         self._components = tuple(self.components.values())
 
-    def _restore_components(self, snap: Mapping[str, Any]) -> None:
-        """Load each component from its key of ``snap`` (a decoded partition snapshot); then the
-        segments new or changed since it are evaluated for every user."""
+    def _restore_components(self, snap: Mapping[str, Any], names: Iterable[str] | None = None) -> None:
+        """Load each component (of ``names``; None: all) from its key of ``snap`` (a decoded
+        partition snapshot); then the segments new or changed since it are evaluated for every
+        user."""
+        chosen = self.components.keys() if names is None else set(names)
         for name, component in self.components.items():
-            component.restore(snap.get(name), self.users)
+            if name in chosen:
+                component.restore(snap.get(name), self.users)
         segments = self.segments
         if segments is not None:
             segments.evaluate_stale(self.users, self.vocab)
@@ -212,16 +215,22 @@ class PartitionState:
         >>> list(part.components)
         ['segments']
         """
-        # Through bytes, exactly as a checkpoint would be read back: one path with restore.
-        snap = msgspec.msgpack.decode(
-            _snapshot_encoder.encode({name: c.snapshot() for name, c in self.components.items()})
-        )
+        before = self.components
         self.sealer = setup.sealer
         self.schema = setup.schema
         self.consent_by_default = setup.consent_by_default
         self._declare()
         self._build_components(setup)
-        self._restore_components(snap)
+        # A component whose state has the new shape takes it over as it is (most catalog
+        # changes: a pause of microseconds, not a snapshot's round trip); the others load it
+        # through bytes, exactly as a checkpoint is read back: one path with restore.
+        moved = {
+            name: old.snapshot()
+            for name, component in self.components.items()
+            if (old := before.get(name)) is not None and not component.adopt(old)
+        }
+        snap = msgspec.msgpack.decode(_snapshot_encoder.encode(moved)) if moved else {}
+        self._restore_components(snap, moved.keys() | (self.components.keys() - before.keys()))
 
     def _declare(self) -> None:
         # Every declared type gets its id now, so a type the catalog drops later is still

@@ -91,8 +91,13 @@ class CatalogRuntime:
             changed = learner.carry_over(previous.learner)
             answers.exposures_pending = previous.answers.exposures_pending
             old_index = previous.segment_index
-            if index is not None and old_index is not None and previous.clusters == catalog.clusters:
-                index.assigner = old_index.assigner
+            if index is not None and old_index is not None:
+                if index.definition == old_index.definition and previous.clusters == catalog.clusters:
+                    # The same segments: the index serves on (its compiled evaluators, its
+                    # model), and the partitions' membership state stays as it is.
+                    index = old_index
+                elif previous.clusters == catalog.clusters:
+                    index.assigner = old_index.assigner
         setup = PartitionSetup(
             learner=learner,
             segment_index=index,

@@ -199,6 +199,14 @@ class SegmentIndex:
         self.rules: list[Rule] = [parse_rule(rule, schema) for _, rule in definitions]
         #: Each segment's rule, by a fingerprint of its text (see :func:`rule_fingerprint`).
         self.fingerprints: dict[str, str] = {segment: rule_fingerprint(rule) for segment, rule in definitions}
+        #: Everything this index is built from: an equal one can serve in its place (its
+        #: compiled evaluators and the partitions' state with it), see :mod:`engine.runtime`.
+        self.definition = (
+            tuple(definitions),
+            schema.fingerprint,
+            catalog.membership.clock,
+            catalog.clusters.sample_every,
+        )
         self.sweep_clock = catalog.membership.clock
         self.sample_every = catalog.clusters.sample_every
         self.assigner: ClusterAssigner | None = None
@@ -386,6 +394,15 @@ class PartitionSegments:
         #: The bits of segments new or changed since the state restored was evaluated (a
         #: catalog change): :meth:`evaluate_stale` evaluates them for every user.
         self.stale = 0
+
+    def adopt(self, old: object) -> bool:
+        """Take ``old``'s bookkeeping as it is when it tracks this very index (the catalog
+        version's segments, rules, schema and settings unchanged: the runtime kept the index)."""
+        if not isinstance(old, PartitionSegments) or old.index is not self.index:
+            return False
+        for name in self.__slots__:
+            setattr(self, name, getattr(old, name))
+        return True
 
     def on_event(
         self, user_key: str, user: UserState, event: Event, seq: int, vocab: Vocabularies, changed: int

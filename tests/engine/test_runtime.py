@@ -308,3 +308,26 @@ def test_the_cluster_model_is_kept_only_while_the_clusters_section_is_unchanged(
     other = CatalogRuntime.build(catalog_with(more_clusters), 3, previous=same)
     # A model of another k is not served: the training shard trains one for the new k.
     assert other.segment_index is not None and other.segment_index.assigner is None
+
+
+def test_state_whose_shape_is_unchanged_is_taken_over_as_it_is() -> None:
+    """Most catalog changes (a message, a flag) change no component's shape: the switch moves
+    no state (no snapshot round trip), and the segment index serves on with its evaluators."""
+    first = CatalogRuntime.build(load_catalog(DEFAULT_CATALOG), 1)
+    part, _ = learned_partition(first)
+    open_before = learning_of(part).open
+    assert part.segments is not None
+    outbox_before = part.segments.outbox
+
+    def change(data: dict[str, Any]) -> None:
+        data["messages"]["welcome"]["en"] = "Welcome, version 2!"
+
+    second = CatalogRuntime.build(catalog_with(change), 2, previous=first)
+    assert second.segment_index is first.segment_index
+    second.serve({0: part}, lambda: {0: learning_of(part)})
+    assert learning_of(part).learner is second.learner and learning_of(part).open is open_before
+    assert part.segments is not None and part.segments.outbox is outbox_before
+    # Arms changed: the learning state is read back by name instead.
+    third = CatalogRuntime.build(first_project_variants("video", "interactive"), 3, previous=second)
+    third.serve({0: part}, lambda: {0: learning_of(part)})
+    assert learning_of(part).open is not open_before and part.segments.outbox is outbox_before
