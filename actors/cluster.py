@@ -52,9 +52,14 @@ class ShardGroup:
         settings: Settings,
         nats_url: str,
         catalog: Catalog | None = None,
+        catalog_version: int = 0,
         actor_options: dict[str, Any] | None = None,
     ) -> None:
         self.settings = settings
+        #: 0: static, the shards serve ``catalog`` as given. N > 0: ``catalog`` is stored
+        #: version N of the live catalog; the shards follow the store (serving its latest
+        #: version when they start, and every newer one as it is stored).
+        self.catalog_version = catalog_version
         #: Extra Ray options for every shard actor (e.g. a scheduling strategy).
         self.actor_options = actor_options or {}
         self.catalog = catalog or load_catalog(settings.catalog or DEFAULT_CATALOG)
@@ -104,7 +109,14 @@ class ShardGroup:
             get_if_exists=True,
             num_cpus=self.settings.shard_num_cpus,
             **self.actor_options,
-        ).remote(shard, self.assignment.partitions_of(shard), self.settings, self.nats_url, self.catalog)
+        ).remote(
+            shard,
+            self.assignment.partitions_of(shard),
+            self.settings,
+            self.nats_url,
+            self.catalog,
+            self.catalog_version,
+        )
 
     def _control(self, action: Callable[[KeyValue], Awaitable[T]]) -> T:
         async def run() -> T:

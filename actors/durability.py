@@ -70,6 +70,14 @@ class Durability:
     def taken(self, part: PartitionState, handed: bool) -> None:
         """``part`` was just restored here; ``handed`` if from a hand-over's snapshot, which is
         not in the store yet (the next checkpoint writes it)."""
+        segments = part.segments
+        if segments is not None and segments.revision:
+            # Restored under a catalog version with segments new or changed since the snapshot:
+            # they were just evaluated for every user, changes the stream cannot replay. Held
+            # until a snapshot holds them, like a sweep's (the next checkpoint writes it).
+            self._checkpointed[part.partition] = NOT_STORED
+            self.holds.until(part.partition, part.checkpoint_mark())
+            return
         self._checkpointed[part.partition] = NOT_STORED if handed else part.checkpoint_mark()
         self.holds.drop(part.partition)  # restored: nothing to hold
 

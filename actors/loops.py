@@ -70,10 +70,11 @@ class Background:
         owned: OwnedPartitions,
         publisher: ChangePublisher,
         sweep_interval_s: float,
-        trainer: ClusterTrainer | None,
-        clusters: Clusters,
+        trainer: Callable[[], ClusterTrainer | None] | None,
+        clusters: Callable[[], Clusters],
     ) -> None:
-        """Start every loop (the cluster training one only on the shard with a ``trainer``)."""
+        """Start every loop (the cluster training one only on the shard given a ``trainer``:
+        what gives the trainer of the served catalog, None while its clusters are off)."""
         loops = [
             self._report_forever(report, applied),
             _checkpoint_forever(durability, checkpoint_interval_s),
@@ -154,14 +155,19 @@ async def _expire_forever(durability: Durability) -> None:
 
 
 async def _train_clusters_forever(
-    trainer: ClusterTrainer, owned: OwnedPartitions, clusters: Clusters
+    trainer_of: Callable[[], ClusterTrainer | None],
+    owned: OwnedPartitions,
+    clusters_of: Callable[[], Clusters],
 ) -> None:
-    """Learn sampled users at ``clusters.train_per_s`` at most; publish the model on schedule."""
-    per_tick = max(1, int(clusters.train_per_s * RECO_TRAIN_TICK_S))
-    next_publish = time.monotonic() + clusters.publish_interval_s
+    """Learn sampled users at ``clusters.train_per_s`` at most; publish the model on schedule.
+    Both are read at every tick: a new catalog version may bring another trainer (another ``k``)."""
+    next_publish = time.monotonic() + clusters_of().publish_interval_s
     while True:
         await asyncio.sleep(RECO_TRAIN_TICK_S)
-        trainer.train(owned.consumed(), per_tick)
+        trainer, clusters = trainer_of(), clusters_of()
+        if trainer is None:
+            continue
+        trainer.train(owned.consumed(), max(1, int(clusters.train_per_s * RECO_TRAIN_TICK_S)))
         if time.monotonic() >= next_publish:
             next_publish = time.monotonic() + clusters.publish_interval_s
             try:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import time
@@ -36,20 +37,22 @@ from actors.owned import OwnedPartitions
 from actors.shard_rpc import ShardRpc
 from engine import queries
 from engine.answers import Answers
-from engine.catalog import Catalog
+from engine.catalog import Catalog, Clusters, Membership
 from engine.clusters import ClusterAssigner
 from engine.decision import Decider
 from engine.keys import partition_of
 from engine.learning import Learner
-from engine.partition import PartitionSetup, PartitionState
+from engine.partition import PartitionState
 from engine.pii import PiiSealer
+from engine.runtime import CatalogRuntime
 from engine.segments import SegmentIndex
 from engine.shard import ShardState
 from headstart.adapters.assignment import control_bucket, load_assignment
 from headstart.adapters.broker import connect_nats
+from headstart.adapters.catalog_store import CatalogStore, StoredVersion, Watch
 from headstart.adapters.checkpoints import NatsCheckpointStore
 from headstart.adapters.membership import CLUSTERS_KEY, ChangePublisher, ClusterTrainer, cluster_listener
-from headstart.adapters.merge import PolicyMerger, learn_bucket
+from headstart.adapters.merge import PolicyMerger, learn_bucket, register_layout
 from headstart.adapters.shard_stats import (
     LearningStats,
     SegmentStats,
@@ -87,7 +90,13 @@ class ShardActor:
     """
 
     def __init__(
-        self, shard_id: int, partitions: list[int], settings: Settings, nats_url: str, catalog: Catalog
+        self,
+        shard_id: int,
+        partitions: list[int],
+        settings: Settings,
+        nats_url: str,
+        catalog: Catalog,
+        catalog_version: int = 0,
     ) -> None:
         logging.basicConfig(level=logging.INFO)
         self.shard_id = shard_id
@@ -99,23 +108,22 @@ class ShardActor:
         self.owned = OwnedPartitions(self.state)
         self.control: KeyValue | None = None
         self._status: KeyValue | None = None
-        self.decider = Decider(catalog)
-        #: The served policies: the merged statistics of every partition (headstart.adapters.merge).
-        self.learner = Learner(catalog, self.decider, seed=shard_id)
-        self.merger: PolicyMerger | None = None
-        self.merge_interval_s = catalog.learning.merge_interval_s
-        self.personalize_by_default = catalog.consent_mode == "opt_out"
-        #: Decisions for this shard's users (engine.answers); the RPC handlers over it and the
-        #: shard-wide queries (actors.shard_rpc).
-        self.answers = Answers(self.decider, self.learner, self.personalize_by_default)
         # Names are sealed in snapshots with the instance's secret (left out without one).
         secret = settings.secret.get_secret_value().encode() if settings.secret is not None else None
         self.sealer = PiiSealer(secret) if secret else None
-        #: Live segment membership: the tracked segments, shared by this shard's partitions.
-        self.segment_index = SegmentIndex(catalog) if catalog.membership.track else None
-        self.membership = catalog.membership
-        self.cluster_settings = catalog.clusters
-        self.schema = catalog.event_schema
+        #: Everything derived from the served catalog version (decider, learner, answers, live
+        #: segment index, the partitions' setup): read through this one reference, replaced in
+        #: one synchronous step by :meth:`_switch`. ``catalog_version`` 0: static (a catalog
+        #: given directly); N > 0: live, ``catalog`` is stored version N and the store is
+        #: followed (see :meth:`_follow_catalog`).
+        self.runtime = CatalogRuntime.build(catalog, catalog_version, seed=shard_id, sealer=self.sealer)
+        self._live = catalog_version > 0
+        self._catalog_watch: Watch | None = None
+        self._catalog_store: CatalogStore | None = None
+        self._learn_kv: KeyValue | None = None
+        #: Catalog versions switched to since start.
+        self.catalog_switches = 0
+        self.merger: PolicyMerger | None = None
         self.change_publisher: ChangePublisher | None = None
         self.cluster_trainer: ClusterTrainer | None = None
         #: Events only (the consumers' deliveries); everything else goes over ``ctl``.
@@ -129,20 +137,20 @@ class ShardActor:
         self._batch_sub: Subscription | None = None
         self.background = Background()
         self.decision_log = DecisionLog(self.background.spawn)
-        self.durability = Durability(self.owned, catalog.membership, settings.profile_retention_days)
+        self.durability = Durability(self.owned, self.runtime.membership, settings.profile_retention_days)
+        #: Decisions for this shard's users (the served runtime's engine.answers); the RPC
+        #: handlers over it and the shard-wide queries (actors.shard_rpc).
         self.rpc = ShardRpc(
             shard_id,
             self.state,
-            self.answers,
+            self.runtime.answers,
             self.owned.consumed,
             self.stats,
             self.durability.snapshot_through,
             self.decision_log.publish,
         )
-        # Dead letters redact the catalog's PII traits too, like a name.
-        pii_fields = (*settings.pii_fields, *sorted(self.schema.pii_traits))
         self.handover = HandOver(
-            settings.model_copy(update={"pii_fields": pii_fields}),
+            self._handover_settings(self.runtime),
             self.owned,
             self.durability,
             self.background,
@@ -155,17 +163,125 @@ class ShardActor:
         # and after every restart alike.
         self._starting = asyncio.get_running_loop().create_task(self._start())
 
+    # ------------------------------------------------------------------ the served catalog version
+
+    @property
+    def decider(self) -> Decider:
+        return self.runtime.decider
+
+    @property
+    def learner(self) -> Learner:
+        """The served policies: the merged statistics of every partition (headstart.adapters.merge)."""
+        return self.runtime.learner
+
+    @property
+    def answers(self) -> Answers:
+        return self.runtime.answers
+
+    @property
+    def segment_index(self) -> SegmentIndex | None:
+        """Live segment membership: the tracked segments, shared by this shard's partitions."""
+        return self.runtime.segment_index
+
+    @property
+    def membership(self) -> Membership:
+        return self.runtime.membership
+
+    @property
+    def cluster_settings(self) -> Clusters:
+        return self.runtime.clusters
+
+    def _handover_settings(self, runtime: CatalogRuntime) -> Settings:
+        # Dead letters redact the catalog's PII traits too, like a name.
+        pii_fields = (*self.settings.pii_fields, *sorted(runtime.schema.pii_traits))
+        return self.settings.model_copy(update={"pii_fields": pii_fields})
+
     def _build_partition(self, partition: int, snapshot: bytes | None) -> PartitionState:
         """A partition's state: restored from ``snapshot``, or empty without one."""
-        setup = PartitionSetup(
-            learner=self.learner,
-            segment_index=self.segment_index,
-            experiment_plan=self.decider.experiments,
-            consent_by_default=self.personalize_by_default,
-            sealer=self.sealer,
-            schema=self.schema,
-        )
-        return PartitionState.build(partition, snapshot, setup)
+        return PartitionState.build(partition, snapshot, self.runtime.setup)
+
+    def _switch(self, catalog: Catalog, version: int) -> None:
+        """Serve ``catalog`` (stored version ``version``) from now on, in one synchronous step:
+        no request is answered between reconfiguring the partitions and swapping the runtime,
+        so each is made wholly from one version. Learned and live state carry over (see
+        :meth:`engine.runtime.CatalogRuntime.build`); a failure leaves the served version as it was.
+        """
+        old = self.runtime
+        runtime = CatalogRuntime.build(catalog, version, seed=self.shard_id, sealer=self.sealer, previous=old)
+        consumed = self.owned.consumed()
+        marks = {p: part.checkpoint_mark() for p, part in consumed.items()}
+        # The step allocates an object per open decision and segment change: a full collection
+        # over a shard's heap in the middle of it doubled the pause (measured); one after it.
+        gc.disable()
+        try:
+            runtime.serve(self.state.partitions, self.owned.learning)
+        except Exception:
+            for part in self.state.partitions.values():
+                part.reconfigure(old.setup)  # back to the version served
+            raise
+        finally:
+            gc.enable()
+        for p, part in consumed.items():
+            if part.checkpoint_mark() != marks[p]:
+                # New or changed segments were evaluated: like a sweep's, their changes cannot be
+                # made again by replaying the stream, so they wait for a snapshot that holds them
+                # (a crash before it re-evaluates from the old snapshot: same changes, same ids).
+                self.durability.holds.at_least(p, part.checkpoint_mark())
+        self.runtime = runtime
+        self.rpc.answers = runtime.answers
+        if self.merger is not None:
+            self.merger.learner = runtime.learner
+        self.durability.membership = runtime.membership
+        self.handover.settings = self._handover_settings(runtime)
+        self.catalog_switches += 1
+        log.info("shard %d serves catalog version %d", self.shard_id, version)
+        if self.ready.is_set():
+            self.background.spawn(self._after_switch(old))
+
+    async def _after_switch(self, old: CatalogRuntime) -> None:
+        """What follows a switch off its critical path: the new feature layout registered (other
+        processes read decisions logged in it by name), another cluster model trained when the
+        ``clusters`` section changed, stats reported, and a checkpoint (the new version's
+        segment changes and rules recorded soon)."""
+        runtime = self.runtime
+        try:
+            if self.merger is not None and runtime.learner.layout.names != old.learner.layout.names:
+                await register_layout(self.merger.kv, runtime.learner.layout)
+            if runtime.clusters != old.clusters and self.shard_id == CLUSTER_TRAINING_SHARD:
+                await self._open_cluster_trainer()
+            await self._report()
+            await self.durability.checkpoint_logged()
+        except Exception:  # the next report, publish and checkpoint catch up
+            log.exception("shard %d: after switching to catalog version %d", self.shard_id, runtime.version)
+
+    async def _open_cluster_trainer(self) -> None:
+        """The trainer of the served catalog's clusters (None while they are off): a model of
+        another ``k`` than the one published is trained from scratch, and until it is published
+        the old one (of another ``k``) is ignored."""
+        clusters = self.runtime.clusters
+        if not clusters.enabled or self._learn_kv is None:
+            self.cluster_trainer = None
+            return
+        self.cluster_trainer = await ClusterTrainer.open(self._learn_kv, clusters)
+
+    async def _follow_catalog(self) -> None:
+        """Live mode: serve the store's latest version if newer than the one served (a shard
+        restarted by Ray, or killed while a version was pushed, comes back on the latest)."""
+        assert self._catalog_store is not None
+        latest = await self._catalog_store.latest()
+        if latest is not None and latest.version > self.runtime.version:
+            try:
+                catalog = latest.catalog()
+            except ValueError:
+                # Stored valid, unreadable here (a newer Headstart's?): keep serving, say so.
+                log.exception("shard %d cannot read catalog version %d", self.shard_id, latest.version)
+                return
+            self._switch(catalog, latest.version)
+
+    async def _on_catalog_version(self, version: StoredVersion) -> None:
+        """A newer version stored (the store's watch): switch to it."""
+        if version.version > self.runtime.version:
+            self._switch(version.catalog(), version.version)
 
     async def _start(self) -> None:
         try:
@@ -185,16 +301,19 @@ class ShardActor:
                 reconnect_time_wait=0.5,
             )
             js = self.ctl.jetstream()
+            if self._live:
+                # Before any partition is built: they are built with the version served.
+                self._catalog_store = await CatalogStore.open(js, self.settings.stream_replicas)
+                await self._follow_catalog()
             checkpoints = await NatsCheckpointStore.open(js, self.settings.stream_replicas)
             self.durability.open(checkpoints)
             self.control = await control_bucket(js, self.settings.stream_replicas)
             self._status = await ensure_status_bucket(js)
-            learn_kv = await learn_bucket(js, self.settings.stream_replicas)
-            listeners = {}
-            if self.cluster_settings.enabled:
-                listeners[CLUSTERS_KEY] = cluster_listener(self._serve_clusters)
-                if self.shard_id == CLUSTER_TRAINING_SHARD:
-                    self.cluster_trainer = await ClusterTrainer.open(learn_kv, self.cluster_settings)
+            learn_kv = self._learn_kv = await learn_bucket(js, self.settings.stream_replicas)
+            # Always listened to: a later catalog version may turn clusters on.
+            listeners = {CLUSTERS_KEY: cluster_listener(self._serve_clusters)}
+            if self.shard_id == CLUSTER_TRAINING_SHARD:
+                await self._open_cluster_trainer()
             self.change_publisher = ChangePublisher(js)
             self.merger = PolicyMerger(learn_kv, self.learner, self.owned.learning, listeners)
             self.handover.connect(self.nc, self.ctl, checkpoints, self.merger)
@@ -204,10 +323,13 @@ class ShardActor:
             assignment, _ = await load_assignment(self.control)
             partitions = assignment.partitions_of(self.shard_id) if assignment else self._initial_partitions
             # The merged policy first: a new shard serves what all shards learned so far.
-            await self.merger.start(self.merge_interval_s)
+            await self.merger.start(self.runtime.merge_interval_s)
             await self.acquire(partitions)
             self._batch_sub = await self.ctl.subscribe(batch_subject(self.shard_id), cb=self._on_batch)
             self.ready.set()
+            # Partitions restored under a newer catalog than their snapshots (segments evaluated
+            # on restore) hold their changes until stored: now, not at the first interval.
+            self.background.spawn(self.durability.checkpoint_logged())
             self.background.start(
                 report=self._report,
                 applied=lambda: self.state.applied,
@@ -216,9 +338,16 @@ class ShardActor:
                 owned=self.owned,
                 publisher=self.change_publisher,
                 sweep_interval_s=self.membership.sweep_interval_s,
-                trainer=self.cluster_trainer,
-                clusters=self.cluster_settings,
+                trainer=(lambda: self.cluster_trainer) if self.shard_id == CLUSTER_TRAINING_SHARD else None,
+                clusters=lambda: self.cluster_settings,
             )
+            if self._catalog_store is not None:
+                # From the version served on: a version stored since _follow_catalog read the
+                # latest is caught by the check right after (the watch only sees newer ones).
+                self._catalog_watch = await self._catalog_store.watch(
+                    self.runtime.version, self._on_catalog_version
+                )
+                await self._follow_catalog()
         except Exception as exc:
             self.failure = exc
             log.exception("shard %d failed to start", self.shard_id)
@@ -321,6 +450,7 @@ class ShardActor:
             events_without_consent=queries.events_without_consent(self.owned.consumed()),
             expired_profiles=durability.expired_profiles,
             retired_events=queries.retired_events(self.owned.consumed()),
+            catalog_version=self.runtime.version,
         )
 
     def _learning_stats(self) -> LearningStats:
@@ -380,9 +510,10 @@ class ShardActor:
 
     def _serve_clusters(self, data: dict[str, Any]) -> None:
         """A published cluster model: assign users with it from now on."""
-        if data.get("k") != self.cluster_settings.k or self.segment_index is None:
+        clusters, index = self.cluster_settings, self.segment_index
+        if not clusters.enabled or data.get("k") != clusters.k or index is None:
             return  # published under another catalog; the trainer replaces it
-        self.segment_index.assigner = ClusterAssigner.from_export(data)
+        index.assigner = ClusterAssigner.from_export(data)
 
     def _segment_stats(self) -> SegmentStats:
         tracked = [p.segments for p in self.owned.consumed().values() if p.segments is not None]
@@ -419,6 +550,9 @@ class ShardActor:
     async def stop(self, checkpoint: bool = True) -> None:
         """Stop consuming; by default write a final checkpoint so a restart replays nothing."""
         self.background.stop()
+        if self._catalog_watch is not None:
+            await self._catalog_watch.stop()
+            self._catalog_watch = None
         if self.merger is not None:
             await self.merger.stop()
         if self._batch_sub is not None:

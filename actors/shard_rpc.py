@@ -17,6 +17,8 @@ import msgspec
 
 from engine import queries
 from engine.answers import Answers, Logs
+from engine.decision import Decider
+from engine.learning import Learner
 from engine.partition import PartitionState
 from engine.shard import NotOwned, ShardState
 from headstart.adapters.rpc import (
@@ -67,9 +69,9 @@ class ShardRpc:
     ) -> None:
         self.shard_id = shard_id
         self.state = state
+        #: The served catalog version's answers (replaced when the shard switches versions);
+        #: the decider and learner are read through it, so a request sees one version.
         self.answers = answers
-        self.decider = answers.decider
-        self.learner = answers.learner
         self._consumed = consumed
         self._stats = stats
         self._snapshot_through = snapshot_through
@@ -89,6 +91,14 @@ class ShardRpc:
             Method.EXPERIMENT_MOMENTS: self._experiment_moments,
             Method.LEARNED: self._learned,
         }
+
+    @property
+    def decider(self) -> Decider:
+        return self.answers.decider
+
+    @property
+    def learner(self) -> Learner:
+        return self.answers.learner
 
     # ------------------------------------------------------------------ dispatch
 
@@ -157,7 +167,7 @@ class ShardRpc:
     # ------------------------------------------------------------------ the shard
 
     async def _ping(self, part: PartitionState, request: Request, now: float) -> Any:
-        return Ping(self.shard_id, part.partition)
+        return Ping(self.shard_id, part.partition, self.decider.version)
 
     async def _stats_of(self, part: PartitionState, request: Request, now: float) -> Any:
         return await self._stats()

@@ -115,6 +115,10 @@ class DecisionAnswer(msgspec.Struct, kw_only=True):
     explain: list[str]
     activation_probability: float | UnsetType | None = UNSET
     recommended_features: list[str] | UnsetType = UNSET
+    #: The stored catalog version the answer was made from (0: a catalog given directly, not
+    #: stored); a decision is made from exactly one version. Last: the keys before keep their
+    #: places.
+    catalog_version: int = 0
 
 
 class Decision(msgspec.Struct):
@@ -136,6 +140,8 @@ class TutorialAnswer(msgspec.Struct, kw_only=True):
     segments: list[str]
     experiments: dict[str, str] | UnsetType = UNSET
     explain: list[str]
+    #: The stored catalog version the answer was made from (0: not stored, see DecisionAnswer).
+    catalog_version: int = 0
 
 
 class TutorialChoice(msgspec.Struct):
@@ -148,8 +154,10 @@ class TutorialChoice(msgspec.Struct):
 class Decider:
     """Turns (catalog, live state, request context) into a decision. Pure; no I/O."""
 
-    def __init__(self, catalog: Catalog) -> None:
+    def __init__(self, catalog: Catalog, version: int = 0) -> None:
         self.catalog = catalog
+        #: The stored catalog version ``catalog`` is (0: given directly); every answer names it.
+        self.version = version
         self.steps = catalog.journey.steps
         self._renderer = _renderer()
         self._templates: dict[tuple[int, str], Any] = {}
@@ -404,6 +412,7 @@ class Decider:
             completed_steps=sorted(done),
             personalized=personalize and user is not None,
             explain=explain,
+            catalog_version=self.version,
         )
         return Decision(answer, self._exposed(arms, reached))
 
@@ -486,6 +495,7 @@ class Decider:
                     eligible=[],
                     segments=segments,
                     explain=["no variant eligible for this user's segments"],
+                    catalog_version=self.version,
                 )
             )
         variant, why = self._variant(tutorial, variants, variant_chooser)
@@ -497,6 +507,7 @@ class Decider:
             segments=segments,
             experiments={exp.id: arm.id for exp, arm in arms},
             explain=[*explain, f"variant {variant}: {why} (eligible: {', '.join(variants)})"],
+            catalog_version=self.version,
         )
         return TutorialChoice(answer, self._exposed(arms, reached))
 

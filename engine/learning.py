@@ -79,6 +79,36 @@ INSIGHTS_TTL_S = 60.0
 INSIGHTS_CACHE = 50_000
 
 Contributions = dict[str, dict[str, Stats]]  # policy name -> point -> statistics
+#: The arms of each decision point, in the order statistics index them (point -> arm names).
+Arms = Mapping[str, Sequence[str]]
+
+
+def remap_arms(stats: Stats, old: Sequence[str], new: Sequence[str]) -> Stats | None:
+    """Statistics learned over the arms ``old``, read by arm name over ``new``: every statistic
+    runs over arms along its first axis (see :class:`policies.base.Policy`), so an arm in both
+    keeps its rows, a new arm starts at zero and a removed arm's rows go. None: ``stats`` are not
+    of ``old``'s size (nothing can read them).
+
+    >>> stats = {"n": np.array([1.0, 2.0]), "r": np.array([0.5, 1.5])}
+    >>> moved = remap_arms(stats, ["a", "b"], ["b", "c"])
+    >>> moved["n"].tolist(), moved["r"].tolist()
+    ([2.0, 0.0], [1.5, 0.0])
+    >>> remap_arms(stats, ["a", "b", "c"], ["a"]) is None
+    True
+    """
+    if list(old) == list(new):
+        return stats
+    if any(v.shape[:1] != (len(old),) for v in stats.values()):
+        return None
+    position = {arm: i for i, arm in enumerate(old)}
+    pairs = [(i, position[arm]) for i, arm in enumerate(new) if arm in position]
+    out: Stats = {}
+    for key, value in stats.items():
+        moved = np.zeros((len(new), *value.shape[1:]), dtype=value.dtype)
+        for i, j in pairs:
+            moved[i] = value[j]
+        out[key] = moved
+    return out
 
 
 def new_decision_id(user_key: str) -> str:
@@ -132,6 +162,8 @@ class DecisionRecord(msgspec.Struct, omit_defaults=True):
     #: repeated in every decision. None: a record from before layouts had ids, in the
     #: layout its ``features_version`` names (:data:`engine.features.LEGACY_NAMES`).
     layout: str | None = None
+    #: The stored catalog version the decision was made from (0: a catalog not stored).
+    catalog_version: int = 0
 
 
 class RewardRecord(msgspec.Struct):
@@ -251,6 +283,7 @@ class ChoiceSession:
             shadow_policy=learner.shadow_name if self._shadows else None,
             groups=self._groups(),
             layout=learner.layout.layout_id,
+            catalog_version=learner.catalog_version,
         )
 
     def _groups(self) -> dict[str, str]:
@@ -270,8 +303,10 @@ class Learner:
     ``tutorial:<id>`` (arms: its variants).
     """
 
-    def __init__(self, catalog: Catalog, decider: StepRules, seed: int = 0) -> None:
+    def __init__(self, catalog: Catalog, decider: StepRules, seed: int = 0, catalog_version: int = 0) -> None:
         self.settings = catalog.learning
+        #: The stored catalog version this learner was built from (logged with each decision).
+        self.catalog_version = catalog_version
         self.decider = decider
         #: The context vector the policies choose in (the catalog's built-in and declared features).
         self.layout = FeatureLayout.from_catalog(catalog)
@@ -338,6 +373,53 @@ class Learner:
         """The served and the shadow policies by policy name (built once: they never change)."""
         return self._by_name
 
+    # ------------------------------------------------------------------ a new catalog version
+
+    def carry_over(self, old: Learner) -> set[str]:
+        """Take over what ``old`` (the learner of the previous catalog version) knows: the
+        layouts registered, the other partitions' published contributions, what drifts forgot
+        and the counters, read in this learner's layout and arms by name (:meth:`in_layout`).
+
+        A point whose policy is unchanged (the same arms, policy, parameters and feature
+        layout) keeps ``old``'s policy object itself: its statistics, random generator and drift
+        detector go on exactly as if the catalog had not changed. Returns the points that did
+        not keep theirs: their statistics are loaded by the next :meth:`rebuild` (once the
+        partitions' contributions are in this learner's shape).
+        """
+        names, arms = old.layout.names, old.points
+        self.layouts.update(old.layouts)
+        self.views = {p: (seq, self.in_layout(c, names, arms)) for p, (seq, c) in old.views.items()}
+        self.activation_views = {}
+        for p, (weights, examples) in old.activation_views.items():
+            moved = self._activation_in_layout(weights, names)
+            if moved is not None:
+                self.activation_views[p] = (moved, examples)
+        self.forgotten = self.in_layout(old.forgotten, names, arms)
+        self.forgotten_seqs = dict(old.forgotten_seqs)
+        if old._pending_forgotten is not None:
+            pending, seqs = old._pending_forgotten
+            self._pending_forgotten = (self.in_layout(pending, names, arms), seqs)
+        self.rewards, self.reward_sum = old.rewards, old.reward_sum
+        self.feature_drifts = dict(old.feature_drifts)
+        self.on_close, self.on_outcome = old.on_close, old.on_outcome
+        same_policies = (
+            names == self.layout.names
+            and (old.policy_name, old.shadow_name) == (self.policy_name, self.shadow_name)
+            and old.settings.params == self.settings.params
+        )
+        changed = set(self.points)
+        if same_policies:
+            for point, arms_now in self.points.items():
+                if arms.get(point) != arms_now:
+                    continue
+                self.served[point] = old.served[point]
+                if point in old.shadows:
+                    self.shadows[point] = old.shadows[point]
+                if point in old._feature_detectors:
+                    self._feature_detectors[point] = old._feature_detectors[point]
+                changed.discard(point)
+        return changed
+
     # ------------------------------------------------------------------ feature layouts
 
     def register_layout(self, names: Sequence[str]) -> str:
@@ -368,16 +450,34 @@ class Learner:
         index = self.remap_from(names)
         return x if index is None else remap(x, index)
 
-    def in_layout(self, contributions: Contributions, names: Sequence[str]) -> Contributions:
-        """Statistics learned with the layout ``names``, read in ours by feature name.
+    def in_layout(
+        self, contributions: Contributions, names: Sequence[str], arms: Arms | None = None
+    ) -> Contributions:
+        """Statistics learned with the layout ``names`` (and the arms ``arms``), read in ours
+        by feature name and by arm name (:func:`remap_arms`).
 
         A policy's statistics are only valid with the layout they were learned on. Linear
         statistics (Σ x xᵀ, Σ r·x) remap exactly (see :func:`engine.features.remap`), so a
         catalog change that adds, drops or reorders features keeps what was learned about the
         features both layouts share; statistics without feature axes (counts) are the same in
         every layout. Statistics whose size does not match ``names`` are left as they are, and
-        a merge or restore skips them for their shape (they start fresh).
+        a merge or restore skips them for their shape (they start fresh). Statistics recorded
+        without arm names (before they were recorded) are left as they are: the same shape is
+        read as the same arms.
         """
+        in_ours = self._features_in_layout(contributions, names)
+        if not arms:
+            return in_ours
+        out: Contributions = {}
+        for name, points in in_ours.items():
+            out[name] = {}
+            for point, stats in points.items():
+                recorded, ours = arms.get(point), self.points.get(point)
+                moved = None if recorded is None or ours is None else remap_arms(stats, recorded, ours)
+                out[name][point] = moved if moved is not None else stats
+        return out
+
+    def _features_in_layout(self, contributions: Contributions, names: Sequence[str]) -> Contributions:
         index = self.remap_from(names)
         if index is None:
             return contributions
@@ -458,8 +558,9 @@ class Learner:
                         target[k] += v
         return total, seqs
 
-    def rebuild(self, owned: Mapping[int, PartitionLearning]) -> None:
-        """Serve the merged statistics: the sum of all contributions less what was forgotten."""
+    def rebuild(self, owned: Mapping[int, PartitionLearning], points: Iterable[str] | None = None) -> None:
+        """Serve the merged statistics: the sum of all contributions less what was forgotten
+        (of ``points`` only, when given: the others keep what they serve)."""
         total, seqs = self.totals(owned)
         pending = self._pending_forgotten
         if pending is not None and all(seqs.get(p, 0) >= s for p, s in pending[1].items()):
@@ -468,8 +569,11 @@ class Learner:
         models = {p: v for p, v in self.activation_views.items() if p not in owned}
         models.update((p, part.activation.raw_params()) for p, part in owned.items())
         self.activation.load(models.values())
+        only = None if points is None else set(points)
         for name, policies in self.policies_by_name().items():
             for point, policy in policies.items():
+                if only is not None and point not in only:
+                    continue
                 stats = total[name][point]
                 minus = self.forgotten.get(name, {}).get(point)
                 if minus is not None and all(minus[k].shape == v.shape for k, v in stats.items()):
@@ -495,19 +599,19 @@ class Learner:
         self.drifted.clear()
         self.forgotten, self.forgotten_seqs = forgotten, seqs
         self._pending_forgotten = None
-        return encode_contributions(seqs, forgotten, layout=self.layout.names)
+        return encode_contributions(seqs, forgotten, layout=self.layout.names, arms=self.points)
 
     def load_forgotten(self, data: bytes) -> None:
         """A ``forgotten`` record shared by any shard: applied at the next rebuild that has
         seen every partition as far as the record did."""
-        seqs, forgotten, names = decode_contributions(data)
-        self._pending_forgotten = (self.in_layout(forgotten, names), seqs)
+        seqs, forgotten, names, arms = decode_contributions(data)
+        self._pending_forgotten = (self.in_layout(forgotten, names, arms), seqs)
 
     def set_view(self, partition: int, data: bytes) -> None:
-        seqs, contributions, names = decode_contributions(data)
+        seqs, contributions, names, arms = decode_contributions(data)
         seq = seqs.get(partition, 0)
         if partition not in self.views or self.views[partition][0] <= seq:
-            self.views[partition] = (seq, self.in_layout(contributions, names))
+            self.views[partition] = (seq, self.in_layout(contributions, names, arms))
             activation = msgspec.msgpack.decode(data).get("activation")
             if activation:
                 weights = self._activation_in_layout(np.frombuffer(activation[0], dtype=float).copy(), names)
@@ -584,9 +688,11 @@ def encode_contributions(
     contributions: Contributions,
     activation: tuple[np.ndarray, int] | None = None,
     layout: Sequence[str] = BUILTIN_LAYOUT.names,
+    arms: Arms | None = None,
 ) -> bytes:
     """Statistics (and activation weights) as published and snapshotted, with the feature names
-    they were learned with (``layout``)."""
+    (``layout``) and the arms of each point (``arms``) they were learned with: another catalog
+    reads them by name."""
     body: dict[str, Any] = {
         "seqs": {str(p): s for p, s in seqs.items()},
         "activation": [activation[0].tobytes(), activation[1]] if activation is not None else None,
@@ -605,11 +711,16 @@ def encode_contributions(
     # holds it, so the default catalog's state keeps its bytes.
     if tuple(layout) != BUILTIN_LAYOUT.names:
         body["layout"] = list(layout)
+    if arms:
+        body["arms"] = {point: list(names) for point, names in arms.items()}
     return _encoder.encode(body)
 
 
-def decode_contributions(data: bytes) -> tuple[dict[int, int], Contributions, tuple[str, ...]]:
-    """Sequences, statistics and the feature names they were learned with."""
+def decode_contributions(
+    data: bytes,
+) -> tuple[dict[int, int], Contributions, tuple[str, ...], dict[str, list[str]]]:
+    """Sequences, statistics, the feature names and the arms (per point; empty: not recorded,
+    written before arms were) they were learned with."""
     raw = msgspec.msgpack.decode(data)
     return (
         {int(p): s for p, s in raw["seqs"].items()},
@@ -618,6 +729,7 @@ def decode_contributions(data: bytes) -> tuple[dict[int, int], Contributions, tu
             for name, points in raw["policies"].items()
         },
         tuple(raw.get("layout") or BUILTIN_LAYOUT.names),
+        {point: list(names) for point, names in (raw.get("arms") or {}).items()},
     )
 
 
@@ -678,6 +790,24 @@ class PartitionLearning:
         self.recommender = FeatureRecommender()
         self._insights: dict[str, tuple[tuple[Any, ...], float, dict[str, Any]]] = {}
         self.counts = {"decisions": 0, "rewards": 0, "explicit": 0, "defaulted": 0, "late": 0, "unknown": 0}
+
+    def adopt(self, old: object) -> bool:
+        """Take ``old``'s state as it is when its statistics have this learner's shape: the
+        same decision points and arms, feature layout and policies (a catalog version that
+        changed none of them: messages, flags, segments...)."""
+        if not isinstance(old, PartitionLearning):
+            return False
+        before, now = old.learner, self.learner
+        if (
+            before.points != now.points
+            or before.layout.names != now.layout.names
+            or before.policies_by_name().keys() != now.policies_by_name().keys()
+        ):
+            return False
+        for name in self.__slots__:
+            if name != "learner":
+                setattr(self, name, getattr(old, name))
+        return True
 
     # ------------------------------------------------------------------ inputs, in stream order
 
@@ -927,17 +1057,25 @@ class PartitionLearning:
 
     def published(self, partition: int) -> bytes:
         """The contribution as every shard loads it (:meth:`Learner.set_view`)."""
+        learner = self.learner
         return encode_contributions(
-            {partition: self.seq}, self.contributions, self.activation.raw_params(), self.learner.layout.names
+            {partition: self.seq},
+            self.contributions,
+            self.activation.raw_params(),
+            learner.layout.names,
+            learner.points,
         )
 
     def snapshot(self) -> dict[str, Any]:
         names = self.learner.layout.names
         snap = {
             "seq": self.seq,
-            "contributions": encode_contributions({}, self.contributions, layout=names),
-            "open": {k: [msgspec.to_builtins(d) for d in v] for k, v in self.open.items()},
-            "path": {k: [msgspec.to_builtins(e) for e in v] for k, v in self.path.items()},
+            "contributions": encode_contributions(
+                {}, self.contributions, layout=names, arms=self.learner.points
+            ),
+            # One call each (not one per entry): a catalog switch snapshots every partition.
+            "open": msgspec.to_builtins(self.open),
+            "path": msgspec.to_builtins(self.path),
             "closed": list(self._closed),
             "counts": self.counts,
             "activation": self.activation.snapshot(),
@@ -953,20 +1091,26 @@ class PartitionLearning:
 
         State of another feature layout (the catalog's features changed) is read by feature
         name: the policies' statistics and the open decisions' contexts are remapped (a feature
-        new to the layout reads 0), the activation model keys its weights by name already.
+        new to the layout reads 0), the activation model keys its weights by name already. State
+        recorded with its arms' names (the catalog's steps or variants changed) is read by arm
+        name: statistics of a kept arm stay, a new arm starts at zero, a removed arm's go, and an
+        open decision or path entry keeps its arm (or goes with it, or with its point).
         """
         if not snap:
             return
         learner = self.learner
         self.seq = snap["seq"]
-        _, contributions, names = decode_contributions(snap["contributions"])
-        for name, points in learner.in_layout(contributions, names).items():
+        _, contributions, names, arms = decode_contributions(snap["contributions"])
+        for name, points in learner.in_layout(contributions, names, arms).items():
             for point, stats in points.items():
                 current = self.contributions.get(name, {}).get(point)
                 if current is not None and all(current[k].shape == v.shape for k, v in stats.items()):
                     self.contributions[name][point] = stats
-        self.open = {k: [msgspec.convert(d, OpenDecision) for d in v] for k, v in snap["open"].items()}
-        self.path = {k: [msgspec.convert(e, PathEntry) for e in v] for k, v in snap["path"].items()}
+        self.open = msgspec.convert(snap["open"], dict[str, list[OpenDecision]])
+        self.path = msgspec.convert(snap["path"], dict[str, list[PathEntry]])
+        if arms and arms != learner.points:  # recorded with other arms: by name, or dropped
+            self.open = _with_arms(self.open, arms, learner.arm_index)
+            self.path = _with_arms(self.path, arms, learner.arm_index)
         names = tuple(snap.get("layout") or BUILTIN_LAYOUT.names)
         index = learner.remap_from(names)
         if index is not None:
@@ -990,6 +1134,27 @@ class PartitionLearning:
 
         self.open = _with_contexts(self.open, mapped)
         self.path = _with_contexts(self.path, mapped)
+
+
+def _with_arms(
+    entries: dict[str, list[_E]], arms: Mapping[str, Sequence[str]], index: Mapping[str, Mapping[str, int]]
+) -> dict[str, list[_E]]:
+    """Open decisions or path entries recorded over ``arms`` (per point), their arm read by name
+    in ``index``; an entry whose arm or point is gone goes."""
+    out: dict[str, list[_E]] = {}
+    for key, items in entries.items():
+        kept = []
+        for item in items:
+            recorded, ours = arms.get(item.point), index.get(item.point)
+            if ours is None or recorded is None or not 0 <= item.arm < len(recorded):
+                continue
+            arm = ours.get(recorded[item.arm])
+            if arm is not None:
+                item.arm = arm
+                kept.append(item)
+        if kept:
+            out[key] = kept
+    return out
 
 
 def _with_contexts(

@@ -15,7 +15,7 @@ its components (:mod:`engine.component`), built from one :class:`PartitionSetup`
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -167,11 +167,8 @@ class PartitionState:
         self.watermark = 0.0
         #: The components the setup enables, by snapshot key, in :data:`COMPONENTS`' order.
         self.components: dict[str, PartitionComponent] = {}
-        for name, build in COMPONENTS.items():
-            component = build(setup, partition)
-            if component is not None:
-                self.components[name] = component
-        self._components = tuple(self.components.values())  # the event path iterates this
+        self._components: tuple[PartitionComponent, ...] = ()  # the event path iterates this
+        self._build_components(setup)
         #: Whether a purpose a user said nothing about is granted (see :class:`PartitionSetup`).
         self.consent_by_default = setup.consent_by_default
         #: Users without analytics consent: nothing but their consent record is kept.
@@ -181,6 +178,59 @@ class PartitionState:
         #: Counts what changes this state without a stream message (profiles expired); see
         #: :meth:`checkpoint_mark`.
         self.revision = 0
+
+    def _build_components(self, setup: PartitionSetup) -> None:
+        self.components = {}
+        for name, build in COMPONENTS.items():
+            component = build(setup, self.partition)
+            if component is not None:
+                self.components[name] = component
+        self._components = tuple(self.components.values())
+
+    def _restore_components(self, snap: Mapping[str, Any], names: Iterable[str] | None = None) -> None:
+        """Load each component (of ``names``; None: all) from its key of ``snap`` (a decoded
+        partition snapshot); then the segments new or changed since it are evaluated for every
+        user."""
+        chosen = self.components.keys() if names is None else set(names)
+        for name, component in self.components.items():
+            if name in chosen:
+                component.restore(snap.get(name), self.users)
+        segments = self.segments
+        if segments is not None:
+            segments.evaluate_stale(self.users, self.vocab)
+
+    def reconfigure(self, setup: PartitionSetup) -> None:
+        """Serve another catalog version's ``setup`` from now on, in one synchronous step.
+
+        The users' profiles, vocabularies and stream position stay; each component is rebuilt
+        from ``setup`` and loads its own snapshot, as a restore does (learning reads its
+        statistics, open decisions and paths by arm and feature name, segments move by segment
+        id and evaluate new or changed rules for every user, exposures stay); the schema is
+        swapped (types it declares get their ids). This partition object stays the same: what
+        holds it (its consumer) keeps working.
+
+        >>> from engine.catalog import DEFAULT_CATALOG, load_catalog
+        >>> part = PartitionState(0)
+        >>> part.reconfigure(PartitionSetup(segment_index=SegmentIndex(load_catalog(DEFAULT_CATALOG))))
+        >>> list(part.components)
+        ['segments']
+        """
+        before = self.components
+        self.sealer = setup.sealer
+        self.schema = setup.schema
+        self.consent_by_default = setup.consent_by_default
+        self._declare()
+        self._build_components(setup)
+        # A component whose state has the new shape takes it over as it is (most catalog
+        # changes: a pause of microseconds, not a snapshot's round trip); the others load it
+        # through bytes, exactly as a checkpoint is read back: one path with restore.
+        moved = {
+            name: old.snapshot()
+            for name, component in self.components.items()
+            if (old := before.get(name)) is not None and not component.adopt(old)
+        }
+        snap = msgspec.msgpack.decode(_snapshot_encoder.encode(moved)) if moved else {}
+        self._restore_components(snap, moved.keys() | (self.components.keys() - before.keys()))
 
     def _declare(self) -> None:
         # Every declared type gets its id now, so a type the catalog drops later is still
@@ -450,8 +500,7 @@ class PartitionState:
         part._declare()  # types declared since the snapshot; the ones it knew stay known
         part.retired = dict(snap.get("retired") or {})
         part.users = {key: UserState.restore(value, key, part.sealer) for key, value in snap["users"].items()}
-        for name, component in part.components.items():
-            component.restore(snap.get(name), part.users)
+        part._restore_components(snap)
         return part
 
     @classmethod

@@ -43,6 +43,7 @@ that a replay after a crash reproduces, for consumers to drop one they already h
 
 from __future__ import annotations
 
+import hashlib
 from collections import deque
 from collections.abc import Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
@@ -129,7 +130,8 @@ class SegmentChange(msgspec.Struct, frozen=True, array_like=True):
     ts: float
     #: What caused it: the stream sequence of the event, ``"t<time>"`` for a sweep
     #: (``"t<time>.m<version>"`` when it assigned clusters with that model version), or
-    #: ``"x<time>"`` for profiles expired at that (event) time.
+    #: ``"x<time>"`` for profiles expired at that (event) time, or ``"catalog:<fingerprint>"``
+    #: for segments a new catalog version added or changed, evaluated for every user.
     origin: int | str
     partition: int
 
@@ -172,6 +174,16 @@ def builtin_rules(catalog: Catalog) -> list[tuple[str, str]]:
     return rules
 
 
+def rule_fingerprint(rule: str) -> str:
+    """A short, stable name of a segment's rule text: what a partition records each segment was
+    evaluated under, to tell a changed rule after a catalog change.
+
+    >>> rule_fingerprint("session_count > 1") == rule_fingerprint("session_count > 1")
+    True
+    """
+    return hashlib.sha256(rule.encode()).hexdigest()[:12]
+
+
 class SegmentIndex:
     """The segments tracked live for one catalog: a bit each, and the compiled evaluators.
 
@@ -185,6 +197,16 @@ class SegmentIndex:
         self.ids: list[str] = [segment for segment, _ in definitions]
         self.bit: dict[str, int] = {segment: i for i, segment in enumerate(self.ids)}
         self.rules: list[Rule] = [parse_rule(rule, schema) for _, rule in definitions]
+        #: Each segment's rule, by a fingerprint of its text (see :func:`rule_fingerprint`).
+        self.fingerprints: dict[str, str] = {segment: rule_fingerprint(rule) for segment, rule in definitions}
+        #: Everything this index is built from: an equal one can serve in its place (its
+        #: compiled evaluators and the partitions' state with it), see :mod:`engine.runtime`.
+        self.definition = (
+            tuple(definitions),
+            schema.fingerprint,
+            catalog.membership.clock,
+            catalog.clusters.sample_every,
+        )
         self.sweep_clock = catalog.membership.clock
         self.sample_every = catalog.clusters.sample_every
         self.assigner: ClusterAssigner | None = None
@@ -331,6 +353,7 @@ class PartitionSegments:
         "samples",
         "seen",
         "since",
+        "stale",
         "swept_version",
         "taken",
     )
@@ -368,6 +391,18 @@ class PartitionSegments:
         #: Counts what changes this state without an event (sweeps that changed a membership,
         #: published batches): a checkpoint compares it, as it compares the last sequence.
         self.revision = 0
+        #: The bits of segments new or changed since the state restored was evaluated (a
+        #: catalog change): :meth:`evaluate_stale` evaluates them for every user.
+        self.stale = 0
+
+    def adopt(self, old: object) -> bool:
+        """Take ``old``'s bookkeeping as it is when it tracks this very index (the catalog
+        version's segments, rules, schema and settings unchanged: the runtime kept the index)."""
+        if not isinstance(old, PartitionSegments) or old.index is not self.index:
+            return False
+        for name in self.__slots__:
+            setattr(self, name, getattr(old, name))
+        return True
 
     def on_event(
         self, user_key: str, user: UserState, event: Event, seq: int, vocab: Vocabularies, changed: int
@@ -521,6 +556,8 @@ class PartitionSegments:
     def snapshot(self) -> dict[str, Any]:
         return {
             "ids": self.index.ids,
+            # What each segment was evaluated under: a restore with another rule re-evaluates it.
+            "rules": self.index.fingerprints,
             "clock": self.clock,
             "since": self.since,
             # Of the changes taken: the queued ones are counted when taken after a restore.
@@ -560,8 +597,52 @@ class PartitionSegments:
         in_flight = snap.get("in_flight")
         self.in_flight = [tuple(row) for row in in_flight] if in_flight else None  # type: ignore[misc]
         if recorded != index.ids:  # the catalog's segments changed since the snapshot
+            # Users share a few hundred masks: each is moved once.
+            moved: dict[int, int] = {}
             for user in users.values():
-                user.segments = index.remap(user.segments, recorded)
+                mask = user.segments
+                found = moved.get(mask)
+                if found is None:
+                    found = moved[mask] = index.remap(mask, recorded)
+                user.segments = found
+        # Segments new since the snapshot, or whose rule changed (a snapshot from before rules
+        # were recorded: the new ones only), are evaluated for every user (evaluate_stale).
+        rules = snap.get("rules")
+        known = set(recorded)
+        for bit, segment in enumerate(index.ids):
+            changed = rules is not None and rules.get(segment) != index.fingerprints[segment]
+            if segment not in known or changed:
+                self.stale |= 1 << bit
+
+    def evaluate_stale(self, users: Mapping[str, UserState], vocab: Vocabularies) -> int:
+        """Evaluate the segments new or changed since the restored state (:attr:`stale`) for
+        every user, as of the partition's clock; the number of changes, queued like any other.
+
+        Their origin is ``catalog:<fingerprint of the segments and rules evaluated>``, so doing
+        this again from the same snapshot (a crash before the next checkpoint) gives the same
+        change ids (:func:`change_id`), which consumers drop. A removed segment's members are
+        not sent exits: its id no longer exists in this catalog (its removal is the catalog
+        change itself, in the catalog's history), and no change of it is published again.
+        """
+        stale, self.stale = self.stale, 0
+        if not stale:
+            return 0
+        index = self.index
+        chosen = [(bit, index.rules[bit]) for bit in set_bits(stale)]
+        evaluate = compile_mask(chosen)
+        named = ",".join(f"{index.ids[bit]}={index.fingerprints[index.ids[bit]]}" for bit, _ in chosen)
+        origin = f"catalog:{rule_fingerprint(named)}"
+        now = self.clock
+        changes = 0
+        for key, user in users.items():
+            old = user.segments
+            new = (old & ~stale) | evaluate(user, max(now, user.last_seen), vocab)
+            if new != old:
+                user.segments = new
+                changes += self.record_change(key, old, new, now, origin)
+        # The snapshot must record the new rules even when no membership changed.
+        self.revision += 1
+        return changes
 
 
 # ---------------------------------------------------------------------- reports

@@ -54,6 +54,9 @@ class Policy(abc.ABC):
     version: ClassVar[int] = 1
     #: Whether the policy uses the context vector.
     contextual: ClassVar[bool] = False
+    # Every statistic runs over the arms along its first axis (row i: what was learned about
+    # ``arms[i]``): a catalog change reads statistics by arm name along it
+    # (:func:`engine.learning.remap_arms`); the contract suite checks every policy keeps to it.
     #: The axes of each statistic that run over the context vector's features: statistics
     #: learned with another feature layout are read by feature name along them
     #: (:func:`engine.features.remap`).

@@ -101,6 +101,21 @@ class PublishHolds:
         if needed is not None and all(m >= n for m, n in zip(mark, needed, strict=True)):
             del self._needed[partition]
 
+    def at_least(self, partition: int, mark: CheckpointMark) -> None:
+        """Hold ``partition`` until a snapshot at ``mark`` (its current one) or past it is stored
+        (changes made outside a sweep, by a new catalog version); a sweep running keeps its
+        hold, whose end names a later mark.
+
+        >>> holds = PublishHolds()
+        >>> holds.begin(3)
+        False
+        >>> holds.at_least(3, (5, 0, 1)); holds.stored(3, (5, 0, 1)); 3 in holds
+        True
+        """
+        if partition in self._needed and self._needed[partition] is None:
+            return
+        self._needed[partition] = mark
+
     def drop(self, partition: int) -> None:
         """Nothing to hold: ``partition`` was handed over, or restored from a stored snapshot."""
         self._needed.pop(partition, None)

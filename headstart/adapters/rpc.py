@@ -194,6 +194,8 @@ class Ping(msgspec.Struct):
 
     shard: int
     partition: int
+    #: The catalog version the shard serves (0: a catalog given directly, not stored).
+    catalog_version: int = 0
 
 
 class Snapshotted(msgspec.Struct):

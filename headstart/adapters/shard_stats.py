@@ -95,6 +95,8 @@ class ShardStats(msgspec.Struct):
     #: Stored events of custom types the catalog no longer declares, skipped (not dead-lettered)
     #: when replayed, by type.
     retired_events: dict[str, int] = msgspec.field(default_factory=dict)
+    #: The stored catalog version the shard serves (0: a catalog given directly, not stored).
+    catalog_version: int = 0
 
 
 _encode = msgspec.json.Encoder().encode

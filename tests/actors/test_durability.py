@@ -131,3 +131,26 @@ def test_without_a_store_nothing_is_held() -> None:
     assert 0 in durability.publishable()
     with pytest.raises(AssertionError):
         asyncio.run(durability.checkpoint())
+
+
+def test_changes_of_segments_evaluated_on_restore_wait_for_a_snapshot_holding_them() -> None:
+    """A partition restored under a catalog with a changed rule evaluates it for every user on
+    restore: the stream cannot make those changes again, so they are published only once a
+    snapshot holding them is stored, and the next checkpoint stores one."""
+    durability, owned, store = shard(0)
+    part = owned.state.partitions[0]
+    busy(part)
+    snapshot = part.snapshot()
+    changed = catalog_with({**RULES, "busy": "events_5m >= 1", "new_one": "events_total >= 1"})
+    restored = PartitionState.restore(snapshot, PartitionSetup(segment_index=SegmentIndex(changed)))
+    owned.state.partitions[0] = restored
+    durability.taken(restored, handed=False)
+    assert restored.segments is not None and restored.segments.queued == 1  # entered new_one
+    assert durability.publishable() == {}
+    asyncio.run(durability.checkpoint())
+    assert store.saves == [0] and list(durability.publishable()) == [0]
+    # Restored from that snapshot: nothing evaluated again, nothing held.
+    again = PartitionState.restore(store.saved[0][0], PartitionSetup(segment_index=SegmentIndex(changed)))
+    durability.taken(again, handed=False)
+    assert again.segments is not None and again.segments.revision == 0
+    assert list(durability.publishable()) == [0]

@@ -153,7 +153,7 @@ def test_every_method_answers_json(shard: Shard, method: Method) -> None:
 
 def test_what_the_answers_say(shard: Shard) -> None:
     ping = msgspec.json.decode(shard.ask("ping", encode_request(EXAMPLES[Method.PING]), partition=1))
-    assert ping == {"shard": SHARD, "partition": 1}
+    assert ping == {"shard": SHARD, "partition": 1, "catalog_version": 0}
     snap = shard.ask("snapshot_through", encode_request(SnapshotThroughRequest(key="", seq=5)))
     assert msgspec.json.decode(snap) == {"snapshotted": True} and shard.snapshotted == [(0, 5)]
     sizes = msgspec.json.decode(shard.ask("segment_sizes", encode_request(EXAMPLES[Method.SEGMENT_SIZES])))
@@ -188,6 +188,7 @@ def test_a_decision_answer_keeps_its_keys_and_logs_its_exposures_once(shard: Sha
         "explain",
         "activation_probability",
         "recommended_features",
+        "catalog_version",
     ]
     assert answer["step"]["id"] == "profile" and answer["personalized"] is True
     first = shard.logged[-1]
@@ -209,6 +210,7 @@ def test_a_tutorial_without_a_variant_answers_without_a_decision(shard: Shard) -
         "segments",
         "experiments",
         "explain",
+        "catalog_version",
     ]
 
 

@@ -284,12 +284,28 @@ def test_a_snapshot_written_before_the_protocol_restores_with_the_same_layout() 
     may differ in their bytes), and that snapshot restores to a partition that writes it again."""
     written = REFERENCE.read_bytes()
     now = replayed(reference_stream()).snapshot()
-    # The one change since: counters hold a count of custom events (zero here), after the
-    # built-in kinds' counts (see UserState.restore).
-    assert canonical(now) == canonical(with_custom_counter(written))
+    # The changes since: counters hold a count of custom events (zero here), after the
+    # built-in kinds' counts (see UserState.restore); statistics name their arms and segments
+    # their rules (a catalog change reads them by name).
+    assert canonical(now) == canonical(with_custom_counter(with_names(written)))
     restored = PartitionState.restore(written, full_setup())
     assert canonical(restored.snapshot()) == canonical(now)
     assert set(restored.components) == set(NAMES) <= set(msgspec.msgpack.decode(written))
+
+
+def with_names(snapshot: bytes) -> bytes:
+    """A snapshot from before statistics named their arms and segments their rules, as this
+    code writes it: each point's arms after the learning contribution's other keys, each
+    segment's rule fingerprint after the segment ids."""
+    data = msgspec.msgpack.decode(snapshot)
+    setup = full_setup()
+    assert setup.learner is not None and setup.segment_index is not None
+    contributions = msgspec.msgpack.decode(data["learning"]["contributions"])
+    contributions["arms"] = setup.learner.points
+    data["learning"]["contributions"] = msgspec.msgpack.encode(contributions)
+    segments = data["segments"]
+    data["segments"] = {"ids": segments.pop("ids"), "rules": setup.segment_index.fingerprints, **segments}
+    return msgspec.msgpack.encode(data)
 
 
 def with_custom_counter(snapshot: bytes) -> bytes:

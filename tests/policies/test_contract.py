@@ -172,3 +172,17 @@ def test_reward_totals_count_weighted_rewards(name: str) -> None:
     policy.update(context, 1, 0.0)
     n, total = policy.reward_totals()
     assert n[1] == pytest.approx(1.5) and total[1] == pytest.approx(0.5) and n[0] == total[0] == 0
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_statistic_runs_over_arms_along_its_first_axis(name: str) -> None:
+    """What lets a catalog change keep statistics by arm name (engine.learning.remap_arms):
+    learning about one arm changes only that arm's row of each statistic."""
+    policy = make(name)
+    stats = policy.zero_stats()
+    assert all(v.shape[0] == len(ARMS) for v in stats.values())
+    x = np.concatenate([[1.0], np.ones(DIM - 1)])
+    policy.accumulate(stats, x if policy.contextual else None, 2, 1.0, 1.0)
+    for value in stats.values():
+        others = np.delete(value, 2, axis=0)
+        assert not others.any()
