@@ -18,7 +18,8 @@ actors.ingress.errors.ApiError: send the catalog as application/json or applicat
 
 # No ``from __future__ import annotations`` here: Serve's class-based routes need the routes'
 # annotations as objects (see actors/ingress/routes.py).
-from collections.abc import Awaitable, Callable
+import contextlib
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Annotated, Any
 
 import msgspec
@@ -105,6 +106,17 @@ def query_flag(value: str | None, name: str) -> bool:
     raise ApiError(400, "invalid_request", f"?{name}= takes true or false, not {value[:20]!r}")
 
 
+@contextlib.contextmanager
+def store_answers() -> Iterator[None]:
+    """The store's failures to answer (NATS down, a timeout) as 503: the caller may retry."""
+    try:
+        yield
+    except (ApiError, CatalogInvalid, VersionConflict, VersionNotFound):
+        raise
+    except Exception as exc:
+        raise ApiError(503, "unavailable", f"the catalog store did not answer: {type(exc).__name__}") from exc
+
+
 def etag(version: int) -> dict[str, str]:
     return {"ETag": f'"{version}"'}
 
@@ -170,13 +182,9 @@ class CatalogRoutes:
     _client: Callable[[], Awaitable[tuple[NATS, ShardClient]]]
 
     async def _catalog_store(self) -> CatalogStore:
-        await self._client()  # connected: the store is read through the replica's connection
-        try:
+        with store_answers():
+            await self._client()  # connected: the store is read through the replica's connection
             return await self.live.store()
-        except Exception as exc:
-            raise ApiError(
-                503, "unavailable", f"the catalog store is not reachable: {type(exc).__name__}"
-            ) from exc
 
     @app.get(
         "/v1/catalog",
@@ -186,7 +194,9 @@ class CatalogRoutes:
         """The latest stored version of the catalog, ``{"version": N, "catalog": {...}}`` with who
         stored it, when and what changed; ``ETag: "N"`` (what ``PUT`` names in ``If-Match``)."""
         self._require(request.headers.get("authorization"), "admin")
-        latest = await (await self._catalog_store()).latest()
+        store = await self._catalog_store()
+        with store_answers():
+            latest = await store.latest()
         if latest is None:
             raise ApiError(
                 404,
@@ -212,7 +222,8 @@ class CatalogRoutes:
         document = catalog_body(await request.body(), request.headers.get("content-type"))
         store = await self._catalog_store()
         try:
-            result = await store.push(document, who, expected, force=is_forced, dry_run=is_dry_run)
+            with store_answers():
+                result = await store.push(document, who, expected, force=is_forced, dry_run=is_dry_run)
         except VersionConflict as exc:
             message = (
                 f"the latest catalog version is {exc.latest}, not {exc.expected}: "
@@ -242,8 +253,13 @@ class CatalogRoutes:
             version=stored.version,
             summary=stored.summary if result.changed else "no change",
             changed=result.changed,
-            diff=diff(previous.document, stored.document, f"version {latest}", f"version {stored.version}")
-            if result.changed and previous is not None
+            diff=diff(
+                previous.document if previous else None,
+                stored.document,
+                f"version {latest}",
+                f"version {stored.version}",
+            )
+            if result.changed
             else "",
         )
         return _json(_encoder.encode(answer), etag(stored.version))
@@ -257,7 +273,10 @@ class CatalogRoutes:
         serves (``serving``; 0: a catalog it was handed directly, not stored)."""
         self._require(request.headers.get("authorization"), "admin")
         await self._catalog_store()
-        history = CatalogHistory(serving=self.live.view.version, versions=await self.live.history())
+        serving = self.live.view.version  # read before the history: it never names a later one
+        with store_answers():
+            versions = await self.live.history()
+        history = CatalogHistory(serving=serving, versions=versions)
         return _json(_encoder.encode(history))
 
     @app.get(
@@ -273,7 +292,8 @@ class CatalogRoutes:
         if not 1 <= n <= 2**63:
             raise ApiError(404, "not_found", f"no catalog version {n}: versions are 1, 2, ...")
         try:
-            stored = await store.get(n)
+            with store_answers():
+                stored = await store.get(n)
         except VersionNotFound as exc:
             raise ApiError(404, "not_found", str(exc)) from None
         return _json(version_answer(stored), etag(stored.version))
