@@ -35,6 +35,7 @@ from nats.js import JetStreamContext
 from actors.ingress.schemas import request_bodies
 from engine.catalog import Catalog
 from engine.decision import Decider
+from engine.experiments import Experiment
 from engine.schema import EventSchema
 from headstart.adapters.catalog_store import CatalogStore, StoredVersion, VersionInfo, Watch
 from headstart.web.ruleset import build_ruleset, sign_ruleset, signing_key
@@ -210,6 +211,14 @@ class LiveCatalog:
     async def versions_with_experiment(self, experiment_id: str) -> list[int]:
         """The stored versions that declare the experiment (the versions it ran under)."""
         return [info.version for info, ids in await self._versions() if experiment_id in ids]
+
+    async def removed_experiment(self, experiment_id: str) -> Experiment | None:
+        """The experiment as the last stored version that declared it (None: none did)."""
+        versions = await self.versions_with_experiment(experiment_id)
+        if not versions:
+            return None
+        stored = await (await self.store()).get(versions[-1])
+        return next((e for e in stored.catalog().experiments if e.id == experiment_id), None)
 
     async def _versions(self) -> list[tuple[VersionInfo, frozenset[str]]]:
         store = await self.store()

@@ -512,17 +512,23 @@ class Ingress(DecisionService, CatalogRoutes):
         """An experiment's results: per arm the users exposed, conversions, rate, lift with its
         confidence interval and p-value (fixed horizon, after CUPED, and always-valid), the
         sample-ratio check, guardrails, the primary metric over time, a verdict, and the stored
-        catalog versions that declared it (``catalog_versions``: the versions it ran under)."""
+        catalog versions that declared it (``catalog_versions``: the versions it ran under). An
+        experiment removed from the catalog is reported as the last version declaring it had it."""
         self._require(request.headers.get("authorization"), "admin")
-        exp = self.live.view.decider.experiments.by_id.get(experiment_id)
-        if exp is None:
-            raise ApiError(404, "not_found", f"no experiment {experiment_id!r} in the catalog")
         _, client = await self._client()
-        report = await admin.experiment(client, exp)
+        exp = self.live.view.decider.experiments.by_id.get(experiment_id)
+        versions: list[int] | None = None
         try:
-            report["catalog_versions"] = await self.live.versions_with_experiment(experiment_id)
+            versions = await self.live.versions_with_experiment(experiment_id)
+            if exp is None:  # removed from the catalog: reported as it was last declared
+                exp = await self.live.removed_experiment(experiment_id)
         except Exception as exc:  # noqa: BLE001 - the results stand without the version list
             log.warning("catalog versions of experiment %s: %s", experiment_id, type(exc).__name__)
+        if exp is None:
+            raise ApiError(404, "not_found", f"no experiment {experiment_id!r} in the catalog")
+        report = await admin.experiment(client, exp)
+        if versions is not None:
+            report["catalog_versions"] = versions
         return JSONResponse(report)
 
     @app.get("/v1/admin/policies", openapi_extra=operation(answer=ANY_OBJECT, errors=(503,), role="admin"))

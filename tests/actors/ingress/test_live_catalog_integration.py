@@ -120,14 +120,13 @@ def test_get_and_put_round_trip_with_the_etag(api: httpx.Client) -> None:
 
 def test_a_yaml_body_is_taken_like_json(api: httpx.Client) -> None:
     version, document = latest(api)
-    new = with_welcome(document, "Welcome, sent as YAML.")
     for media in ("application/yaml", "application/x-yaml"):
-        body = yaml.safe_dump(new, sort_keys=False)
+        new = with_welcome(document, f"Welcome, sent as {media}.")
         headers = {**ADMIN, "If-Match": f'"{version}"', "Content-Type": media}
-        r = api.put("/v1/catalog", content=body, headers=headers)
-        assert r.status_code == 200, r.text
-        new, version = with_welcome(new, f"Welcome, sent as {media}."), r.json()["version"]
-    assert latest(api)[1]["messages"]["welcome"]["en"] == "Welcome, sent as application/x-yaml."
+        r = api.put("/v1/catalog", content=yaml.safe_dump(new, sort_keys=False), headers=headers)
+        assert r.status_code == 200 and r.json()["version"] == version + 1, r.text
+        version += 1
+        assert latest(api) == (version, new)
 
 
 def test_a_put_needs_if_match_and_a_body_it_can_read(api: httpx.Client) -> None:
@@ -224,3 +223,29 @@ def test_a_version_stored_elsewhere_is_served_within_a_second(api: httpx.Client,
     assert after["catalog_version"] == version + 1 and "dark_theme" in after["segments"]
     stored = api.post("/v1/events", json={"events": [board]}, headers=FRONTEND)
     assert stored.status_code == 200 and stored.json()["accepted"] == 1
+
+
+def test_an_experiment_report_names_the_catalog_versions_it_ran_under(api: httpx.Client) -> None:
+    version, document = latest(api)
+    experiment = {
+        "id": "welcome_copy",
+        "salt": "welcome-live",
+        "arms": [{"id": "control"}, {"id": "short", "welcome": {"en": "Hi!"}}],
+        "metric": {"event": "onboarding_completed", "within_days": 7},
+    }
+    started = put(api, {**document, "experiments": [experiment]}, version)
+    assert started.status_code == 200, started.text
+    kept = put(api, with_welcome({**document, "experiments": [experiment]}, "Unrelated change"), version + 1)
+    assert kept.status_code == 200, kept.text
+    report = api.get("/v1/experiments/welcome_copy/report", headers=ADMIN)
+    assert report.status_code == 200, report.text
+    assert report.json()["catalog_versions"] == [version + 1, version + 2]
+    # A running experiment's arms are not changed without ?force=true.
+    changed = {**experiment, "arms": [{"id": "control"}, {"id": "long", "welcome": {"en": "Hello there!"}}]}
+    refused = put(api, {**document, "experiments": [changed]}, version + 2)
+    assert refused.status_code == 422 and "force=true" in refused.json()["error"]["message"], refused.text
+    # Removed, it stops assigning; its report still names the versions it ran under.
+    assert put(api, document, version + 2).status_code == 200
+    after = api.get("/v1/experiments/welcome_copy/report", headers=ADMIN)
+    assert after.status_code == 200 and after.json()["catalog_versions"] == [version + 1, version + 2]
+    assert api.get("/v1/experiments/never_declared/report", headers=ADMIN).status_code == 404
