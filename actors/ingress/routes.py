@@ -630,7 +630,9 @@ class Ingress(DecisionService, CatalogRoutes):
             self._ready_detail = await self._check_ready()
             self._ready_at = now
         detail = self._ready_detail
-        return JSONResponse(detail, status_code=200 if detail["ready"] else 503)
+        # Not cached: a switch to a new catalog version shows at once.
+        answer = {**detail, "catalog_version": self.live.view.version}
+        return JSONResponse(answer, status_code=200 if detail["ready"] else 503)
 
     async def _check_ready(self) -> dict[str, Any]:
         try:
@@ -645,5 +647,4 @@ class Ingress(DecisionService, CatalogRoutes):
             "ready": not missing and nc.is_connected,
             "nats": nc.is_connected,
             "partitions_without_shard": missing,
-            "catalog_version": self.live.view.version,
         }

@@ -219,6 +219,7 @@ def test_a_version_stored_elsewhere_is_served_within_a_second(api: httpx.Client,
         assert time.monotonic() - stored_at < SWITCH_WITHIN_S, "the replica did not switch in time"
         time.sleep(0.01)
 
+    assert api.get("/readyz").json()["catalog_version"] == version + 1  # 503 here: no shards
     after = decide(api, dark)
     assert after["catalog_version"] == version + 1 and "dark_theme" in after["segments"]
     stored = api.post("/v1/events", json={"events": [board]}, headers=FRONTEND)
