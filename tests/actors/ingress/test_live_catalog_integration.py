@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import copy
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -250,3 +251,44 @@ def test_an_experiment_report_names_the_catalog_versions_it_ran_under(api: httpx
     after = api.get("/v1/experiments/welcome_copy/report", headers=ADMIN)
     assert after.status_code == 200 and after.json()["catalog_versions"] == [version + 1, version + 2]
     assert api.get("/v1/experiments/never_declared/report", headers=ADMIN).status_code == 404
+
+
+def test_decisions_under_pushes_neither_fail_nor_mix_versions(api: httpx.Client) -> None:
+    """Each version says its own number in its welcome message: an answer whose message is not
+    its ``catalog_version``'s was made from two versions."""
+    version, document = latest(api)
+    stop = threading.Event()
+    answers: list[dict[str, Any]] = []
+    failures: list[str] = []
+
+    def traffic(worker: int) -> None:
+        with httpx.Client(base_url=api.base_url, timeout=10) as client:
+            n = 0
+            while not stop.is_set():
+                n += 1
+                body = {"user_id": f"load-{worker}-{n}"}
+                r = client.post("/v1/decide", json=body, headers=FRONTEND)
+                if r.status_code == 200:
+                    answers.append(r.json())
+                else:
+                    failures.append(f"{r.status_code} {r.text}")
+
+    workers = [threading.Thread(target=traffic, args=(i,)) for i in range(6)]
+    for worker in workers:
+        worker.start()
+    try:
+        for i in range(1, 6):
+            time.sleep(0.3)
+            r = put(api, with_welcome(document, f"Version {version + i}"), version + i - 1)
+            assert r.status_code == 200 and r.json()["version"] == version + i, r.text
+        time.sleep(0.5)
+    finally:
+        stop.set()
+        for worker in workers:
+            worker.join()
+    assert failures == []
+    seen = {a["catalog_version"] for a in answers}
+    assert version + 5 in seen and len(seen) >= 3, seen
+    for answer in answers:
+        if answer["catalog_version"] > version:
+            assert answer["message"] == f"Version {answer['catalog_version']}", answer
