@@ -16,8 +16,15 @@ stored through it (``PUT /v1/catalog``), and follows the store from then on.
 >>> view = build_view(load_catalog(DEFAULT_CATALOG), 3, signing_key(b"s" * 32))
 >>> view.version, view.decider.catalog.product
 (3, 'Relay')
->>> experiment_ids({"experiments": [{"id": "welcome_copy"}, {"salt": "no id"}]})
-frozenset({'welcome_copy'})
+>>> def stored(n, at, experiments):
+...     return StoredVersion(version=n, document={"experiments": experiments}, who="cli:x", at=at,
+...                          summary="", fingerprint="")
+>>> copy = {"id": "copy", "salt": "s"}
+>>> later = {**copy, "start": "2100-01-01T00:00:00Z"}
+>>> history = [stored(1, 100.0, []), stored(2, 200.0, [copy]), stored(3, 300.0, [copy]),
+...            stored(4, 400.0, []), stored(5, 500.0, [later])]
+>>> ran_under(history, "copy")  # 5 declares it, but it has not started
+[2, 3]
 """
 
 from __future__ import annotations
@@ -25,7 +32,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
+import time
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import msgspec
@@ -87,10 +97,38 @@ def build_view(catalog: Catalog, version: int, signer: ec.EllipticCurvePrivateKe
     )
 
 
-def experiment_ids(document: dict[str, Any]) -> frozenset[str]:
-    """The ids of the experiments a stored catalog document declares."""
-    entries = document.get("experiments") or []
-    return frozenset(str(e["id"]) for e in entries if isinstance(e, dict) and "id" in e)
+def ran_under(versions: list[StoredVersion], experiment_id: str, now: float | None = None) -> list[int]:
+    """The versions an experiment ran under: those that declare it and were served (from when
+    stored until the next one was; the latest until ``now``) while it was between its ``start``
+    and ``end``. The same rule as the CLI's report
+    (``headstart.reports.experiments.versions_with_experiment``)."""
+    ordered = sorted(versions, key=lambda v: v.version)
+    clock = time.time() if now is None else now
+    ran = []
+    for i, version in enumerate(ordered):
+        entries = version.document.get("experiments") or []
+        entry = next((e for e in entries if isinstance(e, dict) and e.get("id") == experiment_id), None)
+        if entry is None:
+            continue
+        served_until = ordered[i + 1].at if i + 1 < len(ordered) else clock
+        start, end = _instant(entry.get("start"), -math.inf), _instant(entry.get("end"), math.inf)
+        if start < served_until and end > version.at:
+            ran.append(version.version)
+    return ran
+
+
+def _instant(value: Any, missing: float) -> float:
+    """A catalog time (ISO 8601 text, a datetime, Unix seconds) in Unix seconds."""
+    if value is None:
+        return missing
+    if isinstance(value, datetime):
+        return value.timestamp()
+    if isinstance(value, int | float):
+        return float(value)
+    try:
+        return datetime.fromisoformat(str(value)).timestamp()
+    except ValueError:
+        return missing
 
 
 class LiveCatalog:
@@ -108,7 +146,8 @@ class LiveCatalog:
         self._store: CatalogStore | None = None
         self._watch: Watch | None = None
         self._retry: asyncio.Task[None] | None = None
-        self._known: dict[int, tuple[VersionInfo, frozenset[str]]] = {}
+        #: Per stored version: its history line, and its experiments (what reports need of it).
+        self._known: dict[int, tuple[VersionInfo, list[Any]]] = {}
 
     # ------------------------------------------------------------------ serving
 
@@ -209,8 +248,19 @@ class LiveCatalog:
         return [info for info, _ in await self._versions()]
 
     async def versions_with_experiment(self, experiment_id: str) -> list[int]:
-        """The stored versions that declare the experiment (the versions it ran under)."""
-        return [info.version for info, ids in await self._versions() if experiment_id in ids]
+        """The stored versions the experiment ran under (:func:`ran_under`)."""
+        versions = [
+            StoredVersion(
+                version=info.version,
+                document={"experiments": experiments},
+                who=info.who,
+                at=info.at,
+                summary=info.summary,
+                fingerprint=info.fingerprint,
+            )
+            for info, experiments in await self._versions()
+        ]
+        return ran_under(versions, experiment_id)
 
     async def removed_experiment(self, experiment_id: str) -> Experiment | None:
         """The experiment as the last stored version that declared it (None: none did)."""
@@ -220,7 +270,7 @@ class LiveCatalog:
         stored = await (await self.store()).get(versions[-1])
         return next((e for e in stored.catalog().experiments if e.id == experiment_id), None)
 
-    async def _versions(self) -> list[tuple[VersionInfo, frozenset[str]]]:
+    async def _versions(self) -> list[tuple[VersionInfo, list[Any]]]:
         store = await self.store()
         latest = await store.latest_number()
         if self._known and max(self._known) > latest:
@@ -229,5 +279,5 @@ class LiveCatalog:
         for start in range(0, len(missing), HISTORY_BATCH):
             batch = missing[start : start + HISTORY_BATCH]
             for version in await asyncio.gather(*(store.get(n) for n in batch)):
-                self._known[version.version] = (version.info(), experiment_ids(version.document))
+                self._known[version.version] = (version.info(), version.document.get("experiments") or [])
         return [self._known[n] for n in range(1, latest + 1)]
