@@ -145,6 +145,9 @@ def test_a_put_needs_if_match_and_a_body_it_can_read(api: httpx.Client) -> None:
     assert json_error.status_code == 400
     other = api.put("/v1/catalog", content=b"x", headers={**headers, "Content-Type": "text/plain"})
     assert other.status_code == 415
+    huge = b"# padding\n" * 120_000 + yaml.safe_dump(document).encode()
+    too_big = api.put("/v1/catalog", content=huge, headers={**headers, "Content-Type": "application/yaml"})
+    assert too_big.status_code == 413
     assert (
         api.put("/v1/catalog", json=document, headers={**FRONTEND, "If-Match": f'"{version}"'}).status_code
         == 403
