@@ -57,9 +57,14 @@ def start_app(
     key_hashes: dict[str, list[str]],
     http_port: int | None = None,
     grpc_port: int | None = None,
+    catalog_version: int = 0,
 ) -> str:
     """Deploy the ingress and return its base URL. With ``grpc_port``, the gRPC decision
-    service (``headstart/protos/headstart.proto``) is served there too, on the same host."""
+    service (``headstart/protos/headstart.proto``) is served there too, on the same host.
+
+    ``catalog_version``: the stored version ``catalog`` is; every replica then serves the
+    store's latest version and switches to each newer one (0: serve ``catalog`` as given, for
+    tests that hand one over directly)."""
     from ray import serve
     from ray.serve.config import gRPCOptions
 
@@ -75,6 +80,8 @@ def start_app(
         secret=secret,
         key_hashes=key_hashes,
         catalog=catalog,
+        catalog_version=catalog_version,
+        stream_replicas=settings.stream_replicas,
         rate_limits={"frontend": settings.frontend_rate_limit, "admin": settings.admin_rate_limit},
         segment_prefix=settings.segment_prefix,
         events_retention_days=settings.retention().events_days,

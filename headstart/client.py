@@ -61,6 +61,8 @@ class Decision(msgspec.Struct):
     explain: list[str] = msgspec.field(default_factory=list)
     activation_probability: float | None = None
     recommended_features: list[str] = msgspec.field(default_factory=list)
+    #: The stored catalog version the decision was made from (0: a catalog not stored).
+    catalog_version: int = 0
 
 
 class TutorialChoice(msgspec.Struct):
@@ -73,6 +75,7 @@ class TutorialChoice(msgspec.Struct):
     experiments: dict[str, str] = msgspec.field(default_factory=dict)
     decision_id: str | None = None
     explain: list[str] = msgspec.field(default_factory=list)
+    catalog_version: int = 0
 
 
 class FlagValue(msgspec.Struct):

@@ -17,6 +17,12 @@ class IngressConfig(BaseModel):
     secret: bytes
     key_hashes: dict[str, list[str]]
     catalog: Catalog
+    #: The stored version ``catalog`` is (live: the replica serves the store's latest version and
+    #: follows it); 0: a catalog handed over directly, served until a version is stored through
+    #: this replica (``PUT /v1/catalog``).
+    catalog_version: int = 0
+    #: JetStream replicas of the catalog's stream, if the ingress is the first to create it.
+    stream_replicas: int = 1
     nats_auth: NatsAuth = NatsAuth()
     #: Requests per key of each role and replica, e.g. ``{"frontend": "20000/second"}``.
     rate_limits: dict[str, str] = {}

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import msgspec
@@ -35,6 +35,9 @@ from google.protobuf import json_format
 from actors.ingress.errors import ApiError, error_body
 from engine.schema import BUILTIN_SCHEMA, EventSchema
 from headstart.protos import headstart_pb2 as pb
+
+if TYPE_CHECKING:
+    from actors.ingress.live_catalog import CatalogView, LiveCatalog
 
 #: HTTP statuses as gRPC status codes (the same errors on both APIs).
 GRPC_CODES = {
@@ -49,6 +52,8 @@ GRPC_CODES = {
 
 #: An HTTP path from the raw Authorization header and body to the status and JSON body.
 Handler = Callable[[str | None, bytes], Awaitable[tuple[int, bytes]]]
+#: The same, answered from the given view of the catalog (None: the one served now).
+ViewHandler = Callable[[str | None, bytes, "CatalogView | None"], Awaitable[tuple[int, bytes]]]
 
 
 def without_nulls(value: Any) -> Any:
@@ -97,14 +102,16 @@ def _prop_type(schema: EventSchema, event_type: str, prop: str) -> str | None:
 
 class DecisionService:
     """The ``DecisionService`` methods, mixed into the ingress deployment (Serve's gRPC proxy
-    calls them on it by name); the HTTP paths they run are the ingress's ``*_bytes`` methods."""
+    calls them on it by name); the HTTP paths they run are the ingress's ``*_bytes`` methods.
+    Each call reads the served catalog view once: the map values are typed and the HTTP path
+    answers from that one version."""
 
-    decide_bytes: Handler
-    tutorial_bytes: Handler
-    events_bytes: Handler
+    decide_bytes: ViewHandler
+    tutorial_bytes: ViewHandler
+    events_bytes: ViewHandler
     rewards_bytes: Handler
-    #: The catalog's events, traits and context fields (how map values are typed).
-    schema: EventSchema
+    #: The catalog served (its view: events, traits and context fields type the map values).
+    live: LiveCatalog
 
     async def Decide(self, request: Any, grpc_context: Any) -> Any:
         """``DecisionService.Decide``: ``/v1/decide`` over gRPC (same auth, answer and errors)."""
@@ -115,16 +122,17 @@ class DecisionService:
         handle = self._with_context(self.tutorial_bytes)
         return await call(grpc_context, pb.SelectTutorialReply, handle, request)
 
-    def _with_context(self, handle: Handler) -> Handler:
+    def _with_context(self, handle: ViewHandler) -> Handler:
         """``handle`` given the request's custom context fields as keys of its ``context``."""
 
         async def run(authorization: str | None, raw: bytes) -> tuple[int, bytes]:
+            view = self.live.view
             if b'"custom"' in raw:  # rare: most requests skip the second decode
                 body = msgspec.json.decode(raw)
                 if isinstance(body.get("context"), dict):
-                    body["context"] = grpc_event({"context": body["context"]}, self.schema)["context"]
+                    body["context"] = grpc_event({"context": body["context"]}, view.schema)["context"]
                     raw = msgspec.json.encode(body)
-            return await handle(authorization, raw)
+            return await handle(authorization, raw, view)
 
         return run
 
@@ -132,8 +140,9 @@ class DecisionService:
         """``DecisionService.SendEvents``: ``/v1/events`` over gRPC."""
 
         async def send(authorization: str | None, raw: bytes) -> tuple[int, bytes]:
-            events = [grpc_event(e, self.schema) for e in msgspec.json.decode(raw).get("events", [])]
-            return await self.events_bytes(authorization, msgspec.json.encode({"events": events}))
+            view = self.live.view
+            events = [grpc_event(e, view.schema) for e in msgspec.json.decode(raw).get("events", [])]
+            return await self.events_bytes(authorization, msgspec.json.encode({"events": events}), view)
 
         return await call(grpc_context, pb.SendEventsReply, send, request)
 

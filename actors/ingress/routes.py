@@ -15,30 +15,28 @@ answers with the catalog's default flow and says so in ``explain``, rather than 
 # annotations (``Request``) as objects, not strings, or FastAPI reads them as query parameters.
 import asyncio
 import contextlib
-import copy
 import gc
 import logging
 import time
 import uuid
 from importlib import resources
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import msgspec
-from fastapi import FastAPI, Path, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.openapi.utils import get_openapi
+from fastapi import Path, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from nats.aio.client import Client as NATS
 from prometheus_client import CONTENT_TYPE_LATEST
 from ray import serve
-from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.routing import Match
 
 from actors.ingress import admin, shards
+from actors.ingress.application import Role, app, openapi_document
+from actors.ingress.catalog_routes import CatalogRoutes
 from actors.ingress.config import IngressConfig
-from actors.ingress.errors import ApiError, error_response, shard_reply
+from actors.ingress.errors import ApiError, shard_reply
 from actors.ingress.grpc_service import DecisionService
-from actors.ingress.middleware import BodyLimit, HotPath
+from actors.ingress.live_catalog import CatalogView, LiveCatalog
+from actors.ingress.middleware import HotPath
 from actors.ingress.schemas import (
     ConsentAccepted,
     ConsentBody,
@@ -50,20 +48,15 @@ from actors.ingress.schemas import (
     ScaleBody,
     TutorialBody,
     decode,
-    event_components,
-    finish_document,
     operation,
-    request_bodies,
 )
 from actors.ingress.segment import CALLS as SEGMENT_CALLS
 from actors.ingress.segment import MAX_SEGMENT_CALLS, SegmentIngest
-from engine.decision import Decider, DecisionAnswer, TutorialAnswer
+from engine.decision import DecisionAnswer, TutorialAnswer
 from engine.errors import InvalidEvent
 from engine.events import unknown_type_message
 from engine.keys import Pseudonymizer, partition_of
 from engine.learning import RewardRecord, encode_record, user_key_of
-from engine.schema import BUILTIN_SCHEMA, EventSchema
-from headstart import __version__
 from headstart.adapters.audit import audit
 from headstart.adapters.broker import connect_nats
 from headstart.adapters.control import AdminError, request_admin
@@ -74,7 +67,7 @@ from headstart.privacy.access import export_user
 from headstart.privacy.erasure import Eraser
 from headstart.web.auth import Authenticator, RateLimits, bearer_from_basic
 from headstart.web.metrics import IngressMetrics
-from headstart.web.ruleset import build_ruleset, public_jwk, sign_ruleset, signing_key
+from headstart.web.ruleset import public_jwk
 from headstart.web.segment_api import CALL_TYPES as SEGMENT_CALL_TYPES
 
 log = logging.getLogger(__name__)
@@ -82,90 +75,7 @@ log = logging.getLogger(__name__)
 READY_CACHE_S = 1.0
 GC_GEN0_THRESHOLD = 50_000
 
-app = FastAPI(
-    title="Headstart",
-    version=__version__,
-    description="Real-time personalization of user onboarding. Every endpoint but /healthz, /readyz "
-    "and /v1/ruleset/key needs `Authorization: Bearer <key>`, this schema at /openapi.json included. "
-    'Errors answer `{"error": {"code", "message", "details"}}`.',
-    # Served by a route below that asks for a key; no interactive docs page (it cannot send one).
-    openapi_url=None,
-    docs_url=None,
-    redoc_url=None,
-)
-app.add_middleware(BodyLimit)
-app.add_middleware(HotPath)  # outermost: it answers before BodyLimit and the router
-
-
-def openapi_document(max_shards: int = 256, schema: EventSchema = BUILTIN_SCHEMA) -> dict[str, Any]:
-    """The OpenAPI document: FastAPI's routes with the bodies' schemas (:func:`finish_document`),
-    events as ``schema`` (the catalog's) validates them."""
-    if app.openapi_schema is None:
-        document = get_openapi(
-            title=app.title, version=app.version, description=app.description, routes=app.routes
-        )
-        app.openapi_schema = finish_document(document)
-    if max_shards == 256 and schema.is_builtin:
-        return app.openapi_schema
-    document = copy.deepcopy(app.openapi_schema)
-    schemas = document["components"]["schemas"]
-    if not schema.is_builtin:
-        item, events = event_components(schema)
-        schemas.update(events)
-        schemas["EventsBody"]["properties"]["events"]["items"] = item
-    schemas["ScaleBody"]["properties"]["shards"]["maximum"] = max_shards
-    return document
-
-
-app.openapi = openapi_document  # type: ignore[method-assign]
-
-
-@app.exception_handler(ApiError)
-async def _api_error(_: Request, exc: ApiError) -> Response:
-    return error_response(exc.status, exc.code, exc.message, exc.details, exc.headers)
-
-
-@app.exception_handler(RequestValidationError)
-async def _validation_error(_: Request, exc: RequestValidationError) -> Response:
-    details = [
-        {"field": ".".join(str(p) for p in err["loc"] if p != "body") or "(body)", "problem": err["msg"]}
-        for err in exc.errors()
-    ]
-    return error_response(400, "invalid_request", "the request body is not valid", details)
-
-
-@app.exception_handler(StarletteHTTPException)
-async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
-    headers = dict(exc.headers or {})
-    if exc.status_code == 405:
-        # Starlette names only the first route that matched the path; a path with several
-        # routes (GET and DELETE /v1/users/{id}) allows the methods of all of them.
-        headers["Allow"] = ", ".join(sorted(allowed_methods(request)))
-    return error_response(exc.status_code, "http_error", str(exc.detail), headers=headers or None)
-
-
-def allowed_methods(request: Request) -> set[str]:
-    """The methods of every route whose path matches the request's."""
-    return _methods(request.app.router.routes, {**request.scope, "method": "GET"})
-
-
-def _methods(routes: list[Any], scope: dict[str, Any]) -> set[str]:
-    methods: set[str] = set()
-    for route in routes:
-        match, child = route.matches(scope)
-        if match == Match.NONE:
-            continue
-        # Serve includes the class's routes as a router of their own (FastAPI's included router).
-        included = getattr(getattr(route, "original_router", None), "routes", None)
-        if included is not None or hasattr(route, "routes"):
-            methods |= _methods(included or route.routes, {**scope, **child})
-        else:
-            methods |= getattr(route, "methods", None) or set()
-    return methods
-
-
 UserIdPath = Annotated[str, Path(min_length=1, max_length=256, description="the caller's raw user id")]
-Role = Literal["frontend", "admin"]
 
 
 def _static(name: str) -> bytes:
@@ -211,7 +121,7 @@ def _segment_doc(body: dict[str, Any], errors: tuple[int, ...] = ()) -> dict[str
     logging_config={"enable_access_log": False},
 )
 @serve.ingress(app)
-class Ingress(DecisionService):
+class Ingress(DecisionService, CatalogRoutes):
     def __init__(self, config: IngressConfig) -> None:
         self.config = config
         # Requests allocate many short-lived objects; collecting generation 0 every 700
@@ -220,16 +130,13 @@ class Ingress(DecisionService):
         self.auth = Authenticator(config.key_hashes)
         self.rate_limits = RateLimits(config.rate_limits)
         self.pseudonymizer = Pseudonymizer(config.secret)
-        self.decider = Decider(config.catalog)
-        #: How events are validated at this edge: the built-in types and the catalog's own.
-        self.schema = config.catalog.event_schema
-        self._openapi: dict[str, Any] | None = None
+        # Everything derived from the catalog, as one view swapped whole when a new version is
+        # stored (see actors/ingress/live_catalog.py). Built here, not at import: Serve pickles
+        # this class by value and decoders don't pickle.
+        self.live = LiveCatalog(config.catalog, config.catalog_version, config.secret, config.stream_replicas)
+        self._openapi: tuple[CatalogView, dict[str, Any]] | None = None
         self.nc: NATS | None = None
         self._shards: ShardClient | None = None
-        # Built here, not at import: Serve pickles this class by value and decoders don't pickle.
-        decide_body, tutorial_body = request_bodies(self.schema)  # context: the declared fields too
-        self._decide_decoder = msgspec.json.Decoder(decide_body)
-        self._tutorial_decoder = msgspec.json.Decoder(tutorial_body)
         self._events_decoder = msgspec.json.Decoder(EventsBody)
         self._reward_decoder = msgspec.json.Decoder(RewardBody)
         self._consent_decoder = msgspec.json.Decoder(ConsentBody)
@@ -241,19 +148,9 @@ class Ingress(DecisionService):
         self.metrics = IngressMetrics()
         self._shard_decisions = self.metrics.decisions.labels("shard")
         self._fallback_decisions = self.metrics.decisions.labels("fallback")
-        self._flag_descriptions = {flag.id: flag.description for flag in config.catalog.flags}
         HotPath.segment_prefix = config.segment_prefix
-        self._segment = SegmentIngest(
-            config.catalog.segment_api,
-            self.pseudonymizer,
-            self.metrics,
-            config.events_retention_days,
-            self.schema,
-        )
-        # The ruleset changes only with the catalog: signed once per replica.
-        signer = signing_key(config.secret)
-        self._ruleset = msgspec.json.encode(sign_ruleset(build_ruleset(config.catalog), signer))
-        self._ruleset_key = msgspec.json.encode(public_jwk(signer.public_key()))
+        self._segment = SegmentIngest(self.pseudonymizer, self.metrics, config.events_retention_days)
+        self._ruleset_key = msgspec.json.encode(public_jwk(self.live.signer.public_key()))
 
     def _require(self, authorization: str | None, role: Role | None) -> str:
         """Who calls, for the audit log (``<role>:<key id>``, the key id a prefix of its hash), if
@@ -285,6 +182,9 @@ class Ingress(DecisionService):
                         name="headstart-ingress",
                         max_reconnect_attempts=-1,
                     )
+                    # Live: the store's latest version served before the first request that
+                    # waited for this connection, and followed from here on.
+                    await self.live.connected(self.nc.jetstream())
                     self._shards = ShardClient(self.nc, self.config.partitions)
                     self._shards.start_owner_refresh()
                     # Erasures a crash interrupted are finished in the background.
@@ -310,18 +210,22 @@ class Ingress(DecisionService):
         status, body = await self.decide_bytes(request.headers.get("authorization"), await request.body())
         return _json(body, status)
 
-    async def decide_bytes(self, authorization: str | None, raw_body: bytes) -> tuple[int, bytes]:
-        """``/v1/decide`` from the raw header and body to the status and JSON body."""
+    async def decide_bytes(
+        self, authorization: str | None, raw_body: bytes, view: CatalogView | None = None
+    ) -> tuple[int, bytes]:
+        """``/v1/decide`` from the raw header and body to the status and JSON body, answered
+        from ``view`` (None: the catalog served now)."""
         self._require(authorization, "frontend")
         started = time.perf_counter()
-        body: DecideBody = decode(self._decide_decoder, raw_body)
+        view = view or self.live.view
+        body: DecideBody = decode(view.decide_decoder, raw_body)
         key = self.pseudonymizer.key(body.user_id)
         client = self._shards or (await self._client())[1]
         try:
             reply = await shards.decide(client, key, body.context)
         except ShardUnavailable:
             self._fallback_decisions.inc()
-            return 200, shards.default_decision(self.decider, key, body.context)
+            return 200, shards.default_decision(view.decider, view.version, key, body.context)
         self._shard_decisions.inc()
         self.metrics.decide_seconds.observe(time.perf_counter() - started)
         return shard_reply(reply)
@@ -332,17 +236,18 @@ class Ingress(DecisionService):
         ``DEFAULT``, and the rule), and the user's segments; logs no decision. With the user's
         shard unavailable, the flags from the request's context alone, marked ``stale``."""
         self._require(request.headers.get("authorization"), "frontend")
-        body: DecideBody = decode(self._decide_decoder, await request.body())
+        view = self.live.view
+        body: DecideBody = decode(view.decide_decoder, await request.body())
         key = self.pseudonymizer.key(body.user_id)
         client = self._shards or (await self._client())[1]
         try:
             reply = await shards.flags(client, key, body.context)
             stale = False
         except (ShardUnavailable, ShardError):
-            reply = shards.default_flags(self.decider, key, body.context)
+            reply = shards.default_flags(view.decider, key, body.context)
             stale = True
         for flag_id, entry in reply["flags"].items():
-            entry["description"] = self._flag_descriptions.get(flag_id, "")
+            entry["description"] = view.flag_descriptions.get(flag_id, "")
         return JSONResponse({**reply, "stale": stale})
 
     @app.post(
@@ -354,10 +259,13 @@ class Ingress(DecisionService):
         status, body = await self.tutorial_bytes(request.headers.get("authorization"), await request.body())
         return _json(body, status)
 
-    async def tutorial_bytes(self, authorization: str | None, raw_body: bytes) -> tuple[int, bytes]:
+    async def tutorial_bytes(
+        self, authorization: str | None, raw_body: bytes, view: CatalogView | None = None
+    ) -> tuple[int, bytes]:
         """``/v1/tutorials/select`` from the raw header and body to the status and JSON body."""
         self._require(authorization, "frontend")
-        body: TutorialBody = decode(self._tutorial_decoder, raw_body)
+        view = view or self.live.view
+        body: TutorialBody = decode(view.tutorial_decoder, raw_body)
         if (body.step is None) == (body.feature is None):
             raise ApiError(400, "invalid_request", "give exactly one of 'step' or 'feature'")
         key = self.pseudonymizer.key(body.user_id)
@@ -365,7 +273,7 @@ class Ingress(DecisionService):
         try:
             reply = await shards.select_tutorial(client, key, body)
         except ShardUnavailable:
-            reply = shards.default_tutorial(self.decider, body)
+            reply = shards.default_tutorial(view.decider, view.version, body)
         if reply == b"null":
             raise ApiError(404, "not_found", "no tutorial for that step or feature in the catalog")
         return shard_reply(reply)
@@ -393,7 +301,8 @@ class Ingress(DecisionService):
         self._require(bearer_from_basic(request.headers.get("authorization")), "frontend")
         raw = await request.body()
         nc, _ = await self._client()
-        await self._segment.ingest(nc.jetstream(), call, raw, request.headers.get("content-encoding"))
+        mapper = self.live.view.segment_mapper
+        await self._segment.ingest(nc.jetstream(), mapper, call, raw, request.headers.get("content-encoding"))
         return JSONResponse({"success": True})
 
     # ------------------------------------------------------------------ events and reads
@@ -411,12 +320,15 @@ class Ingress(DecisionService):
         status, body = await self.events_bytes(request.headers.get("authorization"), await request.body())
         return _json(body, status)
 
-    async def events_bytes(self, authorization: str | None, raw_body: bytes) -> tuple[int, bytes]:
+    async def events_bytes(
+        self, authorization: str | None, raw_body: bytes, view: CatalogView | None = None
+    ) -> tuple[int, bytes]:
         """``/v1/events`` from the raw header and body to the status and JSON body."""
         self._require(authorization, "frontend")
         body: EventsBody = decode(self._events_decoder, raw_body)
+        schema = (view or self.live.view).schema
         nc, _ = await self._client()
-        publisher = EventPublisher(nc.jetstream(), self.pseudonymizer, self.schema)
+        publisher = EventPublisher(nc.jetstream(), self.pseudonymizer, schema)
         prepared, problems = [], []
         for i, event in enumerate(body.events):
             try:
@@ -427,7 +339,7 @@ class Ingress(DecisionService):
         if problems:
             message = f"{len(problems)} of {len(body.events)} events are invalid"
             if any(p["reason"] == "unknown_type" for p in problems):
-                message += f"; {unknown_type_message(self.schema.event_types)}"
+                message += f"; {unknown_type_message(schema.event_types)}"
             raise ApiError(400, "invalid_events", message, problems)
         try:
             acks = await publish_prepared(nc.jetstream(), prepared, retry_for=5.0)
@@ -499,7 +411,7 @@ class Ingress(DecisionService):
         if not props:
             raise ApiError(400, "invalid_body", "give 'analytics', 'personalization' or both")
         nc, _ = await self._client()
-        publisher = EventPublisher(nc.jetstream(), self.pseudonymizer, self.schema)
+        publisher = EventPublisher(nc.jetstream(), self.pseudonymizer, self.live.view.schema)
         event = {
             "event_id": f"consent-{uuid.uuid4().hex}",
             "user_id": user_id,
@@ -577,7 +489,7 @@ class Ingress(DecisionService):
         their live size, share of users and mean engagement, counted by the shards now."""
         self._require(request.headers.get("authorization"), "admin")
         nc, client = await self._client()
-        return JSONResponse(await admin.segments(nc.jetstream(), client, self.config.catalog))
+        return JSONResponse(await admin.segments(nc.jetstream(), client, self.live.view.catalog))
 
     @app.get(
         "/v1/segments/{segment_id}", openapi_extra=operation(answer=ANY_OBJECT, errors=(404,), role="admin")
@@ -586,7 +498,7 @@ class Ingress(DecisionService):
         """One segment (see ``GET /v1/segments``)."""
         self._require(request.headers.get("authorization"), "admin")
         nc, client = await self._client()
-        report = await admin.segments(nc.jetstream(), client, self.config.catalog)
+        report = await admin.segments(nc.jetstream(), client, self.live.view.catalog)
         found = next((s for s in report["segments"] if s["id"] == segment_id), None)
         if found is None:
             raise ApiError(404, "not_found", f"no segment {segment_id!r}")
@@ -599,13 +511,25 @@ class Ingress(DecisionService):
     async def experiment(self, experiment_id: str, request: Request) -> Response:
         """An experiment's results: per arm the users exposed, conversions, rate, lift with its
         confidence interval and p-value (fixed horizon, after CUPED, and always-valid), the
-        sample-ratio check, guardrails, the primary metric over time, and a verdict."""
+        sample-ratio check, guardrails, the primary metric over time, a verdict, and the stored
+        catalog versions that declared it (``catalog_versions``: the versions it ran under). An
+        experiment removed from the catalog is reported as the last version declaring it had it."""
         self._require(request.headers.get("authorization"), "admin")
-        exp = self.decider.experiments.by_id.get(experiment_id)
+        _, client = await self._client()
+        exp = self.live.view.decider.experiments.by_id.get(experiment_id)
+        versions: list[int] | None = None
+        try:
+            versions = await self.live.versions_with_experiment(experiment_id)
+            if exp is None:  # removed from the catalog: reported as it was last declared
+                exp = await self.live.removed_experiment(experiment_id)
+        except Exception as exc:  # noqa: BLE001 - the results stand without the version list
+            log.warning("catalog versions of experiment %s: %s", experiment_id, type(exc).__name__)
         if exp is None:
             raise ApiError(404, "not_found", f"no experiment {experiment_id!r} in the catalog")
-        _, client = await self._client()
-        return JSONResponse(await admin.experiment(client, exp))
+        report = await admin.experiment(client, exp)
+        if versions is not None:
+            report["catalog_versions"] = versions
+        return JSONResponse(report)
 
     @app.get("/v1/admin/policies", openapi_extra=operation(answer=ANY_OBJECT, errors=(503,), role="admin"))
     async def policies(self, request: Request) -> Response:
@@ -658,9 +582,10 @@ class Ingress(DecisionService):
     async def openapi_route(self, request: Request) -> JSONResponse:
         """The OpenAPI schema, for any key."""
         self._require(request.headers.get("authorization"), None)
-        if self._openapi is None:
-            self._openapi = openapi_document(min(256, self.config.partitions), self.schema)
-        return JSONResponse(self._openapi)
+        view = self.live.view
+        if self._openapi is None or self._openapi[0] is not view:
+            self._openapi = (view, openapi_document(min(256, self.config.partitions), view.schema))
+        return JSONResponse(self._openapi[1])
 
     # ------------------------------------------------------------------ pages and health
 
@@ -683,7 +608,8 @@ class Ingress(DecisionService):
         """Flags, tutorial targeting and welcome messages by segment, signed (ECDSA P-256): what
         a page evaluates itself from a user's last known segments when Headstart is slow."""
         self._require(request.headers.get("authorization"), "frontend")
-        return Response(self._ruleset, media_type="application/json", headers={"Cache-Control": "max-age=60"})
+        ruleset = self.live.view.ruleset
+        return Response(ruleset, media_type="application/json", headers={"Cache-Control": "max-age=60"})
 
     @app.get("/v1/ruleset/key", openapi_extra=operation(answer=ANY_OBJECT))
     async def ruleset_key(self) -> Response:
@@ -697,13 +623,16 @@ class Ingress(DecisionService):
 
     @app.get("/readyz", openapi_extra=operation(answer=ANY_OBJECT, errors=(503,)))
     async def readyz(self) -> JSONResponse:
-        """Readiness: NATS is connected and every partition's shard answers."""
+        """Readiness: NATS is connected and every partition's shard answers; with the catalog
+        version this replica serves."""
         now = time.monotonic()
         if now - self._ready_at > READY_CACHE_S:
             self._ready_detail = await self._check_ready()
             self._ready_at = now
         detail = self._ready_detail
-        return JSONResponse(detail, status_code=200 if detail["ready"] else 503)
+        # Not cached: a switch to a new catalog version shows at once.
+        answer = {**detail, "catalog_version": self.live.view.version}
+        return JSONResponse(answer, status_code=200 if detail["ready"] else 503)
 
     async def _check_ready(self) -> dict[str, Any]:
         try:

@@ -28,6 +28,7 @@ from actors.ingress.errors import ApiError
 from engine.decision import DecisionAnswer, TutorialAnswer
 from engine.events import EVENT_CLASSES
 from engine.schema import BUILTIN_SCHEMA, EventSchema
+from headstart.adapters.catalog_store import VersionInfo
 
 #: Events accepted in one ``/v1/events`` call.
 MAX_EVENTS_PER_BATCH = 1000
@@ -146,6 +147,42 @@ class ConsentAccepted(msgspec.Struct):
     detail: str
 
 
+class CatalogVersion(msgspec.Struct, kw_only=True):
+    """A stored version of the catalog (``GET /v1/catalog``: the latest; its number is also the
+    answer's ``ETag``)."""
+
+    version: int
+    #: The catalog itself: the structure of its YAML file, as it was stored.
+    catalog: dict[str, Any]
+    #: Who stored it (``admin:<key id>``, ``cli:<key id>``; never a key).
+    who: str
+    #: When (Unix seconds).
+    at: float
+    summary: str
+    fingerprint: str
+    rollback_of: int | None = None
+    forced: bool = False
+
+
+class CatalogStored(msgspec.Struct, kw_only=True):
+    """What ``PUT /v1/catalog`` did: the version now latest (with ``dry_run``: the version it
+    would be; nothing is stored), what changed, and the change as a unified diff of the YAML."""
+
+    version: int
+    summary: str
+    #: False when the catalog equals the latest version's (nothing stored) and for a dry run.
+    changed: bool
+    dry_run: bool = False
+    diff: str = ""
+
+
+class CatalogHistory(msgspec.Struct, kw_only=True):
+    """Every stored version, oldest first, and the version the answering replica serves."""
+
+    serving: int
+    versions: list[VersionInfo]
+
+
 class ErrorDetail(msgspec.Struct, omit_defaults=True):
     code: str
     message: str
@@ -187,6 +224,9 @@ BODIES: tuple[type[msgspec.Struct], ...] = (
     EventsAccepted,
     RewardAccepted,
     ConsentAccepted,
+    CatalogVersion,
+    CatalogStored,
+    CatalogHistory,
     ErrorBody,
 )
 
@@ -263,7 +303,11 @@ ERRORS = {
     401: "missing or unknown API key",
     403: "the key's role may not call this endpoint",
     404: "not found",
+    412: "the version named in If-Match is no longer the latest",
     413: "the body is over 1 MiB",
+    415: "the body's Content-Type is not one the endpoint takes",
+    422: "the body is well-formed but not valid (every problem in details)",
+    428: "If-Match is missing",
     429: "the key is over its rate limit (see Retry-After)",
     503: "the event stream or a shard is unavailable",
 }
@@ -316,7 +360,10 @@ def finish_document(
     documented per route)."""
     for operations in document.get("paths", {}).values():
         for op in operations.values():
-            op.get("responses", {}).pop("422", None)
+            responses = op.get("responses", {})
+            # FastAPI's own (its validation errors are answered 400); a route's documented 422 stays.
+            if "HTTPValidationError" in str(responses.get("422", {})):
+                responses.pop("422")
     schemas = {
         name: schema
         for name, schema in document.get("components", {}).get("schemas", {}).items()

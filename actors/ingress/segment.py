@@ -12,10 +12,8 @@ from nats.js import JetStreamContext
 from nats.js.api import KeyValueConfig, StorageType
 
 from actors.ingress.errors import ApiError
-from engine.catalog import SegmentApi
 from engine.errors import InvalidEvent
 from engine.keys import Pseudonymizer
-from engine.schema import BUILTIN_SCHEMA, EventSchema
 from headstart.adapters.streams import EventPublisher, open_bucket, publish_prepared
 from headstart.adapters.topology import ALIASES_BUCKET, DLQ_PREFIX
 from headstart.web.metrics import IngressMetrics
@@ -36,26 +34,20 @@ CALLS = ("batch", *SEGMENT_CALLS)
 
 
 class SegmentIngest:
-    """One replica's Segment API: the mapper, the pseudonymizer and the alias store (opened on
-    first use, entries kept as long as the events); events are validated with ``schema`` (the
-    catalog's: tracks may map to its declared types, identify to its traits)."""
+    """One replica's Segment API: the pseudonymizer and the alias store (opened on first use,
+    entries kept as long as the events). Each request is mapped with the mapper of the catalog
+    it is served from (tracks may map to its declared types, identify to its traits), and its
+    events validated with that mapper's schema."""
 
-    def __init__(
-        self,
-        api: SegmentApi,
-        pseudonymizer: Pseudonymizer,
-        metrics: IngressMetrics,
-        retention_days: float,
-        schema: EventSchema = BUILTIN_SCHEMA,
-    ) -> None:
-        self.schema = schema
-        self.mapper = SegmentMapper(api, schema)
+    def __init__(self, pseudonymizer: Pseudonymizer, metrics: IngressMetrics, retention_days: float) -> None:
         self.pseudonymizer = pseudonymizer
         self.metrics = metrics
         self.retention_days = retention_days
         self._aliases: AliasStore | None = None
 
-    async def ingest(self, js: JetStreamContext, call: str, raw: bytes, content_encoding: str | None) -> None:
+    async def ingest(
+        self, js: JetStreamContext, mapper: SegmentMapper, call: str, raw: bytes, content_encoding: str | None
+    ) -> None:
         """Map, publish and count the calls of one request; returns once JetStream stored them.
         Raises :class:`ApiError` (400 not a Segment call, 503 not stored)."""
         try:
@@ -68,11 +60,11 @@ class SegmentIngest:
                 400, "invalid_request", f"{len(messages)} calls: at most {MAX_SEGMENT_CALLS} per batch"
             )
         aliases = await self._alias_store(js)
-        publisher = EventPublisher(js, self.pseudonymizer, self.schema)
+        publisher = EventPublisher(js, self.pseudonymizer, mapper.schema)
         prepared, dead, counted = [], [], []
         key_of = self.pseudonymizer.key
         for message in messages:
-            mapped = self.mapper.map(message)
+            mapped = mapper.map(message)
             kind = str(message.get("type") if isinstance(message, dict) else "?")[:16]
             for anonymous_id, user_id in mapped.aliases:
                 await aliases.link(key_of(anonymous_id), key_of(user_id))

@@ -60,7 +60,7 @@ class TutorialChoice(_message.Message):
     def __init__(self, id: _Optional[str] = ..., variant: _Optional[str] = ..., eligible: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class DecideReply(_message.Message):
-    __slots__ = ("decision_id", "step", "tutorial", "message", "step_message", "flags", "segments", "experiments", "completed_steps", "personalized", "explain", "activation_probability", "recommended_features")
+    __slots__ = ("decision_id", "step", "tutorial", "message", "step_message", "flags", "segments", "experiments", "completed_steps", "personalized", "explain", "activation_probability", "recommended_features", "catalog_version")
     class FlagsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -88,6 +88,7 @@ class DecideReply(_message.Message):
     EXPLAIN_FIELD_NUMBER: _ClassVar[int]
     ACTIVATION_PROBABILITY_FIELD_NUMBER: _ClassVar[int]
     RECOMMENDED_FEATURES_FIELD_NUMBER: _ClassVar[int]
+    CATALOG_VERSION_FIELD_NUMBER: _ClassVar[int]
     decision_id: str
     step: Step
     tutorial: TutorialChoice
@@ -101,7 +102,8 @@ class DecideReply(_message.Message):
     explain: _containers.RepeatedScalarFieldContainer[str]
     activation_probability: float
     recommended_features: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, decision_id: _Optional[str] = ..., step: _Optional[_Union[Step, _Mapping]] = ..., tutorial: _Optional[_Union[TutorialChoice, _Mapping]] = ..., message: _Optional[str] = ..., step_message: _Optional[str] = ..., flags: _Optional[_Mapping[str, bool]] = ..., segments: _Optional[_Iterable[str]] = ..., experiments: _Optional[_Mapping[str, str]] = ..., completed_steps: _Optional[_Iterable[str]] = ..., personalized: _Optional[bool] = ..., explain: _Optional[_Iterable[str]] = ..., activation_probability: _Optional[float] = ..., recommended_features: _Optional[_Iterable[str]] = ...) -> None: ...
+    catalog_version: int
+    def __init__(self, decision_id: _Optional[str] = ..., step: _Optional[_Union[Step, _Mapping]] = ..., tutorial: _Optional[_Union[TutorialChoice, _Mapping]] = ..., message: _Optional[str] = ..., step_message: _Optional[str] = ..., flags: _Optional[_Mapping[str, bool]] = ..., segments: _Optional[_Iterable[str]] = ..., experiments: _Optional[_Mapping[str, str]] = ..., completed_steps: _Optional[_Iterable[str]] = ..., personalized: _Optional[bool] = ..., explain: _Optional[_Iterable[str]] = ..., activation_probability: _Optional[float] = ..., recommended_features: _Optional[_Iterable[str]] = ..., catalog_version: _Optional[int] = ...) -> None: ...
 
 class SelectTutorialRequest(_message.Message):
     __slots__ = ("user_id", "context", "step", "feature")
@@ -116,20 +118,22 @@ class SelectTutorialRequest(_message.Message):
     def __init__(self, user_id: _Optional[str] = ..., context: _Optional[_Union[Context, _Mapping]] = ..., step: _Optional[str] = ..., feature: _Optional[str] = ...) -> None: ...
 
 class SelectTutorialReply(_message.Message):
-    __slots__ = ("decision_id", "tutorial", "variant", "eligible", "segments", "explain")
+    __slots__ = ("decision_id", "tutorial", "variant", "eligible", "segments", "explain", "catalog_version")
     DECISION_ID_FIELD_NUMBER: _ClassVar[int]
     TUTORIAL_FIELD_NUMBER: _ClassVar[int]
     VARIANT_FIELD_NUMBER: _ClassVar[int]
     ELIGIBLE_FIELD_NUMBER: _ClassVar[int]
     SEGMENTS_FIELD_NUMBER: _ClassVar[int]
     EXPLAIN_FIELD_NUMBER: _ClassVar[int]
+    CATALOG_VERSION_FIELD_NUMBER: _ClassVar[int]
     decision_id: str
     tutorial: str
     variant: str
     eligible: _containers.RepeatedScalarFieldContainer[str]
     segments: _containers.RepeatedScalarFieldContainer[str]
     explain: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, decision_id: _Optional[str] = ..., tutorial: _Optional[str] = ..., variant: _Optional[str] = ..., eligible: _Optional[_Iterable[str]] = ..., segments: _Optional[_Iterable[str]] = ..., explain: _Optional[_Iterable[str]] = ...) -> None: ...
+    catalog_version: int
+    def __init__(self, decision_id: _Optional[str] = ..., tutorial: _Optional[str] = ..., variant: _Optional[str] = ..., eligible: _Optional[_Iterable[str]] = ..., segments: _Optional[_Iterable[str]] = ..., explain: _Optional[_Iterable[str]] = ..., catalog_version: _Optional[int] = ...) -> None: ...
 
 class Event(_message.Message):
     __slots__ = ("event_id", "user_id", "type", "ts", "props", "context")

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
+import yaml
 
 from actors.cluster import ShardGroup
 from engine.catalog import DEFAULT_CATALOG, load_catalog
@@ -75,6 +76,14 @@ def test_clicking_through_the_page_changes_what_the_engine_decides(
     # The operator panel shows live segments and what the policy learned.
     expect(page.locator("#segment-sizes .segment-row").first).to_be_visible(timeout=15_000)
     expect(page.locator("#policy")).to_contain_text("step")
+    # ... and the catalog: none stored yet (this app was handed its catalog), then a version
+    # stored over HTTP is served and listed with who stored it.
+    expect(page.locator("#catalog-serving")).to_contain_text("no version stored", timeout=15_000)
+    document = yaml.safe_load(DEFAULT_CATALOG.read_text())
+    stored = http.put("/v1/catalog", json=document, headers={**admin, "If-Match": '"0"'})
+    assert stored.status_code == 200 and stored.json()["version"] == 1, stored.text
+    expect(page.locator("#catalog-serving")).to_contain_text("serving version 1", timeout=15_000)
+    expect(page.locator("#catalog-history .catalog-row").first).to_contain_text("admin:")
     assert errors == []
 
 
