@@ -140,6 +140,6 @@ def experiment_conflicts(old: Catalog | None, new: Catalog, now: float) -> list[
         if changed:
             problems.append(
                 f"experiments.{experiment.id}: its {', '.join(changed)} changed while it runs, which "
-                "breaks its analysis (users would switch arms); push with --force to change it anyway"
+                "breaks its analysis (users would switch arms); force the push to change it anyway"
             )
     return problems

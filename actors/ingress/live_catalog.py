@@ -87,7 +87,7 @@ def build_view(catalog: Catalog, version: int, signer: ec.EllipticCurvePrivateKe
     return CatalogView(
         version=version,
         catalog=catalog,
-        decider=Decider(catalog),
+        decider=Decider(catalog, version),
         schema=schema,
         decide_decoder=msgspec.json.Decoder(decide_body),
         tutorial_decoder=msgspec.json.Decoder(tutorial_body),

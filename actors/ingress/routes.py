@@ -225,7 +225,7 @@ class Ingress(DecisionService, CatalogRoutes):
             reply = await shards.decide(client, key, body.context)
         except ShardUnavailable:
             self._fallback_decisions.inc()
-            return 200, shards.default_decision(view.decider, view.version, key, body.context)
+            return 200, shards.default_decision(view.decider, key, body.context)
         self._shard_decisions.inc()
         self.metrics.decide_seconds.observe(time.perf_counter() - started)
         return shard_reply(reply)
@@ -273,7 +273,7 @@ class Ingress(DecisionService, CatalogRoutes):
         try:
             reply = await shards.select_tutorial(client, key, body)
         except ShardUnavailable:
-            reply = shards.default_tutorial(view.decider, view.version, body)
+            reply = shards.default_tutorial(view.decider, body)
         if reply == b"null":
             raise ApiError(404, "not_found", "no tutorial for that step or feature in the catalog")
         return shard_reply(reply)

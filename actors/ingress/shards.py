@@ -40,30 +40,15 @@ async def decide(shards: ShardClient, key: str, context: RequestContext) -> byte
     return await shards.call_raw(request, DECIDE_DEADLINE_S)
 
 
-def default_decision(decider: Decider, catalog_version: int, key: str, context: RequestContext) -> bytes:
-    """The catalog's default flow for a user no shard answered for (JSON), saying so, and which
-    catalog version it comes from."""
+def default_decision(decider: Decider, key: str, context: RequestContext) -> bytes:
+    """The catalog's default flow for a user no shard answered for (JSON), saying so; like a
+    shard's answer it names the catalog version it comes from (the decider's)."""
     fallback = decider.decide(
         key, None, None, msgspec.structs.asdict(context), time.time(), personalize=False
     ).answer
     fallback.personalized = False
     fallback.explain.insert(0, "shard unavailable within the deadline: safe default flow")
-    return with_catalog_version(fallback, catalog_version)
-
-
-def with_catalog_version(answer: msgspec.Struct, catalog_version: int) -> bytes:
-    """``answer`` as JSON with ``catalog_version`` at its top level (where the answer has the
-    field, its value is replaced; a shard's answers carry it too).
-
-    >>> from engine.decision import TutorialAnswer
-    >>> with_catalog_version(TutorialAnswer(tutorial="t", variant=None, eligible=[], segments=[],
-    ...                                     explain=[]), 4)
-    b'{"tutorial":"t","variant":null,"eligible":[],"segments":[],"explain":[],"catalog_version":4}'
-    """
-    # The fallback path only (no shard answered): a builtins round trip costs microseconds.
-    body = msgspec.to_builtins(answer)
-    body["catalog_version"] = catalog_version
-    return msgspec.json.encode(body)
+    return msgspec.json.encode(fallback)
 
 
 async def select_tutorial(shards: ShardClient, key: str, body: TutorialBody) -> bytes:
@@ -72,7 +57,7 @@ async def select_tutorial(shards: ShardClient, key: str, body: TutorialBody) -> 
     return await shards.call_raw(request, DECIDE_DEADLINE_S)
 
 
-def default_tutorial(decider: Decider, catalog_version: int, body: TutorialBody) -> bytes:
+def default_tutorial(decider: Decider, body: TutorialBody) -> bytes:
     """The default variant when no shard answered (JSON, ``null`` for none)."""
     choice = decider.select_tutorial(
         None, msgspec.structs.asdict(body.context), time.time(), step=body.step, feature=body.feature
@@ -80,7 +65,7 @@ def default_tutorial(decider: Decider, catalog_version: int, body: TutorialBody)
     if choice is None:
         return b"null"
     choice.answer.explain.insert(0, "shard unavailable within the deadline: default variant")
-    return with_catalog_version(choice.answer, catalog_version)
+    return msgspec.json.encode(choice.answer)
 
 
 async def flags(shards: ShardClient, key: str, context: RequestContext) -> dict[str, Any]:

@@ -229,6 +229,12 @@ class CatalogStore:
         the latest. A document equal to the latest version's is not stored again
         (``changed`` False). Nothing is stored with ``dry_run``.
         """
+        # As JSON would carry it (a YAML file's dates become ISO strings), so the same content
+        # has the same fingerprint whether pushed from a file or over HTTP.
+        try:
+            document = msgspec.json.decode(msgspec.json.encode(document))
+        except (TypeError, msgspec.EncodeError) as exc:
+            raise CatalogInvalid([f"{source}: (top level): not representable as JSON: {exc}"]) from None
         catalog, errors = parse_catalog_document(document, source)
         if catalog is None or errors:
             raise CatalogInvalid(errors)

@@ -165,3 +165,20 @@ async def test_watch_gives_each_new_version_within_milliseconds(store: CatalogSt
         assert [v for v, _ in seen] == [2, 3, 4]
     finally:
         await watch.stop()
+
+
+async def test_a_files_dates_and_the_same_json_body_are_one_version(store: CatalogStore) -> None:
+    # yaml.safe_load gives datetimes; a JSON body gives ISO strings: the same content either way.
+    document = default_document()
+    document["experiments"] = [
+        {
+            "id": "dated",
+            "salt": "s1",
+            "arms": [{"id": "control"}, {"id": "short", "welcome": {"en": "Hi"}}],
+            "start": yaml.safe_load("2026-01-01T00:00:00Z"),
+        }
+    ]
+    first = await store.push(document, who="cli:k")
+    as_json = json.loads(json.dumps(first.stored.document))
+    again = await store.push(as_json, who="admin:k")
+    assert not again.changed and again.stored.version == first.stored.version == 1
