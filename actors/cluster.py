@@ -53,6 +53,7 @@ class ShardGroup:
         nats_url: str,
         catalog: Catalog | None = None,
         actor_options: dict[str, Any] | None = None,
+        catalog_version: int = 0,
     ) -> None:
         self.settings = settings
         #: Extra Ray options for every shard actor (e.g. a scheduling strategy).

@@ -57,6 +57,7 @@ def start_app(
     key_hashes: dict[str, list[str]],
     http_port: int | None = None,
     grpc_port: int | None = None,
+    catalog_version: int = 0,
 ) -> str:
     """Deploy the ingress and return its base URL. With ``grpc_port``, the gRPC decision
     service (``headstart/protos/headstart.proto``) is served there too, on the same host."""
