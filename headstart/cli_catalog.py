@@ -24,6 +24,7 @@ import typer
 from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
@@ -145,15 +146,15 @@ def _fail(exc: Exception, stored_nothing: bool = False) -> NoReturn:
         console.print(f"[red]{len(exc.errors)} error(s)[/]{suffix}")
     elif isinstance(exc, VersionConflict):
         console.print(
-            f"[red]{exc}[/]{suffix}. See what your file changes now with `headstart catalog diff "
-            "FILE`, then push again."
+            f"[red]{escape(str(exc))}[/]{suffix}. See what your file changes now with "
+            "`headstart catalog diff FILE`, then push again."
         )
     elif isinstance(exc, VersionNotFound):
-        console.print(f"[red]{exc.args[0]}[/]")
+        console.print(f"[red]{escape(str(exc.args[0]))}[/]")
     elif isinstance(exc, NatsError | TimeoutError):
-        console.print(f"[red]NATS: {exc or type(exc).__name__}[/]")
+        console.print(f"[red]NATS: {escape(str(exc) or type(exc).__name__)}[/]")
     else:
-        console.print(f"[red]{exc}[/]")
+        console.print(f"[red]{escape(str(exc))}[/]")
     raise typer.Exit(1)
 
 
@@ -212,11 +213,13 @@ def _print_result(result: PushResult, source: str, forced_over: list[str]) -> No
     replaces = f" (replaces version {previous.version})" if previous is not None else ""
     if result.dry_run:
         number = (previous.version if previous is not None else 0) + 1
-        console.print(f"dry run: would store version {number}{replaces}: {stored.summary}")
+        console.print(f"dry run: would store version {number}{replaces}: {escape(stored.summary)}")
     else:
-        console.print(f"[green]stored catalog version {stored.version}[/]{replaces}: {stored.summary}")
+        console.print(
+            f"[green]stored catalog version {stored.version}[/]{replaces}: {escape(stored.summary)}"
+        )
     for problem in forced_over:
-        console.print(f"[yellow]forced:[/] {problem}")
+        console.print(f"[yellow]forced:[/] {escape(problem)}")
     print_diff(diff(previous.document if previous else None, stored.document, _name(previous), source))
     if result.dry_run:
         console.print("nothing stored (--dry-run)")
@@ -272,7 +275,9 @@ def push(
 
     result, conflicts, report = _run(work(), stored_nothing=True)
     if _unchanged(result):
-        console.print(f"{path} is the same as catalog version {result.stored.version}: nothing stored")
+        console.print(
+            f"{escape(str(path))} is the same as catalog version {result.stored.version}: nothing stored"
+        )
         return
     _print_result(result, str(path), conflicts)
     if report is not None:
@@ -313,11 +318,11 @@ def diff_command(path: FileArgument, home: HomeOption = None) -> None:
 
     latest, conflicts = _run(work())
     if latest is not None and latest.fingerprint == fingerprint(document):
-        console.print(f"{path} is the same as catalog version {latest.version}")
+        console.print(f"{escape(str(path))} is the same as catalog version {latest.version}")
         return
-    console.print(summarize(latest.document if latest else None, document), highlight=False)
+    console.print(escape(summarize(latest.document if latest else None, document)), highlight=False)
     for problem in conflicts:
-        console.print(f"[yellow]refused without --force:[/] {problem}")
+        console.print(f"[yellow]refused without --force:[/] {escape(problem)}")
     print_diff(diff(latest.document if latest else None, document, _name(latest), str(path)))
 
 
@@ -365,7 +370,9 @@ def history(
     for column in ("version", "when", "who", "summary", ""):
         table.add_column(column, justify="right" if column == "version" else "left")
     for info in versions:
-        table.add_row(str(info.version), _when(info.at), info.who, info.summary, _marks(info, latest))
+        table.add_row(
+            str(info.version), _when(info.at), escape(info.who), escape(info.summary), _marks(info, latest)
+        )
     console.print(table)
 
 

@@ -151,20 +151,26 @@ class WebhookDelivery:
 
     async def run(self) -> None:
         sub = await self._subscription()
-        while True:
-            try:
-                msgs = await sub.fetch(batch=50, timeout=1.0)
-            except NatsTimeout:
-                continue
-            try:
-                await self.handle(msgs)
-            except asyncio.CancelledError:
-                # Stopped mid-batch (its webhook changed or was removed): the batch goes back to
-                # the consumer now rather than after ack_wait, for whoever reads it next.
-                for msg in msgs:
-                    with contextlib.suppress(Exception):  # acked already, or the connection is gone
-                        await msg.nak()
-                raise
+        try:
+            while True:
+                try:
+                    msgs = await sub.fetch(batch=50, timeout=1.0)
+                except NatsTimeout:
+                    continue
+                try:
+                    await self.handle(msgs)
+                except asyncio.CancelledError:
+                    # Stopped mid-batch (its webhook changed or was removed): the batch goes back
+                    # to the consumer now rather than after ack_wait, for whoever reads it next.
+                    for msg in msgs:
+                        with contextlib.suppress(Exception):  # acked already, or disconnected
+                            await msg.nak()
+                    raise
+        finally:
+            # No interest left in a pull request still open: the server hands its messages to
+            # the next reader of the consumer instead of this dead one.
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
 
     async def handle(self, msgs: list[Msg]) -> None:
         """Deliver the wanted changes of ``msgs`` in POSTs of at most ``batch``; then ack them."""
