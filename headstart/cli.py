@@ -638,7 +638,7 @@ def report_experiment(
         if exp is None:
             known = ", ".join(e.id for e in catalog.experiments) or "none"
             raise ConfigError(f"no experiment {experiment_id!r} in the catalog (defined: {known})")
-    except ConfigError as exc:
+    except (ConfigError, ValueError) as exc:  # ValueError: a stored version no longer valid
         console.print(f"[red]{exc}[/]")
         raise typer.Exit(1) from None
 

@@ -357,7 +357,7 @@ def history(
 ) -> None:
     """Every stored version: when, who, what changed; rollbacks and forced changes marked."""
 
-    async def work() -> list[Any]:
+    async def work() -> list[VersionInfo]:
         async with _session(home) as session:
             return await session.store.history()
 

@@ -57,7 +57,7 @@ class Runtime:
         from headstart.runtime.home import ensure_keys
 
         keys = ensure_keys(self.home.keys_file)
-        served = asyncio.run(self._ensure_streams())
+        served = asyncio.run(self._provision())
         catalog = served.catalog()
         # Every component starts from this version and follows the store from there.
         self.catalog_version = served.version
@@ -149,7 +149,7 @@ class Runtime:
         self._record(phase="ready")
         return report
 
-    async def _ensure_streams(self) -> StoredVersion:
+    async def _provision(self) -> StoredVersion:
         """The streams, and the catalog version to serve (storing the given file if it is new)."""
         nc = await connect_nats(
             self.nats_url, self.settings.nats_auth(), connect_timeout=5, max_reconnect_attempts=3
