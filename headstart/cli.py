@@ -17,7 +17,6 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from engine.catalog import CatalogError, load_catalog
 from engine.errors import ConfigError, HeadstartError
 from headstart.cli_catalog import catalog_app, served_version, stored_versions
 from headstart.runtime.home import DataHome
@@ -75,6 +74,8 @@ def up(
     settings = _settings(
         home, shards=shards, partitions=partitions, nats_url=nats_url, port=port, catalog=catalog
     )
+    from engine.catalog import CatalogError, load_catalog
+
     if settings.catalog is not None:
         try:
             load_catalog(settings.catalog)
@@ -439,7 +440,7 @@ def evaluate(
 def _served_catalog(url: str, settings: Settings, state: dict[str, Any] | None) -> Any:
     """The catalog the instance serves: the store's latest version (a file only while none is
     stored, as before an instance's first start)."""
-    from engine.catalog import DEFAULT_CATALOG
+    from engine.catalog import DEFAULT_CATALOG, load_catalog
 
     served = asyncio.run(served_version(url, settings.nats_auth()))
     if served is not None:
@@ -817,7 +818,7 @@ def datamap(
 ) -> None:
     """What Headstart collects, where each field is kept, for how long and under which consent
     purpose (generated from the code's event and profile schema and the catalog's own fields)."""
-    from engine.catalog import DEFAULT_CATALOG
+    from engine.catalog import DEFAULT_CATALOG, CatalogError, load_catalog
     from engine.datamap import datamap as build
     from headstart.runtime.supervisor import instance_running
 

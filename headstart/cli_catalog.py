@@ -17,33 +17,27 @@ from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
-import msgspec
 import typer
-from nats.errors import Error as NatsError
-from nats.js import JetStreamContext
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from engine.catalog import Catalog, CatalogError, parse_catalog_document
-from engine.catalog_changes import as_yaml, diff, experiment_conflicts, fingerprint, summarize
 from engine.errors import HeadstartError
 from headstart.adapters.broker import NatsAuth, connect_nats
-from headstart.adapters.catalog_store import (
-    CatalogInvalid,
-    CatalogStore,
-    PushResult,
-    StoredVersion,
-    VersionConflict,
-    VersionInfo,
-    VersionNotFound,
-)
-from headstart.runtime.catalog import read_document, who_from_cli
 from headstart.runtime.home import DataHome
 from headstart.settings import Settings
+
+if TYPE_CHECKING:
+    from nats.js import JetStreamContext
+
+    from engine.catalog import Catalog
+    from headstart.adapters.catalog_store import CatalogStore, PushResult, StoredVersion, VersionInfo
+
+# The catalog's modules (pydantic models, the experiments' statistics) load in seconds: they
+# are imported by the commands that use them, so `headstart --help` and other commands stay fast.
 
 catalog_app = typer.Typer(
     help="The live catalog: push a new version, see what changes, its history, roll back.",
@@ -94,6 +88,9 @@ def instance_nats(settings: Settings) -> tuple[str, dict[str, Any]]:
 async def _session(home: Path | None) -> AsyncIterator[_Session]:
     settings = _settings(home)
     url, state = instance_nats(settings)
+    from headstart.adapters.catalog_store import CatalogStore
+    from headstart.runtime.catalog import who_from_cli
+
     nc = await connect_nats(url, settings.nats_auth(), connect_timeout=5, max_reconnect_attempts=1)
     try:
         store = await CatalogStore.open(nc.jetstream(), settings.stream_replicas)
@@ -105,6 +102,8 @@ async def _session(home: Path | None) -> AsyncIterator[_Session]:
 
 async def stored_versions(url: str, auth: NatsAuth | None) -> list[StoredVersion]:
     """Every stored version, oldest first, with its content (for reports over versions)."""
+    from headstart.adapters.catalog_store import CatalogStore
+
     nc = await connect_nats(url, auth, connect_timeout=5, max_reconnect_attempts=1)
     try:
         store = await CatalogStore.open(nc.jetstream())
@@ -115,6 +114,8 @@ async def stored_versions(url: str, auth: NatsAuth | None) -> list[StoredVersion
 
 async def served_version(url: str, auth: NatsAuth | None) -> StoredVersion | None:
     """The latest stored version: what the instance serves (None: nothing stored yet)."""
+    from headstart.adapters.catalog_store import CatalogStore
+
     nc = await connect_nats(url, auth, connect_timeout=5, max_reconnect_attempts=1)
     try:
         return await (await CatalogStore.open(nc.jetstream())).latest()
@@ -124,6 +125,11 @@ async def served_version(url: str, auth: NatsAuth | None) -> StoredVersion | Non
 
 def _run(work: Coroutine[Any, Any, T], stored_nothing: bool = False) -> T:
     """Run a command's work; an expected failure is printed (no traceback), exit status 1."""
+    from nats.errors import Error as NatsError
+
+    from engine.catalog import CatalogError
+    from headstart.adapters.catalog_store import CatalogInvalid, VersionConflict, VersionNotFound
+
     try:
         return asyncio.run(work)
     except (
@@ -139,6 +145,11 @@ def _run(work: Coroutine[Any, Any, T], stored_nothing: bool = False) -> T:
 
 
 def _fail(exc: Exception, stored_nothing: bool = False) -> NoReturn:
+    from nats.errors import Error as NatsError
+
+    from engine.catalog import CatalogError
+    from headstart.adapters.catalog_store import CatalogInvalid, VersionConflict, VersionNotFound
+
     suffix = "; nothing stored" if stored_nothing else ""
     if isinstance(exc, CatalogError | CatalogInvalid):
         for error in exc.errors:
@@ -160,6 +171,9 @@ def _fail(exc: Exception, stored_nothing: bool = False) -> NoReturn:
 
 def _read(path: Path) -> dict[str, Any]:
     """FILE as a catalog document, or its problems printed (exit 1) before anything else runs."""
+    from engine.catalog import CatalogError
+    from headstart.runtime.catalog import read_document
+
     try:
         return read_document(path)
     except CatalogError as exc:
@@ -167,6 +181,8 @@ def _read(path: Path) -> dict[str, Any]:
 
 
 def _catalog_of(document: dict[str, Any], source: str) -> Catalog:
+    from engine.catalog import CatalogError, parse_catalog_document
+
     catalog, errors = parse_catalog_document(document, source)
     if catalog is None or errors:
         raise CatalogError(errors)
@@ -209,6 +225,8 @@ def _marks(version: VersionInfo, latest: int) -> str:
 
 
 def _print_result(result: PushResult, source: str, forced_over: list[str]) -> None:
+    from engine.catalog_changes import diff
+
     stored, previous = result.stored, result.previous
     replaces = f" (replaces version {previous.version})" if previous is not None else ""
     if result.dry_run:
@@ -251,6 +269,8 @@ def push(
     home: HomeOption = None,
 ) -> None:
     """Validate FILE and store it as the next version: served everywhere within a second."""
+    from engine.catalog_changes import experiment_conflicts
+
     document = _read(path)
 
     async def work() -> tuple[PushResult, list[str], str | None]:
@@ -304,6 +324,8 @@ async def _preview(js: JetStreamContext, current: Catalog, new: Catalog, partiti
 @catalog_app.command("diff")
 def diff_command(path: FileArgument, home: HomeOption = None) -> None:
     """What FILE changes from the served version (a unified diff of the YAML); stores nothing."""
+    from engine.catalog_changes import diff, experiment_conflicts, fingerprint, summarize
+
     document = _read(path)
 
     async def work() -> tuple[StoredVersion | None, list[str]]:
@@ -331,6 +353,7 @@ def show(
     as_json: Annotated[bool, typer.Option("--json", help='{"version": N, "catalog": {...}}')] = False,
 ) -> None:
     """A stored version as YAML (default: the latest, the one served)."""
+    from engine.catalog_changes import as_yaml
 
     async def work() -> StoredVersion | None:
         async with _session(home) as session:
@@ -354,6 +377,7 @@ def history(
     as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
 ) -> None:
     """Every stored version: when, who, what changed; rollbacks and forced changes marked."""
+    import msgspec
 
     async def work() -> list[VersionInfo]:
         async with _session(home) as session:
@@ -383,6 +407,7 @@ def rollback(
     home: HomeOption = None,
 ) -> None:
     """Store VERSION's content as a new version (history is never rewritten)."""
+    from engine.catalog_changes import experiment_conflicts
 
     async def work() -> tuple[PushResult, list[str]]:
         async with _session(home) as session:

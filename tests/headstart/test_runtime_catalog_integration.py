@@ -32,7 +32,8 @@ async def test_up_stores_the_first_version_then_serves_the_latest(
     store = await CatalogStore.open(nc.jetstream())
     # Nothing stored, no file: the packaged catalog is version 1.
     served, note = await version_at_start(store, None, "cli:abc")
-    assert served.version == 1 and served.who == "cli:abc" and served.document == read_document(DEFAULT_CATALOG)
+    assert served.version == 1 and served.who == "cli:abc"
+    assert served.document == read_document(DEFAULT_CATALOG)
     assert note is not None and "as catalog version 1" in note
     # Stored, no file: the latest, nothing stored.
     await store.push(read_document(welcome_file(tmp_path, "b.yaml", "B")), who="admin:x", expected=1)
@@ -49,7 +50,9 @@ async def test_up_stores_the_first_version_then_serves_the_latest(
     assert served.version == 3 and note is None and await store.latest_number() == 3
 
 
-async def test_a_file_up_cannot_store_fails_with_its_messages(nats_url: str, nc: NATS, tmp_path: Path) -> None:
+async def test_a_file_up_cannot_store_fails_with_its_messages(
+    nats_url: str, nc: NATS, tmp_path: Path
+) -> None:
     await reset_streams(nats_url)
     store = await CatalogStore.open(nc.jetstream())
     broken = tmp_path / "broken.yaml"
