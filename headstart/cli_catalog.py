@@ -281,12 +281,14 @@ def push(
                 session.who,
                 # The diff printed is against the version replaced: another stored meanwhile fails.
                 expected=latest.version if latest is not None else None,
-                force=force,
+                # A preview stores nothing and shows what a forced push would do; the refusal
+                # is printed with it.
+                force=force or preview,
                 dry_run=dry_run or preview,
                 source=str(path),
             )
             new = _catalog_of(document, str(path))
-            conflicts = experiment_conflicts(latest.catalog(), new, time.time()) if latest and force else []
+            conflicts = experiment_conflicts(latest.catalog(), new, time.time()) if latest else []
             report = None
             if preview and latest is not None and not _unchanged(result):
                 partitions = int(session.state.get("partitions") or session.settings.partitions)
@@ -299,7 +301,10 @@ def push(
             f"{escape(str(path))} is the same as catalog version {result.stored.version}: nothing stored"
         )
         return
-    _print_result(result, str(path), conflicts)
+    _print_result(result, str(path), conflicts if force else [])
+    if preview and not force:
+        for problem in conflicts:
+            console.print(f"[yellow]refused without --force:[/] {escape(problem)}")
     if report is not None:
         print(report)
     elif preview:

@@ -3,6 +3,8 @@ check-config as they are, a conflicting push explained."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import typer
 
@@ -34,3 +36,32 @@ def test_problems_are_printed_as_check_config_prints_them(capsys: pytest.Capture
 
 def test_an_unknown_version_is_named(capsys: pytest.CaptureFixture[str]) -> None:
     assert "no catalog version 9" in failed(VersionNotFound("no catalog version 9"), capsys, False)
+
+
+async def test_the_preview_is_asked_with_the_served_catalog_and_the_new_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`push --preview` calls headstart.reports.preview.preview_catalog(js, current, new,
+    partitions) and prints its render()."""
+    import sys
+    import types
+
+    from engine.catalog import DEFAULT_CATALOG, load_catalog
+    from headstart.cli_catalog import _preview
+
+    asked: list[tuple[Any, ...]] = []
+
+    class Report:
+        def render(self) -> str:
+            return "step: IPS 0.41 [0.38, 0.44] -> 0.47 [0.42, 0.52]"
+
+    async def preview_catalog(js: Any, current: Any, new: Any, partitions: int) -> Report:
+        asked.append((js, current, new, partitions))
+        return Report()
+
+    module = types.ModuleType("headstart.reports.preview")
+    module.preview_catalog = preview_catalog  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "headstart.reports.preview", module)
+    current, new = load_catalog(DEFAULT_CATALOG), load_catalog(DEFAULT_CATALOG)
+    assert await _preview("js", current, new, 8) == "step: IPS 0.41 [0.38, 0.44] -> 0.47 [0.42, 0.52]"
+    assert asked == [("js", current, new, 8)]
