@@ -182,7 +182,8 @@ def _print_urls(state: dict[str, Any]) -> None:
     if state.get("catalog_version"):
         # The version served at start: later pushes are served too (`headstart catalog history`).
         note = f"; {state['catalog_note']}" if state.get("catalog_note") else ""
-        console.print(f"Catalog:  version {state['catalog_version']} at start{note}", highlight=False)
+        line = f"Catalog:  version {state['catalog_version']} at start{note}"
+        console.print(line, highlight=False, markup=False)
     console.print(f"Home:     {state['home']}")
 
 
@@ -266,6 +267,7 @@ def status(
         console.print(
             f"catalog: version {served.version}, stored {stored_at} by {served.who} ({served.summary})",
             highlight=False,
+            markup=False,
         )
     retired = report.get("retired_events") or {}
     if retired:
@@ -693,7 +695,7 @@ def report_experiment(
         console.print(f"guardrail {guardrail['metric']}: significantly worse in {worse}")
     console.print(f"[bold]verdict:[/] {report['verdict']}")
     if ran_under:
-        console.print(f"ran under catalog version(s) {_ranges(ran_under)}", highlight=False)
+        console.print(f"ran under catalog version(s) {_ranges(ran_under)}", highlight=False, markup=False)
     console.print(f"plot: {path}")
 
 
