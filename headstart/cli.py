@@ -18,10 +18,12 @@ from rich.console import Console
 from rich.table import Table
 
 from engine.errors import ConfigError, HeadstartError
+from headstart.cli_catalog import catalog_app, served_version, stored_versions
 from headstart.runtime.home import DataHome
 from headstart.settings import Settings
 
 app = typer.Typer(help="Headstart: real-time personalization of user onboarding.", no_args_is_help=True)
+app.add_typer(catalog_app, name="catalog")
 console = Console()
 
 HomeOption = Annotated[
@@ -72,9 +74,9 @@ def up(
     settings = _settings(
         home, shards=shards, partitions=partitions, nats_url=nats_url, port=port, catalog=catalog
     )
-    if settings.catalog is not None:
-        from engine.catalog import CatalogError, load_catalog
+    from engine.catalog import CatalogError, load_catalog
 
+    if settings.catalog is not None:
         try:
             load_catalog(settings.catalog)
         except CatalogError as exc:
@@ -86,6 +88,10 @@ def up(
     if running is not None and running.get("ready"):
         _print_urls(running)
         console.print("[yellow]already running[/]; `headstart down` stops it")
+        if settings.catalog is not None:
+            console.print(
+                f"{settings.catalog} was not stored: `headstart catalog push` changes the catalog live"
+            )
         return
     # A previous instance whose supervisor died leaves orphans behind: stop them first.
     stop_recorded(data_home)
@@ -94,7 +100,12 @@ def up(
         return
     runtime = Runtime(settings)
     try:
-        state = runtime.start()
+        try:
+            state = runtime.start()
+        except CatalogError as exc:  # the file given cannot be stored (a running experiment...)
+            for error in exc.errors:
+                print(error)
+            raise typer.Exit(1) from None
         _print_urls(state)
         console.print("Running. Ctrl-C to stop.")
         runtime.wait()
@@ -168,6 +179,11 @@ def _print_urls(state: dict[str, Any]) -> None:
             f"Demo:     {state['http_url']}/#key={frontend}  (add &admin=<admin key> for the operator panel)"
         )
     console.print(f"Shards:   {state['shards']} over {state['partitions']} partitions")
+    if state.get("catalog_version"):
+        # The version served at start: later pushes are served too (`headstart catalog history`).
+        note = f"; {state['catalog_note']}" if state.get("catalog_note") else ""
+        line = f"Catalog:  version {state['catalog_version']} at start{note}"
+        console.print(line, highlight=False, markup=False)
     console.print(f"Home:     {state['home']}")
 
 
@@ -216,6 +232,13 @@ def status(
         console.print("[red]not running[/] (no instance for this home; `headstart up`)")
         raise typer.Exit(1)
     report = asyncio.run(collect_status(url, settings.nats_auth()))
+    served = asyncio.run(served_version(url, settings.nats_auth()))
+    # What every shard and ingress replica serves (each switches within a second of a push).
+    report["catalog"] = (
+        {"version": served.version, "at": served.at, "who": served.who, "summary": served.summary}
+        if served is not None
+        else None
+    )
     if as_json:
         print(json.dumps(report, indent=2))
         return
@@ -239,6 +262,13 @@ def status(
         f"stream {stream['name']}: {stream['messages']} events, last seq {stream['last_seq']}; "
         f"dead letters stored: {report['dead_letters']}"
     )
+    if served is not None:
+        stored_at = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(served.at))
+        console.print(
+            f"catalog: version {served.version}, stored {stored_at} by {served.who} ({served.summary})",
+            highlight=False,
+            markup=False,
+        )
     retired = report.get("retired_events") or {}
     if retired:
         console.print(
@@ -409,9 +439,19 @@ def evaluate(
         console.print(f"the logging policy earned {report['logging_policy_value']:.4f} on the same rows")
 
 
+def _served_catalog(url: str, settings: Settings, state: dict[str, Any] | None) -> Any:
+    """The catalog the instance serves: the store's latest version (a file only while none is
+    stored, as before an instance's first start)."""
+    from engine.catalog import DEFAULT_CATALOG, load_catalog
+
+    served = asyncio.run(served_version(url, settings.nats_auth()))
+    if served is not None:
+        return served.catalog()
+    return load_catalog((state or {}).get("catalog") or settings.catalog or DEFAULT_CATALOG)
+
+
 def _instance_replay(home: Path | None) -> tuple[Any, Any]:
     """The running instance's stream replayed through the attribution rules, and its catalog."""
-    from engine.catalog import DEFAULT_CATALOG, load_catalog
     from headstart.reports.evaluate import read_events_stream, read_layouts, replay_log
     from headstart.runtime.supervisor import instance_running
 
@@ -420,7 +460,7 @@ def _instance_replay(home: Path | None) -> tuple[Any, Any]:
     url = settings.nats_url or (state or {}).get("nats_url")
     if not url:
         raise ConfigError("no running instance for this home (`headstart up`), and no --data file")
-    catalog = load_catalog((state or {}).get("catalog") or settings.catalog or DEFAULT_CATALOG)
+    catalog = _served_catalog(url, settings, state)
     messages = asyncio.run(read_events_stream(url, auth=settings.nats_auth()))
     layouts = asyncio.run(read_layouts(url, auth=settings.nats_auth()))
     return replay_log(messages, catalog, layouts), catalog
@@ -513,8 +553,7 @@ def report_fairness(
 
 
 def _instance_url(home: Path | None) -> tuple[str, Any]:
-    """The running instance's NATS URL and catalog."""
-    from engine.catalog import DEFAULT_CATALOG, load_catalog
+    """The running instance's NATS URL and the catalog it serves."""
     from headstart.runtime.supervisor import instance_running
 
     settings = _settings(home)
@@ -522,7 +561,7 @@ def _instance_url(home: Path | None) -> tuple[str, Any]:
     url = settings.nats_url or (state or {}).get("nats_url")
     if not url:
         raise ConfigError("no running instance for this home (`headstart up`)")
-    return url, load_catalog((state or {}).get("catalog") or settings.catalog or DEFAULT_CATALOG)
+    return url, _served_catalog(url, settings, state)
 
 
 @app.command("export")
@@ -582,18 +621,29 @@ def report_experiment(
     verdict; and a PNG of the metric over time with its intervals."""
     from headstart.adapters.rpc import ExperimentMomentsRequest
     from headstart.adapters.status import ask_every_shard
-    from headstart.reports.experiments import experiment_report, plot_experiment, report_cuts
+    from headstart.reports.experiments import (
+        experiment_report,
+        plot_experiment,
+        report_cuts,
+        versions_with_experiment,
+    )
 
     try:
         url, catalog = _instance_url(home)
-        exp = next((e for e in catalog.experiments if e.id == experiment_id), None)
+        auth = _settings(home).nats_auth()
+        versions = asyncio.run(stored_versions(url, auth))
+        ran_under = versions_with_experiment(versions, experiment_id)
+        # As the newest version that defines it has it (it may have been removed since).
+        exp = next(
+            (e for v in reversed(versions) for e in v.catalog().experiments if e.id == experiment_id),
+            next((e for e in catalog.experiments if e.id == experiment_id), None),
+        )
         if exp is None:
             known = ", ".join(e.id for e in catalog.experiments) or "none"
             raise ConfigError(f"no experiment {experiment_id!r} in the catalog (defined: {known})")
-    except ConfigError as exc:
+    except (ConfigError, ValueError) as exc:  # ValueError: a stored version no longer valid
         console.print(f"[red]{exc}[/]")
         raise typer.Exit(1) from None
-    auth = _settings(home).nats_auth()
 
     async def gather() -> tuple[list[Any], list[float]]:
         spans = await ask_every_shard(url, ExperimentMomentsRequest(key="", experiment=exp.id), auth=auth)
@@ -603,6 +653,7 @@ def report_experiment(
 
     answers, cuts = asyncio.run(gather())
     report = experiment_report(exp, answers, cuts)
+    report["catalog_versions"] = ran_under
     path = plot_experiment(report, plot or Path(f"experiment-{exp.id}.png"))
     if as_json:
         print(json.dumps({**report, "plot": str(path)}, indent=2))
@@ -643,6 +694,8 @@ def report_experiment(
         worse = ", ".join(guardrail["worse_in"]) or "none"
         console.print(f"guardrail {guardrail['metric']}: significantly worse in {worse}")
     console.print(f"[bold]verdict:[/] {report['verdict']}")
+    if ran_under:
+        console.print(f"ran under catalog version(s) {_ranges(ran_under)}", highlight=False, markup=False)
     console.print(f"plot: {path}")
 
 
@@ -774,7 +827,10 @@ def datamap(
     settings = _settings(home)
     state = instance_running(DataHome(settings.home)) if catalog is None else None
     try:
-        loaded = load_catalog(catalog or (state or {}).get("catalog") or settings.catalog or DEFAULT_CATALOG)
+        if state is not None and state.get("nats_url"):
+            loaded = _served_catalog(state["nats_url"], settings, state)
+        else:
+            loaded = load_catalog(catalog or settings.catalog or DEFAULT_CATALOG)
     except CatalogError as exc:
         for error in exc.errors:
             print(error)

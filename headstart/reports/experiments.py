@@ -19,12 +19,17 @@ always-valid interval, which :func:`plot_experiment` draws.
 from __future__ import annotations
 
 import math
+import time
+from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from engine.experiments import Experiment, Moments, analyze_moments
+
+if TYPE_CHECKING:
+    from headstart.adapters.catalog_store import StoredVersion
 
 #: Points of the metric-over-time series (the last is now).
 TIME_POINTS = 20
@@ -161,3 +166,55 @@ def plot_experiment(report: dict[str, Any], path: Path) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def versions_with_experiment(
+    versions: list[StoredVersion], experiment_id: str, now: float | None = None
+) -> list[int]:
+    """The catalog versions an experiment ran under: those that define it and were served
+    (from when stored until the next was, the latest until ``now``) while it was between its
+    ``start`` and ``end``.
+
+    A report names them because a version that changed what the arms show, or the segments
+    that take part, changed the experiment under the same id.
+
+    >>> from headstart.adapters.catalog_store import StoredVersion
+    >>> def version(n, at, experiments):
+    ...     document = {"experiments": experiments}
+    ...     return StoredVersion(version=n, document=document, who="cli:x", at=at, summary="", fingerprint="")
+    >>> copy = {"id": "copy", "salt": "s"}
+    >>> later = {**copy, "start": "2100-01-01T00:00:00Z"}
+    >>> history = [version(1, 100.0, []), version(2, 200.0, [copy]), version(3, 300.0, [copy]),
+    ...            version(4, 400.0, []), version(5, 500.0, [later])]
+    >>> versions_with_experiment(history, "copy")  # 5 defines it, but it has not started
+    [2, 3]
+    >>> versions_with_experiment(history, "nope")
+    []
+    """
+    ordered = sorted(versions, key=lambda v: v.version)
+    clock = time.time() if now is None else now
+    ran = []
+    for i, version in enumerate(ordered):
+        entries = version.document.get("experiments") or []
+        entry = next((e for e in entries if isinstance(e, dict) and e.get("id") == experiment_id), None)
+        if entry is None:
+            continue
+        served_until = ordered[i + 1].at if i + 1 < len(ordered) else clock
+        start, end = _instant(entry.get("start"), -math.inf), _instant(entry.get("end"), math.inf)
+        if start < served_until and end > version.at:
+            ran.append(version.version)
+    return ran
+
+
+def _instant(value: Any, missing: float) -> float:
+    """A catalog time (ISO 8601 text, a datetime, Unix seconds) in Unix seconds."""
+    if value is None:
+        return missing
+    if isinstance(value, datetime):
+        return value.timestamp()
+    if isinstance(value, int | float):
+        return float(value)
+    try:
+        return datetime.fromisoformat(str(value)).timestamp()
+    except ValueError:
+        return missing

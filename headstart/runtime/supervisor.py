@@ -20,7 +20,9 @@ from pydantic import SecretStr
 
 from engine.errors import HeadstartError
 from headstart.adapters.broker import EmbeddedNats, connect_nats
+from headstart.adapters.catalog_store import CatalogStore, StoredVersion
 from headstart.adapters.provision import ensure_streams
+from headstart.runtime.catalog import version_at_start, who_from_cli
 from headstart.runtime.home import DataHome
 from headstart.settings import Settings
 
@@ -38,6 +40,9 @@ class Runtime:
         self.group: Any = None
         self.webhooks: Any = None
         self.control: Any = None
+        #: The catalog version served at start, and what `up` stored (None: nothing).
+        self.catalog_version = 0
+        self.catalog_note: str | None = None
         self._stop = threading.Event()
 
     def start(self) -> dict[str, Any]:
@@ -49,18 +54,20 @@ class Runtime:
             self.broker = EmbeddedNats(self.home.nats_dir, self.settings.nats_port)
             self.nats_url = self.broker.start()
             self._record(phase="broker")
-        asyncio.run(self._ensure_streams())
+        from headstart.runtime.home import ensure_keys
+
+        keys = ensure_keys(self.home.keys_file)
+        served = asyncio.run(self._provision())
+        catalog = served.catalog()
+        # Every component starts from this version and follows the store from there.
+        self.catalog_version = served.version
 
         import ray
 
         from actors.cluster import ShardGroup
         from actors.serving import apply_serve_environment
-        from engine.catalog import DEFAULT_CATALOG, load_catalog
-        from headstart.runtime.home import ensure_keys
         from headstart.web.auth import key_hashes
 
-        catalog = load_catalog(self.settings.catalog or DEFAULT_CATALOG)
-        keys = ensure_keys(self.home.keys_file)
         apply_serve_environment(self.settings.serve_mode)
 
         # Logical CPUs: shards are scheduled by reservation, the OS shares the real cores.
@@ -80,12 +87,16 @@ class Runtime:
         # Where Ray and Serve write their logs (for operators, and the raw-id audit test).
         self._ray_session_dir = getattr(context, "address_info", {}).get("session_dir")
         self._record(phase="ray")
-        self.group = ShardGroup(self.settings, self.nats_url, catalog).start()
+        self.group = ShardGroup(
+            self.settings, self.nats_url, catalog, catalog_version=self.catalog_version
+        ).start()
         self.group.wait_ready()
         self._record(phase="shards")
         from actors.webhooks import start_webhooks
 
-        self.webhooks = start_webhooks(self.nats_url, catalog, self.settings.nats_auth())
+        self.webhooks = start_webhooks(
+            self.nats_url, catalog, self.settings.nats_auth(), catalog_version=self.catalog_version
+        )
         from headstart.adapters.control import ControlServer
 
         self.control = ControlServer(self.nats_url, {"scale": self._scale}, self.settings.nats_auth()).start()
@@ -103,14 +114,31 @@ class Runtime:
         from headstart.adapters.broker import free_port
 
         self.grpc_port = self.settings.grpc_port or free_port()
+        version = self.catalog_version
         try:
-            return start_app(self.settings, self.nats_url, catalog, secret, hashes, grpc_port=self.grpc_port)
+            return start_app(
+                self.settings,
+                self.nats_url,
+                catalog,
+                secret,
+                hashes,
+                grpc_port=self.grpc_port,
+                catalog_version=version,
+            )
         except Exception as exc:
             if "HAProxy" not in str(exc):
                 raise
             log.warning("Serve's HAProxy failed to start; starting Serve again: %s", str(exc)[-300:])
             serve.shutdown()  # type: ignore[no-untyped-call]
-            return start_app(self.settings, self.nats_url, catalog, secret, hashes, grpc_port=self.grpc_port)
+            return start_app(
+                self.settings,
+                self.nats_url,
+                catalog,
+                secret,
+                hashes,
+                grpc_port=self.grpc_port,
+                catalog_version=version,
+            )
 
     def _scale(self, request: dict[str, Any]) -> dict[str, Any]:
         """``headstart scale`` and ``POST /v1/admin/scale``: move partitions to N shards live."""
@@ -121,7 +149,8 @@ class Runtime:
         self._record(phase="ready")
         return report
 
-    async def _ensure_streams(self) -> None:
+    async def _provision(self) -> StoredVersion:
+        """The streams, and the catalog version to serve (storing the given file if it is new)."""
         nc = await connect_nats(
             self.nats_url, self.settings.nats_auth(), connect_timeout=5, max_reconnect_attempts=3
         )
@@ -132,8 +161,15 @@ class Runtime:
                 self.settings.retention(),
                 self.settings.stream_replicas,
             )
+            store = await CatalogStore.open(nc.jetstream(), self.settings.stream_replicas)
+            served, note = await version_at_start(
+                store, self.settings.catalog, who_from_cli(self.home.keys_file)
+            )
         finally:
             await nc.close()
+        # `up` prints it from the state file, detached or not.
+        self.catalog_note = note
+        return served
 
     def _record(self, phase: str) -> dict[str, Any]:
         me = psutil.Process()
@@ -159,6 +195,10 @@ class Runtime:
             else None,
             "partitions": self.settings.partitions,
             "catalog": str(self.settings.catalog) if self.settings.catalog else None,
+            # The version served at start (the instance follows the store from there:
+            # `headstart catalog history` and `status` read the store for the latest).
+            "catalog_version": self.catalog_version,
+            "catalog_note": self.catalog_note,
             # Attaching keeps the running layout, and a rescale changes it: the group knows.
             "shards": self.group.assignment.shards if self.group is not None else self.settings.shards,
             "home": str(self.home.root),

@@ -31,6 +31,21 @@ def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
+#: Hex digits of a key's hash that name it in audit records and catalog history: enough to tell
+#: a handful of keys apart, far too few to help anyone guess the key.
+KEY_ID_CHARS = 12
+
+
+def key_id(key: str) -> str:
+    """The id that names a key where it is recorded (``admin:<id>``, ``cli:<id>``): a prefix of
+    its hash, as the ingress records the key that called (never the key itself).
+
+    >>> key_id("a-key") == hash_key("a-key")[:KEY_ID_CHARS], len(key_id("a-key"))
+    (True, 12)
+    """
+    return hash_key(key)[:KEY_ID_CHARS]
+
+
 def key_hashes(keys: dict[str, str]) -> dict[str, list[str]]:
     return {role: [hash_key(key)] for role, key in keys.items()}
 

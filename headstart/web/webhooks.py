@@ -25,6 +25,7 @@ redelivery after a restart): ``delivery`` and each change's ``id`` let the recei
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import json
@@ -97,13 +98,19 @@ class WebhookDelivery:
     """
 
     def __init__(
-        self, nc: NATS, hook: Webhook, secret: bytes, client: httpx.AsyncClient | None = None
+        self,
+        nc: NATS,
+        hook: Webhook,
+        secret: bytes,
+        client: httpx.AsyncClient | None = None,
+        seen: OrderedDict[str, None] | None = None,
     ) -> None:
         self.nc = nc
         self.hook = hook
         self.secret = secret
         self.client = client or httpx.AsyncClient(timeout=hook.timeout_s)
-        self._seen: OrderedDict[str, None] = OrderedDict()
+        #: Change ids delivered lately (handed on when the webhook restarts with a new config).
+        self.seen: OrderedDict[str, None] = seen if seen is not None else OrderedDict()
         self.delivered = 0  # changes
         self.deliveries = 0  # successful POSTs
         self.attempts_failed = 0
@@ -144,12 +151,26 @@ class WebhookDelivery:
 
     async def run(self) -> None:
         sub = await self._subscription()
-        while True:
-            try:
-                msgs = await sub.fetch(batch=50, timeout=1.0)
-            except NatsTimeout:
-                continue
-            await self.handle(msgs)
+        try:
+            while True:
+                try:
+                    msgs = await sub.fetch(batch=50, timeout=1.0)
+                except NatsTimeout:
+                    continue
+                try:
+                    await self.handle(msgs)
+                except asyncio.CancelledError:
+                    # Stopped mid-batch (its webhook changed or was removed): the batch goes back
+                    # to the consumer now rather than after ack_wait, for whoever reads it next.
+                    for msg in msgs:
+                        with contextlib.suppress(Exception):  # acked already, or disconnected
+                            await msg.nak()
+                    raise
+        finally:
+            # No interest left in a pull request still open: the server hands its messages to
+            # the next reader of the consumer instead of this dead one.
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
 
     async def handle(self, msgs: list[Msg]) -> None:
         """Deliver the wanted changes of ``msgs`` in POSTs of at most ``batch``; then ack them."""
@@ -165,7 +186,7 @@ class WebhookDelivery:
                 if (
                     change.change in wanted
                     and (not segments or change.segment in segments)
-                    and change.id not in self._seen
+                    and change.id not in self.seen
                 ):
                     changes.append(change)
         for start in range(0, len(changes), self.hook.batch):
@@ -217,7 +238,7 @@ class WebhookDelivery:
         log.error("webhook %s: gave up on %d changes after %d attempts", self.hook.id, len(changes), attempt)
 
     def _remember(self, ids: list[str]) -> None:
-        seen = self._seen
+        seen = self.seen
         for change_id in ids:
             seen[change_id] = None
         while len(seen) > SEEN_IDS:

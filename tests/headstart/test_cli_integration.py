@@ -197,9 +197,11 @@ def test_the_experiment_report_reads_the_live_shards(instance: tuple[Path, dict[
     arms = report["primary"]["arms"]
     assert report["exposed"] >= 12 and sum(a["users"] for a in arms.values()) == report["exposed"]
     assert set(arms) == {"control", "short"} and report["verdict"]
+    assert report["catalog_versions"] == [1]  # the file `up` was given, stored as version 1
     assert plot.read_bytes()[:4] == b"\x89PNG"
     text = headstart("report", "experiment", "welcome_copy", "--plot", str(plot), home=home)
     assert text.returncode == 0 and "verdict:" in text.stdout and "sample ratio" in text.stdout
+    assert "ran under catalog version(s) 1" in text.stdout
     unknown = headstart("report", "experiment", "nope", home=home)
     assert unknown.returncode == 1 and "no experiment 'nope'" in unknown.stdout
 
