@@ -54,7 +54,6 @@ class ShardGroup:
         catalog: Catalog | None = None,
         catalog_version: int = 0,
         actor_options: dict[str, Any] | None = None,
-        catalog_version: int = 0,
     ) -> None:
         self.settings = settings
         #: 0: static, the shards serve ``catalog`` as given. N > 0: ``catalog`` is stored

@@ -16,15 +16,6 @@ stored through it (``PUT /v1/catalog``), and follows the store from then on.
 >>> view = build_view(load_catalog(DEFAULT_CATALOG), 3, signing_key(b"s" * 32))
 >>> view.version, view.decider.catalog.product
 (3, 'Relay')
->>> def stored(n, at, experiments):
-...     return StoredVersion(version=n, document={"experiments": experiments}, who="cli:x", at=at,
-...                          summary="", fingerprint="")
->>> copy = {"id": "copy", "salt": "s"}
->>> later = {**copy, "start": "2100-01-01T00:00:00Z"}
->>> history = [stored(1, 100.0, []), stored(2, 200.0, [copy]), stored(3, 300.0, [copy]),
-...            stored(4, 400.0, []), stored(5, 500.0, [later])]
->>> ran_under(history, "copy")  # 5 declares it, but it has not started
-[2, 3]
 """
 
 from __future__ import annotations
@@ -32,10 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
-import time
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 import msgspec
@@ -48,6 +36,7 @@ from engine.decision import Decider
 from engine.experiments import Experiment
 from engine.schema import EventSchema
 from headstart.adapters.catalog_store import CatalogStore, StoredVersion, VersionInfo, Watch
+from headstart.reports.experiments import versions_with_experiment
 from headstart.web.ruleset import build_ruleset, sign_ruleset, signing_key
 from headstart.web.segment_api import SegmentMapper
 
@@ -95,40 +84,6 @@ def build_view(catalog: Catalog, version: int, signer: ec.EllipticCurvePrivateKe
         ruleset=msgspec.json.encode(sign_ruleset(build_ruleset(catalog), signer)),
         flag_descriptions={flag.id: flag.description for flag in catalog.flags},
     )
-
-
-def ran_under(versions: list[StoredVersion], experiment_id: str, now: float | None = None) -> list[int]:
-    """The versions an experiment ran under: those that declare it and were served (from when
-    stored until the next one was; the latest until ``now``) while it was between its ``start``
-    and ``end``. The same rule as the CLI's report
-    (``headstart.reports.experiments.versions_with_experiment``)."""
-    ordered = sorted(versions, key=lambda v: v.version)
-    clock = time.time() if now is None else now
-    ran = []
-    for i, version in enumerate(ordered):
-        entries = version.document.get("experiments") or []
-        entry = next((e for e in entries if isinstance(e, dict) and e.get("id") == experiment_id), None)
-        if entry is None:
-            continue
-        served_until = ordered[i + 1].at if i + 1 < len(ordered) else clock
-        start, end = _instant(entry.get("start"), -math.inf), _instant(entry.get("end"), math.inf)
-        if start < served_until and end > version.at:
-            ran.append(version.version)
-    return ran
-
-
-def _instant(value: Any, missing: float) -> float:
-    """A catalog time (ISO 8601 text, a datetime, Unix seconds) in Unix seconds."""
-    if value is None:
-        return missing
-    if isinstance(value, datetime):
-        return value.timestamp()
-    if isinstance(value, int | float):
-        return float(value)
-    try:
-        return datetime.fromisoformat(str(value)).timestamp()
-    except ValueError:
-        return missing
 
 
 class LiveCatalog:
@@ -248,7 +203,8 @@ class LiveCatalog:
         return [info for info, _ in await self._versions()]
 
     async def versions_with_experiment(self, experiment_id: str) -> list[int]:
-        """The stored versions the experiment ran under (:func:`ran_under`)."""
+        """The stored versions the experiment ran under
+        (:func:`headstart.reports.experiments.versions_with_experiment`)."""
         versions = [
             StoredVersion(
                 version=info.version,
@@ -260,7 +216,7 @@ class LiveCatalog:
             )
             for info, experiments in await self._versions()
         ]
-        return ran_under(versions, experiment_id)
+        return versions_with_experiment(versions, experiment_id)
 
     async def removed_experiment(self, experiment_id: str) -> Experiment | None:
         """The experiment as the last stored version that declared it (None: none did)."""
