@@ -123,6 +123,7 @@ class ShardActor:
         self._learn_kv: KeyValue | None = None
         #: Catalog versions switched to since start.
         self.catalog_switches = 0
+        self._switching = asyncio.Lock()
         self.merger: PolicyMerger | None = None
         self.change_publisher: ChangePublisher | None = None
         self.cluster_trainer: ClusterTrainer | None = None
@@ -200,14 +201,16 @@ class ShardActor:
         """A partition's state: restored from ``snapshot``, or empty without one."""
         return PartitionState.build(partition, snapshot, self.runtime.setup)
 
-    def _switch(self, catalog: Catalog, version: int) -> None:
-        """Serve ``catalog`` (stored version ``version``) from now on, in one synchronous step:
-        no request is answered between reconfiguring the partitions and swapping the runtime,
-        so each is made wholly from one version. Learned and live state carry over (see
-        :meth:`engine.runtime.CatalogRuntime.build`); a failure leaves the served version as it was.
+    def _switch(self, fresh: CatalogRuntime) -> None:
+        """Serve ``fresh`` (a catalog version's runtime from :meth:`CatalogRuntime.prepare`)
+        from now on, in one synchronous step: no request is answered between carrying state
+        over, reconfiguring the partitions and swapping the runtime, so each is made wholly
+        from one version. Learned and live state carry over (see
+        :meth:`engine.runtime.CatalogRuntime.carried_from`); a failure leaves the served version
+        as it was.
         """
         old = self.runtime
-        runtime = CatalogRuntime.build(catalog, version, seed=self.shard_id, sealer=self.sealer, previous=old)
+        runtime = fresh.carried_from(old)
         consumed = self.owned.consumed()
         marks = {p: part.checkpoint_mark() for p, part in consumed.items()}
         # The step allocates an object per open decision and segment change: a full collection
@@ -221,12 +224,14 @@ class ShardActor:
             raise
         finally:
             gc.enable()
+        held = False
         for p, part in consumed.items():
             if part.checkpoint_mark() != marks[p]:
                 # New or changed segments were evaluated: like a sweep's, their changes cannot be
                 # made again by replaying the stream, so they wait for a snapshot that holds them
                 # (a crash before it re-evaluates from the old snapshot: same changes, same ids).
                 self.durability.holds.at_least(p, part.checkpoint_mark())
+                held = True
         self.runtime = runtime
         self.rpc.answers = runtime.answers
         if self.merger is not None:
@@ -234,15 +239,17 @@ class ShardActor:
         self.durability.membership = runtime.membership
         self.handover.settings = self._handover_settings(runtime)
         self.catalog_switches += 1
-        log.info("shard %d serves catalog version %d", self.shard_id, version)
+        log.info("shard %d serves catalog version %d", self.shard_id, runtime.version)
         if self.ready.is_set():
-            self.background.spawn(self._after_switch(old))
+            self.background.spawn(self._after_switch(old, checkpoint=held))
 
-    async def _after_switch(self, old: CatalogRuntime) -> None:
+    async def _after_switch(self, old: CatalogRuntime, checkpoint: bool) -> None:
         """What follows a switch off its critical path: the new feature layout registered (other
         processes read decisions logged in it by name), another cluster model trained when the
-        ``clusters`` section changed, stats reported, and a checkpoint (the new version's
-        segment changes and rules recorded soon)."""
+        ``clusters`` section changed, stats reported, and, when the switch made segment changes
+        (they wait for a snapshot that holds them), a checkpoint. A switch that changed no
+        partition's state needs none: a restart from an older snapshot evaluates the new
+        version's segments again, to the same changes."""
         runtime = self.runtime
         try:
             if self.merger is not None and runtime.learner.layout.names != old.learner.layout.names:
@@ -250,7 +257,8 @@ class ShardActor:
             if runtime.clusters != old.clusters and self.shard_id == CLUSTER_TRAINING_SHARD:
                 await self._open_cluster_trainer()
             await self._report()
-            await self.durability.checkpoint_logged()
+            if checkpoint:
+                await self.durability.checkpoint_logged()
         except Exception:  # the next report, publish and checkpoint catch up
             log.exception("shard %d: after switching to catalog version %d", self.shard_id, runtime.version)
 
@@ -269,19 +277,32 @@ class ShardActor:
         restarted by Ray, or killed while a version was pushed, comes back on the latest)."""
         assert self._catalog_store is not None
         latest = await self._catalog_store.latest()
-        if latest is not None and latest.version > self.runtime.version:
-            try:
-                catalog = latest.catalog()
-            except ValueError:
-                # Stored valid, unreadable here (a newer Headstart's?): keep serving, say so.
-                log.exception("shard %d cannot read catalog version %d", self.shard_id, latest.version)
-                return
-            self._switch(catalog, latest.version)
+        if latest is not None:
+            await self._serve_version(latest)
 
     async def _on_catalog_version(self, version: StoredVersion) -> None:
         """A newer version stored (the store's watch): switch to it."""
-        if version.version > self.runtime.version:
-            self._switch(version.catalog(), version.version)
+        await self._serve_version(version)
+
+    async def _serve_version(self, stored: StoredVersion) -> None:
+        """Switch to ``stored`` if newer than the version served. Reading and compiling it run
+        in a thread (about 10 ms of Python for the default catalog: on the event loop, every
+        request in flight would wait for it); only the switch itself is on the loop."""
+        async with self._switching:  # the watch and a start-up check may both deliver it
+            if stored.version <= self.runtime.version:
+                return
+            try:
+                fresh = await asyncio.to_thread(self._prepare, stored)
+            except ValueError:
+                # Stored valid, unreadable here (a newer Headstart's?): keep serving, say so.
+                log.exception("shard %d cannot read catalog version %d", self.shard_id, stored.version)
+                return
+            self._switch(fresh)
+
+    def _prepare(self, stored: StoredVersion) -> CatalogRuntime:
+        return CatalogRuntime.prepare(
+            stored.catalog(), stored.version, seed=self.shard_id, sealer=self.sealer
+        )
 
     async def _start(self) -> None:
         try:

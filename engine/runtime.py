@@ -19,7 +19,7 @@ version. The first start builds its runtime the same way, with no previous one.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from engine.answers import Answers
 from engine.catalog import Catalog, Clusters, Membership
@@ -77,27 +77,22 @@ class CatalogRuntime:
         previous: CatalogRuntime | None = None,
     ) -> CatalogRuntime:
         """The runtime of ``catalog`` (stored version ``version``); with ``previous`` (the one
-        served until now), what it learned and tracks carries over: the learner's state by
-        feature and arm name (:meth:`engine.learning.Learner.carry_over`), the served cluster
-        model while the catalog's ``clusters`` section is unchanged (another ``k`` waits for
-        the model trained for it), the exposures logged and not yet applied."""
+        served until now), what it learned and tracks carries over (:meth:`carried_from`)."""
+        fresh = cls.prepare(catalog, version, seed=seed, sealer=sealer)
+        return fresh if previous is None else fresh.carried_from(previous)
+
+    @classmethod
+    def prepare(
+        cls, catalog: Catalog, version: int = 0, *, seed: int = 0, sealer: PiiSealer | None = None
+    ) -> CatalogRuntime:
+        """The runtime of ``catalog`` alone, nothing carried over: the costly part of a switch
+        (templates, rules and policies compiled), touching no state a shard serves, so a shard
+        runs it in a thread while its event loop keeps answering."""
         decider = Decider(catalog, version)
         learner = Learner(catalog, decider, seed=seed, catalog_version=version)
-        changed = set(learner.points)
         personalize_by_default = catalog.consent_mode == "opt_out"
         answers = Answers(decider, learner, personalize_by_default)
         index = SegmentIndex(catalog) if catalog.membership.track else None
-        if previous is not None:
-            changed = learner.carry_over(previous.learner)
-            answers.exposures_pending = previous.answers.exposures_pending
-            old_index = previous.segment_index
-            if index is not None and old_index is not None:
-                if index.definition == old_index.definition and previous.clusters == catalog.clusters:
-                    # The same segments: the index serves on (its compiled evaluators, its
-                    # model), and the partitions' membership state stays as it is.
-                    index = old_index
-                elif previous.clusters == catalog.clusters:
-                    index.assigner = old_index.assigner
         setup = PartitionSetup(
             learner=learner,
             segment_index=index,
@@ -106,7 +101,27 @@ class CatalogRuntime:
             sealer=sealer,
             schema=catalog.event_schema,
         )
-        return cls(catalog, version, decider, learner, answers, index, setup, frozenset(changed))
+        return cls(catalog, version, decider, learner, answers, index, setup, frozenset(learner.points))
+
+    def carried_from(self, previous: CatalogRuntime) -> CatalogRuntime:
+        """This runtime (fresh from :meth:`prepare`) with what ``previous`` (the one served until
+        now) learned and tracks: the learner's state by feature and arm name
+        (:meth:`engine.learning.Learner.carry_over`), the served cluster model while the
+        catalog's ``clusters`` section is unchanged (another ``k`` waits for the model trained
+        for it), the exposures logged and not yet applied. Reads state the shard serves: call
+        it on the shard's event loop, in the switch's synchronous step."""
+        changed = self.learner.carry_over(previous.learner)
+        self.answers.exposures_pending = previous.answers.exposures_pending
+        index, old_index = self.segment_index, previous.segment_index
+        if index is not None and old_index is not None:
+            if index.definition == old_index.definition and previous.clusters == self.catalog.clusters:
+                # The same segments: the index serves on (its compiled evaluators, its
+                # model), and the partitions' membership state stays as it is.
+                index = old_index
+            elif previous.clusters == self.catalog.clusters:
+                index.assigner = old_index.assigner
+        setup = self.setup if index is self.segment_index else replace(self.setup, segment_index=index)
+        return replace(self, segment_index=index, setup=setup, changed_points=frozenset(changed))
 
     def serve(
         self,

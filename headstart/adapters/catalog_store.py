@@ -235,14 +235,17 @@ class CatalogStore:
             document = msgspec.json.decode(msgspec.json.encode(document))
         except (TypeError, msgspec.EncodeError) as exc:
             raise CatalogInvalid([f"{source}: (top level): not representable as JSON: {exc}"]) from None
-        catalog, errors = parse_catalog_document(document, source)
+        # Validation is milliseconds of Python: in a thread, so an ingress replica's event loop
+        # keeps answering decisions meanwhile.
+        catalog, errors = await asyncio.to_thread(parse_catalog_document, document, source)
         if catalog is None or errors:
             raise CatalogInvalid(errors)
         previous = await self.latest()
         latest = previous.version if previous is not None else 0
         if expected is not None and expected != latest:
             raise VersionConflict(expected, latest)
-        conflicts = experiment_conflicts(previous.catalog() if previous else None, catalog, time.time())
+        served = await asyncio.to_thread(previous.catalog) if previous is not None else None
+        conflicts = experiment_conflicts(served, catalog, time.time())
         if conflicts and not force:
             raise CatalogInvalid([f"{source}: {problem}" for problem in conflicts])
         stored = StoredVersion(
