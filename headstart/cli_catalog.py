@@ -317,11 +317,8 @@ def _unchanged(result: PushResult) -> bool:
 
 
 async def _preview(js: JetStreamContext, current: Catalog, new: Catalog, partitions: int) -> str:
-    try:
-        # Written beside this command (issue 20's preview); imported here, where it is used.
-        from headstart.reports.preview import preview_catalog
-    except ImportError as exc:
-        raise HeadstartError("--preview is not available in this build") from exc
+    from headstart.reports.preview import preview_catalog  # polars and the policies: only here
+
     report = await preview_catalog(js, current, new, partitions)
     return str(report.render())
 

@@ -3,8 +3,6 @@ check-config as they are, a conflicting push explained."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 import typer
 
@@ -38,30 +36,22 @@ def test_an_unknown_version_is_named(capsys: pytest.CaptureFixture[str]) -> None
     assert "no catalog version 9" in failed(VersionNotFound("no catalog version 9"), capsys, False)
 
 
-async def test_the_preview_is_asked_with_the_served_catalog_and_the_new_one(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """`push --preview` calls headstart.reports.preview.preview_catalog(js, current, new,
-    partitions) and prints its render()."""
-    import sys
-    import types
+@pytest.mark.integration
+async def test_the_preview_compares_the_served_catalog_with_the_new_one(nats_url: str) -> None:
+    """`push --preview` prints headstart.reports.preview's report of the two catalogs, read from
+    the instance's stream (a real nats-server; nothing logged yet: every point says so)."""
+    import nats
 
     from engine.catalog import DEFAULT_CATALOG, load_catalog
     from headstart.cli_catalog import _preview
+    from tests.conftest import TEST_PARTITIONS, reset_streams
 
-    asked: list[tuple[Any, ...]] = []
-
-    class Report:
-        def render(self) -> str:
-            return "step: IPS 0.41 [0.38, 0.44] -> 0.47 [0.42, 0.52]"
-
-    async def preview_catalog(js: Any, current: Any, new: Any, partitions: int) -> Report:
-        asked.append((js, current, new, partitions))
-        return Report()
-
-    module = types.ModuleType("headstart.reports.preview")
-    module.preview_catalog = preview_catalog  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "headstart.reports.preview", module)
-    current, new = load_catalog(DEFAULT_CATALOG), load_catalog(DEFAULT_CATALOG)
-    assert await _preview("js", current, new, 8) == "step: IPS 0.41 [0.38, 0.44] -> 0.47 [0.42, 0.52]"
-    assert asked == [("js", current, new, 8)]
+    await reset_streams(nats_url)
+    current = load_catalog(DEFAULT_CATALOG)
+    new = current.model_copy(update={"learning": current.learning.model_copy(update={"policy": "thompson"})})
+    nc = await nats.connect(nats_url)
+    try:
+        text = await _preview(nc.jetstream(), current, new, TEST_PARTITIONS)
+    finally:
+        await nc.close()
+    assert "thompson" in text and "no logged decisions yet" in text
