@@ -155,6 +155,8 @@ def _fail(exc: Exception, stored_nothing: bool = False) -> NoReturn:
         for error in exc.errors:
             print(error)  # plain, as check-config prints them (rich would eat [brackets])
         console.print(f"[red]{len(exc.errors)} error(s)[/]{suffix}")
+        if any("force the push" in error for error in exc.errors):
+            console.print("A running experiment's design changes only with --force (audited).")
     elif isinstance(exc, VersionConflict):
         console.print(
             f"[red]{escape(str(exc))}[/]{suffix}. See what your file changes now with "
