@@ -103,6 +103,8 @@ class LiveCatalog:
         self._retry: asyncio.Task[None] | None = None
         #: Per stored version: its history line, and its experiments (what reports need of it).
         self._known: dict[int, tuple[VersionInfo, list[Any]]] = {}
+        #: Views being built, by version: a PUT's own switch and the watch share one build.
+        self._building: dict[int, asyncio.Future[CatalogView]] = {}
 
     # ------------------------------------------------------------------ serving
 
@@ -112,7 +114,13 @@ class LiveCatalog:
             return False
         # Built off the loop (validation, decoders, signing take milliseconds) so decisions keep
         # being answered meanwhile; the switch itself is the assignment in :meth:`_swap`.
-        view = await asyncio.to_thread(lambda: build_view(stored.catalog(), stored.version, self.signer))
+        building = self._building.get(stored.version)
+        if building is None:
+            building = self._building[stored.version] = asyncio.ensure_future(
+                asyncio.to_thread(lambda: build_view(stored.catalog(), stored.version, self.signer))
+            )
+            building.add_done_callback(lambda _: self._building.pop(stored.version, None))
+        view = await asyncio.shield(building)
         return self._swap(view)
 
     def _swap(self, view: CatalogView) -> bool:
