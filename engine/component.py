@@ -53,14 +53,6 @@ class PartitionComponent(Protocol):
         """This component's state as msgpack-encodable values (under its key in the partition's
         snapshot)."""
 
-    def adopt(self, old: object) -> bool:
-        """Take over the state of ``old`` (this kind of component, built for the catalog
-        version served until now) as it is, if it has exactly the shape this one's setup gives
-        (the same arms and features, the same segments...): a catalog switch then moves no
-        state. False: it has not (or ``old`` is another kind), and the partition loads this
-        fresh component from ``old``'s snapshot instead (:meth:`restore`, which reads it by
-        name). Either way the result is the same state."""
-
     def restore(self, snap: Any, users: Mapping[str, UserState]) -> None:
         """Load ``snap`` (what :meth:`snapshot` returned, possibly by an older version; None or
         empty: nothing) into this freshly built component. ``users`` are the partition's

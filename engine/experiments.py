@@ -353,13 +353,6 @@ class PartitionExperiments:
     def is_exposed(self, user_key: str, experiment_id: str) -> bool:
         return experiment_id in self.exposed.get(user_key, ())
 
-    def adopt(self, old: object) -> bool:
-        """Keep ``old``'s exposures under this plan (a restore keeps every exposure too)."""
-        if not isinstance(old, PartitionExperiments):
-            return False
-        self.exposed = old.exposed
-        return True
-
     def on_exposure(self, user_key: str, record: ExposureRecord) -> bool:
         """Apply an exposure record; whether it was the user's first for that experiment."""
         exp = self.plan.by_id.get(record.experiment)

@@ -791,22 +791,20 @@ class PartitionLearning:
         self._insights: dict[str, tuple[tuple[Any, ...], float, dict[str, Any]]] = {}
         self.counts = {"decisions": 0, "rewards": 0, "explicit": 0, "defaulted": 0, "late": 0, "unknown": 0}
 
-    def adopt(self, old: object) -> bool:
-        """Take ``old``'s state as it is when its statistics have this learner's shape: the
-        same decision points and arms, feature layout and policies (a catalog version that
-        changed none of them: messages, flags, segments...)."""
-        if not isinstance(old, PartitionLearning):
-            return False
-        before, now = old.learner, self.learner
+    def rebind(self, learner: Learner) -> bool:
+        """Serve on under ``learner`` (another catalog version's) with this state as it is, if
+        its statistics have that learner's shape: the same decision points and arms, feature
+        layout and policies (a catalog version that changed none of them: messages, flags,
+        segments...). False: nothing changed, the partition builds a fresh component and loads
+        this one's snapshot into it (read by arm and feature name)."""
+        before = self.learner
         if (
-            before.points != now.points
-            or before.layout.names != now.layout.names
-            or before.policies_by_name().keys() != now.policies_by_name().keys()
+            before.points != learner.points
+            or before.layout.names != learner.layout.names
+            or before.policies_by_name().keys() != learner.policies_by_name().keys()
         ):
             return False
-        for name in self.__slots__:
-            if name != "learner":
-                setattr(self, name, getattr(old, name))
+        self.learner = learner
         return True
 
     # ------------------------------------------------------------------ inputs, in stream order

@@ -91,26 +91,51 @@ class PartitionSetup:
     schema: EventSchema = BUILTIN_SCHEMA
 
 
-def _learning(setup: PartitionSetup, partition: int) -> PartitionComponent | None:
-    return PartitionLearning(setup.learner) if setup.learner is not None else None
+def _learning(
+    setup: PartitionSetup, partition: int, old: PartitionComponent | None = None
+) -> PartitionComponent | None:
+    learner = setup.learner
+    if learner is None:
+        return None
+    if isinstance(old, PartitionLearning) and old.rebind(learner):
+        return old
+    return PartitionLearning(learner)
 
 
-def _segments(setup: PartitionSetup, partition: int) -> PartitionComponent | None:
+def _segments(
+    setup: PartitionSetup, partition: int, old: PartitionComponent | None = None
+) -> PartitionComponent | None:
     index = setup.segment_index
-    return PartitionSegments(index, partition) if index is not None else None
+    if index is None:
+        return None
+    if isinstance(old, PartitionSegments) and old.index is index:
+        return old  # the same segments, rules and settings: the runtime kept the index
+    return PartitionSegments(index, partition)
 
 
-def _experiments(setup: PartitionSetup, partition: int) -> PartitionComponent | None:
+def _experiments(
+    setup: PartitionSetup, partition: int, old: PartitionComponent | None = None
+) -> PartitionComponent | None:
     plan = setup.experiment_plan
-    return PartitionExperiments(plan) if plan else None
+    if not plan:
+        return None
+    if isinstance(old, PartitionExperiments):
+        old.plan = plan  # exposures are kept by experiment id under any plan
+        return old
+    return PartitionExperiments(plan)
 
 
 #: Every kind of component a partition can hold, by the key its state has in a snapshot, each
-#: built fresh from the setup (None: the setup leaves it out). Components see each event in
-#: this order, and their keys are written in it (snapshots keep the layout of version 1).
-#: A new component: its class (see :class:`~engine.component.PartitionComponent`), what it
-#: needs in :class:`PartitionSetup`, and an entry here.
-COMPONENTS: dict[str, Callable[[PartitionSetup, int], PartitionComponent | None]] = {
+#: built from the setup (None: the setup leaves it out). Components see each event in this
+#: order, and their keys are written in it (snapshots keep the layout of version 1). Given the
+#: component of the catalog version served until now (``old``), a builder returns it, re-bound,
+#: when its state has exactly the shape the new setup gives (a catalog switch then moves no
+#: state and builds nothing); otherwise a fresh one, which the partition loads from ``old``'s
+#: snapshot. A new component: its class (see :class:`~engine.component.PartitionComponent`),
+#: what it needs in :class:`PartitionSetup`, and an entry here.
+COMPONENTS: dict[
+    str, Callable[[PartitionSetup, int, PartitionComponent | None], PartitionComponent | None]
+] = {
     "learning": _learning,
     "segments": _segments,
     "experiments": _experiments,
@@ -179,13 +204,22 @@ class PartitionState:
         #: :meth:`checkpoint_mark`.
         self.revision = 0
 
-    def _build_components(self, setup: PartitionSetup) -> None:
-        self.components = {}
+    def _build_components(
+        self, setup: PartitionSetup, before: Mapping[str, PartitionComponent] | None = None
+    ) -> list[str]:
+        """The components ``setup`` enables, each kept from ``before`` where it still fits (see
+        :data:`COMPONENTS`); the names of those built fresh."""
+        before = before or {}
+        self.components, fresh = {}, []
         for name, build in COMPONENTS.items():
-            component = build(setup, self.partition)
+            old = before.get(name)
+            component = build(setup, self.partition, old)
             if component is not None:
                 self.components[name] = component
+                if component is not old:
+                    fresh.append(name)
         self._components = tuple(self.components.values())
+        return fresh
 
     def _restore_components(self, snap: Mapping[str, Any], names: Iterable[str] | None = None) -> None:
         """Load each component (of ``names``; None: all) from its key of ``snap`` (a decoded
@@ -220,17 +254,13 @@ class PartitionState:
         self.schema = setup.schema
         self.consent_by_default = setup.consent_by_default
         self._declare()
-        self._build_components(setup)
-        # A component whose state has the new shape takes it over as it is (most catalog
-        # changes: a pause of microseconds, not a snapshot's round trip); the others load it
+        # A component whose state has the new shape serves on as it is (most catalog changes:
+        # a pause of microseconds, nothing built); a fresh one loads the old one's state
         # through bytes, exactly as a checkpoint is read back: one path with restore.
-        moved = {
-            name: old.snapshot()
-            for name, component in self.components.items()
-            if (old := before.get(name)) is not None and not component.adopt(old)
-        }
+        fresh = self._build_components(setup, before)
+        moved = {name: before[name].snapshot() for name in fresh if name in before}
         snap = msgspec.msgpack.decode(_snapshot_encoder.encode(moved)) if moved else {}
-        self._restore_components(snap, moved.keys() | (self.components.keys() - before.keys()))
+        self._restore_components(snap, fresh)
 
     def _declare(self) -> None:
         # Every declared type gets its id now, so a type the catalog drops later is still

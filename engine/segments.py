@@ -395,15 +395,6 @@ class PartitionSegments:
         #: catalog change): :meth:`evaluate_stale` evaluates them for every user.
         self.stale = 0
 
-    def adopt(self, old: object) -> bool:
-        """Take ``old``'s bookkeeping as it is when it tracks this very index (the catalog
-        version's segments, rules, schema and settings unchanged: the runtime kept the index)."""
-        if not isinstance(old, PartitionSegments) or old.index is not self.index:
-            return False
-        for name in self.__slots__:
-            setattr(self, name, getattr(old, name))
-        return True
-
     def on_event(
         self, user_key: str, user: UserState, event: Event, seq: int, vocab: Vocabularies, changed: int
     ) -> None:
