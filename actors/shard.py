@@ -301,7 +301,11 @@ class ShardActor:
 
     def _prepare(self, stored: StoredVersion) -> CatalogRuntime:
         return CatalogRuntime.prepare(
-            stored.catalog(), stored.version, seed=self.shard_id, sealer=self.sealer
+            stored.catalog(),
+            stored.version,
+            seed=self.shard_id,
+            sealer=self.sealer,
+            segments=self.runtime.segment_index,
         )
 
     async def _start(self) -> None:

@@ -83,16 +83,27 @@ class CatalogRuntime:
 
     @classmethod
     def prepare(
-        cls, catalog: Catalog, version: int = 0, *, seed: int = 0, sealer: PiiSealer | None = None
+        cls,
+        catalog: Catalog,
+        version: int = 0,
+        *,
+        seed: int = 0,
+        sealer: PiiSealer | None = None,
+        segments: SegmentIndex | None = None,
     ) -> CatalogRuntime:
         """The runtime of ``catalog`` alone, nothing carried over: the costly part of a switch
         (templates, rules and policies compiled), touching no state a shard serves, so a shard
-        runs it in a thread while its event loop keeps answering."""
+        runs it in a thread while its event loop keeps answering. ``segments``: the index
+        served now, taken instead of compiling the rules again when ``catalog`` defines the
+        same one (its definition never changes, so reading it here is safe)."""
         decider = Decider(catalog, version)
         learner = Learner(catalog, decider, seed=seed, catalog_version=version)
         personalize_by_default = catalog.consent_mode == "opt_out"
         answers = Answers(decider, learner, personalize_by_default)
-        index = SegmentIndex(catalog) if catalog.membership.track else None
+        index = None
+        if catalog.membership.track:
+            same = segments is not None and segments.definition == SegmentIndex.definition_of(catalog)
+            index = segments if same else SegmentIndex(catalog)
         setup = PartitionSetup(
             learner=learner,
             segment_index=index,
@@ -114,11 +125,16 @@ class CatalogRuntime:
         self.answers.exposures_pending = previous.answers.exposures_pending
         index, old_index = self.segment_index, previous.segment_index
         if index is not None and old_index is not None:
-            if index.definition == old_index.definition and previous.clusters == self.catalog.clusters:
+            same_clusters = previous.clusters == self.catalog.clusters
+            if index.definition == old_index.definition and same_clusters:
                 # The same segments: the index serves on (its compiled evaluators, its
                 # model), and the partitions' membership state stays as it is.
                 index = old_index
-            elif previous.clusters == self.catalog.clusters:
+            elif index is old_index:
+                # Taken by prepare() for its segments, but the clusters changed: the served
+                # model is of another k and must not carry over.
+                index = SegmentIndex(self.catalog)
+            elif same_clusters:
                 index.assigner = old_index.assigner
         setup = self.setup if index is self.segment_index else replace(self.setup, segment_index=index)
         return replace(self, segment_index=index, setup=setup, changed_points=frozenset(changed))

@@ -191,6 +191,18 @@ class SegmentIndex:
     is published, see :mod:`engine.clusters`).
     """
 
+    @staticmethod
+    def definition_of(catalog: Catalog) -> tuple[object, ...]:
+        """What an index of ``catalog`` is built from (its :attr:`definition`), without building
+        it: an index with an equal one serves in its place."""
+        definitions = builtin_rules(catalog) + [(s.id, s.rule) for s in catalog.segments]
+        return (
+            tuple(definitions),
+            catalog.event_schema.fingerprint,
+            catalog.membership.clock,
+            catalog.clusters.sample_every,
+        )
+
     def __init__(self, catalog: Catalog) -> None:
         definitions = builtin_rules(catalog) + [(s.id, s.rule) for s in catalog.segments]
         schema = catalog.event_schema
@@ -201,12 +213,7 @@ class SegmentIndex:
         self.fingerprints: dict[str, str] = {segment: rule_fingerprint(rule) for segment, rule in definitions}
         #: Everything this index is built from: an equal one can serve in its place (its
         #: compiled evaluators and the partitions' state with it), see :mod:`engine.runtime`.
-        self.definition = (
-            tuple(definitions),
-            schema.fingerprint,
-            catalog.membership.clock,
-            catalog.clusters.sample_every,
-        )
+        self.definition = self.definition_of(catalog)
         self.sweep_clock = catalog.membership.clock
         self.sample_every = catalog.clusters.sample_every
         self.assigner: ClusterAssigner | None = None

@@ -32,6 +32,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import DeliverPolicy, DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import APIError, NotFoundError
+from pydantic import ValidationError
 
 from engine.catalog import Catalog, parse_catalog_document
 from engine.catalog_changes import experiment_conflicts, fingerprint, summarize
@@ -64,11 +65,14 @@ class StoredVersion(msgspec.Struct, frozen=True, kw_only=True):
     forced: bool = False
 
     def catalog(self) -> Catalog:
-        """The validated catalog (every stored version was valid when stored)."""
-        catalog, errors = parse_catalog_document(self.document, f"catalog version {self.version}")
-        if catalog is None or errors:
-            raise ValueError("; ".join(errors))
-        return catalog
+        """The catalog. Every stored version passed every check of ``check-config`` when it
+        was stored; read back, only the model's own checks run (a tenth of the time: every
+        shard and replica reads each version while it serves). ValueError if it does not pass
+        them (stored by another Headstart version)."""
+        try:
+            return Catalog.model_validate(self.document)
+        except ValidationError as exc:
+            raise ValueError(f"catalog version {self.version}: {exc}") from None
 
     def info(self) -> VersionInfo:
         return VersionInfo(
