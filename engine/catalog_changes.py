@@ -22,6 +22,7 @@ import hashlib
 import json
 from typing import Any
 
+import msgspec
 import yaml
 
 from engine.catalog import Catalog
@@ -30,6 +31,21 @@ _Dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 
 #: Sections that are lists of entries with an ``id``: summarized by id.
 _BY_ID = ("tutorials", "flags", "segments", "webhooks", "experiments")
+
+
+def as_stored(data: Any) -> Any:
+    """``data`` as a version keeps it: as JSON carries it (a YAML file's timestamps become ISO
+    strings), so the same catalog from a file or a JSON body is the same version. TypeError if
+    JSON cannot hold it.
+
+    >>> import datetime as dt
+    >>> as_stored({"start": dt.datetime(2026, 1, 1, tzinfo=dt.UTC)})
+    {'start': '2026-01-01T00:00:00Z'}
+    """
+    try:
+        return msgspec.json.decode(msgspec.json.encode(data))
+    except msgspec.EncodeError as exc:
+        raise TypeError(str(exc)) from None
 
 
 def canonical(document: dict[str, Any]) -> bytes:

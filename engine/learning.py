@@ -1139,33 +1139,40 @@ def _with_arms(
 ) -> dict[str, list[_E]]:
     """Open decisions or path entries recorded over ``arms`` (per point), their arm read by name
     in ``index``; an entry whose arm or point is gone goes."""
-    out: dict[str, list[_E]] = {}
-    for key, items in entries.items():
-        kept = []
-        for item in items:
-            recorded, ours = arms.get(item.point), index.get(item.point)
-            if ours is None or recorded is None or not 0 <= item.arm < len(recorded):
-                continue
-            arm = ours.get(recorded[item.arm])
-            if arm is not None:
-                item.arm = arm
-                kept.append(item)
-        if kept:
-            out[key] = kept
-    return out
+
+    def moved(item: _E) -> bool:
+        recorded, ours = arms.get(item.point), index.get(item.point)
+        if ours is None or recorded is None or not 0 <= item.arm < len(recorded):
+            return False
+        arm = ours.get(recorded[item.arm])
+        if arm is None:
+            return False
+        item.arm = arm
+        return True
+
+    return _kept(entries, moved)
 
 
 def _with_contexts(
     entries: dict[str, list[_E]], mapped: Callable[[bytes], bytes | None]
 ) -> dict[str, list[_E]]:
+    """The entries with their contexts mapped; one whose context cannot be (None) goes."""
+
+    def moved(item: _E) -> bool:
+        x = mapped(item.x)
+        if x is None:
+            return False
+        item.x = x
+        return True
+
+    return _kept(entries, moved)
+
+
+def _kept(entries: dict[str, list[_E]], keep: Callable[[_E], bool]) -> dict[str, list[_E]]:
+    """Per user, the entries ``keep`` (which may update them) keeps; users left with none go."""
     out: dict[str, list[_E]] = {}
     for key, items in entries.items():
-        kept = []
-        for item in items:
-            x = mapped(item.x)
-            if x is not None:
-                item.x = x
-                kept.append(item)
+        kept = [item for item in items if keep(item)]
         if kept:
             out[key] = kept
     return out

@@ -33,7 +33,7 @@ from actors.ingress.application import Role, app
 from actors.ingress.errors import ApiError, error_response
 from actors.ingress.live_catalog import LiveCatalog
 from actors.ingress.schemas import CatalogHistory, CatalogStored, CatalogVersion, operation
-from engine.catalog_changes import diff
+from engine.catalog_changes import as_stored, diff
 from headstart.adapters.catalog_store import (
     CatalogInvalid,
     CatalogStore,
@@ -92,8 +92,8 @@ def catalog_body(raw: bytes, content_type: str | None) -> Any:
     try:
         # As a JSON body would carry it (timestamps YAML reads as datetimes become ISO strings):
         # what is stored is JSON, and the same catalog sent either way is the same version.
-        return msgspec.json.decode(_encoder.encode(data))
-    except (TypeError, msgspec.EncodeError) as exc:
+        return as_stored(data)
+    except TypeError as exc:
         raise ApiError(
             400, "invalid_request", "the YAML has values JSON cannot hold", [{"problem": str(exc)}]
         ) from None
@@ -124,16 +124,7 @@ def etag(version: int) -> dict[str, str]:
 
 
 def version_answer(stored: StoredVersion) -> bytes:
-    body = CatalogVersion(
-        version=stored.version,
-        catalog=stored.document,
-        who=stored.who,
-        at=stored.at,
-        summary=stored.summary,
-        fingerprint=stored.fingerprint,
-        rollback_of=stored.rollback_of,
-        forced=stored.forced,
-    )
+    body = CatalogVersion(catalog=stored.document, **msgspec.structs.asdict(stored.info()))
     return _encoder.encode(body)
 
 

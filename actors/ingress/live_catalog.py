@@ -214,14 +214,7 @@ class LiveCatalog:
         """The stored versions the experiment ran under
         (:func:`headstart.reports.experiments.versions_with_experiment`)."""
         versions = [
-            StoredVersion(
-                version=info.version,
-                document={"experiments": experiments},
-                who=info.who,
-                at=info.at,
-                summary=info.summary,
-                fingerprint=info.fingerprint,
-            )
+            StoredVersion(document={"experiments": experiments}, **msgspec.structs.asdict(info))
             for info, experiments in await self._versions()
         ]
         return versions_with_experiment(versions, experiment_id)

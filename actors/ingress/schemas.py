@@ -147,21 +147,12 @@ class ConsentAccepted(msgspec.Struct):
     detail: str
 
 
-class CatalogVersion(msgspec.Struct, kw_only=True):
+class CatalogVersion(VersionInfo, frozen=True, kw_only=True):
     """A stored version of the catalog (``GET /v1/catalog``: the latest; its number is also the
     answer's ``ETag``)."""
 
-    version: int
     #: The catalog itself: the structure of its YAML file, as it was stored.
     catalog: dict[str, Any]
-    #: Who stored it (``admin:<key id>``, ``cli:<key id>``; never a key).
-    who: str
-    #: When (Unix seconds).
-    at: float
-    summary: str
-    fingerprint: str
-    rollback_of: int | None = None
-    forced: bool = False
 
 
 class CatalogStored(msgspec.Struct, kw_only=True):

@@ -35,7 +35,7 @@ from nats.js.errors import APIError, NotFoundError
 from pydantic import ValidationError
 
 from engine.catalog import Catalog, parse_catalog_document
-from engine.catalog_changes import experiment_conflicts, fingerprint, summarize
+from engine.catalog_changes import as_stored, experiment_conflicts, fingerprint, summarize
 from headstart.adapters.audit import audit
 from headstart.adapters.topology import CATALOG_STREAM, CATALOG_SUBJECT
 
@@ -45,13 +45,11 @@ log = logging.getLogger(__name__)
 WRONG_LAST_SEQUENCE = 10071
 
 
-class StoredVersion(msgspec.Struct, frozen=True, kw_only=True):
-    """One stored version of the catalog (the stream message's body, plus its number)."""
+class VersionInfo(msgspec.Struct, frozen=True, kw_only=True):
+    """A stored version without its content: one line of ``catalog history``."""
 
     #: 1, 2, ...: the stream sequence it was stored at (0: not stored, a dry run's).
-    version: int = 0
-    #: The catalog as its YAML/JSON structure (see :mod:`engine.catalog_changes`).
-    document: dict[str, Any]
+    version: int
     #: Who stored it: ``<role>:<key id>`` or ``cli:<key id>`` (never key material).
     who: str
     #: When (Unix seconds).
@@ -64,6 +62,13 @@ class StoredVersion(msgspec.Struct, frozen=True, kw_only=True):
     #: Stored over refused experiment changes (``--force``).
     forced: bool = False
 
+
+class StoredVersion(VersionInfo, frozen=True, kw_only=True):
+    """One stored version of the catalog (the stream message's body, its number the sequence)."""
+
+    #: The catalog as its YAML/JSON structure (see :mod:`engine.catalog_changes`).
+    document: dict[str, Any]
+
     def catalog(self) -> Catalog:
         """The catalog. Every stored version passed every check of ``check-config`` when it
         was stored; read back, only the model's own checks run (a tenth of the time: every
@@ -75,27 +80,8 @@ class StoredVersion(msgspec.Struct, frozen=True, kw_only=True):
             raise ValueError(f"catalog version {self.version}: {exc}") from None
 
     def info(self) -> VersionInfo:
-        return VersionInfo(
-            version=self.version,
-            who=self.who,
-            at=self.at,
-            summary=self.summary,
-            fingerprint=self.fingerprint,
-            rollback_of=self.rollback_of,
-            forced=self.forced,
-        )
-
-
-class VersionInfo(msgspec.Struct, frozen=True, kw_only=True):
-    """A version without its content: one line of ``catalog history``."""
-
-    version: int
-    who: str
-    at: float
-    summary: str
-    fingerprint: str
-    rollback_of: int | None = None
-    forced: bool = False
+        """The version without its content."""
+        return VersionInfo(**{name: getattr(self, name) for name in VersionInfo.__struct_fields__})
 
 
 class PushResult(msgspec.Struct, frozen=True, kw_only=True):
@@ -236,8 +222,8 @@ class CatalogStore:
         # As JSON would carry it (a YAML file's dates become ISO strings), so the same content
         # has the same fingerprint whether pushed from a file or over HTTP.
         try:
-            document = msgspec.json.decode(msgspec.json.encode(document))
-        except (TypeError, msgspec.EncodeError) as exc:
+            document = as_stored(document)
+        except TypeError as exc:
             raise CatalogInvalid([f"{source}: (top level): not representable as JSON: {exc}"]) from None
         # Validation is milliseconds of Python: in a thread, so an ingress replica's event loop
         # keeps answering decisions meanwhile.

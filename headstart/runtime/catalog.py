@@ -19,10 +19,10 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import msgspec
 import yaml
 
 from engine.catalog import DEFAULT_CATALOG, CatalogError, check_catalog_text
+from engine.catalog_changes import as_stored
 from headstart.adapters.catalog_store import CatalogInvalid, CatalogStore, StoredVersion
 from headstart.web.auth import key_id
 
@@ -43,7 +43,7 @@ def read_document(path: Path) -> dict[str, Any]:
     errors = check_catalog_text(text, str(path))
     if errors:
         raise CatalogError(errors)
-    document: dict[str, Any] = msgspec.json.decode(msgspec.json.encode(yaml.safe_load(text)))
+    document: dict[str, Any] = as_stored(yaml.safe_load(text))
     return document
 
 

@@ -114,8 +114,8 @@ class Runtime:
         from headstart.adapters.broker import free_port
 
         self.grpc_port = self.settings.grpc_port or free_port()
-        version = self.catalog_version
-        try:
+
+        def start() -> str:
             return start_app(
                 self.settings,
                 self.nats_url,
@@ -123,22 +123,17 @@ class Runtime:
                 secret,
                 hashes,
                 grpc_port=self.grpc_port,
-                catalog_version=version,
+                catalog_version=self.catalog_version,
             )
+
+        try:
+            return start()
         except Exception as exc:
             if "HAProxy" not in str(exc):
                 raise
             log.warning("Serve's HAProxy failed to start; starting Serve again: %s", str(exc)[-300:])
             serve.shutdown()  # type: ignore[no-untyped-call]
-            return start_app(
-                self.settings,
-                self.nats_url,
-                catalog,
-                secret,
-                hashes,
-                grpc_port=self.grpc_port,
-                catalog_version=version,
-            )
+            return start()
 
     def _scale(self, request: dict[str, Any]) -> dict[str, Any]:
         """``headstart scale`` and ``POST /v1/admin/scale``: move partitions to N shards live."""
