@@ -40,6 +40,7 @@ from bench.loadgen import http_post, pack_requests
 from bench.population import DEVICES, LOCALES, onboarding_events, user_id
 from engine.catalog import DEFAULT_CATALOG, parse_catalog_document
 from engine.keys import Pseudonymizer, partition_of
+from headstart.adapters.broker import free_port
 from headstart.adapters.catalog_store import CatalogStore
 from headstart.adapters.provision import ensure_streams
 from headstart.adapters.streams import EventPublisher, publish_prepared
@@ -88,7 +89,7 @@ def run(quick: bool = False, out_dir: Path | None = None) -> Path:
     window_s = 4.0 if quick else 8.0
     pushes_per_window = 3 if quick else 5
     apply_serve_environment("haproxy")
-    settings = Settings(partitions=PARTITIONS, shards=2, shard_num_cpus=0.5, port=_free_port())
+    settings = Settings(partitions=PARTITIONS, shards=2, shard_num_cpus=0.5, port=free_port())
     base_document = yaml.safe_load(DEFAULT_CATALOG.read_text())
     pseudonymizer = Pseudonymizer(SECRET)
     with embedded_broker() as broker, local_ray(num_cpus=2), tempfile.TemporaryDirectory() as tmp:
@@ -159,12 +160,6 @@ def run(quick: bool = False, out_dir: Path | None = None) -> Path:
     }
     baseline = {"decide_p99_ms_without_pushes": metrics["decide_p99_ms_without_pushes"]}
     return write_result("catalog", params, metrics, baseline, out_dir=out_dir, started_at=started)
-
-
-def _free_port() -> int:
-    from headstart.adapters.broker import free_port
-
-    return free_port()
 
 
 async def _populate(url: str, pseudonymizer: Pseudonymizer, users: int) -> None:
