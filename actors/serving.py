@@ -58,13 +58,15 @@ def start_app(
     http_port: int | None = None,
     grpc_port: int | None = None,
     catalog_version: int = 0,
+    identity_secret: bytes = b"",
 ) -> str:
     """Deploy the ingress and return its base URL. With ``grpc_port``, the gRPC decision
     service (``headstart/protos/headstart.proto``) is served there too, on the same host.
 
     ``catalog_version``: the stored version ``catalog`` is; every replica then serves the
     store's latest version and switches to each newer one (0: serve ``catalog`` as given, for
-    tests that hand one over directly)."""
+    tests that hand one over directly). ``identity_secret``: what user hashes are HMACs under
+    (needed unless ``settings.identity_verification`` is off)."""
     from ray import serve
     from ray.serve.config import gRPCOptions
 
@@ -82,7 +84,15 @@ def start_app(
         catalog=catalog,
         catalog_version=catalog_version,
         stream_replicas=settings.stream_replicas,
-        rate_limits={"frontend": settings.frontend_rate_limit, "admin": settings.admin_rate_limit},
+        rate_limits={
+            "frontend": settings.frontend_rate_limit,
+            "server": settings.server_rate_limit,
+            "admin": settings.admin_rate_limit,
+        },
+        cors_origins=settings.cors_origins,
+        identity_verification=settings.identity_verification,
+        identity_secret=identity_secret,
+        anonymous_prefix=settings.anonymous_prefix,
         segment_prefix=settings.segment_prefix,
         events_retention_days=settings.retention().events_days,
     )

@@ -8,14 +8,16 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from engine.datamap import Retention
 from engine.pii import DEFAULT_PII_FIELDS
 from headstart.adapters.broker import NatsAuth
+from headstart.web.identity import DEFAULT_ANONYMOUS_PREFIX, VerificationMode
 
 
 class Settings(BaseSettings):
@@ -81,7 +83,29 @@ class Settings(BaseSettings):
         "20000/second",
         description="requests per frontend key and ingress replica (a product's traffic shares its key)",
     )
+    server_rate_limit: str = Field(
+        "20000/second", description="requests per server key (a product's backend) and ingress replica"
+    )
     admin_rate_limit: str = Field("200/second", description="requests per admin key and ingress replica")
+    cors_origins: Annotated[tuple[str, ...], NoDecode] = Field(
+        (),
+        description="origins whose pages may call the API from a browser, comma-separated "
+        "(e.g. https://app.example.com); none: only the same origin",
+    )
+    identity_verification: VerificationMode = Field(
+        "off",
+        description="off / optional / required: whether a frontend-key request naming a user must carry "
+        "user_hash = hex(HMAC-SHA256(identity secret, user_id))",
+    )
+    identity_secret: SecretStr | None = Field(
+        None, description="the identity verification secret; else <home>/identity_secret, generated once"
+    )
+    anonymous_prefix: str = Field(
+        DEFAULT_ANONYMOUS_PREFIX,
+        min_length=1,
+        max_length=32,
+        description="user ids starting with this are anonymous visitors: no user_hash needed",
+    )
     grpc_port: int = Field(
         0, ge=0, le=65535, description="the gRPC decision service's port (0: a free one, chosen at start)"
     )
@@ -143,7 +167,25 @@ class Settings(BaseSettings):
             profiles_days=self.profile_retention_days,
         )
 
-    @field_validator("frontend_rate_limit", "admin_rate_limit")
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _origins(cls, value: object) -> tuple[str, ...]:
+        items = value.split(",") if isinstance(value, str) else value
+        if not isinstance(items, (list, tuple)):
+            raise ValueError("give origins as a comma-separated list, e.g. https://app.example.com")
+        origins = []
+        for item in (str(i).strip().rstrip("/") for i in items):
+            if not item:
+                continue
+            parts = urlsplit(item)
+            if item != "*" and (parts.scheme not in ("http", "https") or not parts.netloc or parts.path):
+                raise ValueError(
+                    f"{item!r} is not an origin: write scheme://host[:port], e.g. https://app.example.com"
+                )
+            origins.append(item)
+        return tuple(origins)
+
+    @field_validator("frontend_rate_limit", "server_rate_limit", "admin_rate_limit")
     @classmethod
     def _rate_limit(cls, value: str) -> str:
         from headstart.web.auth import parse_rate_limit

@@ -30,6 +30,8 @@ from headstart.adapters.topology import (
 )
 
 TEST_SECRET = b"test-secret-0123456789abcdef"
+#: What user hashes are HMACs under in the tests (identity verification).
+TEST_IDENTITY_SECRET = b"a test identity secret of enough length"
 TEST_PARTITIONS = 8
 
 

@@ -7,6 +7,7 @@ from pydantic import BaseModel
 from actors.ingress.middleware import SEGMENT_PREFIX
 from engine.catalog import Catalog
 from headstart.adapters.broker import NatsAuth
+from headstart.web.identity import DEFAULT_ANONYMOUS_PREFIX, VerificationMode
 
 
 class IngressConfig(BaseModel):
@@ -28,5 +29,11 @@ class IngressConfig(BaseModel):
     rate_limits: dict[str, str] = {}
     #: Where the Segment-compatible tracking API is served.
     segment_prefix: str = SEGMENT_PREFIX
+    #: Origins whose pages may call the API from a browser (CORS); ``*`` any.
+    cors_origins: tuple[str, ...] = ()
+    #: Whether frontend-key requests naming a user carry its ``user_hash`` (HMAC under the secret).
+    identity_verification: VerificationMode = "off"
+    identity_secret: bytes = b""
+    anonymous_prefix: str = DEFAULT_ANONYMOUS_PREFIX
     #: How long aliases (anonymous id -> user) are kept: as long as the events.
     events_retention_days: float = 30.0

@@ -37,6 +37,23 @@ MAX_EVENTS_PER_BATCH = 1000
 
 UserId = Annotated[str, Meta(min_length=1, max_length=256, description="the caller's raw user id")]
 ShortName = Annotated[str, Meta(max_length=64)]
+UserHash = Annotated[
+    str,
+    Meta(
+        pattern="^[0-9a-fA-F]{64}$",
+        description="hex(HMAC-SHA256(identity secret, user_id)) from the product's backend: needed with a "
+        "frontend key when identity verification is on (docs/identity.md)",
+    ),
+]
+AnonymousId = Annotated[
+    str,
+    Meta(
+        min_length=1,
+        max_length=256,
+        description="the anonymous id (with the anonymous prefix) this visitor had before: linked to the "
+        "batch's user, which needs that user's user_hash with a frontend key",
+    ),
+]
 
 
 class RequestContext(msgspec.Struct, omit_defaults=True):
@@ -86,6 +103,7 @@ class DecideBody(msgspec.Struct, forbid_unknown_fields=True):
 
     user_id: UserId
     context: RequestContext = msgspec.field(default_factory=RequestContext)
+    user_hash: UserHash | None = None
 
 
 class TutorialBody(msgspec.Struct, forbid_unknown_fields=True):
@@ -95,6 +113,7 @@ class TutorialBody(msgspec.Struct, forbid_unknown_fields=True):
     context: RequestContext = msgspec.field(default_factory=RequestContext)
     step: ShortName | None = None
     feature: ShortName | None = None
+    user_hash: UserHash | None = None
 
 
 class EventsBody(msgspec.Struct, forbid_unknown_fields=True):
@@ -102,6 +121,9 @@ class EventsBody(msgspec.Struct, forbid_unknown_fields=True):
     the batch with its index), so the items are decoded as plain objects here."""
 
     events: Annotated[list[dict[str, Any]], Meta(min_length=1, max_length=MAX_EVENTS_PER_BATCH)]
+    #: With a frontend key and identity verification on, a batch is one user's, signed by this.
+    user_hash: UserHash | None = None
+    anonymous_id: AnonymousId | None = None
 
 
 class RewardBody(msgspec.Struct, forbid_unknown_fields=True):
@@ -118,6 +140,7 @@ class ConsentBody(msgspec.Struct, forbid_unknown_fields=True):
     personalization: Annotated[bool | None, Meta(description="personalize decisions and learn from them")] = (
         None
     )
+    user_hash: UserHash | None = None
 
 
 class ScaleBody(msgspec.Struct, forbid_unknown_fields=True):

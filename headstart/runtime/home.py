@@ -28,6 +28,7 @@ class DataHome:
         self.log_dir = root / "logs"
         self.secret_file = root / "secret"
         self.keys_file = root / "keys.json"
+        self.identity_secret_file = root / "identity_secret"
         self.state_file = self.run_dir / "state.json"
 
     def ensure(self) -> DataHome:
@@ -43,6 +44,17 @@ class DataHome:
             self.ensure()
             _write_private(self.secret_file, secrets.token_hex(32))
         return self.secret_file.read_text().strip().encode()
+
+    def identity_secret(self, configured: str | None = None) -> bytes:
+        """The identity verification secret (user hashes are HMACs under it): configured, or
+        generated once into ``identity_secret`` (0600). Apart from the pseudonymization secret:
+        the product's backends hold this one, and must not be able to pseudonymize."""
+        if configured:
+            return configured.encode()
+        if not self.identity_secret_file.exists():
+            self.ensure()
+            _write_private(self.identity_secret_file, secrets.token_hex(32))
+        return self.identity_secret_file.read_text().strip().encode()
 
     def read_state(self) -> dict[str, Any] | None:
         try:
@@ -68,10 +80,35 @@ def _write_private(path: Path, text: str) -> None:
         handle.write(text)
 
 
+def new_key(role: str) -> str:
+    """A fresh API key for ``role``: 256 random bits, its role readable in the prefix."""
+    return f"hs_{role[:2]}_{secrets.token_urlsafe(32)}"
+
+
 def ensure_keys(path: Path) -> dict[str, str]:
-    """The keys in ``path``, generated on first use (0600). Never regenerated."""
+    """The keys in ``path``, generated on first use (0600). Never regenerated; a role added
+    since (``server``) gets its key beside the existing ones, which stay as they are.
+
+    >>> import tempfile
+    >>> path = Path(tempfile.mkdtemp()) / "keys.json"
+    >>> _write_private(path, '{"frontend": "f", "admin": "a"}')
+    >>> keys = ensure_keys(path)
+    >>> keys["frontend"], keys["admin"], keys["server"].startswith("hs_se_")
+    ('f', 'a', True)
+    """
     if not path.exists():
-        keys = {role: f"hs_{role[:2]}_{secrets.token_urlsafe(32)}" for role in ROLES}
-        _write_private(path, json.dumps(keys, indent=2) + "\n")
+        _write_private(path, json.dumps({role: new_key(role) for role in ROLES}, indent=2) + "\n")
     keys = json.loads(path.read_text())
+    missing = [role for role in ROLES if role not in keys]
+    if missing:
+        keys.update({role: new_key(role) for role in missing})
+        replace_private(path, json.dumps(keys, indent=2) + "\n")
     return {role: str(keys[role]) for role in ROLES}
+
+
+def replace_private(path: Path, text: str) -> None:
+    """Replace ``path`` whole with ``text`` (0600), through a new file renamed over it."""
+    tmp = path.with_name(path.name + ".new")
+    tmp.unlink(missing_ok=True)
+    _write_private(tmp, text)
+    tmp.replace(path)

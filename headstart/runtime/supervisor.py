@@ -115,6 +115,9 @@ class Runtime:
 
         self.grpc_port = self.settings.grpc_port or free_port()
 
+        identity = self.settings.identity_secret
+        configured_identity = identity.get_secret_value() if identity else None
+
         def start() -> str:
             return start_app(
                 self.settings,
@@ -124,6 +127,7 @@ class Runtime:
                 hashes,
                 grpc_port=self.grpc_port,
                 catalog_version=self.catalog_version,
+                identity_secret=self.home.identity_secret(configured_identity),
             )
 
         try:

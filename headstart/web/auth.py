@@ -22,7 +22,10 @@ from limits import RateLimitItem, parse
 from limits.storage import MemoryStorage
 from limits.strategies import FixedWindowRateLimiter
 
-ROLES = ("frontend", "admin")
+#: ``frontend``: a product's pages (its users' own requests); ``server``: a product's backend
+#: (events, consent and decisions for any user); ``admin``: operators (profiles, export, erasure,
+#: catalog, reports).
+ROLES = ("frontend", "server", "admin")
 
 
 def hash_key(key: str) -> str:

@@ -16,7 +16,7 @@ from engine.catalog import Catalog
 from headstart.adapters.broker import free_port
 from headstart.settings import Settings
 from headstart.web.auth import key_hashes
-from tests.conftest import TEST_PARTITIONS, TEST_SECRET, reset_streams
+from tests.conftest import TEST_IDENTITY_SECRET, TEST_PARTITIONS, TEST_SECRET, reset_streams
 
 
 @contextlib.contextmanager
@@ -44,13 +44,26 @@ def serving(
     keys: dict[str, str],
     shard_num_cpus: float = 0.5,
     grpc_port: int | None = None,
+    **overrides: object,
 ) -> Iterator[tuple[httpx.Client, ShardGroup]]:
-    """Fresh streams, 2 shards and the Serve app with ``keys``; an HTTP client once ready."""
+    """Fresh streams, 2 shards and the Serve app with ``keys`` (and settings ``overrides``, e.g.
+    ``identity_verification="required"``: user hashes under ``TEST_IDENTITY_SECRET``); an HTTP
+    client once ready."""
     asyncio.run(reset_streams(nats_url))
-    settings = Settings(partitions=TEST_PARTITIONS, shards=2, shard_num_cpus=shard_num_cpus, port=free_port())
+    settings = Settings(
+        partitions=TEST_PARTITIONS, shards=2, shard_num_cpus=shard_num_cpus, port=free_port(), **overrides
+    )
     group = ShardGroup(settings, nats_url, catalog).start()
     group.wait_ready()
-    url = start_app(settings, nats_url, catalog, TEST_SECRET, key_hashes(keys), grpc_port=grpc_port)
+    url = start_app(
+        settings,
+        nats_url,
+        catalog,
+        TEST_SECRET,
+        key_hashes(keys),
+        grpc_port=grpc_port,
+        identity_secret=TEST_IDENTITY_SECRET,
+    )
     client = httpx.Client(base_url=url, timeout=10)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:

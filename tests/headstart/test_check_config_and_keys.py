@@ -66,7 +66,7 @@ def test_check_config_on_a_missing_file(tmp_path: Path) -> None:
 def test_keys_are_generated_once_private_and_only_hashes_reach_the_server(tmp_path: Path) -> None:
     path = tmp_path / "keys.json"
     keys = ensure_keys(path)
-    assert set(keys) == {"frontend", "admin"} and keys["frontend"] != keys["admin"]
+    assert set(keys) == {"frontend", "server", "admin"} and keys["frontend"] != keys["admin"]
     assert oct(path.stat().st_mode & 0o777) == "0o600"
     assert ensure_keys(path) == keys == json.loads(path.read_text())
     hashes = key_hashes(keys)
