@@ -23,6 +23,7 @@ PAGES = (
     "learning.md",
     "experiments.md",
     "privacy.md",
+    "identity.md",
     "export.md",
     "operations.md",
     "benchmarks.md",

@@ -8,7 +8,7 @@ registered on this one ``app``; Serve turns them into the replica's class-based 
 # No ``from __future__ import annotations`` here: the exception handlers' annotations are read
 # by Starlette at run time.
 import copy
-from typing import Any, Literal
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -19,12 +19,10 @@ from starlette.routing import Match
 
 from actors.ingress.errors import ApiError, error_response
 from actors.ingress.middleware import BodyLimit, HotPath
-from actors.ingress.schemas import event_components, finish_document
+from actors.ingress.schemas import anonymous_pattern, event_components, finish_document
 from engine.schema import BUILTIN_SCHEMA, EventSchema
 from headstart import __version__
-
-#: The roles a route may ask for (``None``: any key).
-Role = Literal["frontend", "admin"]
+from headstart.web.identity import DEFAULT_ANONYMOUS_PREFIX
 
 app = FastAPI(
     title="Headstart",
@@ -41,15 +39,19 @@ app.add_middleware(BodyLimit)
 app.add_middleware(HotPath)  # outermost: it answers before BodyLimit and the router
 
 
-def openapi_document(max_shards: int = 256, schema: EventSchema = BUILTIN_SCHEMA) -> dict[str, Any]:
+def openapi_document(
+    max_shards: int = 256,
+    schema: EventSchema = BUILTIN_SCHEMA,
+    anonymous_prefix: str = DEFAULT_ANONYMOUS_PREFIX,
+) -> dict[str, Any]:
     """The OpenAPI document: FastAPI's routes with the bodies' schemas (:func:`finish_document`),
-    events as ``schema`` (the catalog's) validates them."""
+    events as ``schema`` (the catalog's) validates them, anonymous ids with ``anonymous_prefix``."""
     if app.openapi_schema is None:
         document = get_openapi(
             title=app.title, version=app.version, description=app.description, routes=app.routes
         )
         app.openapi_schema = finish_document(document)
-    if max_shards == 256 and schema.is_builtin:
+    if max_shards == 256 and schema.is_builtin and anonymous_prefix == DEFAULT_ANONYMOUS_PREFIX:
         return app.openapi_schema
     document = copy.deepcopy(app.openapi_schema)
     schemas = document["components"]["schemas"]
@@ -58,6 +60,7 @@ def openapi_document(max_shards: int = 256, schema: EventSchema = BUILTIN_SCHEMA
         schemas.update(events)
         schemas["EventsBody"]["properties"]["events"]["items"] = item
     schemas["ScaleBody"]["properties"]["shards"]["maximum"] = max_shards
+    schemas["EventsBody"]["properties"]["anonymous_id"]["pattern"] = anonymous_pattern(anonymous_prefix)
     return document
 
 

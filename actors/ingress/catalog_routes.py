@@ -29,7 +29,7 @@ from fastapi import Header, Path, Query, Request
 from fastapi.responses import Response
 from nats.aio.client import Client as NATS
 
-from actors.ingress.application import Role, app
+from actors.ingress.application import app
 from actors.ingress.errors import ApiError, error_response
 from actors.ingress.live_catalog import LiveCatalog
 from actors.ingress.schemas import CatalogHistory, CatalogStored, CatalogVersion, operation
@@ -42,6 +42,7 @@ from headstart.adapters.catalog_store import (
     VersionNotFound,
 )
 from headstart.adapters.rpc import ShardClient
+from headstart.web.auth import ADMIN, Access, Caller
 
 JSON_TYPES = ("application/json",)
 _YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -143,7 +144,7 @@ def _with_etag(doc: dict[str, Any]) -> dict[str, Any]:
 
 def _put_doc() -> dict[str, Any]:
     doc = _with_etag(
-        operation(answer=CatalogStored, errors=(400, 412, 413, 415, 422, 428, 503), role="admin")
+        operation(answer=CatalogStored, errors=(400, 412, 413, 415, 422, 428, 503), access=ADMIN)
     )
     doc["requestBody"] = {
         "required": True,
@@ -171,7 +172,7 @@ class CatalogRoutes:
     Serve finds them through the deployment's bases)."""
 
     live: LiveCatalog
-    _require: Callable[[str | None, Role | None], str]
+    _require: Callable[[str | None, Access], Caller]
     _client: Callable[[], Awaitable[tuple[NATS, ShardClient]]]
 
     async def _catalog_store(self) -> CatalogStore:
@@ -181,12 +182,12 @@ class CatalogRoutes:
 
     @app.get(
         "/v1/catalog",
-        openapi_extra=_with_etag(operation(answer=CatalogVersion, errors=(404, 503), role="admin")),
+        openapi_extra=_with_etag(operation(answer=CatalogVersion, errors=(404, 503), access=ADMIN)),
     )
     async def get_catalog(self, request: Request) -> Response:
         """The latest stored version of the catalog, ``{"version": N, "catalog": {...}}`` with who
         stored it, when and what changed; ``ETag: "N"`` (what ``PUT`` names in ``If-Match``)."""
-        self._require(request.headers.get("authorization"), "admin")
+        self._require(request.headers.get("authorization"), ADMIN)
         store = await self._catalog_store()
         with store_answers():
             latest = await store.latest()
@@ -209,7 +210,7 @@ class CatalogRoutes:
         ``?force=true``), nothing stored. ``?dry_run=true`` stores nothing. The same catalog as
         the latest version stores nothing (``changed: false``). Every replica and shard serves
         a stored version within a second; this replica before it answers."""
-        who = self._require(request.headers.get("authorization"), "admin")
+        who = self._require(request.headers.get("authorization"), ADMIN).who
         expected = if_match_version(if_match)
         is_forced, is_dry_run = query_flag(force, "force"), query_flag(dry_run, "dry_run")
         document = catalog_body(await request.body(), request.headers.get("content-type"))
@@ -262,13 +263,13 @@ class CatalogRoutes:
         return _json(_encoder.encode(answer), etag(stored.version))
 
     @app.get(
-        "/v1/catalog/history", openapi_extra=operation(answer=CatalogHistory, errors=(503,), role="admin")
+        "/v1/catalog/history", openapi_extra=operation(answer=CatalogHistory, errors=(503,), access=ADMIN)
     )
     async def catalog_history(self, request: Request) -> Response:
         """Every stored version, oldest first: ``version``, ``who`` (the key's id, never the
         key), ``at``, ``summary``, ``rollback_of``, ``forced``; and the version this replica
         serves (``serving``; 0: a catalog it was handed directly, not stored)."""
-        self._require(request.headers.get("authorization"), "admin")
+        self._require(request.headers.get("authorization"), ADMIN)
         await self._catalog_store()
         serving = self.live.view.version  # read before the history: it never names a later one
         with store_answers():
@@ -278,13 +279,13 @@ class CatalogRoutes:
 
     @app.get(
         "/v1/catalog/versions/{n}",
-        openapi_extra=_with_etag(operation(answer=CatalogVersion, errors=(400, 404, 503), role="admin")),
+        openapi_extra=_with_etag(operation(answer=CatalogVersion, errors=(400, 404, 503), access=ADMIN)),
     )
     async def catalog_version(
         self, n: Annotated[int, Path(description="the version number")], request: Request
     ) -> Response:
         """One stored version, as ``GET /v1/catalog`` answers the latest (404 if there is none)."""
-        self._require(request.headers.get("authorization"), "admin")
+        self._require(request.headers.get("authorization"), ADMIN)
         store = await self._catalog_store()
         if not 1 <= n <= 2**63:
             raise ApiError(404, "not_found", f"no catalog version {n}: versions are 1, 2, ...")

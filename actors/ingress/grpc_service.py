@@ -141,8 +141,9 @@ class DecisionService:
 
         async def send(authorization: str | None, raw: bytes) -> tuple[int, bytes]:
             view = self.live.view
-            events = [grpc_event(e, view.schema) for e in msgspec.json.decode(raw).get("events", [])]
-            return await self.events_bytes(authorization, msgspec.json.encode({"events": events}), view)
+            body = msgspec.json.decode(raw)
+            body["events"] = [grpc_event(e, view.schema) for e in body.get("events", [])]
+            return await self.events_bytes(authorization, msgspec.json.encode(body), view)
 
         return await call(grpc_context, pb.SendEventsReply, send, request)
 

@@ -30,7 +30,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from ray import serve
 
 from actors.ingress import admin, shards
-from actors.ingress.application import Role, app, openapi_document
+from actors.ingress.application import app, openapi_document
 from actors.ingress.catalog_routes import CatalogRoutes
 from actors.ingress.config import IngressConfig
 from actors.ingress.errors import ApiError, shard_reply
@@ -65,10 +65,29 @@ from headstart.adapters.streams import EventPublisher, publish_prepared
 from headstart.adapters.topology import record_subjects
 from headstart.privacy.access import export_user
 from headstart.privacy.erasure import Eraser
-from headstart.web.auth import Authenticator, RateLimits, bearer_from_basic
+from headstart.web.auth import (
+    ADMIN,
+    ANY_KEY,
+    CONSENT,
+    FOR_USER,
+    PRODUCT,
+    Access,
+    Authenticator,
+    Caller,
+    RateLimits,
+    bearer_from_basic,
+)
+from headstart.web.identity import (
+    BatchRefused,
+    IdentityRefused,
+    IdentityVerifier,
+    batch_user,
+    verify_segment_call,
+)
 from headstart.web.metrics import IngressMetrics
 from headstart.web.ruleset import public_jwk
 from headstart.web.segment_api import CALL_TYPES as SEGMENT_CALL_TYPES
+from headstart.web.segment_api import AliasStore
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +124,7 @@ ANY_OBJECT: dict[str, Any] = {"type": "object"}
 
 
 def _segment_doc(body: dict[str, Any], errors: tuple[int, ...] = ()) -> dict[str, Any]:
-    doc = operation(answer=SEGMENT_ANSWER, errors=(400, 413, 503, *errors), role="basic")
+    doc = operation(answer=SEGMENT_ANSWER, errors=(400, 413, 503, *errors), access=PRODUCT, basic=True)
     doc["requestBody"] = {"required": True, "content": {"application/json": {"schema": body}}}
     return doc
 
@@ -130,6 +149,9 @@ class Ingress(DecisionService, CatalogRoutes):
         self.auth = Authenticator(config.key_hashes)
         self.rate_limits = RateLimits(config.rate_limits)
         self.pseudonymizer = Pseudonymizer(config.secret)
+        self.identity = IdentityVerifier(
+            config.identity_verification, config.identity_secret, config.anonymous_prefix
+        )
         # Everything derived from the catalog, as one view swapped whole when a new version is
         # stored (see actors/ingress/live_catalog.py). Built here, not at import: Serve pickles
         # this class by value and decoders don't pickle.
@@ -152,15 +174,17 @@ class Ingress(DecisionService, CatalogRoutes):
         self._segment = SegmentIngest(self.pseudonymizer, self.metrics, config.events_retention_days)
         self._ruleset_key = msgspec.json.encode(public_jwk(self.live.signer.public_key()))
 
-    def _require(self, authorization: str | None, role: Role | None) -> str:
-        """Who calls, for the audit log (``<role>:<key id>``, the key id a prefix of its hash), if
-        the role is ``role`` (None: any) and the key is within its rate limit."""
+    def _require(self, authorization: str | None, access: Access) -> Caller:
+        """Who calls (``.who`` names them in audit records), if their key's role may call a route
+        with ``access`` and the key is within its rate limit."""
         identity = self.auth.identify(authorization)
         if identity is None:
             raise ApiError(401, "unauthorized", "missing or unknown API key (Authorization: Bearer <key>)")
-        granted, key_id = identity
-        if role is not None and granted != role:
-            raise ApiError(403, "forbidden", f"this endpoint needs the {role} role")
+        caller = Caller(*identity)
+        granted, key_id = caller
+        if granted not in access.roles:
+            message = f"this endpoint takes a {access.describe()} key, not a {granted} key"
+            raise ApiError(403, "forbidden", message)
         wait = self.rate_limits.wait(granted, key_id)
         if wait is not None:
             limit = self.rate_limits.items[granted]
@@ -170,7 +194,38 @@ class Ingress(DecisionService, CatalogRoutes):
                 f"this key is over its limit of {limit}; retry in {wait:.1f} s",
                 headers={"Retry-After": RateLimits.retry_after(wait)},
             )
-        return f"{granted}:{key_id[:12]}"
+        return caller
+
+    def _verify(self, caller: Caller, user_id: str, user_hash: str | None) -> None:
+        """A frontend key acts only for the user its page was signed for: 403 saying what is
+        missing, per the identity verification mode. Server and admin keys act for anyone."""
+        if caller.role == "frontend" and self.identity.mode != "off":
+            try:
+                self.identity.verify(user_id, user_hash)
+            except IdentityRefused as refused:
+                raise self._refused(refused) from None
+
+    def _refused(self, refused: IdentityRefused) -> ApiError:
+        self.metrics.identity_refused.labels(refused.code).inc()
+        return ApiError(403, refused.code, refused.message)
+
+    async def _user_key(self, user_id: str) -> str:
+        """The key a request for ``user_id`` acts on: its pseudonym, or for an anonymous id
+        linked to a user (``anonymous_id`` in an events batch, Segment's identify and alias),
+        that user's key."""
+        key = self.pseudonymizer.key(user_id)
+        if not self.identity.is_anonymous(user_id):
+            return key
+        try:
+            aliases = await self._aliases()
+            return await aliases.resolve(key) or key
+        except Exception as exc:  # noqa: BLE001 - an unlinked visitor is still served as itself
+            log.warning("resolving an anonymous id failed: %s", type(exc).__name__)
+            return key
+
+    async def _aliases(self) -> AliasStore:
+        nc, _ = await self._client()
+        return await self._segment.aliases(nc.jetstream())
 
     async def _client(self) -> tuple[NATS, ShardClient]:
         if self.nc is None or self.nc.is_closed or self._shards is None:
@@ -202,7 +257,7 @@ class Ingress(DecisionService, CatalogRoutes):
 
     # ------------------------------------------------------------------ decisions
 
-    @app.post("/v1/decide", openapi_extra=operation(answer=DecisionAnswer, body=DecideBody, role="frontend"))
+    @app.post("/v1/decide", openapi_extra=operation(answer=DecisionAnswer, body=DecideBody, access=FOR_USER))
     async def decide(self, request: Request) -> Response:
         """The next onboarding step, tutorial variant, message, flags and segments for a user."""
         # Normally answered by the HotPath middleware before routing; this route documents it
@@ -215,11 +270,12 @@ class Ingress(DecisionService, CatalogRoutes):
     ) -> tuple[int, bytes]:
         """``/v1/decide`` from the raw header and body to the status and JSON body, answered
         from ``view`` (None: the catalog served now)."""
-        self._require(authorization, "frontend")
+        caller = self._require(authorization, FOR_USER)
         started = time.perf_counter()
         view = view or self.live.view
         body: DecideBody = decode(view.decide_decoder, raw_body)
-        key = self.pseudonymizer.key(body.user_id)
+        self._verify(caller, body.user_id, body.user_hash)
+        key = await self._user_key(body.user_id)
         client = self._shards or (await self._client())[1]
         try:
             reply = await shards.decide(client, key, body.context)
@@ -230,15 +286,16 @@ class Ingress(DecisionService, CatalogRoutes):
         self.metrics.decide_seconds.observe(time.perf_counter() - started)
         return shard_reply(reply)
 
-    @app.post("/v1/flags", openapi_extra=operation(answer=ANY_OBJECT, body=DecideBody, role="frontend"))
+    @app.post("/v1/flags", openapi_extra=operation(answer=ANY_OBJECT, body=DecideBody, access=FOR_USER))
     async def flags(self, request: Request) -> Response:
         """Every feature flag's value for a user, with why (``TARGETING_MATCH``, ``SPLIT`` or
         ``DEFAULT``, and the rule), and the user's segments; logs no decision. With the user's
         shard unavailable, the flags from the request's context alone, marked ``stale``."""
-        self._require(request.headers.get("authorization"), "frontend")
+        caller = self._require(request.headers.get("authorization"), FOR_USER)
         view = self.live.view
         body: DecideBody = decode(view.decide_decoder, await request.body())
-        key = self.pseudonymizer.key(body.user_id)
+        self._verify(caller, body.user_id, body.user_hash)
+        key = await self._user_key(body.user_id)
         client = self._shards or (await self._client())[1]
         try:
             reply = await shards.flags(client, key, body.context)
@@ -252,7 +309,7 @@ class Ingress(DecisionService, CatalogRoutes):
 
     @app.post(
         "/v1/tutorials/select",
-        openapi_extra=operation(answer=TutorialAnswer, body=TutorialBody, errors=(404,), role="frontend"),
+        openapi_extra=operation(answer=TutorialAnswer, body=TutorialBody, errors=(404,), access=FOR_USER),
     )
     async def select_tutorial(self, request: Request) -> Response:
         """Which variant of the tutorial for a step (or a feature) this user should see."""
@@ -263,12 +320,13 @@ class Ingress(DecisionService, CatalogRoutes):
         self, authorization: str | None, raw_body: bytes, view: CatalogView | None = None
     ) -> tuple[int, bytes]:
         """``/v1/tutorials/select`` from the raw header and body to the status and JSON body."""
-        self._require(authorization, "frontend")
+        caller = self._require(authorization, FOR_USER)
         view = view or self.live.view
         body: TutorialBody = decode(view.tutorial_decoder, raw_body)
         if (body.step is None) == (body.feature is None):
             raise ApiError(400, "invalid_request", "give exactly one of 'step' or 'feature'")
-        key = self.pseudonymizer.key(body.user_id)
+        self._verify(caller, body.user_id, body.user_hash)
+        key = await self._user_key(body.user_id)
         client = self._shards or (await self._client())[1]
         try:
             reply = await shards.select_tutorial(client, key, body)
@@ -298,18 +356,34 @@ class Ingress(DecisionService, CatalogRoutes):
         pseudonymized) with their reason. Answers 200 once JetStream stored the events."""
         if call not in SEGMENT_CALLS:
             raise ApiError(404, "not_found", f"no Segment call {call[:40]!r}")
-        self._require(bearer_from_basic(request.headers.get("authorization")), "frontend")
+        caller = self._require(bearer_from_basic(request.headers.get("authorization")), PRODUCT)
         raw = await request.body()
         nc, _ = await self._client()
         mapper = self.live.view.segment_mapper
-        await self._segment.ingest(nc.jetstream(), mapper, call, raw, request.headers.get("content-encoding"))
+        verify = caller.role == "frontend" and self.identity.mode != "off"
+        await self._segment.ingest(
+            nc.jetstream(),
+            mapper,
+            call,
+            raw,
+            request.headers.get("content-encoding"),
+            check=self._verify_segment_call if verify else None,
+        )
         return JSONResponse({"success": True})
+
+    def _verify_segment_call(self, message: dict[str, Any]) -> None:
+        try:
+            verify_segment_call(self.identity, message)
+        except BatchRefused as exc:
+            raise ApiError(400, "invalid_request", str(exc)) from None
+        except IdentityRefused as refused:
+            raise self._refused(refused) from None
 
     # ------------------------------------------------------------------ events and reads
 
     @app.post(
         "/v1/events",
-        openapi_extra=operation(answer=EventsAccepted, body=EventsBody, errors=(503,), role="frontend"),
+        openapi_extra=operation(answer=EventsAccepted, body=EventsBody, errors=(503,), access=FOR_USER),
     )
     async def events(self, request: Request) -> Response:
         """Ingest a batch of events; answers once JetStream has stored all of them.
@@ -324,16 +398,20 @@ class Ingress(DecisionService, CatalogRoutes):
         self, authorization: str | None, raw_body: bytes, view: CatalogView | None = None
     ) -> tuple[int, bytes]:
         """``/v1/events`` from the raw header and body to the status and JSON body."""
-        self._require(authorization, "frontend")
+        caller = self._require(authorization, FOR_USER)
         body: EventsBody = decode(self._events_decoder, raw_body)
+        batch_user = self._verify_batch(caller, body)
         schema = (view or self.live.view).schema
         nc, _ = await self._client()
         publisher = EventPublisher(nc.jetstream(), self.pseudonymizer, schema)
+        linked = await self._linked_keys(body.events)
         prepared, problems = [], []
         for i, event in enumerate(body.events):
             try:
                 # Strict: the document's event model, no lax conversions ("ts": "1", true as 1).
-                prepared.append(publisher.prepare(event, strict=True))
+                user_id = event.get("user_id")
+                user_key = linked.get(user_id) if isinstance(user_id, str) else None
+                prepared.append(publisher.prepare(event, user_key=user_key, strict=True))
             except InvalidEvent as exc:
                 problems.append({"index": i, "reason": exc.reason, "problem": exc.detail})
         if problems:
@@ -342,6 +420,10 @@ class Ingress(DecisionService, CatalogRoutes):
                 message += f"; {unknown_type_message(schema.event_types)}"
             raise ApiError(400, "invalid_events", message, problems)
         try:
+            if body.anonymous_id is not None and batch_user is not None:
+                aliases = await self._segment.aliases(nc.jetstream())
+                key_of = self.pseudonymizer.key
+                await aliases.link(key_of(body.anonymous_id), key_of(batch_user))
             acks = await publish_prepared(nc.jetstream(), prepared, retry_for=5.0)
         except Exception as exc:
             raise ApiError(
@@ -354,10 +436,33 @@ class Ingress(DecisionService, CatalogRoutes):
             EventsAccepted(accepted=len(acks) - duplicates, duplicates=duplicates)
         )
 
+    def _verify_batch(self, caller: Caller, body: EventsBody) -> str | None:
+        """The one user the batch is for, after identity verification
+        (:func:`~headstart.web.identity.batch_user`)."""
+        user_ids = [event.get("user_id") for event in body.events]
+        verified = caller.role == "frontend"
+        try:
+            return batch_user(self.identity, verified, user_ids, body.user_hash, body.anonymous_id)
+        except BatchRefused as exc:
+            raise ApiError(400, "invalid_request", str(exc)) from None
+        except IdentityRefused as refused:
+            raise self._refused(refused) from None
+
+    async def _linked_keys(self, events: list[dict[str, Any]]) -> dict[str, str]:
+        """The user keys of the batch's anonymous ids that are linked to a user (the rest are
+        pseudonymized as they are)."""
+        linked = {}
+        for user_id in {e.get("user_id") for e in events if isinstance(e.get("user_id"), str)}:
+            if isinstance(user_id, str) and self.identity.is_anonymous(user_id):
+                key = await self._user_key(user_id)
+                if key != self.pseudonymizer.key(user_id):
+                    linked[user_id] = key
+        return linked
+
     @app.post(
         "/v1/rewards",
         openapi_extra=operation(
-            ok=202, answer=RewardAccepted, body=RewardBody, errors=(503,), role="frontend"
+            ok=202, answer=RewardAccepted, body=RewardBody, errors=(503,), access=PRODUCT
         ),
     )
     async def rewards(self, request: Request) -> Response:
@@ -369,7 +474,7 @@ class Ingress(DecisionService, CatalogRoutes):
 
     async def rewards_bytes(self, authorization: str | None, raw_body: bytes) -> tuple[int, bytes]:
         """``/v1/rewards`` from the raw header and body to the status and JSON body."""
-        self._require(authorization, "frontend")
+        self._require(authorization, PRODUCT)
         body: RewardBody = decode(self._reward_decoder, raw_body)
         key = user_key_of(body.decision_id)
         if key is None:
@@ -399,15 +504,20 @@ class Ingress(DecisionService, CatalogRoutes):
 
     @app.put(
         "/v1/users/{user_id}/consent",
-        openapi_extra=operation(ok=202, answer=ConsentAccepted, body=ConsentBody, errors=(503,), role="any"),
+        openapi_extra=operation(
+            ok=202, answer=ConsentAccepted, body=ConsentBody, errors=(503,), access=CONSENT
+        ),
     )
     async def put_consent(self, user_id: UserIdPath, request: Request) -> Response:
-        """Record consent per purpose (frontend or admin key). It travels as a
-        ``consent_updated`` event in the user's partition, so it applies in stream order and
-        takes effect on the next event and the next decision; answered once JetStream stored it."""
-        role = self._require(request.headers.get("authorization"), None)
+        """Record consent per purpose (any key; a frontend key with the user's ``user_hash`` when
+        identity verification is on). It travels as a ``consent_updated`` event in the user's
+        partition, so it applies in stream order and takes effect on the next event and the next
+        decision; answered once JetStream stored it."""
+        caller = self._require(request.headers.get("authorization"), CONSENT)
         body: ConsentBody = decode(self._consent_decoder, await request.body())
-        props = {k: v for k, v in msgspec.structs.asdict(body).items() if v is not None}
+        self._verify(caller, user_id, body.user_hash)
+        purposes = {"analytics": body.analytics, "personalization": body.personalization}
+        props: dict[str, Any] = {p: given for p, given in purposes.items() if given is not None}
         if not props:
             raise ApiError(400, "invalid_body", "give 'analytics', 'personalization' or both")
         nc, _ = await self._client()
@@ -419,10 +529,10 @@ class Ingress(DecisionService, CatalogRoutes):
             "ts": time.time(),
             "props": props,
         }
+        key = await self._user_key(user_id)
         try:
-            await publish_prepared(nc.jetstream(), [publisher.prepare(event)], retry_for=5.0)
-            key = self.pseudonymizer.key(user_id)
-            await audit(nc.jetstream(), "consent", who=role, user_key=key, **props)
+            await publish_prepared(nc.jetstream(), [publisher.prepare(event, user_key=key)], retry_for=5.0)
+            await audit(nc.jetstream(), "consent", who=caller.who, user_key=key, **props)
         except Exception as exc:
             raise ApiError(
                 503, "unavailable", f"the event stream did not store it: {type(exc).__name__}"
@@ -432,12 +542,12 @@ class Ingress(DecisionService, CatalogRoutes):
 
     @app.get(
         "/v1/users/{user_id}/export",
-        openapi_extra=operation(answer=ANY_OBJECT, errors=(400, 503), role="admin"),
+        openapi_extra=operation(answer=ANY_OBJECT, errors=(400, 503), access=ADMIN),
     )
     async def export_user(self, user_id: UserIdPath, request: Request) -> JSONResponse:
         """Everything held on the user (data access request, admin key): live profile with
         segments and consent, and the decisions and rewards still retained; audited."""
-        who = self._require(request.headers.get("authorization"), "admin")
+        who = self._require(request.headers.get("authorization"), ADMIN).who
         nc, client = await self._client()
         try:
             report = await export_user(
@@ -448,13 +558,13 @@ class Ingress(DecisionService, CatalogRoutes):
         return JSONResponse(report)
 
     @app.delete(
-        "/v1/users/{user_id}", openapi_extra=operation(answer=ANY_OBJECT, errors=(400, 503), role="admin")
+        "/v1/users/{user_id}", openapi_extra=operation(answer=ANY_OBJECT, errors=(400, 503), access=ADMIN)
     )
     async def delete_user(self, user_id: UserIdPath, request: Request) -> JSONResponse:
         """Erase the user everywhere (admin key): live state, snapshots, the events stream and
         the decisions and rewards logs; audited without the raw id. Idempotent; an erasure
         interrupted by a crash is finished when an ingress starts."""
-        who = self._require(request.headers.get("authorization"), "admin")
+        who = self._require(request.headers.get("authorization"), ADMIN).who
         nc, client = await self._client()
         eraser = Eraser(nc.jetstream(), client, self.config.partitions)
         try:
@@ -464,11 +574,11 @@ class Ingress(DecisionService, CatalogRoutes):
         return JSONResponse({"erased": True, **report})
 
     @app.get(
-        "/v1/users/{user_id}", openapi_extra=operation(answer=ANY_OBJECT, errors=(404, 503), role="admin")
+        "/v1/users/{user_id}", openapi_extra=operation(answer=ANY_OBJECT, errors=(404, 503), access=ADMIN)
     )
     async def get_user(self, user_id: str, request: Request) -> Response:
         """The live profile Headstart holds for a user (support and debugging; audited)."""
-        who = self._require(request.headers.get("authorization"), "admin")
+        who = self._require(request.headers.get("authorization"), ADMIN).who
         key = self.pseudonymizer.key(user_id)
         nc, client = await self._client()
         try:
@@ -483,20 +593,20 @@ class Ingress(DecisionService, CatalogRoutes):
 
     # ------------------------------------------------------------------ admin reports
 
-    @app.get("/v1/segments", openapi_extra=operation(answer=ANY_OBJECT, role="admin"))
+    @app.get("/v1/segments", openapi_extra=operation(answer=ANY_OBJECT, access=ADMIN))
     async def segments(self, request: Request) -> Response:
         """Every segment: built-in ones and the catalog's rule segments (with their rule), with
         their live size, share of users and mean engagement, counted by the shards now."""
-        self._require(request.headers.get("authorization"), "admin")
+        self._require(request.headers.get("authorization"), ADMIN)
         nc, client = await self._client()
         return JSONResponse(await admin.segments(nc.jetstream(), client, self.live.view.catalog))
 
     @app.get(
-        "/v1/segments/{segment_id}", openapi_extra=operation(answer=ANY_OBJECT, errors=(404,), role="admin")
+        "/v1/segments/{segment_id}", openapi_extra=operation(answer=ANY_OBJECT, errors=(404,), access=ADMIN)
     )
     async def segment(self, segment_id: str, request: Request) -> Response:
         """One segment (see ``GET /v1/segments``)."""
-        self._require(request.headers.get("authorization"), "admin")
+        self._require(request.headers.get("authorization"), ADMIN)
         nc, client = await self._client()
         report = await admin.segments(nc.jetstream(), client, self.live.view.catalog)
         found = next((s for s in report["segments"] if s["id"] == segment_id), None)
@@ -506,7 +616,7 @@ class Ingress(DecisionService, CatalogRoutes):
 
     @app.get(
         "/v1/experiments/{experiment_id}/report",
-        openapi_extra=operation(answer=ANY_OBJECT, errors=(404,), role="admin"),
+        openapi_extra=operation(answer=ANY_OBJECT, errors=(404,), access=ADMIN),
     )
     async def experiment(self, experiment_id: str, request: Request) -> Response:
         """An experiment's results: per arm the users exposed, conversions, rate, lift with its
@@ -514,7 +624,7 @@ class Ingress(DecisionService, CatalogRoutes):
         sample-ratio check, guardrails, the primary metric over time, a verdict, and the stored
         catalog versions that declared it (``catalog_versions``: the versions it ran under). An
         experiment removed from the catalog is reported as the last version declaring it had it."""
-        self._require(request.headers.get("authorization"), "admin")
+        self._require(request.headers.get("authorization"), ADMIN)
         _, client = await self._client()
         exp = self.live.view.decider.experiments.by_id.get(experiment_id)
         versions: list[int] | None = None
@@ -531,12 +641,12 @@ class Ingress(DecisionService, CatalogRoutes):
             report["catalog_versions"] = versions
         return JSONResponse(report)
 
-    @app.get("/v1/admin/policies", openapi_extra=operation(answer=ANY_OBJECT, errors=(503,), role="admin"))
+    @app.get("/v1/admin/policies", openapi_extra=operation(answer=ANY_OBJECT, errors=(503,), access=ADMIN))
     async def policies(self, request: Request) -> Response:
         """What the served policy learned, per decision point and arm: decisions credited
         (weighted), their share, and the reward rate; from one shard (they all serve the same
         merged statistics, up to the last merge)."""
-        self._require(request.headers.get("authorization"), "admin")
+        self._require(request.headers.get("authorization"), ADMIN)
         _, client = await self._client()
         points = await admin.learned(client)
         if points is None:
@@ -545,12 +655,12 @@ class Ingress(DecisionService, CatalogRoutes):
 
     @app.post(
         "/v1/admin/scale",
-        openapi_extra=operation(answer=ANY_OBJECT, body=ScaleBody, errors=(503,), role="admin"),
+        openapi_extra=operation(answer=ANY_OBJECT, body=ScaleBody, errors=(503,), access=ADMIN),
     )
     async def scale(self, request: Request) -> Response:
         """Move partitions to ``shards`` shards, live (what `headstart scale` does); answers with
         the moves and their pauses once done."""
-        who = self._require(request.headers.get("authorization"), "admin")
+        who = self._require(request.headers.get("authorization"), ADMIN).who
         body: ScaleBody = decode(self._scale_decoder, await request.body())
         shards = int(body.shards)
         nc, _ = await self._client()
@@ -567,13 +677,13 @@ class Ingress(DecisionService, CatalogRoutes):
         response_class=PlainTextResponse,
         openapi_extra=operation(
             answer={"type": "string", "description": "Prometheus text format"},
-            role="admin",
+            access=ADMIN,
             media_type="text/plain",
         ),
     )
     async def metrics_endpoint(self, request: Request) -> Response:
         """Prometheus text format (admin key; Prometheus sends it as a bearer token)."""
-        self._require(request.headers.get("authorization"), "admin")
+        self._require(request.headers.get("authorization"), ADMIN)
         nc, client = await self._client()
         text = await admin.scrape(nc.jetstream(), client, self.metrics)
         return Response(text, media_type=CONTENT_TYPE_LATEST)
@@ -581,10 +691,12 @@ class Ingress(DecisionService, CatalogRoutes):
     @app.get("/openapi.json", include_in_schema=False)
     async def openapi_route(self, request: Request) -> JSONResponse:
         """The OpenAPI schema, for any key."""
-        self._require(request.headers.get("authorization"), None)
+        self._require(request.headers.get("authorization"), ANY_KEY)
         view = self.live.view
         if self._openapi is None or self._openapi[0] is not view:
-            self._openapi = (view, openapi_document(min(256, self.config.partitions), view.schema))
+            shards = min(256, self.config.partitions)
+            document = openapi_document(shards, view.schema, self.identity.anonymous_prefix)
+            self._openapi = (view, document)
         return JSONResponse(self._openapi[1])
 
     # ------------------------------------------------------------------ pages and health
@@ -603,11 +715,11 @@ class Ingress(DecisionService, CatalogRoutes):
             headers={"Cache-Control": "max-age=300"},
         )
 
-    @app.get("/v1/ruleset", openapi_extra=operation(answer=ANY_OBJECT, role="frontend"))
+    @app.get("/v1/ruleset", openapi_extra=operation(answer=ANY_OBJECT, access=PRODUCT))
     async def ruleset(self, request: Request) -> Response:
         """Flags, tutorial targeting and welcome messages by segment, signed (ECDSA P-256): what
         a page evaluates itself from a user's last known segments when Headstart is slow."""
-        self._require(request.headers.get("authorization"), "frontend")
+        self._require(request.headers.get("authorization"), PRODUCT)
         ruleset = self.live.view.ruleset
         return Response(ruleset, media_type="application/json", headers={"Cache-Control": "max-age=60"})
 

@@ -19,7 +19,8 @@ actors.ingress.errors.ApiError: the request body is not valid
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, Union
+import re
+from typing import Annotated, Any, Union
 
 import msgspec
 from msgspec import Meta
@@ -29,6 +30,8 @@ from engine.decision import DecisionAnswer, TutorialAnswer
 from engine.events import EVENT_CLASSES
 from engine.schema import BUILTIN_SCHEMA, EventSchema
 from headstart.adapters.catalog_store import VersionInfo
+from headstart.web.auth import ROLES, Access
+from headstart.web.identity import DEFAULT_ANONYMOUS_PREFIX
 
 #: Events accepted in one ``/v1/events`` call.
 MAX_EVENTS_PER_BATCH = 1000
@@ -315,7 +318,8 @@ def _ref(struct: type[msgspec.Struct]) -> dict[str, Any]:
 ERRORS = {
     400: "the request is not valid (body, path or parameters)",
     401: "missing or unknown API key",
-    403: "the key's role may not call this endpoint",
+    403: "the key's role may not call this endpoint, or (identity verification) the request names a user "
+    "without that user's valid user_hash",
     404: "not found",
     412: "the version named in If-Match is no longer the latest",
     413: "the body is over 1 MiB",
@@ -325,7 +329,6 @@ ERRORS = {
     429: "the key is over its rate limit (see Retry-After)",
     503: "the event stream or a shard is unavailable",
 }
-Role = Literal["frontend", "admin", "any", "basic"]
 
 
 def operation(
@@ -334,14 +337,17 @@ def operation(
     answer: type[msgspec.Struct] | dict[str, Any] | None = None,
     body: type[msgspec.Struct] | None = None,
     errors: tuple[int, ...] = (),
-    role: Role | None = None,
+    access: Access | None = None,
+    basic: bool = False,
     media_type: str = "application/json",
 ) -> dict[str, Any]:
     """The ``openapi_extra`` of a route: its body, every status it answers with its schema, and
-    the key it needs. A route with a key also answers 401, 403 (except ``any``) and 429."""
+    the keys it takes (``x-roles``). A route with a key also answers 401 and 429, and 403 unless
+    every role may call it and it names no user (``basic``: the key may come as HTTP Basic)."""
     answered = set(errors)
-    if role is not None:
-        answered |= {401, 429} | ({403} if role != "any" else set())
+    if access is not None:
+        refuses = access.names_user or len(access.roles) < len(ROLES)
+        answered |= {401, 429} | ({403} if refuses else set())
     if body is not None:
         answered |= {400, 413}
     schema = _ref(answer) if isinstance(answer, type) else (answer or {})
@@ -355,15 +361,31 @@ def operation(
     extra: dict[str, Any] = {"responses": responses}
     if body is not None:
         extra["requestBody"] = {"required": True, "content": _json(_ref(body))}
-    if role is not None:
-        extra["security"] = [{"basic": []}, {"bearer": []}] if role == "basic" else [{"bearer": []}]
+    if access is not None:
+        extra["security"] = [{"basic": []}, {"bearer": []}] if basic else [{"bearer": []}]
+        extra["x-roles"] = [role for role in ROLES if role in access.roles]
     return extra
 
 
 SECURITY_SCHEMES = {
     "bearer": {"type": "http", "scheme": "bearer", "description": "an API key: Bearer <key>"},
-    "basic": {"type": "http", "scheme": "basic", "description": "a frontend key as the user (Segment)"},
+    "basic": {
+        "type": "http",
+        "scheme": "basic",
+        "description": "a frontend or server key as the user (Segment's write key)",
+    },
 }
+
+
+def anonymous_pattern(prefix: str) -> str:
+    """The JSON Schema pattern of ids with the anonymous ``prefix``.
+
+    >>> import re
+    >>> pattern = anonymous_pattern("anon-")
+    >>> bool(re.match(pattern, "anon-7f3a")), bool(re.match(pattern, "ann"))
+    (True, False)
+    """
+    return "^" + re.escape(prefix)
 
 
 def finish_document(
@@ -371,7 +393,9 @@ def finish_document(
 ) -> dict[str, Any]:
     """FastAPI's document with the bodies' components (events: ``schema``'s) and security
     schemes, and without its own 422 answers and validation schemas (the server answers 400,
-    documented per route)."""
+    documented per route). ``anonymous_id`` must start with the anonymous prefix: said by a
+    pattern here (:func:`anonymous_pattern`), not in the body's type, which is the same for every
+    configuration."""
     for operations in document.get("paths", {}).values():
         for op in operations.values():
             responses = op.get("responses", {})
@@ -385,6 +409,8 @@ def finish_document(
     }
     schemas.update(components(schema))
     schemas["ScaleBody"]["properties"]["shards"]["maximum"] = max_shards
+    anonymous_id = schemas["EventsBody"]["properties"]["anonymous_id"]
+    anonymous_id["pattern"] = anonymous_pattern(DEFAULT_ANONYMOUS_PREFIX)
     document["components"] = {**document.get("components", {}), "schemas": schemas}
     document["components"]["securitySchemes"] = SECURITY_SCHEMES
     return document

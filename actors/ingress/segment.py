@@ -6,6 +6,7 @@ dead-lettered. The route (auth, the call's name) stays with the other routes.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 from nats.js import JetStreamContext
@@ -46,10 +47,18 @@ class SegmentIngest:
         self._aliases: AliasStore | None = None
 
     async def ingest(
-        self, js: JetStreamContext, mapper: SegmentMapper, call: str, raw: bytes, content_encoding: str | None
+        self,
+        js: JetStreamContext,
+        mapper: SegmentMapper,
+        call: str,
+        raw: bytes,
+        content_encoding: str | None,
+        check: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
         """Map, publish and count the calls of one request; returns once JetStream stored them.
-        Raises :class:`ApiError` (400 not a Segment call, 503 not stored)."""
+        ``check`` sees every call first and refuses the request by raising (identity
+        verification: nothing of a refused request is linked or stored). Raises
+        :class:`ApiError` (400 not a Segment call, 503 not stored)."""
         try:
             body = decode_body(raw, content_encoding)
             messages = messages_of(call, json.loads(body))
@@ -59,7 +68,11 @@ class SegmentIngest:
             raise ApiError(
                 400, "invalid_request", f"{len(messages)} calls: at most {MAX_SEGMENT_CALLS} per batch"
             )
-        aliases = await self._alias_store(js)
+        if check is not None:
+            for message in messages:
+                if isinstance(message, dict):
+                    check(message)
+        aliases = await self.aliases(js)
         publisher = EventPublisher(js, self.pseudonymizer, mapper.schema)
         prepared, dead, counted = [], [], []
         key_of = self.pseudonymizer.key
@@ -97,7 +110,9 @@ class SegmentIngest:
         for kind, outcome in counted:
             self.metrics.segment_calls.labels(kind, outcome).inc()
 
-    async def _alias_store(self, js: Any) -> AliasStore:
+    async def aliases(self, js: Any) -> AliasStore:
+        """The alias store (anonymous id -> user), opened on first use; shared with the native
+        API's links (``anonymous_id`` in an events batch) and anonymous ids' resolution."""
         if self._aliases is None:
             ttl = self.retention_days * 86400
             config = KeyValueConfig(bucket=ALIASES_BUCKET, history=1, ttl=ttl, storage=StorageType.FILE)

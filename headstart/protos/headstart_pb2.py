@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n headstart/protos/headstart.proto\x12\x0cheadstart.v1\"\xd4\x01\n\x07\x43ontext\x12\x13\n\x0b\x64\x65vice_type\x18\x01 \x01(\t\x12\n\n\x02os\x18\x02 \x01(\t\x12\x0e\n\x06locale\x18\x03 \x01(\t\x12\x0f\n\x07\x63ountry\x18\x04 \x01(\t\x12\x10\n\x08referrer\x18\x05 \x01(\t\x12\x13\n\x0b\x61pp_version\x18\x06 \x01(\t\x12\x31\n\x06\x63ustom\x18\x07 \x03(\x0b\x32!.headstart.v1.Context.CustomEntry\x1a-\n\x0b\x43ustomEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"H\n\rDecideRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12&\n\x07\x63ontext\x18\x02 \x01(\x0b\x32\x15.headstart.v1.Context\"/\n\x04Step\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\r\n\x05title\x18\x03 \x01(\t\"?\n\x0eTutorialChoice\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07variant\x18\x02 \x01(\t\x12\x10\n\x08\x65ligible\x18\x03 \x03(\t\"\xbc\x04\n\x0b\x44\x65\x63ideReply\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x01 \x01(\t\x12 \n\x04step\x18\x02 \x01(\x0b\x32\x12.headstart.v1.Step\x12.\n\x08tutorial\x18\x03 \x01(\x0b\x32\x1c.headstart.v1.TutorialChoice\x12\x0f\n\x07message\x18\x04 \x01(\t\x12\x14\n\x0cstep_message\x18\x05 \x01(\t\x12\x33\n\x05\x66lags\x18\x06 \x03(\x0b\x32$.headstart.v1.DecideReply.FlagsEntry\x12\x10\n\x08segments\x18\x07 \x03(\t\x12?\n\x0b\x65xperiments\x18\x08 \x03(\x0b\x32*.headstart.v1.DecideReply.ExperimentsEntry\x12\x17\n\x0f\x63ompleted_steps\x18\t \x03(\t\x12\x14\n\x0cpersonalized\x18\n \x01(\x08\x12\x0f\n\x07\x65xplain\x18\x0b \x03(\t\x12#\n\x16\x61\x63tivation_probability\x18\x0c \x01(\x01H\x00\x88\x01\x01\x12\x1c\n\x14recommended_features\x18\r \x03(\t\x12\x17\n\x0f\x63\x61talog_version\x18\x0e \x01(\x03\x1a,\n\nFlagsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x08:\x02\x38\x01\x1a\x32\n\x10\x45xperimentsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x19\n\x17_activation_probability\"o\n\x15SelectTutorialRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12&\n\x07\x63ontext\x18\x02 \x01(\x0b\x32\x15.headstart.v1.Context\x12\x0c\n\x04step\x18\x03 \x01(\t\x12\x0f\n\x07\x66\x65\x61ture\x18\x04 \x01(\t\"\x9b\x01\n\x13SelectTutorialReply\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x01 \x01(\t\x12\x10\n\x08tutorial\x18\x02 \x01(\t\x12\x0f\n\x07variant\x18\x03 \x01(\t\x12\x10\n\x08\x65ligible\x18\x04 \x03(\t\x12\x10\n\x08segments\x18\x05 \x03(\t\x12\x0f\n\x07\x65xplain\x18\x06 \x03(\t\x12\x17\n\x0f\x63\x61talog_version\x18\x07 \x01(\x03\"\xc9\x01\n\x05\x45vent\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x0c\n\x04type\x18\x03 \x01(\t\x12\n\n\x02ts\x18\x04 \x01(\x01\x12-\n\x05props\x18\x05 \x03(\x0b\x32\x1e.headstart.v1.Event.PropsEntry\x12&\n\x07\x63ontext\x18\x06 \x01(\x0b\x32\x15.headstart.v1.Context\x1a,\n\nPropsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"8\n\x11SendEventsRequest\x12#\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x13.headstart.v1.Event\"7\n\x0fSendEventsReply\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x05\x12\x12\n\nduplicates\x18\x02 \x01(\x05\"4\n\rRewardRequest\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x01 \x01(\t\x12\x0e\n\x06reward\x18\x02 \x01(\x01\"/\n\x0bRewardReply\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x0e\n\x06\x64\x65tail\x18\x02 \x01(\t2\xbd\x02\n\x0f\x44\x65\x63isionService\x12@\n\x06\x44\x65\x63ide\x12\x1b.headstart.v1.DecideRequest\x1a\x19.headstart.v1.DecideReply\x12X\n\x0eSelectTutorial\x12#.headstart.v1.SelectTutorialRequest\x1a!.headstart.v1.SelectTutorialReply\x12L\n\nSendEvents\x12\x1f.headstart.v1.SendEventsRequest\x1a\x1d.headstart.v1.SendEventsReply\x12@\n\x06Reward\x12\x1b.headstart.v1.RewardRequest\x1a\x19.headstart.v1.RewardReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n headstart/protos/headstart.proto\x12\x0cheadstart.v1\"\xd4\x01\n\x07\x43ontext\x12\x13\n\x0b\x64\x65vice_type\x18\x01 \x01(\t\x12\n\n\x02os\x18\x02 \x01(\t\x12\x0e\n\x06locale\x18\x03 \x01(\t\x12\x0f\n\x07\x63ountry\x18\x04 \x01(\t\x12\x10\n\x08referrer\x18\x05 \x01(\t\x12\x13\n\x0b\x61pp_version\x18\x06 \x01(\t\x12\x31\n\x06\x63ustom\x18\x07 \x03(\x0b\x32!.headstart.v1.Context.CustomEntry\x1a-\n\x0b\x43ustomEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"[\n\rDecideRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12&\n\x07\x63ontext\x18\x02 \x01(\x0b\x32\x15.headstart.v1.Context\x12\x11\n\tuser_hash\x18\x03 \x01(\t\"/\n\x04Step\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\r\n\x05title\x18\x03 \x01(\t\"?\n\x0eTutorialChoice\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07variant\x18\x02 \x01(\t\x12\x10\n\x08\x65ligible\x18\x03 \x03(\t\"\xbc\x04\n\x0b\x44\x65\x63ideReply\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x01 \x01(\t\x12 \n\x04step\x18\x02 \x01(\x0b\x32\x12.headstart.v1.Step\x12.\n\x08tutorial\x18\x03 \x01(\x0b\x32\x1c.headstart.v1.TutorialChoice\x12\x0f\n\x07message\x18\x04 \x01(\t\x12\x14\n\x0cstep_message\x18\x05 \x01(\t\x12\x33\n\x05\x66lags\x18\x06 \x03(\x0b\x32$.headstart.v1.DecideReply.FlagsEntry\x12\x10\n\x08segments\x18\x07 \x03(\t\x12?\n\x0b\x65xperiments\x18\x08 \x03(\x0b\x32*.headstart.v1.DecideReply.ExperimentsEntry\x12\x17\n\x0f\x63ompleted_steps\x18\t \x03(\t\x12\x14\n\x0cpersonalized\x18\n \x01(\x08\x12\x0f\n\x07\x65xplain\x18\x0b \x03(\t\x12#\n\x16\x61\x63tivation_probability\x18\x0c \x01(\x01H\x00\x88\x01\x01\x12\x1c\n\x14recommended_features\x18\r \x03(\t\x12\x17\n\x0f\x63\x61talog_version\x18\x0e \x01(\x03\x1a,\n\nFlagsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x08:\x02\x38\x01\x1a\x32\n\x10\x45xperimentsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x19\n\x17_activation_probability\"\x82\x01\n\x15SelectTutorialRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12&\n\x07\x63ontext\x18\x02 \x01(\x0b\x32\x15.headstart.v1.Context\x12\x0c\n\x04step\x18\x03 \x01(\t\x12\x0f\n\x07\x66\x65\x61ture\x18\x04 \x01(\t\x12\x11\n\tuser_hash\x18\x05 \x01(\t\"\x9b\x01\n\x13SelectTutorialReply\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x01 \x01(\t\x12\x10\n\x08tutorial\x18\x02 \x01(\t\x12\x0f\n\x07variant\x18\x03 \x01(\t\x12\x10\n\x08\x65ligible\x18\x04 \x03(\t\x12\x10\n\x08segments\x18\x05 \x03(\t\x12\x0f\n\x07\x65xplain\x18\x06 \x03(\t\x12\x17\n\x0f\x63\x61talog_version\x18\x07 \x01(\x03\"\xc9\x01\n\x05\x45vent\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x0c\n\x04type\x18\x03 \x01(\t\x12\n\n\x02ts\x18\x04 \x01(\x01\x12-\n\x05props\x18\x05 \x03(\x0b\x32\x1e.headstart.v1.Event.PropsEntry\x12&\n\x07\x63ontext\x18\x06 \x01(\x0b\x32\x15.headstart.v1.Context\x1a,\n\nPropsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"a\n\x11SendEventsRequest\x12#\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x13.headstart.v1.Event\x12\x11\n\tuser_hash\x18\x02 \x01(\t\x12\x14\n\x0c\x61nonymous_id\x18\x03 \x01(\t\"7\n\x0fSendEventsReply\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x05\x12\x12\n\nduplicates\x18\x02 \x01(\x05\"4\n\rRewardRequest\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x01 \x01(\t\x12\x0e\n\x06reward\x18\x02 \x01(\x01\"/\n\x0bRewardReply\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x0e\n\x06\x64\x65tail\x18\x02 \x01(\t2\xbd\x02\n\x0f\x44\x65\x63isionService\x12@\n\x06\x44\x65\x63ide\x12\x1b.headstart.v1.DecideRequest\x1a\x19.headstart.v1.DecideReply\x12X\n\x0eSelectTutorial\x12#.headstart.v1.SelectTutorialRequest\x1a!.headstart.v1.SelectTutorialReply\x12L\n\nSendEvents\x12\x1f.headstart.v1.SendEventsRequest\x1a\x1d.headstart.v1.SendEventsReply\x12@\n\x06Reward\x12\x1b.headstart.v1.RewardRequest\x1a\x19.headstart.v1.RewardReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -44,33 +44,33 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CONTEXT_CUSTOMENTRY']._serialized_start=218
   _globals['_CONTEXT_CUSTOMENTRY']._serialized_end=263
   _globals['_DECIDEREQUEST']._serialized_start=265
-  _globals['_DECIDEREQUEST']._serialized_end=337
-  _globals['_STEP']._serialized_start=339
-  _globals['_STEP']._serialized_end=386
-  _globals['_TUTORIALCHOICE']._serialized_start=388
-  _globals['_TUTORIALCHOICE']._serialized_end=451
-  _globals['_DECIDEREPLY']._serialized_start=454
-  _globals['_DECIDEREPLY']._serialized_end=1026
-  _globals['_DECIDEREPLY_FLAGSENTRY']._serialized_start=903
-  _globals['_DECIDEREPLY_FLAGSENTRY']._serialized_end=947
-  _globals['_DECIDEREPLY_EXPERIMENTSENTRY']._serialized_start=949
-  _globals['_DECIDEREPLY_EXPERIMENTSENTRY']._serialized_end=999
-  _globals['_SELECTTUTORIALREQUEST']._serialized_start=1028
-  _globals['_SELECTTUTORIALREQUEST']._serialized_end=1139
-  _globals['_SELECTTUTORIALREPLY']._serialized_start=1142
-  _globals['_SELECTTUTORIALREPLY']._serialized_end=1297
-  _globals['_EVENT']._serialized_start=1300
-  _globals['_EVENT']._serialized_end=1501
-  _globals['_EVENT_PROPSENTRY']._serialized_start=1457
-  _globals['_EVENT_PROPSENTRY']._serialized_end=1501
-  _globals['_SENDEVENTSREQUEST']._serialized_start=1503
-  _globals['_SENDEVENTSREQUEST']._serialized_end=1559
-  _globals['_SENDEVENTSREPLY']._serialized_start=1561
-  _globals['_SENDEVENTSREPLY']._serialized_end=1616
-  _globals['_REWARDREQUEST']._serialized_start=1618
-  _globals['_REWARDREQUEST']._serialized_end=1670
-  _globals['_REWARDREPLY']._serialized_start=1672
-  _globals['_REWARDREPLY']._serialized_end=1719
-  _globals['_DECISIONSERVICE']._serialized_start=1722
-  _globals['_DECISIONSERVICE']._serialized_end=2039
+  _globals['_DECIDEREQUEST']._serialized_end=356
+  _globals['_STEP']._serialized_start=358
+  _globals['_STEP']._serialized_end=405
+  _globals['_TUTORIALCHOICE']._serialized_start=407
+  _globals['_TUTORIALCHOICE']._serialized_end=470
+  _globals['_DECIDEREPLY']._serialized_start=473
+  _globals['_DECIDEREPLY']._serialized_end=1045
+  _globals['_DECIDEREPLY_FLAGSENTRY']._serialized_start=922
+  _globals['_DECIDEREPLY_FLAGSENTRY']._serialized_end=966
+  _globals['_DECIDEREPLY_EXPERIMENTSENTRY']._serialized_start=968
+  _globals['_DECIDEREPLY_EXPERIMENTSENTRY']._serialized_end=1018
+  _globals['_SELECTTUTORIALREQUEST']._serialized_start=1048
+  _globals['_SELECTTUTORIALREQUEST']._serialized_end=1178
+  _globals['_SELECTTUTORIALREPLY']._serialized_start=1181
+  _globals['_SELECTTUTORIALREPLY']._serialized_end=1336
+  _globals['_EVENT']._serialized_start=1339
+  _globals['_EVENT']._serialized_end=1540
+  _globals['_EVENT_PROPSENTRY']._serialized_start=1496
+  _globals['_EVENT_PROPSENTRY']._serialized_end=1540
+  _globals['_SENDEVENTSREQUEST']._serialized_start=1542
+  _globals['_SENDEVENTSREQUEST']._serialized_end=1639
+  _globals['_SENDEVENTSREPLY']._serialized_start=1641
+  _globals['_SENDEVENTSREPLY']._serialized_end=1696
+  _globals['_REWARDREQUEST']._serialized_start=1698
+  _globals['_REWARDREQUEST']._serialized_end=1750
+  _globals['_REWARDREPLY']._serialized_start=1752
+  _globals['_REWARDREPLY']._serialized_end=1799
+  _globals['_DECISIONSERVICE']._serialized_start=1802
+  _globals['_DECISIONSERVICE']._serialized_end=2119
 # @@protoc_insertion_point(module_scope)

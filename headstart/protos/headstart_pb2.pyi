@@ -32,12 +32,14 @@ class Context(_message.Message):
     def __init__(self, device_type: _Optional[str] = ..., os: _Optional[str] = ..., locale: _Optional[str] = ..., country: _Optional[str] = ..., referrer: _Optional[str] = ..., app_version: _Optional[str] = ..., custom: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class DecideRequest(_message.Message):
-    __slots__ = ("user_id", "context")
+    __slots__ = ("user_id", "context", "user_hash")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    USER_HASH_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     context: Context
-    def __init__(self, user_id: _Optional[str] = ..., context: _Optional[_Union[Context, _Mapping]] = ...) -> None: ...
+    user_hash: str
+    def __init__(self, user_id: _Optional[str] = ..., context: _Optional[_Union[Context, _Mapping]] = ..., user_hash: _Optional[str] = ...) -> None: ...
 
 class Step(_message.Message):
     __slots__ = ("id", "kind", "title")
@@ -106,16 +108,18 @@ class DecideReply(_message.Message):
     def __init__(self, decision_id: _Optional[str] = ..., step: _Optional[_Union[Step, _Mapping]] = ..., tutorial: _Optional[_Union[TutorialChoice, _Mapping]] = ..., message: _Optional[str] = ..., step_message: _Optional[str] = ..., flags: _Optional[_Mapping[str, bool]] = ..., segments: _Optional[_Iterable[str]] = ..., experiments: _Optional[_Mapping[str, str]] = ..., completed_steps: _Optional[_Iterable[str]] = ..., personalized: _Optional[bool] = ..., explain: _Optional[_Iterable[str]] = ..., activation_probability: _Optional[float] = ..., recommended_features: _Optional[_Iterable[str]] = ..., catalog_version: _Optional[int] = ...) -> None: ...
 
 class SelectTutorialRequest(_message.Message):
-    __slots__ = ("user_id", "context", "step", "feature")
+    __slots__ = ("user_id", "context", "step", "feature", "user_hash")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     CONTEXT_FIELD_NUMBER: _ClassVar[int]
     STEP_FIELD_NUMBER: _ClassVar[int]
     FEATURE_FIELD_NUMBER: _ClassVar[int]
+    USER_HASH_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     context: Context
     step: str
     feature: str
-    def __init__(self, user_id: _Optional[str] = ..., context: _Optional[_Union[Context, _Mapping]] = ..., step: _Optional[str] = ..., feature: _Optional[str] = ...) -> None: ...
+    user_hash: str
+    def __init__(self, user_id: _Optional[str] = ..., context: _Optional[_Union[Context, _Mapping]] = ..., step: _Optional[str] = ..., feature: _Optional[str] = ..., user_hash: _Optional[str] = ...) -> None: ...
 
 class SelectTutorialReply(_message.Message):
     __slots__ = ("decision_id", "tutorial", "variant", "eligible", "segments", "explain", "catalog_version")
@@ -159,10 +163,14 @@ class Event(_message.Message):
     def __init__(self, event_id: _Optional[str] = ..., user_id: _Optional[str] = ..., type: _Optional[str] = ..., ts: _Optional[float] = ..., props: _Optional[_Mapping[str, str]] = ..., context: _Optional[_Union[Context, _Mapping]] = ...) -> None: ...
 
 class SendEventsRequest(_message.Message):
-    __slots__ = ("events",)
+    __slots__ = ("events", "user_hash", "anonymous_id")
     EVENTS_FIELD_NUMBER: _ClassVar[int]
+    USER_HASH_FIELD_NUMBER: _ClassVar[int]
+    ANONYMOUS_ID_FIELD_NUMBER: _ClassVar[int]
     events: _containers.RepeatedCompositeFieldContainer[Event]
-    def __init__(self, events: _Optional[_Iterable[_Union[Event, _Mapping]]] = ...) -> None: ...
+    user_hash: str
+    anonymous_id: str
+    def __init__(self, events: _Optional[_Iterable[_Union[Event, _Mapping]]] = ..., user_hash: _Optional[str] = ..., anonymous_id: _Optional[str] = ...) -> None: ...
 
 class SendEventsReply(_message.Message):
     __slots__ = ("accepted", "duplicates")

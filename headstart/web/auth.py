@@ -17,6 +17,7 @@ import hashlib
 import hmac
 import math
 import time
+from typing import NamedTuple
 
 from limits import RateLimitItem, parse
 from limits.storage import MemoryStorage
@@ -26,6 +27,53 @@ from limits.strategies import FixedWindowRateLimiter
 #: (events, consent and decisions for any user); ``admin``: operators (profiles, export, erasure,
 #: catalog, reports).
 ROLES = ("frontend", "server", "admin")
+
+
+class Access(NamedTuple):
+    """Who may call a route: the roles whose keys it accepts, and whether it names a user that a
+    frontend key must prove (``user_hash``, when identity verification is on).
+
+    Every route of the HTTP API declares one of the constants below; a test walks the routes and
+    checks each role against each one, so a new route cannot forget its check.
+
+    >>> FOR_USER.allows("server"), FOR_USER.allows("admin"), ADMIN.allows("frontend")
+    (True, False, False)
+    """
+
+    roles: frozenset[str]
+    names_user: bool = False
+
+    def allows(self, role: str) -> bool:
+        return role in self.roles
+
+    def describe(self) -> str:
+        return " or ".join(role for role in ROLES if role in self.roles)
+
+
+#: A user's own requests: decisions, tutorial selection, flags, events. Product pages (frontend
+#: key, with the user's hash when verification is on) and product backends (server key).
+FOR_USER = Access(frozenset({"frontend", "server"}), names_user=True)
+#: Consent: also recorded by operators (admin key) for a data subject's request.
+CONSENT = Access(frozenset(ROLES), names_user=True)
+#: Product traffic that names no user by its id: rewards (by decision id), the signed ruleset,
+#: the Segment-compatible write API (which checks the users its calls name itself).
+PRODUCT = Access(frozenset({"frontend", "server"}))
+#: Operators: profiles, export, erasure, the catalog, reports, scaling, metrics.
+ADMIN = Access(frozenset({"admin"}))
+#: Any valid key (the API's schema).
+ANY_KEY = Access(frozenset(ROLES))
+
+
+class Caller(NamedTuple):
+    """Who called: the key's role and the hash of the key (what its requests are counted by)."""
+
+    role: str
+    key_hash: str
+
+    @property
+    def who(self) -> str:
+        """``<role>:<key id>``: how audit records name the caller (never the key)."""
+        return f"{self.role}:{self.key_hash[:KEY_ID_CHARS]}"
 
 
 def hash_key(key: str) -> str:

@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from typing import Literal
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
 
 from engine.errors import ConfigError
 
@@ -42,11 +43,12 @@ def user_hash(secret: bytes, user_id: str) -> str:
 
 
 class IdentityRefused(Exception):
-    """A request that names a user it may not act for; the message says what is missing."""
+    """A request that names a user it may not act for; the message says what is missing, the
+    code names the case (``user_hash_required``, ``user_hash_mismatch``, ``link_needs_user_hash``)."""
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
-        self.message = message
+        self.code, self.message = code, message
 
 
 _MISSING = (
@@ -101,10 +103,10 @@ class IdentityVerifier:
             return
         if presented is None:
             if self.mode == "required":
-                raise IdentityRefused(_MISSING)
+                raise IdentityRefused("user_hash_required", _MISSING)
             return
         if not self.matches(user_id, presented):
-            raise IdentityRefused(_WRONG)
+            raise IdentityRefused("user_hash_mismatch", _WRONG)
 
     def verify_link(self, user_id: str, presented: str | None) -> None:
         """Linking an anonymous id to ``user_id`` (a frontend-key request) needs the user's valid
@@ -113,4 +115,84 @@ class IdentityVerifier:
         if self.mode == "off":
             return
         if self.is_anonymous(user_id) or presented is None or not self.matches(user_id, presented):
-            raise IdentityRefused(_LINK)
+            raise IdentityRefused("link_needs_user_hash", _LINK)
+
+
+class BatchRefused(ValueError):
+    """An events batch whose shape cannot be served (a caller's mistake: 400, not 403)."""
+
+
+def batch_user(
+    verifier: IdentityVerifier,
+    verified: bool,
+    user_ids: Sequence[object],
+    presented: str | None,
+    anonymous_id: str | None,
+) -> str | None:
+    """The one user an events batch is for (None: several, or ids the validation refuses),
+    checked: an ``anonymous_id`` links one identified user (:class:`BatchRefused` otherwise);
+    with ``verified`` (a frontend key), a batch is one user's, signed by ``presented`` per the
+    mode, and a link needs the user's hash in every mode but off (:class:`IdentityRefused`).
+
+    >>> v = IdentityVerifier("optional", b"an identity secret of enough length")
+    >>> batch_user(v, True, ["anon-1", "anon-2"], None, None) is None  # optional, no hash
+    True
+    >>> try:
+    ...     batch_user(v, True, ["alice"], None, "anon-1")  # a link without the hash
+    ... except IdentityRefused as refused:
+    ...     print(refused.code)
+    link_needs_user_hash
+    """
+    named = {user_id for user_id in user_ids if isinstance(user_id, str)}
+    valid = len(named) == 1 and all(isinstance(user_id, str) for user_id in user_ids)
+    user = next(iter(named)) if valid else None
+    if anonymous_id is not None:
+        if not verifier.is_anonymous(anonymous_id):
+            prefix = verifier.anonymous_prefix
+            raise BatchRefused(f"anonymous_id must start with the anonymous prefix {prefix!r}")
+        if user is None or verifier.is_anonymous(user):
+            raise BatchRefused(
+                "anonymous_id links one identified user: every event of the batch names that user's user_id"
+            )
+    if not verified or verifier.mode == "off":
+        return user
+    if anonymous_id is None and presented is None and verifier.mode == "optional":
+        return user
+    if len(named) > 1:
+        raise IdentityRefused(
+            "one_user_per_batch",
+            f"with a frontend key and identity verification on, a batch holds one user's events "
+            f"({len(named)} users here): send one batch per user, each with its user_hash",
+        )
+    if user is not None:  # else the validation refuses the batch: user_id must be a string
+        if anonymous_id is not None:
+            verifier.verify_link(user, presented)
+        else:
+            verifier.verify(user, presented)
+    return user
+
+
+def verify_segment_call(verifier: IdentityVerifier, message: Mapping[str, Any]) -> None:
+    """Identity verification for a Segment call sent with a frontend key: a call naming a
+    ``userId`` carries that user's hash as ``integrations.Headstart.user_hash`` (where Segment's
+    Intercom destination takes Intercom's), and a call that links an anonymous id to the user
+    (identify or track with both ids, alias) needs it in every mode but off.
+
+    >>> v = IdentityVerifier("required", b"an identity secret of enough length")
+    >>> signed = user_hash(b"an identity secret of enough length", "alice")
+    >>> call = {"type": "identify", "userId": "alice", "anonymousId": "a1b2"}
+    >>> verify_segment_call(v, {**call, "integrations": {"Headstart": {"user_hash": signed}}})
+    >>> verify_segment_call(v, {"type": "track", "anonymousId": "a1b2"})  # anonymous only
+    """
+    user_id = message.get("userId")
+    if user_id is None or user_id == "":
+        return
+    integrations = message.get("integrations")
+    ours = integrations.get("Headstart") if isinstance(integrations, Mapping) else None
+    presented = ours.get("user_hash") if isinstance(ours, Mapping) else None
+    if presented is not None and not isinstance(presented, str):
+        raise BatchRefused("integrations.Headstart.user_hash must be a string")
+    if message.get("type") == "alias" or message.get("anonymousId") not in (None, ""):
+        verifier.verify_link(str(user_id), presented)
+    else:
+        verifier.verify(str(user_id), presented)

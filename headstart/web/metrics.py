@@ -39,6 +39,12 @@ class IngressMetrics:
         self.rewards = Counter(
             "hs_http_rewards", "Explicit rewards accepted over HTTP", ["result"], registry=self.registry
         )
+        self.identity_refused = Counter(
+            "hs_identity_refused",
+            "Frontend-key requests refused by identity verification, by why (user_hash_required, ...)",
+            ["reason"],
+            registry=self.registry,
+        )
         self.segment_calls = Counter(
             "hs_segment_api_calls",
             "Calls to the Segment-compatible API, by call type and outcome (stored, duplicate, "
