@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from actors.ingress.middleware import SEGMENT_PREFIX
 from engine.catalog import Catalog
@@ -15,7 +15,8 @@ class IngressConfig(BaseModel):
 
     nats_url: str
     partitions: int
-    secret: bytes
+    #: Not in the config's repr: a config that is logged or shown in an error names no secret.
+    secret: bytes = Field(repr=False)
     key_hashes: dict[str, list[str]]
     catalog: Catalog
     #: The stored version ``catalog`` is (live: the replica serves the store's latest version and
@@ -33,7 +34,7 @@ class IngressConfig(BaseModel):
     cors_origins: tuple[str, ...] = ()
     #: Whether frontend-key requests naming a user carry its ``user_hash`` (HMAC under the secret).
     identity_verification: VerificationMode = "off"
-    identity_secret: bytes = b""
+    identity_secret: bytes = Field(b"", repr=False)
     anonymous_prefix: str = DEFAULT_ANONYMOUS_PREFIX
     #: How long aliases (anonymous id -> user) are kept: as long as the events.
     events_retention_days: float = 30.0
