@@ -16,7 +16,11 @@ class IngressConfig(BaseModel):
     nats_url: str
     partitions: int
     secret: bytes
+    #: The keys accepted until the replica reads the key store (hashes by role): the store's
+    #: at start (see actors/ingress/live_keys.py).
     key_hashes: dict[str, list[str]]
+    #: When keys in a rotation's grace period stop working (by hash; Unix seconds).
+    key_expiries: dict[str, float] = {}
     catalog: Catalog
     #: The stored version ``catalog`` is (live: the replica serves the store's latest version and
     #: follows it); 0: a catalog handed over directly, served until a version is stored through

@@ -36,6 +36,7 @@ from actors.ingress.config import IngressConfig
 from actors.ingress.errors import ApiError, shard_reply
 from actors.ingress.grpc_service import DecisionService
 from actors.ingress.live_catalog import CatalogView, LiveCatalog
+from actors.ingress.live_keys import LiveKeys
 from actors.ingress.middleware import HotPath
 from actors.ingress.schemas import (
     ConsentAccepted,
@@ -65,7 +66,7 @@ from headstart.adapters.streams import EventPublisher, publish_prepared
 from headstart.adapters.topology import record_subjects
 from headstart.privacy.access import export_user
 from headstart.privacy.erasure import Eraser
-from headstart.web.auth import Authenticator, RateLimits, bearer_from_basic
+from headstart.web.auth import RateLimits, bearer_from_basic
 from headstart.web.metrics import IngressMetrics
 from headstart.web.ruleset import public_jwk
 from headstart.web.segment_api import CALL_TYPES as SEGMENT_CALL_TYPES
@@ -127,7 +128,7 @@ class Ingress(DecisionService, CatalogRoutes):
         # Requests allocate many short-lived objects; collecting generation 0 every 700
         # allocations (CPython's default) spent a measurable share of the replica's loop.
         gc.set_threshold(GC_GEN0_THRESHOLD, 10, 10)
-        self.auth = Authenticator(config.key_hashes)
+        self.keys = LiveKeys(config.key_hashes, config.stream_replicas, config.key_expiries)
         self.rate_limits = RateLimits(config.rate_limits)
         self.pseudonymizer = Pseudonymizer(config.secret)
         # Everything derived from the catalog, as one view swapped whole when a new version is
@@ -155,10 +156,11 @@ class Ingress(DecisionService, CatalogRoutes):
     def _require(self, authorization: str | None, role: Role | None) -> str:
         """Who calls, for the audit log (``<role>:<key id>``, the key id a prefix of its hash), if
         the role is ``role`` (None: any) and the key is within its rate limit."""
-        identity = self.auth.identify(authorization)
+        identity = self.keys.authenticator.identify(authorization)
         if identity is None:
             raise ApiError(401, "unauthorized", "missing or unknown API key (Authorization: Bearer <key>)")
         granted, key_id = identity
+        self.keys.used(key_id)
         if role is not None and granted != role:
             raise ApiError(403, "forbidden", f"this endpoint needs the {role} role")
         wait = self.rate_limits.wait(granted, key_id)
@@ -185,6 +187,7 @@ class Ingress(DecisionService, CatalogRoutes):
                     # Live: the store's latest version served before the first request that
                     # waited for this connection, and followed from here on.
                     await self.live.connected(self.nc.jetstream())
+                    await self.keys.connected(self.nc.jetstream())
                     self._shards = ShardClient(self.nc, self.config.partitions)
                     self._shards.start_owner_refresh()
                     # Erasures a crash interrupted are finished in the background.
