@@ -178,7 +178,10 @@ class KeySet(msgspec.Struct, frozen=True, kw_only=True):
                 changes.append(KeyChange(action="add", record=added))
                 continue
             if known.role != role:
-                raise KeyRefused(f"keys.json: the {role} key is already known as a {known.role} key")
+                raise KeyRefused(
+                    f"keys.json: its {role} key is known with the role {known.role}: "
+                    "give each role its own key"
+                )
         for index, record in enumerate(records):
             marked = keys_file.get(record.role) == record.hash
             if record.in_keys_file != marked:

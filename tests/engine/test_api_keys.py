@@ -73,6 +73,11 @@ def test_revoke_refuses_the_files_key_unknown_short_and_ambiguous_ids() -> None:
     assert revoked.revoked("abcdef1", who="cli:y", now=4.0) == (revoked, [])
 
 
+def test_seeding_refuses_a_known_key_under_another_role() -> None:
+    with pytest.raises(KeyRefused, match="its admin key is known with the role frontend"):
+        seeded().seeded({**FILE, "admin": hash_key("f1")}, who="keys.json", now=1.0)
+
+
 def test_create_refuses_an_unknown_role() -> None:
     with pytest.raises(KeyRefused, match="unknown role 'owner': one of frontend, server, admin"):
         seeded().created("owner", hash_key("o"), who="cli:x", now=1.0)
