@@ -59,6 +59,7 @@ def start_app(
     grpc_port: int | None = None,
     catalog_version: int = 0,
     identity_secret: bytes = b"",
+    key_expiries: dict[str, float] | None = None,
 ) -> str:
     """Deploy the ingress and return its base URL. With ``grpc_port``, the gRPC decision
     service (``headstart/protos/headstart.proto``) is served there too, on the same host.
@@ -66,7 +67,9 @@ def start_app(
     ``catalog_version``: the stored version ``catalog`` is; every replica then serves the
     store's latest version and switches to each newer one (0: serve ``catalog`` as given, for
     tests that hand one over directly). ``identity_secret``: what user hashes are HMACs under
-    (needed unless ``settings.identity_verification`` is off)."""
+    (needed unless ``settings.identity_verification`` is off). ``key_hashes`` (and
+    ``key_expiries``: when keys in a rotation's grace period stop): the keys accepted until a
+    replica reads the key store (:mod:`actors.ingress.live_keys`)."""
     from ray import serve
     from ray.serve.config import gRPCOptions
 
@@ -81,6 +84,7 @@ def start_app(
         partitions=settings.partitions,
         secret=secret,
         key_hashes=key_hashes,
+        key_expiries=key_expiries or {},
         catalog=catalog,
         catalog_version=catalog_version,
         stream_replicas=settings.stream_replicas,

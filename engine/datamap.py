@@ -262,7 +262,8 @@ def datamap(
         ),
         (
             "audit records",
-            "erasures, exports, consent changes, rescales: who, what, when, pseudonymized key",
+            "erasures, exports, consent changes, rescales, catalog versions, API key changes: who, "
+            "what, when, pseudonymized key (API keys by id, never the key)",
             f"HS_AUDIT ({retention.audit_days:g} days)",
             "legal record",
         ),

@@ -19,11 +19,13 @@ from rich.table import Table
 
 from engine.errors import ConfigError, HeadstartError
 from headstart.cli_catalog import catalog_app, served_version, stored_versions
+from headstart.cli_keys import keys_app
 from headstart.runtime.home import DataHome
 from headstart.settings import Settings
 
 app = typer.Typer(help="Headstart: real-time personalization of user onboarding.", no_args_is_help=True)
 app.add_typer(catalog_app, name="catalog")
+app.add_typer(keys_app, name="keys")
 console = Console()
 
 HomeOption = Annotated[

@@ -22,6 +22,8 @@ from headstart.adapters.topology import (
     CATALOG_STREAM,
     CONTROL_BUCKET,
     ERASURE_BUCKET,
+    KEY_USAGE_BUCKET,
+    KEYS_STREAM,
     LEARN_BUCKET,
     SNAPSHOT_BUCKET,
     STREAMS,
@@ -81,6 +83,8 @@ async def reset_streams(url: str, partitions: int = TEST_PARTITIONS) -> None:
     for name in (
         *STREAMS,
         CATALOG_STREAM,
+        KEYS_STREAM,
+        kv_stream(KEY_USAGE_BUCKET),
         kv_stream(ERASURE_BUCKET),
         object_stream(SNAPSHOT_BUCKET),
         kv_stream(CONTROL_BUCKET),

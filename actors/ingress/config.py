@@ -17,7 +17,11 @@ class IngressConfig(BaseModel):
     partitions: int
     #: Not in the config's repr: a config that is logged or shown in an error names no secret.
     secret: bytes = Field(repr=False)
+    #: The keys accepted until the replica reads the key store (hashes by role): the store's
+    #: at start (see actors/ingress/live_keys.py).
     key_hashes: dict[str, list[str]]
+    #: When keys in a rotation's grace period stop working (by hash; Unix seconds).
+    key_expiries: dict[str, float] = {}
     catalog: Catalog
     #: The stored version ``catalog`` is (live: the replica serves the store's latest version and
     #: follows it); 0: a catalog handed over directly, served until a version is stored through

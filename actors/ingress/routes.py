@@ -36,6 +36,7 @@ from actors.ingress.config import IngressConfig
 from actors.ingress.errors import ApiError, shard_reply
 from actors.ingress.grpc_service import DecisionService
 from actors.ingress.live_catalog import CatalogView, LiveCatalog
+from actors.ingress.live_keys import LiveKeys
 from actors.ingress.middleware import HotPath
 from actors.ingress.schemas import (
     ConsentAccepted,
@@ -72,7 +73,6 @@ from headstart.web.auth import (
     FOR_USER,
     PRODUCT,
     Access,
-    Authenticator,
     Caller,
     RateLimits,
     bearer_from_basic,
@@ -92,6 +92,8 @@ from headstart.web.segment_api import AliasStore
 log = logging.getLogger(__name__)
 
 READY_CACHE_S = 1.0
+#: How long a starting replica waits for NATS (the live keys and catalog) before it serves.
+CONNECT_AT_START_S = 10.0
 GC_GEN0_THRESHOLD = 50_000
 
 UserIdPath = Annotated[str, Path(min_length=1, max_length=256, description="the caller's raw user id")]
@@ -141,12 +143,13 @@ def _segment_doc(body: dict[str, Any], errors: tuple[int, ...] = ()) -> dict[str
 )
 @serve.ingress(app)
 class Ingress(DecisionService, CatalogRoutes):
-    def __init__(self, config: IngressConfig) -> None:
+    # Serve awaits an async constructor before the replica takes requests (Ray actors allow it).
+    async def __init__(self, config: IngressConfig) -> None:  # type: ignore[misc]
         self.config = config
         # Requests allocate many short-lived objects; collecting generation 0 every 700
         # allocations (CPython's default) spent a measurable share of the replica's loop.
         gc.set_threshold(GC_GEN0_THRESHOLD, 10, 10)
-        self.auth = Authenticator(config.key_hashes)
+        self.keys = LiveKeys(config.key_hashes, config.stream_replicas, config.key_expiries)
         self.rate_limits = RateLimits(config.rate_limits)
         self.pseudonymizer = Pseudonymizer(config.secret)
         self.identity = IdentityVerifier(
@@ -173,15 +176,21 @@ class Ingress(DecisionService, CatalogRoutes):
         HotPath.segment_prefix = config.segment_prefix
         self._segment = SegmentIngest(self.pseudonymizer, self.metrics, config.events_retention_days)
         self._ruleset_key = msgspec.json.encode(public_jwk(self.live.signer.public_key()))
+        # Connected before the first request, so a replica started after keys were revoked (or
+        # a catalog stored) never serves one request from the keys and catalog it was deployed
+        # with. Bounded: with NATS down the replica still starts, and answers the default flow.
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self._client(), CONNECT_AT_START_S)
 
     def _require(self, authorization: str | None, access: Access) -> Caller:
         """Who calls (``.who`` names them in audit records), if their key's role may call a route
         with ``access`` and the key is within its rate limit."""
-        identity = self.auth.identify(authorization)
+        identity = self.keys.authenticator.identify(authorization)
         if identity is None:
             raise ApiError(401, "unauthorized", "missing or unknown API key (Authorization: Bearer <key>)")
         caller = Caller(*identity)
         granted, key_id = caller
+        self.keys.used(key_id)
         if granted not in access.roles:
             message = f"this endpoint takes a {access.describe()} key, not a {granted} key"
             raise ApiError(403, "forbidden", message)
@@ -240,6 +249,7 @@ class Ingress(DecisionService, CatalogRoutes):
                     # Live: the store's latest version served before the first request that
                     # waited for this connection, and followed from here on.
                     await self.live.connected(self.nc.jetstream())
+                    await self.keys.connected(self.nc.jetstream())
                     self._shards = ShardClient(self.nc, self.config.partitions)
                     self._shards.start_owner_refresh()
                     # Erasures a crash interrupted are finished in the background.

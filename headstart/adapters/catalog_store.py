@@ -21,28 +21,36 @@ Example::
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgspec
-from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.api import DeliverPolicy, DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
-from nats.js.errors import APIError, NotFoundError
+from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
+from nats.js.errors import NotFoundError
 from pydantic import ValidationError
 
 from engine.catalog import Catalog, parse_catalog_document
 from engine.catalog_changes import as_stored, experiment_conflicts, fingerprint, summarize
 from headstart.adapters.audit import audit
 from headstart.adapters.topology import CATALOG_STREAM, CATALOG_SUBJECT
+from headstart.adapters.versioned import SequenceConflict, Watch, append_expecting, watch_latest
+
+__all__ = [
+    "CatalogInvalid",
+    "CatalogStore",
+    "PushResult",
+    "StoredVersion",
+    "VersionConflict",
+    "VersionInfo",
+    "VersionNotFound",
+    "Watch",
+    "catalog_stream_config",
+]
 
 log = logging.getLogger(__name__)
-
-#: JetStream's error code for a publish whose expected last sequence is not the stream's.
-WRONG_LAST_SEQUENCE = 10071
 
 
 class VersionInfo(msgspec.Struct, frozen=True, kw_only=True):
@@ -135,18 +143,6 @@ def catalog_stream_config(replicas: int = 1) -> StreamConfig:
         deny_purge=True,
         num_replicas=replicas,
     )
-
-
-class Watch:
-    """A running watch (:meth:`CatalogStore.watch`); :meth:`stop` ends it."""
-
-    def __init__(self, task: asyncio.Task[None]) -> None:
-        self._task = task
-
-    async def stop(self) -> None:
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await self._task
 
 
 class CatalogStore:
@@ -277,19 +273,16 @@ class CatalogStore:
         )
 
     async def _append(self, stored: StoredVersion, latest: int) -> int:
-        payload = _encoder.encode(stored)
-        headers = {"Nats-Expected-Last-Sequence": str(latest)}
         try:
-            ack = await self.js.publish(CATALOG_SUBJECT, payload, stream=CATALOG_STREAM, headers=headers)
-        except APIError as exc:
-            if exc.err_code != WRONG_LAST_SEQUENCE:
-                raise
+            return await append_expecting(
+                self.js, CATALOG_STREAM, CATALOG_SUBJECT, _encoder.encode(stored), latest
+            )
+        except SequenceConflict:
             now = await self.latest()
             # Our own write, whose ack was lost and which the client sent again: stored once.
             if now is not None and now.version == latest + 1 and now.fingerprint == stored.fingerprint:
                 return now.version
             raise VersionConflict(latest, now.version if now is not None else 0) from None
-        return int(ack.seq)
 
     # ------------------------------------------------------------------ following
 
@@ -306,41 +299,23 @@ class CatalogStore:
         stream every ``poll_s`` seconds catches anything a reconnect lost. A failing callback is
         logged and tried again with the next delivery or poll.
         """
-        state = {"served": after}
-        wake = asyncio.Event()
 
-        async def deliver(msg: Msg) -> None:
-            wake.set()
+        async def serve_latest() -> int:
+            version = await self.latest()
+            assert version is not None
+            await on_version(version)
+            return version.version
 
-        sub = await self.js.subscribe(
+        return await watch_latest(
+            self.js,
+            CATALOG_STREAM,
             CATALOG_SUBJECT,
-            stream=CATALOG_STREAM,
-            cb=deliver,
-            ordered_consumer=True,
-            deliver_policy=DeliverPolicy.NEW,
-            headers_only=True,
+            after,
+            self.latest_number,
+            serve_latest,
+            poll_s=poll_s,
+            what="catalog",
         )
-
-        async def follow() -> None:
-            try:
-                while True:
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(wake.wait(), poll_s)
-                    wake.clear()
-                    try:
-                        # Each version is a whole catalog: only the newest needs serving.
-                        if await self.latest_number() > state["served"]:
-                            version = await self.latest()
-                            assert version is not None
-                            await on_version(version)
-                            state["served"] = version.version
-                    except Exception as exc:  # noqa: BLE001 - the next delivery or poll retries
-                        log.warning("catalog watch: %s", exc)
-            finally:
-                with contextlib.suppress(Exception):
-                    await sub.unsubscribe()
-
-        return Watch(asyncio.get_running_loop().create_task(follow()))
 
 
 def _decode(version: int, data: bytes) -> StoredVersion:

@@ -6,8 +6,10 @@ dead letters, audit and the learning loop's logs, :mod:`.membership` for segment
 import another to be created. The other buckets are opened, and created if missing, by their
 users: ``HS_CONTROL`` (:func:`.assignment.control_bucket`), ``HS_LEARN``
 (:func:`.merge.learn_bucket`), ``HS_SNAPSHOTS`` (:func:`.checkpoints.ensure_snapshot_bucket`),
-``HS_ERASURE`` (:func:`headstart.privacy.erasure.erasure_bucket`) and ``HS_ALIASES`` (the
-ingress, with its TTL).
+``HS_ERASURE`` (:func:`headstart.privacy.erasure.erasure_bucket`), ``HS_ALIASES`` (the
+ingress, with its TTL) and ``HS_KEY_USAGE`` (:class:`.key_store.KeyUsage`); the versioned
+documents' streams likewise: ``HS_CATALOG`` (:meth:`.catalog_store.CatalogStore.open`) and
+``HS_KEYS`` (:meth:`.key_store.KeyStore.open`), both opened by the runtime at start.
 
 Example::
 

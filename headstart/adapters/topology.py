@@ -60,6 +60,10 @@ RECORD_KINDS: Final[dict[str, tuple[str, str]]] = {
 #: (:mod:`headstart.adapters.catalog_store`).
 CATALOG_STREAM: Final = "HS_CATALOG"
 CATALOG_SUBJECT: Final = "hs.catalog.versions"
+#: The API keys an instance accepts: each message the whole key set, the last few hundred kept
+#: (:mod:`headstart.adapters.key_store`).
+KEYS_STREAM: Final = "HS_KEYS"
+KEYS_SUBJECT: Final = "hs.keys.set"
 
 #: Every stream Headstart creates (:func:`headstart.adapters.provision.ensure_streams`).
 STREAMS: Final = (
@@ -84,6 +88,8 @@ STATUS_BUCKET: Final = "HS_STATUS"
 ERASURE_BUCKET: Final = "HS_ERASURE"
 #: The Segment API's anonymous ids and aliases, mapped to users.
 ALIASES_BUCKET: Final = "HS_ALIASES"
+#: When each API key was last used (key: the key's id; value: Unix seconds), kept by the ingress.
+KEY_USAGE_BUCKET: Final = "HS_KEY_USAGE"
 #: Partition snapshots (an object store: ``partition-<p>``).
 SNAPSHOT_BUCKET: Final = "HS_SNAPSHOTS"
 

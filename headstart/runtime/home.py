@@ -15,7 +15,9 @@ import secrets
 from pathlib import Path
 from typing import Any
 
-from headstart.web.auth import ROLES
+from engine.api_keys import ROLES, new_key
+
+__all__ = ["DataHome", "ensure_keys", "new_key", "replace_private"]
 
 
 class DataHome:
@@ -78,11 +80,6 @@ def _write_private(path: Path, text: str) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as handle:
         handle.write(text)
-
-
-def new_key(role: str) -> str:
-    """A fresh API key for ``role``: 256 random bits, its role readable in the prefix."""
-    return f"hs_{role[:2]}_{secrets.token_urlsafe(32)}"
 
 
 def ensure_keys(path: Path) -> dict[str, str]:

@@ -21,6 +21,7 @@ from pydantic import SecretStr
 from engine.errors import HeadstartError
 from headstart.adapters.broker import EmbeddedNats, connect_nats
 from headstart.adapters.catalog_store import CatalogStore, StoredVersion
+from headstart.adapters.key_store import KeySet, KeyStore
 from headstart.adapters.provision import ensure_streams
 from headstart.runtime.catalog import version_at_start, who_from_cli
 from headstart.runtime.home import DataHome
@@ -57,7 +58,7 @@ class Runtime:
         from headstart.runtime.home import ensure_keys
 
         keys = ensure_keys(self.home.keys_file)
-        served = asyncio.run(self._provision())
+        served, accepted = asyncio.run(self._provision(keys))
         catalog = served.catalog()
         # Every component starts from this version and follows the store from there.
         self.catalog_version = served.version
@@ -66,7 +67,6 @@ class Runtime:
 
         from actors.cluster import ShardGroup
         from actors.serving import apply_serve_environment
-        from headstart.web.auth import key_hashes
 
         apply_serve_environment(self.settings.serve_mode)
 
@@ -100,11 +100,11 @@ class Runtime:
         from headstart.adapters.control import ControlServer
 
         self.control = ControlServer(self.nats_url, {"scale": self._scale}, self.settings.nats_auth()).start()
-        self.http_url = self._start_serve(catalog, secret, key_hashes(keys))
+        self.http_url = self._start_serve(catalog, secret, accepted)
         _wait_http_ready(self.http_url)
         return self._record(phase="ready")
 
-    def _start_serve(self, catalog: Any, secret: bytes, hashes: dict[str, list[str]]) -> str:
+    def _start_serve(self, catalog: Any, secret: bytes, accepted: KeySet) -> str:
         """The Serve app, started again once if Serve's HAProxy failed to start: on a loaded
         machine it was seen failing to bind a port nothing of ours held (CI), and a fresh Serve
         then starts. A port really in use fails twice, with HAProxy's message."""
@@ -117,6 +117,9 @@ class Runtime:
 
         identity = self.settings.identity_secret
         configured_identity = identity.get_secret_value() if identity else None
+        # The store's keys as they are now: a replica accepts these until it reads the store
+        # itself (on its first request), so a key revoked before the start is never accepted.
+        hashes, expiries = accepted.hashes(time.time())
 
         def start() -> str:
             return start_app(
@@ -128,6 +131,7 @@ class Runtime:
                 grpc_port=self.grpc_port,
                 catalog_version=self.catalog_version,
                 identity_secret=self.home.identity_secret(configured_identity),
+                key_expiries=expiries,
             )
 
         try:
@@ -148,8 +152,9 @@ class Runtime:
         self._record(phase="ready")
         return report
 
-    async def _provision(self) -> StoredVersion:
-        """The streams, and the catalog version to serve (storing the given file if it is new)."""
+    async def _provision(self, keys: dict[str, str]) -> tuple[StoredVersion, KeySet]:
+        """The streams, the catalog version to serve (storing the given file if it is new), and
+        the keys accepted (every key of ``keys.json`` known to the key store first)."""
         nc = await connect_nats(
             self.nats_url, self.settings.nats_auth(), connect_timeout=5, max_reconnect_attempts=3
         )
@@ -164,11 +169,13 @@ class Runtime:
             served, note = await version_at_start(
                 store, self.settings.catalog, who_from_cli(self.home.keys_file)
             )
+            key_store = await KeyStore.open(nc.jetstream(), self.settings.stream_replicas)
+            accepted = await key_store.seed(keys)
         finally:
             await nc.close()
         # `up` prints it from the state file, detached or not.
         self.catalog_note = note
-        return served
+        return served, accepted
 
     def _record(self, phase: str) -> dict[str, Any]:
         me = psutil.Process()

@@ -1,5 +1,6 @@
 """API keys with roles. ``headstart up`` writes the operator's plaintext copy once into
-``<home>/keys.json`` (mode 0600, never regenerated); the server is given only their hashes.
+``<home>/keys.json`` (mode 0600, never regenerated); the server knows only their hashes, in the
+key store (:mod:`headstart.adapters.key_store`: keys created, revoked and rotated live).
 
 >>> auth = Authenticator({"frontend": [hash_key("f-key")], "admin": [hash_key("a-key")]})
 >>> auth.role_of("Bearer f-key"), auth.role_of("Bearer a-key")
@@ -13,7 +14,6 @@ Each key has a request rate limit per ingress replica (see :class:`RateLimits`).
 from __future__ import annotations
 
 import base64
-import hashlib
 import hmac
 import math
 import time
@@ -23,10 +23,8 @@ from limits import RateLimitItem, parse
 from limits.storage import MemoryStorage
 from limits.strategies import FixedWindowRateLimiter
 
-#: ``frontend``: a product's pages (its users' own requests); ``server``: a product's backend
-#: (events, consent and decisions for any user); ``admin``: operators (profiles, export, erasure,
-#: catalog, reports).
-ROLES = ("frontend", "server", "admin")
+# What a key is and is named by lives in the engine (the key store below the web layer uses it).
+from engine.api_keys import KEY_ID_CHARS, ROLES, hash_key, key_id
 
 
 class Access(NamedTuple):
@@ -76,25 +74,24 @@ class Caller(NamedTuple):
         return f"{self.role}:{self.key_hash[:KEY_ID_CHARS]}"
 
 
-def hash_key(key: str) -> str:
-    # Keys are 256-bit random tokens, not passwords: a fast hash is enough, since there is
-    # nothing to brute-force, and it keeps the per-request check to a microsecond.
-    return hashlib.sha256(key.encode()).hexdigest()
-
-
-#: Hex digits of a key's hash that name it in audit records and catalog history: enough to tell
-#: a handful of keys apart, far too few to help anyone guess the key.
-KEY_ID_CHARS = 12
-
-
-def key_id(key: str) -> str:
-    """The id that names a key where it is recorded (``admin:<id>``, ``cli:<id>``): a prefix of
-    its hash, as the ingress records the key that called (never the key itself).
-
-    >>> key_id("a-key") == hash_key("a-key")[:KEY_ID_CHARS], len(key_id("a-key"))
-    (True, 12)
-    """
-    return hash_key(key)[:KEY_ID_CHARS]
+__all__ = [
+    "ADMIN",
+    "ANY_KEY",
+    "CONSENT",
+    "FOR_USER",
+    "KEY_ID_CHARS",
+    "PRODUCT",
+    "ROLES",
+    "Access",
+    "Authenticator",
+    "Caller",
+    "RateLimits",
+    "bearer_from_basic",
+    "hash_key",
+    "key_hashes",
+    "key_id",
+    "parse_rate_limit",
+]
 
 
 def key_hashes(keys: dict[str, str]) -> dict[str, list[str]]:
@@ -120,26 +117,45 @@ def bearer_from_basic(authorization: str | None) -> str | None:
 
 
 class Authenticator:
-    """Maps an ``Authorization: Bearer <key>`` header to a role, comparing in constant time."""
+    """Maps an ``Authorization: Bearer <key>`` header to a role, comparing in constant time.
 
-    def __init__(self, hashes: dict[str, list[str]]) -> None:
-        self._hashes = [(role, h.encode()) for role, hs in hashes.items() for h in hs]
+    ``expiries``: when a key (by hash) stops working, checked at each request, so a rotation's
+    grace period ends on time with nothing else changing.
 
-    def role_of(self, authorization: str | None) -> str | None:
-        identity = self.identify(authorization)
+    >>> auth = Authenticator({"frontend": [hash_key("old"), hash_key("new")]}, {hash_key("old"): 100.0})
+    >>> auth.role_of("Bearer old", now=99.0), auth.role_of("Bearer old", now=100.0)
+    ('frontend', None)
+    >>> auth.role_of("Bearer new", now=1e12)
+    'frontend'
+    """
+
+    def __init__(self, hashes: dict[str, list[str]], expiries: dict[str, float] | None = None) -> None:
+        expiries = expiries or {}
+        # Precomputed once per key set: (role, hash as bytes to compare, hash as the id, expiry).
+        self._keys = [(role, h.encode(), h, expiries.get(h)) for role, hs in hashes.items() for h in hs]
+
+    def role_of(self, authorization: str | None, now: float | None = None) -> str | None:
+        identity = self.identify(authorization, now)
         return identity[0] if identity is not None else None
 
-    def identify(self, authorization: str | None) -> tuple[str, str] | None:
-        """The role of the key presented and the key's hash (an id to count its requests by)."""
+    def identify(self, authorization: str | None, now: float | None = None) -> tuple[str, str] | None:
+        """The role of the key presented and the key's hash (an id to count its requests by);
+        None for a missing, unknown or expired key."""
         if not authorization or not authorization.startswith("Bearer "):
             return None
         presented = hash_key(authorization[7:].strip()).encode()
         found = None
-        for candidate, expected in self._hashes:
+        for key in self._keys:
             # Compare against every key, always: timing says nothing about which matched.
-            if hmac.compare_digest(presented, expected):
-                found = (candidate, expected.decode())
-        return found
+            if hmac.compare_digest(presented, key[1]):
+                found = key
+        if found is None:
+            return None
+        role, _, key_hash, expires_at = found
+        # Only a key in a grace period has an expiry: the clock is read for those alone.
+        if expires_at is not None and (time.time() if now is None else now) >= expires_at:
+            return None
+        return role, key_hash
 
 
 def parse_rate_limit(text: str) -> RateLimitItem:

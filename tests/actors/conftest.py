@@ -8,12 +8,14 @@ import time
 from collections.abc import Iterator
 
 import httpx
+import nats
 import pytest
 
 from actors.cluster import ShardGroup
 from actors.serving import start_app, stop_app
 from engine.catalog import Catalog
 from headstart.adapters.broker import free_port
+from headstart.adapters.key_store import KeyStore
 from headstart.settings import Settings
 from headstart.web.auth import key_hashes
 from tests.conftest import TEST_IDENTITY_SECRET, TEST_PARTITIONS, TEST_SECRET, reset_streams
@@ -37,6 +39,16 @@ def group(ray_local: None, fresh_streams: str) -> Iterator[ShardGroup]:
         yield shards
 
 
+async def seeded_keys(nats_url: str, keys: dict[str, str]) -> tuple[dict[str, list[str]], dict[str, float]]:
+    """``keys`` seeded into the key store, and the store's keys as the runtime gives the ingress."""
+    conn = await nats.connect(nats_url)
+    try:
+        accepted = await (await KeyStore.open(conn.jetstream())).seed(keys)
+    finally:
+        await conn.close()
+    return accepted.hashes(time.time())
+
+
 @contextlib.contextmanager
 def serving(
     nats_url: str,
@@ -44,12 +56,16 @@ def serving(
     keys: dict[str, str],
     shard_num_cpus: float = 0.5,
     grpc_port: int | None = None,
+    keys_in_store: bool = False,
     **overrides: object,
 ) -> Iterator[tuple[httpx.Client, ShardGroup]]:
     """Fresh streams, 2 shards and the Serve app with ``keys`` (and settings ``overrides``, e.g.
     ``identity_verification="required"``: user hashes under ``TEST_IDENTITY_SECRET``); an HTTP
-    client once ready."""
+    client once ready. ``keys_in_store``: ``keys`` seeded into the key store and the app given
+    the store's keys, as ``headstart up`` does (else the app is handed ``keys`` and the store
+    stays empty, so they stay the keys accepted)."""
     asyncio.run(reset_streams(nats_url))
+    hashes, expiries = asyncio.run(seeded_keys(nats_url, keys)) if keys_in_store else (key_hashes(keys), {})
     settings = Settings(
         partitions=TEST_PARTITIONS, shards=2, shard_num_cpus=shard_num_cpus, port=free_port(), **overrides
     )
@@ -60,9 +76,10 @@ def serving(
         nats_url,
         catalog,
         TEST_SECRET,
-        key_hashes(keys),
+        hashes,
         grpc_port=grpc_port,
         identity_secret=TEST_IDENTITY_SECRET,
+        key_expiries=expiries,
     )
     client = httpx.Client(base_url=url, timeout=10)
     deadline = time.monotonic() + 60

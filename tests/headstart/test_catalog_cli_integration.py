@@ -1,7 +1,11 @@
 """The live catalog from the command line, against a real instance started by `up --detach`:
 push (with its diff), dry run, diff, show, history, rollback, the running-experiment guard, an
 invalid file refused with check-config's messages, and `up` serving the latest stored version
-after a restart (pushing the file it is given when that differs, and saying so)."""
+after a restart (pushing the file it is given when that differs, and saying so).
+
+The API keys' commands (`headstart keys ...`) are tested here too, on the same instance (one
+instance per module is what the machine affords): list, create, revoke, rotate, each taking
+effect over HTTP within a second, and a restart keeping what they did."""
 
 from __future__ import annotations
 
@@ -201,6 +205,102 @@ def test_rollback_stores_an_old_versions_content_as_a_new_version(instance: tupl
     assert missing.returncode == 1 and "no catalog version 42" in missing.stdout
 
 
+def decide_status(home: Path, key: str) -> int:
+    state = json.loads((home / "run" / "state.json").read_text())
+    return httpx.post(
+        f"{state['http_url']}/v1/decide",
+        json={"user_id": "u-keys"},
+        headers={"Authorization": f"Bearer {key}"},
+        timeout=30,
+    ).status_code
+
+
+def answered_within(home: Path, key: str, status: int, seconds: float = 1.0) -> None:
+    """A decision with ``key`` is answered ``status`` within ``seconds`` (the issue's bar)."""
+    started = time.monotonic()
+    while (answered := decide_status(home, key)) != status:
+        assert time.monotonic() - started < seconds, f"{answered}, not {status}"
+        time.sleep(0.02)
+
+
+#: Keys the keys test left revoked, in a grace period, or expired (for the test after a restart).
+LEFT: dict[str, str] = {}
+
+
+def keys_listed(home: Path) -> dict[str, dict[str, Any]]:
+    return {row["id"]: row for row in json.loads(ok(headstart("keys", "list", "--json", home=home)))}
+
+
+def keys_file(home: Path) -> dict[str, str]:
+    keys: dict[str, str] = json.loads((home / "keys.json").read_text())
+    return keys
+
+
+def test_keys_are_listed_created_revoked_and_rotated_live(instance: tuple[Path, Path]) -> None:
+    home, _ = instance
+    first = keys_file(home)
+    listed = keys_listed(home)
+    assert {(row["role"], row["state"], row["in_keys_file"]) for row in listed.values()} == {
+        (role, "active", True) for role in ("frontend", "server", "admin")
+    }
+    assert set(listed) == {key_id(key) for key in first.values()}
+    # A key's last use: listed within a few seconds (each replica writes them every 3 s).
+    used_at = time.time()
+    assert decide_status(home, first["frontend"]) == 200
+    deadline = time.monotonic() + 15
+    while (keys_listed(home)[key_id(first["frontend"])]["last_used"] or 0) < used_at - 1:
+        assert time.monotonic() < deadline, "the frontend key's use was not listed"
+        time.sleep(1)
+    # Created: printed once, alone on stdout, accepted over HTTP within a second.
+    created = headstart("keys", "create", "--role", "frontend", home=home)
+    extra = ok(created).strip()
+    assert extra.startswith("hs_fr_") and f"created frontend key {key_id(extra)}" in created.stderr
+    answered_within(home, extra, 200)
+    # Revoked by a prefix of its id: refused within a second.
+    revoked = ok(headstart("keys", "revoke", key_id(extra)[:8], home=home))
+    assert f"revoked frontend key {key_id(extra)}" in revoked
+    answered_within(home, extra, 401)
+    # Refused, each with why.
+    for args, why in (
+        (("revoke", key_id(first["admin"])), "rotate it instead"),
+        (("revoke", "abc"), "too short"),
+        (("revoke", "ffffffffffff"), "no key with id"),
+        (("create", "--role", "owner"), "unknown role 'owner'"),
+        (("rotate", "owner"), "unknown role 'owner'"),
+        (("rotate", "frontend", "--grace", "soon"), "not a duration"),
+    ):
+        refused = headstart("keys", *args, home=home)
+        assert refused.returncode == 1 and why in refused.stderr, (args, refused.stderr)
+    # Rotated with a grace: keys.json holds the new key (its other roles unchanged), both work.
+    rotated = headstart("keys", "rotate", "frontend", "--grace", "1h", home=home)
+    new = ok(rotated).strip()
+    assert keys_file(home) == {**first, "frontend": new}
+    assert (home / "keys.json").stat().st_mode & 0o777 == 0o600
+    assert f"the old key {key_id(first['frontend'])} stops working at" in rotated.stderr
+    answered_within(home, new, 200)
+    assert decide_status(home, first["frontend"]) == 200
+    # Rotated without a grace: the old key stops now.
+    ended = headstart("keys", "rotate", "server", "--grace", "0", home=home)
+    assert ok(ended).strip() != first["server"] and "stops working now" in ended.stderr
+    states = {row["id"]: row["state"] for row in keys_listed(home).values()}
+    assert states == {
+        key_id(first["frontend"]): "grace",
+        key_id(first["server"]): "expired",
+        key_id(first["admin"]): "active",
+        key_id(extra): "revoked",
+        key_id(new): "active",
+        key_id(keys_file(home)["server"]): "active",
+    }
+    table = ok(headstart("keys", "list", home=home))
+    assert "grace until" in table and "revoked" in table and "expired" in table and "(keys.json)" in table
+    LEFT.update(revoked=extra, grace=first["frontend"], expired=first["server"])
+
+
+def test_keys_refuse_to_work_without_a_running_instance(tmp_path: Path) -> None:
+    refused = headstart("keys", "list", home=tmp_path)
+    assert refused.returncode == 1 and "not running" in refused.stderr
+
+
 def test_up_pushes_a_different_file_and_a_restart_serves_the_latest(instance: tuple[Path, Path]) -> None:
     home, files = instance
     ok(headstart("down", home=home))
@@ -217,3 +317,18 @@ def test_up_pushes_a_different_file_and_a_restart_serves_the_latest(instance: tu
     assert "Catalog:  version 6 at start" in restarted and "differs" not in restarted
     assert welcome_served(home) == "Hello from D"
     # (`up --catalog` with the latest's content stores nothing: test_runtime_catalog_integration.)
+
+
+def test_a_restart_keeps_the_keys_as_the_commands_left_them(instance: tuple[Path, Path]) -> None:
+    """After the restarts above: what `keys` did survived `up` seeding keys.json again."""
+    home, _ = instance
+    states = {row["id"]: row["state"] for row in keys_listed(home).values()}
+    assert len(states) == 6 and all(states[key_id(key)] == "active" for key in keys_file(home).values())
+    assert [states[key_id(LEFT[state])] for state in ("revoked", "grace", "expired")] == [
+        "revoked",
+        "grace",
+        "expired",
+    ]
+    assert decide_status(home, keys_file(home)["frontend"]) == 200
+    assert decide_status(home, LEFT["grace"]) == 200
+    assert decide_status(home, LEFT["revoked"]) == decide_status(home, LEFT["expired"]) == 401
