@@ -281,7 +281,6 @@ def test_the_browser_refuses_calls_from_an_origin_not_allowed(
     assert refused(http, "preflight") >= preflights + 2
 
 
-@pytest.mark.xfail(strict=True, reason="the routes' identity checks land with the lead's change on main")
 def test_with_required_verification_a_missing_or_another_users_hash_gets_403(
     api: tuple[httpx.Client, ShardGroup], sites: dict[str, str], browser: Any
 ) -> None:
