@@ -7,6 +7,7 @@
 - :mod:`~actors.ingress.catalog_routes`: ``/v1/catalog`` (read, store, history)
 - :mod:`~actors.ingress.schemas`: every request and answer body, once, and the OpenAPI document
 - :mod:`~actors.ingress.middleware`: the ASGI front (body limit, the ``/v1/decide`` fast path)
+- :mod:`~actors.ingress.cors`: CORS, before everything else (allowed origins, preflights)
 - :mod:`~actors.ingress.shards`: every question asked of a shard or of the local decider
 - :mod:`~actors.ingress.admin`: reports gathered from every shard, and the metrics scrape
 - :mod:`~actors.ingress.segment`: the Segment-compatible tracking API's ingestion

@@ -17,6 +17,7 @@ from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
+from actors.ingress.cors import CrossOrigin
 from actors.ingress.errors import ApiError, error_response
 from actors.ingress.middleware import BodyLimit, HotPath
 from actors.ingress.schemas import anonymous_pattern, event_components, finish_document
@@ -36,7 +37,9 @@ app = FastAPI(
     redoc_url=None,
 )
 app.add_middleware(BodyLimit)
-app.add_middleware(HotPath)  # outermost: it answers before BodyLimit and the router
+app.add_middleware(HotPath)  # it answers /v1/decide before BodyLimit and the router
+# Outermost: a preflight is answered before the fast path, and every answer gets its CORS headers.
+app.add_middleware(CrossOrigin)
 
 
 def openapi_document(

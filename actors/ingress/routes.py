@@ -33,6 +33,7 @@ from actors.ingress import admin, shards
 from actors.ingress.application import app, openapi_document
 from actors.ingress.catalog_routes import CatalogRoutes
 from actors.ingress.config import IngressConfig
+from actors.ingress.cors import AllowedOrigins, CrossOrigin
 from actors.ingress.errors import ApiError, shard_reply
 from actors.ingress.grpc_service import DecisionService
 from actors.ingress.live_catalog import CatalogView, LiveCatalog
@@ -174,6 +175,7 @@ class Ingress(DecisionService, CatalogRoutes):
         self._shard_decisions = self.metrics.decisions.labels("shard")
         self._fallback_decisions = self.metrics.decisions.labels("fallback")
         HotPath.segment_prefix = config.segment_prefix
+        CrossOrigin.allowed = AllowedOrigins(config.cors_origins, self.metrics.cors_refused)
         self._segment = SegmentIngest(self.pseudonymizer, self.metrics, config.events_retention_days)
         self._ruleset_key = msgspec.json.encode(public_jwk(self.live.signer.public_key()))
         # Connected before the first request, so a replica started after keys were revoked (or

@@ -1,18 +1,27 @@
 /*
  * Headstart's JavaScript client: no dependencies, for pages and the demo.
  *
- *   const hs = new Headstart({ apiKey: "<frontend key>" });
+ *   const hs = new Headstart({ apiKey: "<frontend key>", baseUrl: "https://headstart.example.com" });
+ *   hs.identify("alice@example.com", userHashFromYourBackend);   // identity verification
  *   const decision = await hs.decide("alice@example.com", { device_type: "mobile" });
  *   hs.track("alice@example.com", "step_completed", { step: decision.step.id });
  *   await hs.loadRuleset();              // signed flags/targeting, for when Headstart is slow
  *   hs.flag("alice@example.com", "new_onboarding");
  *
+ * Identity (docs/identity.md): with identity verification on, every request naming a user
+ * carries its `user_hash`, hex(HMAC-SHA256(identity secret, user id)), which the product's
+ * backend computes and the page passes to `identify(userId, userHash)` (or as `userId` and
+ * `userHash` options). Anonymous visitors need none: `Headstart.anonymousId()` gives the
+ * browser's own id ("anon-" + a random UUID, kept in localStorage); after identify() the next
+ * events batch for the user links that id to the user. Refusals (a missing or wrong hash: 403)
+ * reject with the server's message, as `error.status` and `error.code`.
+ *
  * decide() waits at most `timeoutMs` (800 ms). When Headstart is slow or unreachable it answers
  * from the user's last decision (kept in localStorage) with `offline: true`, its flags worked
- * out again from the signed ruleset and the user's last segments. Events are batched and kept
- * (in localStorage too) until Headstart has stored them. A ruleset is used only if its
- * signature (ECDSA P-256, WebCrypto) matches the pinned key: the one given as `rulesetKey`, or
- * the first one fetched from /v1/ruleset/key.
+ * out again from the signed ruleset and the user's last segments. Events are batched (one batch
+ * per user) and kept (in localStorage too) until Headstart has stored them. A ruleset is used
+ * only if its signature (ECDSA P-256, WebCrypto) matches the pinned key: the one given as
+ * `rulesetKey`, or the first one fetched from /v1/ruleset/key.
  */
 (function (root) {
   "use strict";
@@ -23,6 +32,10 @@
     for (let i = 0; i < 32; i++) out += Math.floor(Math.random() * 16).toString(16);
     return out;
   }
+
+  /** The API takes at most this many events per batch. */
+  const MAX_BATCH = 1000;
+  const ANONYMOUS_ID_KEY = "hs:anonymous-id";
 
   function memoryStorage() {
     const data = {};
@@ -62,6 +75,14 @@
     return flags;
   }
 
+  function defaultStorage() {
+    try {
+      return root.localStorage || memoryStorage();
+    } catch (e) {
+      return memoryStorage(); // storage denied (sandboxed frame, privacy settings)
+    }
+  }
+
   class Headstart {
     constructor(options) {
       const o = options || {};
@@ -71,14 +92,71 @@
       this.batchSize = o.batchSize || 20;
       this.flushMs = o.flushMs || 1000;
       this.rulesetKey = o.rulesetKey || null;
-      try {
-        this.storage = o.storage || root.localStorage || memoryStorage();
-      } catch (e) {
-        this.storage = memoryStorage();
-      }
+      this.storage = o.storage || defaultStorage();
+      this.anonymousPrefix = o.anonymousPrefix || "anon-";
       this.queue = this._load("hs:queue") || [];
+      // The hashes of users whose events wait in the queue (so they can still be sent after a
+      // reload), then of every user identified on this page.
+      this.hashes = this._load("hs:queue-hashes") || {};
+      this.defaultHash = null;
+      this._link = null;
       this.ruleset = this._load("hs:ruleset");
       this._timer = null;
+      if (o.userId) this.identify(o.userId, o.userHash);
+      else if (o.userHash) this.defaultHash = o.userHash; // for every identified user this page names
+    }
+
+    /** The browser's anonymous visitor id: made once ("anon-" + a random UUID), then kept. */
+    static anonymousId(options) {
+      const o = options || {};
+      const storage = o.storage || defaultStorage();
+      let id = storage.getItem(ANONYMOUS_ID_KEY);
+      if (!id) {
+        const uuid = root.crypto && root.crypto.randomUUID ? root.crypto.randomUUID() : randomId();
+        id = (o.prefix || "anon-") + uuid;
+        try { storage.setItem(ANONYMOUS_ID_KEY, id); } catch (e) { /* full or denied: this page only */ }
+      }
+      return id;
+    }
+
+    /** This client's anonymous id (its storage and prefix). */
+    anonymousId() {
+      return Headstart.anonymousId({ storage: this.storage, prefix: this.anonymousPrefix });
+    }
+
+    /**
+     * The user signed in: requests naming `userId` carry `userHash` (from the product's
+     * backend). If this browser had an anonymous id, the next events batch for the user links
+     * it to the user (once per pair).
+     */
+    identify(userId, userHash) {
+      if (userHash) this.hashes[userId] = userHash;
+      const anonymous = this.storage.getItem(ANONYMOUS_ID_KEY);
+      const linked = this._load("hs:linked");
+      if (anonymous && anonymous !== userId && !this._isAnonymous(userId) &&
+          !(linked && linked.anonymous_id === anonymous && linked.user_id === userId)) {
+        this._link = { anonymous_id: anonymous, user_id: userId };
+      }
+    }
+
+    /** The user signed out: forget the hashes, and start a new anonymous id. */
+    reset() {
+      this.hashes = this._waitingHashes(); // events tracked before still go out as the user's
+      this.defaultHash = null;
+      this._link = null;
+      this.storage.removeItem(ANONYMOUS_ID_KEY);
+      this._saveQueue();
+    }
+
+    _isAnonymous(userId) {
+      return String(userId).startsWith(this.anonymousPrefix);
+    }
+
+    /** The body of a request naming `userId`, with its user_hash when one is known. */
+    _signed(userId, body) {
+      const hash = this.hashes[userId] || (this._isAnonymous(userId) ? null : this.defaultHash);
+      if (hash) body.user_hash = hash;
+      return body;
     }
 
     _load(key) {
@@ -117,7 +195,7 @@
       try {
         const decision = await this._fetch("/v1/decide", {
           method: "POST",
-          body: JSON.stringify({ user_id: userId, context: context || {} }),
+          body: JSON.stringify(this._signed(userId, { user_id: userId, context: context || {} })),
         });
         decision.offline = false;
         this._save(cacheKey, decision);
@@ -142,40 +220,102 @@
       return undefined;
     }
 
+    /** Every flag's value for a user, with why (POST /v1/flags); rejects if refused. */
+    async flags(userId, context) {
+      return this._fetch("/v1/flags", {
+        method: "POST",
+        body: JSON.stringify(this._signed(userId, { user_id: userId, context: context || {} })),
+      });
+    }
+
+    /** The tutorial variant for a step (`{ step }`) or a feature (`{ feature }`) this user
+     * should see (POST /v1/tutorials/select); rejects if refused. */
+    async selectTutorial(userId, which, context) {
+      const body = Object.assign({ user_id: userId, context: context || {} }, which);
+      return this._fetch("/v1/tutorials/select", { method: "POST", body: JSON.stringify(this._signed(userId, body)) });
+    }
+
+    /** Record a user's consent per purpose (`{ analytics, personalization }`); rejects if refused. */
+    async consent(userId, purposes) {
+      const body = Object.assign({}, purposes);
+      return this._fetch("/v1/users/" + encodeURIComponent(userId) + "/consent", {
+        method: "PUT",
+        body: JSON.stringify(this._signed(userId, body)),
+      }, 5000);
+    }
+
     /** Queue an event; sent in batches (and kept until Headstart stored them). */
     track(userId, type, props, context) {
       const event = { event_id: randomId(), user_id: userId, type, ts: Date.now() / 1000 };
       if (props) event.props = props;
       if (context) event.context = context;
       this.queue.push(event);
-      this._save("hs:queue", this.queue);
-      if (this.queue.length >= this.batchSize) return this.flush();
-      if (!this._timer) this._timer = setTimeout(() => this.flush(), this.flushMs);
+      this._saveQueue();
+      if (this.queue.length >= this.batchSize) return this.flush().catch((e) => this._warn(e));
+      if (!this._timer) this._timer = setTimeout(() => this.flush().catch((e) => this._warn(e)), this.flushMs);
       return Promise.resolve(0);
     }
 
-    /** Send queued events now; resolves to how many Headstart stored. */
+    /**
+     * Send queued events now, one batch per user (with its user_hash, and the anonymous id to
+     * link after identify()); resolves to how many Headstart stored. A batch Headstart refuses
+     * (invalid events, a missing or wrong user_hash) is dropped, since sending it again cannot
+     * work, and the promise rejects with the first refusal once the other batches were sent.
+     * Unreachable or busy: the rest is kept and sent again later.
+     */
     async flush() {
       clearTimeout(this._timer);
       this._timer = null;
       let stored = 0;
+      let refusal = null;
       while (this.queue.length) {
-        const batch = this.queue.slice(0, 1000);
+        const userId = this.queue[0].user_id;
+        const batch = this.queue.filter((e) => e.user_id === userId).slice(0, MAX_BATCH);
+        const body = this._signed(userId, { events: batch });
+        const link = this._link && this._link.user_id === userId ? this._link : null;
+        if (link) body.anonymous_id = link.anonymous_id;
         try {
-          const answer = await this._fetch("/v1/events", { method: "POST", body: JSON.stringify({ events: batch }) }, 5000);
+          const answer = await this._fetch("/v1/events", { method: "POST", body: JSON.stringify(body) }, 5000);
           stored += answer.accepted;
+          if (link) {
+            this._save("hs:linked", link);
+            if (this._link === link) this._link = null;
+          }
         } catch (error) {
           if (!error.status || error.status >= 500 || error.status === 429) {
-            this._timer = setTimeout(() => this.flush(), Math.min(this.flushMs * 4, 30000));
-            return stored; // kept: sent again later
+            this._timer = setTimeout(() => this.flush().catch((e) => this._warn(e)), Math.min(this.flushMs * 4, 30000));
+            break; // kept: sent again later
           }
-          // Refused as invalid: dropping it is the only way forward (and it says why).
-          if (root.console) root.console.warn("Headstart refused events:", error.message);
+          refusal = refusal || error;
+          this._warn(error);
         }
-        this.queue.splice(0, batch.length);
-        this._save("hs:queue", this.queue);
+        // By id: events tracked meanwhile stay queued, and so do other users'.
+        const sent = new Set(batch.map((e) => e.event_id));
+        this.queue = this.queue.filter((e) => !sent.has(e.event_id));
+        this._saveQueue();
+      }
+      if (refusal) {
+        refusal.stored = stored;
+        throw refusal;
       }
       return stored;
+    }
+
+    _saveQueue() {
+      this._save("hs:queue", this.queue);
+      this._save("hs:queue-hashes", this._waitingHashes());
+    }
+
+    _waitingHashes() {
+      const waiting = {};
+      for (const event of this.queue) {
+        if (this.hashes[event.user_id]) waiting[event.user_id] = this.hashes[event.user_id];
+      }
+      return waiting;
+    }
+
+    _warn(error) {
+      if (root.console) root.console.warn("Headstart refused events:", error.message);
     }
 
     /** Fetch the signed ruleset and keep it if its signature matches the pinned key. */

@@ -52,6 +52,13 @@ class IngressMetrics:
             ["type", "outcome"],
             registry=self.registry,
         )
+        self.cors_refused = Counter(
+            "hs_cors_refused",
+            "Browser requests from origins not in HEADSTART_CORS_ORIGINS (given no CORS headers), "
+            "by kind (preflight, request)",
+            ["kind"],
+            registry=self.registry,
+        )
 
 
 def render(
