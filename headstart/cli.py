@@ -76,6 +76,12 @@ def up(
     settings = _settings(
         home, shards=shards, partitions=partitions, nats_url=nats_url, port=port, catalog=catalog
     )
+    if settings.cors_origins and settings.identity_verification == "off":
+        console.print(
+            "[yellow]warning:[/] CORS origins are set but identity verification is off: anyone who "
+            "reads the frontend key in a page can act for any user id. Set "
+            "HEADSTART_IDENTITY_VERIFICATION=required (docs/identity.md)."
+        )
     from engine.catalog import CatalogError, load_catalog
 
     if settings.catalog is not None:
@@ -85,12 +91,6 @@ def up(
             for error in exc.errors:
                 print(error)
             raise typer.Exit(1) from exc
-    if settings.cors_origins and settings.identity_verification == "off":
-        console.print(
-            "[yellow]warning:[/] CORS origins are set but identity verification is off: anyone who "
-            "reads the frontend key in a page can act for any user id. Set "
-            "HEADSTART_IDENTITY_VERIFICATION=required (docs/identity.md)."
-        )
     data_home = DataHome(settings.home).ensure()
     running = instance_running(data_home)
     if running is not None and running.get("ready"):

@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from engine.catalog import DEFAULT_CATALOG
 from headstart.runtime.home import ensure_keys
 from headstart.web.auth import Authenticator, key_hashes
@@ -75,3 +77,21 @@ def test_keys_are_generated_once_private_and_only_hashes_reach_the_server(tmp_pa
     assert auth.role_of(f"Bearer {keys['admin']}") == "admin"
     assert auth.role_of(f"Bearer {keys['frontend']}") == "frontend"
     assert auth.role_of(f"Basic {keys['admin']}") is None
+
+
+def test_up_warns_when_pages_on_other_origins_may_call_without_identity_verification(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The warning comes before anything starts (here: a catalog that fails its checks)."""
+    from typer.testing import CliRunner
+
+    from headstart.cli import app
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("journey: 3\n")
+    monkeypatch.setenv("HEADSTART_CORS_ORIGINS", "https://app.example.com")
+    warned = CliRunner().invoke(app, ["up", "--home", str(tmp_path / "h"), "--catalog", str(bad)])
+    assert warned.exit_code == 1 and "identity verification is off" in warned.output
+    monkeypatch.setenv("HEADSTART_IDENTITY_VERIFICATION", "required")
+    quiet = CliRunner().invoke(app, ["up", "--home", str(tmp_path / "h"), "--catalog", str(bad)])
+    assert quiet.exit_code == 1 and "identity verification is off" not in quiet.output
