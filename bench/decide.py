@@ -8,6 +8,15 @@ load generator in its own process (``bench/loadgen.py``) drives each at concurre
 
 Freshness: an event is published to JetStream and ``/v1/decide`` is polled for that user; the
 time from the publish call to the first decision that reflects the event is recorded.
+
+Identity verification: last, 64 clients run against the ingress deployed with ``off`` and
+with ``required`` in pairs of neighbouring runs (off/required, required/off, ...), the Serve
+app redeployed (shards and broker stay up) before the first run and at each change of mode, so
+each mode gets as many runs on a fresh replica as the other and both see the same machine. With
+``required`` every request carries its user's ``user_hash``, computed before the run, so the
+client pays nothing for it. A switch counts only once the ingress has one replica and a request
+without a hash is refused (``required``) or answered (``off``); a run with any answer but 200
+makes the benchmark fail, so it cannot time fast 403s.
 """
 
 from __future__ import annotations
@@ -21,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +41,7 @@ from fastapi import FastAPI, Response
 from ray import serve
 
 from actors.ingress import GC_GEN0_THRESHOLD
+from actors.serving import APP_NAME
 from bench.common import embedded_broker, local_ray, write_result
 from bench.loadgen import http_post, pack_requests
 from bench.population import DEVICES, LOCALES, onboarding_events, user_id
@@ -41,14 +52,23 @@ from headstart.adapters.provision import ensure_streams
 from headstart.adapters.streams import EventPublisher, publish_prepared
 from headstart.settings import Settings
 from headstart.web.auth import key_hashes
+from headstart.web.identity import VerificationMode, user_hash
 
 SECRET = b"bench-secret-not-for-production-use"
+IDENTITY_SECRET = b"bench-identity-secret-not-for-production-use"
 KEYS = {"frontend": "bench-frontend-key", "admin": "bench-admin-key"}
 PARTITIONS = 64
 CONCURRENCIES = (1, 16, 64)
 #: Alternating floor/engine runs per concurrency; medians are reported (the machine is noisy:
 #: single 8 s runs of the same code varied by ±15% here).
 REPETITIONS = 3
+#: Where verification ``required`` is compared with ``off`` (the ingress's loop is busiest there).
+IDENTITY_CONCURRENCY = 64
+
+
+class BenchmarkInvalid(RuntimeError):
+    """What was measured is not what the benchmark claims to measure."""
+
 
 noop_app = FastAPI()
 _NOOP_BODY = b'{"decision_id":"0","step":{"id":"welcome"},"flags":{}}'
@@ -88,13 +108,26 @@ def run(quick: bool = False, out_dir: Path | None = None) -> Path:
         group.wait_ready()
         group.wait_caught_up(timeout=300)
         grpc_port = free_port()
-        base = start_app(settings, broker.url, catalog, SECRET, key_hashes(KEYS), grpc_port=grpc_port)
+
+        def deploy(mode: VerificationMode) -> str:
+            return start_app(
+                settings.model_copy(update={"identity_verification": mode}),
+                broker.url,
+                catalog,
+                SECRET,
+                key_hashes(KEYS),
+                grpc_port=grpc_port,
+                identity_secret=IDENTITY_SECRET,
+            )
+
+        base = deploy("off")
         serve.run(NoOp.bind(), name="noop", route_prefix="/noop", blocking=False)  # type: ignore[attr-defined]
         _wait_ready(base)
         engine_file, floor_file = Path(tmp) / "engine.bin", Path(tmp) / "floor.bin"
-        engine_file.write_bytes(
-            _requests(port, "/v1/decide", users, {"Authorization": f"Bearer {KEYS['frontend']}"})
-        )
+        signed_file = Path(tmp) / "signed.bin"
+        frontend = {"Authorization": f"Bearer {KEYS['frontend']}"}
+        engine_file.write_bytes(_requests(port, "/v1/decide", users, frontend))
+        signed_file.write_bytes(_requests(port, "/v1/decide", users, frontend, IDENTITY_SECRET))
         floor_file.write_bytes(_requests(port, "/noop/v1/decide", users, {}))
         engine: dict[str, Any] = {}
         floor: dict[str, Any] = {}
@@ -116,6 +149,9 @@ def run(quick: bool = False, out_dir: Path | None = None) -> Path:
             ]
             grpc_engine[str(concurrency)] = _median_of(grpc_runs)
         freshness = asyncio.run(_freshness(broker.url, base, pseudonymizer, freshness_trials))
+        # Last: it leaves the app in the other mode.
+        files: dict[VerificationMode, Path] = {"off": engine_file, "required": signed_file}
+        identity_runs, switches = _identity(deploy, base, files, reps, duration, tmp)
         serve.shutdown()  # type: ignore[no-untyped-call]
         group.stop()
     top = str(CONCURRENCIES[-1])
@@ -133,6 +169,9 @@ def run(quick: bool = False, out_dir: Path | None = None) -> Path:
         "runs": samples,
         # The same decisions through Serve's gRPC ingress (headstart/protos), same concurrencies.
         "grpc_by_concurrency": grpc_engine,
+        # Verification required over off at 64 clients: the median of the per-pair ratios.
+        **identity_metrics(identity_runs),
+        "identity_switch_s": switches,
     }
     params = {
         "users": users,
@@ -146,6 +185,9 @@ def run(quick: bool = False, out_dir: Path | None = None) -> Path:
         "client": "bench/loadgen.py (raw keep-alive HTTP/1.1 on uvloop, own process)",
         "grpc_client": "grpc.aio, one channel, N concurrent unary calls, in the benchmark's process",
         "client_cpu_share": "load generator CPU seconds / wall seconds (share of one core), worst run",
+        "identity": f"{IDENTITY_CONCURRENCY} clients, {reps} pairs of neighbouring off/required runs "
+        "(ABBA order), the app redeployed first and at each change of mode; required: every request "
+        "with its user_hash",
         "quick": quick,
     }
     return write_result(
@@ -210,17 +252,139 @@ async def _populate(url: str, pseudonymizer: Pseudonymizer, users: int) -> None:
     await nc.close()
 
 
-def _requests(port: int, path: str, users: int, headers: dict[str, str]) -> bytes:
+def _requests(
+    port: int, path: str, users: int, headers: dict[str, str], identity_secret: bytes | None = None
+) -> bytes:
     requests = []
     for i in range(0, users, max(1, users // 5000)):
-        body = json.dumps(
-            {
-                "user_id": user_id(i),
-                "context": {"device_type": DEVICES[i % 3], "locale": LOCALES[i % len(LOCALES)]},
-            }
-        ).encode()
+        body = decide_body(i, identity_secret)
         requests.append(http_post("127.0.0.1", port, path, body, headers))
     return pack_requests(requests)
+
+
+def decide_body(i: int, identity_secret: bytes | None = None) -> bytes:
+    """User ``i``'s decide request; with ``identity_secret``, signed as the product's backend
+    would sign it (``user_hash``), so the load generator only sends bytes.
+
+    >>> decide_body(3)
+    b'{"user_id": "user-3@example.com", "context": {"device_type": "mobile", "locale": "fr-FR"}}'
+    >>> b'"user_hash": "' in decide_body(3, IDENTITY_SECRET)
+    True
+    """
+    body: dict[str, Any] = {
+        "user_id": user_id(i),
+        "context": {"device_type": DEVICES[i % 3], "locale": LOCALES[i % len(LOCALES)]},
+    }
+    if identity_secret is not None:
+        body["user_hash"] = user_hash(identity_secret, body["user_id"])
+    return json.dumps(body).encode()
+
+
+def identity_schedule(pairs: int) -> list[VerificationMode]:
+    """The modes of the identity runs in order: pairs of neighbouring runs, the order reversed
+    from one pair to the next (ABBA), so a slow drift of the machine favours neither mode and a
+    redeploy is needed only where the mode changes.
+
+    >>> identity_schedule(3)
+    ['off', 'required', 'required', 'off', 'off', 'required']
+    """
+    pair: list[VerificationMode] = ["off", "required"]
+    return [mode for k in range(pairs) for mode in (pair if k % 2 == 0 else pair[::-1])]
+
+
+def identity_metrics(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """``identity_required_ratio_64`` (the median of the per-pair rps ratios, required over
+    off; a pair is two neighbouring runs), the ratios, each mode's median run and every run."""
+    pairs = [{r["mode"]: r for r in runs[k : k + 2]} for k in range(0, len(runs), 2)]
+    ratios = [p["required"]["rps"] / p["off"]["rps"] if p["off"]["rps"] else float("nan") for p in pairs]
+    offs = [p["off"] for p in pairs]
+    required = [p["required"] for p in pairs]
+    return {
+        "identity_required_ratio_64": statistics.median(ratios),
+        "identity_required_ratio_64_per_rep": ratios,
+        "identity_by_mode_64": {"off": _median_of(offs), "required": _median_of(required)},
+        "identity_runs": runs,
+    }
+
+
+def check_all_answered(runs: list[dict[str, Any]]) -> None:
+    """Every identity run answered 200 to every request: a refused request (403 for a hash that
+    does not match) is fast, and timing it would flatter ``required``."""
+    refused = [
+        f"{r['mode']} run {n}: {r['statuses']}, {r['errors']} errors"
+        for n, r in enumerate(runs)
+        if r["errors"] or set(r["statuses"]) != {"200"}
+    ]
+    if refused:
+        raise BenchmarkInvalid("identity runs with answers other than 200: " + "; ".join(refused))
+
+
+def _identity(
+    deploy: Callable[[VerificationMode], str],
+    base: str,
+    files: dict[VerificationMode, Path],
+    pairs: int,
+    duration: float,
+    tmp: str,
+) -> tuple[list[dict[str, Any]], list[float]]:
+    """The identity runs in :func:`identity_schedule`'s order, every answer checked; the runs
+    and each redeploy's seconds. A redeploy comes first (the replica that served the runs before
+    has had longer to warm up: this way each mode gets the same number of fresh replicas) and
+    wherever the mode changes."""
+    port = int(base.rsplit(":", 1)[1])
+    runs: list[dict[str, Any]] = []
+    switches: list[float] = []
+    for mode in identity_schedule(pairs):
+        if not runs or runs[-1]["mode"] != mode:
+            switches.append(_switch(deploy, base, mode))
+        runs.append({"mode": mode, **_load(port, files[mode], IDENTITY_CONCURRENCY, duration, tmp)})
+    check_all_answered(runs)
+    return runs, switches
+
+
+def _switch(deploy: Callable[[VerificationMode], str], base: str, mode: VerificationMode) -> float:
+    """Redeploy the app with ``mode`` and wait until only a replica with it answers; seconds."""
+    began = time.perf_counter()
+    deploy(mode)  # returns once the app is RUNNING again
+    _wait_one_replica()
+    _wait_identity_mode(base, mode)
+    return time.perf_counter() - began
+
+
+def _wait_one_replica(timeout: float = 60) -> None:
+    """Until the replaced ingress replica has stopped: requests must reach only the new one."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        states = serve.status().applications[APP_NAME].deployments["Ingress"].replica_states
+        # Keys are replica states (plain strings here, str enums in Ray's annotation).
+        running = sum(n for state, n in states.items() if state == "RUNNING")
+        others = sum(n for state, n in states.items() if state not in ("RUNNING", "STOPPED"))
+        if (running, others) == (1, 0):
+            return
+        time.sleep(0.1)
+    raise TimeoutError(f"the ingress did not settle on one running replica within {timeout} s")
+
+
+def _wait_identity_mode(base: str, mode: VerificationMode, timeout: float = 30, agreeing: int = 20) -> None:
+    """Until ``agreeing`` requests in a row show ``mode``: without a hash, 403 under
+    ``required`` and 200 under ``off``; with the user's hash, 200 under both."""
+    unsigned, signed = decide_body(0), decide_body(0, IDENTITY_SECRET)
+    expected = 403 if mode == "required" else 200
+    headers = {"Authorization": f"Bearer {KEYS['frontend']}", "Content-Type": "application/json"}
+    seen: list[int] = []
+    deadline = time.monotonic() + timeout
+    with httpx.Client(base_url=base, headers=headers) as http:
+        in_a_row = 0
+        while in_a_row < agreeing:
+            if time.monotonic() > deadline:
+                raise BenchmarkInvalid(
+                    f"identity verification {mode!r} did not take effect within {timeout} s "
+                    f"(last answers without a hash: {seen[-5:]})"
+                )
+            without = http.post("/v1/decide", content=unsigned).status_code
+            with_hash = http.post("/v1/decide", content=signed).status_code
+            seen.append(without)
+            in_a_row = in_a_row + 1 if (without, with_hash) == (expected, 200) else 0
 
 
 PERCENTILES = (1, 5, 10, 25, 50, 75, 90, 95, 99, 99.9)
@@ -262,6 +426,7 @@ def _load(port: int, requests: Path, concurrency: int, duration: float, tmp: str
         if len(latencies)
         else {},
         "errors": errors,
+        "statuses": raw["statuses"],
         "client_cpu_share": raw["cpu_s"] / raw["wall_s"],
     }
 
@@ -336,6 +501,12 @@ def summary(path: Path) -> str:
             f"c={c}: engine p50 {m['p50_ms']:.2f} ms p99 {m['p99_ms']:.2f} ms {m['rps']:.0f} rps | "
             f"floor p50 {f['p50_ms']:.2f} ms p99 {f['p99_ms']:.2f} ms {f['rps']:.0f} rps"
         )
-    return (
-        "\n".join(lines) + f"\nfreshness p99 {statistics.fmean([doc['metrics']['freshness_p99_ms']]):.1f} ms"
-    )
+    metrics = doc["metrics"]
+    lines.append(f"freshness p99 {metrics['freshness_p99_ms']:.1f} ms")
+    if "identity_required_ratio_64" in metrics:
+        per_pair = ", ".join(f"{r:.2f}" for r in metrics["identity_required_ratio_64_per_rep"])
+        lines.append(
+            f"identity verification required / off at 64: {metrics['identity_required_ratio_64']:.2f} "
+            f"(pairs {per_pair}; redeploys {', '.join(f'{s:.1f}' for s in metrics['identity_switch_s'])} s)"
+        )
+    return "\n".join(lines)
