@@ -1,5 +1,12 @@
 """Python client for a running Headstart: decisions, tutorials, events, rewards and consent.
 
+Meant for a product's backend, with a **server key** (``keys.json``'s ``"server"``; role
+``server``): decisions, flags, events and consent for any user, no ``user_hash`` needed even
+with identity verification on. It cannot read profiles, export, erase or change the catalog
+(the admin key does). With a frontend key under identity verification, pass each user's
+``user_hash`` (``headstart.web.identity.user_hash``) to the calls that name a user: a batch of
+tracked events is then sent per user.
+
 Sync (:class:`Client`) and async (:class:`AsyncClient`) with the same methods; both retry
 connection failures, timeouts, 429 and 5xx-while-unavailable answers with exponential backoff
 and jitter (honouring ``Retry-After``; ``httpx-retries``), time out every call (2 s by default:
@@ -8,9 +15,9 @@ tracked events (sent when ``batch_size`` are buffered, by :meth:`Client.flush`, 
 Retrying is safe for every call: events are deduplicated by ``event_id``, a reward closes its
 decision once, and a decision asked twice is two decisions.
 
-Example (against a running engine; ``tests/headstart/test_client.py`` runs it)::
+Example (against a running engine; ``tests/headstart/test_client_integration.py`` runs it)::
 
-    with Client("http://127.0.0.1:8000", api_key=FRONTEND_KEY) as hs:
+    with Client("http://127.0.0.1:8000", api_key=SERVER_KEY) as hs:
         decision = hs.decide("alice@example.com", context={"device_type": "mobile"})
         hs.track("alice@example.com", "step_completed", props={"step": decision.step.id})
         print(decision.step.id, decision.flags)
@@ -133,9 +140,13 @@ def _event(
     return event
 
 
-def _consent(analytics: bool | None, personalization: bool | None) -> dict[str, bool]:
+def _consent(
+    analytics: bool | None, personalization: bool | None, user_hash: str | None
+) -> dict[str, bool | str]:
     return {
-        k: v for k, v in (("analytics", analytics), ("personalization", personalization)) if v is not None
+        k: v
+        for k, v in (("analytics", analytics), ("personalization", personalization), ("user_hash", user_hash))
+        if v is not None
     }
 
 
@@ -151,7 +162,11 @@ def _decoded(response: httpx.Response, into: type[Any]) -> Any:
 
 
 class _Base:
-    """What both clients share: settings, the event buffer and the request bodies."""
+    """What both clients share: settings, the event buffer and the request bodies.
+
+    ``api_key``: a server key for a product's backend (see the module's docstring); a frontend
+    key under identity verification needs ``user_hash`` on every call naming a user.
+    """
 
     _http_class: Any = httpx.Client
 
@@ -165,7 +180,8 @@ class _Base:
         batch_size: int = 100,
     ) -> None:
         self.batch_size = batch_size
-        self._buffer: list[dict[str, Any]] = []
+        #: Events not yet sent, each with the user_hash it was tracked with (or None).
+        self._buffer: list[tuple[dict[str, Any], str | None]] = []
         self._http = self._http_class(
             base_url=base_url,
             headers={"Authorization": f"Bearer {api_key}", "User-Agent": "headstart-python"},
@@ -174,25 +190,50 @@ class _Base:
         )
 
     @staticmethod
-    def _user(user_id: str, context: Mapping[str, Any] | None, **more: Any) -> dict[str, Any]:
-        return {"user_id": user_id, "context": dict(context or {}), **more}
+    def _user(
+        user_id: str, context: Mapping[str, Any] | None, user_hash: str | None = None, **more: Any
+    ) -> dict[str, Any]:
+        body = {"user_id": user_id, "context": dict(context or {}), **more}
+        if user_hash is not None:
+            body["user_hash"] = user_hash
+        return body
 
-    def _queue(self, *event: Any) -> bool:
+    def _queue(self, user_hash: str | None, *event: Any) -> bool:
         """Buffer an event; whether the buffer is full (time to send)."""
-        self._buffer.append(_event(*event))
+        self._buffer.append((_event(*event), user_hash))
         return len(self._buffer) >= self.batch_size
 
-    def _next_batch(self) -> list[dict[str, Any]]:
-        return self._buffer[:MAX_EVENTS_PER_REQUEST]
+    def _next_batch(self) -> tuple[int, dict[str, Any]]:
+        """How many of the buffered events the next ``/v1/events`` body carries, and the body.
+
+        Events without a hash go together, up to the request's maximum; events with one are
+        sent as their user's own batch with that hash (the engine takes a frontend-key batch
+        under identity verification for one user). The buffer's order is kept.
+        """
+        first, signed = self._buffer[0]
+        events = []
+        for event, user_hash in self._buffer[:MAX_EVENTS_PER_REQUEST]:
+            if user_hash != signed or (signed is not None and event["user_id"] != first["user_id"]):
+                break
+            events.append(event)
+        body: dict[str, Any] = {"events": events}
+        if signed is not None:
+            body["user_hash"] = signed
+        return len(events), body
 
 
 class Client(_Base):
-    """A blocking client. Use as a context manager, or call :meth:`close` (which flushes)."""
+    """A blocking client. Use as a context manager, or call :meth:`close` (which flushes).
 
-    def decide(self, user_id: str, context: Mapping[str, Any] | None = None) -> Decision:
-        decision: Decision = _decoded(
-            self._http.post("/v1/decide", json=self._user(user_id, context)), Decision
-        )
+    ``user_hash`` (each call naming a user): only for a frontend key under identity
+    verification; a server key needs none.
+    """
+
+    def decide(
+        self, user_id: str, context: Mapping[str, Any] | None = None, *, user_hash: str | None = None
+    ) -> Decision:
+        body = self._user(user_id, context, user_hash)
+        decision: Decision = _decoded(self._http.post("/v1/decide", json=body), Decision)
         return decision
 
     def select_tutorial(
@@ -201,14 +242,19 @@ class Client(_Base):
         step: str | None = None,
         feature: str | None = None,
         context: Mapping[str, Any] | None = None,
+        *,
+        user_hash: str | None = None,
     ) -> TutorialChoice:
-        body = self._user(user_id, context, step=step, feature=feature)
+        body = self._user(user_id, context, user_hash, step=step, feature=feature)
         choice: TutorialChoice = _decoded(self._http.post("/v1/tutorials/select", json=body), TutorialChoice)
         return choice
 
-    def flags(self, user_id: str, context: Mapping[str, Any] | None = None) -> Flags:
+    def flags(
+        self, user_id: str, context: Mapping[str, Any] | None = None, *, user_hash: str | None = None
+    ) -> Flags:
         """Every flag's value for a user, with the reason and rule (no decision is logged)."""
-        flags: Flags = _decoded(self._http.post("/v1/flags", json=self._user(user_id, context)), Flags)
+        body = self._user(user_id, context, user_hash)
+        flags: Flags = _decoded(self._http.post("/v1/flags", json=body), Flags)
         return flags
 
     def track(
@@ -219,18 +265,21 @@ class Client(_Base):
         context: Mapping[str, Any] | None = None,
         event_id: str | None = None,
         ts: float | None = None,
+        *,
+        user_hash: str | None = None,
     ) -> None:
         """Buffer an event; sent with the next full batch, :meth:`flush` or :meth:`close`."""
-        if self._queue(user_id, type_, props, context, event_id, ts):
+        if self._queue(user_hash, user_id, type_, props, context, event_id, ts):
             self.flush()
 
     def flush(self) -> int:
         """Send the buffered events; returns how many the engine stored (duplicates excluded).
         On an error the events stay buffered, to be sent again."""
         stored = 0
-        while batch := self._next_batch():
-            answer = _decoded(self._http.post("/v1/events", json={"events": batch}), dict[str, int])
-            del self._buffer[: len(batch)]
+        while self._buffer:
+            count, body = self._next_batch()
+            answer = _decoded(self._http.post("/v1/events", json=body), dict[str, int])
+            del self._buffer[:count]
             stored += answer["accepted"]
         return stored
 
@@ -238,9 +287,14 @@ class Client(_Base):
         _decoded(self._http.post("/v1/rewards", json={"decision_id": decision_id, "reward": reward}), dict)
 
     def set_consent(
-        self, user_id: str, analytics: bool | None = None, personalization: bool | None = None
+        self,
+        user_id: str,
+        analytics: bool | None = None,
+        personalization: bool | None = None,
+        *,
+        user_hash: str | None = None,
     ) -> None:
-        body = _consent(analytics, personalization)
+        body = _consent(analytics, personalization, user_hash)
         _decoded(self._http.put(f"/v1/users/{user_id}/consent", json=body), dict)
 
     def close(self) -> None:
@@ -261,8 +315,10 @@ class AsyncClient(_Base):
 
     _http_class = httpx.AsyncClient
 
-    async def decide(self, user_id: str, context: Mapping[str, Any] | None = None) -> Decision:
-        response = await self._http.post("/v1/decide", json=self._user(user_id, context))
+    async def decide(
+        self, user_id: str, context: Mapping[str, Any] | None = None, *, user_hash: str | None = None
+    ) -> Decision:
+        response = await self._http.post("/v1/decide", json=self._user(user_id, context, user_hash))
         decision: Decision = _decoded(response, Decision)
         return decision
 
@@ -272,15 +328,20 @@ class AsyncClient(_Base):
         step: str | None = None,
         feature: str | None = None,
         context: Mapping[str, Any] | None = None,
+        *,
+        user_hash: str | None = None,
     ) -> TutorialChoice:
-        body = self._user(user_id, context, step=step, feature=feature)
+        body = self._user(user_id, context, user_hash, step=step, feature=feature)
         choice: TutorialChoice = _decoded(
             await self._http.post("/v1/tutorials/select", json=body), TutorialChoice
         )
         return choice
 
-    async def flags(self, user_id: str, context: Mapping[str, Any] | None = None) -> Flags:
-        flags: Flags = _decoded(await self._http.post("/v1/flags", json=self._user(user_id, context)), Flags)
+    async def flags(
+        self, user_id: str, context: Mapping[str, Any] | None = None, *, user_hash: str | None = None
+    ) -> Flags:
+        body = self._user(user_id, context, user_hash)
+        flags: Flags = _decoded(await self._http.post("/v1/flags", json=body), Flags)
         return flags
 
     async def track(
@@ -291,15 +352,18 @@ class AsyncClient(_Base):
         context: Mapping[str, Any] | None = None,
         event_id: str | None = None,
         ts: float | None = None,
+        *,
+        user_hash: str | None = None,
     ) -> None:
-        if self._queue(user_id, type_, props, context, event_id, ts):
+        if self._queue(user_hash, user_id, type_, props, context, event_id, ts):
             await self.flush()
 
     async def flush(self) -> int:
         stored = 0
-        while batch := self._next_batch():
-            answer = _decoded(await self._http.post("/v1/events", json={"events": batch}), dict[str, int])
-            del self._buffer[: len(batch)]
+        while self._buffer:
+            count, body = self._next_batch()
+            answer = _decoded(await self._http.post("/v1/events", json=body), dict[str, int])
+            del self._buffer[:count]
             stored += answer["accepted"]
         return stored
 
@@ -308,9 +372,14 @@ class AsyncClient(_Base):
         _decoded(await self._http.post("/v1/rewards", json=body), dict)
 
     async def set_consent(
-        self, user_id: str, analytics: bool | None = None, personalization: bool | None = None
+        self,
+        user_id: str,
+        analytics: bool | None = None,
+        personalization: bool | None = None,
+        *,
+        user_hash: str | None = None,
     ) -> None:
-        body = _consent(analytics, personalization)
+        body = _consent(analytics, personalization, user_hash)
         _decoded(await self._http.put(f"/v1/users/{user_id}/consent", json=body), dict)
 
     async def aclose(self) -> None:

@@ -9,12 +9,17 @@ rule), ``SPLIT`` (a percentage rollout), ``DEFAULT`` (no rule applied), ``STALE`
 shard was unavailable: the flags from the context alone); a failure is the SDK's ``ERROR`` with
 the default value. Flag metadata carries the rule index and the flag's description.
 
-Example (``tests/headstart/test_feature_flags.py`` runs it against a live engine)::
+The provider runs in a product's backend: give it a **server key** (``keys.json``'s
+``"server"``), which asks for any user's flags with no ``user_hash`` even with identity
+verification on. With a frontend key under identity verification, put the user's
+``user_hash`` in the evaluation context's attributes: it is sent along.
+
+Example (``tests/headstart/test_feature_flags_integration.py`` runs it against a live engine)::
 
     from openfeature import api
     from openfeature.evaluation_context import EvaluationContext
 
-    api.set_provider(HeadstartProvider("http://127.0.0.1:8000", api_key=FRONTEND_KEY))
+    api.set_provider(HeadstartProvider("http://127.0.0.1:8000", api_key=SERVER_KEY))
     user = EvaluationContext(targeting_key="alice", attributes={"device_type": "mobile"})
     api.get_client().get_boolean_value("simplified_mobile_flow", False, user)  # True
 """
@@ -45,7 +50,11 @@ REASONS = {"TARGETING_MATCH": Reason.TARGETING_MATCH, "SPLIT": Reason.SPLIT, "DE
 
 
 class HeadstartProvider(AbstractProvider):
-    """Boolean flags from a running Headstart, cached per user and context for ``ttl_s``."""
+    """Boolean flags from a running Headstart, cached per user and context for ``ttl_s``.
+
+    ``api_key``: a server key (a frontend key needs ``user_hash`` among the attributes under
+    identity verification).
+    """
 
     def __init__(
         self,
@@ -72,13 +81,16 @@ class HeadstartProvider(AbstractProvider):
             raise TargetingKeyMissingError("Headstart's flags are per user: set the targeting key")
         attributes: Mapping[str, Any] = context.attributes if context is not None else {}
         request = {f: str(attributes[f]) for f in CONTEXT_FIELDS if attributes.get(f) is not None}
-        key = (user, tuple(sorted(request.items())))
+        user_hash = attributes.get("user_hash")
+        signed = str(user_hash) if user_hash is not None else None
+        # The hash is part of the key: an answer given for one hash is not reused for another.
+        key = (user, tuple(sorted(request.items())), signed)
         with self._lock:
             cached = self._cache.get(key)
         if cached is not None:
             return cached
         try:
-            answer = self._client.flags(user, request)
+            answer = self._client.flags(user, request, user_hash=signed)
         except (HeadstartApiError, httpx.HTTPError) as exc:
             raise GeneralError(f"Headstart did not answer: {exc}") from exc
         self.calls += 1
