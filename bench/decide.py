@@ -12,7 +12,8 @@ time from the publish call to the first decision that reflects the event is reco
 Identity verification: last, 64 clients run against the ingress deployed with ``off`` and
 with ``required`` in pairs of neighbouring runs (off/required, required/off, ...), the Serve
 app redeployed (shards and broker stay up) before the first run and at each change of mode, so
-each mode gets as many runs on a fresh replica as the other and both see the same machine. With
+both see the same machine and, with an odd number of pairs (3; 1 with ``--quick``), each mode
+gets as many runs on a fresh replica as the other. With
 ``required`` every request carries its user's ``user_hash``, computed before the run, so the
 client pays nothing for it. A switch counts only once the ingress has one replica and a request
 without a hash is refused (``required``) or answered (``off``); a run with any answer but 200
@@ -329,8 +330,8 @@ def _identity(
 ) -> tuple[list[dict[str, Any]], list[float]]:
     """The identity runs in :func:`identity_schedule`'s order, every answer checked; the runs
     and each redeploy's seconds. A redeploy comes first (the replica that served the runs before
-    has had longer to warm up: this way each mode gets the same number of fresh replicas) and
-    wherever the mode changes."""
+    has had longer to warm up: this way, with an odd number of pairs, each mode gets the same
+    number of fresh replicas) and wherever the mode changes."""
     port = int(base.rsplit(":", 1)[1])
     runs: list[dict[str, Any]] = []
     switches: list[float] = []
