@@ -29,6 +29,7 @@ import time
 import uuid
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import msgspec
@@ -138,6 +139,15 @@ def _event(
     if context:
         event["context"] = dict(context)
     return event
+
+
+def _consent_path(user_id: str) -> str:
+    """The consent route for a raw user id, escaped as one path segment (``?``, ``#``, spaces).
+
+    >>> _consent_path("a/b?c")
+    '/v1/users/a%2Fb%3Fc/consent'
+    """
+    return f"/v1/users/{quote(user_id, safe='')}/consent"
 
 
 def _consent(
@@ -295,7 +305,7 @@ class Client(_Base):
         user_hash: str | None = None,
     ) -> None:
         body = _consent(analytics, personalization, user_hash)
-        _decoded(self._http.put(f"/v1/users/{user_id}/consent", json=body), dict)
+        _decoded(self._http.put(_consent_path(user_id), json=body), dict)
 
     def close(self) -> None:
         try:
@@ -380,7 +390,7 @@ class AsyncClient(_Base):
         user_hash: str | None = None,
     ) -> None:
         body = _consent(analytics, personalization, user_hash)
-        _decoded(await self._http.put(f"/v1/users/{user_id}/consent", json=body), dict)
+        _decoded(await self._http.put(_consent_path(user_id), json=body), dict)
 
     async def aclose(self) -> None:
         try:
