@@ -6,9 +6,9 @@ version is stored: a request reads ``keys.authenticator`` once. A key in a rotat
 period carries the time it stops, checked at each request, so the grace ends on time with no
 change to the store.
 
-Until the replica first connects to NATS (on its first request), it accepts the keys it was
-given: the runtime gives it the store's keys as they were at start (a key revoked before that
-is not among them). On each connection it reads the latest set and follows the store. No set
+A replica connects to NATS as it starts, before its first request (bounded: with NATS down it
+starts anyway); until then it accepts the keys it was given, the store's keys as they were when
+the app was deployed (a key revoked before that is not among them). On each connection it reads the latest set and follows the store. No set
 stored (a store never seeded, as in tests and benchmarks that hand the keys over directly):
 the keys given stay.
 
