@@ -284,6 +284,8 @@ class Learning(_Model):
     params: dict[str, float | int | bool] = Field(default_factory=dict)
     #: A candidate scored on every decision and logged beside the served one, never served.
     shadow: str | None = None
+    #: The shadow's constructor parameters (``params`` are the served policy's).
+    shadow_params: dict[str, float | int | bool] = Field(default_factory=dict)
     #: Let the policy choose the next step among the eligible ones (false: journey order).
     steps: bool = True
     #: A decision's immediate reward: its step or tutorial completed within this many seconds...
@@ -684,12 +686,16 @@ def _learning_errors(learning: Learning, schema: SchemaSection) -> list[tuple[st
             errors.append(
                 (f"learning.{field}", f"unknown policy {name!r} (known: {', '.join(sorted(known))})")
             )
-    if learning.policy in known:
-        try:
-            params: dict[str, Any] = dict(learning.params)
-            known[learning.policy](["a", "b"], dim=2, **params)
-        except (TypeError, ValueError) as exc:
-            errors.append(("learning.params", f"not accepted by {learning.policy}: {exc}"))
+    for name, field, given in (
+        (learning.policy, "params", learning.params),
+        (learning.shadow, "shadow_params", learning.shadow_params),
+    ):
+        if name in known:
+            try:
+                params: dict[str, Any] = dict(given)
+                known[name](["a", "b"], dim=2, **params)
+            except (TypeError, ValueError) as exc:
+                errors.append((f"learning.{field}", f"not accepted by {name}: {exc}"))
     journey = learning.journey
     if journey.event in ("feature_clicked", "step_completed") and journey.name is None:
         errors.append(("learning.journey.name", f"{journey.event} needs the feature or step 'name'"))

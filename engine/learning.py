@@ -139,6 +139,9 @@ class PointChoice(msgspec.Struct, omit_defaults=True):
     eligible: list[str]
     shadow_arm: str | None = None
     shadow_propensity: float | None = None
+    #: The shadow's probability of each eligible arm (in ``eligible``'s order): what an
+    #: off-policy estimate of the shadow needs for the arm the served policy chose.
+    shadow_probabilities: list[float] | None = None
 
 
 class DecisionRecord(msgspec.Struct, omit_defaults=True):
@@ -252,8 +255,13 @@ class ChoiceSession:
         picked = PointChoice(point=point, arm=arm, propensity=choice.propensity, eligible=list(eligible))
         shadow = self._shadows.get(point)
         if shadow is not None:
-            alt = shadow.select(x if shadow.contextual else None, ids)
-            picked.shadow_arm, picked.shadow_propensity = shadow.arms[alt.arm], alt.propensity
+            # Its whole distribution, and an arm drawn from it (as its own select would).
+            p = shadow.probabilities(x if shadow.contextual else None, ids)
+            cumulative = np.cumsum(p)
+            at = shadow.rng.random() * cumulative[-1]
+            drawn = min(int(np.searchsorted(cumulative, at, "right")), len(ids) - 1)
+            picked.shadow_arm, picked.shadow_propensity = shadow.arms[ids[drawn]], float(p[drawn])
+            picked.shadow_probabilities = [round(float(q), 6) for q in p]
         self._choices.append(picked)
         return arm, f"chosen by {policy.name} (p={choice.propensity:.2f} among {len(eligible)})"
 
@@ -329,9 +337,15 @@ class Learner:
         }
         self.policy_name = self.settings.policy
         self.shadow_name = self.settings.shadow
-        self.served = {p: self._make(self.policy_name, p, seed + i) for i, p in enumerate(self.points)}
+        params, shadow_params = self.settings.params, self.settings.shadow_params
+        self.served = {
+            p: self._make(self.policy_name, p, seed + i, params) for i, p in enumerate(self.points)
+        }
         self.shadows = (
-            {p: self._make(self.shadow_name, p, seed + 1000 + i) for i, p in enumerate(self.points)}
+            {
+                p: self._make(self.shadow_name, p, seed + 1000 + i, shadow_params)
+                for i, p in enumerate(self.points)
+            }
             if self.shadow_name
             else {}
         )
@@ -365,9 +379,9 @@ class Learner:
         #: Detected changes in a key feature's distribution, by "<point>/<feature>".
         self.feature_drifts: dict[str, int] = {}
 
-    def _make(self, name: str, point: str, seed: int) -> Policy:
+    def _make(self, name: str, point: str, seed: int, params: dict[str, float | int | bool]) -> Policy:
         dim = self.layout.dim if available()[name].contextual else 0
-        return create(name, self.points[point], dim=dim, seed=seed, **self.settings.params)
+        return create(name, self.points[point], dim=dim, seed=seed, **params)
 
     def policies_by_name(self) -> dict[str, dict[str, Policy]]:
         """The served and the shadow policies by policy name (built once: they never change)."""
@@ -406,6 +420,7 @@ class Learner:
             names == self.layout.names
             and (old.policy_name, old.shadow_name) == (self.policy_name, self.shadow_name)
             and old.settings.params == self.settings.params
+            and old.settings.shadow_params == self.settings.shadow_params
         )
         changed = set(self.points)
         if same_policies:

@@ -515,6 +515,44 @@ def report_signals(
     console.print(table)
 
 
+@report_app.command("shadow")
+def report_shadow(
+    home: HomeOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+) -> None:
+    """How the shadow policy would have done (apprentice mode): agreement with the served one, its
+    value estimated from the served decisions, and whether it is ready to be served."""
+    from headstart.reports.shadow import shadow_report
+
+    try:
+        replayed, _ = _instance_replay(home)
+    except ConfigError as exc:
+        console.print(f"[red]{exc}[/]")
+        raise typer.Exit(1) from None
+    report = shadow_report(replayed)
+    if as_json:
+        print(json.dumps(report, indent=2))
+        return
+    if report["shadow_policy"] is None:
+        console.print("no shadow policy scored a decision (catalog `learning.shadow` names one)")
+        return
+    table = Table(title=f"shadow {report['shadow_policy']} beside served {report['served_policy']}")
+    for column in ("decision point", "decisions", "agreement", "served", "shadow (DR, 95%)", "verdict"):
+        table.add_column(column, justify="right")
+    for point, row in report["points"].items():
+        dr = (row["shadow"] or {}).get("dr")
+        table.add_row(
+            point,
+            str(row["decisions"]),
+            "-" if row["agreement"] is None else f"{row['agreement']:.0%}",
+            "-" if row["served"]["value"] is None else f"{row['served']['value']:.3f}",
+            "-" if dr is None else f"{dr['estimate']:.3f} [{dr['ci_low']:.3f}, {dr['ci_high']:.3f}]",
+            row["verdict"],
+        )
+    console.print(table)
+    console.print("ready to switch" if report["ready_to_switch"] else "not ready to switch")
+
+
 @report_app.command("fairness")
 def report_fairness(
     ratio: Annotated[

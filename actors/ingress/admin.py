@@ -7,6 +7,7 @@ policies learned, and the Prometheus scrape (shard stats, consumer lag, webhook 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import time
@@ -29,8 +30,10 @@ from headstart.adapters.rpc import (
 from headstart.adapters.shard_stats import ShardStats
 from headstart.adapters.status import WEBHOOKS_STATUS_KEY
 from headstart.adapters.topology import EVENTS_STREAM, STATUS_BUCKET
+from headstart.reports.evaluate import events_of, layouts_of, replay_log
 from headstart.reports.experiments import experiment_report, report_cuts
 from headstart.reports.segments import segment_report
+from headstart.reports.shadow import shadow_report
 from headstart.web.metrics import IngressMetrics, render
 
 
@@ -49,6 +52,15 @@ async def experiment(shards: ShardClient, exp: Experiment) -> dict[str, Any]:
         shards, ExperimentMomentsRequest(key="", experiment=exp.id, cuts=cuts), timeout=20.0
     )
     return {**experiment_report(exp, answers, cuts), "shards_missing": missing}
+
+
+async def shadow(js: JetStreamContext, catalog: Catalog) -> dict[str, Any]:
+    """The apprentice report (:mod:`headstart.reports.shadow`) over the events stream as it is
+    now, replayed in a thread: the replay is CPU work the replica's loop must not wait on."""
+    messages = await events_of(js)
+    layouts = await layouts_of(js)
+    replayed = await asyncio.to_thread(replay_log, messages, catalog, layouts)
+    return shadow_report(replayed)
 
 
 async def learned(shards: ShardClient) -> dict[str, Any] | None:

@@ -8,9 +8,9 @@ change to the store.
 
 A replica connects to NATS as it starts, before its first request (bounded: with NATS down it
 starts anyway); until then it accepts the keys it was given, the store's keys as they were when
-the app was deployed (a key revoked before that is not among them). On each connection it reads the latest set and follows the store. No set
-stored (a store never seeded, as in tests and benchmarks that hand the keys over directly):
-the keys given stay.
+the app was deployed (a key revoked before that is not among them). On each connection it reads
+the latest set and follows the store. No set stored (a store never seeded, as in tests and
+benchmarks that hand the keys over directly): the keys given stay.
 
 It also records when each key was last used (a dict store per request) and writes the uses
 that changed to ``HS_KEY_USAGE`` every few seconds (:class:`headstart.adapters.key_store.KeyUsage`).

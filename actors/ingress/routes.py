@@ -26,6 +26,7 @@ import msgspec
 from fastapi import Path, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from nats.aio.client import Client as NATS
+from nats.js.errors import NotFoundError
 from prometheus_client import CONTENT_TYPE_LATEST
 from ray import serve
 
@@ -664,6 +665,21 @@ class Ingress(DecisionService, CatalogRoutes):
         if points is None:
             raise ApiError(503, "unavailable", "no shard answered")
         return JSONResponse({"points": points})
+
+    @app.get("/v1/admin/shadow", openapi_extra=operation(answer=ANY_OBJECT, errors=(503,), access=ADMIN))
+    async def shadow(self, request: Request) -> Response:
+        """The apprentice report: per decision point, how often the shadow policy agreed with the
+        served one, its estimated value from the served decisions (SNIPS and doubly robust, with
+        95% intervals) beside the served policy's observed value, and a verdict (``shadow
+        better``, ``shadow worse``, ``not enough data``); ``ready_to_switch`` when it is better
+        at every point. Replays the events stream: seconds on a large one."""
+        self._require(request.headers.get("authorization"), ADMIN)
+        nc, _ = await self._client()
+        try:
+            report = await admin.shadow(nc.jetstream(), self.live.view.catalog)
+        except (TimeoutError, NotFoundError) as exc:
+            raise ApiError(503, "unavailable", f"the events stream could not be read: {exc}") from exc
+        return JSONResponse(report)
 
     @app.post(
         "/v1/admin/scale",

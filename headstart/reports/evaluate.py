@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -216,6 +216,28 @@ class ReplayedLog:
     outcomes: pl.DataFrame
     #: What each closed decision earned, by (decision id, decision point).
     rewards: dict[tuple[str, str], float]
+    #: Per decision point, the closed decisions a shadow policy scored (its probabilities of
+    #: every arm, logged at decision time): what the apprentice report evaluates.
+    shadow: dict[str, ShadowLog] = field(default_factory=dict)
+    #: The served and the shadow policy, as the last decision logged names them.
+    served_policy: str | None = None
+    shadow_policy: str | None = None
+
+
+@dataclass(frozen=True)
+class ShadowLog:
+    """One decision point's closed decisions that a shadow policy scored: the served choice, its
+    propensity and reward, and the shadow's probability of each of the point's arms."""
+
+    arms: list[str]
+    x: np.ndarray
+    actions: np.ndarray
+    rewards: np.ndarray
+    propensities: np.ndarray
+    #: ``target[i, a]``: the shadow's probability of arm ``a`` in decision ``i``'s context.
+    target: np.ndarray
+    #: The shadow's own draw was the served arm.
+    agreed: np.ndarray
 
 
 def replay_log(
@@ -234,6 +256,10 @@ def replay_log(
     contexts: list[Context] = []
     outcomes: list[tuple[Context, bool]] = []
     groups: dict[str, dict[str, str]] = {}
+    #: (decision id, point) -> (eligible arms, the shadow's probabilities of them, its draw).
+    scored: dict[tuple[str, str], tuple[list[str], list[float], str]] = {}
+    shadow_rows: dict[str, list[tuple[np.ndarray, int, float, float, np.ndarray, bool]]] = {}
+    policies: list[str | None] = [None, None]
     # The contexts of decisions logged with another layout than the catalog's, as logged, with
     # their layout's names: columns are read by name, so decisions of several layouts (a catalog
     # change) line up feature by feature. (The learner reads them in the catalog's layout, where
@@ -249,6 +275,18 @@ def replay_log(
     ) -> None:
         rows.append((decision_id, point, learner.points[point][arm], reward, propensity))
         contexts.append(by_name(decision_id, x))
+        shadow = scored.pop((decision_id, point), None)
+        if shadow is not None:
+            eligible, probabilities, drawn = shadow
+            arms = learner.points[point]
+            target = np.zeros(len(arms))
+            for name, q in zip(eligible, probabilities, strict=True):
+                if name in arms:
+                    target[arms.index(name)] = q
+            if target.sum() > 0:
+                shadow_rows.setdefault(point, []).append(
+                    (x.copy(), arm, reward, propensity, target / target.sum(), drawn == arms[arm])
+                )
 
     learner.on_close = closed
     learner.on_outcome = lambda decision_id, x, activated: outcomes.append(
@@ -261,6 +299,14 @@ def replay_log(
             with contextlib.suppress(msgspec.DecodeError):
                 record = decision_decoder.decode(data)
                 groups[record.decision_id] = record.groups
+                policies[:] = [record.policy, record.shadow_policy]
+                for choice in record.choices:
+                    if choice.shadow_probabilities is not None and choice.shadow_arm is not None:
+                        scored[(record.decision_id, choice.point)] = (
+                            choice.eligible,
+                            choice.shadow_probabilities,
+                            choice.shadow_arm,
+                        )
                 found = record_names(record.layout, record.features_version, learner.layouts)
                 if found is not None and found != own and len(found) == len(record.context):
                     logged[record.decision_id] = (found, np.array(record.context))
@@ -282,8 +328,8 @@ def replay_log(
         "propensity": [r[4] for r in rows],
         **_context_columns(contexts, features),
     }
-    for field in AUDIENCE_FIELDS:
-        columns[f"group_{field}"] = [groups.get(r[0], {}).get(field) for r in rows]
+    for audience in AUDIENCE_FIELDS:
+        columns[f"group_{audience}"] = [groups.get(r[0], {}).get(audience) for r in rows]
     outcome_columns = {
         **_context_columns([c for c, _ in outcomes], features),
         "activated": [activated for _, activated in outcomes],
@@ -292,6 +338,23 @@ def replay_log(
         pl.DataFrame(columns, schema_overrides={f"group_{f}": pl.String for f in AUDIENCE_FIELDS}),
         pl.DataFrame(outcome_columns, schema_overrides=dict.fromkeys(_names(features), pl.Float64)),
         {(r[0], r[1]): r[3] for r in rows},
+        shadow={point: _shadow_log(learner.points[point], rows_) for point, rows_ in shadow_rows.items()},
+        served_policy=policies[0],
+        shadow_policy=policies[1],
+    )
+
+
+def _shadow_log(
+    arms: list[str], rows: list[tuple[np.ndarray, int, float, float, np.ndarray, bool]]
+) -> ShadowLog:
+    return ShadowLog(
+        arms=list(arms),
+        x=np.array([r[0] for r in rows]),
+        actions=np.array([r[1] for r in rows], dtype=int),
+        rewards=np.array([r[2] for r in rows]),
+        propensities=np.array([r[3] for r in rows]),
+        target=np.array([r[4] for r in rows]),
+        agreed=np.array([r[5] for r in rows], dtype=bool),
     )
 
 

@@ -20,7 +20,8 @@ table                      rows
 ``decisions``              one per decision point of a logged decision (``HS_DECISIONS``): arm,
                            propensity, policy; and the reward it earned under the engine's own
                            attribution rules (the events stream replayed, as ``evaluate`` does;
-                           null while its window is open)
+                           null while its window is open); with shadow mode, what the shadow
+                           policy drew and its probability (null without one)
 ``exposures``              one per user and experiment: arm, when (``HS_EXPOSURES``)
 =========================  ==========================================================================
 
@@ -136,6 +137,9 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         "propensity": pl.Float64,
         "eligible": pl.List(pl.String),
         "reward": pl.Float64,
+        "shadow_policy": pl.String,
+        "shadow_arm": pl.String,
+        "shadow_propensity": pl.Float64,
     },
     "exposures": {
         "user_key": pl.String,
@@ -375,6 +379,9 @@ async def collect(
                             "propensity": choice.propensity,
                             "eligible": choice.eligible,
                             "reward": rewards.get((record.decision_id, choice.point)),
+                            "shadow_policy": record.shadow_policy,
+                            "shadow_arm": choice.shadow_arm,
+                            "shadow_propensity": choice.shadow_propensity,
                         }
                     )
         report("decisions", len(decisions))

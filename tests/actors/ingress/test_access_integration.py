@@ -120,6 +120,7 @@ ROUTES: dict[tuple[str, str], tuple[frozenset[str], dict[str, Any] | None]] = {
     ),
     ("POST", "/segment/v1/batch"): (frozenset({"frontend", "server"}), {"batch": []}),
     ("GET", "/v1/admin/policies"): (frozenset({"admin"}), None),
+    ("GET", "/v1/admin/shadow"): (frozenset({"admin"}), None),
     # A body the route refuses (400) once the key passed: no rescaling from a test of keys.
     ("POST", "/v1/admin/scale"): (frozenset({"admin"}), {"shards": 0}),
     ("GET", "/metrics"): (frozenset({"admin"}), None),
