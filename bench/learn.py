@@ -38,6 +38,8 @@ from engine.catalog import DEFAULT_CATALOG, load_catalog
 from engine.events import event_from_object
 from engine.features import FeatureLayout
 from engine.profile import UserState, Vocabularies
+from headstart.reports.evaluate import ShadowLog
+from headstart.reports.shadow import point_report
 from policies import create
 from policies.base import Policy
 
@@ -340,8 +342,16 @@ def run(quick: bool = False, out_dir: Path | None = None) -> Path:
     lift = _activation_lift(
         contestants["ours"], contestants["journey"], users, n_lift_users, np.random.default_rng(SEED + 2)
     )
+    shadow = _apprentice(users, n_logged, np.random.default_rng(SEED + 3))
+    repeats = [
+        _apprentice(users, n_logged, np.random.default_rng(SEED + 100 + i))
+        for i in range(2 if quick else SHADOW_REPEATS)
+    ]
+    shadow["coverage_over_runs"] = sum(r["covered"] for r in [shadow, *repeats]) / (1 + len(repeats))
+    shadow["runs"] = 1 + len(repeats)
     metrics = {
         "policies": results,
+        "shadow": shadow,
         "ope": ope,
         "ope_coverage": coverage,
         "activation_lift": lift,
@@ -451,6 +461,78 @@ def _off_policy(
     return {name: tuple(estimate) for name, estimate in result.items()}  # type: ignore[misc]
 
 
+#: The apprentice run: a simple served policy that explores (epsilon-greedy, epsilon 0.3: every
+#: arm keeps a propensity of at least 0.3/K, so the served log says something about each) and
+#: ours scored beside it, the question shadow mode answers before a switch. (With ours served,
+#: propensities fall to 0.001 once it has learned: weights of several hundred, too heavy-tailed
+#: for a normal interval.)
+SHADOW_SERVED, SHADOW = "epsilon_greedy", "linear_igw"
+SHADOW_EPSILON = 0.3
+#: More runs of the apprentice (other users and coins): how often its interval covers the truth.
+SHADOW_REPEATS = 5
+
+
+def _apprentice(users: Sequence[User], n: int, rng: np.random.Generator) -> dict[str, Any]:
+    """Shadow mode as the engine runs it: ``SHADOW`` scores every decision the served policy
+    makes and learns from its rewards; the apprentice report
+    (:func:`headstart.reports.shadow.point_report`) estimates the shadow's value from the
+    served log. ``shadow_true_value``: the shadow run for real on the same simulator, its own
+    draw at every decision played against the same user and coin (``shadow_expected_value``:
+    the same in expectation, from the simulator's truth); ``shadow_live_value``: a second copy
+    of the shadow serving those users itself, learning from its own choices (another learner:
+    not what the apprentice estimate targets)."""
+    served = create(SHADOW_SERVED, ARMS, seed=SEED, epsilon=SHADOW_EPSILON)
+    shadow = create(SHADOW, ARMS, dim=DIM, seed=SEED + 1)
+    live = create(SHADOW, ARMS, dim=DIM, seed=SEED + 1)
+    eligible = list(range(K))
+    rows = []
+    expected, played, live_rewards = [], [], []
+    for i, coin in zip(rng.integers(len(users), size=n).tolist(), rng.random(n).tolist(), strict=True):
+        user = users[i]
+        x, p = context_vector(user), truth(user, False)
+        choice = served.select(None, eligible)
+        target = shadow.probabilities(x, eligible)
+        reward = 1.0 if coin < p[choice.arm] else 0.0
+        drawn = int(rng.choice(K, p=target / target.sum()))
+        rows.append((x, choice.arm, reward, choice.propensity, target, drawn == choice.arm))
+        expected.append(float(target @ p))
+        played.append(1.0 if coin < p[drawn] else 0.0)
+        served.update(None, choice.arm, reward)
+        shadow.update(x, choice.arm, reward)
+        own = live.select(x, eligible)
+        live_reward = 1.0 if coin < p[own.arm] else 0.0
+        live.update(x, own.arm, live_reward)
+        live_rewards.append(live_reward)
+    log = ShadowLog(
+        arms=list(ARMS),
+        x=np.array([r[0] for r in rows]),
+        actions=np.array([r[1] for r in rows], dtype=int),
+        rewards=np.array([r[2] for r in rows]),
+        propensities=np.array([r[3] for r in rows]),
+        target=np.array([r[4] for r in rows]),
+        agreed=np.array([r[5] for r in rows], dtype=bool),
+    )
+    report = point_report(log)
+    dr = report["shadow"]["dr"]
+    true_value = float(np.mean(played))
+    return {
+        "served_policy": SHADOW_SERVED,
+        "shadow_policy": SHADOW,
+        "decisions": n,
+        "agreement": report["agreement"],
+        "served_value": report["served"]["value"],
+        "shadow_value": dr["estimate"],
+        "shadow_ci_low": dr["ci_low"],
+        "shadow_ci_high": dr["ci_high"],
+        "shadow_snips": report["shadow"]["snips"],
+        "shadow_true_value": true_value,
+        "shadow_expected_value": float(np.mean(expected)),
+        "shadow_live_value": float(np.mean(live_rewards)),
+        "covered": dr["ci_low"] <= true_value <= dr["ci_high"],
+        "verdict": report["verdict"],
+    }
+
+
 def _activation_lift(
     learner: Contestant, static: Contestant, users: Sequence[User], n: int, rng: np.random.Generator
 ) -> dict[str, float]:
@@ -499,5 +581,8 @@ def summary(path: Path) -> str:
         f"regret ours {p['ours']['regret']:.0f}, vw {p['vw']['regret']:.0f}, "
         f"river {p['river_linucb']['regret']:.0f}; "
         f"ours select+update {m['ours_select_plus_update_us']:.1f} us; OPE coverage {m['ope_coverage']:.0%}; "
-        f"activation lift {m['activation_lift']['lift']:+.0%}"
+        f"activation lift {m['activation_lift']['lift']:+.0%}; "
+        f"shadow {m['shadow']['shadow_value']:.3f} [{m['shadow']['shadow_ci_low']:.3f}, "
+        f"{m['shadow']['shadow_ci_high']:.3f}] vs true {m['shadow']['shadow_true_value']:.3f} "
+        f"({m['shadow']['verdict']}; covered in {m['shadow']['coverage_over_runs']:.0%} of runs)"
     )
