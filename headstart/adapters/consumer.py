@@ -41,7 +41,8 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-from engine.errors import InvalidEvent
+from engine.batches import batch_items
+from engine.errors import InvalidEvent, InvalidEvents
 from engine.pii import DEFAULT_PII_FIELDS, scrub_pii
 from headstart.adapters.topology import (
     EVENTS_STREAM,
@@ -55,7 +56,7 @@ log = logging.getLogger(__name__)
 MAX_DETAIL = 4000
 
 #: Called with (stream sequence, user key, payload); raises InvalidEvent to dead-letter the
-#: message.
+#: message, InvalidEvents to dead-letter some events of a batched one (the others applied).
 Handler = Callable[[int, str, bytes], None]
 
 #: Ack (ack-all) at least this often within a burst, so the server's ack floor and the
@@ -335,6 +336,10 @@ class PartitionConsumer:
             self.first_handled_cpu = time.process_time()
         try:
             self._handler(seq, key, msg.data)
+        except InvalidEvents as exc:
+            items = batch_items(msg.data)
+            for index, problem in exc.rejected:
+                await self._dead_letter(msg, seq, problem, items[index], index)
         except InvalidEvent as exc:
             await self._dead_letter(msg, seq, exc)
         self.position = max(self.position, seq)
@@ -367,12 +372,16 @@ class PartitionConsumer:
             await self._refill()
         # 100 is an idle heartbeat: the activity timestamp was all it had to update.
 
-    async def _dead_letter(self, msg: Msg, seq: int, exc: InvalidEvent) -> None:
+    async def _dead_letter(
+        self, msg: Msg, seq: int, exc: InvalidEvent, original: bytes | None = None, index: int | None = None
+    ) -> None:
         """Store the original bytes (PII props redacted, :func:`engine.pii.scrub_pii`) and the
-        reason; retry until stored, so nothing is lost."""
-        payload = scrub_pii(msg.data, self.pii_fields)
+        reason; retry until stored, so nothing is lost. ``original`` and ``index``: one event of
+        a batched message (its bytes, its place in the batch), the others applied."""
+        original = msg.data if original is None else original
+        payload = scrub_pii(original, self.pii_fields)
         headers = {
-            "Nats-Msg-Id": f"dlq:{self._stream}:{seq}",
+            "Nats-Msg-Id": f"dlq:{self._stream}:{seq}" + ("" if index is None else f":{index}"),
             "Hs-Reason": exc.reason,
             # Long enough for an unknown type's detail, which lists every declared type.
             "Hs-Detail": exc.detail[:MAX_DETAIL],
@@ -380,7 +389,9 @@ class PartitionConsumer:
             "Hs-Source-Seq": str(seq),
             "Hs-Source-Subject": msg.subject,
         }
-        if payload is not msg.data:
+        if index is not None:
+            headers["Hs-Batch-Index"] = str(index)
+        if payload is not original:
             headers["Hs-Redacted"] = "props"
         delay = 0.05
         while True:
