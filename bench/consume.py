@@ -31,16 +31,19 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import msgpack
 import nats
 from nats.aio.client import Client as NATS
 
 from bench.common import cpu_seconds, embedded_broker, write_result
 from bench.population import onboarding_events
 from engine.batches import batch_decoder, batch_items, decode_batch, is_batch
-from engine.events import AnyEvent, decode_event
+from engine.events import AnyEvent, decode_event, event_from_object
 from engine.keys import Pseudonymizer
 from engine.partition import PartitionState
+from headstart.adapters.broker import connect_nats
 from headstart.adapters.consumer import PartitionConsumer
+from headstart.adapters.lean_nats import LeanClient
 from headstart.adapters.provision import ensure_streams
 from headstart.adapters.streams import EventPublisher, Prepared, batch_messages, publish_prepared
 
@@ -114,8 +117,13 @@ def _handler(kind: str) -> Handler:
     return PartitionState(0).apply_message
 
 
+async def _connect(url: str) -> NATS:
+    """A connection for the consumers, as a shard makes it (actors/shard.py)."""
+    return await connect_nats(url, client=LeanClient)
+
+
 async def _drain(url: str, broker_pid: int | None, n_messages: int, handler: str) -> dict[str, float]:
-    nc = await nats.connect(url)
+    nc = await _connect(url)
     consumer = PartitionConsumer(nc, partition=0, handler=_handler(handler), batch=256)
     try:
         broker = [broker_pid] if broker_pid else []
@@ -142,7 +150,7 @@ async def _consume(consumer: PartitionConsumer, n_messages: int) -> None:
 
 async def _profiled(url: str, n_messages: int, top: int = 15) -> list[dict[str, Any]]:
     """The functions a ``noop`` drain of single-event messages spends most own time in."""
-    nc: NATS = await nats.connect(url)
+    nc = await _connect(url)
     consumer = PartitionConsumer(nc, partition=0, handler=_handler("noop"), batch=256)
     profiler = cProfile.Profile()
     try:
@@ -166,14 +174,40 @@ async def _profiled(url: str, n_messages: int, top: int = 15) -> list[dict[str, 
     ]
 
 
-def _decode_cost(batched: list[Prepared], rounds: int = 5) -> dict[str, float]:
-    """Per event: a batch decoded as one typed array, against its events decoded one by one."""
+def _decode_cost(batched: list[Prepared], rounds: int = 7) -> dict[str, float]:
+    """Per event, each decoded event dropped at once (as a shard applies and drops it): a batch
+    decoded as one typed array; its events decoded one by one (as separate messages); and the
+    alternative to an array, the maps concatenated (a header saying how many), which needs a
+    streaming decoder: ``msgpack``'s unpacker into dicts, then msgspec's typed conversion."""
     payloads = [payload for _, payload, _ in batched if is_batch(payload)]
     items = [item for payload in payloads for item in batch_items(payload)]
+    concatenated = [b"".join(batch_items(payload)) for payload in payloads]
     decoder = batch_decoder(AnyEvent)
-    as_array = min(_timed(lambda: [decode_batch(p, decoder) for p in payloads]) for _ in range(rounds))
-    one_by_one = min(_timed(lambda: [decode_event(item) for item in items]) for _ in range(rounds))
-    return {"as_array": as_array / len(items) * 1e6, "one_by_one": one_by_one / len(items) * 1e6}
+
+    def as_array() -> None:
+        for payload in payloads:
+            for _ in decode_batch(payload, decoder):
+                pass
+
+    def one_by_one() -> None:
+        for item in items:
+            decode_event(item)
+
+    def streamed() -> None:
+        for payload in concatenated:
+            unpacker = msgpack.Unpacker()
+            unpacker.feed(payload)
+            for event in unpacker:
+                event_from_object(event)
+
+    return {
+        name: min(_timed(work) for _ in range(rounds)) / len(items) * 1e6
+        for name, work in (
+            ("as_array", as_array),
+            ("one_by_one", one_by_one),
+            ("concatenated_maps", streamed),
+        )
+    }
 
 
 def _timed(work: Callable[[], object]) -> float:
