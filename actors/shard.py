@@ -478,6 +478,7 @@ class ShardActor:
             events_without_consent=queries.events_without_consent(self.owned.consumed()),
             expired_profiles=durability.expired_profiles,
             retired_events=queries.retired_events(self.owned.consumed()),
+            replayed_events=self.state.replayed,
             catalog_version=self.runtime.version,
         )
 

@@ -24,9 +24,10 @@
    schema's: the shard's own CPU per event (``apply_us_per_event``, ``..._with_segments``,
    ``segments_us_per_event``, ``..._custom_schema``), steadier than drains on a shared machine;
    and the plain events as batches (``apply_us_per_event_batched``).
-8. Batched messages: the plain 2-shard drain again, from a third broker whose stream holds the
-   same population as messages of :data:`EVENTS_PER_MESSAGE` events of one user each (a user's
-   events in time order, in tens; the few left over of each user are not published), plus
+8. Batched messages: the plain 2-shard drain again, from a third broker whose stream holds
+   messages of :data:`EVENTS_PER_MESSAGE` events of one user each (the same users, twice as
+   many events: a user's events in time order, in tens; the few left over of each user are not
+   published, so about as many events as the other drains'), plus
    retries of 1% of the messages as they were (the stream must drop them) and of 0.5% regrouped
    in two halves (stored: the shards must skip those events, :mod:`engine.recent`), and the
    malformed messages: ``events_per_s_batched``, counted per event, with ``lost`` and
@@ -82,6 +83,8 @@ MALFORMED = 10
 EVENTS_PER_MESSAGE = 10
 #: Batched messages published again regrouped in two halves (new messages to JetStream).
 REGROUPED_SHARE = 0.005
+#: The batched drain's population (the same users as the others, events of their own).
+BATCHED_SEED = 8
 
 Expected = dict[str, collections.Counter[str]]
 #: A stream message as a shard receives it: (partition, user key, payload).
@@ -168,8 +171,11 @@ def run(quick: bool = False, out_dir: Path | None = None) -> Path:
         url = broker.url
         default_events = list(onboarding_events(users=n_users, events=n_events))
         expected, publish_s = asyncio.run(_publish(url, pseudonymizer, default_events, BUILTIN_SCHEMA))
+        # Twice the events of the same users: about three in four are in a full ten, as many
+        # as the plain drain's in all.
+        batched_events = onboarding_events(users=n_users, events=2 * n_events, seed=BATCHED_SEED)
         expected_batched, batched = asyncio.run(
-            _publish_batched(batch_broker.url, pseudonymizer, default_events)
+            _publish_batched(batch_broker.url, pseudonymizer, batched_events)
         )
         custom_events = list(custom_schema_events(users=n_users, events=n_events))
         expected_custom, _ = asyncio.run(
@@ -292,34 +298,34 @@ async def _publish(
 
 
 async def _publish_batched(
-    url: str, pseudonymizer: Pseudonymizer, events: list[dict[str, Any]]
+    url: str, pseudonymizer: Pseudonymizer, events: Iterable[dict[str, Any]]
 ) -> tuple[Expected, dict[str, int]]:
-    """``events`` as messages of :data:`EVENTS_PER_MESSAGE` events of one user (each user's in
-    time order; a user's last few that do not fill a message are left out), in the order of
-    their last events; then retries (see the module docstring) and the malformed messages.
-    Returns the expected counts and the numbers of events and of messages a drain handles."""
-    singles = [_prepare(BUILTIN_SCHEMA, pseudonymizer, event) for event in events]
-    by_user: dict[str, list[int]] = collections.defaultdict(list)
-    for i, (subject, _, _) in enumerate(singles):
-        by_user[subject].append(i)
-    chunks = []
-    for indexes in by_user.values():
-        full = len(indexes) - len(indexes) % EVENTS_PER_MESSAGE
-        chunks += [indexes[s : s + EVENTS_PER_MESSAGE] for s in range(0, full, EVENTS_PER_MESSAGE)]
-    chunks.sort(key=lambda chunk: chunk[-1])  # as the last event of each arrived
+    """``events`` as messages of :data:`EVENTS_PER_MESSAGE` events of one user: a user's events
+    in time order, a message as soon as ten are there (a user's last few that do not fill one
+    are left out); then retries (see the module docstring) and the malformed messages. Returns
+    the expected counts and the numbers of events and of messages a drain handles."""
     expected: Expected = collections.defaultdict(collections.Counter)
     messages: list[Prepared] = []
-    regrouped = 0
+    pending: dict[str, list[tuple[Prepared, str]]] = collections.defaultdict(list)
     every = int(1 / REGROUPED_SHARE)
-    for n, chunk in enumerate(chunks):
-        messages += batch_messages([singles[i] for i in chunk], EVENTS_PER_MESSAGE)[0]
-        for i in chunk:
-            expected[singles[i][0].rsplit(".", 1)[1]][events[i]["type"]] += 1
-        if n % every == 0:
+    full = regrouped = 0
+    for event in events:
+        single = _prepare(BUILTIN_SCHEMA, pseudonymizer, event)
+        mine = pending[single[0]]
+        mine.append((single, event["type"]))
+        if len(mine) < EVENTS_PER_MESSAGE:
+            continue
+        chunk = [prepared for prepared, _ in mine]
+        messages += batch_messages(chunk, EVENTS_PER_MESSAGE)[0]
+        for prepared, kind in mine:
+            expected[prepared[0].rsplit(".", 1)[1]][kind] += 1
+        mine.clear()
+        full += 1
+        if full % every == 1:
             # Right after it (as a producer's retry would come): well inside the user's window.
             half = len(chunk) // 2
             for part in (chunk[:half], chunk[half:]):
-                messages += batch_messages([singles[i] for i in part])[0]
+                messages += batch_messages(part)[0]
                 regrouped += 1
     nc = await nats.connect(url)
     try:
@@ -337,7 +343,7 @@ async def _publish_batched(
     finally:
         await nc.close()
     counts = {
-        "events": len(chunks) * EVENTS_PER_MESSAGE,
+        "events": full * EVENTS_PER_MESSAGE,
         "messages": len(messages),
         "retried": len(retried),
         "regrouped": regrouped,
