@@ -51,6 +51,7 @@ from headstart.adapters.assignment import control_bucket, load_assignment
 from headstart.adapters.broker import connect_nats
 from headstart.adapters.catalog_store import CatalogStore, StoredVersion, Watch
 from headstart.adapters.checkpoints import NatsCheckpointStore
+from headstart.adapters.lean_nats import LeanClient
 from headstart.adapters.membership import CLUSTERS_KEY, ChangePublisher, ClusterTrainer, cluster_listener
 from headstart.adapters.merge import PolicyMerger, learn_bucket, register_layout
 from headstart.adapters.shard_stats import (
@@ -311,9 +312,11 @@ class ShardActor:
     async def _start(self) -> None:
         try:
             auth = self.settings.nats_auth()
+            # The partitions' deliveries only: their headers are never read (see LeanClient).
             self.nc = await connect_nats(
                 self.nats_url,
                 auth,
+                client=LeanClient,
                 name=f"headstart-{shard_name(self.shard_id)}",
                 max_reconnect_attempts=-1,
                 reconnect_time_wait=0.5,
@@ -475,6 +478,7 @@ class ShardActor:
             events_without_consent=queries.events_without_consent(self.owned.consumed()),
             expired_profiles=durability.expired_profiles,
             retired_events=queries.retired_events(self.owned.consumed()),
+            replayed_events=self.state.replayed,
             catalog_version=self.runtime.version,
         )
 

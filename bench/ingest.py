@@ -22,7 +22,17 @@
    custom schema and its events (users with custom counts, traits and context).
 7. In this process, the drains' events applied with and without the segments, and the custom
    schema's: the shard's own CPU per event (``apply_us_per_event``, ``..._with_segments``,
-   ``segments_us_per_event``, ``..._custom_schema``), steadier than drains on a shared machine.
+   ``segments_us_per_event``, ``..._custom_schema``), steadier than drains on a shared machine;
+   and the plain events as batches (``apply_us_per_event_batched``).
+8. Batched messages: the plain 2-shard drain again, from a third broker whose stream holds
+   messages of :data:`EVENTS_PER_MESSAGE` events of one user each (the same users, twice as
+   many events: a user's events in time order, in tens; the few left over of each user are not
+   published, so about as many events as the other drains'), plus
+   retries of 1% of the messages as they were (the stream must drop them) and of 0.5% regrouped
+   in two halves (stored: the shards must skip those events, :mod:`engine.recent`), and the
+   malformed messages: ``events_per_s_batched``, counted per event, with ``lost`` and
+   ``duplicated`` per event as for the others, and ``batched_ratio`` (against the plain drain
+   of the same repetition).
 """
 
 from __future__ import annotations
@@ -46,6 +56,7 @@ from nats.js.errors import NotFoundError
 from bench.common import cpu_seconds, embedded_broker, local_ray, write_result
 from bench.population import custom_schema_events, onboarding_events
 from bench.traffic import lost_and_duplicated, read_back
+from engine.batches import join_encoded
 from engine.catalog import DEFAULT_CATALOG, Catalog, CatalogError, check_catalog_text, load_catalog
 from engine.clusters import ClusterAssigner, ClusterModel, behaviour
 from engine.decision import Decider
@@ -58,7 +69,7 @@ from engine.segments import SegmentIndex
 from engine.shard import ShardState
 from headstart.adapters.broker import EmbeddedNats
 from headstart.adapters.provision import ensure_streams
-from headstart.adapters.streams import publish_prepared
+from headstart.adapters.streams import Prepared, batch_messages, publish_prepared
 from headstart.adapters.topology import DLQ_STREAM, SNAPSHOT_BUCKET, ingest_subject
 from headstart.settings import Settings
 
@@ -68,6 +79,12 @@ RETRY_SHARE = 0.01
 #: Drains per shard count; the median is reported (the machine is shared and noisy).
 REPETITIONS = 5
 MALFORMED = 10
+#: Events of one user per message in the batched drain (issue 25's figure).
+EVENTS_PER_MESSAGE = 10
+#: Batched messages published again regrouped in two halves (new messages to JetStream).
+REGROUPED_SHARE = 0.005
+#: The batched drain's population (the same users as the others, events of their own).
+BATCHED_SEED = 8
 
 Expected = dict[str, collections.Counter[str]]
 #: A stream message as a shard receives it: (partition, user key, payload).
@@ -150,17 +167,29 @@ def run(quick: bool = False, out_dir: Path | None = None) -> Path:
     custom_schema = EventSchema(catalogs["custom_schema"].schema_)
     # The custom-schema drain reads its own stream, from a broker of its own (stream names are
     # fixed), idle while the others drain.
-    with embedded_broker() as broker, embedded_broker() as custom_broker:
+    with embedded_broker() as broker, embedded_broker() as custom_broker, embedded_broker() as batch_broker:
         url = broker.url
         default_events = list(onboarding_events(users=n_users, events=n_events))
         expected, publish_s = asyncio.run(_publish(url, pseudonymizer, default_events, BUILTIN_SCHEMA))
+        # Twice the events of the same users: about three in four are in a full ten, as many
+        # as the plain drain's in all.
+        batched_events = onboarding_events(users=n_users, events=2 * n_events, seed=BATCHED_SEED)
+        expected_batched, batched = asyncio.run(
+            _publish_batched(batch_broker.url, pseudonymizer, batched_events)
+        )
         custom_events = list(custom_schema_events(users=n_users, events=n_events))
         expected_custom, _ = asyncio.run(
             _publish(custom_broker.url, pseudonymizer, custom_events, custom_schema)
         )
         del default_events, custom_events
         metrics["publish_events_per_s"] = n_events / publish_s
-        runs: dict[int | str, list[dict[str, Any]]] = {1: [], 2: [], "2_segments": [], "2_custom_schema": []}
+        runs: dict[int | str, list[dict[str, Any]]] = {
+            1: [],
+            2: [],
+            "2_segments": [],
+            "2_custom_schema": [],
+            "2_batched": [],
+        }
         with local_ray(num_cpus=2):
             for rep in range(reps):
                 runs[1].append(_drain(broker, 1, expected, n_events, catalogs["plain"]))
@@ -173,8 +202,19 @@ def run(quick: bool = False, out_dir: Path | None = None) -> Path:
                 ]
                 for name, source, counts, catalog in drains if rep % 2 == 0 else drains[::-1]:
                     runs[name].append(_drain(source, 2, counts, n_events, catalogs[catalog]))
+                runs["2_batched"].append(
+                    _drain(
+                        batch_broker,
+                        2,
+                        expected_batched,
+                        batched["events"],
+                        catalogs["plain"],
+                        messages=batched["messages"],
+                    )
+                )
         metrics["dead_letters"] = asyncio.run(_dead_letters(url))
         metrics["dead_letters_custom_schema"] = asyncio.run(_dead_letters(custom_broker.url))
+        metrics["dead_letters_batched"] = asyncio.run(_dead_letters(batch_broker.url))
     rate = {k: statistics.median(r["events_per_s"] for r in v) for k, v in runs.items()}
     metrics["events_per_s"] = rate[2]
     metrics["events_per_s_1_shard"] = rate[1]
@@ -189,6 +229,10 @@ def run(quick: bool = False, out_dir: Path | None = None) -> Path:
     metrics["events_per_s_custom_schema"] = rate["2_custom_schema"]
     metrics["custom_schema_ratio"] = statistics.median(
         c["events_per_s"] / p["events_per_s"] for p, c in zip(runs[2], runs["2_custom_schema"], strict=True)
+    )
+    metrics["events_per_s_batched"] = rate["2_batched"]
+    metrics["batched_ratio"] = statistics.median(
+        b["events_per_s"] / p["events_per_s"] for p, b in zip(runs[2], runs["2_batched"], strict=True)
     )
     all_runs = [r for v in runs.values() for r in v]
     metrics["lost"] = sum(r["lost"] for r in all_runs)
@@ -207,6 +251,11 @@ def run(quick: bool = False, out_dir: Path | None = None) -> Path:
         "statistic": "median over repetitions",
         "custom_schema": str(CUSTOM_SCHEMA.relative_to(CUSTOM_SCHEMA.parents[2])),
         "custom_schema_share": 0.5,
+        "batched_events": batched["events"],
+        "batched_events_per_message": EVENTS_PER_MESSAGE,
+        "batched_messages": batched["messages"],
+        "batched_retried_messages": batched["retried"],
+        "batched_regrouped_messages": batched["regrouped"],
         "quick": quick,
     }
     return write_result("ingest", params, metrics, out_dir=out_dir, started_at=started)
@@ -248,9 +297,70 @@ async def _publish(
     return expected, publish_s
 
 
+async def _publish_batched(
+    url: str, pseudonymizer: Pseudonymizer, events: Iterable[dict[str, Any]]
+) -> tuple[Expected, dict[str, int]]:
+    """``events`` as messages of :data:`EVENTS_PER_MESSAGE` events of one user: a user's events
+    in time order, a message as soon as ten are there (a user's last few that do not fill one
+    are left out); then retries (see the module docstring) and the malformed messages. Returns
+    the expected counts and the numbers of events and of messages a drain handles."""
+    expected: Expected = collections.defaultdict(collections.Counter)
+    messages: list[Prepared] = []
+    pending: dict[str, list[tuple[Prepared, str]]] = collections.defaultdict(list)
+    every = int(1 / REGROUPED_SHARE)
+    full = regrouped = 0
+    for event in events:
+        single = _prepare(BUILTIN_SCHEMA, pseudonymizer, event)
+        mine = pending[single[0]]
+        mine.append((single, event["type"]))
+        if len(mine) < EVENTS_PER_MESSAGE:
+            continue
+        chunk = [prepared for prepared, _ in mine]
+        messages += batch_messages(chunk, EVENTS_PER_MESSAGE)[0]
+        for prepared, kind in mine:
+            expected[prepared[0].rsplit(".", 1)[1]][kind] += 1
+        mine.clear()
+        full += 1
+        if full % every == 1:
+            # Right after it (as a producer's retry would come): well inside the user's window.
+            half = len(chunk) // 2
+            for part in (chunk[:half], chunk[half:]):
+                messages += batch_messages(part)[0]
+                regrouped += 1
+    nc = await nats.connect(url)
+    try:
+        js = nc.jetstream()
+        await ensure_streams(js, PARTITIONS)
+        acks = await publish_prepared(js, messages)
+        assert not any(ack.duplicate for ack in acks)
+        retried = messages[:: int(1 / RETRY_SHARE)]
+        assert all(ack.duplicate for ack in await publish_prepared(js, retried)), (
+            "a retried batch was stored twice"
+        )
+        for i in range(MALFORMED):
+            await nc.publish(ingest_subject(pseudonymizer.key(f"bad-{i}")), b"\x92\x01not-an-event")
+        await nc.flush()
+    finally:
+        await nc.close()
+    counts = {
+        "events": full * EVENTS_PER_MESSAGE,
+        "messages": len(messages),
+        "retried": len(retried),
+        "regrouped": regrouped,
+    }
+    return expected, counts
+
+
 def _drain(
-    broker: EmbeddedNats, shards: int, expected: Expected, n_events: int, catalog: Catalog
+    broker: EmbeddedNats,
+    shards: int,
+    expected: Expected,
+    n_events: int,
+    catalog: Catalog,
+    messages: int | None = None,
 ) -> dict[str, Any]:
+    """Time ``shards`` shards draining ``n_events`` events (in ``messages`` messages: one
+    each by default; the malformed ones come on top)."""
 
     from actors.cluster import ShardGroup
 
@@ -264,13 +374,14 @@ def _drain(
     group = ShardGroup(settings, url, catalog=catalog).start()
     try:
         group.wait_ready()
-        target = n_events + MALFORMED
+        target = (n_events if messages is None else messages) + MALFORMED
         deadline = time.monotonic() + 600
-        series: list[tuple[float, int]] = []  # (wall time, handled): the rate over time
+        # (wall time, messages handled, events applied): the rate over time
+        series: list[tuple[float, int, int]] = []
         while time.monotonic() < deadline:
             stats = group.stats()
             handled = sum(s.handled for s in stats)
-            series.append((time.time(), handled))
+            series.append((time.time(), handled, sum(s.applied for s in stats)))
             if handled >= target:
                 break
             time.sleep(0.05)
@@ -305,8 +416,9 @@ def _drain(
             "consumer_restarts": sum(s.restarts for s in stats),
             "per_shard_handled": [s.handled for s in stats],
             "series": {
-                "seconds": [round(t - first, 3) for t, n in series if n],
-                "handled": [n for _, n in series if n],
+                "seconds": [round(t - first, 3) for t, n, _ in series if n],
+                "handled": [n for _, n, _ in series if n],
+                "applied": [a for _, n, a in series if n],
             },
             # Where the time goes: CPU seconds of the shard processes and of nats-server over
             # the drain (2 cores = 2 CPU-seconds per wall second at most).
@@ -439,7 +551,8 @@ def _apply_cost(pseudonymizer: Pseudonymizer, n_events: int, n_users: int) -> di
         warm.apply(seq, partition, key, payload)
     assigner = _served_clusters(warm, catalogs["segments"])
     del warm
-    timings: dict[str, list[float]] = {"plain": [], "segments": [], "custom_schema": []}
+    batched, batched_events = _batched_messages(messages)
+    timings: dict[str, list[float]] = {"plain": [], "segments": [], "custom_schema": [], "batched": []}
     for _ in range(3):
         for name, times in timings.items():
             index = SegmentIndex(catalogs[name]) if name == "segments" else None
@@ -449,6 +562,8 @@ def _apply_cost(pseudonymizer: Pseudonymizer, n_events: int, n_users: int) -> di
             applied = messages
             if name == "custom_schema":
                 setup, applied = PartitionSetup(schema=schema), custom_messages
+            elif name == "batched":
+                applied = batched
             state = ShardState.build(dict.fromkeys(range(PARTITIONS)), setup)
             segments = [p.segments for p in state.partitions.values() if p.segments is not None]
             gc.collect()
@@ -460,7 +575,8 @@ def _apply_cost(pseudonymizer: Pseudonymizer, n_events: int, n_users: int) -> di
                         queue.take(1_000_000)
             for queue in segments:
                 queue.take(1_000_000)
-            times.append((time.process_time() - started) / len(applied) * 1e6)
+            events = batched_events if name == "batched" else len(applied)
+            times.append((time.process_time() - started) / events * 1e6)
             del state, segments
     plain, with_segments = min(timings["plain"]), min(timings["segments"])
     custom = min(timings["custom_schema"])
@@ -470,4 +586,20 @@ def _apply_cost(pseudonymizer: Pseudonymizer, n_events: int, n_users: int) -> di
         "segments_us_per_event": with_segments - plain,
         "apply_us_per_event_custom_schema": custom,
         "custom_schema_apply_ratio": plain / custom,
+        "apply_us_per_event_batched": min(timings["batched"]),
     }
+
+
+def _batched_messages(messages: list[Message]) -> tuple[list[Message], int]:
+    """``messages`` as the batched drain's: each user's in tens, in time order (the rest left
+    out), ordered by their last events; and how many events they hold."""
+    by_user: dict[str, list[int]] = collections.defaultdict(list)
+    for i, (_, key, _) in enumerate(messages):
+        by_user[key].append(i)
+    chunks = []
+    for indexes in by_user.values():
+        full = len(indexes) - len(indexes) % EVENTS_PER_MESSAGE
+        chunks += [indexes[s : s + EVENTS_PER_MESSAGE] for s in range(0, full, EVENTS_PER_MESSAGE)]
+    chunks.sort(key=lambda chunk: chunk[-1])
+    out = [(messages[c[0]][0], messages[c[0]][1], join_encoded([messages[i][2] for i in c])) for c in chunks]
+    return out, len(chunks) * EVENTS_PER_MESSAGE

@@ -22,3 +22,12 @@ class InvalidEvent(HeadstartError):
 
 class ConfigError(HeadstartError):
     """A configuration file or setting is invalid; the message names the source and field."""
+
+
+class InvalidEvents(InvalidEvent):
+    """Some events of a batched message are invalid; the valid ones were applied. ``rejected``
+    holds each invalid one as (its index in the batch, why), for dead letters of their own."""
+
+    def __init__(self, rejected: list[tuple[int, InvalidEvent]]) -> None:
+        super().__init__("invalid_in_batch", f"{len(rejected)} events of the batch are invalid")
+        self.rejected = rejected

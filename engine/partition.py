@@ -11,6 +11,18 @@ its components (:mod:`engine.component`), built from one :class:`PartitionSetup`
 (1, 1)
 >>> PartitionState.restore(part.snapshot()).users["k1"].sessions
 1
+
+A message may carry several events of its user (a batch, :mod:`engine.batches`), applied in
+order under the message's sequence; an event already applied to its user inside another
+batch is skipped (:mod:`engine.recent`):
+
+>>> from engine.batches import join_encoded
+>>> e2, e3 = (encode_event({"event_id": f"e{n}", "user_id": "k1", "type": "session_started", "ts": 10 * n})
+...           for n in (2, 3))
+>>> part.apply_message(seq=2, user_key="k1", data=join_encoded([e2]))
+>>> part.apply_message(seq=3, user_key="k1", data=join_encoded([e2, e3]))  # e2 again, and e3
+>>> part.applied, part.replayed
+(3, 1)
 """
 
 from __future__ import annotations
@@ -21,13 +33,15 @@ from typing import Any
 
 import msgspec
 
+from engine.batches import batch_items
 from engine.component import PartitionComponent
-from engine.errors import InvalidEvent
+from engine.errors import InvalidEvent, InvalidEvents
 from engine.events import ConsentUpdated, Event
 from engine.experiments import ExperimentPlan, PartitionExperiments, exposure_decoder
 from engine.learning import Learner, PartitionLearning, decision_decoder, reward_decoder
 from engine.pii import PiiSealer
 from engine.profile import PERSONALIZATION_BITS, UserState, Vocabularies, consent_allows, with_consent
+from engine.recent import RecentEventIds
 from engine.schema import BUILTIN_SCHEMA, EventSchema
 from engine.segments import PartitionSegments, SegmentIndex
 
@@ -46,6 +60,9 @@ class _TypeOnly(msgspec.Struct):
 
 
 _type_decoder = msgspec.msgpack.Decoder(_TypeOnly)
+
+#: The first byte of a msgpack array: a batched message (a single event is a map).
+_BATCH_FIRST_BYTES = frozenset([*range(0x90, 0xA0), 0xDC, 0xDD])
 
 
 class _SnapshotHead(msgspec.Struct):
@@ -157,7 +174,9 @@ class PartitionState:
         "last_seq",
         "partition",
         "pii_fields",
+        "recent",
         "records",
+        "replayed",
         "retired",
         "revision",
         "schema",
@@ -186,6 +205,10 @@ class PartitionState:
         #: applied (or dead-lettered). Redeliveries at or below it change nothing.
         self.last_seq = 0
         self.applied = 0
+        #: Recent event ids of the users whose events come in batches, and how many events
+        #: they recognized as applied already (retried inside another message).
+        self.recent = RecentEventIds()
+        self.replayed = 0
         #: Decision and reward records applied (the learning loop's messages in the stream).
         self.records = 0
         #: The newest event time seen in this partition.
@@ -299,7 +322,8 @@ class PartitionState:
         ``user_key`` is the subject's tail: the user's key for an event, ``<key>-decision`` or
         ``<key>-reward`` for the learning loop's records. Raises :class:`InvalidEvent` for a
         message that must be dead-lettered; the sequence still counts as handled so that a
-        replay does not dead-letter it again.
+        replay does not dead-letter it again. A batch's valid events are applied whatever its
+        invalid ones; then :class:`~engine.errors.InvalidEvents` names those.
         """
         if seq <= self.last_seq:
             return
@@ -307,6 +331,9 @@ class PartitionState:
         if "-" in user_key:  # keys are base32: no "-" in an event's tail
             user_key, kind = user_key.split("-", 1)
             self._apply_record(seq, user_key, kind, data)
+            return
+        if data and data[0] in _BATCH_FIRST_BYTES:
+            self._apply_batch(seq, user_key, data)
             return
         try:
             event = self.schema.decode(data)
@@ -319,7 +346,32 @@ class PartitionState:
             return
         if event.user_id != user_key:
             raise InvalidEvent("key_mismatch", "payload user_id does not match the subject's user key")
+        recent = self.recent.by_user
+        if recent and user_key in recent and self.recent.seen(user_key, event.event_id):
+            self.replayed += 1
+            return
         self.apply_event(user_key, event, seq)
+
+    def _apply_batch(self, seq: int, user_key: str, data: bytes) -> None:
+        """A batched message's events in order, each once for its user (see :mod:`engine.recent`)."""
+        rejected: list[tuple[int, InvalidEvent]] = []
+        seen = self.recent.seen
+        for i, event in enumerate(self.schema.decode_batch(data)):
+            if isinstance(event, InvalidEvent):
+                retired = self._retired_type(event, batch_items(data)[i])
+                if retired is None:
+                    rejected.append((i, event))
+                else:
+                    self.retired[retired] = self.retired.get(retired, 0) + 1
+            elif event.user_id != user_key:
+                problem = "payload user_id does not match the subject's user key"
+                rejected.append((i, InvalidEvent("key_mismatch", problem)))
+            elif seen(user_key, event.event_id):
+                self.replayed += 1
+            else:
+                self.apply_event(user_key, event, seq)
+        if rejected:
+            raise InvalidEvents(rejected)
 
     def _retired_type(self, error: InvalidEvent, data: bytes) -> str | None:
         """The type of an event whose type the catalog no longer declares but this partition
@@ -382,6 +434,7 @@ class PartitionState:
         else did; with ``erase``, no exits). What the policies already learned is aggregate and
         stays. Whether the user had a profile here."""
         user = self.users.pop(user_key, None)
+        self.recent.forget(user_key)
         for component in self._components:
             component.forget_user(user_key, user, now, seq, erase)
         return user is not None
@@ -510,6 +563,9 @@ class PartitionState:
             snap[name] = component.snapshot() if component is not None else None
         snap["withheld"] = self.withheld
         snap["anonymous"] = self.anonymous
+        if self.recent.by_user:
+            snap["recent"] = self.recent.snapshot()
+            snap["replayed"] = self.replayed
         if self.retired:
             snap["retired"] = self.retired
         return _snapshot_encoder.encode(snap)
@@ -529,6 +585,8 @@ class PartitionState:
         part.vocab = Vocabularies(snap["vocab"])
         part._declare()  # types declared since the snapshot; the ones it knew stay known
         part.retired = dict(snap.get("retired") or {})
+        part.recent = RecentEventIds(snap.get("recent"))
+        part.replayed = snap.get("replayed", 0)
         part.users = {key: UserState.restore(value, key, part.sealer) for key, value in snap["users"].items()}
         part._restore_components(snap)
         return part

@@ -35,6 +35,8 @@ from typing import Annotated, Any, Literal, Union
 import msgspec
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from engine.batches import batch_decoder, decode_batch
+from engine.errors import InvalidEvent
 from engine.events import (
     CONTEXT_FIELDS,
     EVENT_CLASSES,
@@ -215,6 +217,7 @@ class EventSchema:
             self.classes: dict[str, type[Event]] = dict(EVENT_CLASSES)
             self._union: Any = AnyEvent
             self._decoder: msgspec.msgpack.Decoder[Any] | None = None
+            self._batch_decoder = batch_decoder(AnyEvent)
             return
         context_type: type[Context] = Context
         if section.context:
@@ -264,6 +267,7 @@ class EventSchema:
         self.classes = classes
         self._union = Union[tuple(classes.values())]  # noqa: UP007 - built from a runtime tuple
         self._decoder = msgspec.msgpack.Decoder(self._union)
+        self._batch_decoder = batch_decoder(self._union)
 
     @property
     def is_builtin(self) -> bool:
@@ -280,6 +284,12 @@ class EventSchema:
         if self._decoder is None:
             return decode_event(data)
         return decode_with(self._decoder, data, self.classes)
+
+    def decode_batch(self, data: bytes) -> list[Event | InvalidEvent]:
+        """The events of a batched message (:mod:`engine.batches`), in order, each invalid item
+        as the :class:`~engine.errors.InvalidEvent` saying why; raises it for a message that is
+        not an array at all."""
+        return decode_batch(data, self._batch_decoder, self.decode)
 
     def from_object(self, obj: Any, strict: bool = False) -> Event:
         """Validate a parsed mapping (one JSON event), as :func:`engine.events.event_from_object`."""

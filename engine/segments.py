@@ -356,6 +356,8 @@ class PartitionSegments:
         "outbox",
         "partition",
         "queued",
+        "repeated_seq",
+        "repeats",
         "revision",
         "samples",
         "seen",
@@ -401,6 +403,10 @@ class PartitionSegments:
         #: The bits of segments new or changed since the state restored was evaluated (a
         #: catalog change): :meth:`evaluate_stale` evaluates them for every user.
         self.stale = 0
+        #: The stream sequence that caused the last change, and how many more it caused (see
+        #: :meth:`caused_by`).
+        self.repeated_seq = -1
+        self.repeats = 0
 
     def on_event(
         self, user_key: str, user: UserState, event: Event, seq: int, vocab: Vocabularies, changed: int
@@ -437,7 +443,7 @@ class PartitionSegments:
         new = (old & ~decides) | evaluate(user, now, vocab)
         if new != old:
             user.segments = new
-            self.record_change(user_key, old, new, now, seq)
+            self.record_change(user_key, old, new, now, self.caused_by(seq))
 
     def sweep(
         self, users: Iterable[tuple[str, UserState]], now: float, vocab: Vocabularies, reassign: bool = True
@@ -467,6 +473,20 @@ class PartitionSegments:
         if changes:
             self.revision += 1
         return changes
+
+    def caused_by(self, origin: int | str) -> int | str:
+        """The origin to record a change under: a stream sequence that already caused a
+        change (a batched message, whose events share its sequence) causes the next under
+        ``<seq>.<n>``. A change's id must name one change, and a replay, which applies whole
+        messages again from their first event, names them the same (the count is not kept in
+        snapshots, taken between messages)."""
+        if origin.__class__ is not int:
+            return origin
+        if origin == self.repeated_seq:
+            self.repeats += 1
+            return f"{origin}.{self.repeats}"
+        self.repeated_seq, self.repeats = origin, 0  # type: ignore[assignment]
+        return origin
 
     def record_change(self, user_key: str, old: int, new: int, now: float, origin: int | str) -> int:
         """Queue a user's membership going from mask ``old`` to ``new``; the number of changes."""
@@ -520,7 +540,7 @@ class PartitionSegments:
         caused by ``origin``. Erased: not even those, nor any change of theirs still queued."""
         if user is not None:
             if user.segments:
-                self.record_change(user_key, user.segments, 0, max(now, self.clock), origin)
+                self.record_change(user_key, user.segments, 0, max(now, self.clock), self.caused_by(origin))
             user.segments = 0
         if erase:
             self.drop_queued(user_key)

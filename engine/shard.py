@@ -60,6 +60,11 @@ class ShardState:
         return sum(p.applied for p in self.partitions.values())
 
     @property
+    def replayed(self) -> int:
+        """Events skipped as already applied to their user (see :mod:`engine.recent`)."""
+        return sum(p.replayed for p in self.partitions.values())
+
+    @property
     def records(self) -> int:
         """Decision and reward records applied (see :mod:`engine.learning`)."""
         return sum(p.records for p in self.partitions.values())

@@ -104,13 +104,17 @@ def fresh_streams(nats_url: str) -> str:
     return nats_url
 
 
-async def publish_events(url: str, pseudonymizer: Pseudonymizer, events: list[dict[str, Any]]) -> None:
-    """Publish raw events as a producer would (pseudonymized, deduplicated by event id)."""
+async def publish_events(
+    url: str, pseudonymizer: Pseudonymizer, events: list[dict[str, Any]], max_events: int = 1
+) -> None:
+    """Publish raw events as a producer would (pseudonymized, deduplicated by event id), one
+    event a message unless ``max_events`` lets the publisher batch each user's (the tests
+    written before batches count messages as events)."""
     from headstart.adapters.streams import EventPublisher
 
     conn = await nats.connect(url)
     try:
-        await EventPublisher(conn.jetstream(), pseudonymizer).publish_many(events)
+        await EventPublisher(conn.jetstream(), pseudonymizer, max_events=max_events).publish_many(events)
     finally:
         await conn.close()
 

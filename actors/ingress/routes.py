@@ -64,7 +64,7 @@ from headstart.adapters.audit import audit
 from headstart.adapters.broker import connect_nats
 from headstart.adapters.control import AdminError, request_admin
 from headstart.adapters.rpc import ShardClient, ShardError, ShardUnavailable
-from headstart.adapters.streams import EventPublisher, publish_prepared
+from headstart.adapters.streams import EventPublisher, publish_events, publish_prepared
 from headstart.adapters.topology import record_subjects
 from headstart.privacy.access import export_user
 from headstart.privacy.erasure import Eraser
@@ -437,7 +437,7 @@ class Ingress(DecisionService, CatalogRoutes):
                 aliases = await self._segment.aliases(nc.jetstream())
                 key_of = self.pseudonymizer.key
                 await aliases.link(key_of(body.anonymous_id), key_of(batch_user))
-            acks = await publish_prepared(nc.jetstream(), prepared, retry_for=5.0)
+            acks = await publish_events(nc.jetstream(), prepared, retry_for=5.0)
         except Exception as exc:
             raise ApiError(
                 503, "unavailable", f"the event stream did not store the batch: {type(exc).__name__}"

@@ -15,7 +15,7 @@ from nats.js.api import KeyValueConfig, StorageType
 from actors.ingress.errors import ApiError
 from engine.errors import InvalidEvent
 from engine.keys import Pseudonymizer
-from headstart.adapters.streams import EventPublisher, open_bucket, publish_prepared
+from headstart.adapters.streams import EventPublisher, open_bucket, publish_events
 from headstart.adapters.topology import ALIASES_BUCKET, DLQ_PREFIX
 from headstart.web.metrics import IngressMetrics
 from headstart.web.segment_api import CALL_TYPES as SEGMENT_CALLS
@@ -97,7 +97,7 @@ class SegmentIngest:
                 counted.append((kind, "invalid"))
                 dead.append((message, f"{exc.reason}: {exc.detail}"))
         try:
-            acks = await publish_prepared(js, [p for _, p in prepared], retry_for=5.0)
+            acks = await publish_events(js, [p for _, p in prepared], retry_for=5.0)
             for message, reason in dead:
                 payload, headers = dead_letter(message, reason, key_of)
                 await js.publish(f"{DLQ_PREFIX}.segment", payload, headers=headers)

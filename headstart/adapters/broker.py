@@ -84,13 +84,17 @@ class NatsUnavailable(HeadstartError):
     """NATS could not be reached or refused the connection; the message has the server's reason."""
 
 
-async def connect_nats(url: str, auth: NatsAuth | None = None, **options: Any) -> NATS:
-    """``nats.connect`` with Headstart's credentials; ``options`` as nats-py takes them.
+async def connect_nats(
+    url: str, auth: NatsAuth | None = None, client: type[NATS] | None = None, **options: Any
+) -> NATS:
+    """``nats.connect`` with Headstart's credentials; ``options`` as nats-py takes them;
+    ``client``: a subclass of nats-py's client to connect with (e.g.
+    :class:`~headstart.adapters.lean_nats.LeanClient`).
 
     A refused first connection raises :class:`NatsUnavailable` with the server's reason
     (``'Authorization Violation'``) rather than nats-py's "no servers available".
     """
-    import nats
+    from nats.aio.client import Client
     from nats.errors import Error as ServerError
     from nats.errors import NoServersError
 
@@ -103,7 +107,9 @@ async def connect_nats(url: str, auth: NatsAuth | None = None, **options: Any) -
 
     options.setdefault("error_cb", on_error)
     try:
-        return await nats.connect(url, **(auth.options() if auth is not None else {}), **options)
+        nc = (client or Client)()
+        await nc.connect(url, **(auth.options() if auth is not None else {}), **options)
+        return nc
     except NoServersError as exc:
         reason = reasons.get(True) or reasons.get(False) or exc
         raise NatsUnavailable(f"could not connect to NATS at {url}: {reason}") from exc

@@ -18,6 +18,16 @@ a re-attached durable consumer redelivers the unacked messages of the dead insta
 A consumer created at a start sequence delivers in order; the same code path serves the first
 start, a crash restart, a broker restart and a detected delivery gap.
 
+Why no acks (``AckPolicy.NONE``): nothing here relies on a redelivery. What a partition applied
+is its snapshot's last sequence, and every (re)start creates a consumer after it; acknowledging
+only made the server keep every delivery pending until an ack-all and made this loop publish
+the acks. Flow is bounded by the pull requests' credit, as before.
+
+Why the connection is a :class:`~headstart.adapters.lean_nats.LeanClient` in a shard: nats-py
+parses every delivered message's headers (``Nats-Msg-Id``, stored with each message for
+JetStream's duplicate window) into a dict that this loop never reads; that client skips the
+parse for everything but status messages (figures: bench/RESULTS.md, "lean consume path").
+
 Each creation gets a name of its own (``hs-p<partition>-<token>``): creating a consumer that
 cannot exist yet is one JetStream API call, and a create never finds an old consumer of the
 same name (whose delivery state it would silently reuse when the configurations matched). The
@@ -41,7 +51,8 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-from engine.errors import InvalidEvent
+from engine.batches import batch_items
+from engine.errors import InvalidEvent, InvalidEvents
 from engine.pii import DEFAULT_PII_FIELDS, scrub_pii
 from headstart.adapters.topology import (
     EVENTS_STREAM,
@@ -55,12 +66,12 @@ log = logging.getLogger(__name__)
 MAX_DETAIL = 4000
 
 #: Called with (stream sequence, user key, payload); raises InvalidEvent to dead-letter the
-#: message.
+#: message, InvalidEvents to dead-letter some events of a batched one (the others applied).
 Handler = Callable[[int, str, bytes], None]
 
-#: Ack (ack-all) at least this often within a burst, so the server's ack floor and the
-#: consumer's ack-pending count stay close to the truth during long drains.
-ACK_EVERY = 256
+#: The drain-rate bookkeeping (:attr:`PartitionConsumer.last_handled_at`) is brought up to date
+#: at least this often within a burst, and whenever the delivered messages are all handled.
+MARK_EVERY = 256
 #: Messages handled between turns given to the rest of the event loop (~2 ms of a shard's work).
 YIELD_EVERY = 64
 #: Pull requests wait this long for messages before the server answers 408 and we re-pull.
@@ -70,9 +81,6 @@ PULL_EXPIRES_S = 10.0
 HEARTBEAT_S = 2.0
 #: How often the watchdog looks at the connection and at the time since the last delivery.
 WATCH_EVERY_S = 0.25
-#: A delivery not acknowledged in this long is redelivered; redeliveries at or below the
-#: position are no-ops, so this only bounds how long a stalled shard holds messages.
-ACK_WAIT_S = 120.0
 
 
 def consumer_name(partition: int) -> str:
@@ -125,6 +133,8 @@ class PartitionConsumer:
         self._stream = stream
         self._replicas = replicas
         self._pull_subject = ""
+        #: Where the user key starts in a subject of this partition (``hs.events.<p>.``).
+        self._key_at = len(partition_subject(partition)) - 1
         self._cleanup: set[asyncio.Task[None]] = set()
         self._pull_payload = json.dumps(
             {
@@ -138,7 +148,8 @@ class PartitionConsumer:
         self.handled = 0
         self.dead_lettered = 0
         self.restarts = 0
-        #: Wall-clock times of the first handled message and of the latest ack, for drain rates.
+        #: Wall-clock times of the first handled message and of the latest mark (see
+        #: :data:`MARK_EVERY`), for drain rates.
         self.first_handled_at = 0.0
         self.last_handled_at = 0.0
         #: Process CPU time at the same two moments (how much of a core the drain took).
@@ -149,7 +160,7 @@ class PartitionConsumer:
         self._generation = 0
         self._credit = 0
         self._next_dseq = 1
-        self._unacked = 0
+        self._unmarked = 0
         self._last_activity = time.monotonic()
         self._pulling = False
         self._since_yield = 0
@@ -230,9 +241,7 @@ class PartitionConsumer:
                 durable_name=name,
                 deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
                 opt_start_seq=self.position + 1,
-                ack_policy=AckPolicy.ALL,
-                ack_wait=ACK_WAIT_S,
-                max_ack_pending=-1,
+                ack_policy=AckPolicy.NONE,
                 filter_subject=partition_subject(self.partition),
                 # An abandoned consumer (its shard moved or gone) cleans itself up.
                 inactive_threshold=3600.0,
@@ -246,7 +255,7 @@ class PartitionConsumer:
         self._inbox = self._nc.new_inbox()
         self._credit = 0
         self._next_dseq = 1
-        self._unacked = 0
+        self._unmarked = 0
 
         async def on_message(msg: Msg) -> None:
             if generation == self._generation:
@@ -328,24 +337,26 @@ class PartitionConsumer:
         self._next_dseq = dseq + 1
         self._credit -= 1
         seq = int(tokens[base + 1])
-        # hs.events.<partition>.<user key>
-        key = msg.subject.split(".", 3)[3]
+        key = msg.subject[self._key_at :]  # hs.events.<partition>.<user key>
         if not self.handled:
             self.first_handled_at = time.time()
             self.first_handled_cpu = time.process_time()
         try:
             self._handler(seq, key, msg.data)
+        except InvalidEvents as exc:
+            items = batch_items(msg.data)
+            for index, problem in exc.rejected:
+                await self._dead_letter(msg, seq, problem, items[index], index)
         except InvalidEvent as exc:
             await self._dead_letter(msg, seq, exc)
         self.position = max(self.position, seq)
         self.handled += 1
-        self._unacked += 1
+        self._unmarked += 1
         sub = self._sub
-        if self._unacked >= ACK_EVERY or (sub is not None and sub.pending_msgs == 0):
-            self._unacked = 0
+        if self._unmarked >= MARK_EVERY or (sub is not None and sub.pending_msgs == 0):
+            self._unmarked = 0
             self.last_handled_at = time.time()
             self.last_handled_cpu = time.process_time()
-            await self._nc.publish(reply)  # AckPolicy.ALL: acknowledges everything up to here
         self._since_yield += 1
         if self._since_yield >= YIELD_EVERY:
             # A subscription drains its queued messages without yielding to the event loop;
@@ -367,12 +378,16 @@ class PartitionConsumer:
             await self._refill()
         # 100 is an idle heartbeat: the activity timestamp was all it had to update.
 
-    async def _dead_letter(self, msg: Msg, seq: int, exc: InvalidEvent) -> None:
+    async def _dead_letter(
+        self, msg: Msg, seq: int, exc: InvalidEvent, original: bytes | None = None, index: int | None = None
+    ) -> None:
         """Store the original bytes (PII props redacted, :func:`engine.pii.scrub_pii`) and the
-        reason; retry until stored, so nothing is lost."""
-        payload = scrub_pii(msg.data, self.pii_fields)
+        reason; retry until stored, so nothing is lost. ``original`` and ``index``: one event of
+        a batched message (its bytes, its place in the batch), the others applied."""
+        original = msg.data if original is None else original
+        payload = scrub_pii(original, self.pii_fields)
         headers = {
-            "Nats-Msg-Id": f"dlq:{self._stream}:{seq}",
+            "Nats-Msg-Id": f"dlq:{self._stream}:{seq}" + ("" if index is None else f":{index}"),
             "Hs-Reason": exc.reason,
             # Long enough for an unknown type's detail, which lists every declared type.
             "Hs-Detail": exc.detail[:MAX_DETAIL],
@@ -380,7 +395,9 @@ class PartitionConsumer:
             "Hs-Source-Seq": str(seq),
             "Hs-Source-Subject": msg.subject,
         }
-        if payload is not msg.data:
+        if index is not None:
+            headers["Hs-Batch-Index"] = str(index)
+        if payload is not original:
             headers["Hs-Redacted"] = "props"
         delay = 0.05
         while True:

@@ -97,6 +97,9 @@ class ShardStats(msgspec.Struct):
     retired_events: dict[str, int] = msgspec.field(default_factory=dict)
     #: The stored catalog version the shard serves (0: a catalog given directly, not stored).
     catalog_version: int = 0
+    #: Events already applied to their user, met again inside another message (an event
+    #: retried inside a different batch, see engine/recent.py) and skipped.
+    replayed_events: int = 0
 
 
 _encode = msgspec.json.Encoder().encode

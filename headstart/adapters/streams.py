@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import msgspec
@@ -38,6 +38,7 @@ from nats.js.api import (
 from nats.js.errors import BucketNotFoundError, NotFoundError
 from nats.js.kv import KeyValue
 
+from engine.batches import MAX_EVENTS_PER_MESSAGE, batch_message_id, join_encoded
 from engine.datamap import Retention
 from engine.errors import InvalidEvent
 from engine.events import Event, encode_event
@@ -59,6 +60,9 @@ from headstart.adapters.topology import (
 
 #: A publish retried within this window with the same event id is stored once (Nats-Msg-Id).
 DUPLICATE_WINDOW_S = 10 * 60
+
+#: One message as published: (subject, payload, headers).
+Prepared = tuple[str, bytes, dict[str, str]]
 
 
 async def open_bucket(js: JetStreamContext, config: KeyValueConfig) -> KeyValue:
@@ -161,8 +165,12 @@ def audit_stream_config(retention: Retention, replicas: int = 1) -> StreamConfig
 class EventPublisher:
     """Publishes events for Python producers: pseudonymizes, validates, encodes, deduplicates.
 
-    The raw ``user_id`` is replaced by its key before anything leaves the process; the
-    ``event_id`` becomes ``Nats-Msg-Id``, so a retried publish is stored once. Events are
+    The raw ``user_id`` is replaced by its key before anything leaves the process. A user's
+    events that arrive together go as one message (a batch, :mod:`engine.batches`): all of
+    :meth:`publish_many`'s, and those given to :meth:`publish` within ``linger_s`` of each
+    other (5 ms by default; 0 publishes each at once), up to ``max_events`` a message. A lone
+    event goes as a single-event message whose ``Nats-Msg-Id`` is its ``event_id``, a batch
+    under an id derived from its events' ids: a retried publish is stored once. Events are
     validated against ``schema``: the built-in types only by default; a producer that sends
     the product's own types passes its catalog's (``load_catalog(path).event_schema``), so an
     event of an undeclared type, or with a wrong prop, is refused here rather than
@@ -178,17 +186,32 @@ class EventPublisher:
 
     #: How many publishes may await their JetStream ack at once in :meth:`publish_many`.
     WINDOW = 2000
+    #: How long :meth:`publish` holds an event for more of its user's to join it: ~ one
+    #: network round trip, so a caller awaiting each publish is not slowed much more than
+    #: by the ack it waits for anyway.
+    LINGER_S = 0.005
 
     def __init__(
-        self, js: JetStreamContext, pseudonymizer: Pseudonymizer, schema: EventSchema = BUILTIN_SCHEMA
+        self,
+        js: JetStreamContext,
+        pseudonymizer: Pseudonymizer,
+        schema: EventSchema = BUILTIN_SCHEMA,
+        linger_s: float = LINGER_S,
+        max_events: int = MAX_EVENTS_PER_MESSAGE,
     ) -> None:
         self._js = js
         self._pseudonymizer = pseudonymizer
         self.schema = schema
+        self.linger_s = linger_s
+        self.max_events = max(1, min(max_events, MAX_EVENTS_PER_MESSAGE))
+        #: Events held by :meth:`publish` for the next flush, each with its caller's future.
+        self._held: list[tuple[Prepared, asyncio.Future[PubAck]]] = []
+        self._flush_timer: asyncio.TimerHandle | None = None
+        self._flushing: set[asyncio.Task[None]] = set()
 
     def prepare(
         self, event: Mapping[str, Any] | Event, user_key: str | None = None, strict: bool = False
-    ) -> tuple[str, bytes, dict[str, str]]:
+    ) -> Prepared:
         """Validate one event and return (subject, payload, headers). Raises InvalidEvent.
         ``user_key``: the user's key when the caller already has it (an alias resolved to
         its user), instead of pseudonymizing the event's ``user_id``. ``strict``: as the HTTP
@@ -209,13 +232,105 @@ class EventPublisher:
         )
 
     async def publish(self, event: Mapping[str, Any] | Event) -> PubAck:
-        """Publish one event; return once JetStream stored it (retrying, see :data:`RETRY_FOR_S`)."""
-        return (await publish_prepared(self._js, [self.prepare(event)]))[0]
+        """Publish one event; return once JetStream stored it (retrying, see :data:`RETRY_FOR_S`)
+        with the ack of the message that carried it. Validated at once (InvalidEvent); held up
+        to ``linger_s`` for more of its user's events."""
+        prepared = self.prepare(event)
+        if self.linger_s <= 0:
+            return (await publish_prepared(self._js, [prepared]))[0]
+        future: asyncio.Future[PubAck] = asyncio.get_running_loop().create_future()
+        self._held.append((prepared, future))
+        if self._flush_timer is None:
+            self._flush_timer = asyncio.get_running_loop().call_later(self.linger_s, self._flush_held)
+        return await future
+
+    def _flush_held(self) -> None:
+        self._flush_timer = None
+        held, self._held = self._held, []
+        if held:
+            task = asyncio.create_task(self._publish_held(held))
+            self._flushing.add(task)  # a reference until done, or it may be collected
+            task.add_done_callback(self._flushing.discard)
+
+    async def _publish_held(self, held: list[tuple[Prepared, asyncio.Future[PubAck]]]) -> None:
+        messages, carried_by = batch_messages([prepared for prepared, _ in held], self.max_events)
+        results = await publish_each(self._js, messages, self.WINDOW)
+        for (_, future), message in zip(held, carried_by, strict=True):
+            if future.done():  # the caller gave up waiting
+                continue
+            result = results[message]
+            if isinstance(result, PubAck):
+                future.set_result(result)
+            else:
+                future.set_exception(result)
+
+    async def flush(self) -> None:
+        """Publish what :meth:`publish` holds now, and wait for every flush under way."""
+        if self._flush_timer is not None:
+            self._flush_timer.cancel()
+            self._flush_held()
+        if self._flushing:
+            await asyncio.gather(*self._flushing, return_exceptions=True)
 
     async def publish_many(self, events: Iterable[Mapping[str, Any] | Event]) -> list[PubAck]:
-        """Publish a batch, pipelined, and return once JetStream has stored every event."""
+        """Publish events that arrived together, each user's as few messages as
+        ``max_events`` allows, pipelined; return once JetStream has stored every event (one
+        ack per event: its message's)."""
         prepared = [self.prepare(event) for event in events]
-        return await publish_prepared(self._js, prepared, self.WINDOW)
+        return await publish_events(self._js, prepared, self.WINDOW, max_events=self.max_events)
+
+
+def batch_messages(
+    prepared: Sequence[Prepared], max_events: int = MAX_EVENTS_PER_MESSAGE
+) -> tuple[list[Prepared], list[int]]:
+    """Single-event messages (:meth:`EventPublisher.prepare`) grouped into messages of one
+    user's events each, at most ``max_events`` (in their order; a user's first event decides
+    where the user's messages go): the messages, and for each event the index of its message.
+    A group of one stays the single-event message it was.
+
+    >>> from engine.events import encode_event
+    >>> def single(event_id, key):
+    ...     event = {"event_id": event_id, "user_id": key, "type": "session_started", "ts": 1}
+    ...     return ingest_subject(key), encode_event(event), {"Nats-Msg-Id": event_id}
+    >>> messages, carried_by = batch_messages([single("a1", "A"), single("b1", "B"), single("a2", "A")])
+    >>> [(subject, headers["Nats-Msg-Id"][:6]) for subject, _, headers in messages], carried_by
+    ([('hs.ingest.A', 'batch:'), ('hs.ingest.B', 'b1')], [0, 1, 0])
+    """
+    by_subject: dict[str, list[int]] = {}
+    for i, (subject, _, _) in enumerate(prepared):
+        by_subject.setdefault(subject, []).append(i)
+    messages: list[Prepared] = []
+    carried_by = [0] * len(prepared)
+    for subject, indexes in by_subject.items():
+        for start in range(0, len(indexes), max_events):
+            chunk = indexes[start : start + max_events]
+            for i in chunk:
+                carried_by[i] = len(messages)
+            if len(chunk) == 1:
+                messages.append(prepared[chunk[0]])
+                continue
+            event_ids = [prepared[i][2]["Nats-Msg-Id"] for i in chunk]
+            user_key = subject.rsplit(".", 1)[1]
+            payload = join_encoded([prepared[i][1] for i in chunk])
+            messages.append((subject, payload, {"Nats-Msg-Id": batch_message_id(user_key, event_ids)}))
+    return messages, carried_by
+
+
+async def publish_events(
+    js: JetStreamContext,
+    prepared: Sequence[Prepared],
+    window: int = 2000,
+    retry_for: float | None = None,
+    max_events: int = MAX_EVENTS_PER_MESSAGE,
+) -> list[PubAck]:
+    """Publish single-event messages (:meth:`EventPublisher.prepare`, e.g. a request's events)
+    grouped by user (:func:`batch_messages`); return once every one is stored, one ack per
+    event (its message's: ``ack.duplicate`` for an event whose batch was stored before).
+    Raises as :func:`publish_prepared` does. The entry points (HTTP, gRPC, the Segment API)
+    publish a request's events through this."""
+    messages, carried_by = batch_messages(prepared, max_events)
+    acks = await publish_prepared(js, messages, window, RETRY_FOR_S if retry_for is None else retry_for)
+    return [acks[m] for m in carried_by]
 
 
 #: How long a publish is retried (broker restarting, leader election) before giving up. Retries
@@ -227,7 +342,7 @@ ACK_TIMEOUT_S = 2.0
 
 async def publish_prepared(
     js: JetStreamContext,
-    prepared: list[tuple[str, bytes, dict[str, str]]],
+    prepared: Sequence[Prepared],
     window: int = 2000,
     retry_for: float = RETRY_FOR_S,
 ) -> list[PubAck]:
@@ -236,13 +351,28 @@ async def publish_prepared(
     Messages whose ack does not come are published again until ``retry_for`` has passed;
     then the last error is raised and nothing acknowledged is reported as stored.
     """
-    acks: list[PubAck | None] = [None] * len(prepared)
+    acks = []
+    for result in await publish_each(js, prepared, window, retry_for):
+        if not isinstance(result, PubAck):
+            raise result
+        acks.append(result)
+    return acks
+
+
+async def publish_each(
+    js: JetStreamContext,
+    prepared: Sequence[Prepared],
+    window: int = 2000,
+    retry_for: float = RETRY_FOR_S,
+) -> list[PubAck | BaseException]:
+    """:func:`publish_prepared`, answering for each message: its ack, or the last error of its
+    attempts (the others' acks are not lost to one message's failure)."""
+    results: list[PubAck | BaseException] = [TimeoutError()] * len(prepared)
     todo = list(range(len(prepared)))
     deadline = time.monotonic() + retry_for
     delay = 0.05
     while True:
         failed: list[int] = []
-        last_error: BaseException | None = None
         for start in range(0, len(todo), window):
             chunk = todo[start : start + window]
             futures = []
@@ -250,16 +380,11 @@ async def publish_prepared(
                 subject, payload, headers = prepared[i]
                 futures.append(_attempt(js, subject, payload, headers))
             for i, result in zip(chunk, await asyncio.gather(*futures, return_exceptions=True), strict=False):
-                if isinstance(result, PubAck):
-                    acks[i] = result
-                elif isinstance(result, BaseException):
+                results[i] = result
+                if not isinstance(result, PubAck):
                     failed.append(i)
-                    last_error = result
-        if not failed:
-            return [ack for ack in acks if ack is not None]
-        if time.monotonic() + delay > deadline:
-            assert last_error is not None
-            raise last_error
+        if not failed or time.monotonic() + delay > deadline:
+            return results
         await asyncio.sleep(delay)
         delay = min(delay * 2, 2.0)
         todo = failed

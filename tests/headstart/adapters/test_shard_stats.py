@@ -20,6 +20,7 @@ KEYS = [
     "first_handled_cpu", "last_handled_cpu", "positions", "consumers", "restored_partitions",
     "restored_through", "checkpoints", "checkpoint_max_pause_s", "last_checkpoint_at", "learning",
     "segments", "events_without_consent", "expired_profiles", "retired_events", "catalog_version",
+    "replayed_events",
 ]  # fmt: skip
 LEARNING_KEYS = [
     "policy", "policy_version", "shadow", "decisions_logged", "decision_log_failures",
