@@ -144,8 +144,8 @@ TOUR_VIEWED, TOUR_DISMISSED, TOUR_COMPLETED = 1, 2, 4
 #: Surfaces by code (0: an empty place in a SHOWN record).
 SURFACE_CODES = {"tour": 1, "tooltip": 2, "banner": 3}
 SURFACE_NAMES = {code: name for name, code in SURFACE_CODES.items()}
-#: Interruptions kept: those of the last two days (a per-day cap in any time zone and the
-#: depth of a show need no more), at most this many.
+#: Interruptions kept: those of the two days before the newest (a per-day cap in any time zone
+#: and the depth of a show need no more), at most this many.
 SHOWS_KEPT_S = 2 * 86400
 MAX_SHOWS_KEPT = 30
 #: A show's depth: the interruptions in the day before it, counted up to this (5: 5 or more).
@@ -701,10 +701,7 @@ class UserState:
                 found = vocab.tutorials.find(props_shown.id)
                 if found is not None and self._tour_active(found, seconds):
                     return  # the next step of a tour the user is in: no new interruption
-            held = self.shows()
-            shows = [s for s in held if s[1] > seconds - SHOWS_KEPT_S]
-            if not shows and held:
-                shows = [held[-1]]  # the last one, however old (hours since the last interruption)
+            shows = [s for s in self.shows() if s[1] > seconds - SHOWS_KEPT_S]
             shows.append((code, seconds))
             shows.sort(key=itemgetter(1))
             self._set_shows(shows[-MAX_SHOWS_KEPT:])
