@@ -19,6 +19,9 @@ only approximate. Part-way through (60% of the decisions) preferences change: dr
    by the static journey (the first variant for everyone) or by our learned policy; a user
    activates with a probability that grows with the tutorials they complete. The lift is the
    ratio of activation rates, with a bootstrap interval (scipy).
+4. **Pacing** (``metrics.pacing``, :mod:`bench.pacing`): the tolerance each user's dismissals
+   and completions teach (``pacing.learned``) against the best of several fixed caps per day, on
+   simulated users with a latent tolerance: activation and dismissals per activated user.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from typing import Any
 import numpy as np
 from scipy import stats as scistats
 
+from bench import pacing as pacing_sim
 from bench.common import write_result
 from engine import ope
 from engine.catalog import DEFAULT_CATALOG, load_catalog
@@ -340,8 +344,11 @@ def run(quick: bool = False, out_dir: Path | None = None) -> Path:
     lift = _activation_lift(
         contestants["ours"], contestants["journey"], users, n_lift_users, np.random.default_rng(SEED + 2)
     )
+    pacing_users = 1_000 if quick else 5_000
+    pacing = pacing_sim.compare(users=pacing_users, seed=SEED)
     metrics = {
         "policies": results,
+        "pacing": pacing,
         "ope": ope,
         "ope_coverage": coverage,
         "activation_lift": lift,
@@ -363,6 +370,15 @@ def run(quick: bool = False, out_dir: Path | None = None) -> Path:
         "lift_users_per_group": n_lift_users,
         "activation_model": "P(activate) = 0.05 + 0.25 x tutorials completed of 3",
         "vw_args": "--cb_explore_adf --squarecb -q UA --quiet",
+        "pacing_users": pacing_users,
+        "pacing_fixed_caps": list(pacing_sim.FIXED_CAPS),
+        "pacing_world": (
+            f"tolerance {pacing_sim.TOLERANCES} per 24 h with shares {pacing_sim.TOLERANCE_SHARES}; "
+            f"within it completed {pacing_sim.P_IN} / dismissed {pacing_sim.D_IN}, beyond it "
+            f"{pacing_sim.P_OUT} / {pacing_sim.D_OUT}, leaving after such a dismissal "
+            f"{pacing_sim.QUIT_AFTER_ANNOYED}; staying each day {pacing_sim.STAY}; "
+            f"{pacing_sim.TO_ACTIVATE} completions activate; {pacing_sim.DAYS} days"
+        ),
         "seed": SEED,
         "quick": quick,
     }
@@ -499,5 +515,16 @@ def summary(path: Path) -> str:
         f"regret ours {p['ours']['regret']:.0f}, vw {p['vw']['regret']:.0f}, "
         f"river {p['river_linucb']['regret']:.0f}; "
         f"ours select+update {m['ours_select_plus_update_us']:.1f} us; OPE coverage {m['ope_coverage']:.0%}; "
-        f"activation lift {m['activation_lift']['lift']:+.0%}"
+        f"activation lift {m['activation_lift']['lift']:+.0%}; " + _pacing_summary(m.get("pacing"))
+    )
+
+
+def _pacing_summary(pacing: dict[str, Any] | None) -> str:
+    if not pacing:
+        return "no pacing run"
+    learned, best = pacing["learned"], pacing["best_fixed_cap"]
+    return (
+        f"pacing: learned activation {learned['activation']:.1%} with "
+        f"{learned['dismissals_per_activated']:.2f} dismissals per activated user, best fixed cap "
+        f"({best['cap']}/day) {best['activation']:.1%} with {best['dismissals_per_activated']:.2f}"
     )
