@@ -199,6 +199,9 @@ class Decider:
         self._variants: dict[str, dict[str, Variant]] = {
             t.id: {v.id: v for v in t.variants} for t in catalog.tutorials
         }
+        #: Step titles per locale (the checklist), and tours rendered per variables.
+        self._titles: dict[str | None, dict[str, str]] = {}
+        self._tours: dict[tuple[Any, ...], list[TourStepShown]] = {}
         self._completion: dict[str, list[CompletionRule]] = {
             s.id: s.completed_by or [CompletionRule(type="step_completed")] for s in self.steps
         }
@@ -479,15 +482,14 @@ class Decider:
         if flow is not None and flow[1].steps is not None:
             order = {step_id: i for i, step_id in enumerate(flow[1].steps)}
             steps = sorted((s for s in steps if s.id in order), key=lambda s: order[s.id])
-        return [
-            JourneyItem(
-                id=s.id,
-                title=self.render(s.title, locale, {}) if s.title else s.id,
-                url=s.url,
-                done=s.id in done,
-            )
-            for s in steps
-        ]
+        titles = self._titles.get(locale)
+        if titles is None:
+            if len(self._titles) >= RENDER_CACHE_SIZE:
+                self._titles.clear()
+            titles = self._titles[locale] = {
+                s.id: self.render(s.title, locale, {}) if s.title else s.id for s in self.steps
+            }
+        return [JourneyItem(id=s.id, title=titles[s.id], url=s.url, done=s.id in done) for s in steps]
 
     def _not_seen_off(
         self,
@@ -540,15 +542,7 @@ class Decider:
         """The tutorial as answered (the tour rendered, where to resume), and whether the user
         is in the middle of its tour right now."""
         variant = self._variants[tutorial.id][variant_id]
-        tour = [
-            TourStepShown(
-                target=step.target,
-                title=self.render(step.title, locale, variables),
-                body=self.render(step.body, locale, variables),
-                placement=step.placement,
-            )
-            for step in variant.tour
-        ]
+        tour = self._tour(tutorial.id, variant, locale, variables)
         resume_at, active = 0, False
         if user is not None and vocab is not None and tour:
             state = user.tour_state(vocab.tutorials.find(tutorial.id), vocab.variants.find(variant_id))
@@ -564,6 +558,29 @@ class Decider:
             resume_at=resume_at,
         )
         return shown, active
+
+    def _tour(
+        self, tutorial_id: str, variant: Variant, locale: str | None, variables: dict[str, Any]
+    ) -> list[TourStepShown]:
+        """A variant's tour rendered for these variables (kept: most users share them, and the
+        answer never changes it)."""
+        if not variant.tour:
+            return []
+        key = (tutorial_id, variant.id, locale, *variables.items())
+        tour = self._tours.get(key)
+        if tour is None:
+            if len(self._tours) >= RENDER_CACHE_SIZE:
+                self._tours.clear()
+            tour = self._tours[key] = [
+                TourStepShown(
+                    target=step.target,
+                    title=self.render(step.title, locale, variables),
+                    body=self.render(step.body, locale, variables),
+                    placement=step.placement,
+                )
+                for step in variant.tour
+            ]
+        return list(tour)
 
     def _surfaces(
         self,

@@ -162,8 +162,6 @@ def surfaces(
     ``continuing`` a surface whose tour the user is in the middle of (its next step is no new
     interruption). At most one interruption per answer: the first allowed of tour, tooltip,
     banner."""
-    local, zone = local_time(now, timezone)
-    today_from = day_start(local)
     every = [second for _, second in shows]
     out: dict[str, SurfaceAllowed] = {}
     chosen: str | None = None
@@ -176,7 +174,7 @@ def surfaces(
         elif chosen is not None:
             reason = f"one interruption at a time: the {chosen} is shown"
         else:
-            reason = _rule_reason(pacing, surface, shows, every, tolerance, now, local, zone, today_from)
+            reason = _rule_reason(pacing, surface, shows, every, tolerance, now, timezone)
         if reason is None:
             if chosen is None:
                 chosen = surface
@@ -197,13 +195,17 @@ def _rule_reason(
     every: list[int],
     tolerance: tuple[list[int], list[int]],
     now: float,
-    local: dt.datetime,
-    zone: str,
-    today_from: float,
+    timezone: str | None,
 ) -> str | None:
     quiet = pacing.quiet_hours
-    if quiet is not None and in_quiet_hours(local, quiet):
-        return f"quiet hours {quiet.start}-{quiet.end} ({local:%H:%M} in {zone})"
+    # The local time only where a rule needs it (a decision without quiet hours, caps per day
+    # or anything shown yet is the common case).
+    today_from = now
+    if quiet is not None or (shows and (pacing.overall.max_per_day is not None or _daily(pacing, surface))):
+        local, zone = local_time(now, timezone)
+        if quiet is not None and in_quiet_hours(local, quiet):
+            return f"quiet hours {quiet.start}-{quiet.end} ({local:%H:%M} in {zone})"
+        today_from = day_start(local)
     reason = _cap_reason("overall", pacing.overall, every, today_from, now)
     if reason is not None:
         return reason
@@ -222,6 +224,11 @@ def _rule_reason(
                 f"p={chance:.2f} by this user (below {ACCEPT_AT_LEAST:g})"
             )
     return None
+
+
+def _daily(pacing: Pacing, surface: str) -> bool:
+    cap: Cap = getattr(pacing.surfaces, surface)
+    return cap.max_per_day is not None
 
 
 def _ordinal(n: int) -> str:
