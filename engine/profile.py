@@ -708,9 +708,10 @@ class UserState:
         elif isinstance(event, SurfaceDismissed):
             props_dismissed = event.props
             self._tally(_TALLY_SLOTS[EventKind.SURFACE_DISMISSED], 1)
-            code = SURFACE_CODES[props_dismissed.surface]
-            self._learn_tolerance(code, seconds, accepted=False)
+            # Closing the banner is how a banner ends (it has nothing to complete): only a tour
+            # or tooltip closed before its end is a declined interruption.
             if props_dismissed.surface != "banner":
+                self._learn_tolerance(SURFACE_CODES[props_dismissed.surface], seconds, accepted=False)
                 self._tour_closed(vocab.tutorials.id(props_dismissed.id), seconds)
 
     def _records(self, tag: int) -> list[int]:
