@@ -72,7 +72,7 @@ def write_result(
 
 def run_benchmark(name: str, quick: bool = False, out_dir: Path | None = None) -> Path:
     """Import ``bench.<name>`` and call its ``run(quick=..., out_dir=...)``."""
-    if not name.isidentifier() or name in {"ab", "common", "population", "plots"}:
+    if not name.isidentifier() or name in {"ab", "common", "pacing", "population", "plots"}:
         raise ConfigError(f"no benchmark named {name!r}")
     try:
         module = importlib.import_module(f"bench.{name}")

@@ -19,6 +19,9 @@ only approximate. Part-way through (60% of the decisions) preferences change: dr
    by the static journey (the first variant for everyone) or by our learned policy; a user
    activates with a probability that grows with the tutorials they complete. The lift is the
    ratio of activation rates, with a bootstrap interval (scipy).
+4. **Pacing** (``metrics.pacing``, :mod:`bench.pacing`): the tolerance each user's dismissals
+   and completions teach (``pacing.learned``) against the best of several fixed caps per day, on
+   simulated users with a latent tolerance: activation and dismissals per activated user.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from typing import Any
 import numpy as np
 from scipy import stats as scistats
 
+from bench import pacing as pacing_sim
 from bench.common import write_result
 from engine import ope
 from engine.catalog import DEFAULT_CATALOG, load_catalog
@@ -349,9 +353,12 @@ def run(quick: bool = False, out_dir: Path | None = None) -> Path:
     ]
     shadow["coverage_over_runs"] = sum(r["covered"] for r in [shadow, *repeats]) / (1 + len(repeats))
     shadow["runs"] = 1 + len(repeats)
+    pacing_users = 1_000 if quick else 5_000
+    pacing = pacing_sim.compare(users=pacing_users, seed=SEED)
     metrics = {
         "policies": results,
         "shadow": shadow,
+        "pacing": pacing,
         "ope": ope,
         "ope_coverage": coverage,
         "activation_lift": lift,
@@ -373,6 +380,15 @@ def run(quick: bool = False, out_dir: Path | None = None) -> Path:
         "lift_users_per_group": n_lift_users,
         "activation_model": "P(activate) = 0.05 + 0.25 x tutorials completed of 3",
         "vw_args": "--cb_explore_adf --squarecb -q UA --quiet",
+        "pacing_users": pacing_users,
+        "pacing_fixed_caps": list(pacing_sim.FIXED_CAPS),
+        "pacing_world": (
+            f"tolerance {pacing_sim.TOLERANCES} per 24 h with shares {pacing_sim.TOLERANCE_SHARES}; "
+            f"within it completed {pacing_sim.P_IN} / dismissed {pacing_sim.D_IN}, beyond it "
+            f"{pacing_sim.P_OUT} / {pacing_sim.D_OUT}, leaving after such a dismissal "
+            f"{pacing_sim.QUIT_AFTER_ANNOYED}; staying each day {pacing_sim.STAY}; "
+            f"{pacing_sim.TO_ACTIVATE} completions activate; {pacing_sim.DAYS} days"
+        ),
         "seed": SEED,
         "quick": quick,
     }
@@ -584,5 +600,17 @@ def summary(path: Path) -> str:
         f"activation lift {m['activation_lift']['lift']:+.0%}; "
         f"shadow {m['shadow']['shadow_value']:.3f} [{m['shadow']['shadow_ci_low']:.3f}, "
         f"{m['shadow']['shadow_ci_high']:.3f}] vs true {m['shadow']['shadow_true_value']:.3f} "
-        f"({m['shadow']['verdict']}; covered in {m['shadow']['coverage_over_runs']:.0%} of runs)"
+        f"({m['shadow']['verdict']}; covered in {m['shadow']['coverage_over_runs']:.0%} of runs); "
+        + _pacing_summary(m.get("pacing"))
+    )
+
+
+def _pacing_summary(pacing: dict[str, Any] | None) -> str:
+    if not pacing:
+        return "no pacing run"
+    learned, best = pacing["learned"], pacing["best_fixed_cap"]
+    return (
+        f"pacing: learned activation {learned['activation']:.1%} with "
+        f"{learned['dismissals_per_activated']:.2f} dismissals per activated user, best fixed cap "
+        f"({best['cap']}/day) {best['activation']:.1%} with {best['dismissals_per_activated']:.2f}"
     )

@@ -52,6 +52,10 @@ DEFAULT_CATALOG = Path(__file__).resolve().parent / "catalogs" / "default.yaml"
 Name = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[a-z0-9][a-z0-9_\-]*$")]
 Locale = Annotated[str, Field(pattern=r"^[a-z]{2}(-[A-Z]{2})?$")]
 Template = Annotated[str, Field(max_length=4000)]
+Url = Annotated[str, Field(min_length=1, max_length=2000, pattern=r"^(https?://|/)[^\s]*$")]
+Clock = Annotated[str, Field(pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$")]
+#: Steps a tour may have (its progress is kept per user as an index).
+MAX_TOUR_STEPS = 50
 
 #: Device types with a built-in segment each (``device_<type>``).
 DEVICE_TYPES = ("mobile", "desktop", "tablet")
@@ -118,6 +122,8 @@ class Step(_Model):
     id: Name
     kind: Literal["welcome", "profile", "connect", "invite", "first_project", "tour", "custom"]
     title: dict[Locale, str] = Field(default_factory=dict)
+    #: Where the checklist item leads (a path on the product or a full URL; None: nowhere).
+    url: Url | None = None
     requires: list[Name] = Field(default_factory=list)
     completed_by: list[CompletionRule] = Field(default_factory=list)
     #: Shown only to users in at least one of these segments (empty: everyone).
@@ -137,10 +143,34 @@ class Journey(_Model):
     steps: list[Step] = Field(min_length=1)
 
 
+#: Where a tour step's box sits relative to its target (``auto``: where there is room).
+Placement = Literal["top", "bottom", "left", "right", "auto"]
+#: The surfaces a tutorial variant is shown on; with the banner, what pacing counts as
+#: interruptions (the checklist is not one).
+TUTORIAL_SURFACES = ("tour", "tooltip")
+SURFACES = ("tour", "tooltip", "banner")
+
+
+class TourStep(_Model):
+    """One step of a guided tour: a box anchored to the element ``target`` (a CSS selector)
+    selects on the product's page, with a localized Mustache ``title`` and ``body``."""
+
+    target: str = Field(min_length=1, max_length=500)
+    title: dict[Locale, Template] = Field(default_factory=dict)
+    body: dict[Locale, Template] = Field(default_factory=dict)
+    placement: Placement = "bottom"
+
+
 class Variant(_Model):
     id: Name
     #: Eligible for users in at least one of these segments (empty: everyone).
     segments: list[str] = Field(default_factory=list)
+    #: The guided tour the in-app kit shows for this variant (empty: the product shows it).
+    tour: list[TourStep] = Field(default_factory=list, max_length=MAX_TOUR_STEPS)
+    #: ``tour``: modal steps one after another; ``tooltip``: one step, non-modal, as a hotspot.
+    surface: Literal["tour", "tooltip"] = "tour"
+    #: Shown again after the user dismissed or completed it (false: once is enough).
+    repeat: bool = False
 
 
 class Tutorial(_Model):
@@ -238,6 +268,10 @@ class BuiltinFeatures(_Model):
                 seen[referrer.lower()] = group
         return self
 
+
+#: The highest ``max_per_day`` a cap may say: a user's state keeps the interruptions of the
+#: last two days, at most this many (:mod:`engine.profile`).
+MAX_PER_DAY = 24
 
 #: Slots the declared features may add to the context vector, in all. A linear policy's choice
 #: and update cost O(d²) in the vector's length d (24 built-in slots: ~25 µs select+update in
@@ -414,6 +448,45 @@ class SegmentApi(_Model):
     step_property: str = "step"
 
 
+class Cap(_Model):
+    """How often interruptions may come: at most ``max_per_day`` per day in the user's time
+    zone, at least ``min_gap_minutes`` apart (None: no limit)."""
+
+    max_per_day: int | None = Field(None, ge=0, le=MAX_PER_DAY)
+    min_gap_minutes: float | None = Field(None, ge=0, le=7 * 24 * 60)
+
+
+class SurfaceCaps(_Model):
+    tour: Cap = Cap()
+    tooltip: Cap = Cap()
+    banner: Cap = Cap()
+
+
+class QuietHours(_Model):
+    """No interruption from ``start`` to ``end`` (``HH:MM``, the user's local time; an end
+    before the start spans midnight)."""
+
+    start: Clock
+    end: Clock
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> QuietHours:
+        if self.start == self.end:
+            raise ValueError("start and end are equal: say which hours are quiet")
+        return self
+
+
+class Pacing(_Model):
+    """How often the in-app kit may interrupt a user (tours, tooltips, the banner), enforced
+    by ``/v1/decide``: caps overall and per surface, quiet hours, and the tolerance learned
+    from each user's dismissals and completions (``learned``; docs/learning.md)."""
+
+    overall: Cap = Cap()
+    surfaces: SurfaceCaps = SurfaceCaps()
+    quiet_hours: QuietHours | None = None
+    learned: bool = True
+
+
 class Catalog(_Model):
     version: Literal[1]
     product: str = Field(min_length=1, max_length=100)
@@ -433,6 +506,8 @@ class Catalog(_Model):
     experiments: list[Experiment] = Field(default_factory=list)
     holdout: Holdout | None = None
     segment_api: SegmentApi = SegmentApi()
+    #: How often the in-app kit may interrupt (:mod:`engine.pacing`).
+    pacing: Pacing = Pacing()
     #: The product's own event types, traits and context fields (:mod:`engine.schema`).
     schema_: SchemaSection = Field(SchemaSection(), alias="schema")
     _event_schema: EventSchema | None = PrivateAttr(None)
@@ -589,6 +664,7 @@ def _semantic_errors(catalog: Catalog) -> list[tuple[str, str]]:
             errors.append((f"{where}.variants", "duplicate variant ids"))
         for j, variant in enumerate(tutorial.variants):
             errors += _unknown_segments(variant.segments, f"{where}.variants[{j}].segments", known)
+            errors += _tour_errors(variant, f"{where}.variants[{j}]", catalog.default_locale, schema)
     flag_ids: set[str] = set()
     for i, flag in enumerate(catalog.flags):
         if flag.id in flag_ids:
@@ -615,6 +691,59 @@ def _semantic_errors(catalog: Catalog) -> list[tuple[str, str]]:
     if not catalog.messages.welcome:
         errors.append(("messages.welcome", "a welcome message is required"))
     return errors
+
+
+def _tour_errors(
+    variant: Variant, where: str, default_locale: str, schema: SchemaSection
+) -> list[tuple[str, str]]:
+    """A tooltip with other than one step, a step with no text or a broken target or template."""
+    errors: list[tuple[str, str]] = []
+    if variant.surface == "tooltip" and len(variant.tour) != 1:
+        errors.append(
+            (f"{where}.tour", f"a tooltip variant has exactly one tour step (it has {len(variant.tour)})")
+        )
+    for k, step in enumerate(variant.tour):
+        at = f"{where}.tour[{k}]"
+        problem = selector_problem(step.target)
+        if problem:
+            errors.append((f"{at}.target", problem))
+        if not step.title and not step.body:
+            errors.append((at, "a tour step needs a title or a body"))
+        errors += _template_errors(step.title, f"{at}.title", default_locale, schema)
+        errors += _template_errors(step.body, f"{at}.body", default_locale, schema)
+    return errors
+
+
+def selector_problem(selector: str) -> str | None:
+    """Why ``selector`` cannot be a CSS selector the kit can use, or None. Only what is surely
+    wrong (the browser is the judge of the rest): blank, a line break, unbalanced brackets or
+    quotes.
+
+    >>> selector_problem("#invite-button"), selector_problem('[data-x="a"')
+    (None, "unbalanced '[' or quotes")
+    """
+    if not selector.strip():
+        return "empty selector"
+    if any(c in selector for c in "\n\r\t{}"):
+        return "a CSS selector has no line breaks, tabs or braces"
+    depth = {"[": 0, "(": 0}
+    quote = ""
+    for char in selector:
+        if quote:
+            quote = "" if char == quote else quote
+        elif char in "\"'":
+            quote = char
+        elif char in "[(":
+            depth[char] += 1
+        elif char in "])":
+            opening = "[" if char == "]" else "("
+            depth[opening] -= 1
+            if depth[opening] < 0:
+                return f"unbalanced {opening!r} or quotes"
+    for opening, count in depth.items():
+        if count:
+            return f"unbalanced {opening!r} or quotes"
+    return "unbalanced quotes" if quote else None
 
 
 def _schema_errors(schema: SchemaSection) -> list[tuple[str, str]]:
@@ -929,6 +1058,13 @@ def variables_used(catalog: Catalog) -> frozenset[str]:
     templates = [catalog.messages.welcome, *(m.welcome for m in catalog.messages.by_segment)]
     templates += [t for s in catalog.journey.steps for t in (s.title, s.message)]
     templates += [a.welcome for e in catalog.experiments for a in e.arms if a.welcome is not None]
+    templates += [
+        text
+        for t in catalog.tutorials
+        for v in t.variants
+        for step in v.tour
+        for text in (step.title, step.body)
+    ]
     return frozenset(name for t in templates for text in t.values() for _, name in _TAG.findall(text))
 
 

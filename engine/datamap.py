@@ -57,13 +57,30 @@ EVENT_FIELDS: dict[str, tuple[str, str | None, str]] = {
     "props.company_size": ("company size", "company_size", "personalization"),
     "props.analytics": ("consent to analytics", "consent", "legal record"),
     "props.personalization": ("consent to personalization", "consent", "legal record"),
+    "props.index": ("a tour step's position", "tour progress (where to resume)", "personalization"),
+    "props.reason": ("why a tour step was skipped", None, "analytics"),
+    "props.surface": (
+        "the in-app kit's surface (tour, tooltip, banner)",
+        "interruptions shown (pacing), tolerance counts",
+        "personalization",
+    ),
+    "props.id": (
+        "what a surface showed (a tutorial, the welcome banner)",
+        "tours dismissed",
+        "personalization",
+    ),
+    "props.decision_id": ("the decision that showed it", None, "analytics"),
 }
 
 #: Each profile field: what it holds and its purpose.
 PROFILE_FIELDS: dict[str, tuple[str, str]] = {
     "counters": ("events by type, sessions, active hours and weekdays, 5-minute window", "analytics"),
     "features": ("per feature used: uses and last use", "analytics"),
-    "tutorials": ("per tutorial and variant: starts and completions", "analytics"),
+    "tutorials": (
+        "per tutorial and variant: starts and completions; the in-app kit's flow state (tour "
+        "progress, dismissals, interruptions shown in the last two days, accepted and declined by depth)",
+        "analytics",
+    ),
     "viewed_steps": ("onboarding steps viewed", "analytics"),
     "completed_steps": ("onboarding steps completed", "analytics"),
     "first_seen": ("first event time", "analytics"),

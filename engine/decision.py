@@ -37,6 +37,7 @@ from engine.catalog import (
     CompletionRule,
     Step,
     Tutorial,
+    Variant,
     cluster_segment,
     locale_segment,
     variables_used,
@@ -53,7 +54,8 @@ from engine.experiments import (
     Experiment,
     ExperimentPlan,
 )
-from engine.profile import UserState, Vocabularies
+from engine.pacing import NOTHING, SurfaceAllowed, surfaces
+from engine.profile import TOUR_ACTIVE_S, TOUR_COMPLETED, TOUR_DISMISSED, TOUR_VIEWED, UserState, Vocabularies
 from engine.rules import RuleReads, parse_rule, rule_input
 
 #: Rendered messages kept per decider; cleared when full (simple and bounded, and a refill is cheap).
@@ -87,12 +89,35 @@ class StepShown(msgspec.Struct):
     title: str
 
 
+class TourStepShown(msgspec.Struct):
+    """A tour step as the in-app kit shows it, rendered in the user's locale."""
+
+    target: str
+    title: str
+    body: str
+    placement: str
+
+
 class TutorialShown(msgspec.Struct):
     """The tutorial variant a decision shows with its step (``tutorial`` of the answer)."""
 
     id: str
     variant: str
     eligible: list[str]
+    #: Where the in-app kit shows the variant's tour: ``tour`` or ``tooltip``.
+    surface: str = "tour"
+    tour: list[TourStepShown] = msgspec.field(default_factory=list)
+    #: The step to continue from (the last one seen, after a reload or on another device).
+    resume_at: int = 0
+
+
+class JourneyItem(msgspec.Struct):
+    """A step of the user's checklist (``journey`` of the answer)."""
+
+    id: str
+    title: str
+    url: str | None
+    done: bool
 
 
 class DecisionAnswer(msgspec.Struct, kw_only=True):
@@ -119,6 +144,11 @@ class DecisionAnswer(msgspec.Struct, kw_only=True):
     #: stored); a decision is made from exactly one version. Last: the keys before keep their
     #: places.
     catalog_version: int = 0
+    #: The in-app kit's checklist: the journey steps for this user, in order, done or not.
+    journey: list[JourneyItem] = msgspec.field(default_factory=list)
+    #: What the in-app kit may show now (``tour``, ``tooltip``, ``banner``) given pacing, and
+    #: why not otherwise (:mod:`engine.pacing`).
+    surfaces: dict[str, SurfaceAllowed] = msgspec.field(default_factory=dict)
 
 
 class Decision(msgspec.Struct):
@@ -166,6 +196,12 @@ class Decider:
         self._tutorial_by_feature: dict[str, Tutorial] = {
             t.feature: t for t in catalog.tutorials if t.feature
         }
+        self._variants: dict[str, dict[str, Variant]] = {
+            t.id: {v.id: v for v in t.variants} for t in catalog.tutorials
+        }
+        #: Step titles per locale (the checklist), and tours rendered per variables.
+        self._titles: dict[str | None, dict[str, str]] = {}
+        self._tours: dict[tuple[Any, ...], list[TourStepShown]] = {}
         self._completion: dict[str, list[CompletionRule]] = {
             s.id: s.completed_by or [CompletionRule(type="step_completed")] for s in self.steps
         }
@@ -385,11 +421,21 @@ class Decider:
         variables = self._variables(user, vocab, context, step, locale)
         tutorial = self.tutorial_for(step=step.id) if step else None
         tutorial_out: TutorialShown | None = None
+        continuing: str | None = None
         if tutorial is not None:
             variants = self._experiment_variants(tutorial, segments, by_surface, reached, explain)
+            variants = self._not_seen_off(tutorial, variants, user, vocab, explain)
             if variants:
-                variant, why = self._variant(tutorial, variants, variant_chooser)
-                tutorial_out = TutorialShown(id=tutorial.id, variant=variant, eligible=variants)
+                in_progress = self._in_progress(tutorial, variants, user, vocab)
+                if in_progress is not None:
+                    variant, why = in_progress, "its tour is in progress"
+                else:
+                    variant, why = self._variant(tutorial, variants, variant_chooser)
+                tutorial_out, active = self._shown(
+                    tutorial, variant, variants, user, vocab, locale, variables, now
+                )
+                if active:
+                    continuing = tutorial_out.surface
                 explain.append(f"tutorial {tutorial.id}: variant {variant} ({why})")
         welcome = self.welcome_for(segments)
         reached.add(SURFACE_MESSAGE)
@@ -398,6 +444,8 @@ class Decider:
             welcome = message_arm[1].welcome
         message = self.render(welcome, locale, variables)
         step_message = self.render(step.message, locale, variables) if step else ""
+        allowed = self._surfaces(tutorial_out, message, continuing, user, context, now)
+        explain += [f"{name}: held back: {why.reason}" for name, why in allowed.items() if _held(why)]
         answer = DecisionAnswer(
             decision_id=(chooser.decision_id if chooser is not None else None) or uuid.uuid4().hex,
             step=None
@@ -413,8 +461,153 @@ class Decider:
             personalized=personalize and user is not None,
             explain=explain,
             catalog_version=self.version,
+            journey=self._journey(segments, done, flow, locale),
+            surfaces=allowed,
         )
         return Decision(answer, self._exposed(arms, reached))
+
+    # ------------------------------------------------------------------ the in-app kit
+
+    def _journey(
+        self,
+        segments: list[str],
+        done: set[str],
+        flow: tuple[Experiment, Arm] | None,
+        locale: str | None,
+    ) -> list[JourneyItem]:
+        """The checklist: every step for the user's segments (or their experiment arm's
+        steps), in order, with whether it is done."""
+        member = set(segments)
+        steps = [s for s in self.steps if s.id in done or not s.segments or member.intersection(s.segments)]
+        if flow is not None and flow[1].steps is not None:
+            order = {step_id: i for i, step_id in enumerate(flow[1].steps)}
+            steps = sorted((s for s in steps if s.id in order), key=lambda s: order[s.id])
+        titles = self._titles.get(locale)
+        if titles is None:
+            if len(self._titles) >= RENDER_CACHE_SIZE:
+                self._titles.clear()
+            titles = self._titles[locale] = {
+                s.id: self.render(s.title, locale, {}) if s.title else s.id for s in self.steps
+            }
+        return [JourneyItem(id=s.id, title=titles[s.id], url=s.url, done=s.id in done) for s in steps]
+
+    def _not_seen_off(
+        self,
+        tutorial: Tutorial,
+        variants: list[str],
+        user: UserState | None,
+        vocab: Vocabularies | None,
+        explain: list[str],
+    ) -> list[str]:
+        """The variants left once a tour the user dismissed or completed is not offered again
+        (its variants with ``repeat`` stay)."""
+        if user is None or vocab is None:
+            return variants
+        flags = user.tutorial_flags(vocab.tutorials.find(tutorial.id))
+        if not flags & (TOUR_DISMISSED | TOUR_COMPLETED):
+            return variants
+        kept = [v for v in variants if self._variants[tutorial.id][v].repeat]
+        if len(kept) < len(variants):
+            what = "dismissed" if flags & TOUR_DISMISSED else "completed"
+            explain.append(
+                f"tutorial {tutorial.id}: {what} by the user, not offered again"
+                + (f" (variants with repeat: {', '.join(kept)})" if kept else "")
+            )
+        return kept
+
+    def _in_progress(
+        self, tutorial: Tutorial, variants: list[str], user: UserState | None, vocab: Vocabularies | None
+    ) -> str | None:
+        """An eligible variant whose tour the user started and has not finished or closed."""
+        if user is None or vocab is None:
+            return None
+        tutorial_id = vocab.tutorials.find(tutorial.id)
+        for variant in variants:
+            state = user.tour_state(tutorial_id, vocab.variants.find(variant))
+            if state is not None and state[1] & TOUR_VIEWED and self._variants[tutorial.id][variant].tour:
+                return variant
+        return None
+
+    def _shown(
+        self,
+        tutorial: Tutorial,
+        variant_id: str,
+        variants: list[str],
+        user: UserState | None,
+        vocab: Vocabularies | None,
+        locale: str | None,
+        variables: dict[str, Any],
+        now: float,
+    ) -> tuple[TutorialShown, bool]:
+        """The tutorial as answered (the tour rendered, where to resume), and whether the user
+        is in the middle of its tour right now."""
+        variant = self._variants[tutorial.id][variant_id]
+        tour = self._tour(tutorial.id, variant, locale, variables)
+        resume_at, active = 0, False
+        if user is not None and vocab is not None and tour:
+            state = user.tour_state(vocab.tutorials.find(tutorial.id), vocab.variants.find(variant_id))
+            if state is not None and state[1] & TOUR_VIEWED:
+                resume_at = min(state[0], len(tour) - 1)
+                active = now - state[2] < TOUR_ACTIVE_S
+        shown = TutorialShown(
+            id=tutorial.id,
+            variant=variant_id,
+            eligible=variants,
+            surface=variant.surface,
+            tour=tour,
+            resume_at=resume_at,
+        )
+        return shown, active
+
+    def _tour(
+        self, tutorial_id: str, variant: Variant, locale: str | None, variables: dict[str, Any]
+    ) -> list[TourStepShown]:
+        """A variant's tour rendered for these variables (kept: most users share them, and the
+        answer never changes it)."""
+        if not variant.tour:
+            return []
+        key = (tutorial_id, variant.id, locale, *variables.items())
+        tour = self._tours.get(key)
+        if tour is None:
+            if len(self._tours) >= RENDER_CACHE_SIZE:
+                self._tours.clear()
+            tour = self._tours[key] = [
+                TourStepShown(
+                    target=step.target,
+                    title=self.render(step.title, locale, variables),
+                    body=self.render(step.body, locale, variables),
+                    placement=step.placement,
+                )
+                for step in variant.tour
+            ]
+        return list(tour)
+
+    def _surfaces(
+        self,
+        tutorial: TutorialShown | None,
+        message: str,
+        continuing: str | None,
+        user: UserState | None,
+        context: dict[str, Any],
+        now: float,
+    ) -> dict[str, SurfaceAllowed]:
+        content = {
+            "tour": tutorial is not None and tutorial.surface == "tour" and bool(tutorial.tour),
+            "tooltip": tutorial is not None and tutorial.surface == "tooltip" and bool(tutorial.tour),
+            "banner": bool(message),
+        }
+        shows = user.shows() if user is not None else []
+        tolerance = user.tolerance() if user is not None else ([], [])
+        timezone = context.get("timezone")
+        return surfaces(
+            self.catalog.pacing,
+            shows,
+            tolerance,
+            now,
+            timezone if isinstance(timezone, str) else None,
+            content,
+            continuing,
+        )
 
     # ------------------------------------------------------------------ experiments
 
@@ -543,6 +736,11 @@ class Decider:
             variables["step_title"] = self.render(step.title, locale, {}) if step.title else step.id
         # A value not set is left out: pystache renders a missing tag empty, but None as "None".
         return {name: value for name, value in variables.items() if value is not None}
+
+
+def _held(allowed: SurfaceAllowed) -> bool:
+    """A surface with something to show that pacing holds back (said in ``explain``)."""
+    return not allowed.show and allowed.reason != NOTHING
 
 
 def _arms_by_surface(arms: list[tuple[Experiment, Arm]]) -> dict[str, tuple[Experiment, Arm]]:

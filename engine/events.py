@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Iterable
-from typing import Annotated, Any, ClassVar
+from typing import Annotated, Any, ClassVar, Literal
 
 import msgspec
 from msgspec import Meta
@@ -50,6 +50,13 @@ class EventKind(enum.IntEnum):
     #: Any of the product's own types declared in the catalog's ``schema:`` section
     #: (:mod:`engine.schema`); counted per declared type beside this total.
     CUSTOM = 10
+    #: The in-app kit's flow events (issue 22): tour progress and interruptions shown or
+    #: dismissed. A user's flow state counts these (:mod:`engine.profile`), not the per-kind
+    #: counters every user carries: most users never send one.
+    TOUR_STEP_VIEWED = 11
+    TOUR_STEP_SKIPPED = 12
+    SURFACE_SHOWN = 13
+    SURFACE_DISMISSED = 14
 
     @property
     def wire_name(self) -> str:
@@ -58,6 +65,13 @@ class EventKind(enum.IntEnum):
 
 #: The built-in types, by wire name (a declared type may not shadow one).
 BUILTIN_KINDS: tuple[EventKind, ...] = tuple(k for k in EventKind if k is not EventKind.CUSTOM)
+#: The flow events of the in-app kit, counted in a user's flow state.
+FLOW_KINDS: tuple[EventKind, ...] = tuple(k for k in EventKind if k > EventKind.CUSTOM)
+#: The types with a counter of their own in every user's state (the built-in ones before the
+#: flow events, and all custom events together).
+COUNTED_KINDS: tuple[EventKind, ...] = tuple(k for k in EventKind if k <= EventKind.CUSTOM)
+#: Built-in types counted per type in every user's state (rules' ``event_count`` reads them).
+COUNTED_BUILTIN_KINDS: tuple[EventKind, ...] = tuple(k for k in BUILTIN_KINDS if k in COUNTED_KINDS)
 
 
 class Context(msgspec.Struct, omit_defaults=True, forbid_unknown_fields=False):
@@ -74,6 +88,9 @@ class Context(msgspec.Struct, omit_defaults=True, forbid_unknown_fields=False):
 #: The context's fields, in order: user state, rules, exports and the client's flag requests
 #: share them (here, not in :mod:`engine.profile`, so the client imports no server code).
 CONTEXT_FIELDS: tuple[str, ...] = Context.__struct_fields__
+#: Context a request may give that no profile keeps: the user's IANA time zone, for pacing's
+#: quiet hours and per-day caps (``Europe/Berlin``; the browser's, sent by the JS SDK).
+REQUEST_CONTEXT_FIELDS: tuple[str, ...] = ("timezone",)
 
 
 class NoProps(msgspec.Struct, frozen=True, omit_defaults=True):
@@ -95,6 +112,46 @@ class FeatureProps(msgspec.Struct):
 class TutorialProps(msgspec.Struct):
     tutorial: Name
     variant: Name
+
+
+#: The surfaces of the in-app kit that interrupt a user.
+Surface = Literal["tour", "tooltip", "banner"]
+#: A tour step's position (0-based).
+StepIndex = Annotated[int, Meta(ge=0, lt=1000)]
+#: The ``decision_id`` of the ``/v1/decide`` answer that showed what the event is about: the
+#: learning loop credits that decision (a dismissal 0).
+DecisionRef = Annotated[str, Meta(min_length=1, max_length=64)]
+
+
+class TourStepProps(msgspec.Struct, omit_defaults=True):
+    tutorial: Name
+    variant: Name
+    index: StepIndex
+    decision_id: DecisionRef | None = None
+
+
+class TourSkipProps(msgspec.Struct, omit_defaults=True):
+    tutorial: Name
+    variant: Name
+    index: StepIndex
+    #: Why the step was skipped (``timeout``: its target never appeared).
+    reason: ShortText = ""
+    decision_id: DecisionRef | None = None
+
+
+class SurfaceProps(msgspec.Struct, omit_defaults=True):
+    surface: Surface
+    #: What was shown: the tutorial's id for a tour or tooltip, ``welcome`` for the banner.
+    id: Name
+    decision_id: DecisionRef | None = None
+
+
+class DismissProps(msgspec.Struct, omit_defaults=True):
+    surface: Surface
+    id: Name
+    #: The tour step open when the user closed it.
+    index: StepIndex | None = None
+    decision_id: DecisionRef | None = None
 
 
 class ProfileTraits(msgspec.Struct, frozen=True, omit_defaults=True):
@@ -184,6 +241,34 @@ class ConsentUpdated(Event, tag="consent_updated"):
     props: ConsentProps
 
 
+class TourStepViewed(Event, tag="tour_step_viewed"):
+    """The in-app kit showed step ``index`` of a tutorial variant's tour."""
+
+    kind = EventKind.TOUR_STEP_VIEWED
+    props: TourStepProps
+
+
+class TourStepSkipped(Event, tag="tour_step_skipped"):
+    """A tour step was skipped (its target never appeared...): the tour goes on after it."""
+
+    kind = EventKind.TOUR_STEP_SKIPPED
+    props: TourSkipProps
+
+
+class SurfaceShown(Event, tag="surface_shown"):
+    """An interruption was shown (pacing counts these)."""
+
+    kind = EventKind.SURFACE_SHOWN
+    props: SurfaceProps
+
+
+class SurfaceDismissed(Event, tag="surface_dismissed"):
+    """The user closed an interruption before finishing it (Esc, the close button)."""
+
+    kind = EventKind.SURFACE_DISMISSED
+    props: DismissProps
+
+
 AnyEvent = (
     SessionStarted
     | OnboardingStarted
@@ -195,6 +280,10 @@ AnyEvent = (
     | TutorialCompleted
     | ProfileUpdated
     | ConsentUpdated
+    | TourStepViewed
+    | TourStepSkipped
+    | SurfaceShown
+    | SurfaceDismissed
 )
 
 EVENT_CLASSES: dict[str, type[Event]] = {

@@ -902,6 +902,13 @@ class PartitionLearning:
                 if self._earned(decision, user, event, vocab):
                     self._close(user_key, decision, 1.0)
                     self.seq = seq
+            if event.kind is EventKind.SURFACE_DISMISSED:
+                for decision in self._declined(decisions, event):
+                    self._close(user_key, decision, 0.0)
+                    # Closed with 0 by a dismissal (a key once there is one: snapshots of a
+                    # stream without the in-app kit keep their layout).
+                    self.counts["dismissed"] = self.counts.get("dismissed", 0) + 1
+                    self.seq = seq
         if self.path and user_key in self.path and self.learner.is_activation(event):
             self._credit_path(user_key, 1.0)
             self.seq = seq
@@ -943,6 +950,19 @@ class PartitionLearning:
             tutorial: str = event.props.tutorial  # type: ignore[attr-defined]
             return TUTORIAL_POINT_PREFIX + tutorial == decision.point
         return False
+
+    @staticmethod
+    def _declined(decisions: list[OpenDecision], event: Event) -> list[OpenDecision]:
+        """The open decisions a dismissal answers with reward 0: the one that chose the variant
+        of the tour or tooltip the user closed (named by ``props.decision_id`` when it is one of
+        them, else the open decision at that tutorial's point)."""
+        props = event.props  # type: ignore[attr-defined]
+        if props.surface == "banner":
+            return []
+        point = TUTORIAL_POINT_PREFIX + props.id
+        at_point = [d for d in decisions if d.point == point]
+        named = [d for d in at_point if d.decision_id == props.decision_id]
+        return named or at_point
 
     def _close(self, user_key: str, decision: OpenDecision, reward: float) -> None:
         decisions = self.open[user_key]

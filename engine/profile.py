@@ -31,6 +31,8 @@ from typing import Any, Protocol
 
 from engine.events import (
     CONTEXT_FIELDS,
+    COUNTED_BUILTIN_KINDS,
+    FLOW_KINDS,
     ConsentUpdated,
     CustomEvent,
     Event,
@@ -39,6 +41,10 @@ from engine.events import (
     ProfileUpdated,
     StepCompleted,
     StepViewed,
+    SurfaceDismissed,
+    SurfaceShown,
+    TourStepSkipped,
+    TourStepViewed,
     TutorialCompleted,
     TutorialStarted,
 )
@@ -70,11 +76,19 @@ ENGAGEMENT_WEIGHTS: dict[EventKind, float] = {
     EventKind.CONSENT_UPDATED: 0.0,
     # The product's own events: as much as a click, whatever they are.
     EventKind.CUSTOM: 1.5,
+    # The in-app kit's: looking at a tour step is looking; being shown or closing something
+    # is not engagement.
+    EventKind.TOUR_STEP_VIEWED: 0.5,
+    EventKind.TOUR_STEP_SKIPPED: 0.0,
+    EventKind.SURFACE_SHOWN: 0.0,
+    EventKind.SURFACE_DISMISSED: 0.0,
 }
 _WEIGHTS = [ENGAGEMENT_WEIGHTS[k] for k in EventKind]
 
-# Layout of UserState.counters.
-_N_KINDS = N_KINDS = len(EventKind)
+# Layout of UserState.counters: a counter per kind before the flow events (those are counted
+# in the flow records, which only users of the in-app kit have).
+_N_KINDS = N_KINDS = int(EventKind.CUSTOM) + 1
+_FIRST_FLOW = int(EventKind.TOUR_STEP_VIEWED)
 C_SESSIONS = _N_KINDS
 C_HOURS = _N_KINDS + 1  # bit h set: active in UTC hour h
 C_DAYS = _N_KINDS + 2  # bit d set: active on weekday d (Monday = 0)
@@ -105,6 +119,41 @@ _T_STRIDE = 4
 # changes.
 _X_STRIDE = 4
 _V_STRIDE = 3
+
+# Flow records (the in-app kit's state: tour progress, interruptions shown, what the user
+# accepted and declined) share the tutorials array, in quads like the tutorial entries, told
+# apart by a tag in their first word's top bits (vocabulary ids stay far below it). A user who
+# never sent a flow event has none: their state is the size it was.
+_TAG = 0xF000_0000
+#: (TOUR | tutorial id, variant id, resume index | flags << 16, second of the last step seen)
+_TOUR = 0x1000_0000
+#: (SHOWN | surface codes 2 bits each, three seconds shown at; 0: an empty place)
+_SHOWN = 0x2000_0000
+#: (TALLY | steps skipped, interruptions shown, dismissed, tour steps viewed)
+_TALLY = 0x3000_0000
+#: (TOLERANCE, then accepted and declined interruptions by depth, a byte each)
+_TOLERANCE = 0x4000_0000
+#: Where a TALLY record counts each flow kind (skips: in its head).
+_TALLY_SLOTS: dict[int, int] = {
+    EventKind.SURFACE_SHOWN: 1,
+    EventKind.SURFACE_DISMISSED: 2,
+    EventKind.TOUR_STEP_VIEWED: 3,
+}
+#: Tour flags: a step seen since the tour was last finished or closed; dismissed; completed.
+TOUR_VIEWED, TOUR_DISMISSED, TOUR_COMPLETED = 1, 2, 4
+#: Surfaces by code (0: an empty place in a SHOWN record).
+SURFACE_CODES = {"tour": 1, "tooltip": 2, "banner": 3}
+SURFACE_NAMES = {code: name for name, code in SURFACE_CODES.items()}
+#: Interruptions kept: those of the two days before the newest (a per-day cap in any time zone
+#: and the depth of a show need no more), at most this many.
+SHOWS_KEPT_S = 2 * 86400
+MAX_SHOWS_KEPT = 30
+#: A show's depth: the interruptions in the day before it, counted up to this (5: 5 or more).
+MAX_DEPTH = 5
+DEPTH_WINDOW_S = 86400
+#: A tour whose last step was seen this recently is in progress: showing its next step (on
+#: another page, after a reload) is no new interruption.
+TOUR_ACTIVE_S = SESSION_GAP_S
 
 TRAIT_FIELDS = ("name", "age_band", "role", "company_size")
 #: Profile fields that identify a person; logs and exports treat them as PII.
@@ -404,7 +453,8 @@ class UserState:
         ts = event.ts
         kind = event.kind
         c = self.counters
-        c[kind] += 1
+        if kind < _FIRST_FLOW:
+            c[kind] += 1
         c[C_EVENTS] += 1
         changed = 0
         gap = ts - self.last_seen
@@ -493,11 +543,14 @@ class UserState:
         elif kind is EventKind.TUTORIAL_STARTED or kind is EventKind.TUTORIAL_COMPLETED:
             assert isinstance(event, (TutorialStarted, TutorialCompleted))
             props = event.props
+            tutorial_id = vocab.tutorials.id(props.tutorial)
             self._count_tutorial(
-                vocab.tutorials.id(props.tutorial),
+                tutorial_id,
                 vocab.variants.id(props.variant),
                 completed=kind is EventKind.TUTORIAL_COMPLETED,
             )
+            if kind is EventKind.TUTORIAL_COMPLETED:
+                self._tour_finished(tutorial_id, vocab.variants.id(props.variant), seconds)
         elif kind is EventKind.PROFILE_UPDATED:
             assert isinstance(event, ProfileUpdated)
             traits = event.props
@@ -513,6 +566,8 @@ class UserState:
         elif kind is EventKind.CONSENT_UPDATED:
             assert isinstance(event, ConsentUpdated)
             self._set_consent(event.props.analytics, event.props.personalization)
+        elif kind >= _FIRST_FLOW:
+            self._apply_flow(event, seconds, vocab)
         return changed
 
     def _set_extras(self, source: Any, fields: list[list[Any]], vocab: Vocabularies) -> bool:
@@ -626,6 +681,255 @@ class UserState:
             t.extend((tutorial_id, variant_id, 0, 0))
         t[i + (3 if completed else 2)] += 1
 
+    # ------------------------------------------------------------------ flow state
+
+    def _apply_flow(self, event: Event, seconds: int, vocab: Vocabularies) -> None:
+        """A flow event of the in-app kit: tour progress, an interruption shown or dismissed."""
+        if isinstance(event, TourStepViewed | TourStepSkipped):
+            props = event.props
+            skipped = isinstance(event, TourStepSkipped)
+            self._tally(_TALLY_SLOTS[EventKind.TOUR_STEP_VIEWED], 1, skipped=skipped)
+            resume = props.index + 1 if skipped else props.index
+            self._set_tour(
+                vocab.tutorials.id(props.tutorial), vocab.variants.id(props.variant), resume, seconds
+            )
+        elif isinstance(event, SurfaceShown):
+            props_shown = event.props
+            code = SURFACE_CODES[props_shown.surface]
+            self._tally(_TALLY_SLOTS[EventKind.SURFACE_SHOWN], 1)
+            if props_shown.surface != "banner":
+                found = vocab.tutorials.find(props_shown.id)
+                if found is not None and self._tour_active(found, seconds):
+                    return  # the next step of a tour the user is in: no new interruption
+            shows = [s for s in self.shows() if s[1] > seconds - SHOWS_KEPT_S]
+            shows.append((code, seconds))
+            shows.sort(key=itemgetter(1))
+            self._set_shows(shows[-MAX_SHOWS_KEPT:])
+        elif isinstance(event, SurfaceDismissed):
+            props_dismissed = event.props
+            self._tally(_TALLY_SLOTS[EventKind.SURFACE_DISMISSED], 1)
+            # Closing the banner is how a banner ends (it has nothing to complete): only a tour
+            # or tooltip closed before its end is a declined interruption.
+            if props_dismissed.surface != "banner":
+                self._learn_tolerance(SURFACE_CODES[props_dismissed.surface], seconds, accepted=False)
+                self._tour_closed(vocab.tutorials.id(props_dismissed.id), seconds)
+
+    def _records(self, tag: int) -> list[int]:
+        """Where the flow records tagged ``tag`` start in the tutorials array."""
+        t = self.tutorials
+        if t is None:
+            return []
+        return [i for i in range(0, len(t), _T_STRIDE) if t[i] & _TAG == tag]
+
+    def _new_record(self, head: int, a: int = 0, b: int = 0, c: int = 0) -> int:
+        if self.tutorials is None:
+            self.tutorials = array("I")
+        t = self.tutorials
+        t.extend((head, a, b, c))
+        return len(t) - _T_STRIDE
+
+    def _tally(self, slot: int, n: int, skipped: bool = False) -> None:
+        """Count a flow event: slot 1 shown, 2 dismissed, 3 steps viewed (skips in the head)."""
+        i = self._find_tagged(_TALLY)
+        if i < 0:
+            i = self._new_record(_TALLY)
+        t = self.tutorials
+        assert t is not None
+        if skipped:
+            t[i] += n
+        else:
+            t[i + slot] += n
+
+    def _find_tagged(self, tag: int) -> int:
+        found = self._records(tag)
+        return found[0] if found else -1
+
+    def flow_count(self, kind: EventKind | int) -> int:
+        """How many flow events of ``kind`` the user sent (steps viewed and skipped,
+        interruptions shown and dismissed)."""
+        i = self._find_tagged(_TALLY)
+        if i < 0:
+            return 0
+        t = self.tutorials
+        assert t is not None
+        if kind == EventKind.TOUR_STEP_SKIPPED:
+            return t[i] & ~_TAG
+        return t[i + _TALLY_SLOTS[kind]]
+
+    def _set_tour(self, tutorial_id: int, variant_id: int, resume: int, seconds: int) -> None:
+        i = self._tour_at(tutorial_id, variant_id)
+        if i < 0:
+            i = self._new_record(_TOUR | tutorial_id, variant_id)
+        t = self.tutorials
+        assert t is not None
+        flags = t[i + 2] >> 16
+        t[i + 2] = min(resume, 0xFFFF) | (flags | TOUR_VIEWED) << 16
+        t[i + 3] = max(t[i + 3], seconds)
+
+    def _tour_at(self, tutorial_id: int, variant_id: int) -> int:
+        t = self.tutorials
+        if t is not None:
+            head = _TOUR | tutorial_id
+            for i in range(0, len(t), _T_STRIDE):
+                if t[i] == head and t[i + 1] == variant_id:
+                    return i
+        return -1
+
+    def _tour_active(self, tutorial_id: int, seconds: int) -> bool:
+        t = self.tutorials
+        if t is None:
+            return False
+        head = _TOUR | tutorial_id
+        return any(
+            t[i] == head and t[i + 2] >> 16 & TOUR_VIEWED and seconds - t[i + 3] < TOUR_ACTIVE_S
+            for i in range(0, len(t), _T_STRIDE)
+        )
+
+    def _tour_finished(self, tutorial_id: int, variant_id: int, seconds: int) -> None:
+        """A tutorial completed: its tour starts over if shown again; the interruption that
+        showed it was accepted."""
+        t = self.tutorials
+        if t is None or not self._has_flow():
+            return  # no flow state: completed outside the in-app kit
+        i = self._tour_at(tutorial_id, variant_id)
+        if i < 0 or not t[i + 2] >> 16 & TOUR_VIEWED:
+            return  # not a tour the kit was showing
+        t[i + 2] = ((t[i + 2] >> 16 & ~TOUR_VIEWED) | TOUR_COMPLETED) << 16
+        self._learn_tolerance(SURFACE_CODES["tour"], seconds, accepted=True, also=SURFACE_CODES["tooltip"])
+
+    def _tour_closed(self, tutorial_id: int, seconds: int) -> None:
+        """The user dismissed a tutorial's tour or tooltip (every variant of it)."""
+        t = self.tutorials
+        head = _TOUR | tutorial_id
+        found = False
+        if t is not None:
+            for i in range(0, len(t), _T_STRIDE):
+                if t[i] == head:
+                    t[i + 2] = ((t[i + 2] >> 16 & ~TOUR_VIEWED) | TOUR_DISMISSED) << 16
+                    found = True
+        if not found:
+            self._new_record(head, 0, TOUR_DISMISSED << 16, seconds)
+
+    def shows(self) -> list[tuple[int, int]]:
+        """The interruptions kept, (surface code, second), oldest first."""
+        t = self.tutorials
+        out: list[tuple[int, int]] = []
+        for i in self._records(_SHOWN):
+            assert t is not None
+            codes = t[i] & ~_TAG
+            for k in range(3):
+                if t[i + 1 + k]:
+                    out.append((codes >> 2 * k & 3, t[i + 1 + k]))
+        out.sort(key=itemgetter(1))
+        return out
+
+    def _set_shows(self, shows: list[tuple[int, int]]) -> None:
+        t = self.tutorials
+        kept = array("I")
+        if t is not None:
+            for i in range(0, len(t), _T_STRIDE):
+                if t[i] & _TAG != _SHOWN:
+                    kept.extend(t[i : i + _T_STRIDE])
+        for start in range(0, len(shows), 3):
+            group = shows[start : start + 3]
+            codes = sum(code << 2 * k for k, (code, _) in enumerate(group))
+            seconds = [second for _, second in group] + [0] * (3 - len(group))
+            kept.extend((_SHOWN | codes, *seconds))
+        self.tutorials = kept or None
+
+    def _learn_tolerance(self, code: int, seconds: int, accepted: bool, also: int = -1) -> None:
+        """Count the user's answer to their last interruption on this surface (shown in the
+        day before): accepted (completed) or declined (dismissed), by how deep into the day it
+        came (:func:`show_depth`). Nothing without such an interruption."""
+        shows = self.shows()
+        shown = [s for c, s in shows if c in (code, also) and seconds - DEPTH_WINDOW_S < s <= seconds]
+        if not shown:
+            return
+        depth = show_depth(shows, shown[-1])
+        i = self._find_tagged(_TOLERANCE)
+        if i < 0:
+            i = self._new_record(_TOLERANCE)
+        t = self.tutorials
+        assert t is not None
+        byte = depth + (0 if accepted else MAX_DEPTH + 1)  # 12 bytes: accepted, then declined
+        word, shift = i + 1 + byte // 4, 8 * (byte % 4)
+        if (t[word] >> shift) & 0xFF < 0xFF:
+            t[word] += 1 << shift
+
+    def tolerance(self) -> tuple[list[int], list[int]]:
+        """Interruptions the user accepted and declined, by depth 0..:data:`MAX_DEPTH`."""
+        i = self._find_tagged(_TOLERANCE)
+        counts = [0] * (2 * MAX_DEPTH + 2)
+        if i >= 0:
+            t = self.tutorials
+            assert t is not None
+            counts = [(t[i + 1 + b // 4] >> 8 * (b % 4)) & 0xFF for b in range(2 * MAX_DEPTH + 2)]
+        return counts[: MAX_DEPTH + 1], counts[MAX_DEPTH + 1 :]
+
+    def tour_state(self, tutorial_id: int | None, variant_id: int | None) -> tuple[int, int, int] | None:
+        """(resume index, flags, second of the last step seen) of a tutorial variant's tour;
+        None: the user never saw a step of it."""
+        if tutorial_id is None or variant_id is None:
+            return None
+        i = self._tour_at(tutorial_id, variant_id)
+        if i < 0:
+            return None
+        t = self.tutorials
+        assert t is not None
+        return t[i + 2] & 0xFFFF, t[i + 2] >> 16, t[i + 3]
+
+    def tutorial_flags(self, tutorial_id: int | None) -> int:
+        """The tour flags of every variant of a tutorial together (:data:`TOUR_DISMISSED`...)."""
+        t = self.tutorials
+        if t is None or tutorial_id is None:
+            return 0
+        head = _TOUR | tutorial_id
+        flags = 0
+        for i in range(0, len(t), _T_STRIDE):
+            if t[i] == head:
+                flags |= t[i + 2] >> 16
+        return flags
+
+    def _has_flow(self) -> bool:
+        t = self.tutorials
+        return t is not None and any(t[i] & _TAG for i in range(0, len(t), _T_STRIDE))
+
+    def tutorial_entries(self) -> list[tuple[int, int, int, int]]:
+        """(tutorial id, variant id, starts, completions) of every tutorial the user started or
+        completed (the flow records left out)."""
+        t = self.tutorials
+        if t is None:
+            return []
+        return [(t[i], t[i + 1], t[i + 2], t[i + 3]) for i in range(0, len(t), _T_STRIDE) if not t[i] & _TAG]
+
+    def flow_view(self, vocab: Vocabularies) -> dict[str, Any]:
+        """The in-app kit's state as JSON: tours, interruptions kept and the tolerance counts."""
+        t = self.tutorials
+        tours = []
+        for i in self._records(_TOUR):
+            assert t is not None
+            flags = t[i + 2] >> 16
+            tours.append(
+                {
+                    "tutorial": vocab.tutorials.name(t[i] & ~_TAG),
+                    "variant": vocab.variants.name(t[i + 1]) if t[i + 1] else None,
+                    "resume_at": t[i + 2] & 0xFFFF,
+                    "in_progress": bool(flags & TOUR_VIEWED),
+                    "dismissed": bool(flags & TOUR_DISMISSED),
+                    "completed": bool(flags & TOUR_COMPLETED),
+                    "last_step_seen": t[i + 3] or None,
+                }
+            )
+        accepted, declined = self.tolerance()
+        return {
+            "tours": tours,
+            "shown": [
+                {"surface": SURFACE_NAMES.get(code, "?"), "ts": second} for code, second in self.shows()
+            ],
+            "accepted_by_depth": accepted,
+            "declined_by_depth": declined,
+        }
+
     def _set_consent(self, analytics: bool | None, personalization: bool | None) -> None:
         self.consent = with_consent(self.consent, analytics, personalization)
 
@@ -639,8 +943,9 @@ class UserState:
     def events_total(self) -> int:
         return self.counters[C_EVENTS]
 
-    def count(self, kind: EventKind) -> int:
-        return self.counters[kind]
+    def count(self, kind: EventKind | int) -> int:
+        """Events of ``kind`` the user sent."""
+        return self.counters[kind] if kind < _FIRST_FLOW else self.flow_count(kind)
 
     def engagement_at(self, now: float) -> float:
         """The decayed engagement score as of ``now`` (never grows with time)."""
@@ -742,7 +1047,8 @@ class UserState:
             "active_hours_utc": [h for h in range(24) if c[C_HOURS] >> h & 1],
             "active_weekdays": [d for d in range(7) if c[C_DAYS] >> d & 1],
             "events_by_type": {
-                **{k.wire_name: c[k] for k in EventKind if c[k] and k is not EventKind.CUSTOM},
+                **{k.wire_name: c[k] for k in COUNTED_BUILTIN_KINDS if c[k]},
+                **{k.wire_name: n for k in FLOW_KINDS if (n := self.flow_count(k))},
                 **self._custom_counts(vocab),
             },
             "custom_events": self._custom_view(vocab),
@@ -758,6 +1064,7 @@ class UserState:
                     "completed": t[i + 3],
                 }
                 for i in range(0, len(t), _T_STRIDE)
+                if not t[i] & _TAG
             ],
             "engagement": self.engagement_at(now),
             "events_5m": self.events_in_window(now),
@@ -770,6 +1077,7 @@ class UserState:
                 **{k: getattr(self, k) for k in TRAIT_FIELDS if getattr(self, k) is not None},
                 **{k: v for k, v in extras.items() if k not in context_extras},
             },
+            **({"flow": self.flow_view(vocab)} if self._has_flow() else {}),
             "consent": {
                 purpose: (bool(self.consent & on) if self.consent & is_set else None)
                 for purpose, is_set, on in (
@@ -884,6 +1192,16 @@ class UserState:
         if isinstance(user.name, bytes):  # sealed: opened with this instance's secret, or gone
             user.name = sealer.unseal(key, user.name) if sealer is not None else None
         return user
+
+
+def show_depth(shows: list[tuple[int, int]], second: int) -> int:
+    """How deep into the user's day an interruption at ``second`` comes: the interruptions
+    shown in the day before it, up to :data:`MAX_DEPTH`.
+
+    >>> show_depth([(1, 100), (3, 5_000), (1, 90_000)], 90_000)  # 100 is more than a day before
+    1
+    """
+    return min(MAX_DEPTH, sum(1 for _, s in shows if second - DEPTH_WINDOW_S <= s < second))
 
 
 def feature_count(features: array[int] | None, feature_id: int | None) -> int:

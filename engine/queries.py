@@ -189,13 +189,13 @@ async def tutorial_stats(parts: Partitions, shard: int) -> TutorialStats:
     for part in list(parts.values()):
         names = part.vocab
         for i, user in enumerate(list(part.users.values())):
-            t = user.tutorials
-            if t is None:
+            entries = user.tutorial_entries()
+            if not entries:
                 continue
             segments = ["all", *user_segments(part, user)] if part.segments is not None else ["all"]
-            for j in range(0, len(t), 4):
-                tutorial, variant = names.tutorials.name(t[j]), names.variants.name(t[j + 1])
-                started, completed = int(t[j + 2] > 0 or t[j + 3] > 0), int(t[j + 3] > 0)
+            for tutorial_id, variant_id, starts, completions in entries:
+                tutorial, variant = names.tutorials.name(tutorial_id), names.variants.name(variant_id)
+                started, completed = int(starts > 0 or completions > 0), int(completions > 0)
                 for segment in segments:
                     row = rows.setdefault((tutorial, variant, segment), [0, 0])
                     row[0] += started

@@ -48,7 +48,7 @@ from typing import Any, Literal
 import polars as pl
 
 from engine.errors import ConfigError
-from engine.events import BUILTIN_KINDS, CONTEXT_FIELDS, EventKind
+from engine.events import BUILTIN_KINDS, CONTEXT_FIELDS, FLOW_KINDS, EventKind
 from engine.profile import (
     C_EVENTS,
     C_SESSIONS,
@@ -678,7 +678,7 @@ def _event_count(user: UserState, vocab: Vocabularies, count: EventCount) -> int
     event_type, prop, value = count
     kind = BUILTIN_TYPES.get(event_type)
     if kind is not None:
-        return user.counters[kind]
+        return user.count(kind)
     if prop is None:
         return user.custom_count(vocab.custom_types.find(event_type))
     return user.value_count(
@@ -688,7 +688,7 @@ def _event_count(user: UserState, vocab: Vocabularies, count: EventCount) -> int
 
 def _all_counts(user: UserState, vocab: Vocabularies) -> dict[EventCount, int]:
     """Every event count of a user: per built-in type, per custom type, per counted value."""
-    counts: dict[EventCount, int] = {(k.wire_name, None, None): user.counters[k] for k in BUILTIN_KINDS}
+    counts: dict[EventCount, int] = {(k.wire_name, None, None): user.count(k) for k in BUILTIN_KINDS}
     x = user.custom or ()  # (type id, count, first, last) quads
     for i in range(0, len(x), 4):
         counts[vocab.custom_types.name(x[i]), None, None] = x[i + 1]
@@ -858,7 +858,9 @@ def compile_mask(rules: Sequence[tuple[int, Rule]], fresh: bool = False) -> Mask
         deferred(var, call(load("step_done"), load("u"), load("vocab"), ast.Constant(name)))
     for (event_type, prop, value), var in count_var.items():
         kind = BUILTIN_TYPES.get(event_type)
-        if kind is not None:  # u.counters[kind]: cheaper than any check
+        if kind is not None and kind in FLOW_KINDS:  # counted in the flow records: u.count(kind)
+            assign(var, call(attribute(load("u"), "count"), ast.Constant(int(kind))))
+        elif kind is not None:  # u.counters[kind]: cheaper than any check
             assign(
                 var,
                 ast.Subscript(

@@ -40,6 +40,7 @@ from engine.errors import InvalidEvent
 from engine.events import (
     CONTEXT_FIELDS,
     EVENT_CLASSES,
+    REQUEST_CONTEXT_FIELDS,
     AnyEvent,
     Context,
     CustomEvent,
@@ -159,7 +160,7 @@ class SchemaSection(_Model):
         for section, names in (("traits", self.traits), ("context", self.context)):
             for name in names:
                 where = f"schema.{section}.{name}"
-                if name in BUILTIN_TRAITS or name in CONTEXT_FIELDS:
+                if name in BUILTIN_TRAITS or name in CONTEXT_FIELDS or name in REQUEST_CONTEXT_FIELDS:
                     problems.append((where, f"{name!r} is a built-in trait or context field"))
                 elif name in RESERVED:
                     problems.append((where, f"{name!r} is a reserved word"))

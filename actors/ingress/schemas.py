@@ -68,6 +68,17 @@ class RequestContext(msgspec.Struct, omit_defaults=True):
     country: Annotated[str, Meta(max_length=8)] | None = None
     referrer: Annotated[str, Meta(max_length=256)] | None = None
     app_version: Annotated[str, Meta(max_length=64)] | None = None
+    timezone: (
+        Annotated[
+            str,
+            Meta(
+                max_length=64,
+                description="the user's IANA time zone (Europe/Berlin): pacing's quiet hours and per-day "
+                "caps are in it (UTC when missing or unknown)",
+            ),
+        ]
+        | None
+    ) = None
 
 
 def request_bodies(schema: EventSchema = BUILTIN_SCHEMA) -> tuple[type[DecideBody], type[TutorialBody]]:

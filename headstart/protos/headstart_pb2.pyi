@@ -7,7 +7,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Context(_message.Message):
-    __slots__ = ("device_type", "os", "locale", "country", "referrer", "app_version", "custom")
+    __slots__ = ("device_type", "os", "locale", "country", "referrer", "app_version", "custom", "timezone")
     class CustomEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -22,6 +22,7 @@ class Context(_message.Message):
     REFERRER_FIELD_NUMBER: _ClassVar[int]
     APP_VERSION_FIELD_NUMBER: _ClassVar[int]
     CUSTOM_FIELD_NUMBER: _ClassVar[int]
+    TIMEZONE_FIELD_NUMBER: _ClassVar[int]
     device_type: str
     os: str
     locale: str
@@ -29,7 +30,8 @@ class Context(_message.Message):
     referrer: str
     app_version: str
     custom: _containers.ScalarMap[str, str]
-    def __init__(self, device_type: _Optional[str] = ..., os: _Optional[str] = ..., locale: _Optional[str] = ..., country: _Optional[str] = ..., referrer: _Optional[str] = ..., app_version: _Optional[str] = ..., custom: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    timezone: str
+    def __init__(self, device_type: _Optional[str] = ..., os: _Optional[str] = ..., locale: _Optional[str] = ..., country: _Optional[str] = ..., referrer: _Optional[str] = ..., app_version: _Optional[str] = ..., custom: _Optional[_Mapping[str, str]] = ..., timezone: _Optional[str] = ...) -> None: ...
 
 class DecideRequest(_message.Message):
     __slots__ = ("user_id", "context", "user_hash")
@@ -51,18 +53,56 @@ class Step(_message.Message):
     title: str
     def __init__(self, id: _Optional[str] = ..., kind: _Optional[str] = ..., title: _Optional[str] = ...) -> None: ...
 
+class TourStep(_message.Message):
+    __slots__ = ("target", "title", "body", "placement")
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    TITLE_FIELD_NUMBER: _ClassVar[int]
+    BODY_FIELD_NUMBER: _ClassVar[int]
+    PLACEMENT_FIELD_NUMBER: _ClassVar[int]
+    target: str
+    title: str
+    body: str
+    placement: str
+    def __init__(self, target: _Optional[str] = ..., title: _Optional[str] = ..., body: _Optional[str] = ..., placement: _Optional[str] = ...) -> None: ...
+
 class TutorialChoice(_message.Message):
-    __slots__ = ("id", "variant", "eligible")
+    __slots__ = ("id", "variant", "eligible", "surface", "tour", "resume_at")
     ID_FIELD_NUMBER: _ClassVar[int]
     VARIANT_FIELD_NUMBER: _ClassVar[int]
     ELIGIBLE_FIELD_NUMBER: _ClassVar[int]
+    SURFACE_FIELD_NUMBER: _ClassVar[int]
+    TOUR_FIELD_NUMBER: _ClassVar[int]
+    RESUME_AT_FIELD_NUMBER: _ClassVar[int]
     id: str
     variant: str
     eligible: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, id: _Optional[str] = ..., variant: _Optional[str] = ..., eligible: _Optional[_Iterable[str]] = ...) -> None: ...
+    surface: str
+    tour: _containers.RepeatedCompositeFieldContainer[TourStep]
+    resume_at: int
+    def __init__(self, id: _Optional[str] = ..., variant: _Optional[str] = ..., eligible: _Optional[_Iterable[str]] = ..., surface: _Optional[str] = ..., tour: _Optional[_Iterable[_Union[TourStep, _Mapping]]] = ..., resume_at: _Optional[int] = ...) -> None: ...
+
+class JourneyItem(_message.Message):
+    __slots__ = ("id", "title", "url", "done")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    TITLE_FIELD_NUMBER: _ClassVar[int]
+    URL_FIELD_NUMBER: _ClassVar[int]
+    DONE_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    title: str
+    url: str
+    done: bool
+    def __init__(self, id: _Optional[str] = ..., title: _Optional[str] = ..., url: _Optional[str] = ..., done: _Optional[bool] = ...) -> None: ...
+
+class SurfaceAllowed(_message.Message):
+    __slots__ = ("show", "reason")
+    SHOW_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    show: bool
+    reason: str
+    def __init__(self, show: _Optional[bool] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class DecideReply(_message.Message):
-    __slots__ = ("decision_id", "step", "tutorial", "message", "step_message", "flags", "segments", "experiments", "completed_steps", "personalized", "explain", "activation_probability", "recommended_features", "catalog_version")
+    __slots__ = ("decision_id", "step", "tutorial", "message", "step_message", "flags", "segments", "experiments", "completed_steps", "personalized", "explain", "activation_probability", "recommended_features", "catalog_version", "journey", "surfaces")
     class FlagsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -77,6 +117,13 @@ class DecideReply(_message.Message):
         key: str
         value: str
         def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class SurfacesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: SurfaceAllowed
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[SurfaceAllowed, _Mapping]] = ...) -> None: ...
     DECISION_ID_FIELD_NUMBER: _ClassVar[int]
     STEP_FIELD_NUMBER: _ClassVar[int]
     TUTORIAL_FIELD_NUMBER: _ClassVar[int]
@@ -91,6 +138,8 @@ class DecideReply(_message.Message):
     ACTIVATION_PROBABILITY_FIELD_NUMBER: _ClassVar[int]
     RECOMMENDED_FEATURES_FIELD_NUMBER: _ClassVar[int]
     CATALOG_VERSION_FIELD_NUMBER: _ClassVar[int]
+    JOURNEY_FIELD_NUMBER: _ClassVar[int]
+    SURFACES_FIELD_NUMBER: _ClassVar[int]
     decision_id: str
     step: Step
     tutorial: TutorialChoice
@@ -105,7 +154,9 @@ class DecideReply(_message.Message):
     activation_probability: float
     recommended_features: _containers.RepeatedScalarFieldContainer[str]
     catalog_version: int
-    def __init__(self, decision_id: _Optional[str] = ..., step: _Optional[_Union[Step, _Mapping]] = ..., tutorial: _Optional[_Union[TutorialChoice, _Mapping]] = ..., message: _Optional[str] = ..., step_message: _Optional[str] = ..., flags: _Optional[_Mapping[str, bool]] = ..., segments: _Optional[_Iterable[str]] = ..., experiments: _Optional[_Mapping[str, str]] = ..., completed_steps: _Optional[_Iterable[str]] = ..., personalized: _Optional[bool] = ..., explain: _Optional[_Iterable[str]] = ..., activation_probability: _Optional[float] = ..., recommended_features: _Optional[_Iterable[str]] = ..., catalog_version: _Optional[int] = ...) -> None: ...
+    journey: _containers.RepeatedCompositeFieldContainer[JourneyItem]
+    surfaces: _containers.MessageMap[str, SurfaceAllowed]
+    def __init__(self, decision_id: _Optional[str] = ..., step: _Optional[_Union[Step, _Mapping]] = ..., tutorial: _Optional[_Union[TutorialChoice, _Mapping]] = ..., message: _Optional[str] = ..., step_message: _Optional[str] = ..., flags: _Optional[_Mapping[str, bool]] = ..., segments: _Optional[_Iterable[str]] = ..., experiments: _Optional[_Mapping[str, str]] = ..., completed_steps: _Optional[_Iterable[str]] = ..., personalized: _Optional[bool] = ..., explain: _Optional[_Iterable[str]] = ..., activation_probability: _Optional[float] = ..., recommended_features: _Optional[_Iterable[str]] = ..., catalog_version: _Optional[int] = ..., journey: _Optional[_Iterable[_Union[JourneyItem, _Mapping]]] = ..., surfaces: _Optional[_Mapping[str, SurfaceAllowed]] = ...) -> None: ...
 
 class SelectTutorialRequest(_message.Message):
     __slots__ = ("user_id", "context", "step", "feature", "user_hash")

@@ -233,6 +233,10 @@ def one_of_each_kind(key: str) -> list[dict[str, Any]]:
         EventKind.TUTORIAL_COMPLETED: {"tutorial": "unknown", "variant": "video"},
         EventKind.PROFILE_UPDATED: {"role": "dev"},
         EventKind.CONSENT_UPDATED: {"personalization": True},
+        EventKind.TOUR_STEP_VIEWED: {"tutorial": "unknown", "variant": "video", "index": 0},
+        EventKind.TOUR_STEP_SKIPPED: {"tutorial": "unknown", "variant": "video", "index": 1},
+        EventKind.SURFACE_SHOWN: {"surface": "tour", "id": "unknown"},
+        EventKind.SURFACE_DISMISSED: {"surface": "tour", "id": "unknown", "decision_id": "nope"},
     }
     return [
         {

@@ -31,6 +31,10 @@ PROPS = {
     "tutorial_completed": {"tutorial": "intro", "variant": "video"},
     "profile_updated": {"role": "engineer", "age_band": "25-34"},
     "consent_updated": {"analytics": True, "personalization": False},
+    "tour_step_viewed": {"tutorial": "intro", "variant": "tour", "index": 1, "decision_id": "d1"},
+    "tour_step_skipped": {"tutorial": "intro", "variant": "tour", "index": 2, "reason": "timeout"},
+    "surface_shown": {"surface": "tour", "id": "intro"},
+    "surface_dismissed": {"surface": "tooltip", "id": "intro", "index": 0, "decision_id": "d1"},
 }
 
 
@@ -121,3 +125,25 @@ def test_decoder_never_fails_otherwise_on_arbitrary_bytes(data: bytes) -> None:
 def test_decoder_never_fails_otherwise_on_arbitrary_maps(obj: dict[str, object]) -> None:
     with contextlib.suppress(InvalidEvent):
         decode_event(msgspec.msgpack.encode(obj))
+
+
+@pytest.mark.parametrize(
+    ("kind", "props", "where"),
+    [
+        ("surface_shown", {"surface": "popup", "id": "intro"}, "$.props.surface"),
+        ("surface_dismissed", {"surface": "tour"}, "$.props"),
+        ("tour_step_viewed", {"tutorial": "intro", "variant": "tour", "index": -1}, "$.props.index"),
+        ("tour_step_skipped", {"tutorial": "intro", "index": 0}, "$.props"),
+    ],
+)
+def test_flow_events_are_checked_at_the_edge(kind: str, props: dict[str, object], where: str) -> None:
+    with pytest.raises(InvalidEvent) as caught:
+        event_from_object({**BASE, "type": kind, "props": props})
+    assert where in str(caught.value)
+
+
+def test_flow_events_are_typed_structs() -> None:
+    event = event_from_object({**BASE, "type": "surface_dismissed", "props": PROPS["surface_dismissed"]})
+    assert event.kind is EventKind.SURFACE_DISMISSED
+    assert event.props.surface == "tooltip" and event.props.index == 0  # type: ignore[attr-defined]
+    assert event.props.decision_id == "d1"  # type: ignore[attr-defined]

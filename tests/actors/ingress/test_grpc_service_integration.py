@@ -63,6 +63,29 @@ def test_decide_send_events_select_and_reward(stub: pb_grpc.DecisionServiceStub)
     assert rewarded.detail
 
 
+def etc_zone(local_hour: int) -> str:
+    """An ``Etc/GMT±N`` zone where it is now about ``local_hour`` (their signs are POSIX's)."""
+    offset = (local_hour - time.gmtime().tm_hour + 12) % 24 - 12
+    return f"Etc/GMT{-offset:+d}"
+
+
+def test_the_context_time_zone_paces_and_the_kits_fields_come_back(stub: pb_grpc.DecisionServiceStub) -> None:
+    """The default catalog's quiet hours are 22:00-07:00 in the user's time zone."""
+    user = "grpc-kit-user@example.com"
+    day = stub.Decide(
+        pb.DecideRequest(user_id=user, context=pb.Context(timezone=etc_zone(12))), metadata=FRONTEND
+    )
+    assert day.surfaces["banner"].show is True and day.surfaces["banner"].reason == "allowed"
+    assert [item.id for item in day.journey][:2] == ["welcome", "profile"] and day.journey[
+        0
+    ].url == "/welcome"
+    night = stub.Decide(
+        pb.DecideRequest(user_id=user, context=pb.Context(timezone=etc_zone(3))), metadata=FRONTEND
+    )
+    assert night.surfaces["banner"].show is False
+    assert night.surfaces["banner"].reason.startswith("quiet hours 22:00-07:00")
+
+
 @pytest.mark.parametrize(
     ("call", "metadata", "code"),
     [
