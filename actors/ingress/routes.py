@@ -101,6 +101,15 @@ GC_GEN0_THRESHOLD = 50_000
 UserIdPath = Annotated[str, Path(min_length=1, max_length=256, description="the caller's raw user id")]
 
 
+#: The files a page may load from /static/, with their media types.
+CLIENT_FILES = {
+    "headstart.js": "text/javascript; charset=utf-8",
+    "headstart.mjs": "text/javascript; charset=utf-8",
+    "headstart-react.js": "text/javascript; charset=utf-8",
+    "headstart.d.ts": "application/typescript; charset=utf-8",
+}
+
+
 def _static(name: str) -> bytes:
     """A file of the demo page (package data of ``headstart``)."""
     return resources.files("headstart").joinpath("static", name).read_bytes()
@@ -734,13 +743,14 @@ class Ingress(DecisionService, CatalogRoutes):
         """The demo onboarding page (no key: it asks for one, kept in the URL's fragment)."""
         return Response(_static("index.html"), media_type="text/html; charset=utf-8")
 
-    @app.get("/static/headstart.js", include_in_schema=False)
-    async def javascript_client(self) -> Response:
-        """The dependency-free JavaScript client the demo page uses."""
+    @app.get("/static/{name}", include_in_schema=False)
+    async def javascript_client(self, name: str) -> Response:
+        """The dependency-free JavaScript client the demo page uses, its ES module, its
+        TypeScript declarations and the React hook (docs/kit.md); nothing else."""
+        if name not in CLIENT_FILES:
+            return Response(status_code=404)
         return Response(
-            _static("headstart.js"),
-            media_type="text/javascript; charset=utf-8",
-            headers={"Cache-Control": "max-age=300"},
+            _static(name), media_type=CLIENT_FILES[name], headers={"Cache-Control": "max-age=300"}
         )
 
     @app.get("/v1/ruleset", openapi_extra=operation(answer=ANY_OBJECT, access=PRODUCT))
