@@ -22,6 +22,41 @@ NODE_MODULES = ROOT / "tests" / "js" / "node_modules"
 #: The rules axe-core runs: WCAG 2.0 and 2.1, levels A and AA.
 WCAG_21_AA = ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa"]
 
+#: A product's page for the kit's tests: targets for tours (``#nav``, ``#search``, ``#create``,
+#: and any the page adds late with ``later(id, ms)``), a focusable ``#before``, a container
+#: ``#onboarding``; headstart.js loaded from ``{headstart}`` ("" for the page's own origin).
+PRODUCT_PAGE = """<!doctype html>
+<html lang="en" class="js"><head><meta charset="utf-8"><title>Acme projects</title>{head}</head>
+<body>
+<header>
+<nav id="nav" aria-label="Main"><a href="/">Home</a> <button id="search">Search</button></nav>
+</header>
+<main>
+<h1>Acme projects</h1>
+<p><button id="before">Projects</button></p>
+<div id="onboarding"></div>
+<p style="margin-top: 240px"><button id="create">New project</button></p>
+</main>
+<script src="{headstart}/static/headstart.js"></script>
+<script>
+  // A target the page adds late (a view rendered after data arrives).
+  window.later = (id, ms) => setTimeout(() => {
+    const button = document.createElement("button");
+    button.id = id;
+    button.textContent = "Late " + id;
+    document.querySelector("main").appendChild(button);
+  }, ms);
+</script>
+</body></html>
+"""
+
+
+def product_page(headstart: str = "", head: str = "", lang: str = "en", direction: str = "ltr") -> str:
+    """:data:`PRODUCT_PAGE` loading headstart.js from ``headstart``, with ``head`` (e.g. a
+    ``<style>``) and the page's language and direction."""
+    page = PRODUCT_PAGE.replace("{headstart}", headstart).replace("{head}", head)
+    return page.replace('<html lang="en"', f'<html lang="{lang}" dir="{direction}"')
+
 
 @contextlib.contextmanager
 def chromium() -> Iterator[Any]:

@@ -22,37 +22,7 @@ from typing import Any
 import pytest
 
 from headstart.adapters.broker import free_port
-from tests.browser import STATIC, axe_violations, chromium, js_dependency, site
-
-PAGE = """<!doctype html>
-<html lang="en" class="js"><head><meta charset="utf-8"><title>Acme projects</title>{head}</head>
-<body>
-<header>
-<nav id="nav" aria-label="Main"><a href="/">Home</a> <button id="search">Search</button></nav>
-</header>
-<main>
-<h1>Acme projects</h1>
-<p><button id="before">Projects</button></p>
-<div id="onboarding"></div>
-<p style="margin-top: 240px"><button id="create">New project</button></p>
-</main>
-<script src="/static/headstart.js"></script>
-<script>
-  // A target the page adds late (a view rendered after data arrives).
-  window.later = (id, ms) => setTimeout(() => {
-    const button = document.createElement("button");
-    button.id = id;
-    button.textContent = "Late " + id;
-    document.querySelector("main").appendChild(button);
-  }, ms);
-</script>
-</body></html>
-"""
-
-
-def page_html(head: str = "") -> str:
-    return PAGE.replace("{head}", head)
-
+from tests.browser import STATIC, axe_violations, chromium, js_dependency, product_page, site
 
 JOURNEY = [
     {"id": "welcome", "title": "Welcome to Acme", "url": "/welcome", "done": True},
@@ -184,7 +154,7 @@ def headstart() -> Iterator[Headstart]:
         "answers": {},
         "events": [],
         "decide_bodies": [],
-        "pages": {"/": page_html(), "/welcome": page_html(), "/profile": page_html()},
+        "pages": {"/": product_page(), "/welcome": product_page(), "/profile": product_page()},
         "scripts": {},
     }
     with site(free_port(), FixedAnswers, **state) as url:
@@ -558,7 +528,7 @@ def test_an_arabic_locale_renders_right_to_left(headstart: Headstart, mount: Mou
     from playwright.sync_api import expect
 
     tour = [step("#search", "بحث", "right")]
-    headstart.pages["/ar"] = page_html().replace('<html lang="en"', '<html lang="ar" dir="rtl"')
+    headstart.pages["/ar"] = product_page(lang="ar", direction="rtl")
     page = mount("rtl", answer("d-rtl", tour), path="/ar", locale="ar")
     checklist = page.locator("[data-hs-surface=checklist]")
     expect(checklist).to_be_visible()
@@ -612,9 +582,8 @@ def test_animations_only_for_those_who_did_not_ask_for_reduced_motion(mount: Mou
 def test_a_page_themes_the_kit_with_css_custom_properties(headstart: Headstart, mount: Mounter) -> None:
     from playwright.sync_api import expect
 
-    headstart.pages["/themed"] = page_html(
-        "<style>:root { --hs-accent: rgb(120, 20, 90); --hs-radius: 2px; --hs-font: Georgia, serif; }</style>"
-    )
+    theme = ":root { --hs-accent: rgb(120, 20, 90); --hs-radius: 2px; --hs-font: Georgia, serif; }"
+    headstart.pages["/themed"] = product_page(head=f"<style>{theme}</style>")
     page = mount("themed", answer("d-theme", [step("#nav", "Navigation")]), path="/themed")
     next_button = page.locator("[data-hs-surface=tour] [data-hs-action=next]")
     expect(next_button).to_be_visible()
