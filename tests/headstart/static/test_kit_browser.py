@@ -3,7 +3,7 @@ answers (as the engine's contract gives them, docs/kit.md): checklist, tours, to
 banner, <html> classes, keyboard, right-to-left, motion, theming and axe-core's WCAG 2.1 AA check.
 
 The answers come from a small loopback server written here (it also records the events the kit
-sends), so what is tested is the rendering; tests/actors/test_kit_integration.py runs the kit
+sends), so what is tested is the rendering; tests/actors/test_kit_browser_integration.py runs the kit
 against the real engine.
 """
 
