@@ -775,41 +775,31 @@
     }
 
     /**
-     * Show step `index` once its target is on the page. Opening (mount, reload, another page),
-     * the first step from `index` on whose target is here is shown (a tour spanning pages
-     * resumes where its target is), waiting for one to appear as long as the page is open.
-     * Within the tour, a step whose target does not appear in `targetTimeoutMs` is skipped
-     * (tour_step_skipped) and the tour goes on with the next.
+     * Show step `index` once its target is on the page, waiting for it (MutationObserver) up to
+     * `targetTimeoutMs`. Then, within the tour, the step is skipped (tour_step_skipped) and the
+     * tour goes on with the next; opening (mount, reload, another page), the first later step
+     * whose target is here is shown instead (a tour spanning pages), or the first of them to
+     * appear while the page is open, and nothing is recorded.
      */
     _await(s, index, opening) {
-      const last = opening ? s.steps.length : index + 1;
+      let last = index + 1;
       const look = () => {
         for (let i = index; i < last; i++) {
           const target = findTarget(s.steps[i].target);
-          if (target) return [i, target];
+          if (target) {
+            stop();
+            this._show(s, i, target);
+            return true;
+          }
         }
-        return null;
+        return false;
       };
-      const found = look();
-      if (found) return this._show(s, found[0], found[1]);
       let pending = null;
+      let timer = null;
       const observer = new MutationObserver(() => {
-        if (pending) return;
-        pending = setTimeout(() => { // at most one look per 50 ms however busy the page is
-          pending = null;
-          const hit = look();
-          if (!hit) return;
-          stop();
-          this._show(s, hit[0], hit[1]);
-        }, 50);
+        // At most one look per 50 ms however busy the page is.
+        if (!pending) pending = setTimeout(() => { pending = null; look(); }, 50);
       });
-      const timer = opening ? null : setTimeout(() => {
-        stop();
-        this._event("tour_step_skipped", { tutorial: s.id, variant: s.variant, index, reason: "target_not_found" },
-          s.decisionId);
-        if (index + 1 < s.steps.length) this._await(s, index + 1, false);
-        else this._finish(s);
-      }, this.targetTimeoutMs);
       const stop = () => {
         observer.disconnect();
         clearTimeout(timer);
@@ -817,8 +807,21 @@
         s.stop = null;
       };
       s.stop = stop;
+      if (look()) return;
       observer.observe(document.documentElement, {
         childList: true, subtree: true, attributes: true, attributeFilter: ["class", "style", "hidden"] });
+      timer = setTimeout(() => {
+        if (opening) {
+          last = s.steps.length;
+          look();
+          return;
+        }
+        stop();
+        this._event("tour_step_skipped", { tutorial: s.id, variant: s.variant, index, reason: "target_not_found" },
+          s.decisionId);
+        if (index + 1 < s.steps.length) this._await(s, index + 1, false);
+        else this._finish(s);
+      }, this.targetTimeoutMs);
     }
 
     _show(s, index, target) {
