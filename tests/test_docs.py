@@ -24,6 +24,7 @@ PAGES = (
     "experiments.md",
     "privacy.md",
     "identity.md",
+    "kit.md",
     "export.md",
     "operations.md",
     "benchmarks.md",

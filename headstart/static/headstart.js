@@ -7,6 +7,13 @@
  *   hs.track("alice@example.com", "step_completed", { step: decision.step.id });
  *   await hs.loadRuleset();              // signed flags/targeting, for when Headstart is slow
  *   hs.flag("alice@example.com", "new_onboarding");
+ *   await hs.mount("alice@example.com", { container: "#onboarding" });  // the onboarding kit
+ *
+ * The onboarding kit (docs/kit.md): mount() renders each decision for the user: the journey as
+ * a checklist, the decided tutorial variant as a tour or a tooltip, the welcome message as a
+ * banner (only the surfaces the engine's pacing allows now), and hs-seg-* / hs-flag-* classes
+ * on <html>; what the user does with them goes back as events. Every decision carries the
+ * browser's time zone as context.timezone.
  *
  * Identity (docs/identity.md): with identity verification on, every request naming a user
  * carries its `user_hash`, hex(HMAC-SHA256(identity secret, user id)), which the product's
