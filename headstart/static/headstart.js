@@ -250,7 +250,12 @@
         // A tour step viewed just before a reload reaches Headstart before the decision asked now.
         await Promise.race([this.flush().catch(() => 0), new Promise((r) => setTimeout(r, this.timeoutMs))]);
       }
-      await kit.refresh();
+      try {
+        await kit.refresh();
+      } catch (error) {
+        kit.unmount(); // refused (a 403): nothing is left on the page
+        throw error;
+      }
       return kit;
     }
 
@@ -640,8 +645,10 @@
 
     /** Remove everything the kit rendered, its listeners and its <html> classes. */
     unmount() {
+      if (this.unmounted) return;
+      this.unmounted = true;
       for (const name of Object.keys(this.surfaces)) this._remove(name, false);
-      this._classes([]);
+      if (!this.hs._kit || this.hs._kit === this) this._classes([]); // not those of a kit mounted since
       if (this.panel) this.panel.remove();
       else if (this.container) this.container.textContent = "";
       document.removeEventListener("keydown", this._onKey);

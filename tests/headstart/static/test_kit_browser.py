@@ -653,7 +653,7 @@ def test_the_es_module_exports_the_client(headstart: Headstart, browser: Any) ->
 
 
 REACT_APP = """
-import { createElement as h } from "react";
+import { StrictMode, createElement as h } from "react";
 import { createRoot } from "react-dom/client";
 import { Headstart, useHeadstart, HeadstartChecklist } from "{react_module}";
 
@@ -665,7 +665,9 @@ function Onboarding({ userId }) {
   return h(HeadstartChecklist, { decision, locale: "en" });
 }
 window.hs = hs;
-createRoot(document.getElementById("root")).render(h(Onboarding, { userId: "react-user" }));
+// StrictMode mounts, unmounts and mounts again: one kit must be left.
+const app = h(StrictMode, null, h(Onboarding, { userId: "react-user" }));
+createRoot(document.getElementById("root")).render(app);
 """
 
 
@@ -714,6 +716,8 @@ def test_the_react_hook_renders_the_checklist(headstart: Headstart, browser: Any
         expect(checklist.locator("ol")).to_be_hidden()
         # The hook mounted the kit: the tour and the <html> classes are there too.
         expect(page.locator("[data-hs-surface=tour]")).to_be_visible()
+        page.wait_for_timeout(300)
+        assert page.locator("[data-hs-surface=tour]").count() == 1
         assert page.evaluate("() => document.documentElement.classList.contains('hs-seg-new_user')")
         assert axe_violations(page, "#root [data-hs-surface=checklist]") == []
         assert errors == []
