@@ -849,8 +849,9 @@
         this._event("surface_shown", { surface: s.surface, id: s.id }, s.decisionId);
         this._event("tutorial_started", { tutorial: s.id, variant: s.variant }, s.decisionId);
       }
+      // A tooltip is its variant's step 0: viewed too (the engine keeps it "in progress").
+      this._event("tour_step_viewed", { tutorial: s.id, variant: s.variant, index }, s.decisionId);
       if (s.surface === "tour") {
-        this._event("tour_step_viewed", { tutorial: s.id, variant: s.variant, index }, s.decisionId);
         this._tourStep(s, step, index);
       } else {
         this._tooltip(s, step);

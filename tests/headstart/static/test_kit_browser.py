@@ -471,6 +471,13 @@ def test_a_tooltip_variant_is_a_hotspot_beside_its_target(headstart: Headstart, 
     expect(tip).to_be_visible()
     shown_event = headstart.wait_event("tip-1", "surface_shown")[0]
     assert shown_event["props"] == {"surface": "tooltip", "id": "first_project", "decision_id": "d-tip"}
+    viewed = headstart.wait_event("tip-1", "tour_step_viewed")[0]["props"]
+    assert viewed == {
+        "tutorial": "first_project",
+        "variant": "interactive",
+        "index": 0,
+        "decision_id": "d-tip",
+    }
     tip.locator("[data-hs-action=next]").click()  # "Got it"
     expect(tip).to_have_count(0)
     expect(hotspot).to_have_count(0)
