@@ -52,9 +52,13 @@ def test_clicking_through_the_page_changes_what_the_engine_decides(
     step = page.locator("#step-title")
     expect(step).to_have_attribute("data-step", "welcome", timeout=15_000)
     expect(page.locator("#status")).to_contain_text("live decision")
+    # The onboarding kit renders the journey as a checklist, the decided step current.
+    current = page.locator("#checklist [data-hs-surface=checklist] [aria-current=step]")
+    expect(current).to_have_attribute("data-hs-step", "welcome")
     # Each completed step is an event through /v1/events; the next decision moves on.
     page.click("#complete-step")
     expect(step).to_have_attribute("data-step", "profile", timeout=15_000)
+    expect(current).to_have_attribute("data-hs-step", "profile")
     page.click("#complete-step")
     expect(step).not_to_have_attribute("data-step", "profile", timeout=15_000)
     after_profile = step.get_attribute("data-step")
