@@ -30,6 +30,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import zoneinfo
+from collections.abc import Callable
 
 import msgspec
 
@@ -163,6 +164,14 @@ def surfaces(
     interruption). At most one interruption per answer: the first allowed of tour, tooltip,
     banner."""
     every = [second for _, second in shows]
+    # The user's local time, worked out once per answer and only if a rule needs it.
+    clock: list[tuple[dt.datetime, str]] = []
+
+    def local() -> tuple[dt.datetime, str]:
+        if not clock:
+            clock.append(local_time(now, timezone))
+        return clock[0]
+
     out: dict[str, SurfaceAllowed] = {}
     chosen: str | None = None
     for surface in SURFACES:
@@ -174,7 +183,7 @@ def surfaces(
         elif chosen is not None:
             reason = f"one interruption at a time: the {chosen} is shown"
         else:
-            reason = _rule_reason(pacing, surface, shows, every, tolerance, now, timezone)
+            reason = _rule_reason(pacing, surface, shows, every, tolerance, now, local)
         if reason is None:
             if chosen is None:
                 chosen = surface
@@ -195,14 +204,14 @@ def _rule_reason(
     every: list[int],
     tolerance: tuple[list[int], list[int]],
     now: float,
-    timezone: str | None,
+    local_now: Callable[[], tuple[dt.datetime, str]],
 ) -> str | None:
     quiet = pacing.quiet_hours
     # The local time only where a rule needs it (a decision without quiet hours, caps per day
     # or anything shown yet is the common case).
     today_from = now
     if quiet is not None or (shows and (pacing.overall.max_per_day is not None or _daily(pacing, surface))):
-        local, zone = local_time(now, timezone)
+        local, zone = local_now()
         if quiet is not None and in_quiet_hours(local, quiet):
             return f"quiet hours {quiet.start}-{quiet.end} ({local:%H:%M} in {zone})"
         today_from = day_start(local)
