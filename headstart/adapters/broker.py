@@ -227,6 +227,13 @@ class EmbeddedNats:
     def pid(self) -> int | None:
         return self.process.pid if self.process else None
 
+    def exit_status(self) -> int | None:
+        """The server's exit status once it has ended (negative: the signal that ended it);
+        None while it runs or before it was started. Starting again with :meth:`start` keeps the
+        port, the monitoring port and the store: clients reconnect to the same address and find
+        every stream as it was."""
+        return None if self.process is None else self.process.poll()
+
     def stop(self, timeout: float = 10.0) -> None:
         """Stop the server (SIGTERM, then SIGKILL after ``timeout``)."""
         if self.process is None or self.process.poll() is not None:
