@@ -29,7 +29,7 @@ from nats.aio.client import Client as NATS
 from prometheus_client import CONTENT_TYPE_LATEST
 from ray import serve
 
-from actors.ingress import admin, shards
+from actors.ingress import admin, outage, shards
 from actors.ingress.application import app, openapi_document
 from actors.ingress.catalog_routes import CatalogRoutes
 from actors.ingress.config import IngressConfig
@@ -430,15 +430,15 @@ class Ingress(DecisionService, CatalogRoutes):
                 message += f"; {unknown_type_message(schema.event_types)}"
             raise ApiError(400, "invalid_events", message, problems)
         try:
+            outage.require_connected(nc)  # the broker is down: 503 now, not after waiting for it
             if body.anonymous_id is not None and batch_user is not None:
                 aliases = await self._segment.aliases(nc.jetstream())
                 key_of = self.pseudonymizer.key
                 await aliases.link(key_of(body.anonymous_id), key_of(batch_user))
-            acks = await publish_prepared(nc.jetstream(), prepared, retry_for=5.0)
+            acks = await outage.store(nc.jetstream(), prepared)
         except Exception as exc:
-            raise ApiError(
-                503, "unavailable", f"the event stream did not store the batch: {type(exc).__name__}"
-            ) from exc
+            message = f"the event stream did not store the batch: {type(exc).__name__}"
+            raise outage.unavailable(message) from exc
         duplicates = sum(1 for ack in acks if ack.duplicate)
         self.metrics.events.labels("stored").inc(len(acks) - duplicates)
         self.metrics.events.labels("duplicate").inc(duplicates)
@@ -761,6 +761,8 @@ class Ingress(DecisionService, CatalogRoutes):
             nc, client = await asyncio.wait_for(self._client(), 2.0)
         except Exception as exc:  # noqa: BLE001 - not ready is an answer, not an error
             return {"ready": False, "nats": False, "reason": type(exc).__name__}
+        if not nc.is_connected:  # the broker is down or restarting: no shard can be asked
+            return {"ready": False, "nats": False, "reason": "reconnecting to NATS"}
         # The same pings that keep the coalescing owner map fresh: a partition is served when its
         # owner answered.
         await client.refresh_owners()

@@ -80,6 +80,10 @@ class NatsAuth(BaseModel):
         return options
 
 
+#: The wait between two attempts to reconnect to the same server (see :func:`connect_nats`).
+RECONNECT_WAIT_S = 0.5
+
+
 class NatsUnavailable(HeadstartError):
     """NATS could not be reached or refused the connection; the message has the server's reason."""
 
@@ -102,6 +106,9 @@ async def connect_nats(url: str, auth: NatsAuth | None = None, **options: Any) -
         log.warning("NATS at %s: %s", url, exc)
 
     options.setdefault("error_cb", on_error)
+    # nats-py waits 2 s before trying a server again; the supervisor starts a dead embedded
+    # broker again within half a second, so clients are back within about a second.
+    options.setdefault("reconnect_time_wait", RECONNECT_WAIT_S)
     try:
         return await nats.connect(url, **(auth.options() if auth is not None else {}), **options)
     except NoServersError as exc:
