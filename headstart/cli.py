@@ -75,7 +75,7 @@ def up(
     On a home whose instance is partly running, starts what is missing: a running supervisor
     starts again whatever of its children died (this waits until it is ready); a supervisor
     that died has left processes no one supervises, which are stopped (by recorded pid), and
-    everything starts again on the same HTTP port, with the same shards, from the store."""
+    everything starts again on the same HTTP port, shards and partitions, from the store."""
     from headstart.runtime.supervisor import Runtime, instance_running, start_again_in_place, stop_recorded
 
     data_home = DataHome(_settings(home).home).ensure()
@@ -86,6 +86,8 @@ def up(
         port = _recorded_port(previous)
     if previous is not None and shards is None and "HEADSTART_SHARDS" not in os.environ:
         shards = previous.get("shards")
+    if previous is not None and partitions is None and "HEADSTART_PARTITIONS" not in os.environ:
+        partitions = previous.get("partitions")  # fixed for the stream's life anyway
     settings = _settings(
         home, shards=shards, partitions=partitions, nats_url=nats_url, port=port, catalog=catalog
     )

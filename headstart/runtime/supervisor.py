@@ -32,7 +32,7 @@ from headstart.adapters.broker import EmbeddedNats, connect_nats
 from headstart.adapters.catalog_store import CatalogStore, StoredVersion
 from headstart.adapters.key_store import KeySet, KeyStore
 from headstart.adapters.provision import ensure_streams
-from headstart.adapters.status import SupervisorHealth
+from headstart.adapters.status import ChildHealth, SupervisorHealth
 from headstart.runtime.catalog import version_at_start, who_from_cli
 from headstart.runtime.children import BrokerChild, HaproxyWatch, RayHead
 from headstart.runtime.healing import Healer, RestartPolicy, Supervised
@@ -75,6 +75,8 @@ class Runtime:
         #: Every process below this one at the last look (Ray's workers and HAProxy outlive a
         #: dead raylet, no longer below us: they are ended by pid from this list).
         self._seen: list[psutil.Process] = []
+        self._phase = "starting"
+        self._carried: list[ChildHealth] = []
         self._stop = threading.Event()
 
     def start(self) -> dict[str, Any]:
@@ -82,6 +84,7 @@ class Runtime:
         # This process may be the same supervisor started again (Ray's head died): its children's
         # restarts so far carry over.
         carried = _carried_health(self.home)
+        self._carried = carried.children if carried is not None else []
         try:
             return self._start(carried)
         except Exception as exc:
@@ -276,7 +279,9 @@ class Runtime:
 
     def health(self) -> SupervisorHealth:
         """The children the supervisor watches and their restarts, and why it gave up if it did."""
-        children = self.healer.records() if self.healer is not None else []
+        if self.healer is None:  # starting: what was counted before a start in place, if any
+            return SupervisorHealth(children=self._carried, gave_up=self.gave_up)
+        children = self.healer.records()
         if self.haproxy is not None:
             children.append(self.haproxy.record())
         return SupervisorHealth(children=children, gave_up=self.gave_up)
@@ -293,6 +298,7 @@ class Runtime:
 
     def _record(self, phase: str) -> dict[str, Any]:
         me = psutil.Process()
+        self._phase = phase
         children = []
         for child in me.children(recursive=True):
             # Ray starts short-lived helpers: one may exit between the listing and the read.
@@ -335,6 +341,10 @@ class Runtime:
             signal.signal(sig, lambda *_: self._stop.set())
         while not self._stop.wait(WATCH_EVERY_S):
             now = _descendants()
+            if {p.pid for p in now} != {p.pid for p in self._seen}:
+                # Ray starts workers, Serve a new HAProxy: the state file lists every process
+                # below us, so that `down` (or the next `up`, if we die) stops exactly these.
+                self._record(self._phase)
             if self.haproxy is not None and self.haproxy.look(now, time.time()):
                 self._health_changed()
             if self.healer is not None:
