@@ -404,13 +404,22 @@ def test_while_the_broker_is_down_readyz_says_so_events_get_503_and_decisions_th
 def hold_port(url: str) -> socket.socket:
     """Take the broker's port, so that starting it fails (as if something else had bound it)."""
     port = int(url.rsplit(":", 1)[1])
-    holder = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    # The killed broker's connections linger in TIME_WAIT on the port (nats-server binds
-    # through them the same way); a listener is what keeps it from binding.
-    holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    holder.bind(("127.0.0.1", port))
-    holder.listen()
-    return holder
+    deadline = time.monotonic() + 5
+    while True:
+        holder = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        # The killed broker's connections linger on the port for a moment (nats-server binds
+        # through them the same way); a listener is what keeps it from binding.
+        holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            holder.bind(("127.0.0.1", port))
+        except OSError:
+            holder.close()
+            on_port = [c for c in psutil.net_connections("tcp") if c.laddr and c.laddr.port == port]
+            assert time.monotonic() < deadline, on_port
+            time.sleep(0.05)
+            continue
+        holder.listen()
+        return holder
 
 
 def kill_broker_and_hold_its_port(instance: Instance) -> socket.socket:
