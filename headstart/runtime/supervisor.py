@@ -77,6 +77,7 @@ class Runtime:
         self._seen: list[psutil.Process] = []
         self._phase = "starting"
         self._carried: list[ChildHealth] = []
+        self._recording = threading.Lock()
         self._stop = threading.Event()
 
     def start(self) -> dict[str, Any]:
@@ -238,7 +239,7 @@ class Runtime:
 
         shards = scale_request(request, maximum=min(256, self.settings.partitions))
         report: dict[str, Any] = self.group.rescale(shards)
-        self._record(phase="ready")
+        self._record(self._phase)
         return report
 
     async def _provision(self, keys: dict[str, str]) -> tuple[StoredVersion, KeySet]:
@@ -297,6 +298,11 @@ class Runtime:
         self._record(phase="failed" if self.gave_up else "healing" if healing else "ready")
 
     def _record(self, phase: str) -> dict[str, Any]:
+        # Written from the watch loop and from the control thread (a rescale): one at a time.
+        with self._recording:
+            return self._write_record(phase)
+
+    def _write_record(self, phase: str) -> dict[str, Any]:
         me = psutil.Process()
         self._phase = phase
         children = []
