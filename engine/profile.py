@@ -1054,8 +1054,8 @@ class UserState:
             "custom_events": self._custom_view(vocab),
             "events_total": self.events_total,
             "features": {vocab.features.name(f[i]): f[i + 1] for i in range(0, len(f), _F_STRIDE)},
-            "steps_viewed": _mask_names(self.viewed_steps, vocab.steps),
-            "steps_completed": _mask_names(self.completed_steps, vocab.steps),
+            "steps_viewed": _step_names(self.viewed_steps, vocab.steps),
+            "steps_completed": _step_names(self.completed_steps, vocab.steps),
             "tutorials": [
                 {
                     "tutorial": vocab.tutorials.name(t[i]),
@@ -1278,8 +1278,19 @@ def consent_allows(bits: int, purpose: str, default: bool) -> bool:
     return bool(bits & on) if bits & is_set else default
 
 
-def _mask_names(mask: int, vocab: Vocabulary) -> list[str]:
-    return [vocab.name(i) for i in range(mask.bit_length()) if mask >> i & 1]
+def _step_names(mask: int, vocab: Vocabulary) -> list[str]:
+    """The steps of ``mask`` by name. A step's bit is its id in the partition's vocabulary,
+    given in the order the partition first saw each step, from any user: listed in id order,
+    one user's steps would depend on the order other users' events reached the partition (a
+    replay after a fault, or another interleaving of clients). By name they depend on the
+    user's steps alone.
+
+    >>> vocab = Vocabulary()
+    >>> mask = 1 << vocab.id("welcome") | 1 << vocab.id("profile")
+    >>> _step_names(mask, vocab)
+    ['profile', 'welcome']
+    """
+    return sorted(vocab.name(i) for i in range(mask.bit_length()) if mask >> i & 1)
 
 
 def _mask_bytes(mask: int) -> bytes:

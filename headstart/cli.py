@@ -70,9 +70,24 @@ def up(
     ] = None,
     timeout: Annotated[float, typer.Option(help="seconds to wait for readiness with --detach")] = 180.0,
 ) -> None:
-    """Start the embedded nats-server, local Ray and the shards; print where they are."""
-    from headstart.runtime.supervisor import Runtime, instance_running, stop_recorded
+    """Start the embedded nats-server, local Ray and the shards; print where they are.
 
+    On a home whose instance is partly running, starts what is missing: a running supervisor
+    starts again whatever of its children died (this waits until it is ready); a supervisor
+    that died has left processes no one supervises, which are stopped (by recorded pid), and
+    everything starts again on the same HTTP port, shards and partitions, from the store."""
+    from headstart.runtime.supervisor import Runtime, instance_running, start_again_in_place, stop_recorded
+
+    data_home = DataHome(_settings(home).home).ensure()
+    running = instance_running(data_home)
+    previous = data_home.read_state() if running is None else None
+    if previous is not None and port is None and "HEADSTART_PORT" not in os.environ:
+        # The instance that was running comes back where its clients know it.
+        port = _recorded_port(previous)
+    if previous is not None and shards is None and "HEADSTART_SHARDS" not in os.environ:
+        shards = previous.get("shards")
+    if previous is not None and partitions is None and "HEADSTART_PARTITIONS" not in os.environ:
+        partitions = previous.get("partitions")  # fixed for the stream's life anyway
     settings = _settings(
         home, shards=shards, partitions=partitions, nats_url=nats_url, port=port, catalog=catalog
     )
@@ -91,9 +106,12 @@ def up(
             for error in exc.errors:
                 print(error)
             raise typer.Exit(1) from exc
-    data_home = DataHome(settings.home).ensure()
-    running = instance_running(data_home)
-    if running is not None and running.get("ready"):
+    # This very process may be the supervisor, started again in place (Ray's head died).
+    if running is not None and running["supervisor"]["pid"] != os.getpid():
+        if not running.get("ready"):
+            # The supervisor is starting, or starting a dead child again: it knows what is missing.
+            console.print(f"[yellow]{_not_ready_yet(running)}[/]; waiting until it is ready", highlight=False)
+            running = _wait_ready(data_home, running["supervisor"]["pid"], timeout, None)
         _print_urls(running)
         console.print("[yellow]already running[/]; `headstart down` stops it")
         if settings.catalog is not None:
@@ -101,12 +119,21 @@ def up(
                 f"{settings.catalog} was not stored: `headstart catalog push` changes the catalog live"
             )
         return
-    # A previous instance whose supervisor died leaves orphans behind: stop them first.
-    stop_recorded(data_home)
+    if running is None and previous is not None:
+        # Its supervisor died (or gave up): what it left running has no one to watch or stop it.
+        stopped = stop_recorded(data_home)
+        if previous.get("phase") == "failed":
+            reason = (previous.get("health") or {}).get("gave_up")
+            console.print(f"[yellow]the last run gave up[/] ({reason}); starting everything again")
+        elif stopped:
+            console.print(
+                f"[yellow]the supervisor of this home had died[/]: stopped the {len(stopped)} process(es) "
+                "it left running; starting everything again (the broker's store is kept)"
+            )
     if detach:
         _start_detached(settings, data_home, timeout)
         return
-    runtime = Runtime(settings)
+    runtime = Runtime(settings, start_again=start_again_in_place)
     try:
         try:
             state = runtime.start()
@@ -120,6 +147,27 @@ def up(
     finally:
         console.print("Stopping...")
         runtime.stop()
+    if runtime.gave_up is not None:
+        console.print(f"[red]gave up:[/] {runtime.gave_up}; `headstart up` starts everything again")
+        raise typer.Exit(1)
+
+
+def _recorded_port(state: dict[str, Any]) -> int | None:
+    """The HTTP port an instance's state file records (None: none recorded)."""
+    url = state.get("http_url")
+    if not isinstance(url, str) or ":" not in url.rsplit("/", 1)[-1]:
+        return None
+    return int(url.rsplit(":", 1)[1])
+
+
+def _not_ready_yet(state: dict[str, Any]) -> str:
+    """What a running supervisor that is not ready is doing, from its state file."""
+    healing = [c for c in (state.get("health") or {}).get("children", []) if c["state"] != "running"]
+    if healing:
+        return "the supervisor is starting again: " + ", ".join(
+            f"{c['name']} ({c.get('last_reason') or 'died'})" for c in healing
+        )
+    return f"the instance is starting (phase: {state.get('phase')})"
 
 
 def _start_detached(settings: Settings, data_home: DataHome, timeout: float) -> None:
@@ -134,16 +182,30 @@ def _start_detached(settings: Settings, data_home: DataHome, timeout: float) -> 
             start_new_session=True,
             env=env,
         )
+    _print_urls(_wait_ready(data_home, proc.pid, timeout, proc))
+
+
+def _wait_ready(
+    data_home: DataHome, pid: int, timeout: float, proc: subprocess.Popen[bytes] | None
+) -> dict[str, Any]:
+    """The state once the supervisor ``pid`` says it is ready; exits 1 (with the log's end) if
+    it stops first (``proc``: it is our child) or is not ready in ``timeout`` seconds."""
+    from headstart.runtime.supervisor import instance_running
+
+    log_path = data_home.log_dir / "supervisor.log"
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            console.print(f"[red]headstart failed to start[/]; see {log_path}")
+        state = data_home.read_state()
+        if state and state.get("ready") and state["supervisor"]["pid"] == pid:
+            return state
+        stopped = proc.poll() is not None if proc is not None else instance_running(data_home) is None
+        if stopped:
+            state = data_home.read_state()
+            reason = ((state or {}).get("health") or {}).get("gave_up")
+            why = f": {reason}" if reason else ""
+            console.print(f"[red]headstart failed to start[/]{why}; see {log_path}", highlight=False)
             _print_log_tail(log_path)
             raise typer.Exit(1)
-        state = data_home.read_state()
-        if state and state.get("ready") and state["supervisor"]["pid"] == proc.pid:
-            _print_urls(state)
-            return
         time.sleep(0.2)
     console.print(f"[red]not ready after {timeout}s[/]; see {log_path}")
     _print_log_tail(log_path)
@@ -230,17 +292,37 @@ def status(
     as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
 ) -> None:
     """Shards, partitions, consumer lag, events/s and dead letters of the running instance."""
+    from headstart.adapters.broker import NatsUnavailable
     from headstart.adapters.status import collect_status
     from headstart.runtime.supervisor import instance_running
 
     settings = _settings(home)
-    state = instance_running(DataHome(settings.home))
+    data_home = DataHome(settings.home)
+    state = instance_running(data_home)
+    recorded = data_home.read_state()
+    if state is None and recorded is not None and recorded.get("phase") == "failed":
+        # The supervisor gave up healing and stopped: its last state says why.
+        reason = (recorded.get("health") or {}).get("gave_up") or "see the supervisor's log"
+        console.print(f"[red]failed:[/] {reason}", highlight=False)
+        _print_health(recorded.get("health"))
+        raise typer.Exit(1)
     url = settings.nats_url or (state or {}).get("nats_url")
     if not url:
         console.print("[red]not running[/] (no instance for this home; `headstart up`)")
         raise typer.Exit(1)
-    report = asyncio.run(collect_status(url, settings.nats_auth()))
-    served = asyncio.run(served_version(url, settings.nats_auth()))
+    health = (state or {}).get("health")
+    try:
+        report = asyncio.run(collect_status(url, settings.nats_auth()))
+        served = asyncio.run(served_version(url, settings.nats_auth()))
+    except NatsUnavailable as exc:
+        # The broker is down (the supervisor may be starting it again): say what is known.
+        if as_json:
+            print(json.dumps({"nats_url": url, "error": str(exc), "supervisor": health}, indent=2))
+        else:
+            console.print(f"[red]{exc}[/]", highlight=False)
+            _print_health(health)
+        raise typer.Exit(1) from None
+    report["supervisor"] = health
     # What every shard and ingress replica serves (each switches within a second of a push).
     report["catalog"] = (
         {"version": served.version, "at": served.at, "who": served.who, "summary": served.summary}
@@ -277,6 +359,7 @@ def status(
             highlight=False,
             markup=False,
         )
+    _print_health(health)
     retired = report.get("retired_events") or {}
     if retired:
         console.print(
@@ -304,6 +387,23 @@ def status(
                 or "none detected"
             )
         )
+
+
+def _print_health(health: dict[str, Any] | None) -> None:
+    """One line per child the supervisor watches: its state and restarts."""
+    if not health:
+        return
+    for child in health.get("children", []):
+        line = f"{child['name']}: {child['state']}"
+        if child["state"] == "restarting" and child.get("retry_at"):
+            line += f" (next start in {max(0.0, child['retry_at'] - time.time()):.1f}s)"
+        if child["restarts"]:
+            by = " by Serve" if child.get("restarted_by") == "serve" else ""
+            at = time.strftime("%H:%M:%S", time.localtime(child["last_restart_at"]))
+            line += f", restarted{by} {child['restarts']}x (last at {at})"
+        if child.get("last_reason"):
+            line += f"; last death: {child['last_reason']}"
+        console.print(line, highlight=False, markup=False)
 
 
 @app.command()

@@ -114,6 +114,13 @@ class Settings(BaseSettings):
         pattern=r"^(/[A-Za-z0-9_\-]+)+$",
         description="where the Segment-compatible tracking API is served (<prefix>/v1/batch, ...)",
     )
+    restart_limit: int = Field(
+        6,
+        ge=1,
+        le=100,
+        description="deaths in a row of a child of the supervisor (each soon after its start) "
+        "before it gives up",
+    )
     fetch_batch: int = Field(
         256, ge=16, le=65536, description="messages per pull request, per partition; two are kept in flight"
     )

@@ -28,7 +28,12 @@ from headstart.adapters.rpc import (
     StatsRequest,
 )
 from headstart.adapters.shard_stats import ShardStats
-from headstart.adapters.status import WEBHOOKS_STATUS_KEY
+from headstart.adapters.status import (
+    SUPERVISOR_STATUS_KEY,
+    WEBHOOKS_STATUS_KEY,
+    SupervisorHealth,
+    decode_supervisor_health,
+)
 from headstart.adapters.topology import EVENTS_STREAM, STATUS_BUCKET
 from headstart.reports.evaluate import events_of, layouts_of, replay_log
 from headstart.reports.experiments import experiment_report, report_cuts
@@ -84,7 +89,7 @@ def learned_points(learned: dict[str, Any]) -> dict[str, Any]:
 
 async def scrape(js: JetStreamContext, shards: ShardClient, metrics: IngressMetrics) -> bytes:
     """The Prometheus text: the ingress's own metrics, every shard's stats, each partition's
-    consumer lag and the webhooks' delivery status."""
+    consumer lag, the webhooks' delivery status and the supervisor's restarts."""
     answers, _ = await ask_each_shard(shards, StatsRequest(key=""), timeout=1.0)
     stats = [msgspec.convert(answer, ShardStats, strict=False) for answer in answers]
     lag: dict[int, int] = {}
@@ -94,7 +99,11 @@ async def scrape(js: JetStreamContext, shards: ShardClient, metrics: IngressMetr
                 info = await js.consumer_info(EVENTS_STREAM, name, timeout=1.0)
                 lag[partition] = int(info.num_pending or 0)
     webhooks: list[dict[str, Any]] = []
+    supervisor: SupervisorHealth | None = None
     with contextlib.suppress(Exception):  # no webhooks, or their actor not reporting yet
         entry = await (await js.key_value(STATUS_BUCKET)).get(WEBHOOKS_STATUS_KEY)
         webhooks = json.loads(entry.value or b"[]")
-    return render(metrics, stats, lag, webhooks)
+    with contextlib.suppress(Exception):  # no supervisor (an app started without `up`)
+        entry = await (await js.key_value(STATUS_BUCKET)).get(SUPERVISOR_STATUS_KEY)
+        supervisor = decode_supervisor_health(entry.value or b"")
+    return render(metrics, stats, lag, webhooks, supervisor)

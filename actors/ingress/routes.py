@@ -30,7 +30,7 @@ from nats.js.errors import NotFoundError
 from prometheus_client import CONTENT_TYPE_LATEST
 from ray import serve
 
-from actors.ingress import admin, shards
+from actors.ingress import admin, outage, shards
 from actors.ingress.application import app, openapi_document
 from actors.ingress.catalog_routes import CatalogRoutes
 from actors.ingress.config import IngressConfig
@@ -64,7 +64,7 @@ from headstart.adapters.audit import audit
 from headstart.adapters.broker import connect_nats
 from headstart.adapters.control import AdminError, request_admin
 from headstart.adapters.rpc import ShardClient, ShardError, ShardUnavailable
-from headstart.adapters.streams import EventPublisher, publish_events, publish_prepared
+from headstart.adapters.streams import EventPublisher, publish_prepared
 from headstart.adapters.topology import record_subjects
 from headstart.privacy.access import export_user
 from headstart.privacy.erasure import Eraser
@@ -252,22 +252,46 @@ class Ingress(DecisionService, CatalogRoutes):
         if self.nc is None or self.nc.is_closed or self._shards is None:
             async with self._connecting:
                 if self.nc is None or self.nc.is_closed or self._shards is None:
-                    self.nc = await connect_nats(
-                        self.config.nats_url,
-                        self.config.nats_auth,
-                        name="headstart-ingress",
-                        max_reconnect_attempts=-1,
-                    )
-                    # Live: the store's latest version served before the first request that
-                    # waited for this connection, and followed from here on.
-                    await self.live.connected(self.nc.jetstream())
-                    await self.keys.connected(self.nc.jetstream())
+                    try:
+                        self.nc = await connect_nats(
+                            self.config.nats_url,
+                            self.config.nats_auth,
+                            name="headstart-ingress",
+                            max_reconnect_attempts=-1,
+                        )
+                        # Live: the store's latest version served before the first request that
+                        # waited for this connection, and followed from here on.
+                        await self.live.connected(self.nc.jetstream())
+                        await self.keys.connected(self.nc.jetstream())
+                    except Exception as exc:
+                        # A replica started while the broker is down: a clear 503, never a 500
+                        # (decisions fall back to the default flow, see _shard_client).
+                        if self.nc is not None:
+                            with contextlib.suppress(Exception):
+                                await self.nc.close()
+                            self.nc = None
+                        raise ApiError(
+                            503,
+                            "unavailable",
+                            f"the event broker is not reachable yet: {type(exc).__name__}",
+                            headers={"Retry-After": "1"},
+                        ) from exc
                     self._shards = ShardClient(self.nc, self.config.partitions)
                     self._shards.start_owner_refresh()
                     # Erasures a crash interrupted are finished in the background.
                     eraser = Eraser(self.nc.jetstream(), self._shards, self.config.partitions)
                     self._resuming = asyncio.create_task(self._resume_erasures(eraser))
         return self.nc, self._shards
+
+    async def _shard_client(self) -> ShardClient | None:
+        """The shard client, or None while the broker cannot be reached (the caller answers
+        from the default flow)."""
+        if self._shards is not None:  # the decision path: no await once connected
+            return self._shards
+        try:
+            return (await self._client())[1]
+        except ApiError:
+            return None
 
     async def _resume_erasures(self, eraser: Eraser) -> None:
         try:
@@ -298,8 +322,10 @@ class Ingress(DecisionService, CatalogRoutes):
         body: DecideBody = decode(view.decide_decoder, raw_body)
         self._verify(caller, body.user_id, body.user_hash)
         key = await self._user_key(body.user_id)
-        client = self._shards or (await self._client())[1]
+        client = await self._shard_client()
         try:
+            if client is None:
+                raise ShardUnavailable("the event broker is not reachable")
             reply = await shards.decide(client, key, body.context)
         except ShardUnavailable:
             self._fallback_decisions.inc()
@@ -318,8 +344,10 @@ class Ingress(DecisionService, CatalogRoutes):
         body: DecideBody = decode(view.decide_decoder, await request.body())
         self._verify(caller, body.user_id, body.user_hash)
         key = await self._user_key(body.user_id)
-        client = self._shards or (await self._client())[1]
+        client = await self._shard_client()
         try:
+            if client is None:
+                raise ShardUnavailable("the event broker is not reachable")
             reply = await shards.flags(client, key, body.context)
             stale = False
         except (ShardUnavailable, ShardError):
@@ -349,8 +377,10 @@ class Ingress(DecisionService, CatalogRoutes):
             raise ApiError(400, "invalid_request", "give exactly one of 'step' or 'feature'")
         self._verify(caller, body.user_id, body.user_hash)
         key = await self._user_key(body.user_id)
-        client = self._shards or (await self._client())[1]
+        client = await self._shard_client()
         try:
+            if client is None:
+                raise ShardUnavailable("the event broker is not reachable")
             reply = await shards.select_tutorial(client, key, body)
         except ShardUnavailable:
             reply = shards.default_tutorial(view.decider, body)
@@ -442,15 +472,15 @@ class Ingress(DecisionService, CatalogRoutes):
                 message += f"; {unknown_type_message(schema.event_types)}"
             raise ApiError(400, "invalid_events", message, problems)
         try:
+            outage.require_connected(nc)  # the broker is down: 503 now, not after waiting for it
             if body.anonymous_id is not None and batch_user is not None:
                 aliases = await self._segment.aliases(nc.jetstream())
                 key_of = self.pseudonymizer.key
                 await aliases.link(key_of(body.anonymous_id), key_of(batch_user))
-            acks = await publish_events(nc.jetstream(), prepared, retry_for=5.0)
+            acks = await outage.store(nc.jetstream(), prepared)
         except Exception as exc:
-            raise ApiError(
-                503, "unavailable", f"the event stream did not store the batch: {type(exc).__name__}"
-            ) from exc
+            message = f"the event stream did not store the batch: {type(exc).__name__}"
+            raise outage.unavailable(message) from exc
         duplicates = sum(1 for ack in acks if ack.duplicate)
         self.metrics.events.labels("stored").inc(len(acks) - duplicates)
         self.metrics.events.labels("duplicate").inc(duplicates)
@@ -789,6 +819,8 @@ class Ingress(DecisionService, CatalogRoutes):
             nc, client = await asyncio.wait_for(self._client(), 2.0)
         except Exception as exc:  # noqa: BLE001 - not ready is an answer, not an error
             return {"ready": False, "nats": False, "reason": type(exc).__name__}
+        if not nc.is_connected:  # the broker is down or restarting: no shard can be asked
+            return {"ready": False, "nats": False, "reason": "reconnecting to NATS"}
         # The same pings that keep the coalescing owner map fresh: a partition is served when its
         # owner answered.
         await client.refresh_owners()

@@ -13,9 +13,10 @@ from nats.js import JetStreamContext
 from nats.js.api import KeyValueConfig, StorageType
 
 from actors.ingress.errors import ApiError
+from actors.ingress.outage import store, unavailable
 from engine.errors import InvalidEvent
 from engine.keys import Pseudonymizer
-from headstart.adapters.streams import EventPublisher, open_bucket, publish_events
+from headstart.adapters.streams import EventPublisher, open_bucket
 from headstart.adapters.topology import ALIASES_BUCKET, DLQ_PREFIX
 from headstart.web.metrics import IngressMetrics
 from headstart.web.segment_api import CALL_TYPES as SEGMENT_CALLS
@@ -97,14 +98,12 @@ class SegmentIngest:
                 counted.append((kind, "invalid"))
                 dead.append((message, f"{exc.reason}: {exc.detail}"))
         try:
-            acks = await publish_events(js, [p for _, p in prepared], retry_for=5.0)
+            acks = await store(js, [p for _, p in prepared])
             for message, reason in dead:
                 payload, headers = dead_letter(message, reason, key_of)
                 await js.publish(f"{DLQ_PREFIX}.segment", payload, headers=headers)
         except Exception as exc:
-            raise ApiError(
-                503, "unavailable", f"the event stream did not store the calls: {type(exc).__name__}"
-            ) from exc
+            raise unavailable(f"the event stream did not store the calls: {type(exc).__name__}") from exc
         for (kind, _), ack in zip(prepared, acks, strict=True):
             counted.append((kind, "duplicate" if ack.duplicate else "stored"))
         for kind, outcome in counted:

@@ -80,6 +80,10 @@ class NatsAuth(BaseModel):
         return options
 
 
+#: The wait between two attempts to reconnect to the same server (see :func:`connect_nats`).
+RECONNECT_WAIT_S = 0.5
+
+
 class NatsUnavailable(HeadstartError):
     """NATS could not be reached or refused the connection; the message has the server's reason."""
 
@@ -106,6 +110,9 @@ async def connect_nats(
         log.warning("NATS at %s: %s", url, exc)
 
     options.setdefault("error_cb", on_error)
+    # nats-py waits 2 s before trying a server again; the supervisor starts a dead embedded
+    # broker again within half a second, so clients are back within about a second.
+    options.setdefault("reconnect_time_wait", RECONNECT_WAIT_S)
     try:
         nc = (client or Client)()
         await nc.connect(url, **(auth.options() if auth is not None else {}), **options)
@@ -232,6 +239,13 @@ class EmbeddedNats:
     @property
     def pid(self) -> int | None:
         return self.process.pid if self.process else None
+
+    def exit_status(self) -> int | None:
+        """The server's exit status once it has ended (negative: the signal that ended it);
+        None while it runs or before it was started. Starting again with :meth:`start` keeps the
+        port, the monitoring port and the store: clients reconnect to the same address and find
+        every stream as it was."""
+        return None if self.process is None else self.process.poll()
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop the server (SIGTERM, then SIGKILL after ``timeout``)."""

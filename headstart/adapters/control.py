@@ -3,7 +3,8 @@
 The supervisor that ``headstart up`` runs is the only process with a Ray driver; the CLI and
 the HTTP admin API reach it with a NATS request instead of attaching to Ray themselves. The
 supervisor answers on a thread of its own, one request at a time: a rescale calls Ray
-synchronously and may take seconds.
+synchronously and may take seconds. On the same connection it reports its health (the children
+it watches and their restarts) to the status bucket every second, where ``/metrics`` reads it.
 
 >>> encode_command(shards=4)
 b'{"shards":4}'
@@ -24,6 +25,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
 from headstart.adapters.broker import NatsAuth, connect_nats
+from headstart.adapters.status import REPORT_EVERY_S, SUPERVISOR_STATUS_KEY, ensure_status_bucket
 from headstart.adapters.topology import admin_subject
 
 log = logging.getLogger(__name__)
@@ -43,12 +45,21 @@ def encode_command(**fields: Any) -> bytes:
 
 
 class ControlServer:
-    """Answers ``hs.admin.<action>`` with ``handlers[action](request)``, on its own thread."""
+    """Answers ``hs.admin.<action>`` with ``handlers[action](request)``, on its own thread;
+    with ``health``, puts what it returns under the status bucket's ``supervisor`` key every
+    second (entries expire: a supervisor gone stops being reported)."""
 
-    def __init__(self, nats_url: str, handlers: dict[str, Handler], auth: NatsAuth | None = None) -> None:
+    def __init__(
+        self,
+        nats_url: str,
+        handlers: dict[str, Handler],
+        auth: NatsAuth | None = None,
+        health: Callable[[], bytes] | None = None,
+    ) -> None:
         self.nats_url = nats_url
         self.auth = auth
         self.handlers = handlers
+        self.health = health
         self._loop: asyncio.AbstractEventLoop | None = None
         self._started = threading.Event()
         self._thread = threading.Thread(target=self._run, name="headstart-control", daemon=True)
@@ -81,9 +92,24 @@ class ControlServer:
                 await msg.respond(reply)
 
         await nc.subscribe(admin_subject("*"), cb=on_request)
+        reporting = asyncio.create_task(self._report_forever(nc)) if self.health is not None else None
         self._started.set()
         await self._done.wait()
+        if reporting is not None:
+            reporting.cancel()
         await nc.drain()
+
+    async def _report_forever(self, nc: NATS) -> None:
+        assert self.health is not None
+        while True:
+            # Opened again after a failure: a restarted broker has lost the bucket (memory
+            # storage) until the supervisor creates it again.
+            with contextlib.suppress(Exception):
+                kv = await ensure_status_bucket(nc.jetstream())
+                while True:
+                    await kv.put(SUPERVISOR_STATUS_KEY, self.health())
+                    await asyncio.sleep(REPORT_EVERY_S)
+            await asyncio.sleep(REPORT_EVERY_S)
 
     def _answer(self, action: str, data: bytes) -> bytes:
         handler = self.handlers.get(action)

@@ -385,6 +385,10 @@ class ShardClient:
             await asyncio.sleep(RETRY_EVERY_S)
 
     async def _request(self, subject: str, payload: bytes, timeout: float | None) -> bytes:
+        if not self._nc.is_connected:
+            # The broker is down or restarting: no shard can answer, and a request buffered
+            # until the reconnect would only make the caller wait out its deadline.
+            raise ShardUnavailable("not connected to NATS")
         await self._ensure_inbox()
         self._next += 1
         token = str(self._next)

@@ -30,6 +30,46 @@ STATUS_TTL_S = 30.0
 REPORT_EVERY_S = 1.0
 #: The webhook actor's entry (shards' entries are ``shard-<id>``).
 WEBHOOKS_STATUS_KEY = "webhooks"
+#: The supervisor's entry: the children it watches and their restarts (:class:`SupervisorHealth`).
+SUPERVISOR_STATUS_KEY = "supervisor"
+
+
+class ChildHealth(msgspec.Struct, frozen=True):
+    """One child of the supervisor: ``running``, ``restarting`` (dead, a start due at
+    ``retry_at``) or ``gave_up``; its restarts so far and its last death. ``restarted_by``:
+    who starts it again (``supervisor``; ``serve`` for HAProxy, which the supervisor only
+    watches). Times are Unix seconds.
+
+    >>> ChildHealth("nats-server", "running", restarts=1).restarted_by
+    'supervisor'
+    """
+
+    name: str
+    state: str
+    restarts: int = 0
+    failures: int = 0
+    last_death_at: float | None = None
+    last_reason: str | None = None
+    last_restart_at: float | None = None
+    retry_at: float | None = None
+    restarted_by: str = "supervisor"
+
+
+class SupervisorHealth(msgspec.Struct, frozen=True):
+    """What the supervisor reports (state file ``health``, and ``HS_STATUS`` key ``supervisor``
+    for ``/metrics``): each child it watches, and why it gave up, if it did.
+
+    >>> health = SupervisorHealth(children=[ChildHealth("nats-server", "running", restarts=2)])
+    >>> decode_supervisor_health(msgspec.json.encode(health)).children[0].restarts
+    2
+    """
+
+    children: list[ChildHealth]
+    gave_up: str | None = None
+
+
+def decode_supervisor_health(data: bytes) -> SupervisorHealth:
+    return msgspec.json.decode(data, type=SupervisorHealth)
 
 
 async def ensure_status_bucket(js: JetStreamContext) -> KeyValue:

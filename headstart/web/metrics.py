@@ -13,6 +13,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from headstart.adapters.shard_stats import ShardStats
+from headstart.adapters.status import SupervisorHealth
 
 #: Decision latency buckets (seconds): from sub-millisecond to the 250 ms fallback deadline.
 DECIDE_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0)
@@ -66,11 +67,45 @@ def render(
     shards: list[ShardStats],
     lag: dict[int, int],
     webhooks: list[dict[str, Any]] | None = None,
+    supervisor: SupervisorHealth | None = None,
 ) -> bytes:
-    """The ingress's metrics plus gauges and counters built from shard and webhook stats."""
+    """The ingress's metrics plus gauges and counters built from shard, webhook and supervisor
+    stats (``supervisor``: None where no supervisor reports, e.g. tests without ``up``)."""
     shard_registry = CollectorRegistry()
     shard_registry.register(_ShardCollector(shards, lag, webhooks or []))
+    if supervisor is not None:
+        shard_registry.register(_SupervisorCollector(supervisor))
     return generate_latest(ingress.registry) + generate_latest(shard_registry)
+
+
+class _SupervisorCollector:
+    """The children ``headstart up`` watches: their restarts, and whether each runs now.
+
+    >>> from headstart.adapters.status import ChildHealth
+    >>> health = SupervisorHealth(children=[ChildHealth("nats-server", "running", restarts=1)])
+    >>> [(m.name, m.samples[0].value) for m in _SupervisorCollector(health).collect()]
+    [('hs_supervisor_restarts', 1), ('hs_supervisor_child_up', 1.0)]
+    """
+
+    def __init__(self, health: SupervisorHealth) -> None:
+        self.health = health
+
+    def collect(self) -> Any:
+        restarts = CounterMetricFamily(
+            "hs_supervisor_restarts",
+            "Times a child of the supervisor was started again after it died, by child and by "
+            "whom (supervisor; serve for HAProxy)",
+            labels=["child", "by"],
+        )
+        up = GaugeMetricFamily(
+            "hs_supervisor_child_up",
+            "1 while a child of the supervisor runs, 0 while it is down",
+            labels=["child"],
+        )
+        for child in self.health.children:
+            restarts.add_metric([child.name, child.restarted_by], child.restarts)
+            up.add_metric([child.name], 1.0 if child.state == "running" else 0.0)
+        yield from (restarts, up)
 
 
 class _ShardCollector:

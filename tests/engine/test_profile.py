@@ -150,7 +150,7 @@ def test_steps_tutorials_profile_context_consent() -> None:
     ]
     user, vocab = play(*events)
     view = user.view(vocab, T0 + 10)
-    assert view["steps_viewed"] == ["welcome", "profile"]
+    assert view["steps_viewed"] == ["profile", "welcome"]
     assert view["steps_completed"] == ["profile"]
     assert view["tutorials"] == [
         {"tutorial": "intro", "variant": "video", "started": 1, "completed": 1},
@@ -161,6 +161,35 @@ def test_steps_tutorials_profile_context_consent() -> None:
     assert view["consent"] == {"analytics": True, "personalization": False}
     assert user.consent_given("personalization", default=True) is False
     assert UserState.new(T0).consent_given("personalization", default=True) is True
+
+
+def test_a_users_steps_are_listed_in_the_same_order_whatever_other_users_did_first() -> None:
+    """The partition numbers steps in the order any of its users first sent them: a user's
+    steps_viewed and steps_completed must not depend on it (a replay after a fault, or clients
+    interleaved differently, changes it), nor on a snapshot and restore in between."""
+    mine = [
+        ev("step_viewed", T0, step="welcome"),
+        ev("step_completed", T0 + 1, step="welcome"),
+        ev("step_viewed", T0 + 2, step="profile"),
+        ev("step_completed", T0 + 3, step="connect_data"),
+    ]
+    other = [ev("step_completed", T0, step="connect_data"), ev("step_viewed", T0, step="profile")]
+    views = []
+    for others_first in (False, True):
+        vocab = Vocabularies()
+        if others_first:
+            someone = UserState.new(T0)
+            for event in other:
+                someone.apply(event, vocab)
+        user = UserState.new(T0)
+        for i, event in enumerate(mine):
+            user.apply(event, vocab)
+            if i == 1:  # a restore from a snapshot in the middle
+                user, vocab = UserState.restore(user.snapshot()), Vocabularies(vocab.snapshot())
+        views.append(user.view(vocab, T0 + 10))
+    assert views[0] == views[1]
+    assert views[0]["steps_viewed"] == ["connect_data", "profile", "welcome"]
+    assert views[0]["steps_completed"] == ["connect_data", "welcome"]
 
 
 def test_vocabulary_is_bounded() -> None:
