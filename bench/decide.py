@@ -463,9 +463,11 @@ def _wait_ready(base: str) -> None:
 
 
 async def _freshness(url: str, base: str, pseudonymizer: Pseudonymizer, trials: int) -> list[float]:
-    """Milliseconds from publishing an event to the first decision that reflects it."""
+    """Milliseconds from publishing an event to the first decision that reflects it: the
+    engine's delay, so the probe's publisher sends at once (a publisher's linger, 5 ms by
+    default, is the client's choice to wait for more of a user's events, added on top)."""
     nc = await nats.connect(url)
-    publisher = EventPublisher(nc.jetstream(), pseudonymizer)
+    publisher = EventPublisher(nc.jetstream(), pseudonymizer, linger_s=0.0)
     headers = {"Authorization": f"Bearer {KEYS['frontend']}"}
     samples: list[float] = []
     async with httpx.AsyncClient(base_url=base, headers=headers) as http:
