@@ -410,9 +410,9 @@ async def read_events_stream(
 async def events_of(js: JetStreamContext, timeout: float = 5.0) -> list[tuple[int, str, bytes]]:
     """:func:`read_events_stream` over an open connection."""
     info = await js.stream_info(EVENTS_STREAM)
-    last = info.state.last_seq
+    last, held = info.state.last_seq, info.state.messages
     out: list[tuple[int, str, bytes]] = []
-    if not info.state.messages:
+    if not held:
         return out
     sub = await js.subscribe(f"{EVENTS_PREFIX}.>", ordered_consumer=True, stream=EVENTS_STREAM)
     try:
@@ -420,7 +420,9 @@ async def events_of(js: JetStreamContext, timeout: float = 5.0) -> list[tuple[in
             msg = await sub.next_msg(timeout=timeout)
             seq = msg.metadata.sequence.stream
             out.append((seq, msg.subject, msg.data))
-            if seq >= last:
+            # Every message held then: the last sequence may be gone (an erasure deletes a
+            # user's messages, the stream's last among them), so its count ends the read too.
+            if seq >= last or len(out) >= held:
                 return out
     finally:
         await sub.unsubscribe()

@@ -189,6 +189,8 @@ def test_a_decision_answer_keeps_its_keys_and_logs_its_exposures_once(shard: Sha
         "activation_probability",
         "recommended_features",
         "catalog_version",
+        "journey",
+        "surfaces",
     ]
     assert answer["step"]["id"] == "profile" and answer["personalized"] is True
     first = shard.logged[-1]
