@@ -505,7 +505,8 @@ def _live(record: dict[str, Any]) -> psutil.Process | None:
         proc = psutil.Process(record["pid"])
         if abs(proc.create_time() - record["create_time"]) > 1.0:
             return None
-        return proc if proc.is_running() else None
+        # A killed process its parent has not reaped yet is a zombie: dead, whatever its pid says.
+        return proc if proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE else None
     except psutil.Error:  # gone, or not ours to look at
         return None
 
